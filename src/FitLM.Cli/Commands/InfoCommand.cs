@@ -1,0 +1,63 @@
+using System.CommandLine;
+using FitLM.Model;
+using FitLM.Runtime;
+using FitLM.Tensors;
+
+namespace FitLM.Cli.Commands;
+
+/// <summary>`fitlm info`: what a model is and what running it would take.</summary>
+internal static class InfoCommand
+{
+    public static Command Create()
+    {
+        var model = Common.Model();
+        var ctx = Common.Context(0);
+        var cmd = new Command("info", "show a model's architecture, tensors, tokenizer and memory needs") { model, ctx };
+        cmd.SetAction(r => Common.Guard(ct =>
+        {
+            using var src = ModelSource.Open(r.GetValue(model)!);
+            var c = src.Config;
+            int n = r.GetValue(ctx) > 0 ? r.GetValue(ctx) : Math.Min(c.ContextLength, 4096);
+            var o = Console.Out;
+            o.WriteLine($"model:          {src.Path}");
+            o.WriteLine($"format:         {(src is GgufSource g ? $"GGUF v{g.File.Version}" : "Hugging Face safetensors")}");
+            o.WriteLine($"architecture:   {c.Architecture}");
+            o.WriteLine($"layers:         {c.Layers}");
+            o.WriteLine($"embedding:      {c.Dim}");
+            o.WriteLine($"heads:          {c.Heads} (KV heads {c.KvHeads}, head dim {c.HeadDim})");
+            o.WriteLine($"feed-forward:   {c.FfnDim} ({c.Activation.ToString().ToLowerInvariant()})");
+            o.WriteLine($"vocabulary:     {c.Vocab}");
+            o.WriteLine($"context:        {c.ContextLength} (trained)");
+            o.WriteLine($"rope:           base {c.RopeTheta}, {c.RopeDims} dims, {c.RopeStyle.ToString().ToLowerInvariant()}" +
+                (c.RopeLlama3 != null ? $", llama3 scaling x{c.RopeLlama3.Factor}" : "") + (c.RopeLinearFactor != 1 ? $", linear x{c.RopeLinearFactor}" : ""));
+            o.WriteLine($"rms norm eps:   {c.RmsEps}");
+            o.WriteLine($"qkv bias:       {(c.QkvBias ? "yes" : "no")}, q/k norm: {(c.QkNorm ? "yes" : "no")}, output: {(src.Find("output.weight") != null ? "separate" : "tied to embeddings")}");
+            long parameters = src.Tensors.Sum(t => t.Elements);
+            long bytes = src.Tensors.Sum(t => t.ByteSize);
+            o.WriteLine($"parameters:     {parameters:N0} ({parameters / 1e6:F2} M)");
+            o.WriteLine($"weights:        {ProcessMemory.Format(bytes)} ({bytes * 8.0 / parameters:F2} bits per weight)");
+            o.WriteLine();
+            o.WriteLine($"{"type",-6} {"tensors",8} {"parameters",14} {"bytes",14}");
+            foreach (var grp in src.Tensors.GroupBy(t => t.Type).OrderBy(x => x.Key))
+                o.WriteLine($"{GgmlTypes.Name(grp.Key),-6} {grp.Count(),8} {grp.Sum(t => t.Elements),14:N0} {grp.Sum(t => t.ByteSize),14:N0}");
+            o.WriteLine();
+            var tok = src.Tokenizer;
+            o.WriteLine($"tokenizer:      {tok.Kind} (pre-tokenizer {tok.PreTokenizer}), {tok.VocabSize} tokens, BOS {tok.BosId}{(tok.AddBos ? " (added)" : "")}, EOS {tok.EosId}");
+            long kv = 2L * c.Layers * n * c.KvDim * sizeof(float);
+            int batch = 256;
+            long scratch = 4L * batch * (3 * c.Dim + c.QDim + 2 * c.KvDim + 2 * c.FfnDim) + 4L * c.Vocab * 2;
+            o.WriteLine();
+            o.WriteLine($"memory for a run with context {n}:");
+            o.WriteLine($"  weights       {ProcessMemory.Format(bytes),12}");
+            o.WriteLine($"  KV cache      {ProcessMemory.Format(kv),12}  (f32, {ProcessMemory.Format(2L * c.Layers * c.KvDim * sizeof(float))} per token)");
+            o.WriteLine($"  scratch       {ProcessMemory.Format(scratch),12}");
+            o.WriteLine($"  total         {ProcessMemory.Format(bytes + kv + scratch),12}  (plus the .NET runtime, about 30 MiB)");
+            o.WriteLine();
+            o.WriteLine("tensors:");
+            foreach (var t in src.Tensors)
+                o.WriteLine($"  {t.Name,-28} {GgmlTypes.Name(t.Type),-5} [{string.Join(", ", t.Shape)}] {t.ByteSize:N0} bytes");
+            return 0;
+        }));
+        return cmd;
+    }
+}

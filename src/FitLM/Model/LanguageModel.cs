@@ -1,0 +1,47 @@
+using FitLM.Tokenization;
+
+namespace FitLM.Model;
+
+/// <summary>A model ready to run: its source on storage, the weights the planner chose, the decoder.</summary>
+public sealed class LanguageModel : IDisposable
+{
+    public IModelSource Source { get; }
+    public IWeightProvider Weights { get; }
+    public Transformer Transformer { get; }
+    public ModelConfig Config => Source.Config;
+    public Tokenizer Tokenizer => Source.Tokenizer;
+
+    private LanguageModel(IModelSource source, IWeightProvider weights, Transformer transformer)
+    {
+        Source = source;
+        Weights = weights;
+        Transformer = transformer;
+    }
+
+    /// <summary>Opens a .gguf file or Hugging Face folder and loads its weights for a context of <paramref name="contextLength"/> tokens.</summary>
+    public static LanguageModel Load(string path, int contextLength = 0, int maxBatch = 256)
+    {
+        var source = ModelSource.Open(path);
+        IWeightProvider? weights = null;
+        try
+        {
+            int ctx = contextLength > 0 ? contextLength : Math.Min(source.Config.ContextLength, 4096);
+            if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
+            weights = new ResidentWeights(source);
+            var transformer = new Transformer(source.Config, weights, ctx, maxBatch);
+            return new LanguageModel(source, weights, transformer);
+        }
+        catch
+        {
+            weights?.Dispose();
+            source.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        Weights.Dispose();
+        Source.Dispose();
+    }
+}
