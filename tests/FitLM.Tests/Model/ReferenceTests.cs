@@ -26,7 +26,7 @@ public class ReferenceTests(ITestOutputHelper output)
     }
 
     /// <summary>Checks a loaded model against a reference: tokenizer ids, logits at every position, greedy ids.</summary>
-    public static void AssertMatchesReference(LanguageModel lm, Reference reference, ITestOutputHelper output)
+    internal static void AssertMatchesReference(LanguageModel lm, Reference reference, ITestOutputHelper output)
     {
         Assert.Equal(reference.PromptIds, lm.Tokenizer.Encode(reference.PromptText));
         int v = lm.Config.Vocab, n = reference.PromptIds.Length;
