@@ -13,7 +13,16 @@ public static class Program
             TokenizeCommand.Create(),
             PerplexityCommand.Create(),
             InfoCommand.Create(),
+            ConvertCommand.Create(),
         };
-        return root.Parse(args).Invoke();
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))
+        {
+            // One line, like every other error: the first problem and where to read more.
+            string command = parsed.CommandResult.Command == root ? "" : " " + parsed.CommandResult.Command.Name;
+            Console.Error.WriteLine($"error: {parsed.Errors[0].Message} (see 'fitlm{command} --help')");
+            return 2;
+        }
+        return parsed.Invoke();
     }
 }

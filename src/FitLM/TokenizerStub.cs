@@ -3,7 +3,6 @@
 // Whoever writes the real Tokenizer: delete this file if it gets in your way.
 namespace FitLM.Tokenization;
 
-public enum TokenizerKind { Spm, BytePairGpt2 }
 
 public sealed class Tokenizer
 {

@@ -47,17 +47,25 @@ public static unsafe class MatMul
         {
             float* xp = px, yp = py;
             int chunks = (rows + RowsPerChunk - 1) / RowsPerChunk;
+            var isa = Gemm.Best;
             Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = Threads }, c =>
             {
-                var row = t_row is { } b && b.Length >= cols ? b : t_row = new float[cols];
-                var rs = row.AsSpan(0, cols);
+                // Dequantize this chunk's rows once into a float tile, then multiply it with every token.
                 int r0 = c * RowsPerChunk, r1 = Math.Min(rows, r0 + RowsPerChunk);
+                int tileLen = RowsPerChunk * cols;
+                var tile = t_row is { } b && b.Length >= tileLen ? b : t_row = new float[tileLen];
                 for (int r = r0; r < r1; r++)
                 {
-                    if (type == GgmlType.F32) new ReadOnlySpan<float>(w + r * rowBytes, cols).CopyTo(rs);
-                    else Dequantize.Row(type, new ReadOnlySpan<byte>(w + r * rowBytes, (int)rowBytes), rs);
-                    for (int t = 0; t < n; t++)
-                        yp[(long)t * rows + r] = TensorPrimitives.Dot(rs, new ReadOnlySpan<float>(xp + (long)t * cols, cols));
+                    var dst = tile.AsSpan((r - r0) * cols, cols);
+                    if (type == GgmlType.F32) new ReadOnlySpan<float>(w + r * rowBytes, cols).CopyTo(dst);
+                    else Dequantize.Row(type, new ReadOnlySpan<byte>(w + r * rowBytes, (int)rowBytes), dst);
+                }
+                fixed (float* tp = tile)
+                {
+                    // Tokens in blocks that keep the tile and a block of activations in L2.
+                    const int TokenBlock = 64;
+                    for (int t0 = 0; t0 < n; t0 += TokenBlock)
+                        Gemm.Tile(tp, r1 - r0, xp + (long)t0 * cols, Math.Min(TokenBlock, n - t0), cols, yp + (long)t0 * rows + r0, rows, isa);
                 }
             });
         }
