@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using FitLM.KvCache;
+using FitLM.Tensors;
 
 namespace FitLM.Model;
 
@@ -28,6 +29,7 @@ public sealed class Transformer
     private readonly float[] _outputNorm;
     private readonly Rope _rope;
     private readonly float _attnScale;
+    private readonly AttentionJob _attention;
 
     // Activations for a batch of up to MaxBatch tokens, row-major [token × width], named as the math does.
     private readonly float[] _x, _xb, _xb2, _q, _k, _v, _hb, _hb2;
@@ -66,6 +68,7 @@ public sealed class Transformer
         _rope = new Rope(c, MaxContext, weights.Has("rope_freqs.weight") ? weights.Vector("rope_freqs.weight") : null);
         _attnScale = 1f / MathF.Sqrt(c.HeadDim);
         Kv = new PlainKvCache(c.Layers, MaxContext, c.KvDim);
+        _attention = new AttentionJob(this);
 
         int b = MaxBatch;
         _x = new float[b * c.Dim];
@@ -158,24 +161,34 @@ public sealed class Transformer
     /// <summary>Causal grouped-query attention of the batch's queries over the cache, into _xb.</summary>
     private void Attention(int layer, int pos, int n)
     {
-        var c = Config;
-        int heads = c.Heads, group = c.Heads / c.KvHeads, hd = c.HeadDim, kvDim = c.KvDim;
-        Parallel.For(0, n * heads, new ParallelOptions { MaxDegreeOfParallelism = Tensors.MatMul.Threads }, i =>
+        _attention.Layer = layer;
+        _attention.Pos = pos;
+        WorkerPool.Shared.Run(_attention, n * Config.Heads);
+    }
+
+    /// <summary>One (token, head) pair per item: scores over the cache, softmax, weighted sum of values.</summary>
+    private sealed class AttentionJob(Transformer m) : IParallelJob
+    {
+        public int Layer, Pos;
+
+        public void Execute(int i)
         {
+            var c = m.Config;
+            int heads = c.Heads, group = c.Heads / c.KvHeads, hd = c.HeadDim, kvDim = c.KvDim;
             int t = i / heads, h = i % heads, kvh = h / group;
-            int len = pos + t + 1;
-            var att = AttScratch(MaxContext).AsSpan(0, len);
-            var q = new ReadOnlySpan<float>(_q, t * c.QDim + h * hd, hd);
-            var keys = Kv.Keys(layer, len);
+            int len = Pos + t + 1;
+            var att = AttScratch(m.MaxContext).AsSpan(0, len);
+            var q = new ReadOnlySpan<float>(m._q, t * c.QDim + h * hd, hd);
+            var keys = m.Kv.Keys(Layer, len);
             for (int j = 0; j < len; j++)
-                att[j] = TensorPrimitives.Dot(q, keys.Slice(j * kvDim + kvh * hd, hd)) * _attnScale;
+                att[j] = TensorPrimitives.Dot(q, keys.Slice(j * kvDim + kvh * hd, hd)) * m._attnScale;
             TensorPrimitives.SoftMax(att, att);
-            var o = new Span<float>(_xb, t * c.QDim + h * hd, hd);
+            var o = new Span<float>(m._xb, t * c.QDim + h * hd, hd);
             o.Clear();
-            var values = Kv.Values(layer, len);
+            var values = m.Kv.Values(Layer, len);
             for (int j = 0; j < len; j++)
                 TensorPrimitives.MultiplyAdd(values.Slice(j * kvDim + kvh * hd, hd), att[j], o, o);
-        });
+        }
     }
 
     [ThreadStatic] private static float[]? t_att;
