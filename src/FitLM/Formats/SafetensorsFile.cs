@@ -45,6 +45,7 @@ public sealed class SafetensorsFile : IDisposable
         DataOffset = 8 + (long)headerLen;
         long dataLength = FileLength - DataOffset;
 
+        if (!System.Text.Unicode.Utf8.IsValid(json)) throw Error("header is not valid UTF-8 (corrupt file?)");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 16 }); }
         catch (JsonException e) { throw Error($"header is not valid JSON: {e.Message}"); }

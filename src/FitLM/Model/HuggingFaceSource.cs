@@ -151,7 +151,9 @@ public sealed partial class HuggingFaceSource : IModelSource
         {
             var info = new FileInfo(path);
             if (info.Length > 64L << 20) throw new FitLMException($"{path}: file is too large for a JSON config ({info.Length} bytes)");
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { MaxDepth = 64 });
+            var bytes = File.ReadAllBytes(path);
+            if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new FitLMException($"{path}: not valid UTF-8 (corrupt file?)");
+            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 64 });
             return doc.RootElement.Clone();
         }
         catch (JsonException e)

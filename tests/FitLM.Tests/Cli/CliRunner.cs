@@ -7,7 +7,7 @@ public static class CliRunner
 {
     public sealed record Result(int ExitCode, string StdOut, string StdErr);
 
-    public static Result Run(string? stdin, params string[] args)
+    public static Result RunWithInput(string? stdin, params string[] args)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "fitlm.dll");
         var psi = new ProcessStartInfo("dotnet")
@@ -32,5 +32,5 @@ public static class CliRunner
         return new Result(p.ExitCode, stdout.Result, stderr.Result);
     }
 
-    public static Result Run(params string[] args) => Run(null, args);
+    public static Result Run(params string[] args) => RunWithInput(null, args);
 }

@@ -20,7 +20,7 @@ public class CommandTests
     [Fact]
     public void TokenizeJsonReadsArrayFromStdin()
     {
-        var r = CliRunner.Run("[\"def f(x):\", \"\", \"  return 1\"]", "tokenize", "-m", TestPaths.DemoModel, "--no-bos", "--json");
+        var r = CliRunner.RunWithInput("[\"def f(x):\", \"\", \"  return 1\"]", "tokenize", "-m", TestPaths.DemoModel, "--no-bos", "--json");
         Assert.Equal(0, r.ExitCode);
         var arrays = JsonSerializer.Deserialize<int[][]>(r.StdOut)!;
         Assert.Equal(3, arrays.Length);
