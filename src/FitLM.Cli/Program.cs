@@ -14,6 +14,7 @@ public static class Program
             PerplexityCommand.Create(),
             InfoCommand.Create(),
             ConvertCommand.Create(),
+            SynthCommand.Create(),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))

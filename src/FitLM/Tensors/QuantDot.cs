@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -7,8 +8,8 @@ namespace FitLM.Tensors;
 
 /// <summary>
 /// Dot products of one ggml-encoded row with a float32 vector, accumulated in float32, without
-/// materializing the dequantized row. F32, BF16, Q8_0, Q4_0, Q4_K and Q6_K have hand-vectorized kernels
-/// (Vector256); every type also has the reference path (<see cref="Reference"/>: dequantize a block into a
+/// materializing the dequantized row. Every type except F16 has a hand-vectorized kernel (Vector256; F16
+/// converts through TensorPrimitives); every type also has the reference path (<see cref="Reference"/>: dequantize a block into a
 /// stack buffer, then <see cref="TensorPrimitives.Dot(ReadOnlySpan{float}, ReadOnlySpan{float})"/>), which
 /// the vectorized kernels are tested against.
 /// </summary>
@@ -27,10 +28,18 @@ public static class QuantDot
             {
                 case GgmlType.F32: return TensorPrimitives.Dot(MemoryMarshal.Cast<byte, float>(row), x);
                 case GgmlType.BF16: return BF16(row, x);
-                case GgmlType.Q8_0: return Q8_0(row, x);
                 case GgmlType.Q4_0: return Q4_0(row, x);
+                case GgmlType.Q4_1: return Q4_1(row, x);
+                case GgmlType.Q5_0: return Q5_0(row, x);
+                case GgmlType.Q5_1: return Q5_1(row, x);
+                case GgmlType.Q8_0: return Q8_0(row, x);
+                case GgmlType.Q8_1: return Q8_1(row, x);
+                case GgmlType.Q2_K: return Q2_K(row, x);
+                case GgmlType.Q3_K: return Q3_K(row, x);
                 case GgmlType.Q4_K: return Q4_K(row, x);
+                case GgmlType.Q5_K: return Q5_K(row, x);
                 case GgmlType.Q6_K: return Q6_K(row, x);
+                case GgmlType.Q8_K: return Q8_K(row, x);
             }
         }
         return Reference(type, row, x);
@@ -118,6 +127,29 @@ public static class QuantDot
     {
         var xv = MemoryMarshal.Cast<float, Vector256<float>>(x32[..32]);
         return (xv[0] + xv[1]) + (xv[2] + xv[3]);
+    }
+
+    /// <summary>
+    /// Byte b of the table entry for v is bit b of v (0 or 1): four lookups spread a 32-bit mask of
+    /// 5th bits (q5_0/q5_1 qh) over 32 bytes in element order.
+    /// </summary>
+    private static readonly ulong[] BitsToBytes = BuildBitsToBytes();
+
+    private static ulong[] BuildBitsToBytes()
+    {
+        var t = new ulong[256];
+        for (int v = 0; v < 256; v++)
+            for (int b = 0; b < 8; b++)
+                if ((v & (1 << b)) != 0) t[v] |= 1UL << (8 * b);
+        return t;
+    }
+
+    /// <summary>The 5th bits of a q5_0/q5_1 block (u32 qh, bit j for element j) as 32 bytes of 0 or 16.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> FifthBits(ReadOnlySpan<byte> qh)
+    {
+        var t = BitsToBytes;
+        return Vector256.ShiftLeft(Vector256.Create(t[qh[0]], t[qh[1]], t[qh[2]], t[qh[3]]).AsByte(), 4);
     }
 
     // ---------------------------------------------------------------- vectorized kernels
@@ -233,6 +265,186 @@ public static class QuantDot
                     acc = Fma(s1, Vector256.Create(d * sc[8 * h + 2 * k + 1]), acc);
                 }
             }
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q4_1(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        var mask = Vector128.Create((byte)0xF);
+        int nb = x.Length / 32;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 20, 20);
+            float d = Dequantize.Half(b, 0), m = Dequantize.Half(b, 2);
+            var raw = MemoryMarshal.Read<Vector128<byte>>(b.Slice(4, 16));
+            var q = Vector256.Create(raw & mask, Vector128.ShiftRightLogical(raw, 4));
+            var xb = x.Slice(i * 32, 32);
+            // Σ (d*q + m) x = d Σ q x + m Σ x
+            acc = Fma(Dot32(q, xb), Vector256.Create(d), acc);
+            acc = Fma(Sum32(xb), Vector256.Create(m), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q5_0(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        var mask = Vector128.Create((byte)0xF);
+        var sixteen = Vector256.Create((sbyte)16);
+        int nb = x.Length / 32;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 22, 22);
+            float d = Dequantize.Half(b, 0);
+            var raw = MemoryMarshal.Read<Vector128<byte>>(b.Slice(6, 16));
+            var q = Vector256.Create(raw & mask, Vector128.ShiftRightLogical(raw, 4)) | FifthBits(b.Slice(2, 4));
+            acc = Fma(Dot32(q.AsSByte() - sixteen, x.Slice(i * 32, 32)), Vector256.Create(d), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q5_1(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        var mask = Vector128.Create((byte)0xF);
+        int nb = x.Length / 32;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 24, 24);
+            float d = Dequantize.Half(b, 0), m = Dequantize.Half(b, 2);
+            var raw = MemoryMarshal.Read<Vector128<byte>>(b.Slice(8, 16));
+            var q = Vector256.Create(raw & mask, Vector128.ShiftRightLogical(raw, 4)) | FifthBits(b.Slice(4, 4));
+            var xb = x.Slice(i * 32, 32);
+            acc = Fma(Dot32(q, xb), Vector256.Create(d), acc);
+            acc = Fma(Sum32(xb), Vector256.Create(m), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q8_1(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        int nb = x.Length / 32;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 36, 36);
+            float d = Dequantize.Half(b, 0);
+            var q = MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(4, 32));
+            acc = Fma(Dot32(q, x.Slice(i * 32, 32)), Vector256.Create(d), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q2_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        var m2 = Vector256.Create((byte)3);
+        int nb = x.Length / 256;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 84, 84);
+            var scales = b[..16];
+            float d = Dequantize.Half(b, 80), dmin = Dequantize.Half(b, 82);
+            for (int h = 0; h < 2; h++)
+            {
+                var raw = MemoryMarshal.Read<Vector256<byte>>(b.Slice(16 + 32 * h, 32));
+                for (int k = 0; k < 4; k++)
+                {
+                    // Plane k: elements 128h + 32k + (0..31), sub-blocks s (first 16) and s + 1.
+                    var q = Vector256.ShiftRightLogical(raw, 2 * k) & m2;
+                    Widen(q, out var f0, out var f1, out var f2, out var f3);
+                    var xv = MemoryMarshal.Cast<float, Vector256<float>>(x.Slice(256 * i + 128 * h + 32 * k, 32));
+                    int s = 8 * h + 2 * k;
+                    int sc0 = scales[s], sc1 = scales[s + 1];
+                    acc = Fma(Fma(f1, xv[1], f0 * xv[0]), Vector256.Create(d * (sc0 & 0xF)), acc);
+                    acc = Fma(xv[0] + xv[1], Vector256.Create(-dmin * (sc0 >> 4)), acc);
+                    acc = Fma(Fma(f3, xv[3], f2 * xv[2]), Vector256.Create(d * (sc1 & 0xF)), acc);
+                    acc = Fma(xv[2] + xv[3], Vector256.Create(-dmin * (sc1 >> 4)), acc);
+                }
+            }
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q3_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        var m2 = Vector256.Create((byte)3);
+        var one = Vector256.Create((byte)1);
+        var four = Vector256.Create((sbyte)4);
+        int nb = x.Length / 256;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 110, 110);
+            var hm = MemoryMarshal.Read<Vector256<byte>>(b[..32]);
+            var scales = b.Slice(96, 12);
+            float d = Dequantize.Half(b, 108);
+            for (int h = 0; h < 2; h++)
+            {
+                var raw = MemoryMarshal.Read<Vector256<byte>>(b.Slice(32 + 32 * h, 32));
+                for (int k = 0; k < 4; k++)
+                {
+                    // Plane k of half h: low 2 bits from qs, bit 2 from bit (4h + k) of hmask; q = that - 4.
+                    var low = Vector256.ShiftRightLogical(raw, 2 * k) & m2;
+                    var high = Vector256.ShiftRightLogical(hm, 4 * h + k) & one;
+                    var q = (low | Vector256.ShiftLeft(high, 2)).AsSByte() - four;
+                    Widen(q, out var f0, out var f1, out var f2, out var f3);
+                    var xv = MemoryMarshal.Cast<float, Vector256<float>>(x.Slice(256 * i + 128 * h + 32 * k, 32));
+                    int s = 8 * h + 2 * k;
+                    acc = Fma(Fma(f1, xv[1], f0 * xv[0]), Vector256.Create(d * (Dequantize.Q3_KScale(scales, s) - 32)), acc);
+                    acc = Fma(Fma(f3, xv[3], f2 * xv[2]), Vector256.Create(d * (Dequantize.Q3_KScale(scales, s + 1) - 32)), acc);
+                }
+            }
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q5_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        var mask = Vector256.Create((byte)0xF);
+        var one = Vector256.Create((byte)1);
+        int nb = x.Length / 256;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 176, 176);
+            float d = Dequantize.Half(b, 0), dmin = Dequantize.Half(b, 2);
+            var scales = b.Slice(4, 12);
+            var qh = MemoryMarshal.Read<Vector256<byte>>(b.Slice(16, 32));
+            var qs = b.Slice(48, 128);
+            var xb = x.Slice(i * 256, 256);
+            for (int c = 0; c < 4; c++)
+            {
+                Dequantize.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
+                Dequantize.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
+                var raw = MemoryMarshal.Read<Vector256<byte>>(qs.Slice(32 * c, 32));
+                var lo = (raw & mask) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 2 * c) & one, 4);
+                var hi = Vector256.ShiftRightLogical(raw, 4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 2 * c + 1) & one, 4);
+                var xlo = xb.Slice(64 * c, 32);
+                var xhi = xb.Slice(64 * c + 32, 32);
+                acc = Fma(Dot32(lo, xlo), Vector256.Create(d * sc1), acc);
+                acc = Fma(Sum32(xlo), Vector256.Create(-dmin * m1), acc);
+                acc = Fma(Dot32(hi, xhi), Vector256.Create(d * sc2), acc);
+                acc = Fma(Sum32(xhi), Vector256.Create(-dmin * m2), acc);
+            }
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float Q8_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    {
+        var acc = Vector256<float>.Zero;
+        int nb = x.Length / 256;
+        for (int i = 0; i < nb; i++)
+        {
+            var b = row.Slice(i * 292, 292);
+            float d = BinaryPrimitives.ReadSingleLittleEndian(b[..4]);
+            var blockAcc = Vector256<float>.Zero;
+            for (int j = 0; j < 8; j++)
+                blockAcc += Dot32(MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(4 + 32 * j, 32)), x.Slice(256 * i + 32 * j, 32));
+            acc = Fma(blockAcc, Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);
     }

@@ -31,6 +31,18 @@ public class HandBuiltBlockTests
     }
 
     [Fact]
+    public void HalfToSingle_MatchesSystemHalf_ForAllBitPatterns()
+    {
+        for (int h = 0; h < 65536; h++)
+        {
+            float expected = (float)BitConverter.UInt16BitsToHalf((ushort)h);
+            float got = Dequantize.HalfToSingle((ushort)h);
+            if (float.IsNaN(expected)) Assert.True(float.IsNaN(got), $"0x{h:X4}");
+            else Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(got), $"0x{h:X4}: {got} vs {expected}");
+        }
+    }
+
+    [Fact]
     public void F16_And_BF16()
     {
         Assert.Equal(new[] { 1f, -2f, 0.5f }, Deq3(GgmlType.F16, new byte[] { 0x00, 0x3C, 0x00, 0xC0, 0x00, 0x38 }));
@@ -265,18 +277,19 @@ public class HandBuiltBlockTests
         var b = new byte[210];
         PutHalf(b, 208, 0.5f);
         b[86] = 0x3A;                   // ql[64 + 22]: element 150 low = 10, element 214 high = 3
-        b[128 + 54] = 0x02;             // qh[32 + 22]: element 150 high bits = 2; element 214 high bits = 0
+        b[128 + 54] = 0x12;             // qh[32 + 22]: bits 0-1 = 2 (element 150), bits 4-5 = 1 (element 214)
         b[192 + 9] = unchecked((byte)-3);  // scale of sub-block 9 (elements 144..159)
         b[192 + 13] = 4;                // scale of sub-block 13 (elements 208..223)
         b[36] = 0xF0;                   // ql[32 + 4]: element 36 low = 0, element 100 high = 15
-        b[128 + 4] = 0xC0;              // qh[4]: element 100 high bits = 3; element 36 high bits = 0
+        b[128 + 4] = 0xC4;              // qh[4]: bits 6-7 = 3 (element 100), bits 2-3 = 1 (element 36)
         b[192 + 6] = 127;               // sub-block 6 (elements 96..111)
         b[192 + 2] = 1;                 // sub-block 2 (elements 32..47)
         var y = Deq(GgmlType.Q6_K, b);
         Assert.Equal(0.5f * -3 * ((10 | 2 << 4) - 32), y[150]);
-        Assert.Equal(0.5f * 4 * (3 - 32), y[214]);
+        Assert.Equal(0.5f * 4 * ((3 | 1 << 4) - 32), y[214]);
         Assert.Equal(0.5f * 127 * ((15 | 3 << 4) - 32), y[100]);
-        Assert.Equal(0.5f * 1 * (0 - 32), y[36]);
+        Assert.Equal(0.5f * 1 * ((0 | 1 << 4) - 32), y[36]);
+        Assert.Equal(0.5f * -3 * (0 - 32), y[151]); // ql[87] = 0, qh[55] = 0
         Assert.Equal(0f, y[0]);         // scale 0
         AssertDot(GgmlType.Q6_K, b, y);
     }

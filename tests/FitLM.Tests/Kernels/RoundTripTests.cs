@@ -57,6 +57,9 @@ public class RoundTripTests
         Assert.True(float.IsNaN(DequantizeRow(GgmlType.BF16, QuantizeRow(GgmlType.BF16, new[] { float.NaN }), 1)[0]));
     }
 
+    /// <summary>Largest error of rounding <paramref name="v"/> to fp16: half an ulp, 2^-25 for subnormals.</summary>
+    private static double HalfError(double v) => Math.Max(Math.Abs(v) / 2048, Math.Pow(2, -25));
+
     /// <summary>
     /// Per-element bound for the 32-element block formats, from the format's arithmetic:
     /// half a step of rounding (a full step where ggml clamps the top code), plus the fp16 rounding of d
@@ -82,15 +85,14 @@ public class RoundTripTests
                 float amax = 0, min = float.MaxValue, max = float.MinValue;
                 foreach (float v in xb) { amax = Math.Max(amax, Math.Abs(v)); min = Math.Min(min, v); max = Math.Max(max, v); }
                 float range = max - min;
-                const float h = 1f / 2048; // fp16 relative rounding
                 double bound = type switch
                 {
-                    GgmlType.Q8_0 or GgmlType.Q8_1 => 0.5 * amax / 127 + amax * h,
-                    GgmlType.Q8_K => 0.5 * amax / 127 * 1.0001,
-                    GgmlType.Q4_0 => amax / 8 + amax * h,
-                    GgmlType.Q5_0 => amax / 16 + amax * h,
-                    GgmlType.Q4_1 => 0.5 * range / 15 + range * h + Math.Abs(min) * h,
-                    GgmlType.Q5_1 => 0.5 * range / 31 + range * h + Math.Abs(min) * h,
+                    GgmlType.Q8_0 or GgmlType.Q8_1 => 0.5 * amax / 127 + 127 * HalfError(amax / 127),
+                    GgmlType.Q8_K => 0.5 * amax / 127 * 1.0001, // float32 scale
+                    GgmlType.Q4_0 => amax / 8 + 8 * HalfError(amax / 8),
+                    GgmlType.Q5_0 => amax / 16 + 16 * HalfError(amax / 16),
+                    GgmlType.Q4_1 => 0.5 * range / 15 + 15 * HalfError(range / 15) + HalfError(min),
+                    GgmlType.Q5_1 => 0.5 * range / 31 + 31 * HalfError(range / 31) + HalfError(min),
                     _ => throw new InvalidOperationException(),
                 } * 1.001 + 1e-30;
                 for (int j = 0; j < bs; j++)
@@ -103,23 +105,24 @@ public class RoundTripTests
     }
 
     /// <summary>
-    /// Relative RMS error (RMS of the error over RMS of the data) on Gaussian weight-like rows. The bounds
-    /// are set a little above what ggml's reference quantizers achieve on Gaussian data (2..8 bits); a layout
-    /// error gives errors near or above 1.
+    /// Relative RMS error (RMS of the error over RMS of the data) on Gaussian weight-like rows, worst row of
+    /// five. The bounds are 15-25% above what ggml's reference quantizers achieve on this data (measured:
+    /// q2_K 0.350, q3_K 0.180, q4_K 0.080, q5_K 0.040, q6_K 0.021, q8_K 0.011, q4_0 0.108, q4_1 0.095,
+    /// q5_0 0.058, q5_1 0.046, q8_0 0.0076); a layout error gives errors near or above 1.
     /// </summary>
     [Theory]
     [InlineData(GgmlType.Q2_K, 0.40)]
-    [InlineData(GgmlType.Q3_K, 0.20)]
-    [InlineData(GgmlType.Q4_K, 0.10)]
-    [InlineData(GgmlType.Q5_K, 0.05)]
+    [InlineData(GgmlType.Q3_K, 0.21)]
+    [InlineData(GgmlType.Q4_K, 0.095)]
+    [InlineData(GgmlType.Q5_K, 0.048)]
     [InlineData(GgmlType.Q6_K, 0.025)]
-    [InlineData(GgmlType.Q8_K, 0.006)]
-    [InlineData(GgmlType.Q4_0, 0.12)]
-    [InlineData(GgmlType.Q4_1, 0.10)]
-    [InlineData(GgmlType.Q5_0, 0.06)]
-    [InlineData(GgmlType.Q5_1, 0.05)]
-    [InlineData(GgmlType.Q8_0, 0.006)]
-    [InlineData(GgmlType.Q8_1, 0.006)]
+    [InlineData(GgmlType.Q8_K, 0.014)] // one float32 scale per 256 values: outliers widen the step
+    [InlineData(GgmlType.Q4_0, 0.125)]
+    [InlineData(GgmlType.Q4_1, 0.11)]
+    [InlineData(GgmlType.Q5_0, 0.068)] // rows scaled by 1e-3 get subnormal fp16 scales
+    [InlineData(GgmlType.Q5_1, 0.055)]
+    [InlineData(GgmlType.Q8_0, 0.009)]
+    [InlineData(GgmlType.Q8_1, 0.009)]
     public void RelativeRmsError_WithinFormatBound(GgmlType type, double bound)
     {
         double worst = 0;
