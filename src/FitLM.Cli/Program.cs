@@ -15,6 +15,7 @@ public static class Program
             InfoCommand.Create(),
             ConvertCommand.Create(),
             SynthCommand.Create(),
+            BenchCommand.Create(),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))

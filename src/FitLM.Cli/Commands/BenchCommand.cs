@@ -1,0 +1,89 @@
+using System.CommandLine;
+using System.Text.Json;
+using FitLM.Evaluation;
+using FitLM.Model;
+using FitLM.Runtime;
+
+namespace FitLM.Cli.Commands;
+
+/// <summary>`fitlm bench`: llama-bench's pp/tg tests, with a table or JSON llama-bench scripts can read.</summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var model = Common.Model();
+        var prompt = new Option<int>("--n-prompt", "-p") { Description = "prompt tokens for the pp test (0: skip)", DefaultValueFactory = _ => 128 };
+        var gen = new Option<int>("--n-gen", "-n") { Description = "generated tokens for the tg test (0: skip)", DefaultValueFactory = _ => 64 };
+        var reps = new Option<int>("--repetitions", "-r") { Description = "repetitions of each test", DefaultValueFactory = _ => 3 };
+        var json = new Option<bool>("--json") { Description = "print a JSON array (llama-bench's fields) instead of a table" };
+        var noBandwidth = new Option<bool>("--no-bandwidth") { Description = "skip measuring the machine's memory bandwidth" };
+        var threads = Common.Threads();
+        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, threads };
+        cmd.SetAction(r => Common.Guard(ct =>
+        {
+            int t = r.GetValue(threads);
+            Common.ApplyThreads(t);
+            int np = r.GetValue(prompt), ng = r.GetValue(gen), nr = r.GetValue(reps);
+            if (np < 0 || ng < 0 || np + ng == 0) throw new FitLMException("give -p and/or -n greater than 0");
+            if (nr < 1 || nr > 1000) throw new FitLMException($"--repetitions {nr} is out of range (1..1000)");
+            string path = r.GetValue(model)!;
+            using var lm = LanguageModel.Load(path, Math.Max(np, ng) + 1, Math.Max(1, np));
+            long size = lm.Source.Tensors.Sum(x => x.ByteSize);
+            long parameters = lm.Source.Tensors.Sum(x => x.Elements);
+            string type = DominantType(lm.Source);
+            string modelDesc = $"{lm.Config.Architecture} {parameters / 1e9:F1}B {type}";
+            var results = new List<BenchResult>();
+            if (np > 0) results.Add(Benchmark.Prompt(lm, np, nr, ct));
+            if (ng > 0) results.Add(Benchmark.Generate(lm, ng, nr, ct));
+            long peak = ProcessMemory.PeakRssBytes();
+            long bytesPerToken = Benchmark.WeightBytesPerToken(lm.Source);
+            double bandwidth = r.GetValue(noBandwidth) ? 0 : MemoryBandwidth.Measure(t);
+
+            if (r.GetValue(json))
+            {
+                var rows = results.Select(x => new Dictionary<string, object>
+                {
+                    ["build_commit"] = "fitlm",
+                    ["model_filename"] = path,
+                    ["model_type"] = modelDesc,
+                    ["model_size"] = size,
+                    ["model_n_params"] = parameters,
+                    ["n_threads"] = t,
+                    ["n_prompt"] = x.Test.StartsWith("pp") ? x.Tokens : 0,
+                    ["n_gen"] = x.Test.StartsWith("tg") ? x.Tokens : 0,
+                    ["test"] = x.Test,
+                    ["avg_ns"] = (long)(1e9 * x.Tokens / x.Mean),
+                    ["stddev_ns"] = (long)(1e9 * x.Tokens * x.StdDev / (x.Mean * x.Mean)),
+                    ["avg_ts"] = x.Mean,
+                    ["stddev_ts"] = x.StdDev,
+                    ["samples_ts"] = x.TokensPerSecond,
+                    ["peak_rss_bytes"] = peak,
+                    ["weight_bytes_per_token"] = bytesPerToken,
+                    ["memory_bandwidth_bytes_per_s"] = bandwidth,
+                }).ToArray();
+                Console.Out.WriteLine(JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+                return 0;
+            }
+
+            var o = Console.Out;
+            o.WriteLine($"| {"model",-24} | {"size",10} | {"params",10} | {"backend",7} | {"threads",7} | {"test",6} | {"t/s",20} |");
+            o.WriteLine($"| {new string('-', 24)} | {new string('-', 9)}: | {new string('-', 9)}: | {new string('-', 7)} | {new string('-', 6)}: | {new string('-', 6)} | {new string('-', 19)}: |");
+            foreach (var x in results)
+                o.WriteLine($"| {modelDesc,-24} | {ProcessMemory.Format(size),10} | {parameters / 1e6,8:F2} M | {"CPU",7} | {t,7} | {x.Test,6} | {$"{x.Mean:F2} ± {x.StdDev:F2}",20} |");
+            o.WriteLine();
+            var tg = results.FirstOrDefault(x => x.Test.StartsWith("tg"));
+            if (tg != null)
+            {
+                double achieved = bytesPerToken * tg.Mean;
+                o.WriteLine($"decode reads {ProcessMemory.Format(bytesPerToken)} of weights per token: {achieved / 1e9:F2} GB/s achieved" +
+                    (bandwidth > 0 ? $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F1} GB/s this machine reads with {t} thread(s)" : ""));
+            }
+            o.WriteLine($"peak RSS: {ProcessMemory.Format(peak)}");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    private static string DominantType(IModelSource src) =>
+        src.Tensors.GroupBy(x => x.Type).OrderByDescending(g => g.Sum(x => x.ByteSize)).First().Key.ToString();
+}

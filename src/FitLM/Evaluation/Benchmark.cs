@@ -1,0 +1,84 @@
+using System.Diagnostics;
+using FitLM.Model;
+
+namespace FitLM.Evaluation;
+
+/// <summary>One llama-bench style test: pp (prompt processing) or tg (text generation), tokens per second per repetition.</summary>
+public sealed record BenchResult(string Test, int Tokens, double[] TokensPerSecond)
+{
+    public double Mean => TokensPerSecond.Average();
+    public double StdDev
+    {
+        get
+        {
+            if (TokensPerSecond.Length < 2) return 0;
+            double m = Mean;
+            return Math.Sqrt(TokensPerSecond.Sum(x => (x - m) * (x - m)) / (TokensPerSecond.Length - 1));
+        }
+    }
+}
+
+/// <summary>
+/// llama-bench's two tests: ppN evaluates N random tokens as one batch from an empty cache; tgN generates N
+/// tokens one at a time (each a forward pass of one token) from an empty cache. One warm-up run first.
+/// </summary>
+public static class Benchmark
+{
+    public static BenchResult Prompt(LanguageModel lm, int n, int repetitions, CancellationToken ct = default)
+    {
+        var tokens = RandomTokens(lm, n, 1);
+        var logits = new float[lm.Config.Vocab];
+        lm.Transformer.Forward(tokens, 0, logits, n - 1, ct); // warm-up
+        var rates = new double[repetitions];
+        for (int r = 0; r < repetitions; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            lm.Transformer.Forward(tokens, 0, logits, n - 1, ct);
+            rates[r] = n / sw.Elapsed.TotalSeconds;
+        }
+        return new BenchResult($"pp{n}", n, rates);
+    }
+
+    public static BenchResult Generate(LanguageModel lm, int n, int repetitions, CancellationToken ct = default)
+    {
+        var tokens = RandomTokens(lm, n, 2);
+        var logits = new float[lm.Config.Vocab];
+        var one = new int[1];
+        void Run()
+        {
+            for (int i = 0; i < n; i++)
+            {
+                one[0] = tokens[i];
+                lm.Transformer.Forward(one, i, logits, 0, ct);
+            }
+        }
+        Run(); // warm-up
+        var rates = new double[repetitions];
+        for (int r = 0; r < repetitions; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            Run();
+            rates[r] = n / sw.Elapsed.TotalSeconds;
+        }
+        return new BenchResult($"tg{n}", n, rates);
+    }
+
+    private static int[] RandomTokens(LanguageModel lm, int n, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => rng.Next(lm.Config.Vocab)).ToArray();
+    }
+
+    /// <summary>Bytes of weights one decode step reads: every matrix once (the embedding only one row).</summary>
+    public static long WeightBytesPerToken(IModelSource source)
+    {
+        long total = 0;
+        foreach (var t in source.Tensors)
+        {
+            if (t.Name == "token_embd.weight")
+                total += source.Find("output.weight") == null ? t.ByteSize : t.ByteSize / t.Rows;
+            else total += t.ByteSize;
+        }
+        return total;
+    }
+}
