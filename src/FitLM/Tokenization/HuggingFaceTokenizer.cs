@@ -195,11 +195,18 @@ public sealed partial class Tokenizer
     {
         try
         {
-            return JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            var bytes = File.ReadAllBytes(path);
+            // Strings are decoded lazily by JsonElement, which throws InvalidOperationException on bad UTF-8.
+            if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new FitLMException($"{path}: not valid UTF-8 (corrupt file?)");
+            return JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
         }
         catch (JsonException e)
         {
             throw new FitLMException($"{path}: malformed JSON: {e.Message}", e);
+        }
+        catch (IOException e)
+        {
+            throw new FitLMException($"{path}: {e.Message}", e);
         }
     }
 
