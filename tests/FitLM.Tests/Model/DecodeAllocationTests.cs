@@ -29,14 +29,14 @@ public class DecodeAllocationTests(ITestOutputHelper output)
         for (int i = 0; i < 40; i++) Step(); // warm-up: JIT, thread-static buffers, worker threads
 
         int gen0 = GC.CollectionCount(0), gen1 = GC.CollectionCount(1), gen2 = GC.CollectionCount(2);
-        long before = GC.GetTotalAllocatedBytes(precise: true);
+        long before = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 256; i++) Step();
-        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         output.WriteLine($"256 tokens: {allocated} bytes allocated; GC collections gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}");
         Assert.Equal(gen0, GC.CollectionCount(0));
         Assert.Equal(gen1, GC.CollectionCount(1));
         Assert.Equal(gen2, GC.CollectionCount(2));
-        // A few hundred bytes may come from the runtime itself (tiered JIT); a per-token allocation would be ≥ 256 × 24.
-        Assert.True(allocated < 256 * 24, $"the decode loop allocated {allocated} bytes over 256 tokens");
+        // Counted on the decoding thread: the test runner's own threads allocate as they please meanwhile.
+        Assert.Equal(0, allocated);
     }
 }
