@@ -6,6 +6,7 @@ using Xunit.Abstractions;
 namespace FitLM.Tests.Model;
 
 /// <summary>The decode loop (forward pass of one token + sampling) allocates nothing per token, so the GC never runs during generation.</summary>
+[Collection(SequentialCollection.Name)]
 public class DecodeAllocationTests(ITestOutputHelper output)
 {
     [Theory]
