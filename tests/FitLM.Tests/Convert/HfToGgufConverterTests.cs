@@ -131,18 +131,6 @@ public sealed class HfToGgufConverterTests(ConvertedModels models, ITestOutputHe
 
     // ------------------------------------------------------------ against transformers
 
-    private sealed record Reference(string PromptText, int[] PromptIds, float[][] First8, double[] L2);
-
-    private static Reference LoadReference(string folder)
-    {
-        var r = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "reference.json"))).RootElement;
-        return new Reference(
-            r.GetProperty("prompt_text").GetString()!,
-            r.GetProperty("prompt_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray(),
-            r.GetProperty("prompt_logits_first8_each_pos").EnumerateArray().Select(a => a.EnumerateArray().Select(e => e.GetSingle()).ToArray()).ToArray(),
-            r.GetProperty("prompt_logits_l2_each_pos").EnumerateArray().Select(e => e.GetDouble()).ToArray());
-    }
-
     [Theory]
     [InlineData(Model, GgmlType.F16)]
     [InlineData(Model, GgmlType.F32)]
@@ -152,7 +140,7 @@ public sealed class HfToGgufConverterTests(ConvertedModels models, ITestOutputHe
         if (NoShared()) return;
         var (path, seconds) = models.Get(model, type);
         output.WriteLine($"converted {model} to {type} in {seconds:F2} s ({new FileInfo(path).Length:N0} bytes)");
-        var reference = LoadReference(models.HfFolder(model));
+        var reference = FitLM.Tests.Model.ReferenceTests.Reference.Load(Path.Combine(models.HfFolder(model), "reference.json"));
         using var lm = LanguageModel.Load(path, 256);
         Assert.IsType<GgufSource>(lm.Source);
         Assert.Equal(RopeStyle.Interleaved, lm.Config.RopeStyle);
@@ -163,24 +151,8 @@ public sealed class HfToGgufConverterTests(ConvertedModels models, ITestOutputHe
         }
         else Assert.Null(((GgufSource)lm.Source).File.Find("fitlm.ffn_activation"));
 
-        int v = lm.Config.Vocab, n = reference.PromptIds.Length;
-        var logits = new float[n * v];
-        lm.Transformer.Forward(reference.PromptIds, 0, logits, 0);
-        double maxAbs = 0, maxRel = 0;
-        for (int t = 0; t < n; t++)
-        {
-            for (int i = 0; i < 8; i++) maxAbs = Math.Max(maxAbs, Math.Abs(logits[t * v + i] - reference.First8[t][i]));
-            double l2 = Math.Sqrt(logits.AsSpan(t * v, v).ToArray().Sum(x => (double)x * x));
-            maxRel = Math.Max(maxRel, Math.Abs(l2 - reference.L2[t]) / reference.L2[t]);
-        }
-        output.WriteLine($"max |logit - ref| (first 8, all {n} positions) = {maxAbs:E3}; max relative L2 error = {maxRel:E3}");
-        Assert.True(maxAbs <= 2e-3, $"logits differ from transformers by {maxAbs}");
-        Assert.True(maxRel <= 1e-4, $"logit L2 norms differ from transformers by {maxRel} relative");
-
-        if (lm.Tokenizer.VocabSize > 0)
-            Assert.Equal(reference.PromptIds, lm.Tokenizer.Encode(reference.PromptText));
-        else
-            output.WriteLine("tokenizer not implemented yet: skipped the encode check");
+        // Tokenizer ids, logits at every position and greedy ids, as for the HF folder itself.
+        FitLM.Tests.Model.ReferenceTests.AssertMatchesReference(lm, reference, output);
     }
 
     // ------------------------------------------------------------ against llama.cpp
