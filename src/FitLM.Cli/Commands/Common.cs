@@ -14,8 +14,8 @@ internal static class Common
 
     public static Option<int> Threads() => new("--threads", "-t")
     {
-        Description = "number of threads (default: the number of cores)",
-        DefaultValueFactory = _ => Environment.ProcessorCount,
+        Description = "number of threads (default: the number of physical cores)",
+        DefaultValueFactory = _ => CpuInfo.PhysicalCores,
     };
 
     public static Option<int> Context(int fallback) => new("--ctx-size", "-c")
