@@ -19,16 +19,21 @@ public sealed class LanguageModel : IDisposable
     }
 
     /// <summary>Opens a .gguf file or Hugging Face folder and loads its weights for a context of <paramref name="contextLength"/> tokens.</summary>
-    public static LanguageModel Load(string path, int contextLength = 0, int maxBatch = 256)
+    public static LanguageModel Load(string path, int contextLength = 0, int maxBatch = 256) =>
+        Load(path, new LoadOptions { ContextLength = contextLength, MaxBatch = maxBatch });
+
+    /// <summary>Opens a .gguf file or Hugging Face folder and loads it as <paramref name="options"/> say.</summary>
+    public static LanguageModel Load(string path, LoadOptions options)
     {
         var source = ModelSource.Open(path);
         IWeightProvider? weights = null;
         try
         {
-            int ctx = contextLength > 0 ? contextLength : Math.Min(source.Config.ContextLength, 4096);
+            int ctx = options.ContextLength > 0 ? options.ContextLength : Math.Min(source.Config.ContextLength, 4096);
             if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
+            if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
             weights = new ResidentWeights(source);
-            var transformer = new Transformer(source.Config, weights, ctx, maxBatch);
+            var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch);
             return new LanguageModel(source, weights, transformer);
         }
         catch
