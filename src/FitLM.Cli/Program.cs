@@ -16,6 +16,7 @@ public static class Program
             ConvertCommand.Create(),
             SynthCommand.Create(),
             BenchCommand.Create(),
+            PlanCommand.Create(),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))

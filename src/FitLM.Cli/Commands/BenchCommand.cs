@@ -18,7 +18,9 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print a JSON array (llama-bench's fields) instead of a table" };
         var noBandwidth = new Option<bool>("--no-bandwidth") { Description = "skip measuring the machine's memory bandwidth" };
         var threads = Common.Threads();
+        var memory = new MemoryOptions();
         var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, threads };
+        memory.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
             int t = r.GetValue(threads);
@@ -27,7 +29,7 @@ internal static class BenchCommand
             if (np < 0 || ng < 0 || np + ng == 0) throw new FitLMException("give -p and/or -n greater than 0");
             if (nr < 1 || nr > 1000) throw new FitLMException($"--repetitions {nr} is out of range (1..1000)");
             string path = r.GetValue(model)!;
-            using var lm = LanguageModel.Load(path, Math.Max(np, ng) + 1, Math.Max(1, np));
+            using var lm = LanguageModel.Load(path, memory.Apply(r, new LoadOptions { ContextLength = Math.Max(np, ng) + 1, MaxBatch = Math.Max(1, np) }));
             long size = lm.Source.Tensors.Sum(x => x.ByteSize);
             long parameters = lm.Source.Tensors.Sum(x => x.Elements);
             string type = DominantType(lm.Source);

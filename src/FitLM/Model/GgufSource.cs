@@ -40,6 +40,8 @@ public sealed class GgufSource : IModelSource
 
     public void Read(TensorDesc tensor, long offset, Span<byte> dst) => File.ReadTensorBytes(_byName[tensor.Name].info, offset, dst);
 
+    public TensorLocation Locate(TensorDesc tensor) => new(File.Path, File.DataOffset + _byName[tensor.Name].info.Offset);
+
     public void Dispose() => File.Dispose();
 
     private static ModelConfig ReadConfig(GgufFile f, GgufSource src)

@@ -57,6 +57,12 @@ public sealed partial class HuggingFaceSource : IModelSource
         file.ReadTensorBytes(info, offset, dst);
     }
 
+    public TensorLocation Locate(TensorDesc tensor)
+    {
+        var (_, file, info) = _byName[tensor.Name];
+        return new(file.Path, file.DataOffset + info.Begin);
+    }
+
     public void Dispose()
     {
         foreach (var f in _files) f.Dispose();

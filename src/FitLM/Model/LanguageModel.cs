@@ -7,12 +7,15 @@ public sealed class LanguageModel : IDisposable
 {
     public IModelSource Source { get; }
     public IWeightProvider Weights { get; }
+    /// <summary>Where each weight lives and what the process holds, as the planner decided at load.</summary>
+    public Memory.MemoryPlan Plan { get; }
     public Transformer Transformer { get; }
     public ModelConfig Config => Source.Config;
     public Tokenizer Tokenizer => Source.Tokenizer;
 
-    private LanguageModel(IModelSource source, IWeightProvider weights, Transformer transformer)
+    private LanguageModel(IModelSource source, IWeightProvider weights, Transformer transformer, Memory.MemoryPlan plan)
     {
+        Plan = plan;
         Source = source;
         Weights = weights;
         Transformer = transformer;
@@ -32,9 +35,19 @@ public sealed class LanguageModel : IDisposable
             int ctx = options.ContextLength > 0 ? options.ContextLength : Math.Min(source.Config.ContextLength, 4096);
             if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
-            weights = new ResidentWeights(source);
+            var plan = Memory.Planner.Plan(source, new Memory.Planner.Options
+            {
+                BudgetBytes = options.MemoryBudget > 0 ? options.MemoryBudget : Memory.SystemMemory.AvailableBytes(),
+                Context = ctx,
+                MaxBatch = options.MaxBatch,
+                LogitRows = options.LogitRows,
+                Mode = options.Stream,
+                StreamEverything = options.Stream == Memory.StreamMode.Naive,
+            });
+            weights = plan.Streams ? new StreamingWeights(source, plan) : new ResidentWeights(source);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch);
-            return new LanguageModel(source, weights, transformer);
+            if (plan.Streams) Storage.PageCache.Drop(source);
+            return new LanguageModel(source, weights, transformer, plan);
         }
         catch
         {

@@ -10,4 +10,12 @@ public sealed record LoadOptions
     public int ContextLength { get; init; }
     /// <summary>Most tokens one forward pass processes at once (prefill batch).</summary>
     public int MaxBatch { get; init; } = 256;
+
+    // Memory budget and weight streaming (the planner).
+    /// <summary>Bytes the whole process may hold; 0 = what the machine (or its cgroup) has free.</summary>
+    public long MemoryBudget { get; init; }
+    /// <summary>How streamed weights are read; Naive also streams every weight, whatever the budget.</summary>
+    public Memory.StreamMode Stream { get; init; } = Memory.StreamMode.Prefetch;
+    /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>
+    public int LogitRows { get; init; } = 1;
 }

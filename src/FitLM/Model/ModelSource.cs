@@ -25,7 +25,12 @@ public interface IModelSource : IDisposable
     TensorDesc? Find(string name);
     /// <summary>Reads bytes of a tensor's data, starting <paramref name="offset"/> bytes into it.</summary>
     void Read(TensorDesc tensor, long offset, Span<byte> dst);
+    /// <summary>Where a tensor's bytes lie on storage, for readers that bypass this interface (direct I/O).</summary>
+    TensorLocation Locate(TensorDesc tensor);
 }
+
+/// <summary>A tensor's bytes on storage: file and absolute offset (its length is the tensor's ByteSize).</summary>
+public readonly record struct TensorLocation(string File, long Offset);
 
 public static class ModelSource
 {

@@ -15,11 +15,12 @@ public sealed unsafe class NativeBuffer : IDisposable
     public byte* Pointer { get; private set; }
     public long Length { get; }
 
-    public NativeBuffer(long length)
+    /// <param name="alignment">64 for vector loads; 4096 for direct I/O, which needs page-aligned buffers.</param>
+    public NativeBuffer(long length, int alignment = 64)
     {
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length));
         Length = length;
-        Pointer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(length, 1), 64);
+        Pointer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(length, 1), (nuint)alignment);
         Interlocked.Add(ref s_live, length);
     }
 

@@ -1,0 +1,94 @@
+using System.CommandLine;
+using System.Text.Json;
+using FitLM.Memory;
+using FitLM.Model;
+using FitLM.Runtime;
+using FitLM.Storage;
+
+namespace FitLM.Cli.Commands;
+
+/// <summary>`fitlm plan`: how a model would fit a budget — what is resident, what is streamed, what it costs.</summary>
+internal static class PlanCommand
+{
+    public static Command Create()
+    {
+        var model = Common.Model();
+        var ctx = Common.Context(2048);
+        var memory = new MemoryOptions();
+        var json = new Option<bool>("--json") { Description = "print the plan as JSON" };
+        var noProbe = new Option<bool>("--no-probe") { Description = "skip the storage probe (no speed prediction)" };
+        var threads = Common.Threads();
+        var cmd = new Command("plan", "show how a model fits a memory budget (resident vs streamed weights, KV, predicted speed)") { model, ctx, json, noProbe, threads };
+        memory.AddTo(cmd);
+        cmd.SetAction(r => Common.Guard(ct =>
+        {
+            Common.ApplyThreads(r.GetValue(threads));
+            var (budget, mode) = memory.Read(r);
+            using var src = ModelSource.Open(r.GetValue(model)!);
+            int n = r.GetValue(ctx);
+            if (n < 1 || n > 1 << 20) throw new FitLMException($"--ctx-size {n} is out of range");
+            StorageProfile? storage = null;
+            if (!r.GetValue(noProbe))
+                storage = StorageProbe.Measure(src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, ct: ct);
+            var plan = Planner.Plan(src, new Planner.Options
+            {
+                BudgetBytes = budget > 0 ? budget : SystemMemory.AvailableBytes(),
+                Context = n,
+                Mode = mode,
+                StreamEverything = mode == StreamMode.Naive,
+                Storage = storage,
+            });
+            if (r.GetValue(json))
+            {
+                Console.Out.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object?>
+                {
+                    ["budget_bytes"] = plan.BudgetBytes,
+                    ["context"] = plan.Context,
+                    ["mode"] = plan.Mode.ToString().ToLowerInvariant(),
+                    ["total_bytes"] = plan.TotalBytes,
+                    ["runtime_bytes"] = plan.RuntimeBytes,
+                    ["kv_bytes"] = plan.KvBytes,
+                    ["kv_bytes_per_token"] = plan.KvBytes / (double)plan.Context,
+                    ["scratch_bytes"] = plan.ScratchBytes,
+                    ["stream_buffer_bytes"] = plan.StreamBufferBytes,
+                    ["resident_weight_bytes"] = plan.ResidentWeightBytes,
+                    ["streamed_weight_bytes"] = plan.StreamedWeightBytes,
+                    ["streamed_bytes_per_token"] = plan.StreamedBytesPerToken,
+                    ["predicted_tokens_per_second"] = plan.PredictedTokensPerSecond,
+                    ["tensors"] = plan.Tensors.Select(t => new { name = t.Tensor.Name, bytes = t.Tensor.ByteSize, placement = t.Placement.ToString().ToLowerInvariant() }),
+                }, new JsonSerializerOptions { WriteIndented = true }));
+                return 0;
+            }
+            var o = Console.Out;
+            o.WriteLine($"plan for {src.Path}, budget {ProcessMemory.Format(plan.BudgetBytes)}{(budget == 0 ? " (free memory)" : "")}, context {n}, {plan.Mode.ToString().ToLowerInvariant()} streaming");
+            o.WriteLine();
+            o.WriteLine($"{"unit",-12} {"placement",-10} {"tensors",7} {"bytes",12}");
+            foreach (var g in plan.Tensors.GroupBy(t => t.Layer >= 0 ? $"layer {t.Layer}" : t.Tensor.Name.Replace(".weight", "")))
+            {
+                // Norms and biases are always resident; a unit's placement is that of its matrices.
+                var matrices = g.Where(t => t.Tensor.Shape.Length >= 2).ToList();
+                if (matrices.Count == 0) continue;
+                string placement = matrices.Select(t => t.Placement).Distinct().Count() > 1 ? "mixed" : matrices[0].Placement.ToString().ToLowerInvariant();
+                o.WriteLine($"{g.Key,-12} {placement,-10} {g.Count(),7} {ProcessMemory.Format(g.Sum(t => t.Tensor.ByteSize)),12}");
+            }
+            o.WriteLine();
+            o.WriteLine($"  runtime (measured + margin) {ProcessMemory.Format(plan.RuntimeBytes),12}");
+            o.WriteLine($"  resident weights            {ProcessMemory.Format(plan.ResidentWeightBytes),12}");
+            o.WriteLine($"  stream buffers              {ProcessMemory.Format(plan.StreamBufferBytes),12}");
+            o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({ProcessMemory.Format(plan.KvBytes / plan.Context)} per token)");
+            o.WriteLine($"  activations and scratch     {ProcessMemory.Format(plan.ScratchBytes),12}");
+            o.WriteLine($"  total                       {ProcessMemory.Format(plan.TotalBytes),12}  of {ProcessMemory.Format(plan.BudgetBytes)}");
+            o.WriteLine();
+            o.WriteLine($"streamed weights: {ProcessMemory.Format(plan.StreamedWeightBytes)}; read from storage per token: {ProcessMemory.Format(plan.StreamedBytesPerToken)}");
+            if (storage != null)
+            {
+                o.WriteLine();
+                o.WriteLine(StorageProbe.Describe(storage));
+                o.WriteLine();
+                o.WriteLine($"predicted decode: {plan.PredictedTokensPerSecond:F2} tok/s — {plan.CostModelNote}");
+            }
+            return 0;
+        }));
+        return cmd;
+    }
+}

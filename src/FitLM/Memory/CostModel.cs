@@ -1,0 +1,76 @@
+using System.Diagnostics;
+using FitLM.Model;
+using FitLM.Storage;
+using FitLM.Tensors;
+
+namespace FitLM.Memory;
+
+/// <summary>
+/// Predicts decode speed of a plan: compute time (every weight byte passes through the kernels once per token,
+/// at the rate a short kernel probe measured) and I/O time (streamed bytes at the throughput the storage probe
+/// measured for the read size and queue depth the streamer uses). Prefetching overlaps the two; the naive mode
+/// adds them, reading with one request in flight.
+/// </summary>
+public static class CostModel
+{
+    public const int StreamReadBytes = 4 << 20;
+    public const int StreamQueueDepth = 4;
+
+    public static MemoryPlan Predict(MemoryPlan plan, IModelSource source, StorageProfile storage, double computeBytesPerSecond = 0)
+    {
+        if (computeBytesPerSecond <= 0) computeBytesPerSecond = MeasureCompute(DominantType(source));
+        long computeBytes = Evaluation.Benchmark.WeightBytesPerToken(source);
+        double compute = computeBytes / computeBytesPerSecond;
+        long streamedLayers = plan.StreamedBytesPerToken;
+        bool embeddingStreamed = plan.PlacementOf("token_embd.weight") == Placement.Streamed && source.Find("output.weight") != null;
+        double rowRead = 0;
+        if (embeddingStreamed)
+        {
+            var e = source.Get("token_embd.weight");
+            long rowBytes = e.ByteSize / e.Rows;
+            streamedLayers -= rowBytes;
+            rowRead = DirectFile.Alignment * 2 / storage.BytesPerSecond(DirectFile.Alignment * 2, 1);
+        }
+        int depth = plan.Mode == StreamMode.Naive ? 1 : StreamQueueDepth;
+        double io = streamedLayers > 0 ? streamedLayers / storage.BytesPerSecond(StreamReadBytes, depth) : 0;
+        io += rowRead;
+        double seconds = plan.Mode == StreamMode.Naive ? compute + io : Math.Max(compute, io);
+        return plan with
+        {
+            PredictedTokensPerSecond = 1 / seconds,
+            CostModelNote = $"compute {compute * 1e3:F1} ms/token ({computeBytes / 1e6:F0} MB at {computeBytesPerSecond / 1e9:F1} GB/s), " +
+                $"I/O {io * 1e3:F1} ms/token ({plan.StreamedBytesPerToken / 1e6:F0} MB at {(io > 0 ? plan.StreamedBytesPerToken / io / 1e9 : 0):F2} GB/s, " +
+                $"{ProcessMemory(StreamReadBytes)} reads, queue depth {depth}), " + (plan.Mode == StreamMode.Naive ? "not overlapped" : "overlapped"),
+        };
+    }
+
+    private static string ProcessMemory(long b) => Runtime.ProcessMemory.Format(b);
+
+    private static GgmlType DominantType(IModelSource src) =>
+        src.Tensors.GroupBy(t => t.Type).OrderByDescending(g => g.Sum(t => t.ByteSize)).First().Key;
+
+    /// <summary>Weight bytes per second the matrix-vector kernels sustain for <paramref name="type"/> on a matrix larger than the caches.</summary>
+    public static unsafe double MeasureCompute(GgmlType type, int rows = 4096, int cols = 4096)
+    {
+        long rowBytes = GgmlTypes.RowBytes(type, cols);
+        using var w = new NativeBuffer(rowBytes * rows);
+        var rng = new Random(1);
+        var row = new float[cols];
+        var q = new byte[rowBytes];
+        for (int i = 0; i < cols; i++) row[i] = (float)(rng.NextDouble() - 0.5) * 0.04f;
+        Quantize.Row(type, row, q);
+        for (int r = 0; r < rows; r++) q.CopyTo(new Span<byte>(w.Pointer + r * rowBytes, (int)rowBytes));
+        var x = new float[cols];
+        var y = new float[rows];
+        for (int i = 0; i < cols; i++) x[i] = (float)rng.NextDouble();
+        MatMul.MatVec(type, w.Pointer, rowBytes, rows, cols, x, y); // warm-up
+        double best = 0;
+        for (int rep = 0; rep < 5; rep++)
+        {
+            var sw = Stopwatch.StartNew();
+            MatMul.MatVec(type, w.Pointer, rowBytes, rows, cols, x, y);
+            best = Math.Max(best, rowBytes * rows / sw.Elapsed.TotalSeconds);
+        }
+        return best;
+    }
+}

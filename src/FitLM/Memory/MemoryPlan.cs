@@ -1,0 +1,54 @@
+using FitLM.Model;
+
+namespace FitLM.Memory;
+
+public enum Placement
+{
+    /// <summary>Read once at load, kept in memory in the stored format.</summary>
+    Resident,
+    /// <summary>Read from storage each time it is used, into a reusable buffer.</summary>
+    Streamed,
+}
+
+/// <summary>How streamed weights are read.</summary>
+public enum StreamMode
+{
+    /// <summary>Layer by layer with the next layer read while the current one computes, several reads in flight.</summary>
+    Prefetch,
+    /// <summary>The naive baseline: every streamed tensor read when it is needed, one read at a time, nothing overlapped.</summary>
+    Naive,
+}
+
+/// <summary>One tensor's place in the plan. Layer is -1 for tensors outside the blocks.</summary>
+public sealed record TensorPlan(TensorDesc Tensor, Placement Placement, int Layer);
+
+/// <summary>
+/// What the planner decided for a model under a budget: where each tensor lives and what every part of
+/// the process will hold. <see cref="TotalBytes"/> is the promise checked against the budget.
+/// </summary>
+public sealed record MemoryPlan
+{
+    public required long BudgetBytes { get; init; }
+    public required int Context { get; init; }
+    public required IReadOnlyList<TensorPlan> Tensors { get; init; }
+    public required StreamMode Mode { get; init; }
+    /// <summary>The .NET runtime, code, thread stacks and tokenizer: what the process holds before weights.</summary>
+    public required long RuntimeBytes { get; init; }
+    public required long KvBytes { get; init; }
+    public required long ScratchBytes { get; init; }
+    /// <summary>Buffers streamed tensors are read into: two slots of the largest streamed unit (double buffering).</summary>
+    public required long StreamBufferBytes { get; init; }
+    /// <summary>Bytes read from storage per generated token.</summary>
+    public required long StreamedBytesPerToken { get; init; }
+    /// <summary>Predicted decode speed from the cost model, or 0 when no storage probe was given.</summary>
+    public double PredictedTokensPerSecond { get; init; }
+    public string? CostModelNote { get; init; }
+
+    public long ResidentWeightBytes => Tensors.Where(t => t.Placement == Placement.Resident).Sum(t => t.Tensor.ByteSize);
+    public long StreamedWeightBytes => Tensors.Where(t => t.Placement == Placement.Streamed).Sum(t => t.Tensor.ByteSize);
+    public long TotalBytes => RuntimeBytes + KvBytes + ScratchBytes + StreamBufferBytes + ResidentWeightBytes;
+    public bool Streams => Tensors.Any(t => t.Placement == Placement.Streamed);
+
+    public Placement PlacementOf(string name) =>
+        Tensors.FirstOrDefault(t => t.Tensor.Name == name)?.Placement ?? Placement.Resident;
+}

@@ -1,0 +1,161 @@
+using FitLM.Model;
+using FitLM.Runtime;
+using FitLM.Storage;
+
+namespace FitLM.Memory;
+
+/// <summary>
+/// Decides, for a model and a memory budget, which weights stay resident and which are streamed from
+/// storage, and sizes the KV cache and scratch. Everything the process will hold is counted: the runtime
+/// (measured), KV cache, activations, stream buffers and resident weights.
+///
+/// Units of placement are whole layers (all of blk.N.*), the output head and the token embedding: a streamed
+/// unit is read in large contiguous chunks, which storage serves fastest. Every dense weight is read once per
+/// token whether resident or streamed, so any resident byte saves one streamed byte; the planner keeps the
+/// output head and then whole layers resident while the budget allows, and streams the rest through two
+/// buffers of the largest streamed unit (one being computed, the next being read). The embedding is only
+/// read one row per token, so it is the first thing to stream.
+/// </summary>
+public static class Planner
+{
+    /// <summary>Room for code the JIT compiles, GC heap growth and thread stacks after the plan is made.</summary>
+    public const long RuntimeMargin = 24L << 20;
+
+    public sealed record Options
+    {
+        public long BudgetBytes { get; init; }
+        public int Context { get; init; } = 2048;
+        public int MaxBatch { get; init; } = 256;
+        /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk).</summary>
+        public int LogitRows { get; init; } = 1;
+        public StreamMode Mode { get; init; } = StreamMode.Prefetch;
+        /// <summary>Force every layer and the head to be streamed (the naive baseline streams everything).</summary>
+        public bool StreamEverything { get; init; }
+        /// <summary>What the process holds before weights; measured now when 0.</summary>
+        public long RuntimeBytes { get; init; }
+        public StorageProfile? Storage { get; init; }
+    }
+
+    public static MemoryPlan Plan(IModelSource source, Options o)
+    {
+        var c = source.Config;
+        long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : ProcessMemory.RssBytes()) + RuntimeMargin;
+        long kv = Footprint.KvBytes(c, o.Context);
+        long scratch = Footprint.ScratchBytes(c, o.Context, o.MaxBatch) + 4L * c.Vocab * Math.Max(1, o.LogitRows);
+        long fixedBytes = runtime + kv + scratch;
+
+        // Units: layers, the head, the embedding; small vectors (norms, biases) always stay resident.
+        bool tied = source.Find("output.weight") == null;
+        var units = new List<Unit>();
+        var layerTensors = new List<TensorDesc>[c.Layers];
+        for (int l = 0; l < c.Layers; l++) layerTensors[l] = new();
+        var small = new List<TensorDesc>();
+        TensorDesc embedding = source.Get("token_embd.weight");
+        TensorDesc? head = source.Find("output.weight");
+        foreach (var t in source.Tensors)
+        {
+            if (t.Shape.Length < 2) { small.Add(t); continue; }
+            int layer = LayerOf(t.Name);
+            if (layer >= 0) layerTensors[layer].Add(t);
+            else if (t != embedding && t != head) small.Add(t);
+        }
+        var headUnit = new Unit("output", -1, [tied ? embedding : head!]);
+        units.Add(headUnit);
+        for (int l = 0; l < c.Layers; l++) units.Add(new Unit($"layer {l}", l, layerTensors[l].ToArray()));
+        long smallBytes = small.Sum(t => t.ByteSize);
+        long embeddingBytes = tied ? 0 : embedding.ByteSize;
+        long allWeights = units.Sum(u => u.Bytes) + smallBytes + embeddingBytes;
+
+        bool embeddingResident;
+        if (!o.StreamEverything && fixedBytes + allWeights <= o.BudgetBytes)
+        {
+            foreach (var u in units) u.Resident = true;
+            embeddingResident = true;
+        }
+        else
+        {
+            // Smallest plan: everything streamed, two buffers of the largest unit.
+            long maxUnit = units.Max(u => u.Bytes);
+            long embeddingRowBuffer = tied ? 0 : EmbeddingRowBufferBytes(embedding);
+            long minimum = fixedBytes + smallBytes + 2 * Aligned(maxUnit) + embeddingRowBuffer;
+            if (minimum > o.BudgetBytes)
+                throw new FitLMException(
+                    $"a budget of {ProcessMemory.Format(o.BudgetBytes)} cannot run this model with context {o.Context}: " +
+                    $"the smallest plan needs {ProcessMemory.Format(minimum)} (runtime {ProcessMemory.Format(runtime)}, KV cache {ProcessMemory.Format(kv)}, " +
+                    $"activations {ProcessMemory.Format(scratch)}, two stream buffers of {ProcessMemory.Format(Aligned(maxUnit))}); " +
+                    $"give --memory {Math.Ceiling(minimum / (double)(1 << 20))}MiB or more, or a smaller context");
+            if (!o.StreamEverything)
+            {
+                // Keep the head, then whole layers, resident while the budget allows; the stream buffers
+                // shrink as big units become resident, so iterate until the choice is stable.
+                for (int pass = 0; pass < 4; pass++)
+                {
+                    long slots = 2 * Aligned(units.Where(u => !u.Resident).Select(u => u.Bytes).DefaultIfEmpty(0).Max());
+                    long left = o.BudgetBytes - fixedBytes - smallBytes - embeddingRowBuffer - slots - units.Where(u => u.Resident).Sum(u => u.Bytes);
+                    bool changed = false;
+                    foreach (var u in units.Where(u => !u.Resident))
+                    {
+                        if (u.Bytes > left) continue;
+                        // Making the last streamed unit resident frees both stream buffers.
+                        u.Resident = true;
+                        left -= u.Bytes;
+                        changed = true;
+                    }
+                    if (!changed) break;
+                }
+            }
+            long slotsNow = 2 * Aligned(units.Where(u => !u.Resident).Select(u => u.Bytes).DefaultIfEmpty(0).Max());
+            long leftNow = o.BudgetBytes - fixedBytes - smallBytes - embeddingRowBuffer - slotsNow - units.Where(u => u.Resident).Sum(u => u.Bytes);
+            embeddingResident = !tied && !o.StreamEverything && embedding.ByteSize <= leftNow + embeddingRowBuffer;
+        }
+
+        var plans = new List<TensorPlan>();
+        foreach (var t in small) plans.Add(new TensorPlan(t, Placement.Resident, LayerOf(t.Name)));
+        if (!tied) plans.Add(new TensorPlan(embedding, embeddingResident ? Placement.Resident : Placement.Streamed, -1));
+        foreach (var u in units)
+            foreach (var t in u.Tensors)
+                plans.Add(new TensorPlan(t, u.Resident ? Placement.Resident : Placement.Streamed, u.Layer));
+
+        var streamedUnits = units.Where(u => !u.Resident).ToList();
+        long streamBuffers = streamedUnits.Count == 0 ? 0 : 2 * Aligned(streamedUnits.Max(u => u.Bytes));
+        if (!tied && !embeddingResident) streamBuffers += EmbeddingRowBufferBytes(embedding);
+        long perToken = streamedUnits.Sum(u => u.Bytes) + (!tied && !embeddingResident ? embedding.ByteSize / embedding.Rows : 0);
+
+        var plan = new MemoryPlan
+        {
+            BudgetBytes = o.BudgetBytes,
+            Context = o.Context,
+            Tensors = plans,
+            Mode = o.Mode,
+            RuntimeBytes = runtime,
+            KvBytes = kv,
+            ScratchBytes = scratch,
+            StreamBufferBytes = streamBuffers,
+            StreamedBytesPerToken = perToken,
+        };
+        return o.Storage is { } storage ? CostModel.Predict(plan, source, storage) : plan;
+    }
+
+    /// <summary>Layer index of a blk.N.* tensor, or -1.</summary>
+    public static int LayerOf(string name)
+    {
+        if (!name.StartsWith("blk.", StringComparison.Ordinal)) return -1;
+        int dot = name.IndexOf('.', 4);
+        return dot > 4 && int.TryParse(name.AsSpan(4, dot - 4), out int l) ? l : -1;
+    }
+
+    /// <summary>Embedding rows are read one at a time with direct I/O: an aligned buffer per row for a batch.</summary>
+    private static long EmbeddingRowBufferBytes(TensorDesc embedding) =>
+        Aligned(embedding.ByteSize / embedding.Rows) + 2 * Storage.DirectFile.Alignment;
+
+    private static long Aligned(long bytes) => (bytes + 2 * Storage.DirectFile.Alignment + 4095) / 4096 * 4096;
+
+    private sealed class Unit(string name, int layer, TensorDesc[] tensors)
+    {
+        public string Name { get; } = name;
+        public int Layer { get; } = layer;
+        public TensorDesc[] Tensors { get; } = tensors;
+        public long Bytes { get; } = tensors.Sum(t => t.ByteSize);
+        public bool Resident { get; set; }
+    }
+}

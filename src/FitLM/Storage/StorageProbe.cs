@@ -1,0 +1,92 @@
+using System.Diagnostics;
+using FitLM.Runtime;
+
+namespace FitLM.Storage;
+
+/// <summary>Measured read throughput of one file's storage at several read sizes and queue depths.</summary>
+public sealed record StorageProfile(string File, bool Direct, IReadOnlyList<StorageProfile.Point> Points)
+{
+    public sealed record Point(int ReadBytes, int QueueDepth, double BytesPerSecond, double LatencySeconds);
+
+    /// <summary>
+    /// Throughput for reads of <paramref name="readBytes"/> at <paramref name="queueDepth"/>: interpolated
+    /// in log(size) between measured sizes, at the nearest measured depth not above the one asked for.
+    /// </summary>
+    public double BytesPerSecond(long readBytes, int queueDepth)
+    {
+        var depths = Points.Select(p => p.QueueDepth).Distinct().OrderBy(d => d).ToArray();
+        int depth = depths.LastOrDefault(d => d <= queueDepth, depths[0]);
+        var curve = Points.Where(p => p.QueueDepth == depth).OrderBy(p => p.ReadBytes).ToArray();
+        if (readBytes <= curve[0].ReadBytes) return curve[0].BytesPerSecond * readBytes / curve[0].ReadBytes;
+        if (readBytes >= curve[^1].ReadBytes) return curve[^1].BytesPerSecond;
+        for (int i = 1; i < curve.Length; i++)
+        {
+            if (readBytes > curve[i].ReadBytes) continue;
+            double f = (Math.Log(readBytes) - Math.Log(curve[i - 1].ReadBytes)) / (Math.Log(curve[i].ReadBytes) - Math.Log(curve[i - 1].ReadBytes));
+            return curve[i - 1].BytesPerSecond + f * (curve[i].BytesPerSecond - curve[i - 1].BytesPerSecond);
+        }
+        return curve[^1].BytesPerSecond;
+    }
+}
+
+/// <summary>
+/// A short storage probe: random direct reads over a file at several read sizes and queue depths, each for a
+/// fixed time. The cost model predicts streaming speed from these curves instead of assuming a figure.
+/// </summary>
+public static unsafe class StorageProbe
+{
+    public static readonly int[] Sizes = [4 << 10, 32 << 10, 128 << 10, 1 << 20, 4 << 20];
+    public static readonly int[] Depths = [1, 4, 16];
+
+    public static StorageProfile Measure(string path, double secondsPerPoint = 0.12, CancellationToken ct = default)
+    {
+        using var file = DirectFile.Open(path);
+        long usable = file.Length / DirectFile.Alignment * DirectFile.Alignment;
+        if (usable < DirectFile.Alignment) throw new FitLMException($"{path}: too small to probe storage");
+        var points = new List<StorageProfile.Point>();
+        int maxDepth = Depths.Max();
+        using var buffers = new Storage.NativeBuffer((long)maxDepth * Sizes.Max(), DirectFile.Alignment);
+        foreach (int depth in Depths)
+            foreach (int size in Sizes)
+            {
+                ct.ThrowIfCancellationRequested();
+                int readSize = (int)Math.Min(size, usable);
+                long bytes = 0, reads = 0;
+                var sw = Stopwatch.StartNew();
+                var threads = new Thread[depth];
+                for (int d = 0; d < depth; d++)
+                {
+                    int lane = d;
+                    threads[d] = new Thread(() =>
+                    {
+                        var rng = new Random(lane * 7919 + size);
+                        var dst = new Span<byte>(buffers.Pointer + (long)lane * Sizes.Max(), readSize);
+                        long slots = Math.Max(1, (usable - readSize) / DirectFile.Alignment);
+                        long localBytes = 0, localReads = 0;
+                        while (sw.Elapsed.TotalSeconds < secondsPerPoint)
+                        {
+                            long off = rng.NextInt64(slots) * DirectFile.Alignment;
+                            localBytes += file.Read(off, dst);
+                            localReads++;
+                        }
+                        Interlocked.Add(ref bytes, localBytes);
+                        Interlocked.Add(ref reads, localReads);
+                    }) { IsBackground = true };
+                    threads[d].Start();
+                }
+                foreach (var t in threads) t.Join();
+                double seconds = sw.Elapsed.TotalSeconds;
+                points.Add(new StorageProfile.Point(readSize, depth, bytes / seconds, reads > 0 ? seconds * depth / reads : 0));
+            }
+        return new StorageProfile(path, file.IsDirect, points);
+    }
+
+    public static string Describe(StorageProfile p)
+    {
+        var lines = new List<string> { $"storage probe of {p.File} ({(p.Direct ? "direct I/O" : "buffered, page cache dropped")}):" };
+        lines.Add($"  {"read size",10} " + string.Join(" ", p.Points.Select(x => x.QueueDepth).Distinct().Select(d => $"{"QD " + d,12}")));
+        foreach (var size in p.Points.Select(x => x.ReadBytes).Distinct())
+            lines.Add($"  {ProcessMemory.Format(size),10} " + string.Join(" ", p.Points.Where(x => x.ReadBytes == size).Select(x => $"{x.BytesPerSecond / 1e6,8:F0} MB/s")));
+        return string.Join(Environment.NewLine, lines);
+    }
+}
