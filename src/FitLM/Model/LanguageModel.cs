@@ -41,6 +41,7 @@ public sealed class LanguageModel : IDisposable
                 Context = ctx,
                 MaxBatch = options.MaxBatch,
                 LogitRows = options.LogitRows,
+                RuntimeBytes = options.RuntimeBytes,
                 Mode = options.Stream,
                 StreamEverything = options.Stream == Memory.StreamMode.Naive,
             });

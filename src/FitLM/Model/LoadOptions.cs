@@ -16,6 +16,8 @@ public sealed record LoadOptions
     public long MemoryBudget { get; init; }
     /// <summary>How streamed weights are read; Naive also streams every weight, whatever the budget.</summary>
     public Memory.StreamMode Stream { get; init; } = Memory.StreamMode.Prefetch;
+    /// <summary>What the process holds besides this model (runtime, other models); measured at load when 0.</summary>
+    public long RuntimeBytes { get; init; }
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>
     public int LogitRows { get; init; } = 1;
 }
