@@ -15,7 +15,8 @@ public sealed class Transformer
     private sealed class Layer
     {
         public required float[] AttnNorm, FfnNorm;
-        public required IMatrix Wq, Wk, Wv, Wo, Gate, Up, Down;
+        public required IMatrix Wq, Wk, Wv, Wo;
+        public required IFeedForward Ffn;
         public float[]? Bq, Bk, Bv, QNorm, KNorm;
     }
 
@@ -52,9 +53,7 @@ public sealed class Transformer
                 Wk = weights.Matrix(p + "attn_k.weight"),
                 Wv = weights.Matrix(p + "attn_v.weight"),
                 Wo = weights.Matrix(p + "attn_output.weight"),
-                Gate = weights.Matrix(p + "ffn_gate.weight"),
-                Up = weights.Matrix(p + "ffn_up.weight"),
-                Down = weights.Matrix(p + "ffn_down.weight"),
+                Ffn = weights.FeedForward(l, c),
                 Bq = c.QkvBias ? weights.Vector(p + "attn_q.bias") : null,
                 Bk = c.QkvBias ? weights.Vector(p + "attn_k.bias") : null,
                 Bv = c.QkvBias ? weights.Vector(p + "attn_v.bias") : null,
@@ -148,12 +147,7 @@ public sealed class Transformer
 
             // Feed-forward block: down(act(gate(x)) * up(x)).
             RmsNormRows(_x, L.FfnNorm, _xb, n, dim);
-            L.Gate.Multiply(_xb.AsSpan(0, n * dim), _hb, n);
-            L.Up.Multiply(_xb.AsSpan(0, n * dim), _hb2, n);
-            var hb = _hb.AsSpan(0, n * c.FfnDim);
-            Activate(hb, c.Activation);
-            TensorPrimitives.Multiply(hb, _hb2.AsSpan(0, n * c.FfnDim), hb);
-            L.Down.Multiply(hb, _xb2, n);
+            L.Ffn.Forward(_xb.AsSpan(0, n * dim), _xb2, n, _hb, _hb2);
             TensorPrimitives.Add(_x.AsSpan(0, n * dim), _xb2.AsSpan(0, n * dim), _x.AsSpan(0, n * dim));
         }
     }
@@ -212,26 +206,5 @@ public sealed class Transformer
         float scale = 1f / MathF.Sqrt(ss + Config.RmsEps);
         TensorPrimitives.Multiply(x, scale, o);
         TensorPrimitives.Multiply(o, w, o);
-    }
-
-    private static void Activate(Span<float> h, FfnActivation act)
-    {
-        switch (act)
-        {
-            case FfnActivation.Silu:
-                // silu(x) = x * sigmoid(x)
-                for (int i = 0; i < h.Length; i++) h[i] = h[i] / (1f + MathF.Exp(-h[i]));
-                break;
-            case FfnActivation.Relu:
-                TensorPrimitives.Max(h, 0f, h);
-                break;
-            case FfnActivation.Gelu:
-                for (int i = 0; i < h.Length; i++)
-                {
-                    float x = h[i];
-                    h[i] = 0.5f * x * (1f + MathF.Tanh(0.7978845608f * (x + 0.044715f * x * x * x)));
-                }
-                break;
-        }
     }
 }

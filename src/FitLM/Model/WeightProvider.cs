@@ -27,4 +27,8 @@ public interface IWeightProvider : IDisposable
     bool Has(string name);
     /// <summary>Bytes of weights this provider holds in memory.</summary>
     long ResidentBytes { get; }
+
+    /// <summary>Layer <paramref name="layer"/>'s feed-forward block: dense unless the provider bundles neurons.</summary>
+    IFeedForward FeedForward(int layer, ModelConfig config) => new DenseFeedForward(
+        Matrix($"blk.{layer}.ffn_gate.weight"), Matrix($"blk.{layer}.ffn_up.weight"), Matrix($"blk.{layer}.ffn_down.weight"), config.Activation);
 }
