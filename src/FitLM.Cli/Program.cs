@@ -17,6 +17,7 @@ public static class Program
             SynthCommand.Create(),
             BenchCommand.Create(),
             PlanCommand.Create(),
+            PrepareCommand.Create(),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))

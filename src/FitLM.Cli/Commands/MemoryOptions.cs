@@ -18,10 +18,24 @@ internal sealed class MemoryOptions
         DefaultValueFactory = _ => "prefetch",
     };
 
+    public readonly Option<double> FfnFraction = new("--ffn-fraction")
+    {
+        Description = "prepared models: fraction of FFN neurons fetched per token, chosen at random (1: all)",
+        DefaultValueFactory = _ => 1.0,
+    };
+
+    public readonly Option<int> FfnWindow = new("--ffn-window")
+    {
+        Description = "prepared models: keep the FFN neurons used by the last N tokens in memory (LLM in a flash windowing)",
+        DefaultValueFactory = _ => 4,
+    };
+
     public void AddTo(Command command)
     {
         command.Add(Memory);
         command.Add(Stream);
+        command.Add(FfnFraction);
+        command.Add(FfnWindow);
     }
 
     /// <summary>The budget in bytes (0 when not given) and the stream mode, validated.</summary>
@@ -41,7 +55,11 @@ internal sealed class MemoryOptions
     public LoadOptions Apply(ParseResult r, LoadOptions o)
     {
         var (budget, mode) = Read(r);
-        return o with { MemoryBudget = budget, Stream = mode };
+        double f = r.GetValue(FfnFraction);
+        if (!(f is > 0 and <= 1)) throw new FitLMException($"--ffn-fraction {f} is out of range (0, 1]");
+        int window = r.GetValue(FfnWindow);
+        if (window is < 1 or > 1024) throw new FitLMException($"--ffn-window {window} is out of range (1..1024)");
+        return o with { MemoryBudget = budget, Stream = mode, FfnFraction = f >= 1 ? 0 : f, FfnWindow = window };
     }
 
     /// <summary>One line about the plan after a run: what was streamed and whether the budget held.</summary>
@@ -51,6 +69,13 @@ internal sealed class MemoryOptions
         if (p.Streams)
             Console.Error.WriteLine($"plan: {Runtime.ProcessMemory.Format(p.ResidentWeightBytes)} of weights resident, {Runtime.ProcessMemory.Format(p.StreamedWeightBytes)} streamed " +
                 $"({Runtime.ProcessMemory.Format(p.StreamedBytesPerToken)} read per token, {p.Mode.ToString().ToLowerInvariant()})");
+        if (lm.Weights is FlashWeights flash && flash.Layers.Count > 0)
+        {
+            long steps = flash.Layers.Sum(l => l.Steps), used = flash.Layers.Sum(l => l.NeuronsUsed), read = flash.Layers.Sum(l => l.NeuronsRead);
+            int ffn = lm.Config.FfnDim;
+            Console.Error.WriteLine($"ffn: {100.0 * used / Math.Max(1, steps * ffn):F1}% of neurons used per step, {100.0 * read / Math.Max(1, steps * ffn):F1}% read fresh, " +
+                $"window {Runtime.ProcessMemory.Format(flash.Layers.Sum(l => l.WindowBytes))}, {Runtime.ProcessMemory.Format(flash.Layers.Sum(l => l.BytesRead))} read");
+        }
         long peak = Runtime.ProcessMemory.PeakRssBytes();
         if (p.BudgetBytes > 0 && lm.Weights is StreamingWeights || p.BudgetBytes > 0 && p.TotalBytes < p.BudgetBytes)
             Console.Error.WriteLine($"budget {Runtime.ProcessMemory.Format(p.BudgetBytes)}: peak RSS {Runtime.ProcessMemory.Format(peak)} ({100.0 * peak / p.BudgetBytes:F0}% of the budget)");

@@ -38,6 +38,8 @@ public sealed record MemoryPlan
     public required long ScratchBytes { get; init; }
     /// <summary>Buffers streamed tensors are read into: two slots of the largest streamed unit (double buffering).</summary>
     public required long StreamBufferBytes { get; init; }
+    /// <summary>Window caches and staging of bundled FFNs (prepared models), all layers.</summary>
+    public long FlashBytes { get; init; }
     /// <summary>Bytes read from storage per generated token.</summary>
     public required long StreamedBytesPerToken { get; init; }
     /// <summary>Predicted decode speed from the cost model, or 0 when no storage probe was given.</summary>
@@ -45,9 +47,11 @@ public sealed record MemoryPlan
     public string? CostModelNote { get; init; }
 
     public long ResidentWeightBytes => Tensors.Where(t => t.Placement == Placement.Resident).Sum(t => t.Tensor.ByteSize);
+    public bool Bundled => Tensors.Any(t => t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal));
     public long StreamedWeightBytes => Tensors.Where(t => t.Placement == Placement.Streamed).Sum(t => t.Tensor.ByteSize);
-    public long TotalBytes => RuntimeBytes + KvBytes + ScratchBytes + StreamBufferBytes + ResidentWeightBytes;
-    public bool Streams => Tensors.Any(t => t.Placement == Placement.Streamed);
+    public long TotalBytes => RuntimeBytes + KvBytes + ScratchBytes + StreamBufferBytes + FlashBytes + ResidentWeightBytes;
+    /// <summary>Whether any unit (layer part, head, embedding) is streamed; bundled FFNs are handled by their windows.</summary>
+    public bool Streams => Tensors.Any(t => t.Placement == Placement.Streamed && !t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal));
 
     public Placement PlacementOf(string name) =>
         Tensors.FirstOrDefault(t => t.Tensor.Name == name)?.Placement ?? Placement.Resident;

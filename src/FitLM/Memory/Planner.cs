@@ -34,7 +34,11 @@ public static class Planner
         /// <summary>What the process holds before weights; measured now when 0.</summary>
         public long RuntimeBytes { get; init; }
         public StorageProfile? Storage { get; init; }
+        /// <summary>For prepared (FFN-bundled) models: which neurons each token gets and the window length.</summary>
+        public FlashOptions? Flash { get; init; }
     }
+
+    public sealed record FlashOptions(INeuronSelector Selector, int WindowTokens);
 
     public static MemoryPlan Plan(IModelSource source, Options o)
     {
@@ -52,8 +56,14 @@ public static class Planner
         var small = new List<TensorDesc>();
         TensorDesc embedding = source.Get("token_embd.weight");
         TensorDesc? head = source.Find("output.weight");
+        // Bundled FFNs (fitlm prepare) are read neuron by neuron into per-layer windows, not as units.
+        var bundles = source.Tensors.Where(t => t.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal)).ToList();
+        var flash = bundles.Count > 0 ? o.Flash ?? new FlashOptions(new AllNeurons(), 4) : null;
+        long flashBytes = bundles.Sum(b => FlashFeedForward.MemoryBytes(c, b.Type, flash!.Selector, flash.WindowTokens));
+        fixedBytes += flashBytes;
         foreach (var t in source.Tensors)
         {
+            if (bundles.Contains(t)) continue;
             if (t.Shape.Length < 2) { small.Add(t); continue; }
             int layer = LayerOf(t.Name);
             if (layer >= 0) layerTensors[layer].Add(t);
@@ -115,14 +125,17 @@ public static class Planner
         foreach (var u in units)
             foreach (var t in u.Tensors)
                 plans.Add(new TensorPlan(t, u.Resident ? Placement.Resident : Placement.Streamed, u.Layer));
+        foreach (var b in bundles) plans.Add(new TensorPlan(b, Placement.Streamed, LayerOf(b.Name)));
 
         var streamedUnits = units.Where(u => !u.Resident).ToList();
         long streamBuffers = streamedUnits.Count == 0 ? 0 : 2 * Aligned(streamedUnits.Max(u => u.Bytes));
         if (!tied && !embeddingResident) streamBuffers += EmbeddingRowBufferBytes(embedding);
         long perToken = streamedUnits.Sum(u => u.Bytes) + (!tied && !embeddingResident ? embedding.ByteSize / embedding.Rows : 0);
+        perToken += bundles.Sum(b => FlashBytesPerToken(c, b, flash!));
 
         var plan = new MemoryPlan
         {
+            FlashBytes = flashBytes,
             BudgetBytes = o.BudgetBytes,
             Context = o.Context,
             Tensors = plans,
@@ -134,6 +147,19 @@ public static class Planner
             StreamedBytesPerToken = perToken,
         };
         return o.Storage is { } storage ? CostModel.Predict(plan, source, storage) : plan;
+    }
+
+    /// <summary>
+    /// Expected bytes a layer's window reads per token: neurons chosen now but in none of the previous k-1
+    /// steps (for a random fraction F: F·(1−F)^(k−1) of the neurons), each one read rounded out to pages.
+    /// </summary>
+    public static long FlashBytesPerToken(ModelConfig c, TensorDesc bundle, FlashOptions flash)
+    {
+        if (flash.Selector is AllNeurons) return 0; // the window holds every neuron after the first token
+        double f = flash.Selector.MaxPerToken(c.FfnDim) / (double)c.FfnDim;
+        double fresh = f * Math.Pow(1 - f, Math.Max(0, flash.WindowTokens - 1)) * c.FfnDim;
+        long bundleBytes = bundle.ByteSize / c.FfnDim;
+        return (long)(fresh * (bundleBytes + DirectFile.Alignment));
     }
 
     /// <summary>Layer index of a blk.N.* tensor, or -1.</summary>

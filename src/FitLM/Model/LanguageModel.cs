@@ -35,8 +35,15 @@ public sealed class LanguageModel : IDisposable
             int ctx = options.ContextLength > 0 ? options.ContextLength : Math.Min(source.Config.ContextLength, 4096);
             if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
+            bool bundled = ModelValidation.IsBundled(source);
+            if (options.FfnFraction is < 0 or > 1) throw new FitLMException($"FFN fraction {options.FfnFraction} is out of range [0, 1]");
+            if (options.FfnFraction is > 0 and < 1 && !bundled)
+                throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
+            var flash = bundled ? new Memory.Planner.FlashOptions(
+                options.FfnFraction is > 0 and < 1 ? new RandomFraction(options.FfnFraction) : new AllNeurons(), Math.Max(1, options.FfnWindow)) : null;
             var plan = Memory.Planner.Plan(source, new Memory.Planner.Options
             {
+                Flash = flash,
                 BudgetBytes = options.MemoryBudget > 0 ? options.MemoryBudget : Memory.SystemMemory.AvailableBytes(),
                 Context = ctx,
                 MaxBatch = options.MaxBatch,
@@ -46,6 +53,7 @@ public sealed class LanguageModel : IDisposable
                 StreamEverything = options.Stream == Memory.StreamMode.Naive,
             });
             weights = plan.Streams ? new StreamingWeights(source, plan) : new ResidentWeights(source);
+            if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch);
             if (plan.Streams) Storage.PageCache.Drop(source);
             return new LanguageModel(source, weights, transformer, plan);

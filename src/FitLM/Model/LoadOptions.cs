@@ -16,6 +16,10 @@ public sealed record LoadOptions
     public long MemoryBudget { get; init; }
     /// <summary>How streamed weights are read; Naive also streams every weight, whatever the budget.</summary>
     public Memory.StreamMode Stream { get; init; } = Memory.StreamMode.Prefetch;
+    /// <summary>Prepared models: fraction of FFN neurons fetched per token, chosen at random (0 = all neurons).</summary>
+    public double FfnFraction { get; init; }
+    /// <summary>Prepared models: neurons used by the last this-many tokens stay cached (LLM in a flash windowing).</summary>
+    public int FfnWindow { get; init; } = 4;
     /// <summary>What the process holds besides this model (runtime, other models); measured at load when 0.</summary>
     public long RuntimeBytes { get; init; }
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>

@@ -6,6 +6,9 @@ public static class ModelValidation
     public static int ToInt(long value, string what, string path) =>
         value is >= 0 and <= int.MaxValue ? (int)value : throw new FitLMException($"{path}: {what} {value} is out of range");
 
+    /// <summary>True for files written by `fitlm prepare` (FFN weights bundled per neuron).</summary>
+    public static bool IsBundled(IModelSource src) => src.Find("blk.0.ffn_bundle.weight") != null;
+
     public static void CheckTensors(IModelSource src)
     {
         var c = src.Config;
@@ -31,9 +34,17 @@ public static class ModelValidation
             Expect(p + "attn_v.weight", c.Dim, c.KvDim);
             Expect(p + "attn_output.weight", c.QDim, c.Dim);
             Expect(p + "ffn_norm.weight", c.Dim);
-            Expect(p + "ffn_gate.weight", c.Dim, c.FfnDim);
-            Expect(p + "ffn_up.weight", c.Dim, c.FfnDim);
-            Expect(p + "ffn_down.weight", c.FfnDim, c.Dim);
+            if (IsBundled(src))
+            {
+                // fitlm prepare: gate row i, up row i and down column i of neuron i stored as rows 3i..3i+2.
+                Expect(p + "ffn_bundle.weight", c.Dim, 3L * c.FfnDim);
+            }
+            else
+            {
+                Expect(p + "ffn_gate.weight", c.Dim, c.FfnDim);
+                Expect(p + "ffn_up.weight", c.Dim, c.FfnDim);
+                Expect(p + "ffn_down.weight", c.FfnDim, c.Dim);
+            }
             if (c.QkvBias)
             {
                 Expect(p + "attn_q.bias", c.QDim);

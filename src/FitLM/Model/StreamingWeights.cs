@@ -95,7 +95,8 @@ public sealed unsafe class StreamingWeights : IWeightProvider
     {
         // An untied embedding is only ever read by rows, so it belongs to no unit.
         bool tied = _source.Find("output.weight") == null;
-        var streamed = _plan.Tensors.Where(t => t.Placement == Placement.Streamed && (tied || t.Tensor.Name != "token_embd.weight")).ToList();
+        var streamed = _plan.Tensors.Where(t => t.Placement == Placement.Streamed && (tied || t.Tensor.Name != "token_embd.weight")
+            && !t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal)).ToList();
         var byLayer = streamed.Where(t => t.Layer >= 0).GroupBy(t => t.Layer).OrderBy(g => g.Key).Select(g => g.Select(x => x.Tensor).ToList()).ToList();
         var head = streamed.Where(t => t.Layer < 0).Select(t => t.Tensor).ToList();
         if (head.Count > 0) byLayer.Add(head);

@@ -1,0 +1,55 @@
+using FitLM.Storage;
+using FitLM.Tensors;
+
+namespace FitLM.Model;
+
+/// <summary>
+/// Weights of a prepared (FFN-bundled) model: attention and everything else come from the inner provider
+/// (resident or streamed as planned); each layer's FFN is a <see cref="FlashFeedForward"/> that reads only the
+/// neurons its selector chooses, through a window cache.
+/// </summary>
+public sealed class FlashWeights : IWeightProvider
+{
+    private readonly IWeightProvider _inner;
+    private readonly IModelSource _source;
+    private readonly INeuronSelector _selector;
+    private readonly int _windowTokens;
+    private readonly IoQueue _io = new(32);
+    private readonly Dictionary<string, DirectFile> _files = new();
+    private readonly List<FlashFeedForward> _layers = new();
+
+    public FlashWeights(IWeightProvider inner, IModelSource source, INeuronSelector selector, int windowTokens)
+    {
+        _inner = inner;
+        _source = source;
+        _selector = selector;
+        _windowTokens = windowTokens;
+    }
+
+    public IReadOnlyList<FlashFeedForward> Layers => _layers;
+    public INeuronSelector Selector => _selector;
+
+    public IMatrix Matrix(string name) => _inner.Matrix(name);
+    public float[] Vector(string name) => _inner.Vector(name);
+    public bool Has(string name) => _inner.Has(name);
+    public long ResidentBytes => _inner.ResidentBytes + _layers.Sum(l => l.WindowBytes);
+
+    public IFeedForward FeedForward(int layer, ModelConfig config)
+    {
+        var t = _source.Get($"blk.{layer}.ffn_bundle.weight");
+        var loc = _source.Locate(t);
+        if (!_files.TryGetValue(loc.File, out var file)) _files[loc.File] = file = DirectFile.Open(loc.File);
+        var ffn = new FlashFeedForward(layer, config, t.Type, file, loc.Offset, _io, _selector, _windowTokens,
+            FlashFeedForward.Capacity(config, _selector, _windowTokens));
+        _layers.Add(ffn);
+        return ffn;
+    }
+
+    public void Dispose()
+    {
+        _io.Dispose();
+        foreach (var l in _layers) l.Dispose();
+        foreach (var f in _files.Values) f.Dispose();
+        _inner.Dispose();
+    }
+}
