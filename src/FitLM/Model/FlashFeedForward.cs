@@ -149,8 +149,9 @@ public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
         int u = _selector.Select(_layer, x, _union);
         _step++;
         Steps++;
+        ExpireOld();
         for (int i = 0; i < u; i++) _lastUse[_union[i]] = _step;
-        Evict(u);
+        MakeRoom(u);
         Load(u);
         NeuronsUsed += u;
         fixed (float* px = x, py = y)
@@ -161,18 +162,25 @@ public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
         }
     }
 
-    /// <summary>Deletes neurons not used in the last k steps (move the last row into the hole); makes room if still full.</summary>
-    private void Evict(int u)
+    /// <summary>Deletes neurons used by none of the previous k−1 tokens (this token plus those make the window of k).</summary>
+    private void ExpireOld()
     {
-        int fresh = 0;
-        for (int i = 0; i < u; i++) if (_slotOf[_union[i]] < 0) fresh++;
         int oldest = _step - _windowTokens;
         for (int s = 0; s < _count;)
         {
-            int neuron = _neuronAt[s];
-            bool expired = _lastUse[neuron] <= oldest;
-            bool overfull = _count + fresh > _capacity && _lastUse[neuron] != _step;
-            if (expired || overfull) RemoveSlot(s);
+            if (_lastUse[_neuronAt[s]] <= oldest) RemoveSlot(s);
+            else s++;
+        }
+    }
+
+    /// <summary>If this token's new neurons still do not fit, drops cached neurons this token does not use.</summary>
+    private void MakeRoom(int u)
+    {
+        int fresh = 0;
+        for (int i = 0; i < u; i++) if (_slotOf[_union[i]] < 0) fresh++;
+        for (int s = 0; s < _count && _count + fresh > _capacity;)
+        {
+            if (_lastUse[_neuronAt[s]] != _step) RemoveSlot(s);
             else s++;
         }
         if (_count + fresh > _capacity) throw new FitLMException($"layer {_layer}: {fresh} new neurons do not fit the window of {_capacity}");

@@ -1,0 +1,101 @@
+using FitLM.Memory;
+using FitLM.Model;
+using FitLM.Storage;
+using Xunit;
+
+namespace FitLM.Tests.Memory;
+
+/// <summary>LLM-in-a-flash pieces: bundled FFN layout, neuron windows, and their errors.</summary>
+public class FlashTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("fitlm-flash-").FullName;
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    /// <summary>A small random f16 model (f16 keeps the down column exact when bundled) and its prepared form.</summary>
+    private (string original, string prepared) Models()
+    {
+        string original = Path.Combine(_dir, "tiny-f16.gguf"), prepared = Path.Combine(_dir, "tiny-f16.flash.gguf");
+        SyntheticModel.Write(original, SyntheticShape.Parse("tiny"), "f16", TestPaths.DemoModel, seed: 7);
+        FlashPrepare.Write(original, prepared);
+        return (original, prepared);
+    }
+
+    private static float[] Logits(LanguageModel lm, int[] tokens)
+    {
+        var logits = new float[tokens.Length * lm.Config.Vocab];
+        lm.Transformer.Forward(tokens, 0, logits, 0);
+        return logits;
+    }
+
+    [Fact]
+    public void PreparedModelComputesTheSameFunction()
+    {
+        var (original, prepared) = Models();
+        int[] tokens = [0, 17, 300, 4000, 25, 8000, 3];
+        using var a = LanguageModel.Load(original, 32);
+        using var b = LanguageModel.Load(prepared, 32);
+        Assert.IsType<FlashWeights>(b.Weights);
+        var x = Logits(a, tokens);
+        var y = Logits(b, tokens);
+        double max = x.Zip(y).Max(p => Math.Abs(p.First - p.Second)), scale = x.Max(Math.Abs);
+        Assert.True(max <= 1e-4 * scale, $"bundled FFN differs by {max} (logit scale {scale})");
+    }
+
+    /// <summary>Records what a selector chose, per layer.</summary>
+    private sealed class Recording(INeuronSelector inner) : INeuronSelector
+    {
+        public readonly Dictionary<int, List<int[]>> Chosen = new();
+        public int MaxPerToken(int ffn) => inner.MaxPerToken(ffn);
+        public int Select(int layer, ReadOnlySpan<float> x, Span<int> selected)
+        {
+            int k = inner.Select(layer, x, selected);
+            (Chosen.TryGetValue(layer, out var l) ? l : Chosen[layer] = new()).Add(selected[..k].ToArray());
+            return k;
+        }
+    }
+
+    [Fact]
+    public void WindowReadsOnlyNeuronsNewToTheLastKTokens()
+    {
+        var (_, prepared) = Models();
+        const int window = 3;
+        using var src = ModelSource.Open(prepared);
+        var selector = new Recording(new RandomFraction(0.2, seed: 5));
+        using var weights = new FlashWeights(new ResidentWeights(src), src, selector, window);
+        var tf = new Transformer(src.Config, weights, 64, 8);
+        var logits = new float[src.Config.Vocab];
+        int[] prompt = [0, 5, 6, 7];
+        tf.Forward(prompt, 0, logits, prompt.Length - 1);
+        for (int i = 0; i < 12; i++) tf.Forward([i * 31 % 1000], prompt.Length + i, logits, 0);
+        Assert.All(logits, v => Assert.True(float.IsFinite(v)));
+
+        for (int layer = 0; layer < src.Config.Layers; layer++)
+        {
+            var steps = selector.Chosen[layer];
+            long expected = 0;
+            for (int t = 0; t < steps.Count; t++)
+            {
+                var recent = steps.Skip(Math.Max(0, t - (window - 1))).Take(t - Math.Max(0, t - (window - 1))).SelectMany(s => s).ToHashSet();
+                expected += steps[t].Count(n => !recent.Contains(n));
+            }
+            var ffn = weights.Layers[layer];
+            Assert.Equal(steps.Count, ffn.Steps);
+            Assert.Equal(expected, ffn.NeuronsRead);
+            Assert.Equal(steps.Sum(s => s.Length), ffn.NeuronsUsed);
+        }
+    }
+
+    [Fact]
+    public void FractionOnAnUnpreparedModelAndTruncatedPreparedFilesGiveClearErrors()
+    {
+        var (original, prepared) = Models();
+        var e = Assert.Throws<FitLMException>(() => LanguageModel.Load(original, new LoadOptions { ContextLength = 16, FfnFraction = 0.1 }));
+        Assert.Contains("prepare", e.Message);
+        string cut = Path.Combine(_dir, "cut.flash.gguf");
+        var bytes = File.ReadAllBytes(prepared);
+        File.WriteAllBytes(cut, bytes[..(bytes.Length - 5000)]);
+        var t = Assert.Throws<FitLMException>(() => LanguageModel.Load(cut, 16));
+        Assert.Contains("past the end", t.Message);
+        Assert.Throws<FitLMException>(() => FlashPrepare.Write(prepared, Path.Combine(_dir, "twice.gguf")));
+    }
+}
