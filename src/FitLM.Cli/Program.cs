@@ -17,7 +17,10 @@ public static class Program
             SynthCommand.Create(),
             BenchCommand.Create(),
             PlanCommand.Create(),
+            CompressCommand.Create(),
+            CompressCommand.CreateLadder(),
             PrepareCommand.Create(),
+            CalibrateCommand.Create(),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))

@@ -19,8 +19,11 @@ internal static class BenchCommand
         var noBandwidth = new Option<bool>("--no-bandwidth") { Description = "skip measuring the machine's memory bandwidth" };
         var threads = Common.Threads();
         var memory = new MemoryOptions();
+        var kv = new KvOptions();
         var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, threads };
         memory.AddTo(cmd);
+        var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
+        kv.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
             int t = r.GetValue(threads);
@@ -29,8 +32,8 @@ internal static class BenchCommand
             if (np < 0 || ng < 0 || np + ng == 0) throw new FitLMException("give -p and/or -n greater than 0");
             if (nr < 1 || nr > 1000) throw new FitLMException($"--repetitions {nr} is out of range (1..1000)");
             string path = r.GetValue(model)!;
-            using var lm = LanguageModel.Load(path, memory.Apply(r, new LoadOptions { ContextLength = Math.Max(np, ng) + 1, MaxBatch = Math.Max(1, np) }));
-            long size = lm.Source.Tensors.Sum(x => x.ByteSize);
+            using var lm = LanguageModel.Load(path, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = Math.Max(np, ng) + 1, MaxBatch = Math.Max(1, np) }))));
+            long size = lm.Weights is StackedWeights sw ? sw.WeightBytes : lm.Source.Tensors.Sum(x => x.ByteSize); // BitStack: the loaded prefix
             long parameters = lm.Source.Tensors.Sum(x => x.Elements);
             string type = DominantType(lm.Source);
             string modelDesc = $"{lm.Config.Architecture} {parameters / 1e9:F1}B {type}";
@@ -80,6 +83,7 @@ internal static class BenchCommand
                 o.WriteLine($"decode reads {ProcessMemory.Format(bytesPerToken)} of weights per token: {achieved / 1e9:F2} GB/s achieved" +
                     (bandwidth > 0 ? $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F1} GB/s this machine reads with {t} thread(s)" : ""));
             }
+            StackOptions.Report(lm);
             o.WriteLine($"peak RSS: {ProcessMemory.Format(peak)}");
             return 0;
         }));

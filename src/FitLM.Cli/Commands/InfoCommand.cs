@@ -53,6 +53,9 @@ internal static class InfoCommand
             o.WriteLine($"  scratch       {ProcessMemory.Format(scratch),12}");
             o.WriteLine($"  total         {ProcessMemory.Format(bytes + kv + scratch),12}  (plus the .NET runtime, about 30 MiB)");
             o.WriteLine();
+            KvOptions.PrintTable(o, c, 512);
+            StackOptions.PrintLadder(src, o); // BitStack: the size ladder of a stacked file
+            o.WriteLine();
             o.WriteLine("tensors:");
             foreach (var t in src.Tensors)
                 o.WriteLine($"  {t.Name,-28} {GgmlTypes.Name(t.Type),-5} [{string.Join(", ", t.Shape)}] {t.ByteSize:N0} bytes");

@@ -17,8 +17,11 @@ internal static class PerplexityCommand
         var batch = new Option<int>("--batch-size", "-b") { Description = "tokens evaluated per batch", DefaultValueFactory = _ => 512 };
         var threads = Common.Threads();
         var memory = new MemoryOptions();
+        var kv = new KvOptions();
         var cmd = new Command("perplexity", "measure perplexity on a text file (llama.cpp protocol)") { model, file, ctx, chunks, batch, threads };
         memory.AddTo(cmd);
+        var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
+        kv.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
             Common.ApplyThreads(r.GetValue(threads));
@@ -29,7 +32,7 @@ internal static class PerplexityCommand
             if (nCtx < 8 || nCtx > 1 << 20) throw new FitLMException($"--ctx-size {nCtx} is out of range (8 or more)");
             int b = r.GetValue(batch);
             if (b < 1) throw new FitLMException($"--batch-size {b} is out of range");
-            using var lm = LanguageModel.Load(r.GetValue(model)!, memory.Apply(r, new LoadOptions { ContextLength = nCtx, MaxBatch = Math.Min(b, nCtx), LogitRows = nCtx / 2 }));
+            using var lm = LanguageModel.Load(r.GetValue(model)!, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = nCtx, MaxBatch = Math.Min(b, nCtx), LogitRows = nCtx / 2 }))));
             var sw = Stopwatch.StartNew();
             string text = File.ReadAllText(path);
             var tokens = lm.Tokenizer.Encode(text, addSpecial: true);
@@ -47,6 +50,7 @@ internal static class PerplexityCommand
             if (!Progress.Interactive) Console.Error.WriteLine();
             Console.Error.WriteLine($"{result.TokensScored} tokens scored in {sw.Elapsed.TotalSeconds:F1} s ({result.TokensScored * 2 / sw.Elapsed.TotalSeconds:F1} tokens/s evaluated)");
             MemoryOptions.Report(lm);
+            StackOptions.Report(lm);
             Common.PrintPeakRss();
             Console.Out.WriteLine($"Final estimate: PPL = {result.Ppl:F4} +/- {result.Error:F5}");
             return 0;

@@ -27,11 +27,14 @@ internal static class RunCommand
         var threads = Common.Threads();
 
         var memory = new MemoryOptions();
+        var kv = new KvOptions();
         var cmd = new Command("run", "generate text from a prompt")
         {
             model, prompt, file, n, ctx, temp, topK, topP, minP, repeat, repeatN, seed, stop, ids, threads,
         };
         memory.AddTo(cmd);
+        var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
+        kv.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
             Common.ApplyThreads(r.GetValue(threads));
@@ -60,7 +63,7 @@ internal static class RunCommand
             if (contextSize < 0) throw new FitLMException($"--ctx-size {contextSize} is out of range");
 
             var load = Stopwatch.StartNew();
-            using var lm = LanguageModel.Load(r.GetValue(model)!, memory.Apply(r, new LoadOptions { ContextLength = contextSize }));
+            using var lm = LanguageModel.Load(r.GetValue(model)!, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = contextSize }))));
             load.Stop();
             var tokens = lm.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
             int max = predict < 0 ? lm.Transformer.MaxContext - tokens.Length : predict;
@@ -96,6 +99,7 @@ internal static class RunCommand
                 Console.Error.WriteLine($"eval time = {decodeMs,10:F2} ms / {count - 1,5} runs   ({decodeMs / (count - 1),8:F2} ms per token, {(count - 1) / (decodeMs / 1000),8:F2} tokens per second)");
             Console.Error.WriteLine($"stop: {gen.LastStopReason.ToString().ToLowerInvariant()}");
             MemoryOptions.Report(lm);
+            StackOptions.Report(lm);
             Common.PrintPeakRss();
             return 0;
         }));

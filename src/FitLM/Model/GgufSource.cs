@@ -26,7 +26,8 @@ public sealed class GgufSource : IModelSource
         Tensors = list;
         Config = ReadConfig(file, this);
         Tokenizer = Tokenizer.FromGguf(file);
-        ModelValidation.CheckTensors(this);
+        // A BitStack stacked file stores its linear weights as blocks; StackLayout.Read checks those instead.
+        if (!Compression.StackLayout.IsStacked(file)) ModelValidation.CheckTensors(this);
     }
 
     public static GgufSource Open(string path)

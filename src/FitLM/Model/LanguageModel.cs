@@ -35,12 +35,18 @@ public sealed class LanguageModel : IDisposable
             int ctx = options.ContextLength > 0 ? options.ContextLength : Math.Min(source.Config.ContextLength, 4096);
             if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
+            // BitStack (docs/bitstack.md): a stacked file loads the longest prefix of its block stack that fits.
+            if (source is GgufSource stackedSource && Compression.StackLayout.IsStacked(stackedSource.File))
+            {
+                var (stacked, stackPlan) = Compression.StackPlanner.Load(stackedSource, options, ctx);
+                weights = stacked;
+                return new LanguageModel(source, stacked, new Transformer(source.Config, stacked, ctx, options.MaxBatch, options.Kv), stackPlan);
+            }
             bool bundled = ModelValidation.IsBundled(source);
             if (options.FfnFraction is < 0 or > 1) throw new FitLMException($"FFN fraction {options.FfnFraction} is out of range [0, 1]");
             if (options.FfnFraction is > 0 and < 1 && !bundled)
                 throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
-            var flash = bundled ? new Memory.Planner.FlashOptions(
-                options.FfnFraction is > 0 and < 1 ? new RandomFraction(options.FfnFraction) : new AllNeurons(), Math.Max(1, options.FfnWindow)) : null;
+            var flash = bundled ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(1, options.FfnWindow)) : null;
             var plan = Memory.Planner.Plan(source, new Memory.Planner.Options
             {
                 Flash = flash,
@@ -54,7 +60,7 @@ public sealed class LanguageModel : IDisposable
             });
             weights = plan.Streams ? new StreamingWeights(source, plan) : new ResidentWeights(source);
             if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens);
-            var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch);
+            var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
             if (plan.Streams) Storage.PageCache.Drop(source);
             return new LanguageModel(source, weights, transformer, plan);
         }
@@ -65,6 +71,28 @@ public sealed class LanguageModel : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Which FFN neurons a prepared model computes: with calibrated predictors beside the file, the predicted
+    /// ones (ReLU: all predicted active; others: the top --ffn-fraction); without, a random fraction (an I/O
+    /// measurement) or all of them.
+    /// </summary>
+    private static INeuronSelector ChooseSelector(string path, ModelConfig c, LoadOptions o)
+    {
+        string sidecar = NeuronPredictor.SidecarPath(path);
+        bool sparse = o.FfnFraction is > 0 and < 1;
+        if (File.Exists(sidecar) && !o.RandomNeurons && (sparse || c.Activation == FfnActivation.Relu))
+            return new PredictedNeurons(NeuronPredictor.Load(sidecar, c), sparse ? o.FfnFraction : 1);
+        return sparse ? new RandomFraction(o.FfnFraction) : new AllNeurons();
+    }
+
+    /// <summary>
+    /// BitStack: resizes a stacked model to <paramref name="weightBytes"/> of weights while it runs (shrinking frees
+    /// memory, growing reads only the new blocks); returns the weight bytes now loaded. See also
+    /// <see cref="Compression.StackPlanner.ResizeToBudget"/>.
+    /// </summary>
+    public long Resize(long weightBytes) => Weights is StackedWeights s ? s.Resize(weightBytes)
+        : throw new FitLMException($"{Source.Path}: only a stacked (BitStack) model can be resized");
 
     public void Dispose()
     {

@@ -18,10 +18,18 @@ public sealed record LoadOptions
     public Memory.StreamMode Stream { get; init; } = Memory.StreamMode.Prefetch;
     /// <summary>Prepared models: fraction of FFN neurons fetched per token, chosen at random (0 = all neurons).</summary>
     public double FfnFraction { get; init; }
+    /// <summary>Prepared models: choose the fraction at random even when calibrated predictors exist (I/O measurements).</summary>
+    public bool RandomNeurons { get; init; }
     /// <summary>Prepared models: neurons used by the last this-many tokens stay cached (LLM in a flash windowing).</summary>
     public int FfnWindow { get; init; } = 4;
     /// <summary>What the process holds besides this model (runtime, other models); measured at load when 0.</summary>
     public long RuntimeBytes { get; init; }
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>
     public int LogitRows { get; init; } = 1;
+    /// <summary>BitStack: how a stacked file is loaded (--weights, matrix cache); null = defaults (docs/bitstack.md).</summary>
+    public Compression.StackLoadOptions? Stack { get; init; }
+
+    // KV cache (docs/kv-cache.md).
+    /// <summary>How keys and values are held: type (f32, f16, kivi2/4, xquant4/3/2, xquant-cl) and H2O eviction.</summary>
+    public KvCache.KvCacheOptions Kv { get; init; } = new();
 }

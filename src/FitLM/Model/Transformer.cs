@@ -6,8 +6,8 @@ namespace FitLM.Model;
 
 /// <summary>
 /// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3): embedding, then per layer RMSNorm →
-/// grouped-query attention with RoPE and a KV cache → residual → RMSNorm → gated FFN → residual, then the
-/// final norm and output head. Tokens are processed in batches (prefill) or one at a time (decode);
+/// grouped-query attention with RoPE over a KV store (KvCache/, docs/kv-cache.md) → residual → RMSNorm →
+/// gated FFN → residual, then the final norm and output head. Tokens are processed in batches (prefill) or one at a time (decode);
 /// all arithmetic accumulates in float32. Weights come from an <see cref="IWeightProvider"/>.
 /// </summary>
 public sealed class Transformer
@@ -23,19 +23,20 @@ public sealed class Transformer
     public ModelConfig Config { get; }
     public int MaxContext { get; }
     public int MaxBatch { get; }
-    public PlainKvCache Kv { get; }
+    /// <summary>The KV cache of the sequence this transformer runs (its type and eviction: <see cref="KvStores"/>.Options).</summary>
+    public IKvStore Kv { get; }
+    /// <summary>Makes KV stores for this model over shared page pools: the server's sequences each get one.</summary>
+    public KvStoreFactory KvStores { get; }
 
     private readonly Layer[] _layers;
     private readonly IMatrix _tokenEmbedding, _output;
     private readonly float[] _outputNorm;
     private readonly Rope _rope;
-    private readonly float _attnScale;
-    private readonly AttentionJob _attention;
 
     // Activations for a batch of up to MaxBatch tokens, row-major [token × width], named as the math does.
     private readonly float[] _x, _xb, _xb2, _q, _k, _v, _hb, _hb2;
 
-    public Transformer(ModelConfig config, IWeightProvider weights, int maxContext, int maxBatch = 256)
+    public Transformer(ModelConfig config, IWeightProvider weights, int maxContext, int maxBatch = 256, KvCacheOptions? kv = null)
     {
         Config = config;
         var c = config;
@@ -65,9 +66,8 @@ public sealed class Transformer
         _output = weights.Has("output.weight") ? weights.Matrix("output.weight") : _tokenEmbedding;
         _outputNorm = weights.Vector("output_norm.weight");
         _rope = new Rope(c, MaxContext, weights.Has("rope_freqs.weight") ? weights.Vector("rope_freqs.weight") : null);
-        _attnScale = 1f / MathF.Sqrt(c.HeadDim);
-        Kv = new PlainKvCache(c.Layers, MaxContext, c.KvDim);
-        _attention = new AttentionJob(this);
+        KvStores = new KvStoreFactory(new KvModel(this), kv ?? new KvCacheOptions(), MaxContext, MaxBatch);
+        Kv = KvStores.Create();
 
         int b = MaxBatch;
         _x = new float[b * c.Dim];
@@ -95,6 +95,7 @@ public sealed class Transformer
         if (logits.Length < (long)(n - logitsFrom) * Config.Vocab) throw new ArgumentException("logits buffer too small");
         for (int i = 0; i < n; i++)
             if ((uint)tokens[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {tokens[i]} is outside the vocabulary ({Config.Vocab})");
+        if (pos != Kv.Length) Kv.Truncate(pos); // a new sequence (pos 0) or a rewind
 
         for (int start = 0; start < n; start += MaxBatch)
         {
@@ -128,20 +129,15 @@ public sealed class Transformer
             for (int t = 0; t < n; t++)
             {
                 var q = _q.AsSpan(t * c.QDim, c.QDim);
-                var k = _k.AsSpan(t * c.KvDim, c.KvDim);
-                var v = _v.AsSpan(t * c.KvDim, c.KvDim);
-                if (L.Bq != null) { TensorPrimitives.Add(q, L.Bq, q); TensorPrimitives.Add(k, L.Bk!, k); TensorPrimitives.Add(v, L.Bv!, v); }
+                if (L.Bq != null) TensorPrimitives.Add(q, L.Bq, q);
                 if (L.QNorm != null)
-                {
                     for (int h = 0; h < c.Heads; h++) RmsNorm(q.Slice(h * c.HeadDim, c.HeadDim), L.QNorm, q.Slice(h * c.HeadDim, c.HeadDim));
-                    for (int h = 0; h < c.KvHeads; h++) RmsNorm(k.Slice(h * c.HeadDim, c.HeadDim), L.KNorm!, k.Slice(h * c.HeadDim, c.HeadDim));
-                }
                 _rope.Apply(q, c.Heads, c.HeadDim, pos + t);
-                _rope.Apply(k, c.KvHeads, c.HeadDim, pos + t);
-                k.CopyTo(Kv.Key(l, pos + t));
-                v.CopyTo(Kv.Value(l, pos + t));
             }
-            Attention(l, pos, n);                    // _q → _xb (per-head outputs, [n × QDim])
+            // The KV store keeps this layer's new keys and values in its own form (it finishes the raw
+            // products k, v with FinishKey/FinishValue below), then attends over everything it holds.
+            Kv.Append(l, pos, new KvRows(tokens, _x.AsSpan(0, n * dim), _xb.AsSpan(0, n * dim), _k.AsSpan(0, n * c.KvDim), _v.AsSpan(0, n * c.KvDim)));
+            Kv.Attend(l, pos, n, _q.AsSpan(0, n * c.QDim), _xb);   // _q → _xb (per-head outputs, [n × QDim])
             L.Wo.Multiply(_xb.AsSpan(0, n * c.QDim), _xb2, n);
             TensorPrimitives.Add(_x.AsSpan(0, n * dim), _xb2.AsSpan(0, n * dim), _x.AsSpan(0, n * dim));
 
@@ -152,41 +148,38 @@ public sealed class Transformer
         }
     }
 
-    /// <summary>Causal grouped-query attention of the batch's queries over the cache, into _xb.</summary>
-    private void Attention(int layer, int pos, int n)
+    /// <summary>Keys and values from the raw projections: what a KV store asks of the model (see <see cref="IKvModel"/>).</summary>
+    private sealed class KvModel(Transformer m) : IKvModel
     {
-        _attention.Layer = layer;
-        _attention.Pos = pos;
-        WorkerPool.Shared.Run(_attention, n * Config.Heads);
-    }
+        public ModelConfig Config => m.Config;
+        public int MaxPositions => m.MaxContext;
 
-    /// <summary>One (token, head) pair per item: scores over the cache, softmax, weighted sum of values.</summary>
-    private sealed class AttentionJob(Transformer m) : IParallelJob
-    {
-        public int Layer, Pos;
+        public void Project(int layer, ReadOnlySpan<float> x, Span<float> kRaw, Span<float> vRaw, int n)
+        {
+            m._layers[layer].Wk.Multiply(x.Slice(0, n * m.Config.Dim), kRaw, n);
+            m._layers[layer].Wv.Multiply(x.Slice(0, n * m.Config.Dim), vRaw, n);
+        }
 
-        public void Execute(int i)
+        public void FinishKey(int layer, Span<float> k, int pos)
         {
             var c = m.Config;
-            int heads = c.Heads, group = c.Heads / c.KvHeads, hd = c.HeadDim, kvDim = c.KvDim;
-            int t = i / heads, h = i % heads, kvh = h / group;
-            int len = Pos + t + 1;
-            var att = AttScratch(m.MaxContext).AsSpan(0, len);
-            var q = new ReadOnlySpan<float>(m._q, t * c.QDim + h * hd, hd);
-            var keys = m.Kv.Keys(Layer, len);
-            for (int j = 0; j < len; j++)
-                att[j] = TensorPrimitives.Dot(q, keys.Slice(j * kvDim + kvh * hd, hd)) * m._attnScale;
-            TensorPrimitives.SoftMax(att, att);
-            var o = new Span<float>(m._xb, t * c.QDim + h * hd, hd);
-            o.Clear();
-            var values = m.Kv.Values(Layer, len);
-            for (int j = 0; j < len; j++)
-                TensorPrimitives.MultiplyAdd(values.Slice(j * kvDim + kvh * hd, hd), att[j], o, o);
+            var L = m._layers[layer];
+            if (L.Bk != null) TensorPrimitives.Add(k, L.Bk, k);
+            if (L.KNorm != null)
+                for (int h = 0; h < c.KvHeads; h++) m.RmsNorm(k.Slice(h * c.HeadDim, c.HeadDim), L.KNorm, k.Slice(h * c.HeadDim, c.HeadDim));
+            m._rope.Apply(k, c.KvHeads, c.HeadDim, pos);
         }
-    }
 
-    [ThreadStatic] private static float[]? t_att;
-    private static float[] AttScratch(int n) => t_att is { } a && a.Length >= n ? a : t_att = new float[n];
+        public void FinishValue(int layer, Span<float> v)
+        {
+            if (m._layers[layer].Bv is { } b) TensorPrimitives.Add(v, b, v);
+        }
+
+        public void Normalize(int layer, ReadOnlySpan<float> residual, Span<float> x) => m.RmsNorm(residual, m._layers[layer].AttnNorm, x);
+        public void Embed(int token, Span<float> x) => m._tokenEmbedding.ReadRow(token, x);
+        public IMatrix KeyWeights(int layer) => m._layers[layer].Wk;
+        public IMatrix ValueWeights(int layer) => m._layers[layer].Wv;
+    }
 
     private void ComputeLogits(int from, int count, Span<float> logits)
     {

@@ -1,0 +1,192 @@
+using System.Numerics.Tensors;
+using FitLM.Model;
+using FitLM.Tensors;
+
+namespace FitLM.KvCache;
+
+/// <summary>
+/// Keys and values of one layer, 32 positions (a tile, one page) of one KV head at a time, as floats.
+/// Position p lies in tile p / 32, row p % 32. A source returns a view of its storage where it holds floats,
+/// or decodes into the scratch it is given.
+/// </summary>
+internal interface IKvTiles
+{
+    /// <summary>Keys of a tile for one KV head: token-major [32 × HeadDim], or channel-major [HeadDim × 32] when <paramref name="channelMajor"/>.</summary>
+    ReadOnlySpan<float> Keys(int layer, int tile, int kvHead, int queryPos, Span<float> scratch, out bool channelMajor);
+    /// <summary>Values of a tile for one KV head, token-major [32 × HeadDim].</summary>
+    ReadOnlySpan<float> Values(int layer, int tile, int kvHead, int queryPos, Span<float> scratch);
+}
+
+/// <summary>
+/// Causal grouped-query attention over an <see cref="IKvTiles"/> source. One work item is a (query token,
+/// KV head, span of positions): the query heads of a group share each decoded tile. Short batches (decode)
+/// split long contexts into spans of whole tiles, merged afterwards with their softmax maxima (flash-decoding);
+/// the split depends only on the batch and context, never on the thread count, so results are reproducible.
+/// The job object is reused; per-thread scratch is allocated once per thread.
+/// </summary>
+internal sealed unsafe class TileAttention : IParallelJob
+{
+    private const int Tile = KvCacheOptions.Group;
+    /// <summary>Batches shorter than this split the context into spans.</summary>
+    private const int SplitBelow = 8;
+    private const int MaxSplits = 16;
+    private const int MinSplitTiles = 8;
+
+    private readonly ModelConfig _c;
+    private readonly float _scale;
+    private readonly int _group, _hd, _maxContext;
+    // Partial results of split items: per (item, query head of the group): max, sum, acc[hd].
+    private readonly float[] _partMax, _partSum, _partAcc;
+
+    private IKvTiles _src = null!;
+    private int _layer, _pos, _n, _splits, _splitTiles;
+    private float* _q, _out;
+
+    public TileAttention(ModelConfig c, int maxContext)
+    {
+        _c = c;
+        _maxContext = maxContext;
+        _hd = c.HeadDim;
+        _group = c.Heads / c.KvHeads;
+        _scale = 1f / MathF.Sqrt(c.HeadDim);
+        int items = SplitBelow * c.KvHeads * MaxSplits;
+        _partMax = new float[items * _group];
+        _partSum = new float[items * _group];
+        _partAcc = new float[items * _group * _hd];
+    }
+
+    /// <summary>out[t] = attention of q[t] (position pos + t) over positions [0, pos + t].</summary>
+    public void Run(IKvTiles src, int layer, int pos, int n, ReadOnlySpan<float> q, Span<float> output)
+    {
+        if (q.Length < n * _c.QDim || output.Length < n * _c.QDim) throw new ArgumentException("attention buffers too small");
+        fixed (float* pq = q, po = output)
+        {
+            _src = src; _layer = layer; _pos = pos; _n = n; _q = pq; _out = po;
+            RunPinned();
+            _q = _out = null;
+            _src = null!;
+        }
+    }
+
+    private void RunPinned()
+    {
+        int pos = _pos, n = _n;
+        int tiles = (pos + n + Tile - 1) / Tile;
+        _splits = n >= SplitBelow ? 1 : Math.Clamp(tiles / MinSplitTiles, 1, MaxSplits);
+        _splitTiles = (tiles + _splits - 1) / _splits;
+        WorkerPool.Shared.Run(this, n * _c.KvHeads * _splits);
+        if (_splits > 1) Merge();
+    }
+
+    public void Execute(int item)
+    {
+        int kvHeads = _c.KvHeads, hd = _hd, group = _group;
+        int s = item % _splits, kvh = item / _splits % kvHeads, t = item / (_splits * kvHeads);
+        int qp = _pos + t, len = qp + 1;
+        int from = s * _splitTiles * Tile, to = Math.Min(len, (s + 1) * _splitTiles * Tile);
+        if (from >= to)
+        {
+            for (int g = 0; g < group; g++) { _partMax[item * group + g] = float.NegativeInfinity; _partSum[item * group + g] = 0; }
+            return;
+        }
+        int span = to - from;
+        // Sized for the whole context at once, so decoding never grows it.
+        var scratch = Scratch.Get(group * Math.Max(span, _maxContext), Tile * hd);
+        var scores = scratch.Scores.AsSpan(0, group * span);
+        var tileBuf = scratch.Tile.AsSpan(0, Tile * hd);
+        var q = new ReadOnlySpan<float>(_q + t * _c.QDim + kvh * group * hd, group * hd);
+
+        // Scores q·k for every query head of the group.
+        for (int p0 = from; p0 < to; p0 += Tile)
+        {
+            int cnt = Math.Min(Tile, to - p0), j0 = p0 - from;
+            var keys = _src.Keys(_layer, p0 / Tile, kvh, qp, tileBuf, out bool channelMajor);
+            for (int g = 0; g < group; g++)
+            {
+                var qg = q.Slice(g * hd, hd);
+                var sc = scores.Slice(g * span + j0, cnt);
+                if (channelMajor)
+                {
+                    sc.Clear();
+                    for (int d = 0; d < hd; d++) TensorPrimitives.MultiplyAdd(keys.Slice(d * Tile, cnt), qg[d], sc, sc);
+                    TensorPrimitives.Multiply(sc, _scale, sc);
+                }
+                else
+                {
+                    for (int j = 0; j < cnt; j++) sc[j] = TensorPrimitives.Dot(qg, keys.Slice(j * hd, hd)) * _scale;
+                }
+            }
+        }
+        // Softmax: normalized in place when this item covers the whole context, else kept with its max and sum.
+        for (int g = 0; g < group; g++)
+        {
+            var sc = scores.Slice(g * span, span);
+            if (_splits == 1) TensorPrimitives.SoftMax(sc, sc);
+            else
+            {
+                float max = TensorPrimitives.Max(sc);
+                TensorPrimitives.Subtract(sc, max, sc);
+                TensorPrimitives.Exp(sc, sc);
+                _partMax[item * group + g] = max;
+                _partSum[item * group + g] = TensorPrimitives.Sum(sc);
+            }
+        }
+        // Weighted sum of values.
+        Span<float> acc = _splits == 1
+            ? new Span<float>(_out + t * _c.QDim + kvh * group * hd, group * hd)
+            : _partAcc.AsSpan(item * group * hd, group * hd);
+        acc.Clear();
+        for (int p0 = from; p0 < to; p0 += Tile)
+        {
+            int cnt = Math.Min(Tile, to - p0), j0 = p0 - from;
+            var values = _src.Values(_layer, p0 / Tile, kvh, qp, tileBuf);
+            for (int g = 0; g < group; g++)
+            {
+                var o = acc.Slice(g * hd, hd);
+                var w = scores.Slice(g * span + j0, cnt);
+                for (int j = 0; j < cnt; j++) TensorPrimitives.MultiplyAdd(values.Slice(j * hd, hd), w[j], o, o);
+            }
+        }
+    }
+
+    /// <summary>Combines the spans of each (token, head): out = Σ e^(m_s - M) acc_s / Σ e^(m_s - M) l_s.</summary>
+    private void Merge()
+    {
+        int kvHeads = _c.KvHeads, hd = _hd, group = _group;
+        for (int t = 0; t < _n; t++)
+            for (int kvh = 0; kvh < kvHeads; kvh++)
+                for (int g = 0; g < group; g++)
+                {
+                    int first = (t * kvHeads + kvh) * _splits;
+                    float max = float.NegativeInfinity;
+                    for (int s = 0; s < _splits; s++) max = Math.Max(max, _partMax[(first + s) * group + g]);
+                    var o = new Span<float>(_out + t * _c.QDim + (kvh * group + g) * hd, hd);
+                    o.Clear();
+                    float sum = 0;
+                    for (int s = 0; s < _splits; s++)
+                    {
+                        int i = (first + s) * group + g;
+                        if (_partSum[i] == 0) continue;
+                        float w = MathF.Exp(_partMax[i] - max);
+                        sum += w * _partSum[i];
+                        TensorPrimitives.MultiplyAdd(_partAcc.AsSpan(i * hd, hd), w, o, o);
+                    }
+                    TensorPrimitives.Multiply(o, 1f / sum, o);
+                }
+    }
+
+    /// <summary>Per-thread buffers: scores of a group over a span, and one decoded tile.</summary>
+    private sealed class Scratch
+    {
+        public float[] Scores = [], Tile = [];
+        [ThreadStatic] private static Scratch? t_scratch;
+
+        public static Scratch Get(int scores, int tile)
+        {
+            var s = t_scratch ??= new Scratch();
+            if (s.Scores.Length < scores) s.Scores = new float[scores];
+            if (s.Tile.Length < tile) s.Tile = new float[tile];
+            return s;
+        }
+    }
+}

@@ -1,0 +1,289 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace FitLM.Tensors;
+
+/// <summary>
+/// Dot products of F32 / F16 / BF16 weight rows with float activations (no activation quantization: BF16
+/// logits must match the reference model tightly), and the 16-bit → float row conversions the batched path
+/// uses. Decode streams the weights once, so these run near memory bandwidth only if the conversion is a few
+/// instructions per 16 elements: .NET 10 exposes no F16C/vcvtph2ps, so fp16 is widened with integer ops (see
+/// <see cref="F16x16"/>) and bf16 is a 16-bit shift. Each path has the scalar reference it is tested against.
+/// The F16 tests cover every finite half, zeros and subnormals included.
+/// </summary>
+public static unsafe class FloatDot
+{
+    public enum Isa { Scalar, Vector256, Vector512 }
+
+    public static Isa Best { get; } = IsSupported(Isa.Vector512) ? Isa.Vector512 : IsSupported(Isa.Vector256) ? Isa.Vector256 : Isa.Scalar;
+
+    public static bool IsSupported(Isa isa) => isa switch
+    {
+        Isa.Scalar => true,
+        Isa.Vector256 => Avx2.IsSupported && Fma.IsSupported,
+        Isa.Vector512 => Vector512.IsHardwareAccelerated && Avx512F.IsSupported && Avx512BW.IsSupported,
+        _ => false,
+    };
+
+    public static bool Supports(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16;
+
+    /// <summary>y[r] = dot(W[r], x) for r in [0, rows), W[r] at w + r·rowBytes.</summary>
+    internal static delegate*<byte*, long, int, float*, int, float*, void> Kernel(GgmlType type, Isa isa)
+    {
+        if (!IsSupported(isa)) throw new PlatformNotSupportedException($"{isa} is not supported on this machine");
+        return (type, isa) switch
+        {
+            (GgmlType.F32, Isa.Vector512) => &Rows<F32K, V512>,
+            (GgmlType.F32, Isa.Vector256) => &Rows<F32K, V256>,
+            (GgmlType.F32, _) => &Rows<F32K, Sc>,
+            (GgmlType.F16, Isa.Vector512) => &Rows<F16K, V512>,
+            (GgmlType.F16, Isa.Vector256) => &Rows<F16K, V256>,
+            (GgmlType.F16, _) => &Rows<F16K, Sc>,
+            (GgmlType.BF16, Isa.Vector512) => &Rows<BF16K, V512>,
+            (GgmlType.BF16, Isa.Vector256) => &Rows<BF16K, V256>,
+            (GgmlType.BF16, _) => &Rows<BF16K, Sc>,
+            _ => throw new FitLMException($"no float dot kernel for {type}"),
+        };
+    }
+
+    /// <summary>The dot product of one row with x (tests and tools).</summary>
+    public static float Dot(GgmlType type, byte* row, float* x, int n, Isa isa)
+    {
+        float y;
+        Kernel(type, isa)(row, 0, 1, x, n, &y);
+        return y;
+    }
+
+    /// <summary>Converts n elements of an F32/F16/BF16 row to float.</summary>
+    public static void ToFloat(GgmlType type, byte* src, float* dst, int n, Isa isa)
+    {
+        switch (type)
+        {
+            case GgmlType.F32:
+                Buffer.MemoryCopy(src, dst, (long)n * 4, (long)n * 4);
+                return;
+            case GgmlType.F16:
+            {
+                short* h = (short*)src;
+                int i = 0;
+                if (isa == Isa.Vector512)
+                    for (; i + 16 <= n; i += 16) F16x16(h + i).Store(dst + i);
+                else if (isa == Isa.Vector256)
+                    for (; i + 8 <= n; i += 8) F16x8(h + i).Store(dst + i);
+                for (; i < n; i++) dst[i] = IntDot.F16[(ushort)h[i]];
+                return;
+            }
+            case GgmlType.BF16:
+            {
+                ushort* h = (ushort*)src;
+                int i = 0;
+                if (isa == Isa.Vector512)
+                    for (; i + 16 <= n; i += 16) BF16x16(h + i).Store(dst + i);
+                else if (isa == Isa.Vector256)
+                    for (; i + 8 <= n; i += 8) BF16x8(h + i).Store(dst + i);
+                for (; i < n; i++) ((uint*)dst)[i] = (uint)h[i] << 16;
+                return;
+            }
+            default:
+                throw new FitLMException($"{type} is not a float type");
+        }
+    }
+
+    // ---------------------------------------------------------------- conversions
+
+    /// <summary>
+    /// 16 fp16 → float, exactly. Sign-extended and shifted left 13, a half's exponent and mantissa sit in a
+    /// float's positions and its sign in bit 31 (bits 30..28 get sign copies, masked off); adding 112 to the
+    /// exponent field rebiases 15 → 127. Integer operations only: on this CPU a float operation on a denormal
+    /// input costs a ~150-cycle microcode assist, which the classic "×2^112" conversion hits on every small
+    /// weight. Halves with a zero exponent field (zeros and subnormals, a fraction of a percent of weights)
+    /// take <see cref="F16Fix"/>. Inf/NaN halves (never in weights) come out as large finite values.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> F16x16(short* p)
+    {
+        var e = Avx512F.ConvertToVector512Int32(Vector256.Load(p)) << 13;
+        var t = e & Vector512.Create(unchecked((int)0x8FFFE000));
+        var r = t + Vector512.Create(0x38000000);
+        if (Vector512.EqualsAny(e & Vector512.Create(0x0F800000), Vector512<int>.Zero)) r = F16Fix(t, r);
+        return r.AsSingle();
+    }
+
+    /// <summary>
+    /// Zero-exponent halves: ±(asfloat(0x38800000 + mantissa) - 2^-14), i.e. 2^-14·(1 + m/1024) - 2^-14 =
+    /// m·2^-24 exactly (and ±0 for zeros), computed on normal floats. Inlined: a call inside the dot loop
+    /// would make the JIT keep the accumulators on the stack (no callee-saved vector registers).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> F16Fix(Vector512<int> t, Vector512<int> r)
+    {
+        var mag = t & Vector512.Create(0x0FFFE000);
+        var f = ((mag + Vector512.Create(0x38800000)).AsSingle() - Vector512.Create(6.103515625e-05f)).AsInt32()
+            | (t & Vector512.Create(unchecked((int)0x80000000)));
+        return Vector512.ConditionalSelect(Vector512.Equals(t & Vector512.Create(0x0F800000), Vector512<int>.Zero), f, r);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> F16x8(short* p)
+    {
+        var e = Avx2.ConvertToVector256Int32(Vector128.Load(p)) << 13;
+        var t = e & Vector256.Create(unchecked((int)0x8FFFE000));
+        var r = t + Vector256.Create(0x38000000);
+        if (Vector256.EqualsAny(e & Vector256.Create(0x0F800000), Vector256<int>.Zero)) r = F16Fix(t, r);
+        return r.AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> F16Fix(Vector256<int> t, Vector256<int> r)
+    {
+        var mag = t & Vector256.Create(0x0FFFE000);
+        var f = ((mag + Vector256.Create(0x38800000)).AsSingle() - Vector256.Create(6.103515625e-05f)).AsInt32()
+            | (t & Vector256.Create(unchecked((int)0x80000000)));
+        return Vector256.ConditionalSelect(Vector256.Equals(t & Vector256.Create(0x0F800000), Vector256<int>.Zero), f, r);
+    }
+
+    /// <summary>16 bf16 → float: the upper half of a float32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> BF16x16(ushort* p) => (Avx512F.ConvertToVector512UInt32(Vector256.Load(p)) << 16).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> BF16x8(ushort* p) => (Avx2.ConvertToVector256Int32(Vector128.Load(p)) << 16).AsSingle();
+
+    // ---------------------------------------------------------------- kernels
+
+    private interface IPath { static abstract int Width { get; } }
+    private struct Sc : IPath { public static int Width => 0; }
+    private struct V256 : IPath { public static int Width => 256; }
+    private struct V512 : IPath { public static int Width => 512; }
+
+    private interface IRow { static abstract float Dot<TP>(byte* w, float* x, int n) where TP : struct, IPath; }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rows<TK, TP>(byte* w, long rowBytes, int rows, float* x, int n, float* y) where TK : struct, IRow where TP : struct, IPath
+    {
+        long ahead = TP.Width != 0 && rows > 1 ? IntDot.PrefetchDistance(rowBytes) : 0;
+        for (int r = 0; r < rows; r++)
+        {
+            IntDot.PrefetchAhead(w + r * rowBytes, rowBytes, ahead);
+            y[r] = TK.Dot<TP>(w + r * rowBytes, x, n);
+        }
+    }
+
+    private struct F32K : IRow
+    {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static float Dot<TP>(byte* w, float* x, int n) where TP : struct, IPath
+        {
+            float* a = (float*)w;
+            int i = 0;
+            float s = 0;
+            if (TP.Width == 512)
+            {
+                Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                for (; i + 64 <= n; i += 64)
+                {
+                    s0 = Avx512F.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(x + i), s0);
+                    s1 = Avx512F.FusedMultiplyAdd(Vector512.Load(a + i + 16), Vector512.Load(x + i + 16), s1);
+                    s2 = Avx512F.FusedMultiplyAdd(Vector512.Load(a + i + 32), Vector512.Load(x + i + 32), s2);
+                    s3 = Avx512F.FusedMultiplyAdd(Vector512.Load(a + i + 48), Vector512.Load(x + i + 48), s3);
+                }
+                for (; i + 16 <= n; i += 16) s0 = Avx512F.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(x + i), s0);
+                s = Vector512.Sum((s0 + s1) + (s2 + s3));
+            }
+            else if (TP.Width == 256)
+            {
+                Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                for (; i + 32 <= n; i += 32)
+                {
+                    s0 = Fma.MultiplyAdd(Vector256.Load(a + i), Vector256.Load(x + i), s0);
+                    s1 = Fma.MultiplyAdd(Vector256.Load(a + i + 8), Vector256.Load(x + i + 8), s1);
+                    s2 = Fma.MultiplyAdd(Vector256.Load(a + i + 16), Vector256.Load(x + i + 16), s2);
+                    s3 = Fma.MultiplyAdd(Vector256.Load(a + i + 24), Vector256.Load(x + i + 24), s3);
+                }
+                for (; i + 8 <= n; i += 8) s0 = Fma.MultiplyAdd(Vector256.Load(a + i), Vector256.Load(x + i), s0);
+                s = Vector256.Sum((s0 + s1) + (s2 + s3));
+            }
+            for (; i < n; i++) s += a[i] * x[i];
+            return s;
+        }
+    }
+
+    private struct F16K : IRow
+    {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static float Dot<TP>(byte* w, float* x, int n) where TP : struct, IPath
+        {
+            short* h = (short*)w;
+            int i = 0;
+            float s = 0;
+            if (TP.Width == 512)
+            {
+                Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                for (; i + 64 <= n; i += 64)
+                {
+                    s0 = Avx512F.FusedMultiplyAdd(F16x16(h + i), Vector512.Load(x + i), s0);
+                    s1 = Avx512F.FusedMultiplyAdd(F16x16(h + i + 16), Vector512.Load(x + i + 16), s1);
+                    s2 = Avx512F.FusedMultiplyAdd(F16x16(h + i + 32), Vector512.Load(x + i + 32), s2);
+                    s3 = Avx512F.FusedMultiplyAdd(F16x16(h + i + 48), Vector512.Load(x + i + 48), s3);
+                }
+                for (; i + 16 <= n; i += 16) s0 = Avx512F.FusedMultiplyAdd(F16x16(h + i), Vector512.Load(x + i), s0);
+                s = Vector512.Sum((s0 + s1) + (s2 + s3));
+            }
+            else if (TP.Width == 256)
+            {
+                Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                for (; i + 32 <= n; i += 32)
+                {
+                    s0 = Fma.MultiplyAdd(F16x8(h + i), Vector256.Load(x + i), s0);
+                    s1 = Fma.MultiplyAdd(F16x8(h + i + 8), Vector256.Load(x + i + 8), s1);
+                    s2 = Fma.MultiplyAdd(F16x8(h + i + 16), Vector256.Load(x + i + 16), s2);
+                    s3 = Fma.MultiplyAdd(F16x8(h + i + 24), Vector256.Load(x + i + 24), s3);
+                }
+                for (; i + 8 <= n; i += 8) s0 = Fma.MultiplyAdd(F16x8(h + i), Vector256.Load(x + i), s0);
+                s = Vector256.Sum((s0 + s1) + (s2 + s3));
+            }
+            for (; i < n; i++) s += IntDot.F16[(ushort)h[i]] * x[i];
+            return s;
+        }
+    }
+
+    private struct BF16K : IRow
+    {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static float Dot<TP>(byte* w, float* x, int n) where TP : struct, IPath
+        {
+            ushort* h = (ushort*)w;
+            int i = 0;
+            float s = 0;
+            if (TP.Width == 512)
+            {
+                Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                for (; i + 64 <= n; i += 64)
+                {
+                    s0 = Avx512F.FusedMultiplyAdd(BF16x16(h + i), Vector512.Load(x + i), s0);
+                    s1 = Avx512F.FusedMultiplyAdd(BF16x16(h + i + 16), Vector512.Load(x + i + 16), s1);
+                    s2 = Avx512F.FusedMultiplyAdd(BF16x16(h + i + 32), Vector512.Load(x + i + 32), s2);
+                    s3 = Avx512F.FusedMultiplyAdd(BF16x16(h + i + 48), Vector512.Load(x + i + 48), s3);
+                }
+                for (; i + 16 <= n; i += 16) s0 = Avx512F.FusedMultiplyAdd(BF16x16(h + i), Vector512.Load(x + i), s0);
+                s = Vector512.Sum((s0 + s1) + (s2 + s3));
+            }
+            else if (TP.Width == 256)
+            {
+                Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                for (; i + 32 <= n; i += 32)
+                {
+                    s0 = Fma.MultiplyAdd(BF16x8(h + i), Vector256.Load(x + i), s0);
+                    s1 = Fma.MultiplyAdd(BF16x8(h + i + 8), Vector256.Load(x + i + 8), s1);
+                    s2 = Fma.MultiplyAdd(BF16x8(h + i + 16), Vector256.Load(x + i + 16), s2);
+                    s3 = Fma.MultiplyAdd(BF16x8(h + i + 24), Vector256.Load(x + i + 24), s3);
+                }
+                for (; i + 8 <= n; i += 8) s0 = Fma.MultiplyAdd(BF16x8(h + i), Vector256.Load(x + i), s0);
+                s = Vector256.Sum((s0 + s1) + (s2 + s3));
+            }
+            for (; i < n; i++) s += BitConverter.UInt32BitsToSingle((uint)h[i] << 16) * x[i];
+            return s;
+        }
+    }
+}

@@ -1,0 +1,891 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace FitLM.Tensors;
+
+/// <summary>
+/// Integer dot products of one ggml-quantized weight row with one quantized activation row (ggml's
+/// ggml_vec_dot_*_q8_*): q4_0/q5_0/q8_0 with q8_0, q4_1/q5_1 with q8_1, k-quants with q8_K. Within a block
+/// the products are summed exactly in int32 and the block's scales are applied once, as llama.cpp does, so
+/// results equal llama.cpp's up to the order of float additions.
+/// <para>
+/// Each type has a scalar reference (the definition: exact integer sums per block, then float) and two SIMD
+/// paths. <see cref="Isa.AvxVnni"/> uses vpdpbusd (u8×s8 → i32): it needs an unsigned operand, so signed
+/// weights are offset to unsigned (w+128 for q8_0: one xor; the nibbles themselves for q4_0/q5_0) and the
+/// offset times the block's activation sum (kept by the quantizer) is subtracted. <see cref="Isa.Avx2"/> uses
+/// vpmaddubsw + vpmaddwd instead; its int16 pair sums must not saturate, which holds for 4- to 6-bit unsigned
+/// quants against |a| ≤ 127, and for q8_0 by the abs/sign trick (|w|·sign(a, w)). The k-quant kernels use
+/// maddubs + madd-with-scale on both paths (the 6-bit sub-block scales are applied in int16 × int16 → int32,
+/// which vpdpbusd cannot do); their mins and zero points use the activation bsums.
+/// </para>
+/// </summary>
+public static unsafe class IntDot
+{
+    /// <summary>Which code path runs; tests force each one.</summary>
+    public enum Isa { Scalar, Avx2, AvxVnni }
+
+    /// <summary>The fastest path this machine runs; chosen once.</summary>
+    public static Isa Best { get; } =
+        IsSupported(Isa.AvxVnni) ? Isa.AvxVnni : IsSupported(Isa.Avx2) ? Isa.Avx2 : Isa.Scalar;
+
+    public static bool IsSupported(Isa isa) => isa switch
+    {
+        Isa.Scalar => true,
+        Isa.Avx2 => Avx2.IsSupported && Fma.IsSupported,
+        Isa.AvxVnni => Avx2.IsSupported && Fma.IsSupported && AvxVnni.IsSupported,
+        _ => false,
+    };
+
+    /// <summary>Weight types with an integer kernel (every type whose <see cref="ActivationQuant.FormatFor"/> is not F32).</summary>
+    public static bool Supports(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1
+        or GgmlType.Q8_0 or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+
+    /// <summary>
+    /// The dot product of one row with one activation row quantized by
+    /// <see cref="ActivationQuant.Quantize(GgmlType, float*, int, int, QuantizedActivations, bool)"/> for this type
+    /// (tests and tools; MatMul uses <see cref="Kernel"/>).
+    /// </summary>
+    public static float Dot(GgmlType type, byte* row, in ActRow a, int cols, Isa isa)
+    {
+        float y;
+        Kernel(type, isa)(row, 0, 1, a, cols, &y);
+        return y;
+    }
+
+    /// <summary>
+    /// The kernel for a weight type and path, as a function pointer (chosen once per call, not per row):
+    /// y[r] = dot(W[r], a) for r in [0, rows), W[r] at w + r·rowBytes.
+    /// </summary>
+    internal static delegate*<byte*, long, int, in ActRow, int, float*, void> Kernel(GgmlType type, Isa isa)
+    {
+        if (!IsSupported(isa)) throw new PlatformNotSupportedException($"{isa} is not supported on this machine");
+        return isa switch
+        {
+            Isa.AvxVnni => For<VnniPath>(type),
+            Isa.Avx2 => For<Avx2Path>(type),
+            _ => For<ScalarPath>(type),
+        };
+    }
+
+    private static delegate*<byte*, long, int, in ActRow, int, float*, void> For<TI>(GgmlType type) where TI : struct, IIsa => type switch
+    {
+        GgmlType.Q8_0 => &Rows<KQ8_0, TI>,
+        GgmlType.Q4_0 => &Rows<KQ4_0, TI>,
+        GgmlType.Q5_0 => &Rows<KQ5_0, TI>,
+        GgmlType.Q4_1 => &Rows<KQ4_1, TI>,
+        GgmlType.Q5_1 => &Rows<KQ5_1, TI>,
+        GgmlType.Q2_K => &Rows<KQ2_K, TI>,
+        GgmlType.Q3_K => &Rows<KQ3_K, TI>,
+        GgmlType.Q4_K => &Rows<KQ4_K, TI>,
+        GgmlType.Q5_K => &Rows<KQ5_K, TI>,
+        GgmlType.Q6_K => &Rows<KQ6_K, TI>,
+        _ => throw new FitLMException($"no integer dot kernel for {type}"),
+    };
+
+    // ---------------------------------------------------------------- path and kernel plumbing
+
+    /// <summary>A code path as a type parameter: the JIT compiles one copy of each kernel per path, branch-free.</summary>
+    internal interface IIsa
+    {
+        static abstract bool Simd { get; }
+        static abstract bool Vnni { get; }
+    }
+
+    internal struct ScalarPath : IIsa { public static bool Simd => false; public static bool Vnni => false; }
+    internal struct Avx2Path : IIsa { public static bool Simd => true; public static bool Vnni => false; }
+    internal struct VnniPath : IIsa { public static bool Simd => true; public static bool Vnni => true; }
+
+    private interface IRowDot
+    {
+        static abstract float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa;
+    }
+
+    /// <summary>
+    /// How far ahead of the row being multiplied the decode kernels prefetch: at least this many bytes, in
+    /// whole rows. One core's demand misses alone keep too few lines in flight to stream from DRAM at full
+    /// speed (measured on a 2-core slice of a Xeon: 16 → 24 GB/s for q8_0 with 2 threads, the read bandwidth
+    /// being 25); about 2 KiB ahead worked best for rows of 1-2 KiB.
+    /// </summary>
+    internal const int PrefetchBytes = 2048;
+
+    /// <summary>The distance to prefetch ahead: <see cref="PrefetchBytes"/> rounded up to whole rows (0: none).</summary>
+    internal static long PrefetchDistance(long rowBytes) =>
+        rowBytes <= 0 || !Sse.IsSupported ? 0 : (PrefetchBytes + rowBytes - 1) / rowBytes * rowBytes;
+
+    /// <summary>Prefetches the row <paramref name="distance"/> bytes ahead of <paramref name="row"/> (prefetches never fault).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void PrefetchAhead(byte* row, long rowBytes, long distance)
+    {
+        if (distance == 0) return;
+        byte* p = row + distance;
+        for (long o = 0; o < rowBytes; o += 64) Sse.Prefetch0(p + o);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rows<TK, TI>(byte* w, long rowBytes, int rows, in ActRow a, int cols, float* y)
+        where TK : struct, IRowDot where TI : struct, IIsa
+    {
+        long ahead = TI.Simd && rows > 1 ? PrefetchDistance(rowBytes) : 0;
+        for (int r = 0; r < rows; r++)
+        {
+            PrefetchAhead(w + r * rowBytes, rowBytes, ahead);
+            y[r] = TK.Dot<TI>(w + r * rowBytes, a, cols);
+        }
+    }
+
+    private struct KQ8_0 : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q8_0<TI>(w, a, cols) : RefQ8_0(w, a, cols); }
+    private struct KQ4_0 : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q4_0<TI>(w, a, cols) : RefQ4_0(w, a, cols); }
+    private struct KQ5_0 : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q5_0<TI>(w, a, cols) : RefQ5_0(w, a, cols); }
+    private struct KQ4_1 : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q4_1<TI>(w, a, cols) : RefQ4_1(w, a, cols); }
+    private struct KQ5_1 : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q5_1<TI>(w, a, cols) : RefQ5_1(w, a, cols); }
+    private struct KQ2_K : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q2_K<TI>(w, a, cols) : RefQ2_K(w, a, cols); }
+    private struct KQ3_K : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q3_K<TI>(w, a, cols) : RefQ3_K(w, a, cols); }
+    private struct KQ4_K : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q4_K<TI>(w, a, cols) : RefQ4_K(w, a, cols); }
+    private struct KQ5_K : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q5_K<TI>(w, a, cols) : RefQ5_K(w, a, cols); }
+    private struct KQ6_K : IRowDot { public static float Dot<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa => TI.Simd ? Q6_K<TI>(w, a, cols) : RefQ6_K(w, a, cols); }
+
+    // ---------------------------------------------------------------- fp16 scales
+
+    /// <summary>
+    /// fp16 → float for every bit pattern (256 KiB, as ggml's table on x86: a block scale costs one load; the
+    /// scales of a matrix take few distinct values, so the lines in use stay cached). .NET exposes no F16C.
+    /// </summary>
+    internal static readonly float* F16 = BuildF16Table();
+
+    private static float* BuildF16Table()
+    {
+        var t = (float*)NativeMemory.AlignedAlloc(65536 * sizeof(float), 64);
+        for (int i = 0; i < 65536; i++) t[i] = Dequantize.HalfToSingle((ushort)i);
+        return t;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float H(byte* p) => F16[*(ushort*)p];
+
+    // ---------------------------------------------------------------- shared SIMD helpers
+
+    /// <summary>acc + Σ u·s over groups of 4 bytes (u unsigned, s signed). The Avx2 form needs |u·s pair| ≤ 32767.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<int> DotUS<TI>(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) where TI : struct, IIsa =>
+        TI.Vnni
+            ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
+            : Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1)));
+
+    /// <summary>32 nibbles of 16 bytes in ggml's order: low nibbles are elements 0..15, high nibbles 16..31.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> Nibbles(byte* p)
+    {
+        var raw = Vector128.Load(p);
+        return Vector256.Create(raw, (raw.AsUInt16() >> 4).AsByte()) & Vector256.Create((byte)0x0F);
+    }
+
+    /// <summary>Bit j of <paramref name="bits"/> as byte j: 0xFF where set, 0 where clear (q5 high bits).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> BitsToBytes(uint bits)
+    {
+        // Broadcast the 4 bytes, give each output byte its source byte (j / 8), test bit j % 8.
+        var v = Avx2.Shuffle(Vector256.Create(bits).AsByte(), Vector256.Create(
+            (byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+        var bit = Vector256.Create(0x8040201008040201UL).AsByte();
+        return Vector256.Equals(v & bit, bit);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Cvt(Vector256<int> v) => Avx.ConvertToVector256Single(v);
+
+    // ---------------------------------------------------------------- q8_0 × q8_0
+
+    private static float RefQ8_0(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int b = 0; b < cols / 32; b++)
+        {
+            sbyte* q = (sbyte*)(w + 34 * b + 2);
+            sbyte* y = a.Q + 32 * b;
+            int s = 0;
+            for (int j = 0; j < 32; j++) s += q[j] * y[j];
+            sum += s * (H(w + 34 * b) * a.D[b]);
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q8_0<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        // Two accumulators: the fma latency would otherwise bound the loop at one block per 4 cycles.
+        // Pointers walk the row and the activation arrays (locals: the JIT cannot keep fields of `a` in
+        // registers across the stores it cannot prove disjoint).
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
+        sbyte* q = a.Q;
+        float* d = a.D;
+        int* z = a.Z;
+        float* f16 = F16;
+        byte* end = w + 34 * (cols / 32);
+        for (; w + 68 <= end; w += 68, q += 64, d += 2, z += 2)
+        {
+            acc0 = Q8_0Block<TI>(w, q, d, z, f16, acc0);
+            acc1 = Q8_0Block<TI>(w + 34, q + 32, d + 1, z + 1, f16, acc1);
+        }
+        if (w < end) acc0 = Q8_0Block<TI>(w, q, d, z, f16, acc0);
+        return Vector256.Sum(acc0 + acc1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q8_0Block<TI>(byte* blk, sbyte* q, float* d, int* z, float* f16, Vector256<float> acc) where TI : struct, IIsa
+    {
+        var wq = Vector256.Load((sbyte*)(blk + 2));
+        Vector256<int> s;
+        if (TI.Vnni)
+            // Σ (w+128)·a - 128·Σa: w+128 is w with the sign bit flipped; z = -128·Σa starts the sum.
+            s = AvxVnni.MultiplyWideningAndAdd(Vector256.CreateScalar(*z), wq.AsByte() ^ Vector256.Create((byte)0x80), Vector256.Load(q));
+        else
+            s = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wq), Avx2.Sign(Vector256.Load(q), wq)), Vector256.Create((short)1));
+        // Both scales arrive by broadcast loads (no shuffle port), one multiply combines them.
+        return Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)blk]) * Vector256.Create(*d), acc);
+    }
+
+    // ---------------------------------------------------------------- nibble types: two blocks per register
+
+    /// <summary>
+    /// q4_0/q5_0/q4_1/q5_1 blocks 2p and 2p+1 as one register pair: [low halves of both | ...]. Loading the
+    /// 16 quant bytes of each block into the two 128-bit lanes of one register, the low nibbles are elements
+    /// 0..15 of both blocks and the high nibbles elements 16..31: two vpdpbusd against the pair-interleaved
+    /// activations (ActRow.QP) give the two blocks' sums in lanes 0-3 and 4-7, scaled by one multiply with
+    /// [dw0×4 | dw1×4]·[da0×4 | da1×4]. Half the shifts, converts and fmas of one block at a time.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> PairDot<TI>(Vector256<int> init, Vector256<byte> raw, Vector256<byte> hiBits, Vector256<byte> loBits, sbyte* qp) where TI : struct, IIsa
+    {
+        var m4 = Vector256.Create((byte)0x0F);
+        var lo = (raw & m4) | loBits;
+        var hi = ((raw.AsUInt16() >> 4).AsByte() & m4) | hiBits;
+        return DotUS<TI>(DotUS<TI>(init, lo, Vector256.Load(qp)), hi, Vector256.Load(qp + 32));
+    }
+
+    /// <summary>The two blocks' weight scales (fp16 at the block start) as [d0×4 | d1×4].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> PairScale(float* f16, byte* b0, byte* b1) =>
+        Vector256.Create(Vector128.Create(f16[*(ushort*)b0]), Vector128.Create(f16[*(ushort*)b1]));
+
+    /// <summary>The 5th bits of a q5 block pair as bytes of 0 or 16: low halves (elements 0..15 of both), high halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PairHighBits(uint qh0, uint qh1, out Vector256<byte> lo, out Vector256<byte> hi)
+    {
+        var b16 = Vector256.Create((byte)0x10);
+        lo = BitsToBytes((qh0 & 0xFFFF) | (qh1 << 16)) & b16;
+        hi = BitsToBytes((qh0 >> 16) | (qh1 & 0xFFFF0000)) & b16;
+    }
+
+    // ---------------------------------------------------------------- q4_0 × q8_0
+
+    private static float RefQ4_0(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int b = 0; b < cols / 32; b++)
+        {
+            byte* qs = w + 18 * b + 2;
+            sbyte* y = a.Q + 32 * b;
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += ((qs[j] & 0xF) - 8) * y[j] + ((qs[j] >> 4) - 8) * y[j + 16];
+            sum += s * (H(w + 18 * b) * a.D[b]);
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q4_0<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        // Σ (q-8)·a = Σ q·a - 8·Σa with the nibbles q (0..15) as the unsigned operand (ZP/Z hold -8·Σa).
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
+        int nb = cols / 32, np = nb / 2;
+        sbyte* qp = a.QP;
+        float* dp = a.DP;
+        int* zp = a.ZP;
+        float* f16 = F16;
+        for (int p = 0; p < np; p++, w += 36, qp += 64, dp += 8, zp += 8)
+        {
+            var raw = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 20));
+            var s = PairDot<TI>(Vector256.Load(zp), raw, Vector256<byte>.Zero, Vector256<byte>.Zero, qp);
+            var sc = PairScale(f16, w, w + 18) * Vector256.Load(dp);
+            if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
+            else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
+        }
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            var s = DotUS<TI>(Vector256.CreateScalar(a.Z[b]), Nibbles(w + 2), Vector256.Load(a.Q + 32 * b));
+            acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
+        }
+        return Vector256.Sum(acc0 + acc1);
+    }
+
+    // ---------------------------------------------------------------- q5_0 × q8_0
+
+    private static float RefQ5_0(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int b = 0; b < cols / 32; b++)
+        {
+            byte* blk = w + 22 * b;
+            uint qh = *(uint*)(blk + 2);
+            byte* qs = blk + 6;
+            sbyte* y = a.Q + 32 * b;
+            int s = 0;
+            for (int j = 0; j < 16; j++)
+            {
+                int q0 = ((qs[j] & 0xF) | (int)((qh >> j) & 1) << 4) - 16;
+                int q1 = ((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16;
+                s += q0 * y[j] + q1 * y[j + 16];
+            }
+            sum += s * (H(blk) * a.D[b]);
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q5_0<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        // As q4_0 with the 5th bit: q in 0..31, Σ (q-16)·a = Σ q·a - 16·Σa.
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
+        int nb = cols / 32, np = nb / 2;
+        sbyte* qp = a.QP;
+        float* dp = a.DP;
+        int* zp = a.ZP;
+        float* f16 = F16;
+        for (int p = 0; p < np; p++, w += 44, qp += 64, dp += 8, zp += 8)
+        {
+            PairHighBits(*(uint*)(w + 2), *(uint*)(w + 24), out var lo, out var hi);
+            var raw = Vector256.Create(Vector128.Load(w + 6), Vector128.Load(w + 28));
+            var s = PairDot<TI>(Vector256.Load(zp), raw, hi, lo, qp);
+            var sc = PairScale(f16, w, w + 22) * Vector256.Load(dp);
+            if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
+            else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
+        }
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            var s = DotUS<TI>(Vector256.CreateScalar(a.Z[b]), Q5Quants(w + 6, *(uint*)(w + 2)), Vector256.Load(a.Q + 32 * b));
+            acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
+        }
+        return Vector256.Sum(acc0 + acc1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> Q5Quants(byte* qs, uint qh) =>
+        Nibbles(qs) | (BitsToBytes(qh) & Vector256.Create((byte)0x10));
+
+    // ---------------------------------------------------------------- q4_1 × q8_1
+
+    private static float RefQ4_1(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int b = 0; b < cols / 32; b++)
+        {
+            byte* blk = w + 20 * b;
+            byte* qs = blk + 4;
+            sbyte* y = a.Q + 32 * b;
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += (qs[j] & 0xF) * y[j] + (qs[j] >> 4) * y[j + 16];
+            // Σ (d·q + m)·(da·a) = d·da·Σ q·a + m·(da·Σa), the last factor being q8_1's s.
+            sum += s * (H(blk) * a.D[b]) + H(blk + 2) * a.S[b];
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q4_1<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
+        float ms0 = 0, ms1 = 0;
+        int nb = cols / 32, np = nb / 2;
+        sbyte* qp = a.QP;
+        float* dp = a.DP, sa = a.S;
+        float* f16 = F16;
+        for (int p = 0; p < np; p++, w += 40, qp += 64, dp += 8, sa += 2)
+        {
+            var raw = Vector256.Create(Vector128.Load(w + 4), Vector128.Load(w + 24));
+            var s = PairDot<TI>(Vector256<int>.Zero, raw, Vector256<byte>.Zero, Vector256<byte>.Zero, qp);
+            var sc = PairScale(f16, w, w + 20) * Vector256.Load(dp);
+            if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
+            else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
+            ms0 += f16[*(ushort*)(w + 2)] * sa[0];
+            ms1 += f16[*(ushort*)(w + 22)] * sa[1];
+        }
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            var s = DotUS<TI>(Vector256<int>.Zero, Nibbles(w + 4), Vector256.Load(a.Q + 32 * b));
+            acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
+            ms0 += f16[*(ushort*)(w + 2)] * a.S[b];
+        }
+        return Vector256.Sum(acc0 + acc1) + (ms0 + ms1);
+    }
+
+    // ---------------------------------------------------------------- q5_1 × q8_1
+
+    private static float RefQ5_1(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int b = 0; b < cols / 32; b++)
+        {
+            byte* blk = w + 24 * b;
+            uint qh = *(uint*)(blk + 4);
+            byte* qs = blk + 8;
+            sbyte* y = a.Q + 32 * b;
+            int s = 0;
+            for (int j = 0; j < 16; j++)
+            {
+                int q0 = (qs[j] & 0xF) | (int)((qh >> j) & 1) << 4;
+                int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
+                s += q0 * y[j] + q1 * y[j + 16];
+            }
+            sum += s * (H(blk) * a.D[b]) + H(blk + 2) * a.S[b];
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q5_1<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
+        float ms0 = 0, ms1 = 0;
+        int nb = cols / 32, np = nb / 2;
+        sbyte* qp = a.QP;
+        float* dp = a.DP, sa = a.S;
+        float* f16 = F16;
+        for (int p = 0; p < np; p++, w += 48, qp += 64, dp += 8, sa += 2)
+        {
+            PairHighBits(*(uint*)(w + 4), *(uint*)(w + 28), out var lo, out var hi);
+            var raw = Vector256.Create(Vector128.Load(w + 8), Vector128.Load(w + 32));
+            var s = PairDot<TI>(Vector256<int>.Zero, raw, hi, lo, qp);
+            var sc = PairScale(f16, w, w + 24) * Vector256.Load(dp);
+            if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
+            else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
+            ms0 += f16[*(ushort*)(w + 2)] * sa[0];
+            ms1 += f16[*(ushort*)(w + 26)] * sa[1];
+        }
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            var s = DotUS<TI>(Vector256<int>.Zero, Q5Quants(w + 8, *(uint*)(w + 4)), Vector256.Load(a.Q + 32 * b));
+            acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
+            ms0 += f16[*(ushort*)(w + 2)] * a.S[b];
+        }
+        return Vector256.Sum(acc0 + acc1) + (ms0 + ms1);
+    }
+
+    // ---------------------------------------------------------------- k-quant helpers
+
+    /// <summary>
+    /// The 8 six-bit scales and 8 mins of a q4_K/q5_K block (ggml's get_scale_min_k4 for j = 0..7), as two
+    /// 8-byte words: byte j of <paramref name="sc"/> is scale j, byte j of <paramref name="mn"/> is min j.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void ScalesMinsK4(byte* scales, out ulong sc, out ulong mn)
+    {
+        uint u0 = *(uint*)scales, u1 = *(uint*)(scales + 4), u2 = *(uint*)(scales + 8);
+        uint s0 = u0 & 0x3F3F3F3F;                                        // j < 4: scales[j] & 63
+        uint m0 = u1 & 0x3F3F3F3F;                                        // j < 4: scales[j+4] & 63
+        uint s1 = (u2 & 0x0F0F0F0F) | (((u0 >> 6) & 0x03030303) << 4);    // j ≥ 4: low nibble of scales[j+4], top bits of scales[j-4]
+        uint m1 = ((u2 >> 4) & 0x0F0F0F0F) | (((u1 >> 6) & 0x03030303) << 4); // j ≥ 4: high nibble of scales[j+4], top bits of scales[j]
+        sc = s0 | ((ulong)s1 << 32);
+        mn = m0 | ((ulong)m1 << 32);
+    }
+
+    /// <summary>The 16 six-bit scales of a q3_K block, minus 32 (ggml's scale unpacking), as 16 signed bytes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector128<sbyte> ScalesQ3_K(byte* scales)
+    {
+        uint a0 = *(uint*)scales, a1 = *(uint*)(scales + 4), a2 = *(uint*)(scales + 8);
+        uint s0 = (a0 & 0x0F0F0F0F) | ((a2 & 0x03030303) << 4);
+        uint s1 = (a1 & 0x0F0F0F0F) | (((a2 >> 2) & 0x03030303) << 4);
+        uint s2 = ((a0 >> 4) & 0x0F0F0F0F) | (((a2 >> 4) & 0x03030303) << 4);
+        uint s3 = ((a1 >> 4) & 0x0F0F0F0F) | (((a2 >> 6) & 0x03030303) << 4);
+        return (Vector128.Create(s0, s1, s2, s3).AsByte() - Vector128.Create((byte)32)).AsSByte();
+    }
+
+    /// <summary>Shuffle selecting the int16 pair-scale for sub-blocks (2p, 2p+1): bytes [2p]×8 then [2p+1]×8.</summary>
+    private static Vector128<byte> PairShuffle0 => Vector128.Create((byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+
+    /// <summary>
+    /// The multiplier vector for the int16 products of a 32-element group spanning two 16-element sub-blocks:
+    /// lanes 0..7 (elements 0..15) get scale s, lanes 8..15 get s+1. <paramref name="shuf"/> selects (s, s+1).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> PairScales(Vector128<sbyte> scales, Vector128<byte> shuf) =>
+        Avx2.ConvertToVector256Int16(Ssse3.Shuffle(scales, shuf.AsSByte()));
+
+    /// <summary>
+    /// acc + maddubs then madd with the scales: Σ over each 4 elements of q·a·scale, as int32. VNNI fuses the
+    /// madd and the add (vpdpwssd).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> ScaledDot<TI>(Vector256<int> acc, Vector256<byte> q, sbyte* y, Vector256<short> scale) where TI : struct, IIsa
+    {
+        var p = Avx2.MultiplyAddAdjacent(q, Vector256.Load(y));
+        return TI.Vnni ? AvxVnni.MultiplyWideningAndAdd(acc, p, scale) : Avx2.Add(acc, Avx2.MultiplyAddAdjacent(p, scale));
+    }
+
+    // ---------------------------------------------------------------- q2_K × q8_K
+
+    private static float RefQ2_K(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int i = 0; i < cols / 256; i++)
+        {
+            byte* blk = w + 84 * i;
+            byte* scales = blk;
+            byte* qs = blk + 16;
+            sbyte* y = a.Q + 256 * i;
+            short* bs = a.BSums + 16 * i;
+            int isum = 0, msum = 0;
+            for (int s = 0; s < 16; s++)
+            {
+                msum += (scales[s] >> 4) * bs[s];
+                int ps = 0;
+                for (int l = 0; l < 16; l++)
+                {
+                    int e = 16 * s + l, h = e / 128, k = (e % 128) / 32, j = e % 32;
+                    ps += ((qs[32 * h + j] >> (2 * k)) & 3) * y[e];
+                }
+                isum += (scales[s] & 0xF) * ps;
+            }
+            sum += a.D[i] * H(blk + 80) * isum - a.D[i] * H(blk + 82) * msum;
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q2_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        var acc = Vector256<float>.Zero;
+        sbyte* y = a.Q;
+        float* da = a.D;
+        short* bs = a.BSums;
+        for (int i = 0; i < cols / 256; i++, w += 84, y += 256, bs += 16)
+        {
+            var raw = Vector128.Load(w);
+            var scales = (raw & Vector128.Create((byte)0xF)).AsSByte();
+            var mins = Avx2.ConvertToVector256Int16((raw.AsUInt16() >> 4).AsByte() & Vector128.Create((byte)0xF));
+            var msum = Avx2.MultiplyAddAdjacent(mins.AsInt16(), Vector256.Load(bs));
+            var s0 = Vector256<int>.Zero;
+            var s1 = Vector256<int>.Zero;
+            var shuf = PairShuffle0;
+            Q2Half<TI>(Vector256.Load(w + 16), y, scales, ref shuf, ref s0, ref s1);
+            Q2Half<TI>(Vector256.Load(w + 48), y + 128, scales, ref shuf, ref s0, ref s1);
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + 80)), acc);
+            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + 82)), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>One 128-element half of a q2_K block: plane k (bits 2k..2k+1) holds elements 32k..32k+31.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Q2Half<TI>(Vector256<byte> q2, sbyte* y, Vector128<sbyte> scales, ref Vector128<byte> shuf,
+        ref Vector256<int> s0, ref Vector256<int> s1) where TI : struct, IIsa
+    {
+        var m3 = Vector256.Create((byte)3);
+        var inc = Vector128.Create((byte)2);
+        var w = q2.AsUInt16();
+        s0 = ScaledDot<TI>(s0, q2 & m3, y, PairScales(scales, shuf)); shuf += inc;
+        s1 = ScaledDot<TI>(s1, (w >> 2).AsByte() & m3, y + 32, PairScales(scales, shuf)); shuf += inc;
+        s0 = ScaledDot<TI>(s0, (w >> 4).AsByte() & m3, y + 64, PairScales(scales, shuf)); shuf += inc;
+        s1 = ScaledDot<TI>(s1, (w >> 6).AsByte() & m3, y + 96, PairScales(scales, shuf)); shuf += inc;
+    }
+
+    // ---------------------------------------------------------------- q3_K × q8_K
+
+    private static float RefQ3_K(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int i = 0; i < cols / 256; i++)
+        {
+            byte* blk = w + 110 * i;
+            byte* hm = blk;
+            byte* qs = blk + 32;
+            var scales = new ReadOnlySpan<byte>(blk + 96, 12);
+            sbyte* y = a.Q + 256 * i;
+            int isum = 0;
+            for (int s = 0; s < 16; s++)
+            {
+                int ps = 0;
+                for (int l = 0; l < 16; l++)
+                {
+                    int e = 16 * s + l, h = e / 128, k = (e % 128) / 32, j = e % 32;
+                    int q = (((qs[32 * h + j] >> (2 * k)) & 3) | (((hm[j] >> (4 * h + k)) & 1) << 2)) - 4;
+                    ps += q * y[e];
+                }
+                isum += (Dequantize.Q3_KScale(scales, s) - 32) * ps;
+            }
+            sum += a.D[i] * H(blk + 108) * isum;
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q3_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        var acc = Vector256<float>.Zero;
+        sbyte* y = a.Q;
+        float* da = a.D;
+        short* bs = a.BSums;
+        for (int i = 0; i < cols / 256; i++, w += 110, y += 256, bs += 16)
+        {
+            var scales = ScalesQ3_K(w + 96);
+            // Σ (q-4)·a·sc = Σ q·a·sc - 4·Σ_s sc_s·bsum_s with q = low | high<<2 in 0..7.
+            var corr = Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(scales), Vector256.Load(bs));
+            var s0 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(corr, 2);
+            var s1 = Vector256<int>.Zero;
+            var hm = Vector256.Load(w).AsUInt16();
+            var shuf = PairShuffle0;
+            var q3 = Vector256.Load(w + 32).AsUInt16();
+            var m3 = Vector256.Create((byte)3);
+            var four = Vector256.Create((byte)4);
+            var inc = Vector128.Create((byte)2);
+            // Half 0 uses hmask bits 0..3, half 1 bits 4..7, each moved to bit 2 (shifts by constants).
+            s0 = ScaledDot<TI>(s0, (q3.AsByte() & m3) | ((hm << 2).AsByte() & four), y, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, ((q3 >> 2).AsByte() & m3) | ((hm << 1).AsByte() & four), y + 32, PairScales(scales, shuf)); shuf += inc;
+            s0 = ScaledDot<TI>(s0, ((q3 >> 4).AsByte() & m3) | (hm.AsByte() & four), y + 64, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, ((q3 >> 6).AsByte() & m3) | ((hm >> 1).AsByte() & four), y + 96, PairScales(scales, shuf)); shuf += inc;
+            q3 = Vector256.Load(w + 64).AsUInt16();
+            s0 = ScaledDot<TI>(s0, (q3.AsByte() & m3) | ((hm >> 2).AsByte() & four), y + 128, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, ((q3 >> 2).AsByte() & m3) | ((hm >> 3).AsByte() & four), y + 160, PairScales(scales, shuf)); shuf += inc;
+            s0 = ScaledDot<TI>(s0, ((q3 >> 4).AsByte() & m3) | ((hm >> 4).AsByte() & four), y + 192, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, ((q3 >> 6).AsByte() & m3) | ((hm >> 5).AsByte() & four), y + 224, PairScales(scales, shuf));
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + 108)), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    // ---------------------------------------------------------------- q4_K × q8_K
+
+    private static float RefQ4_K(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int i = 0; i < cols / 256; i++)
+        {
+            byte* blk = w + 144 * i;
+            var scales = new ReadOnlySpan<byte>(blk + 4, 12);
+            byte* qs = blk + 16;
+            sbyte* y = a.Q + 256 * i;
+            short* bs = a.BSums + 16 * i;
+            int isum = 0, msum = 0;
+            for (int c = 0; c < 4; c++)
+            {
+                Dequantize.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
+                Dequantize.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
+                int p1 = 0, p2 = 0;
+                for (int l = 0; l < 32; l++)
+                {
+                    p1 += (qs[32 * c + l] & 0xF) * y[64 * c + l];
+                    p2 += (qs[32 * c + l] >> 4) * y[64 * c + 32 + l];
+                }
+                isum += sc1 * p1 + sc2 * p2;
+                msum += m1 * (bs[4 * c] + bs[4 * c + 1]) + m2 * (bs[4 * c + 2] + bs[4 * c + 3]);
+            }
+            sum += a.D[i] * H(blk) * isum - a.D[i] * H(blk + 2) * msum;
+        }
+        return sum;
+    }
+
+    /// <summary>Shuffle broadcasting int16 lane 0 (bytes 0,1) to all lanes; add 0x0202 per lane index.</summary>
+    private static Vector256<byte> WordShuffle0 => Vector256.Create((ushort)0x0100).AsByte();
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q4_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        var acc = Vector256<float>.Zero;
+        var m4 = Vector256.Create((byte)0xF);
+        sbyte* y = a.Q;
+        float* da = a.D;
+        short* bs = a.BSums;
+        for (int i = 0; i < cols / 256; i++, w += 144, y += 256, bs += 16)
+        {
+            ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
+            // Mins: Σ_j m_j·(bsum[2j] + bsum[2j+1]): each min duplicated to the two bsums of its 32 elements.
+            var mb = Vector128.CreateScalar(mn).AsByte();
+            var mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb));
+            var msum = Avx2.MultiplyAddAdjacent(mins.AsInt16(), Vector256.Load(bs));
+            var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
+            var scales = Vector256.Create(sc16, sc16).AsByte();
+            var shuf = WordShuffle0;
+            var inc = Vector256.Create((ushort)0x0202).AsByte();
+            var s0 = Vector256<int>.Zero;
+            var s1 = Vector256<int>.Zero;
+            for (int c = 0; c < 4; c++)
+            {
+                var q4 = Vector256.Load(w + 16 + 32 * c);
+                var sLo = Avx2.Shuffle(scales, shuf).AsInt16();
+                shuf += inc;
+                var sHi = Avx2.Shuffle(scales, shuf).AsInt16();
+                shuf += inc;
+                s0 = ScaledDot<TI>(s0, q4 & m4, y + 64 * c, sLo);
+                s1 = ScaledDot<TI>(s1, (q4.AsUInt16() >> 4).AsByte() & m4, y + 64 * c + 32, sHi);
+            }
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w)), acc);
+            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + 2)), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    // ---------------------------------------------------------------- q5_K × q8_K
+
+    private static float RefQ5_K(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int i = 0; i < cols / 256; i++)
+        {
+            byte* blk = w + 176 * i;
+            var scales = new ReadOnlySpan<byte>(blk + 4, 12);
+            byte* qh = blk + 16;
+            byte* qs = blk + 48;
+            sbyte* y = a.Q + 256 * i;
+            short* bs = a.BSums + 16 * i;
+            int isum = 0, msum = 0;
+            for (int c = 0; c < 4; c++)
+            {
+                Dequantize.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
+                Dequantize.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
+                int p1 = 0, p2 = 0;
+                for (int l = 0; l < 32; l++)
+                {
+                    int q1 = (qs[32 * c + l] & 0xF) | (((qh[l] >> (2 * c)) & 1) << 4);
+                    int q2 = (qs[32 * c + l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+                    p1 += q1 * y[64 * c + l];
+                    p2 += q2 * y[64 * c + 32 + l];
+                }
+                isum += sc1 * p1 + sc2 * p2;
+                msum += m1 * (bs[4 * c] + bs[4 * c + 1]) + m2 * (bs[4 * c + 2] + bs[4 * c + 3]);
+            }
+            sum += a.D[i] * H(blk) * isum - a.D[i] * H(blk + 2) * msum;
+        }
+        return sum;
+    }
+
+    /// <summary>Bit <paramref name="bit"/> of each byte of <paramref name="v"/> moved to bit 4 (0 or 16 per byte).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<byte> BitTo4(Vector256<byte> v, int bit) =>
+        (bit <= 4 ? v.AsUInt16() << (4 - bit) : v.AsUInt16() >> (bit - 4)).AsByte() & Vector256.Create((byte)0x10);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q5_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        var acc = Vector256<float>.Zero;
+        sbyte* y = a.Q;
+        float* da = a.D;
+        short* bs = a.BSums;
+        for (int i = 0; i < cols / 256; i++, w += 176, y += 256, bs += 16)
+        {
+            ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
+            var mb = Vector128.CreateScalar(mn).AsByte();
+            var mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb));
+            var msum = Avx2.MultiplyAddAdjacent(mins.AsInt16(), Vector256.Load(bs));
+            var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
+            var scales = Vector256.Create(sc16, sc16).AsByte();
+            var shuf = WordShuffle0;
+            var qh = Vector256.Load(w + 16);
+            var s0 = Vector256<int>.Zero;
+            var s1 = Vector256<int>.Zero;
+            // Chunk c takes its 5th bits from qh bits 2c (low nibbles) and 2c+1 (high): constant shifts.
+            Q5KChunk<TI>(w + 48, qh, 0, y, scales, ref shuf, ref s0, ref s1);
+            Q5KChunk<TI>(w + 80, qh, 1, y + 64, scales, ref shuf, ref s0, ref s1);
+            Q5KChunk<TI>(w + 112, qh, 2, y + 128, scales, ref shuf, ref s0, ref s1);
+            Q5KChunk<TI>(w + 144, qh, 3, y + 192, scales, ref shuf, ref s0, ref s1);
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w)), acc);
+            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + 2)), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Q5KChunk<TI>(byte* qs, Vector256<byte> qh, int c, sbyte* y, Vector256<byte> scales, ref Vector256<byte> shuf,
+        ref Vector256<int> s0, ref Vector256<int> s1) where TI : struct, IIsa
+    {
+        var m4 = Vector256.Create((byte)0xF);
+        var inc = Vector256.Create((ushort)0x0202).AsByte();
+        var q5 = Vector256.Load(qs);
+        var sLo = Avx2.Shuffle(scales, shuf).AsInt16();
+        shuf += inc;
+        var sHi = Avx2.Shuffle(scales, shuf).AsInt16();
+        shuf += inc;
+        s0 = ScaledDot<TI>(s0, (q5 & m4) | BitTo4(qh, 2 * c), y, sLo);
+        s1 = ScaledDot<TI>(s1, ((q5.AsUInt16() >> 4).AsByte() & m4) | BitTo4(qh, 2 * c + 1), y + 32, sHi);
+    }
+
+    // ---------------------------------------------------------------- q6_K × q8_K
+
+    private static float RefQ6_K(byte* w, in ActRow a, int cols)
+    {
+        float sum = 0;
+        for (int i = 0; i < cols / 256; i++)
+        {
+            byte* blk = w + 210 * i;
+            byte* ql = blk;
+            byte* qh = blk + 128;
+            sbyte* sc = (sbyte*)(blk + 192);
+            sbyte* y = a.Q + 256 * i;
+            int isum = 0;
+            for (int s = 0; s < 16; s++)
+            {
+                int ps = 0;
+                for (int l = 0; l < 16; l++)
+                {
+                    // Element e = 128h + 32k + j: nibble of ql[64h + 32(k&1) + j] (high for k ≥ 2), bits 2k.. of qh[32h + j].
+                    int e = 16 * s + l, h = e / 128, k = (e % 128) / 32, j = e % 32;
+                    int lo = ql[64 * h + 32 * (k & 1) + j];
+                    lo = k >= 2 ? lo >> 4 : lo & 0xF;
+                    int q = (lo | (((qh[32 * h + j] >> (2 * k)) & 3) << 4)) - 32;
+                    ps += q * y[e];
+                }
+                isum += sc[s] * ps;
+            }
+            sum += a.D[i] * H(blk + 208) * isum;
+        }
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Q6_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
+    {
+        var acc = Vector256<float>.Zero;
+        var m4 = Vector256.Create((byte)0xF);
+        var m30 = Vector256.Create((byte)0x30);
+        for (int i = 0; i < cols / 256; i++)
+        {
+            byte* blk = w + 210 * i;
+            sbyte* y = a.Q + 256 * i;
+            var scales = Vector128.Load((sbyte*)(blk + 192));
+            // Σ (q-32)·a·sc = Σ q·a·sc - 32·Σ_s sc_s·bsum_s with q in 0..63.
+            var corr = Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(scales), Vector256.Load(a.BSums + 16 * i));
+            var sumi = Vector256<int>.Zero - Avx2.ShiftLeftLogical(corr, 5);
+            var sum1 = Vector256<int>.Zero;
+            var shuf = PairShuffle0;
+            for (int h = 0; h < 2; h++)
+            {
+                var l0 = Vector256.Load(blk + 64 * h);
+                var l1 = Vector256.Load(blk + 64 * h + 32);
+                var hb = Vector256.Load(blk + 128 + 32 * h);
+                var hw = hb.AsUInt16();
+                var q0 = (l0 & m4) | ((hw << 4).AsByte() & m30);
+                var q1 = (l1 & m4) | ((hw << 2).AsByte() & m30);
+                var q2 = ((l0.AsUInt16() >> 4).AsByte() & m4) | (hb & m30);
+                var q3 = ((l1.AsUInt16() >> 4).AsByte() & m4) | ((hw >> 2).AsByte() & m30);
+                sbyte* yh = y + 128 * h;
+                var inc = Vector128.Create((byte)2);
+                sumi = ScaledDot<TI>(sumi, q0, yh, PairScales(scales, shuf)); shuf += inc;
+                sum1 = ScaledDot<TI>(sum1, q1, yh + 32, PairScales(scales, shuf)); shuf += inc;
+                sumi = ScaledDot<TI>(sumi, q2, yh + 64, PairScales(scales, shuf)); shuf += inc;
+                sum1 = ScaledDot<TI>(sum1, q3, yh + 96, PairScales(scales, shuf)); shuf += inc;
+            }
+            acc = Fma.MultiplyAdd(Cvt(sumi + sum1), Vector256.Create(a.D[i] * H(blk + 208)), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+}
