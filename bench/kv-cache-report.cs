@@ -31,6 +31,8 @@ var plot = new SvgPlot
     XLabel = "KV bytes per token, averaged over a 512-token context (log scale)",
     YLabel = "perplexity",
     LogX = true,
+    Width = 960,
+    Height = 640,
 };
 var series = new Dictionary<string, SvgPlot.Series>();
 SvgPlot.Series Series(string name) => series.TryGetValue(name, out var s) ? s : series[name] = plot.AddSeries(name);
