@@ -17,10 +17,11 @@ internal static class BenchCommand
         var reps = new Option<int>("--repetitions", "-r") { Description = "repetitions of each test", DefaultValueFactory = _ => 3 };
         var json = new Option<bool>("--json") { Description = "print a JSON array (llama-bench's fields) instead of a table" };
         var noBandwidth = new Option<bool>("--no-bandwidth") { Description = "skip measuring the machine's memory bandwidth" };
+        var profile = new Option<bool>("--profile") { Description = "print where each test's time goes, by phase of the forward pass (to stderr)" };
         var threads = Common.Threads();
         var memory = new MemoryOptions();
         var kv = new KvOptions();
-        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, threads };
+        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, profile, threads };
         memory.AddTo(cmd);
         var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
         kv.AddTo(cmd);
@@ -38,8 +39,17 @@ internal static class BenchCommand
             string type = DominantType(lm.Source);
             string modelDesc = $"{lm.Config.Architecture} {parameters / 1e9:F1}B {type}";
             var results = new List<BenchResult>();
-            if (np > 0) results.Add(Benchmark.Prompt(lm, np, nr, ct));
-            if (ng > 0) results.Add(Benchmark.Generate(lm, ng, nr, ct));
+            PhaseTimes.Enabled = r.GetValue(profile);
+            void Profiled(Func<BenchResult> test)
+            {
+                PhaseTimes.Reset();
+                var result = test();
+                results.Add(result);
+                if (PhaseTimes.Enabled) PrintProfile(result);
+            }
+            if (np > 0) Profiled(() => Benchmark.Prompt(lm, np, nr, ct));
+            if (ng > 0) Profiled(() => Benchmark.Generate(lm, ng, nr, ct));
+            PhaseTimes.Enabled = false;
             long peak = ProcessMemory.PeakRssBytes();
             long bytesPerToken = Benchmark.WeightBytesPerToken(lm.Source);
             double bandwidth = r.GetValue(noBandwidth) ? 0 : MemoryBandwidth.Measure(t);
@@ -88,6 +98,16 @@ internal static class BenchCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>Phase shares of one test (warm-up included), so a slow phase stands out.</summary>
+    private static void PrintProfile(BenchResult result)
+    {
+        var phases = PhaseTimes.Snapshot();
+        double total = phases.Sum(p => p.Seconds);
+        if (total <= 0) return;
+        Console.Error.WriteLine($"{result.Test}: " + string.Join(", ", phases.Where(p => p.Seconds > 0)
+            .Select(p => $"{p.Phase} {100 * p.Seconds / total:F1}%")) + $" of {total:F2} s");
     }
 
     private static string DominantType(IModelSource src) =>

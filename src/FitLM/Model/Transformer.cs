@@ -1,3 +1,4 @@
+using FitLM.Runtime;
 using System.Numerics.Tensors;
 using FitLM.KvCache;
 using FitLM.Tensors;
@@ -116,16 +117,20 @@ public sealed class Transformer
     {
         var c = Config;
         int n = tokens.Length, dim = c.Dim;
+        long ts = PhaseTimes.Start();
         for (int t = 0; t < n; t++) _tokenEmbedding.ReadRow(tokens[t], _x.AsSpan(t * dim, dim));
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.Embed, ts);
 
         for (int l = 0; l < c.Layers; l++)
         {
             var L = _layers[l];
             // Attention block.
             RmsNormRows(_x, L.AttnNorm, _xb, n, dim);
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.Norm, ts);
             L.Wq.Multiply(_xb.AsSpan(0, n * dim), _q, n);
             L.Wk.Multiply(_xb.AsSpan(0, n * dim), _k, n);
             L.Wv.Multiply(_xb.AsSpan(0, n * dim), _v, n);
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.Qkv, ts);
             for (int t = 0; t < n; t++)
             {
                 var q = _q.AsSpan(t * c.QDim, c.QDim);
@@ -134,17 +139,23 @@ public sealed class Transformer
                     for (int h = 0; h < c.Heads; h++) RmsNorm(q.Slice(h * c.HeadDim, c.HeadDim), L.QNorm, q.Slice(h * c.HeadDim, c.HeadDim));
                 _rope.Apply(q, c.Heads, c.HeadDim, pos + t);
             }
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.Rope, ts);
             // The KV store keeps this layer's new keys and values in its own form (it finishes the raw
             // products k, v with FinishKey/FinishValue below), then attends over everything it holds.
             Kv.Append(l, pos, new KvRows(tokens, _x.AsSpan(0, n * dim), _xb.AsSpan(0, n * dim), _k.AsSpan(0, n * c.KvDim), _v.AsSpan(0, n * c.KvDim)));
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.KvAppend, ts);
             Kv.Attend(l, pos, n, _q.AsSpan(0, n * c.QDim), _xb);   // _q → _xb (per-head outputs, [n × QDim])
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.Attention, ts);
             L.Wo.Multiply(_xb.AsSpan(0, n * c.QDim), _xb2, n);
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.Wo, ts);
             TensorPrimitives.Add(_x.AsSpan(0, n * dim), _xb2.AsSpan(0, n * dim), _x.AsSpan(0, n * dim));
 
             // Feed-forward block: down(act(gate(x)) * up(x)).
             RmsNormRows(_x, L.FfnNorm, _xb, n, dim);
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.Norm, ts);
             L.Ffn.Forward(_xb.AsSpan(0, n * dim), _xb2, n, _hb, _hb2);
             TensorPrimitives.Add(_x.AsSpan(0, n * dim), _xb2.AsSpan(0, n * dim), _x.AsSpan(0, n * dim));
+            ts = PhaseTimes.Stop(PhaseTimes.Phase.Ffn, ts);
         }
     }
 
@@ -184,8 +195,10 @@ public sealed class Transformer
     private void ComputeLogits(int from, int count, Span<float> logits)
     {
         int dim = Config.Dim, rows = count - from;
+        long ts = PhaseTimes.Start();
         RmsNormRows(_x.AsSpan(from * dim), _outputNorm, _xb, rows, dim);
         _output.Multiply(_xb.AsSpan(0, rows * dim), logits, rows);
+        PhaseTimes.Stop(PhaseTimes.Phase.Logits, ts);
     }
 
     private void RmsNormRows(ReadOnlySpan<float> x, float[] w, Span<float> o, int n, int dim)

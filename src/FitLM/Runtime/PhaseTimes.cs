@@ -1,0 +1,33 @@
+using System.Diagnostics;
+
+namespace FitLM.Runtime;
+
+/// <summary>
+/// Where a forward pass spends its time, by phase (as llama.cpp's perf counters do), for `fitlm bench --profile`.
+/// Off by default: when off, <see cref="Start"/> returns 0 and <see cref="Stop"/> does nothing, so the hot loop pays
+/// one branch per phase.
+/// </summary>
+public static class PhaseTimes
+{
+    public enum Phase { Embed, Norm, Qkv, Rope, KvAppend, Attention, Wo, Ffn, Logits, Count }
+
+    private static readonly long[] s_ticks = new long[(int)Phase.Count];
+    public static bool Enabled { get; set; }
+
+    public static long Start() => Enabled ? Stopwatch.GetTimestamp() : 0;
+
+    /// <summary>Adds the time since <paramref name="start"/> to <paramref name="phase"/> and returns now (the next phase's start).</summary>
+    public static long Stop(Phase phase, long start)
+    {
+        if (!Enabled) return 0;
+        long now = Stopwatch.GetTimestamp();
+        s_ticks[(int)phase] += now - start;
+        return now;
+    }
+
+    public static void Reset() => Array.Clear(s_ticks);
+
+    /// <summary>Seconds per phase since the last reset.</summary>
+    public static IReadOnlyList<(Phase Phase, double Seconds)> Snapshot() =>
+        Enumerable.Range(0, (int)Phase.Count).Select(i => ((Phase)i, s_ticks[i] / (double)Stopwatch.Frequency)).ToArray();
+}
