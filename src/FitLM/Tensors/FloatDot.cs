@@ -159,10 +159,21 @@ public static unsafe class FloatDot
 
     private interface IRow { static abstract float Dot<TP>(byte* w, float* x, int n) where TP : struct, IPath; }
 
+    /// <summary>
+    /// Software prefetch distance for the float rows (0: none, the default). Float rows are long sequential streams
+    /// the hardware prefetcher follows; measured on the 2-core AMD EPYC (Zen 4) CI-like machine, F16 decode ran at
+    /// 23 GB/s without software prefetch and 17 GB/s with IntDot's 2 KiB. FITLM_PREFETCH_BYTES_FLOAT overrides it.
+    /// </summary>
+    internal static readonly int PrefetchBytes =
+        int.TryParse(Environment.GetEnvironmentVariable("FITLM_PREFETCH_BYTES_FLOAT"), out int b) && b >= 0 ? b : 0;
+
+    private static long PrefetchDistance(long rowBytes) =>
+        PrefetchBytes == 0 || rowBytes <= 0 || !Sse.IsSupported ? 0 : (PrefetchBytes + rowBytes - 1) / rowBytes * rowBytes;
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows<TK, TP>(byte* w, long rowBytes, int rows, float* x, int n, float* y) where TK : struct, IRow where TP : struct, IPath
     {
-        long ahead = TP.Width != 0 && rows > 1 ? IntDot.PrefetchDistance(rowBytes) : 0;
+        long ahead = TP.Width != 0 && rows > 1 ? PrefetchDistance(rowBytes) : 0;
         for (int r = 0; r < rows; r++)
         {
             IntDot.PrefetchAhead(w + r * rowBytes, rowBytes, ahead);

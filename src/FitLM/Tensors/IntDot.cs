@@ -106,9 +106,9 @@ public static unsafe class IntDot
     /// How far ahead of the row being multiplied the decode kernels prefetch: at least this many bytes, in
     /// whole rows. One core's demand misses alone keep too few lines in flight to stream from DRAM at full
     /// speed (measured on a 2-core slice of a Xeon: 16 → 24 GB/s for q8_0 with 2 threads, the read bandwidth
-    /// being 25); about 2 KiB ahead worked best for rows of 1-2 KiB.
+    /// being 25); about 2 KiB ahead worked best for rows of 1-2 KiB. FITLM_PREFETCH_BYTES overrides it (tuning).
     /// </summary>
-    internal const int PrefetchBytes = 2048;
+    internal static readonly int PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("FITLM_PREFETCH_BYTES"), out int b) && b >= 0 ? b : 2048;
 
     /// <summary>The distance to prefetch ahead: <see cref="PrefetchBytes"/> rounded up to whole rows (0: none).</summary>
     internal static long PrefetchDistance(long rowBytes) =>
@@ -262,7 +262,12 @@ public static unsafe class IntDot
         var m4 = Vector256.Create((byte)0x0F);
         var lo = (raw & m4) | loBits;
         var hi = ((raw.AsUInt16() >> 4).AsByte() & m4) | hiBits;
-        return DotUS<TI>(DotUS<TI>(init, lo, Vector256.Load(qp)), hi, Vector256.Load(qp + 32));
+        if (TI.Vnni) return DotUS<TI>(DotUS<TI>(init, lo, Vector256.Load(qp)), hi, Vector256.Load(qp + 32));
+        // Without VNNI each u8×s8 dot is vpmaddubsw (pairs → i16) + vpmaddwd (→ i32). The nibbles are ≤ 31, so a
+        // pair is at most 2·31·128 = 7936 in magnitude and the two halves' pairs add in 16 bits without overflow:
+        // one vpmaddwd for both halves instead of two (this loop is compute-bound on CPUs without VNNI).
+        var pairs = Avx2.MultiplyAddAdjacent(lo, Vector256.Load(qp)) + Avx2.MultiplyAddAdjacent(hi, Vector256.Load(qp + 32));
+        return Avx2.Add(init, Avx2.MultiplyAddAdjacent(pairs, Vector256.Create((short)1)));
     }
 
     /// <summary>The two blocks' weight scales (fp16 at the block start) as [d0×4 | d1×4].</summary>
