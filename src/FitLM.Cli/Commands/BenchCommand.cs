@@ -34,9 +34,11 @@ internal static class BenchCommand
             if (nr < 1 || nr > 1000) throw new FitLMException($"--repetitions {nr} is out of range (1..1000)");
             string path = r.GetValue(model)!;
             using var lm = LanguageModel.Load(path, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = Math.Max(np, ng) + 1, MaxBatch = Math.Max(1, np) }))));
-            long size = lm.Weights is StackedWeights sw ? sw.WeightBytes : lm.Source.Tensors.Sum(x => x.ByteSize); // BitStack: the loaded prefix
-            long parameters = lm.Source.Tensors.Sum(x => x.Elements);
-            string type = DominantType(lm.Source);
+            // BitStack: a stacked model's size is the prefix loaded, its parameters the matrices' logical shapes.
+            var stackPlan = lm.Plan.Stack;
+            long size = stackPlan?.WeightBytes ?? lm.Source.Tensors.Sum(x => x.ByteSize);
+            long parameters = Benchmark.Parameters(lm);
+            string type = stackPlan is { } sp ? $"BitStack-{sp.BitsPerWeight:F2}" : DominantType(lm.Source);
             string modelDesc = $"{lm.Config.Architecture} {parameters / 1e9:F1}B {type}";
             var results = new List<BenchResult>();
             PhaseTimes.Enabled = r.GetValue(profile);
@@ -51,7 +53,7 @@ internal static class BenchCommand
             if (ng > 0) Profiled(() => Benchmark.Generate(lm, ng, nr, ct));
             PhaseTimes.Enabled = false;
             long peak = ProcessMemory.PeakRssBytes();
-            long bytesPerToken = Benchmark.WeightBytesPerToken(lm.Source);
+            long bytesPerToken = Benchmark.WeightBytesPerToken(lm); // a stacked model: its caches (or blocks) at the loaded size
             double bandwidth = r.GetValue(noBandwidth) ? 0 : MemoryBandwidth.Measure(t);
 
             if (r.GetValue(json))

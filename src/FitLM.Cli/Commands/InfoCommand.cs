@@ -1,4 +1,5 @@
 using System.CommandLine;
+using FitLM.Compression;
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Tensors;
@@ -32,11 +33,20 @@ internal static class InfoCommand
                 (c.RopeLlama3 != null ? $", llama3 scaling x{c.RopeLlama3.Factor}" : "") + (c.RopeLinearFactor != 1 ? $", linear x{c.RopeLinearFactor}" : ""));
             o.WriteLine($"rms norm eps:   {c.RmsEps}");
             o.WriteLine($"qkv bias:       {(c.QkvBias ? "yes" : "no")}, q/k norm: {(c.QkNorm ? "yes" : "no")}, output: {(src.Find("output.weight") != null ? "separate" : "tied to embeddings")}");
-            long parameters = src.Tensors.Sum(t => t.Elements);
+            // BitStack: a stacked file's parameters are its matrices' logical shapes, and its weights a range of sizes.
+            var layout = src is GgufSource gs && StackLayout.IsStacked(gs.File) ? StackLayout.Read(gs) : null;
+            long parameters = layout?.Parameters ?? src.Tensors.Sum(t => t.Elements);
             long bytes = src.Tensors.Sum(t => t.ByteSize);
             o.WriteLine($"parameters:     {parameters:N0} ({parameters / 1e6:F2} M)");
-            o.WriteLine($"weights:        {ProcessMemory.Format(bytes)} ({bytes * 8.0 / parameters:F2} bits per weight)");
+            if (layout != null)
+            {
+                int all = layout.Entries.Count, smallest = layout.BaseEntries;
+                o.WriteLine($"weights:        {ProcessMemory.Format(layout.BytesAt(smallest))} to {ProcessMemory.Format(layout.BytesAt(all))} " +
+                    $"({layout.TotalBitsPerWeight(smallest):F2} to {layout.TotalBitsPerWeight(all):F2} bits per weight), as many blocks as the budget holds");
+            }
+            else o.WriteLine($"weights:        {ProcessMemory.Format(bytes)} ({bytes * 8.0 / parameters:F2} bits per weight)");
             o.WriteLine();
+            if (layout != null) o.WriteLine("tensors as stored (a stacked matrix is 3 F16 tensors per block):");
             o.WriteLine($"{"type",-6} {"tensors",8} {"parameters",14} {"bytes",14}");
             foreach (var grp in src.Tensors.GroupBy(t => t.Type).OrderBy(x => x.Key))
                 o.WriteLine($"{GgmlTypes.Name(grp.Key),-6} {grp.Count(),8} {grp.Sum(t => t.Elements),14:N0} {grp.Sum(t => t.ByteSize),14:N0}");
@@ -47,11 +57,14 @@ internal static class InfoCommand
             int batch = 256;
             long scratch = 4L * batch * (3 * c.Dim + c.QDim + 2 * c.KvDim + 2 * c.FfnDim) + 4L * c.Vocab * 2;
             o.WriteLine();
-            o.WriteLine($"memory for a run with context {n}:");
+            long caches = layout != null ? StackedWeights.CacheBytesFor(layout, StackedWeights.DefaultCache) : 0;
+            if (layout != null) bytes = layout.BytesAt(layout.Entries.Count);
+            o.WriteLine($"memory for a run with context {n}{(layout != null ? " and the whole stack (fitlm plan: what a budget holds)" : "")}:");
             o.WriteLine($"  weights       {ProcessMemory.Format(bytes),12}");
+            if (layout != null) o.WriteLine($"  matrix caches {ProcessMemory.Format(caches),12}  ({GgmlTypes.Name(StackedWeights.DefaultCache)}, the default --stack-cache)");
             o.WriteLine($"  KV cache      {ProcessMemory.Format(kv),12}  (f32, {ProcessMemory.Format(2L * c.Layers * c.KvDim * sizeof(float))} per token)");
             o.WriteLine($"  scratch       {ProcessMemory.Format(scratch),12}");
-            o.WriteLine($"  total         {ProcessMemory.Format(bytes + kv + scratch),12}  (plus the .NET runtime, about 30 MiB)");
+            o.WriteLine($"  total         {ProcessMemory.Format(bytes + caches + kv + scratch),12}  (plus the .NET runtime, about 30 MiB)");
             o.WriteLine();
             KvOptions.PrintTable(o, c, 512);
             StackOptions.PrintLadder(src, o); // BitStack: the size ladder of a stacked file

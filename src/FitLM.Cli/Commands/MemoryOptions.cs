@@ -30,13 +30,23 @@ internal sealed class MemoryOptions
         DefaultValueFactory = _ => 4,
     };
 
+    public readonly Option<string?> RuntimeMemory = new("--runtime-memory")
+    {
+        Description = "memory the process holds besides the model (runtime, code, tokenizer), e.g. 40MiB, counted instead of the RSS measured at load " +
+            "(the planner adds a margin); give plan and run the same value to get the same plan",
+    };
+
     public void AddTo(Command command)
     {
         command.Add(Memory);
+        command.Add(RuntimeMemory);
         command.Add(Stream);
         command.Add(FfnFraction);
         command.Add(FfnWindow);
     }
+
+    /// <summary>What --runtime-memory gives in bytes, or 0 (measure at load).</summary>
+    public long RuntimeBytes(ParseResult r) => r.GetValue(RuntimeMemory) is { } s ? MemorySize.Parse(s) : 0;
 
     /// <summary>The budget in bytes (0 when not given) and the stream mode, validated.</summary>
     public (long Budget, StreamMode Mode) Read(ParseResult r)
@@ -59,7 +69,7 @@ internal sealed class MemoryOptions
         if (!(f is > 0 and <= 1)) throw new FitLMException($"--ffn-fraction {f} is out of range (0, 1]");
         int window = r.GetValue(FfnWindow);
         if (window is < 1 or > 1024) throw new FitLMException($"--ffn-window {window} is out of range (1..1024)");
-        return o with { MemoryBudget = budget, Stream = mode, FfnFraction = f >= 1 ? 0 : f, FfnWindow = window };
+        return o with { MemoryBudget = budget, Stream = mode, FfnFraction = f >= 1 ? 0 : f, FfnWindow = window, RuntimeBytes = RuntimeBytes(r) };
     }
 
     /// <summary>One line about the plan after a run: what was streamed and whether the budget held.</summary>

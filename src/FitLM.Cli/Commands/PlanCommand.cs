@@ -1,9 +1,11 @@
 using System.CommandLine;
 using System.Text.Json;
+using FitLM.Compression;
 using FitLM.Memory;
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Storage;
+using FitLM.Tensors;
 
 namespace FitLM.Cli.Commands;
 
@@ -13,20 +15,32 @@ internal static class PlanCommand
     public static Command Create()
     {
         var model = Common.Model();
-        var ctx = Common.Context(2048);
+        var ctx = Common.Context(0); // 0: as run and the server load (the trained context, at most 4096)
         var memory = new MemoryOptions();
         var json = new Option<bool>("--json") { Description = "print the plan as JSON" };
         var noProbe = new Option<bool>("--no-probe") { Description = "skip the storage probe (no speed prediction)" };
         var threads = Common.Threads();
         var cmd = new Command("plan", "show how a model fits a memory budget (resident vs streamed weights, KV, predicted speed)") { model, ctx, json, noProbe, threads };
         memory.AddTo(cmd);
+        var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache, as run takes them
         cmd.SetAction(r => Common.Guard(ct =>
         {
             Common.ApplyThreads(r.GetValue(threads));
             var (budget, mode) = memory.Read(r);
             using var src = ModelSource.Open(r.GetValue(model)!);
             int n = r.GetValue(ctx);
+            if (n == 0) n = Math.Min(src.Config.ContextLength, 4096);
             if (n < 1 || n > 1 << 20) throw new FitLMException($"--ctx-size {n} is out of range");
+            if (src is GgufSource gguf && StackLayout.IsStacked(gguf.File))
+            {
+                // A stacked file streams nothing: the plan is how much of its stack fits, exactly as run loads it.
+                var layout = StackLayout.Read(gguf);
+                var stackPlan = StackPlanner.Plan(gguf, layout, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = n })), n);
+                if (!r.GetValue(noProbe)) stackPlan = StackCostModel.Predict(stackPlan, gguf, layout, ct);
+                if (r.GetValue(json)) WriteJson(stackPlan);
+                else StackPlanReport.Write(Console.Out, gguf, stackPlan, budget == 0);
+                return 0;
+            }
             StorageProfile? storage = null;
             if (!r.GetValue(noProbe))
                 storage = StorageProbe.Measure(src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, ct: ct);
@@ -37,28 +51,14 @@ internal static class PlanCommand
                 Mode = mode,
                 StreamEverything = mode == StreamMode.Naive,
                 Storage = storage,
+                RuntimeBytes = memory.RuntimeBytes(r),
             });
             if (r.GetValue(json))
             {
-                Console.Out.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object?>
-                {
-                    ["budget_bytes"] = plan.BudgetBytes,
-                    ["context"] = plan.Context,
-                    ["mode"] = plan.Mode.ToString().ToLowerInvariant(),
-                    ["total_bytes"] = plan.TotalBytes,
-                    ["runtime_bytes"] = plan.RuntimeBytes,
-                    ["kv_bytes"] = plan.KvBytes,
-                    ["kv_bytes_per_token"] = plan.KvBytes / (double)plan.Context,
-                    ["scratch_bytes"] = plan.ScratchBytes,
-                    ["stream_buffer_bytes"] = plan.StreamBufferBytes,
-                    ["resident_weight_bytes"] = plan.ResidentWeightBytes,
-                    ["streamed_weight_bytes"] = plan.StreamedWeightBytes,
-                    ["streamed_bytes_per_token"] = plan.StreamedBytesPerToken,
-                    ["predicted_tokens_per_second"] = plan.PredictedTokensPerSecond,
-                    ["tensors"] = plan.Tensors.Select(t => new { name = t.Tensor.Name, bytes = t.Tensor.ByteSize, placement = t.Placement.ToString().ToLowerInvariant() }),
-                }, new JsonSerializerOptions { WriteIndented = true }));
+                WriteJson(plan);
                 return 0;
             }
+
             var o = Console.Out;
             o.WriteLine($"plan for {src.Path}, budget {ProcessMemory.Format(plan.BudgetBytes)}{(budget == 0 ? " (free memory)" : "")}, context {n}, {plan.Mode.ToString().ToLowerInvariant()} streaming");
             o.WriteLine();
@@ -90,5 +90,42 @@ internal static class PlanCommand
             return 0;
         }));
         return cmd;
+    }
+
+    private static void WriteJson(MemoryPlan plan)
+    {
+        var fields = new Dictionary<string, object?>
+        {
+            ["budget_bytes"] = plan.BudgetBytes,
+            ["context"] = plan.Context,
+            ["mode"] = plan.Mode.ToString().ToLowerInvariant(),
+            ["total_bytes"] = plan.TotalBytes,
+            ["runtime_bytes"] = plan.RuntimeBytes,
+            ["kv_bytes"] = plan.KvBytes,
+            ["kv_bytes_per_token"] = plan.KvBytes / (double)plan.Context,
+            ["scratch_bytes"] = plan.ScratchBytes,
+            ["stream_buffer_bytes"] = plan.StreamBufferBytes,
+            ["resident_weight_bytes"] = plan.ResidentWeightBytes,
+            ["streamed_weight_bytes"] = plan.StreamedWeightBytes,
+            ["streamed_bytes_per_token"] = plan.StreamedBytesPerToken,
+            ["predicted_tokens_per_second"] = plan.PredictedTokensPerSecond,
+            ["tensors"] = plan.Tensors.Select(t => new { name = t.Tensor.Name, bytes = t.Tensor.ByteSize, placement = t.Placement.ToString().ToLowerInvariant() }),
+        };
+        if (plan.Stack is { } st)
+            fields["stack"] = new Dictionary<string, object?>
+            {
+                ["blocks"] = st.Entries,
+                ["total_blocks"] = st.TotalEntries,
+                ["min_blocks_per_matrix"] = st.MinBlocks,
+                ["max_blocks_per_matrix"] = st.MaxBlocks,
+                ["bits_per_weight"] = st.BitsPerWeight,
+                ["stack_bits_per_weight"] = st.StackBitsPerWeight,
+                ["weight_bytes"] = st.WeightBytes,
+                ["cache_type"] = st.CacheType is { } t ? GgmlTypes.Name(t) : "none",
+                ["cache_bytes"] = st.CacheBytes,
+                ["transient_bytes"] = st.TransientBytes,
+                ["bytes_per_token"] = st.BytesPerToken,
+            };
+        Console.Out.WriteLine(JsonSerializer.Serialize(fields, new JsonSerializerOptions { WriteIndented = true }));
     }
 }

@@ -48,12 +48,19 @@ public sealed class StackLayout
     /// <summary>Stack positions before which every matrix has at least one block: the smallest model that is whole.</summary>
     public int BaseEntries { get; }
     public string Calibration { get; }
+    /// <summary>Parameters of the model: conventional tensors plus the logical shapes of the stacked matrices (not their block tensors).</summary>
     public long Parameters { get; }
+    /// <summary>
+    /// Bytes of conventional tensors a decoded token multiplies: all of them, except that an embedding table with
+    /// a separate output head is only looked up (one row per token).
+    /// </summary>
+    public long FixedBytesPerToken { get; }
     private readonly long[] _prefixBytes;
     private readonly Dictionary<string, int> _byName;
 
-    private StackLayout(string path, List<StackMatrixInfo> matrices, List<StackEntry> entries, long fixedBytes, string calibration, long parameters)
+    private StackLayout(string path, List<StackMatrixInfo> matrices, List<StackEntry> entries, long fixedBytes, long fixedPerToken, string calibration, long parameters)
     {
+        FixedBytesPerToken = fixedPerToken;
         Path = path;
         Matrices = matrices;
         Entries = entries;
@@ -196,7 +203,10 @@ public sealed class StackLayout
         var stackTensors = new HashSet<string>(entries.SelectMany(e => new[] { e.Sign.Name, e.U.Name, e.V.Name }), StringComparer.Ordinal);
         var stray = f.Tensors.FirstOrDefault(t => !stackTensors.Contains(t.Name) && seen.Any(n => t.Name.StartsWith(n + ".", StringComparison.Ordinal)));
         if (stray != null) throw Error($"tensor '{stray.Name}' belongs to no stack position");
-        long fixedBytes = f.Tensors.Where(t => !stackTensors.Contains(t.Name)).Sum(t => t.ByteSize);
+        var conventional = f.Tensors.Where(t => !stackTensors.Contains(t.Name)).ToList();
+        long fixedBytes = conventional.Sum(t => t.ByteSize);
+        bool separateHead = f.FindTensor("output.weight") != null;
+        long fixedPerToken = conventional.Sum(t => t.Name == "token_embd.weight" && separateHead ? t.ByteSize / Math.Max(1, t.Rows) : t.ByteSize);
         // Every linear weight the decoder asks for must be stacked or stored.
         for (int l = 0; l < c.Layers; l++)
             foreach (var kind in LinearNames)
@@ -204,9 +214,9 @@ public sealed class StackLayout
                 string n = $"blk.{l}.{kind}.weight";
                 if (!seen.Contains(n) && source.Find(n) == null) throw Error($"tensor '{n}' is neither stacked nor stored");
             }
-        long parameters = f.Tensors.Where(t => !stackTensors.Contains(t.Name)).Sum(t => t.Elements) + matrices.Sum(m => (long)m.Rows * m.Cols);
+        long parameters = conventional.Sum(t => t.Elements) + matrices.Sum(m => (long)m.Rows * m.Cols);
         string calibration = f.Find(CalibrationKey)?.Value as string ?? "";
-        return new StackLayout(path, matrices, entries, fixedBytes, calibration, parameters);
+        return new StackLayout(path, matrices, entries, fixedBytes, fixedPerToken, calibration, parameters);
 
         GgufValue Get(string key) => f.Find(key) ?? throw Error($"metadata '{key}' is missing");
         long Int(string key)

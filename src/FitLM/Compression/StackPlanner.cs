@@ -30,6 +30,19 @@ public static class StackPlanner
     public static (StackedWeights Weights, MemoryPlan Plan) Load(GgufSource source, LoadOptions options, int context)
     {
         var layout = StackLayout.Read(source);
+        var plan = Plan(source, layout, options, context);
+        var weights = StackedWeights.Open(source, layout, plan.Stack!.Entries, plan.Stack.CacheType);
+        return (weights, plan);
+    }
+
+    /// <summary>
+    /// What loading <paramref name="source"/> with <paramref name="options"/> would hold, without loading it: the
+    /// longest prefix that fits, how it multiplies, and every part of the process's memory. <see cref="Load"/>
+    /// loads exactly this plan, so `fitlm plan` reports the blocks `fitlm run` then loads (for the same runtime).
+    /// Throws a <see cref="FitLMException"/> naming the smallest budget that works when none fits.
+    /// </summary>
+    public static MemoryPlan Plan(GgufSource source, StackLayout layout, LoadOptions options, int context)
+    {
         var so = options.Stack ?? new StackLoadOptions();
         long budget = options.MemoryBudget > 0 ? options.MemoryBudget : SystemMemory.AvailableBytes();
         long runtime = (options.RuntimeBytes > 0 ? options.RuntimeBytes : ProcessMemory.RssBytes()) + Planner.RuntimeMargin;
@@ -57,9 +70,21 @@ public static class StackPlanner
             throw new FitLMException($"a budget of {ProcessMemory.Format(budget)} cannot run {layout.Path} with context {context}: the smallest whole model " +
                 $"(one block per matrix) needs {ProcessMemory.Format(need)} (runtime {ProcessMemory.Format(runtime)}, KV cache {ProcessMemory.Format(kv)}, " +
                 $"activations {ProcessMemory.Format(scratch)}, weights {ProcessMemory.Format(layout.BytesAt(layout.BaseEntries))}); " +
-                $"give --memory {Math.Ceiling(need / (double)(1 << 20))}MiB or more, or a smaller context");
-        var weights = StackedWeights.Open(source, layout, k, cache);
-        return (weights, PlanOf(source, layout, weights, budget, context, runtime, kv, scratch));
+                $"give --memory {SmallestBudgetMiB(need)}MiB or more, or a smaller context");
+        return PlanOf(source, layout, k, cache, budget, context, runtime, kv, scratch);
+    }
+
+    /// <summary>A budget in whole MiB that holds <paramref name="need"/> bytes (what the error message suggests).</summary>
+    public static long SmallestBudgetMiB(long need) => (need + (1 << 20) - 1) >> 20;
+
+    /// <summary>
+    /// The plan of <paramref name="plan"/>'s model after a resize to <paramref name="entries"/> stack positions (and,
+    /// when the process's budget changed, a new <paramref name="budget"/>): same runtime, KV cache and activations.
+    /// </summary>
+    public static MemoryPlan Replan(MemoryPlan plan, GgufSource source, StackLayout layout, int entries, long budget)
+    {
+        var stack = plan.Stack ?? throw new ArgumentException("not the plan of a stacked model", nameof(plan));
+        return PlanOf(source, layout, entries, stack.CacheType, budget, plan.Context, plan.RuntimeBytes, plan.KvBytes, plan.ScratchBytes);
     }
 
     /// <summary>
@@ -91,19 +116,23 @@ public static class StackPlanner
             : layout.Matrices.Sum(m => 4L * m.Blocks * m.Rank * m.Cols) + threads * 4L * layout.Matrices.Max(m => m.Rank * m.Cols);
     }
 
-    private static MemoryPlan PlanOf(GgufSource source, StackLayout layout, StackedWeights w, long budget, int context, long runtime, long kv, long scratch)
+    private static MemoryPlan PlanOf(GgufSource source, StackLayout layout, int entries, GgmlType? cache, long budget, int context, long runtime, long kv, long scratch)
     {
+        var stack = StackPlan.Of(layout, entries, cache);
         var stackTensors = new HashSet<string>(layout.Entries.SelectMany(e => new[] { e.Sign.Name, e.U.Name, e.V.Name }));
         var plans = new List<TensorPlan>();
         foreach (var t in source.Tensors)
             if (!stackTensors.Contains(t.Name)) plans.Add(new TensorPlan(t, Placement.Resident, Planner.LayerOf(t.Name)));
-        foreach (var e in layout.Entries.Take(w.LoadedEntries))
+        foreach (var e in layout.Entries.Take(entries))
             foreach (var gt in new[] { e.Sign, e.U, e.V })
                 plans.Add(new TensorPlan(new TensorDesc(gt.Name, gt.Shape, gt.Type, gt.ByteSize), Placement.Resident, Planner.LayerOf(gt.Name)));
-        if (w.CacheType is { } ct)
-            foreach (var m in layout.Matrices)
-                plans.Add(new TensorPlan(new TensorDesc(m.Name + ".cache", [m.Cols, m.Rows], ct, Tensors.GgmlTypes.RowBytes(ct, m.Cols) * m.Rows),
+        if (cache is { } ct)
+        {
+            var counts = layout.CountsAt(entries);
+            foreach (var m in layout.Matrices.Where(m => counts[m.Index] > 0))
+                plans.Add(new TensorPlan(new TensorDesc(m.Name + ".cache", [m.Cols, m.Rows], ct, GgmlTypes.RowBytes(ct, m.Cols) * m.Rows),
                     Placement.Resident, m.Layer));
+        }
         return new MemoryPlan
         {
             BudgetBytes = budget,
@@ -115,6 +144,7 @@ public static class StackPlanner
             ScratchBytes = scratch,
             StreamBufferBytes = 0,
             StreamedBytesPerToken = 0,
+            Stack = stack,
         };
     }
 
@@ -134,6 +164,7 @@ public static class StackPlanner
         if (k < layout.BaseEntries)
             throw new FitLMException($"a budget of {ProcessMemory.Format(budgetBytes)} cannot hold the smallest whole model of {layout.Path} besides what the process holds ({ProcessMemory.Format(others)})");
         w.ResizeEntries(k);
+        model.BudgetChanged(budgetBytes); // the model's plan now describes this budget
         return w.WeightBytes;
     }
 }

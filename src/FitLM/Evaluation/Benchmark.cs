@@ -69,6 +69,16 @@ public static class Benchmark
         return Enumerable.Range(0, n).Select(_ => rng.Next(lm.Config.Vocab)).ToArray();
     }
 
+    /// <summary>
+    /// Bytes of weights one decode step of a loaded model reads: for a stacked (BitStack) model the bytes it
+    /// multiplies at its size now (matrix caches, or blocks with the direct kernel), else <see cref="WeightBytesPerToken(IModelSource)"/>.
+    /// </summary>
+    public static long WeightBytesPerToken(LanguageModel lm) => lm.Plan.Stack?.BytesPerToken ?? WeightBytesPerToken(lm.Source);
+
+    /// <summary>Parameters of a loaded model: a stacked model's are its matrices' logical shapes, not its block tensors.</summary>
+    public static long Parameters(LanguageModel lm) =>
+        lm.Weights is StackedWeights { Layout: { } layout } ? layout.Parameters : lm.Source.Tensors.Sum(t => t.Elements);
+
     /// <summary>Bytes of weights one decode step reads: every matrix once (the embedding only one row).</summary>
     public static long WeightBytesPerToken(IModelSource source)
     {

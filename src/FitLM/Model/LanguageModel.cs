@@ -7,15 +7,35 @@ public sealed class LanguageModel : IDisposable
 {
     public IModelSource Source { get; }
     public IWeightProvider Weights { get; }
-    /// <summary>Where each weight lives and what the process holds, as the planner decided at load.</summary>
-    public Memory.MemoryPlan Plan { get; }
     public Transformer Transformer { get; }
     public ModelConfig Config => Source.Config;
     public Tokenizer Tokenizer => Source.Tokenizer;
 
+    // The plan as last described; a stacked model's is described again when its size or budget changed since.
+    private volatile Memory.MemoryPlan _plan;
+    private long _budget;
+
+    /// <summary>
+    /// Where each weight lives and what the process holds: as the planner decided at load, and for a stacked
+    /// (BitStack) model as it is now, after any <see cref="Resize"/> or <see cref="Compression.StackPlanner.ResizeToBudget"/>.
+    /// </summary>
+    public Memory.MemoryPlan Plan
+    {
+        get
+        {
+            var p = _plan;
+            long budget = Interlocked.Read(ref _budget);
+            if (Weights is StackedWeights { Layout: { } layout } s && Source is GgufSource g &&
+                (p.Stack?.Entries != s.LoadedEntries || p.BudgetBytes != budget))
+                _plan = p = Compression.StackPlanner.Replan(p, g, layout, s.LoadedEntries, budget);
+            return p;
+        }
+    }
+
     private LanguageModel(IModelSource source, IWeightProvider weights, Transformer transformer, Memory.MemoryPlan plan)
     {
-        Plan = plan;
+        _plan = plan;
+        _budget = plan.BudgetBytes;
         Source = source;
         Weights = weights;
         Transformer = transformer;
@@ -93,6 +113,9 @@ public sealed class LanguageModel : IDisposable
     /// </summary>
     public long Resize(long weightBytes) => Weights is StackedWeights s ? s.Resize(weightBytes)
         : throw new FitLMException($"{Source.Path}: only a stacked (BitStack) model can be resized");
+
+    /// <summary>The process's budget changed (the planner resized the model to it): the plan describes the new one.</summary>
+    internal void BudgetChanged(long budgetBytes) => Interlocked.Exchange(ref _budget, budgetBytes);
 
     public void Dispose()
     {
