@@ -57,16 +57,18 @@ public sealed class ChatTemplate
         return ForSource(model.Source);
     }
 
-    internal static ChatTemplate ForSource(IModelSource source)
+    internal static ChatTemplate ForSource(IModelSource source) =>
+        Choose(ChatTemplateSource.Find(source), source.Tokenizer, source.Path);
+
+    /// <summary>The model's template text when it has one, else ChatML for ChatML vocabularies, else completion.</summary>
+    internal static ChatTemplate Choose(string? text, Tokenizer tok, string where)
     {
-        var tok = source.Tokenizer;
-        string? text = ChatTemplateSource.Find(source);
         if (!string.IsNullOrWhiteSpace(text))
         {
             string bos = tok.BosId >= 0 ? tok.TokenText(tok.BosId) : "";
             string eos = tok.EosId >= 0 ? tok.TokenText(tok.EosId) : "";
             try { return FromJinja(text, bos, eos); }
-            catch (FitLMException e) { throw new FitLMException($"{source.Path}: the model's chat template: {e.Message}", e); }
+            catch (FitLMException e) { throw new FitLMException($"{where}: the model's chat template: {e.Message}", e); }
         }
         if (Array.IndexOf(tok.Tokens, "<|im_start|>") >= 0 && Array.IndexOf(tok.Tokens, "<|im_end|>") >= 0) return ChatMl;
         return Completion;

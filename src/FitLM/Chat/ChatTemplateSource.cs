@@ -8,10 +8,17 @@ internal static class ChatTemplateSource
 {
     public static string? Find(IModelSource source) => source switch
     {
-        GgufSource g => g.File.Find("tokenizer.chat_template") is { } v ? v.AsString() : null,
+        GgufSource g => FromGguf(g.File),
         HuggingFaceSource h => FromFolder(h.Path),
         _ => null,
     };
+
+    public static string? FromGguf(Formats.GgufFile file)
+    {
+        if (file.Find("tokenizer.chat_template") is not { } v) return null;
+        try { return v.AsString(); }
+        catch (FitLMException e) { throw new FitLMException($"{file.Path}: metadata 'tokenizer.chat_template': {e.Message}"); }
+    }
 
     /// <summary>
     /// tokenizer_config.json "chat_template" (a string, or a list of {name, template} from which "default" is taken);

@@ -8,7 +8,7 @@ internal sealed record JinjaLimits
     /// <summary>Characters a render may produce (and the longest string it may build).</summary>
     public int MaxOutputChars { get; init; } = 4 << 20;
     /// <summary>Statements and loop iterations a render may execute.</summary>
-    public long MaxSteps { get; init; } = 5_000_000;
+    public long MaxSteps { get; init; } = 1_000_000;
     /// <summary>Nesting depth of expressions and blocks accepted by the parser.</summary>
     public int MaxDepth { get; init; } = 200;
     /// <summary>Longest list range() may build.</summary>
