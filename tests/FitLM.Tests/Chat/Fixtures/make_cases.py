@@ -95,6 +95,12 @@ SNIPPETS = [
     "{{ \"it's\" }} {{ 'say \"hi\"' }} {{ ['it\\'s', \"q\\\"q\"] }} {{ 'tab\\tnl\\nuni\\u00e9' }}",
     "{% for k, v in {'x': 1, 'y': 2}|items %}{{ loop.index }}{{ k }}={{ v }}{{ loop.revindex }}{% if loop.first %}F{% endif %}{{ loop.length }};{% endfor %}",
     "{% for m in ['a', 'b', 'c', 'd'] if m != 'b' %}{{ loop.index0 }}{{ m }}{{ loop.cycle('<', '>') }}{% endfor %}",
+    "{{ 'a' 'b' }} {% set a, b = 1, 2 %}{{ a }}{{ b }} {{ [1, 2, 3]|length - 1 }} {{ -2 ** 2 }} {{ [1, 2,]|length }}{{ {'k': 1,}|length }} {{ 'x' is in ['x'] }} {{ 9 is divisibleby 3 }}",
+    "{% for a in [1, 2] %}{% for b in [3, 4] %}{{ loop.index }}{{ loop.previtem }}{% endfor %}{{ loop.index }}{% if loop.nextitem is defined %}n{% endif %};{% endfor %}",
+    "{{ 0.1 + 0.2 }} {{ 1e16 }} {{ 123456789012345678.0 }} {{ 1.5e-7 }} {{ 100.0 }} {{ 2.5e15 }} {{ -0.0001 }} {{ 7 / 7 }}",
+    "{{ {'a': 1, 'b': [1, 2]}|tojson(separators=(',', ':')) }} {{ 'é\u2028'|tojson }} {{ none|tojson }} {{ [1.0, -1.5e-9]|tojson }}",
+    "{%- for x in 'ab' -%} {{- ' ' ~ x ~ ' ' -}} {%- endfor %}| {{ '\\x41\\u00e9' }} {{ x is defined and x.y }} {{ none is none }} {{ [] is sequence }} {{ x|default(none) is none }}",
+    "{{ 'abc' is string and 5 is number }} {{ 'A' is upper }} {{ 5 is integer }} {{ 5.0 is float }} {{ {} is mapping }} {{ true is boolean }} {{ 1 is sameas 1 }} {{ none is sameas none }}",
     "{{ 'text'|indent(2) }}|{{ 'a\\nb\\n\\nc'|indent(2) }}|{{ 'a\\nb'|indent(4, true) }}|{{ -3|abs }} {{ '42'|int + 1 }} {{ '2.5'|float }} {{ 7|string ~ '' }} {{ 'x y z'|wordcount }}",
 ]
 
