@@ -20,3 +20,9 @@ public class FitLMException : Exception
         });
     }
 }
+
+/// <summary>The memory budget cannot hold even the smallest plan; <see cref="MinimumBytes"/> is the smallest that can.</summary>
+public sealed class BudgetTooSmallException(string message, long minimumBytes) : FitLMException(message)
+{
+    public long MinimumBytes { get; } = minimumBytes;
+}

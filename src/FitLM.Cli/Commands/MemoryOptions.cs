@@ -76,6 +76,8 @@ internal sealed class MemoryOptions
     public static void Report(LanguageModel lm)
     {
         var p = lm.Plan;
+        if (lm.ContextChosenByBudget)
+            Console.Error.WriteLine($"context: {lm.Transformer.MaxContext} positions, the most this budget holds (give -c to choose)");
         if (p.Streams)
             Console.Error.WriteLine($"plan: {Runtime.ProcessMemory.Format(p.ResidentWeightBytes)} of weights resident, {Runtime.ProcessMemory.Format(p.StreamedWeightBytes)} streamed " +
                 $"({Runtime.ProcessMemory.Format(p.StreamedBytesPerToken)} read per token, {p.Mode.ToString().ToLowerInvariant()})");

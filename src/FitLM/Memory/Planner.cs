@@ -89,11 +89,11 @@ public static class Planner
             long embeddingRowBuffer = tied ? 0 : EmbeddingRowBufferBytes(embedding);
             long minimum = fixedBytes + smallBytes + 2 * Aligned(maxUnit) + embeddingRowBuffer;
             if (minimum > o.BudgetBytes)
-                throw new FitLMException(
+                throw new BudgetTooSmallException(
                     $"a budget of {ProcessMemory.Format(o.BudgetBytes)} cannot run this model with context {o.Context}: " +
                     $"the smallest plan needs {ProcessMemory.Format(minimum)} (runtime {ProcessMemory.Format(runtime)}, KV cache {ProcessMemory.Format(kv)}, " +
                     $"activations {ProcessMemory.Format(scratch)}, two stream buffers of {ProcessMemory.Format(Aligned(maxUnit))}); " +
-                    $"give --memory {Math.Ceiling(minimum / (double)(1 << 20))}MiB or more, or a smaller context");
+                    $"give --memory {Math.Ceiling(minimum / (double)(1 << 20))}MiB or more, or a smaller context", minimum);
             if (!o.StreamEverything)
             {
                 // Keep the head, then whole layers, resident while the budget allows; the stream buffers

@@ -8,6 +8,8 @@ public sealed class LanguageModel : IDisposable
     public IModelSource Source { get; }
     public IWeightProvider Weights { get; }
     public Transformer Transformer { get; }
+    /// <summary>No context length was asked for and the default did not fit the memory budget: a shorter one was chosen.</summary>
+    public bool ContextChosenByBudget { get; private init; }
     public ModelConfig Config => Source.Config;
     public Tokenizer Tokenizer => Source.Tokenizer;
 
@@ -52,7 +54,8 @@ public sealed class LanguageModel : IDisposable
         IWeightProvider? weights = null;
         try
         {
-            int ctx = options.ContextLength > 0 ? options.ContextLength : Math.Min(source.Config.ContextLength, 4096);
+            int defaultCtx = Math.Min(source.Config.ContextLength, 4096);
+            int ctx = options.ContextLength > 0 ? options.ContextLength : defaultCtx;
             if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
             // BitStack (docs/bitstack.md): a stacked file loads the longest prefix of its block stack that fits.
@@ -67,22 +70,33 @@ public sealed class LanguageModel : IDisposable
             if (options.FfnFraction is > 0 and < 1 && !bundled)
                 throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
             var flash = bundled ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(1, options.FfnWindow)) : null;
-            var plan = Memory.Planner.Plan(source, new Memory.Planner.Options
+            Memory.MemoryPlan PlanFor(int context) => Memory.Planner.Plan(source, new Memory.Planner.Options
             {
                 Flash = flash,
                 BudgetBytes = options.MemoryBudget > 0 ? options.MemoryBudget : Memory.SystemMemory.AvailableBytes(),
-                Context = ctx,
+                Context = context,
                 MaxBatch = options.MaxBatch,
                 LogitRows = options.LogitRows,
                 RuntimeBytes = options.RuntimeBytes,
                 Mode = options.Stream,
                 StreamEverything = options.Stream == Memory.StreamMode.Naive,
             });
+            Memory.MemoryPlan plan;
+            while (true)
+            {
+                try { plan = PlanFor(ctx); break; }
+                // No context asked for: the budget decides it (halving from the model's default down to 256
+                // positions) rather than refusing a budget that a shorter context fits.
+                catch (BudgetTooSmallException) when (options.ContextLength == 0 && options.MemoryBudget > 0 && ctx > 256)
+                {
+                    ctx = Math.Max(256, ctx / 2);
+                }
+            }
             weights = plan.Streams ? new StreamingWeights(source, plan) : new ResidentWeights(source);
             if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
             if (plan.Streams) Storage.PageCache.Drop(source);
-            return new LanguageModel(source, weights, transformer, plan);
+            return new LanguageModel(source, weights, transformer, plan) { ContextChosenByBudget = ctx < defaultCtx };
         }
         catch
         {
