@@ -96,7 +96,7 @@ public sealed class LanguageModel : IDisposable
             if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
             if (plan.Streams) Storage.PageCache.Drop(source);
-            return new LanguageModel(source, weights, transformer, plan) { ContextChosenByBudget = ctx < defaultCtx };
+            return new LanguageModel(source, weights, transformer, plan) { ContextChosenByBudget = options.ContextLength == 0 && ctx < defaultCtx };
         }
         catch
         {

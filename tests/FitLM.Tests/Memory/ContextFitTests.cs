@@ -34,6 +34,8 @@ public sealed class ContextFitTests
             lm.Transformer.Forward([1, 2, 3], 0, logits, 2);
             Assert.All(logits, v => Assert.True(float.IsFinite(v)));
         }
+        using (var small = LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = 256, MemoryBudget = budget, RuntimeBytes = Runtime }))
+            Assert.False(small.ContextChosenByBudget); // asked for
         var explicitContext = Assert.Throws<BudgetTooSmallException>(() =>
             LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = full, MemoryBudget = budget, RuntimeBytes = Runtime }));
         Assert.Equal(atFull, explicitContext.MinimumBytes);
