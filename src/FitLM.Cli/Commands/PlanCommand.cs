@@ -44,8 +44,10 @@ internal static class PlanCommand
             StorageProfile? storage = null;
             if (!r.GetValue(noProbe))
                 storage = StorageProbe.Measure(src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, ct: ct);
+            var load = memory.Apply(r, new LoadOptions { ContextLength = n });
             var plan = Planner.Plan(src, new Planner.Options
             {
+                Flash = LanguageModel.FlashOptionsFor(r.GetValue(model)!, src, load),
                 BudgetBytes = budget > 0 ? budget : SystemMemory.AvailableBytes(),
                 Context = n,
                 Mode = mode,

@@ -6,22 +6,25 @@ using FitLM.Tensors;
 namespace FitLM.Memory;
 
 /// <summary>
-/// Predicts decode speed of a plan: compute time (every weight byte passes through the kernels once per token,
-/// at the rate a short kernel probe measured) and I/O time (streamed bytes at the throughput the storage probe
-/// measured for the read size and queue depth the streamer uses). Prefetching overlaps the two; the naive mode
-/// adds them, reading with one request in flight.
+/// Predicts decode speed of a plan: compute time (every weight byte the token multiplies passes through the
+/// kernels once, at the rate a short kernel probe measured on a matrix larger than the caches) and I/O time:
+/// streamed tensors at the probe's sequential throughput for the streamer's 4 MiB reads and queue depth, fresh
+/// FFN neurons of a prepared model at its random-read throughput for one bundle per read at the flash queue's
+/// depth. Prefetching overlaps compute and I/O; the naive mode adds them, reading with one request in flight.
 /// </summary>
 public static class CostModel
 {
     public const int StreamReadBytes = 4 << 20;
     public const int StreamQueueDepth = 4;
+    /// <summary>Reads the FFN window keeps in flight (<see cref="FlashWeights"/>' queue).</summary>
+    public const int FlashQueueDepth = 32;
 
     public static MemoryPlan Predict(MemoryPlan plan, IModelSource source, StorageProfile storage, double computeBytesPerSecond = 0)
     {
         if (computeBytesPerSecond <= 0) computeBytesPerSecond = MeasureCompute(DominantType(source));
-        long computeBytes = Evaluation.Benchmark.WeightBytesPerToken(source);
+        long computeBytes = Evaluation.Benchmark.WeightBytesPerToken(source, plan.FlashNeuronFraction);
         double compute = computeBytes / computeBytesPerSecond;
-        long streamedLayers = plan.StreamedBytesPerToken;
+        long streamedLayers = plan.StreamedBytesPerToken - plan.FlashBytesPerToken;
         bool embeddingStreamed = plan.PlacementOf("token_embd.weight") == Placement.Streamed && source.Find("output.weight") != null;
         double rowRead = 0;
         if (embeddingStreamed)
@@ -32,15 +35,21 @@ public static class CostModel
             rowRead = DirectFile.Alignment * 2 / storage.BytesPerSecond(DirectFile.Alignment * 2, 1);
         }
         int depth = plan.Mode == StreamMode.Naive ? 1 : StreamQueueDepth;
-        double io = streamedLayers > 0 ? streamedLayers / storage.BytesPerSecond(StreamReadBytes, depth) : 0;
+        double io = streamedLayers > 0 ? streamedLayers / storage.BytesPerSecond(StreamReadBytes, depth, sequential: true) : 0;
         io += rowRead;
-        double seconds = plan.Mode == StreamMode.Naive ? compute + io : Math.Max(compute, io);
+        double flashIo = plan.FlashBytesPerToken > 0 ? plan.FlashBytesPerToken / storage.BytesPerSecond(plan.FlashReadBytes, FlashQueueDepth) : 0;
+        io += flashIo;
+        // Streamed tensors are prefetched while the previous layer computes; fresh neurons cannot be: which ones a
+        // layer needs is known only from its input, so their reads always add to the step.
+        double seconds = (plan.Mode == StreamMode.Naive ? compute + io - flashIo : Math.Max(compute, io - flashIo)) + flashIo;
         return plan with
         {
             PredictedTokensPerSecond = 1 / seconds,
             CostModelNote = $"compute {compute * 1e3:F1} ms/token ({computeBytes / 1e6:F0} MB at {computeBytesPerSecond / 1e9:F1} GB/s), " +
                 $"I/O {io * 1e3:F1} ms/token ({plan.StreamedBytesPerToken / 1e6:F0} MB at {(io > 0 ? plan.StreamedBytesPerToken / io / 1e9 : 0):F2} GB/s, " +
-                $"{ProcessMemory(StreamReadBytes)} reads, queue depth {depth}), " + (plan.Mode == StreamMode.Naive ? "not overlapped" : "overlapped"),
+                $"{ProcessMemory(StreamReadBytes)} sequential reads, queue depth {depth}" +
+                (flashIo > 0 ? $"; of it FFN neurons {plan.FlashBytesPerToken / 1e6:F0} MB in {ProcessMemory(plan.FlashReadBytes)} random reads, queue depth {FlashQueueDepth}, {flashIo * 1e3:F1} ms" : "") +
+                "), " + (plan.Mode == StreamMode.Naive ? "not overlapped" : "overlapped"),
         };
     }
 
@@ -49,10 +58,14 @@ public static class CostModel
     private static GgmlType DominantType(IModelSource src) =>
         src.Tensors.GroupBy(t => t.Type).OrderByDescending(g => g.Sum(t => t.ByteSize)).First().Key;
 
-    /// <summary>Weight bytes per second the matrix-vector kernels sustain for <paramref name="type"/> on a matrix larger than the caches.</summary>
+    /// <summary>
+    /// Weight bytes per second the matrix-vector kernels sustain for <paramref name="type"/> on a matrix larger than
+    /// the caches (at least 96 MiB: a 4096 × 4096 matrix alone would sit in a large L3 and read faster than DRAM).
+    /// </summary>
     public static unsafe double MeasureCompute(GgmlType type, int rows = 4096, int cols = 4096)
     {
         long rowBytes = GgmlTypes.RowBytes(type, cols);
+        rows = (int)Math.Max(rows, (96L << 20) / rowBytes);
         using var w = new NativeBuffer(rowBytes * rows);
         var rng = new Random(1);
         var row = new float[cols];

@@ -40,8 +40,14 @@ public sealed record MemoryPlan
     public required long StreamBufferBytes { get; init; }
     /// <summary>Window caches and staging of bundled FFNs (prepared models), all layers.</summary>
     public long FlashBytes { get; init; }
-    /// <summary>Bytes read from storage per generated token.</summary>
+    /// <summary>Bytes read from storage per generated token (streamed tensors and fresh FFN neurons together).</summary>
     public required long StreamedBytesPerToken { get; init; }
+    /// <summary>Of <see cref="StreamedBytesPerToken"/>, the fresh neurons of bundled FFNs: many small reads, not whole tensors.</summary>
+    public long FlashBytesPerToken { get; init; }
+    /// <summary>The size of one fresh-neuron read (a bundle rounded out to pages): what the cost model prices flash reads at.</summary>
+    public long FlashReadBytes { get; init; }
+    /// <summary>Share of FFN neurons a prepared model multiplies per token (1: all, or not prepared).</summary>
+    public double FlashNeuronFraction { get; init; } = 1;
     /// <summary>Predicted decode speed from the cost model, or 0 when no storage probe was given.</summary>
     public double PredictedTokensPerSecond { get; init; }
     public string? CostModelNote { get; init; }

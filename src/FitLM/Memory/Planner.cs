@@ -131,11 +131,15 @@ public static class Planner
         long streamBuffers = streamedUnits.Count == 0 ? 0 : 2 * Aligned(streamedUnits.Max(u => u.Bytes));
         if (!tied && !embeddingResident) streamBuffers += EmbeddingRowBufferBytes(embedding);
         long perToken = streamedUnits.Sum(u => u.Bytes) + (!tied && !embeddingResident ? embedding.ByteSize / embedding.Rows : 0);
-        perToken += bundles.Sum(b => FlashBytesPerToken(c, b, flash!));
+        long flashPerToken = bundles.Sum(b => FlashBytesPerToken(c, b, flash!));
+        perToken += flashPerToken;
 
         var plan = new MemoryPlan
         {
             FlashBytes = flashBytes,
+            FlashBytesPerToken = flashPerToken,
+            FlashNeuronFraction = flash == null ? 1 : flash.Selector.MaxPerToken(c.FfnDim) / (double)c.FfnDim,
+            FlashReadBytes = bundles.Count == 0 ? 0 : bundles.Max(b => b.ByteSize / c.FfnDim) + DirectFile.Alignment,
             BudgetBytes = o.BudgetBytes,
             Context = o.Context,
             Tensors = plans,

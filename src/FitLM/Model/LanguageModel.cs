@@ -69,7 +69,7 @@ public sealed class LanguageModel : IDisposable
             if (options.FfnFraction is < 0 or > 1) throw new FitLMException($"FFN fraction {options.FfnFraction} is out of range [0, 1]");
             if (options.FfnFraction is > 0 and < 1 && !bundled)
                 throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
-            var flash = bundled ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(1, options.FfnWindow)) : null;
+            var flash = FlashOptionsFor(path, source, options);
             Memory.MemoryPlan PlanFor(int context) => Memory.Planner.Plan(source, new Memory.Planner.Options
             {
                 Flash = flash,
@@ -111,6 +111,10 @@ public sealed class LanguageModel : IDisposable
     /// ones (ReLU: all predicted active; others: the top --ffn-fraction); without, a random fraction (an I/O
     /// measurement) or all of them.
     /// </summary>
+    /// <summary>How a prepared model's FFN neurons are chosen and windowed under <paramref name="options"/> (null: not prepared); `fitlm plan` plans with the same.</summary>
+    public static Memory.Planner.FlashOptions? FlashOptionsFor(string path, IModelSource source, LoadOptions options) =>
+        ModelValidation.IsBundled(source) ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(1, options.FfnWindow)) : null;
+
     private static INeuronSelector ChooseSelector(string path, ModelConfig c, LoadOptions o)
     {
         string sidecar = NeuronPredictor.SidecarPath(path);

@@ -1,0 +1,36 @@
+using FitLM.Storage;
+using Xunit;
+
+namespace FitLM.Tests.Memory;
+
+public sealed class StorageProfileTests
+{
+    private static StorageProfile Profile(bool withSequential)
+    {
+        var points = new List<StorageProfile.Point>
+        {
+            new(4 << 10, 1, 20e6, 0), new(4 << 20, 1, 1e9, 0),
+            new(4 << 10, 4, 60e6, 0), new(4 << 20, 4, 1.2e9, 0),
+        };
+        if (withSequential) points.Add(new(4 << 20, 4, 2e9, 0, Sequential: true));
+        return new StorageProfile("x", true, points);
+    }
+
+    [Fact]
+    public void SequentialReadsUseTheSequentialCurveAndFallBackToRandom()
+    {
+        Assert.Equal(2e9, Profile(true).BytesPerSecond(4 << 20, 4, sequential: true));
+        Assert.Equal(1.2e9, Profile(true).BytesPerSecond(4 << 20, 4));             // random unchanged
+        Assert.Equal(1.2e9, Profile(false).BytesPerSecond(4 << 20, 4, sequential: true)); // no sequential points
+        Assert.Equal(2e9, Profile(true).BytesPerSecond(4 << 20, 32, sequential: true));   // nearest depth below
+    }
+
+    [Fact]
+    public void RandomReadsInterpolateInLogSizeAtTheDepthBelow()
+    {
+        var p = Profile(false);
+        double mid = p.BytesPerSecond(128 << 10, 16); // halfway in log2 between 4 KiB and 4 MiB, depth 4
+        Assert.Equal(60e6 + (1.2e9 - 60e6) * 0.5, mid, 1);
+        Assert.Equal(20e6 * 0.5, p.BytesPerSecond(2 << 10, 1), 1); // below the smallest size: proportional
+    }
+}
