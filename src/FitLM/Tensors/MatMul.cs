@@ -53,6 +53,17 @@ public static unsafe class MatMul
     public static void MatVec(GgmlType type, byte* w, long rowBytes, int rows, int cols, ReadOnlySpan<float> x, Span<float> y) =>
         MatVec(type, w, rowBytes, rows, cols, x, y, IntDot.Best, FloatDot.Best);
 
+    [ThreadStatic] private static bool t_batchInvariant;
+
+    /// <summary>
+    /// On this thread, one-row products also run through the matrix-matrix kernels, whose result for a row does
+    /// not depend on the other rows of the batch. The matrix-vector kernel sums in another order (about 1e-6
+    /// relative), which the next layer's activation quantization can amplify into a different greedy token; the
+    /// server sets this so that a request's output does not depend on what else is running. Off by default:
+    /// single-sequence decoding keeps the faster matrix-vector kernel.
+    /// </summary>
+    public static bool BatchInvariant { get => t_batchInvariant; set => t_batchInvariant = value; }
+
     /// <summary>Y[t, r] = dot(W[r], X[t]) for t in [0, n): X is [n × cols], Y is [n × rows], both row-major.</summary>
     public static void MatMulBatch(GgmlType type, byte* w, long rowBytes, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, int n) =>
         MatMulBatch(type, w, rowBytes, rows, cols, x, y, n, IntDot.Best, FloatDot.Best);
@@ -96,7 +107,7 @@ public static unsafe class MatMul
     internal static void MatMulBatch(GgmlType type, byte* w, long rowBytes, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, int n,
         IntDot.Isa isa, FloatDot.Isa fisa)
     {
-        if (n == 1)
+        if (n == 1 && !t_batchInvariant)
         {
             MatVec(type, w, rowBytes, rows, cols, x, y, isa, fisa);
             return;
