@@ -7,14 +7,15 @@ namespace FitLM.Server;
 /// <summary>
 /// Continuous batching. One background thread owns the transformer; requests wait in a bounded queue. Between
 /// forward passes, finished and cancelled sequences leave (their KV pages go back to the shared pool at once)
-/// and queued ones join while a slot is free and the KV budget holds their worst case. Each pass is ONE batched
-/// forward: a decode row for every sequence that is generating, plus a chunk of prompt for those still
-/// prefilling (at most <see cref="ServerOptions.PrefillChunk"/> tokens per pass, so a long prompt cannot stall
-/// the others).
+/// and queued ones join while a slot is free and the KV budget holds their worst case. Each decode step is ONE
+/// batched forward over every generating sequence; between decode steps, prompts are prefilled in chunks of
+/// <see cref="ServerOptions.PrefillChunk"/> tokens at most per step, so a long prompt cannot stall the others.
 ///
-/// A request's output does not depend on what else runs: the forward runs with <see cref="MatMul.BatchInvariant"/>
-/// (a row's products are the same in any batch), attention is per sequence, and a prompt is always cut into the
-/// same chunks (whole chunks of a fixed size; one that does not fit a pass waits for the next).
+/// A request's output does not depend on what else runs, and at temperature 0 equals `fitlm run`'s: the decode
+/// pass computes each row as a one-row product (<see cref="MatMul.RowWise"/>: the matrix-vector kernel, weights
+/// read once for all rows), attention is per sequence, and each prompt chunk runs in a pass of its own, cut the
+/// same way whatever else is queued. <see cref="ServerOptions.BatchInvariant"/> off decodes with the
+/// matrix-matrix kernel instead (faster for large batches; greedy text may then change at near-ties).
 /// </summary>
 public sealed class Scheduler : IDisposable
 {
@@ -22,6 +23,7 @@ public sealed class Scheduler : IDisposable
     private readonly KvBudget _budget;
     private readonly ServerMetrics _metrics;
     private readonly int _parallel, _queueCapacity, _prefillChunk;
+    private readonly bool _batchInvariant;
     private readonly LinkedList<Sequence> _queue = new();
     private readonly List<Sequence> _active = new();
     private readonly SequenceSlice[] _slices;
@@ -39,6 +41,7 @@ public sealed class Scheduler : IDisposable
         // A pass holds every decode row plus at least one whole prefill chunk.
         _parallel = Math.Max(1, Math.Min(o.Parallel, tf.MaxBatch / 2));
         _queueCapacity = o.QueueCapacity;
+        _batchInvariant = o.BatchInvariant;
         _prefillChunk = Math.Max(1, Math.Min(o.PrefillChunk, tf.MaxBatch - _parallel));
         _slices = new SequenceSlice[_parallel];
         _sliceOwner = new Sequence[_parallel];
@@ -76,7 +79,6 @@ public sealed class Scheduler : IDisposable
     private void Loop()
     {
         var ct = _stop.Token;
-        MatMul.BatchInvariant = true; // this thread runs every forward pass
         while (!ct.IsCancellationRequested)
         {
             try
@@ -153,40 +155,52 @@ public sealed class Scheduler : IDisposable
         Volatile.Write(ref _activeCount, _active.Count);
     }
 
-    /// <summary>One batched forward over every active sequence, then a sampled token for each that produced logits.</summary>
+    /// <summary>
+    /// One decode pass over every generating sequence (a sampled token each), then whole prompt chunks of the
+    /// sequences still prefilling, oldest first, up to the per-pass allowance (the first chunk always runs).
+    /// </summary>
     private void Step(CancellationToken ct)
     {
-        int n = 0, rows = 0, decodeRows = 0;
-        // Decode rows first: each generating sequence feeds its last sampled token.
+        int n = 0;
         foreach (var s in _active)
         {
             if (s.Prefilled < s.Prompt.Length) continue;
+            // Each generating sequence feeds its last sampled token.
             _slices[n] = new SequenceSlice(s.Kv!, s.History.AsMemory(s.Position - 1, 1), s.Position - 1, WantLogits: true);
             _sliceOwner[n++] = s;
-            rows++;
-            decodeRows++;
         }
-        // Then whole prompt chunks, oldest first, while they fit the per-pass prefill allowance (the first always does).
+        if (n > 0)
+        {
+            MatMul.RowWise = _batchInvariant; // each row as alone: see the class comment
+            double seconds = Run(n, ct);
+            MatMul.RowWise = false;
+            _metrics.RecordPass(n, 0, n, seconds);
+        }
+
         int allowance = _prefillChunk;
-        int prefillRows = 0;
         foreach (var s in _active)
         {
             if (s.Prefilled >= s.Prompt.Length) continue;
             int take = Math.Min(_prefillChunk, s.Prompt.Length - s.Prefilled);
             if (take > allowance) break;
-            bool last = s.Prefilled + take == s.Prompt.Length;
-            _slices[n] = new SequenceSlice(s.Kv!, s.Prompt.AsMemory(s.Prefilled, take), s.Prefilled, WantLogits: last);
-            _sliceOwner[n++] = s;
             allowance -= take;
-            prefillRows += take;
+            // One sequence's chunk per pass: its rows then go through the same kernels whatever else is queued
+            // (the matrix-matrix kernel for a chunk of several tokens, as `fitlm run` prefills).
+            bool last = s.Prefilled + take == s.Prompt.Length;
+            _slices[0] = new SequenceSlice(s.Kv!, s.Prompt.AsMemory(s.Prefilled, take), s.Prefilled, WantLogits: last);
+            _sliceOwner[0] = s;
+            double seconds = Run(1, ct);
+            _metrics.RecordPass(0, take, last ? 1 : 0, seconds);
         }
-        if (n == 0) return;
+    }
 
+    /// <summary>Runs slices [0, n) in one forward pass, advances prefill counts, samples where there are logits.</summary>
+    private double Run(int n, CancellationToken ct)
+    {
         long t0 = Stopwatch.GetTimestamp();
         _tf.Forward(_slices.AsSpan(0, n), _logits, ct);
         double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-
-        int vocab = _tf.Config.Vocab, row = 0, sampled = 0;
+        int vocab = _tf.Config.Vocab, row = 0;
         for (int i = 0; i < n; i++)
         {
             var s = _sliceOwner[i];
@@ -196,11 +210,9 @@ public sealed class Scheduler : IDisposable
             if (s.Prefilled < s.Prompt.Length) s.Prefilled += slice.Tokens.Length;
             if (!slice.WantLogits) continue;
             var logits = _logits.AsSpan(row++ * vocab, vocab);
-            if (s.Cancelled) continue;
-            s.Step(logits, _tf.MaxContext);
-            sampled++;
+            if (!s.Cancelled) s.Step(logits, _tf.MaxContext);
         }
-        _metrics.RecordPass(decodeRows, prefillRows, sampled, seconds);
+        return seconds;
     }
 
     public void Dispose()

@@ -18,6 +18,12 @@ public sealed record ServerOptions
     public int PrefillChunk { get; init; } = 128;
     /// <summary>The model id clients name (the file name by default); "fitlm" is accepted too.</summary>
     public string? ModelId { get; init; }
+    /// <summary>
+    /// Decode each row of a batch exactly as alone (MatMul.RowWise): a request's output is then the same whatever
+    /// else runs, and equals `fitlm run`'s at temperature 0. Off: the matrix-matrix kernel, whose sums differ in
+    /// the last bits, so greedy text may change at near-ties depending on load.
+    /// </summary>
+    public bool BatchInvariant { get; init; } = true;
     /// <summary>Where the one-line-per-request log goes (stderr when null).</summary>
     public TextWriter? Log { get; init; }
 

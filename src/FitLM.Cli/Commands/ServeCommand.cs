@@ -15,6 +15,11 @@ internal static class ServeCommand
         var port = new Option<int>("--port") { Description = "TCP port (0: any free port, printed at start)", DefaultValueFactory = _ => 8080 };
         var parallel = new Option<int>("--parallel", "-np") { Description = "most requests decoded together in one batch", DefaultValueFactory = _ => 8 };
         var queue = new Option<int>("--queue") { Description = "requests that may wait for a slot or KV memory; more get 503 with Retry-After", DefaultValueFactory = _ => 64 };
+        var invariant = new Option<bool>("--batch-invariant")
+        {
+            Description = "decode each request exactly as alone (true: output independent of load, equal to `fitlm run` at --temp 0); false: batches use the matrix-matrix kernel, and greedy text may change at near-ties under load",
+            DefaultValueFactory = _ => true,
+        };
         var apiKey = new Option<string?>("--api-key") { Description = "require 'Authorization: Bearer KEY' (all endpoints but /health and /metrics)" };
         var ctx = Common.Context(0);
         ctx.Aliases.Add("--ctx");
@@ -24,7 +29,7 @@ internal static class ServeCommand
         var kv = new KvOptions();
         var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching)")
         {
-            model, host, port, parallel, queue, apiKey, ctx, threads,
+            model, host, port, parallel, queue, apiKey, ctx, threads, invariant,
         };
         memory.AddTo(cmd);
         kv.AddTo(cmd);
@@ -38,6 +43,7 @@ internal static class ServeCommand
                 Parallel = r.GetValue(parallel),
                 QueueCapacity = r.GetValue(queue),
                 ApiKey = r.GetValue(apiKey),
+                BatchInvariant = r.GetValue(invariant),
             };
             options.Validate();
             int contextSize = r.GetValue(ctx);

@@ -81,40 +81,33 @@ public class BatchedForwardTests(ITestOutputHelper output)
 }
 
 /// <summary>
-/// Batch invariance (what the server runs with): with <see cref="MatMul.BatchInvariant"/> every row's result is
-/// the same whatever else is in the batch, so greedy decoding of a sequence does not depend on its neighbours.
+/// Batch invariance (how the server decodes): with <see cref="MatMul.RowWise"/> every row of a product is computed
+/// exactly as a one-row product, so a sequence decoded in a batch gets the logits it gets alone, bit for bit.
 /// </summary>
-[Collection(SequentialCollection.Name)] // MatMul.BatchInvariant is per thread, but keep these away from timing-sensitive tests
+[Collection(SequentialCollection.Name)] // keep away from the timing-sensitive tests
 public class BatchInvarianceTests(ITestOutputHelper output)
 {
     [Fact]
-    public void MatrixProductRowsDoNotDependOnTheBatch()
+    public void RowWiseProductsEqualOneRowProducts()
     {
         using var lm = LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = 64 });
         var rng = new Random(7);
-        MatMul.BatchInvariant = true;
-        try
+        foreach (var name in new[] { "blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.0.ffn_down.weight", "output.weight" })
         {
-            foreach (var name in new[] { "blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.0.ffn_down.weight", "output.weight" })
+            var m = lm.Weights.Matrix(name);
+            int cols = m.Cols, rows = m.Rows, n = 9;
+            var x = new float[n * cols];
+            for (int i = 0; i < x.Length; i++) x[i] = (float)((rng.NextDouble() - 0.5) * (rng.Next(50) == 0 ? 40 : 2));
+            var batch = new float[n * rows];
+            MatMul.RowWise = true;
+            try { m.Multiply(x, batch, n); }
+            finally { MatMul.RowWise = false; }
+            for (int t = 0; t < n; t++)
             {
-                var m = lm.Weights.Matrix(name);
-                int cols = m.Cols, rows = m.Rows, big = 17;
-                var x = new float[big * cols];
-                for (int i = 0; i < x.Length; i++) x[i] = (float)((rng.NextDouble() - 0.5) * (rng.Next(50) == 0 ? 40 : 2));
-                var all = new float[big * rows];
-                m.Multiply(x, all, big);
-                foreach (int n in new[] { 1, 2, 3, 8, 9 })
-                {
-                    int first = big - n; // the last n rows, so each sits at another place in its batch
-                    var part = new float[n * rows];
-                    m.Multiply(x.AsSpan(first * cols, n * cols), part, n);
-                    Assert.True(part.AsSpan().SequenceEqual(all.AsSpan(first * rows, n * rows)), $"{name}: rows of a batch of {n} differ from the same rows in a batch of {big}");
-                }
+                var one = new float[rows];
+                m.Multiply(x.AsSpan(t * cols, cols), one, 1);
+                Assert.True(one.AsSpan().SequenceEqual(batch.AsSpan(t * rows, rows)), $"{name}: row {t} of a row-wise batch differs from its one-row product");
             }
-        }
-        finally
-        {
-            MatMul.BatchInvariant = false;
         }
     }
 
@@ -135,31 +128,36 @@ public class BatchInvarianceTests(ITestOutputHelper output)
             for (int s0 = 0; s0 < n; s0 += width)
             {
                 var stores = Enumerable.Range(0, width).Select(_ => tf.KvStores.Create()).ToArray();
-                tf.Forward(Enumerable.Range(0, width).Select(k => new SequenceSlice(stores[k], prompts[s0 + k], 0, true)).ToArray(), logits);
+                for (int k = 0; k < width; k++) tf.Forward([new SequenceSlice(stores[k], prompts[s0 + k], 0, true)], logits.AsSpan(k * vocab, vocab));
                 for (int k = 0; k < width; k++) res[s0 + k] = new float[steps + 1][];
                 for (int t = 0; ; t++)
                 {
                     for (int k = 0; k < width; k++) res[s0 + k][t] = logits.AsSpan(k * vocab, vocab).ToArray();
                     if (t == steps) break;
-                    tf.Forward(Enumerable.Range(0, width).Select(k => new SequenceSlice(stores[k], new[] { fed[s0 + k][t] }, prompts[s0 + k].Length + t, true)).ToArray(), logits);
+                    MatMul.RowWise = true;
+                    try { tf.Forward(Enumerable.Range(0, width).Select(k => new SequenceSlice(stores[k], new[] { fed[s0 + k][t] }, prompts[s0 + k].Length + t, true)).ToArray(), logits); }
+                    finally { MatMul.RowWise = false; }
                 }
                 foreach (var st in stores) st.Dispose();
             }
             return res;
         }
 
-        MatMul.BatchInvariant = true;
-        try
+        // Prompts are prefilled one per pass, as the server does; then the decode steps run all together row-wise.
+        var alone = Run(1);
+        var together = Run(8);
+        for (int s = 0; s < n; s++)
+            for (int t = 0; t <= steps; t++)
+                Assert.True(alone[s][t].AsSpan().SequenceEqual(together[s][t]), $"sequence {s}, step {t}: batched logits differ from the logits alone");
+
+        // And alone equals the single-sequence path `fitlm run` takes (prefill, then one token at a time).
+        var single = new float[vocab];
+        tf.Forward(prompts[3], 0, single, prompts[3].Length - 1);
+        Assert.True(single.AsSpan().SequenceEqual(alone[3][0]));
+        for (int t = 0; t < steps; t++)
         {
-            var alone = Run(1);
-            var together = Run(8);
-            for (int s = 0; s < n; s++)
-                for (int t = 0; t <= steps; t++)
-                    Assert.True(alone[s][t].AsSpan().SequenceEqual(together[s][t]), $"sequence {s}, step {t}: batched logits differ from the logits alone");
-        }
-        finally
-        {
-            MatMul.BatchInvariant = false;
+            tf.Forward(fed[3].AsSpan(t, 1), prompts[3].Length + t, single, 0);
+            Assert.True(single.AsSpan().SequenceEqual(alone[3][t + 1]), $"step {t}: the single-sequence path differs");
         }
         output.WriteLine($"{n} sequences (prompts {prompts.Min(p => p.Length)}..{prompts.Max(p => p.Length)} tokens), {steps} steps: identical");
     }

@@ -19,10 +19,14 @@ public class InProcessServerTests
         string Body(bool stream) => $$"""{"messages":[{"role":"user","content":"def f():"}], "max_tokens": 500, "temperature": 0.9, "stream": {{(stream ? "true" : "false")}}}""";
 
         // One request runs (the only slot), one waits (the only queue place): the third is turned away.
+        // The running one is a raw connection that reads its first chunk, so the test can hang up on it at once.
+        byte[] body = Encoding.UTF8.GetBytes(Body(true));
+        using var running = new System.Net.Sockets.TcpClient();
+        await running.ConnectAsync(server.Address.Host, server.Address.Port);
+        await running.GetStream().WriteAsync(Encoding.ASCII.GetBytes(
+            $"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n").Concat(body).ToArray());
+        Assert.True(await running.GetStream().ReadAsync(new byte[256]) > 0);
         using var cts = new CancellationTokenSource();
-        using var running = await http.SendAsync(new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = new StringContent(Body(true)) },
-            HttpCompletionOption.ResponseHeadersRead, cts.Token);
-        await (await running.Content.ReadAsStreamAsync(cts.Token)).ReadAsync(new byte[64], cts.Token);
         var waiting = http.PostAsync("v1/chat/completions", new StringContent(Body(false)), cts.Token);
         for (int i = 0; i < 100 && server.Scheduler.QueueDepth == 0; i++) await Task.Delay(20);
         Assert.Equal(1, server.Scheduler.QueueDepth);
@@ -34,6 +38,7 @@ public class InProcessServerTests
             Assert.Equal("server_busy", doc.RootElement.GetProperty("error").GetProperty("code").GetString());
 
         // Hanging up frees the slot and the queue; the server answers again.
+        running.Close();
         cts.Cancel();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting);
         for (int i = 0; i < 100 && (server.Scheduler.ActiveCount > 0 || server.Scheduler.QueueDepth > 0); i++) await Task.Delay(20);
