@@ -38,11 +38,11 @@ public sealed class Scheduler : IDisposable
         _tf = tf;
         _budget = budget;
         _metrics = metrics;
-        // A pass holds every decode row plus at least one whole prefill chunk.
-        _parallel = Math.Max(1, Math.Min(o.Parallel, tf.MaxBatch / 2));
+        // Decode passes and prefill passes are separate: each holds at most one batch.
+        _parallel = Math.Max(1, Math.Min(o.Parallel, tf.MaxBatch));
         _queueCapacity = o.QueueCapacity;
         _batchInvariant = o.BatchInvariant;
-        _prefillChunk = Math.Max(1, Math.Min(o.PrefillChunk, tf.MaxBatch - _parallel));
+        _prefillChunk = Math.Max(1, Math.Min(o.PrefillChunk, tf.MaxBatch));
         _slices = new SequenceSlice[_parallel];
         _sliceOwner = new Sequence[_parallel];
         _logits = new float[_parallel * tf.Config.Vocab];

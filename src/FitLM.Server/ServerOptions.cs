@@ -14,8 +14,11 @@ public sealed record ServerOptions
     public string? ApiKey { get; init; }
     /// <summary>Largest request body accepted (413 beyond).</summary>
     public long MaxBodyBytes { get; init; } = 1 << 20;
-    /// <summary>Most prompt tokens prefilled per step while other sequences decode, so their decoding is not starved.</summary>
-    public int PrefillChunk { get; init; } = 128;
+    /// <summary>
+    /// Most prompt tokens prefilled between two decode steps, so others' decoding is not starved. The default, the
+    /// transformer's batch (256 unless loaded otherwise), cuts prompts where `fitlm run` does: the same numerics.
+    /// </summary>
+    public int PrefillChunk { get; init; } = 256;
     /// <summary>The model id clients name (the file name by default); "fitlm" is accepted too.</summary>
     public string? ModelId { get; init; }
     /// <summary>
