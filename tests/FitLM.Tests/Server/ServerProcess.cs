@@ -11,7 +11,7 @@ public sealed class ServerProcess : IDisposable
 {
     public const string ApiKey = "test-key-7";
     /// <summary>The memory budget the process is started with (--memory).</summary>
-    public const long BudgetBytes = 320L << 20;
+    public const long BudgetBytes = 192L << 20;
 
     private readonly Process _process;
     public Uri Address { get; }
