@@ -21,6 +21,7 @@ public static class Program
             CompressCommand.CreateLadder(),
             PrepareCommand.Create(),
             CalibrateCommand.Create(),
+            ServeCommand.Create(),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))

@@ -36,6 +36,16 @@ public sealed class Transformer
 
     // Activations for a batch of up to MaxBatch tokens, row-major [token × width], named as the math does.
     private readonly float[] _x, _xb, _xb2, _q, _k, _v, _hb, _hb2;
+    // The rows of one pass: their token ids, and which run of rows belongs to which sequence (its KV store and
+    // first position). Preallocated so neither forward allocates per call.
+    private readonly int[] _tokens;
+    private readonly Segment[] _segments;
+
+    private struct Segment
+    {
+        public IKvStore Kv;
+        public int Pos, Row, Count;
+    }
 
     public Transformer(ModelConfig config, IWeightProvider weights, int maxContext, int maxBatch = 256, KvCacheOptions? kv = null)
     {
@@ -79,6 +89,8 @@ public sealed class Transformer
         _v = new float[b * c.KvDim];
         _hb = new float[b * c.FfnDim];
         _hb2 = new float[b * c.FfnDim];
+        _tokens = new int[b];
+        _segments = new Segment[b];
     }
 
     /// <summary>
@@ -102,7 +114,9 @@ public sealed class Transformer
         {
             ct.ThrowIfCancellationRequested();
             int count = Math.Min(MaxBatch, n - start);
-            ForwardBatch(tokens.Slice(start, count), pos + start);
+            tokens.Slice(start, count).CopyTo(_tokens);
+            _segments[0] = new Segment { Kv = Kv, Pos = pos + start, Row = 0, Count = count };
+            ForwardBatch(count, 1);
             // Logits for the rows of this batch that were asked for.
             int from = Math.Max(logitsFrom, start) - start;
             if (from < count)
@@ -113,12 +127,71 @@ public sealed class Transformer
         }
     }
 
-    private void ForwardBatch(ReadOnlySpan<int> tokens, int pos)
+    /// <summary>
+    /// One pass over several sequences at once (continuous batching): each slice is the next tokens of one
+    /// sequence, appended to its own KV store from position Pos. Projections and the FFN run as one
+    /// matrix-matrix product over the rows of all slices (the weights are read once for the whole batch);
+    /// attention runs per sequence over its own store. For each slice with WantLogits, the logits of its last
+    /// row are written to <paramref name="logits"/>, one row of Vocab per such slice, in slice order.
+    /// The slices' tokens together must fit one batch (<see cref="MaxBatch"/>); stores must be distinct.
+    /// </summary>
+    public void Forward(ReadOnlySpan<SequenceSlice> slices, Span<float> logits, CancellationToken ct = default)
+    {
+        if (slices.Length == 0) return;
+        int rows = 0, wanted = 0;
+        for (int s = 0; s < slices.Length; s++)
+        {
+            var sl = slices[s];
+            ArgumentNullException.ThrowIfNull(sl.Kv);
+            int n = sl.Tokens.Length;
+            if (n == 0) throw new ArgumentException($"slice {s} has no tokens");
+            if (sl.Pos < 0 || sl.Pos + n > MaxContext)
+                throw new FitLMException($"context overflow: positions {sl.Pos}..{sl.Pos + n - 1} do not fit a context of {MaxContext}");
+            for (int p = 0; p < s; p++)
+                if (ReferenceEquals(slices[p].Kv, sl.Kv)) throw new ArgumentException($"slices {p} and {s} share a KV store");
+            rows += n;
+            if (rows > MaxBatch) throw new ArgumentException($"the slices hold more than {MaxBatch} tokens (the batch size)");
+            if (sl.WantLogits) wanted++;
+        }
+        if (logits.Length < (long)wanted * Config.Vocab) throw new ArgumentException("logits buffer too small");
+        ct.ThrowIfCancellationRequested();
+
+        int row = 0;
+        for (int s = 0; s < slices.Length; s++)
+        {
+            var sl = slices[s];
+            var t = sl.Tokens.Span;
+            for (int i = 0; i < t.Length; i++)
+                if ((uint)t[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {t[i]} is outside the vocabulary ({Config.Vocab})");
+            t.CopyTo(_tokens.AsSpan(row));
+            if (sl.Pos != sl.Kv.Length) sl.Kv.Truncate(sl.Pos); // a new sequence (pos 0) or a rewind
+            _segments[s] = new Segment { Kv = sl.Kv, Pos = sl.Pos, Row = row, Count = t.Length };
+            row += t.Length;
+        }
+        ForwardBatch(rows, slices.Length);
+
+        // Logits of the last row of each slice that asks: normalize those rows side by side, then one product.
+        int dim = Config.Dim, k = 0;
+        for (int s = 0; s < slices.Length; s++)
+        {
+            if (!slices[s].WantLogits) continue;
+            int last = _segments[s].Row + _segments[s].Count - 1;
+            RmsNorm(_x.AsSpan(last * dim, dim), _outputNorm, _xb.AsSpan(k * dim, dim));
+            k++;
+        }
+        if (k > 0) _output.Multiply(_xb.AsSpan(0, k * dim), logits, k);
+    }
+
+    /// <summary>
+    /// The layers over rows [0, n) of <see cref="_tokens"/>, which belong to segments [0, segments): row r of
+    /// segment s is position Pos + (r - Row) of that segment's sequence.
+    /// </summary>
+    private void ForwardBatch(int n, int segments)
     {
         var c = Config;
-        int n = tokens.Length, dim = c.Dim;
+        int dim = c.Dim;
         long ts = PhaseTimes.Start();
-        for (int t = 0; t < n; t++) _tokenEmbedding.ReadRow(tokens[t], _x.AsSpan(t * dim, dim));
+        for (int t = 0; t < n; t++) _tokenEmbedding.ReadRow(_tokens[t], _x.AsSpan(t * dim, dim));
         ts = PhaseTimes.Stop(PhaseTimes.Phase.Embed, ts);
 
         for (int l = 0; l < c.Layers; l++)
@@ -131,20 +204,32 @@ public sealed class Transformer
             L.Wk.Multiply(_xb.AsSpan(0, n * dim), _k, n);
             L.Wv.Multiply(_xb.AsSpan(0, n * dim), _v, n);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Qkv, ts);
-            for (int t = 0; t < n; t++)
+            for (int s = 0; s < segments; s++)
             {
-                var q = _q.AsSpan(t * c.QDim, c.QDim);
-                if (L.Bq != null) TensorPrimitives.Add(q, L.Bq, q);
-                if (L.QNorm != null)
-                    for (int h = 0; h < c.Heads; h++) RmsNorm(q.Slice(h * c.HeadDim, c.HeadDim), L.QNorm, q.Slice(h * c.HeadDim, c.HeadDim));
-                _rope.Apply(q, c.Heads, c.HeadDim, pos + t);
+                var seg = _segments[s];
+                for (int t = seg.Row; t < seg.Row + seg.Count; t++)
+                {
+                    var q = _q.AsSpan(t * c.QDim, c.QDim);
+                    if (L.Bq != null) TensorPrimitives.Add(q, L.Bq, q);
+                    if (L.QNorm != null)
+                        for (int h = 0; h < c.Heads; h++) RmsNorm(q.Slice(h * c.HeadDim, c.HeadDim), L.QNorm, q.Slice(h * c.HeadDim, c.HeadDim));
+                    _rope.Apply(q, c.Heads, c.HeadDim, seg.Pos + t - seg.Row);
+                }
             }
-            ts = PhaseTimes.Stop(PhaseTimes.Phase.Rope, ts);
-            // The KV store keeps this layer's new keys and values in its own form (it finishes the raw
-            // products k, v with FinishKey/FinishValue below), then attends over everything it holds.
-            Kv.Append(l, pos, new KvRows(tokens, _x.AsSpan(0, n * dim), _xb.AsSpan(0, n * dim), _k.AsSpan(0, n * c.KvDim), _v.AsSpan(0, n * c.KvDim)));
-            ts = PhaseTimes.Stop(PhaseTimes.Phase.KvAppend, ts);
-            Kv.Attend(l, pos, n, _q.AsSpan(0, n * c.QDim), _xb);   // _q → _xb (per-head outputs, [n × QDim])
+            // Each sequence's KV store keeps this layer's new keys and values in its own form (it finishes the
+            // raw products k, v with FinishKey/FinishValue below), then attends over everything it holds.
+            // The attention output of a segment overwrites its rows of _xb ([n × QDim] over [n × Dim]); the
+            // order keeps it off the X rows of segments not yet appended: forwards when QDim ≤ Dim (outputs
+            // land at or before their own X), backwards when QDim > Dim (at or after).
+            bool backwards = c.QDim > dim;
+            for (int i = 0; i < segments; i++)
+            {
+                var seg = _segments[backwards ? segments - 1 - i : i];
+                int r = seg.Row, m = seg.Count;
+                seg.Kv.Append(l, seg.Pos, new KvRows(_tokens.AsSpan(r, m), _x.AsSpan(r * dim, m * dim), _xb.AsSpan(r * dim, m * dim),
+                    _k.AsSpan(r * c.KvDim, m * c.KvDim), _v.AsSpan(r * c.KvDim, m * c.KvDim)));
+                seg.Kv.Attend(l, seg.Pos, m, _q.AsSpan(r * c.QDim, m * c.QDim), _xb.AsSpan(r * c.QDim, m * c.QDim));
+            }
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Attention, ts);
             L.Wo.Multiply(_xb.AsSpan(0, n * c.QDim), _xb2, n);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Wo, ts);
@@ -214,3 +299,10 @@ public sealed class Transformer
         TensorPrimitives.Multiply(o, w, o);
     }
 }
+
+/// <summary>
+/// The next tokens of one sequence in a batched <see cref="Transformer.Forward(ReadOnlySpan{SequenceSlice}, Span{float}, CancellationToken)"/>:
+/// its KV store (from <see cref="Transformer.KvStores"/>), the tokens, the position of the first, and whether
+/// the caller wants the logits of the last token (decode and the end of a prefill do; a prefill chunk does not).
+/// </summary>
+public readonly record struct SequenceSlice(IKvStore Kv, ReadOnlyMemory<int> Tokens, int Pos, bool WantLogits);

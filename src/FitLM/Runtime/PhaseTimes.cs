@@ -9,7 +9,8 @@ namespace FitLM.Runtime;
 /// </summary>
 public static class PhaseTimes
 {
-    public enum Phase { Embed, Norm, Qkv, Rope, KvAppend, Attention, Wo, Ffn, Logits, Count }
+    /// <summary>Attention: RoPE of the queries, the KV store's append and its attention.</summary>
+    public enum Phase { Embed, Norm, Qkv, Attention, Wo, Ffn, Logits, Count }
 
     private static readonly long[] s_ticks = new long[(int)Phase.Count];
     public static bool Enabled { get; set; }

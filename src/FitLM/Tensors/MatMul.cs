@@ -53,6 +53,18 @@ public static unsafe class MatMul
     public static void MatVec(GgmlType type, byte* w, long rowBytes, int rows, int cols, ReadOnlySpan<float> x, Span<float> y) =>
         MatVec(type, w, rowBytes, rows, cols, x, y, IntDot.Best, FloatDot.Best);
 
+    [ThreadStatic] private static bool t_rowWise;
+    [ThreadStatic] private static MultiVecJob? t_multiVec;
+
+    /// <summary>
+    /// On this thread, a product of several rows computes each row exactly as a one-row product (the
+    /// matrix-vector kernel), reading each chunk of weights once for all rows. Decoding a batch of sequences this
+    /// way gives every sequence the logits it gets alone, bit for bit: the matrix-matrix kernel sums in another
+    /// order (about 1e-6 relative), which the next layer's activation quantization can amplify into another
+    /// greedy token. The server decodes with it; prefill keeps the matrix-matrix kernel.
+    /// </summary>
+    public static bool RowWise { get => t_rowWise; set => t_rowWise = value; }
+
     /// <summary>Y[t, r] = dot(W[r], X[t]) for t in [0, n): X is [n × cols], Y is [n × rows], both row-major.</summary>
     public static void MatMulBatch(GgmlType type, byte* w, long rowBytes, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, int n) =>
         MatMulBatch(type, w, rowBytes, rows, cols, x, y, n, IntDot.Best, FloatDot.Best);
@@ -104,6 +116,11 @@ public static unsafe class MatMul
         if (n <= 0) return;
         if (x.Length < (long)n * cols || y.Length < (long)n * rows) throw new ArgumentException("matmul size mismatch");
         CheckShape(type, rowBytes, cols);
+        if (t_rowWise)
+        {
+            RowWiseBatch(type, w, rowBytes, rows, cols, x, y, n, isa, fisa);
+            return;
+        }
         if (IntDot.Supports(type) && isa == IntDot.Isa.Scalar)
         {
             for (int t = 0; t < n; t++)
@@ -142,6 +159,71 @@ public static unsafe class MatMul
                 var job = t_matMul ??= new MatMulJob();
                 job.Set(type, w, rowBytes, rows, cols, px, py, n, fisa);
                 WorkerPool.Shared.Run(job, (rows + RowsPerChunk - 1) / RowsPerChunk);
+            }
+        }
+    }
+
+    /// <summary>Each of n rows as <see cref="MatVec(GgmlType, byte*, long, int, int, ReadOnlySpan{float}, Span{float}, IntDot.Isa, FloatDot.Isa)"/> computes it, weights read once per chunk.</summary>
+    private static void RowWiseBatch(GgmlType type, byte* w, long rowBytes, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, int n,
+        IntDot.Isa isa, FloatDot.Isa fisa)
+    {
+        fixed (float* px = x, py = y)
+        {
+            var job = t_multiVec ??= new MultiVecJob();
+            if (IntDot.Supports(type))
+            {
+                // The same quantization as MatVec, row by row (each row has its own blocks and scales).
+                var act = t_act ??= new QuantizedActivations();
+                ActivationQuant.Quantize(type, px, cols, n, act, vector: isa != IntDot.Isa.Scalar);
+                job.SetInt(IntDot.Kernel(type, isa), act);
+            }
+            else if (FloatDot.Supports(type)) job.SetFloat(FloatDot.Kernel(type, fisa));
+            else job.SetFallback(type);
+            int chunk = DecodeRowsPerChunk(rows);
+            job.Set(w, rowBytes, rows, cols, px, py, n, chunk);
+            WorkerPool.Shared.Run(job, (rows + chunk - 1) / chunk);
+        }
+    }
+
+    private sealed class MultiVecJob : IParallelJob
+    {
+        private delegate*<byte*, long, int, in ActRow, int, float*, void> _int;
+        private delegate*<byte*, long, int, float*, int, float*, void> _float;
+        private QuantizedActivations? _act;
+        private GgmlType _fallback;
+        private byte* _w;
+        private long _rowBytes;
+        private int _rows, _cols, _n, _chunk;
+        private float* _x, _y;
+
+        public void SetInt(delegate*<byte*, long, int, in ActRow, int, float*, void> k, QuantizedActivations act) { _int = k; _float = null; _act = act; }
+        public void SetFloat(delegate*<byte*, long, int, float*, int, float*, void> k) { _float = k; _int = null; }
+        public void SetFallback(GgmlType type) { _fallback = type; _int = null; _float = null; }
+
+        public void Set(byte* w, long rowBytes, int rows, int cols, float* x, float* y, int n, int chunk)
+        {
+            _w = w; _rowBytes = rowBytes; _rows = rows; _cols = cols; _x = x; _y = y; _n = n; _chunk = chunk;
+        }
+
+        public void Execute(int chunk)
+        {
+            int r0 = chunk * _chunk, nr = Math.Min(_rows, r0 + _chunk) - r0;
+            byte* w = _w + r0 * _rowBytes;
+            for (int t = 0; t < _n; t++)
+            {
+                float* y = _y + (long)t * _rows + r0, x = _x + (long)t * _cols;
+                if (_int != null)
+                {
+                    var row = _act!.Row(t);
+                    _int(w, _rowBytes, nr, in row, _cols, y);
+                }
+                else if (_float != null) _float(w, _rowBytes, nr, x, _cols, y);
+                else
+                {
+                    var xs = new ReadOnlySpan<float>(x, _cols);
+                    int bytes = (int)GgmlTypes.RowBytes(_fallback, _cols);
+                    for (int r = 0; r < nr; r++) y[r] = QuantDot.Dot(_fallback, new ReadOnlySpan<byte>(w + r * _rowBytes, bytes), xs);
+                }
             }
         }
     }
