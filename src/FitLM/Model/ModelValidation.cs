@@ -22,6 +22,10 @@ public static class ModelValidation
         {
             if (src.Find(name) != null) Expect(name, shape);
         }
+        // A layer count lower than the file's blocks would leave tensors nobody reads (and index past the layers).
+        foreach (var t in src.Tensors)
+            if (Memory.Planner.LayerOf(t.Name) is var l && l >= c.Layers)
+                throw new FitLMException($"{src.Path}: tensor '{t.Name}' is for layer {l}, but the model has {c.Layers} layers");
         Expect("token_embd.weight", c.Dim, c.Vocab);
         Optional("output.weight", c.Dim, c.Vocab);
         Expect("output_norm.weight", c.Dim);
