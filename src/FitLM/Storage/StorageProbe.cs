@@ -59,31 +59,13 @@ public static unsafe class StorageProbe
             {
                 ct.ThrowIfCancellationRequested();
                 int readSize = (int)Math.Min(size, usable);
-                long bytes = 0, reads = 0;
-                var sw = Stopwatch.StartNew();
-                var threads = new Thread[depth];
-                for (int d = 0; d < depth; d++)
+                long slots = Math.Max(1, (usable - readSize) / DirectFile.Alignment);
+                var (bytes, reads, seconds) = RunLanes(depth, secondsPerPoint, lane =>
                 {
-                    int lane = d;
-                    threads[d] = new Thread(() =>
-                    {
-                        var rng = new Random(lane * 7919 + size);
-                        var dst = new Span<byte>(buffers.Pointer + (long)lane * Sizes.Max(), readSize);
-                        long slots = Math.Max(1, (usable - readSize) / DirectFile.Alignment);
-                        long localBytes = 0, localReads = 0;
-                        while (sw.Elapsed.TotalSeconds < secondsPerPoint)
-                        {
-                            long off = rng.NextInt64(slots) * DirectFile.Alignment;
-                            localBytes += file.Read(off, dst);
-                            localReads++;
-                        }
-                        Interlocked.Add(ref bytes, localBytes);
-                        Interlocked.Add(ref reads, localReads);
-                    }) { IsBackground = true };
-                    threads[d].Start();
-                }
-                foreach (var t in threads) t.Join();
-                double seconds = sw.Elapsed.TotalSeconds;
+                    var rng = new Random(lane * 7919 + size);
+                    byte* dst = buffers.Pointer + (long)lane * Sizes.Max();
+                    return () => file.Read(rng.NextInt64(slots) * DirectFile.Alignment, new Span<byte>(dst, readSize));
+                });
                 points.Add(new StorageProfile.Point(readSize, depth, bytes / seconds, reads > 0 ? seconds * depth / reads : 0));
             }
         return new StorageProfile(path, file.IsDirect, points);
@@ -101,20 +83,30 @@ public static unsafe class StorageProbe
         int readSize = (int)Math.Min(size, usable);
         long chunks = Math.Max(1, usable / readSize);
         long next = new Random(depth).NextInt64(chunks);
+        var (bytes, reads, elapsed) = RunLanes(depth, seconds, lane =>
+        {
+            byte* dst = buffers.Pointer + (long)lane * Sizes.Max();
+            return () => file.Read(Interlocked.Increment(ref next) % chunks * readSize / DirectFile.Alignment * DirectFile.Alignment,
+                new Span<byte>(dst, readSize));
+        });
+        return new StorageProfile.Point(readSize, depth, bytes / elapsed, reads > 0 ? elapsed * depth / reads : 0, Sequential: true);
+    }
+
+    /// <summary>Runs <paramref name="depth"/> threads, each repeating the read its factory makes, for <paramref name="seconds"/>.</summary>
+    private static (long Bytes, long Reads, double Seconds) RunLanes(int depth, double seconds, Func<int, Func<int>> lane)
+    {
         long bytes = 0, reads = 0;
         var sw = Stopwatch.StartNew();
         var threads = new Thread[depth];
         for (int d = 0; d < depth; d++)
         {
-            int lane = d;
+            var read = lane(d);
             threads[d] = new Thread(() =>
             {
-                var dst = new Span<byte>(buffers.Pointer + (long)lane * Sizes.Max(), readSize);
                 long localBytes = 0, localReads = 0;
                 while (sw.Elapsed.TotalSeconds < seconds)
                 {
-                    long chunk = Interlocked.Increment(ref next) % chunks;
-                    localBytes += file.Read(chunk * readSize / DirectFile.Alignment * DirectFile.Alignment, dst);
+                    localBytes += read();
                     localReads++;
                 }
                 Interlocked.Add(ref bytes, localBytes);
@@ -123,8 +115,7 @@ public static unsafe class StorageProbe
             threads[d].Start();
         }
         foreach (var t in threads) t.Join();
-        double elapsed = sw.Elapsed.TotalSeconds;
-        return new StorageProfile.Point(readSize, depth, bytes / elapsed, reads > 0 ? elapsed * depth / reads : 0, Sequential: true);
+        return (bytes, reads, sw.Elapsed.TotalSeconds);
     }
 
     public static string Describe(StorageProfile p)

@@ -49,10 +49,10 @@ public static unsafe class FloatGemm
     public static void PackGroup(float* x, int n, int k, float* xp, int g)
     {
         float* dst = xp + g * GroupStride(k);
+        var rows = stackalloc float*[8]; // once per call: a stackalloc inside the loop would grow the stack per pass
         for (int h = 0; h < 2; h++)
         {
             int t0 = g * T + 8 * h;
-            var rows = stackalloc float*[8];
             int valid = Math.Clamp(n - t0, 0, 8);
             for (int i = 0; i < 8; i++) rows[i] = i < valid ? x + (long)(t0 + i) * k : null;
             int j = 0;
