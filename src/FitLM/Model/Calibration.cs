@@ -53,7 +53,7 @@ public static class Calibration
             var (ag, bg) = LowRank(gate, c.FfnDim, c.Dim, sqrtC, invSqrtC, o.Rank);
             // ReLU gates decide activity alone; the up predictor only matters for magnitude-ranked activations.
             var (au, bu) = c.Activation == FfnActivation.Relu
-                ? (new float[o.Rank * c.Dim], new float[c.FfnDim * o.Rank])
+                ? ([], [])
                 : LowRank(up, c.FfnDim, c.Dim, sqrtC, invSqrtC, o.Rank);
             var layer = new NeuronPredictor.Layer { Ag = ag, Bg = bg, Au = au, Bu = bu, Threshold = 0, Recall = 0 };
             (layer.Threshold, recall[l], active[l], selected[l]) = Evaluate(layer, x, samples, gate, up, c, o, perTokenCounts);
