@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
 WORK=${WORK:-/dev/shm/fitlm-flash}
 CHUNKS=${CHUNKS:-100}
-SWEEP_CHUNKS=${SWEEP_CHUNKS:-20}   # window sweep: the window changes what is read, not what is computed
+SWEEP_CHUNKS=${SWEEP_CHUNKS:-10}   # window sweep: the window changes what is read, not what is computed
 THREADS=${THREADS:-1}              # one thread: least disturbed on a shared machine; any count gives the same numbers
 mkdir -p "$WORK/log"
 
@@ -57,20 +57,19 @@ calibrate reglu-r64 pycoder-reglu-31m --rank 64
 calibrate reglu-r128 pycoder-reglu-31m --rank 128
 calibrate reglu-r256 pycoder-reglu-31m --rank 256
 calibrate reglu-r128-995 pycoder-reglu-31m --rank 128 --recall 0.995
-calibrate reglu-r128-s16k pycoder-reglu-31m --rank 128 --samples 16384
 calibrate swiglu-r128 pycoder-29m --rank 128
 
-# 4. Perplexity runs. ppl LOG MODEL-FILE chunks options...: runs unless LOG already has a result.
+# 4. Perplexity runs. ppl NAME MODEL-FILE chunks options...: runs unless its log (NAME-cCHUNKS.txt) has a result.
 ppl() {
-  local log=$WORK/log/$1.txt model=$2 chunks=$3; shift 3
+  local log=$WORK/log/$1-c$3.txt model=$2 chunks=$3; shift 3
   if ! grep -q "Final estimate" "$log" 2>/dev/null; then
     fitlm perplexity -m "$WORK/$model" -f "$WORK/eval.txt" -c 512 --chunks "$chunks" -t "$THREADS" "$@" > "$log" 2>&1 || { cat "$log"; exit 1; }
   fi
 }
 value() { sed -n "s/^Final estimate: PPL = \([0-9.]*\).*/\1/p" "$1"; }
-# One table row from a log: | label | PPL | change vs dense | chosen | window | fresh | recall |
+# One table row from a run: row LABEL NAME CHUNKS DENSE-PPL -> | label | PPL | change vs dense | chosen | window | fresh | recall |
 row() {
-  local label=$1 log=$WORK/log/$2.txt dense=$3
+  local label=$1 log=$WORK/log/$2-c$3.txt dense=$4
   local p ffn
   p=$(value "$log")
   ffn=$(grep "^ffn:" "$log" || true)
@@ -90,29 +89,28 @@ TABLES=$WORK/tables.md
 # 4a. ReLU model: dense, then each predictor with a window of 4 previous tokens (and the recall measured).
 R=pycoder-reglu-31m
 ppl reglu-dense $R.gguf "$CHUNKS"
-dense=$(value "$WORK/log/reglu-dense.txt")
-for p in reglu-r64 reglu-r128 reglu-r256 reglu-r128-995 reglu-r128-s16k; do
+dense=$(value "$WORK/log/reglu-dense-c$CHUNKS.txt")
+for p in reglu-r64 reglu-r128 reglu-r256 reglu-r128-995; do
   ppl "$p-k4" $R.flash.gguf "$CHUNKS" --predictor "$WORK/$p.pred.gguf" --ffn-window 4 --ffn-recall
 done
 {
   echo "### pycoder-reglu-31m, $CHUNKS chunks, window k = 4"; echo; header predictor
-  row "dense" reglu-dense "$dense"
-  row "rank 64, recall target 0.99" reglu-r64-k4 "$dense"
-  row "rank 128, recall target 0.99" reglu-r128-k4 "$dense"
-  row "rank 256, recall target 0.99" reglu-r256-k4 "$dense"
-  row "rank 128, recall target 0.995" reglu-r128-995-k4 "$dense"
-  row "rank 128, 16384 samples, recall target 0.99" reglu-r128-s16k-k4 "$dense"
+  row "dense" reglu-dense "$CHUNKS" "$dense"
+  row "rank 64, recall target 0.99" reglu-r64-k4 "$CHUNKS" "$dense"
+  row "rank 128, recall target 0.99" reglu-r128-k4 "$CHUNKS" "$dense"
+  row "rank 256, recall target 0.99" reglu-r256-k4 "$CHUNKS" "$dense"
+  row "rank 128, recall target 0.995" reglu-r128-995-k4 "$CHUNKS" "$dense"
   echo
 } >> "$TABLES"
 
 # 4b. The window (k previous tokens kept) changes what is read, never what is computed: a sweep on fewer chunks.
-BEST=${BEST:-reglu-r128-995}
-ppl reglu-dense-sweep $R.gguf "$SWEEP_CHUNKS"
-sdense=$(value "$WORK/log/reglu-dense-sweep.txt")
-for k in 0 1 2 4 5 8; do ppl "$BEST-sweep-k$k" $R.flash.gguf "$SWEEP_CHUNKS" --predictor "$WORK/$BEST.pred.gguf" --ffn-window $k; done
+BEST=${BEST:-reglu-r128}
+ppl reglu-dense $R.gguf "$SWEEP_CHUNKS"
+sdense=$(value "$WORK/log/reglu-dense-c$SWEEP_CHUNKS.txt")
+for k in 0 1 2 4 8; do ppl "$BEST-k$k" $R.flash.gguf "$SWEEP_CHUNKS" --predictor "$WORK/$BEST.pred.gguf" --ffn-window $k; done
 {
   echo "### pycoder-reglu-31m, predictor $BEST, $SWEEP_CHUNKS chunks, window sizes"; echo; header window
-  for k in 0 1 2 4 5 8; do row "k = $k" "$BEST-sweep-k$k" "$sdense"; done
+  for k in 0 1 2 4 8; do row "k = $k" "$BEST-k$k" "$SWEEP_CHUNKS" "$sdense"; done
   echo
 } >> "$TABLES"
 
@@ -133,17 +131,17 @@ echo >> "$TABLES"
 # 5. SwiGLU model: a fixed share of neurons per token, by the predictor or at random.
 S=pycoder-29m
 ppl swiglu-dense $S.gguf "$CHUNKS"
-dense=$(value "$WORK/log/swiglu-dense.txt")
+dense=$(value "$WORK/log/swiglu-dense-c$CHUNKS.txt")
 for f in 0.5 0.25; do
   ppl "swiglu-pred-$f" $S.flash.gguf "$CHUNKS" --predictor "$WORK/swiglu-r128.pred.gguf" --ffn-fraction $f --ffn-window 4 --ffn-recall
   ppl "swiglu-random-$f" $S.flash.gguf "$CHUNKS" --ffn-fraction $f --random-neurons --ffn-window 4 --ffn-recall
 done
 {
   echo "### pycoder-29m, $CHUNKS chunks, window k = 4"; echo; header neurons
-  row "dense" swiglu-dense "$dense"
+  row "dense" swiglu-dense "$CHUNKS" "$dense"
   for f in 0.5 0.25; do
-    row "$f, predicted (rank 128)" "swiglu-pred-$f" "$dense"
-    row "$f, random" "swiglu-random-$f" "$dense"
+    row "$f, predicted (rank 128)" "swiglu-pred-$f" "$CHUNKS" "$dense"
+    row "$f, random" "swiglu-random-$f" "$CHUNKS" "$dense"
   done
   echo
 } >> "$TABLES"
