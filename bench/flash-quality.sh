@@ -58,6 +58,7 @@ calibrate reglu-r128 pycoder-reglu-31m --rank 128
 calibrate reglu-r256 pycoder-reglu-31m --rank 256
 calibrate reglu-r128-995 pycoder-reglu-31m --rank 128 --recall 0.995
 calibrate swiglu-r128 pycoder-29m --rank 128
+calibrate swiglu-r256 pycoder-29m --rank 256
 
 # 4. Perplexity runs. ppl NAME MODEL-FILE chunks options...: runs unless its log (NAME-cCHUNKS.txt) has a result.
 ppl() {
@@ -90,7 +91,7 @@ TABLES=$WORK/tables.md
 R=pycoder-reglu-31m
 ppl reglu-dense $R.gguf "$CHUNKS"
 dense=$(value "$WORK/log/reglu-dense-c$CHUNKS.txt")
-for p in reglu-r64 reglu-r128 reglu-r256 reglu-r128-995; do
+for p in reglu-r128 reglu-r256 reglu-r128-995 reglu-r64; do
   ppl "$p-k4" $R.flash.gguf "$CHUNKS" --predictor "$WORK/$p.pred.gguf" --ffn-window 4 --ffn-recall
 done
 {
@@ -103,7 +104,27 @@ done
   echo
 } >> "$TABLES"
 
-# 4b. The window (k previous tokens kept) changes what is read, never what is computed: a sweep on fewer chunks.
+# 4b. SwiGLU model: a fixed share of neurons per token, by the predictor or at random.
+S=pycoder-29m
+ppl swiglu-dense $S.gguf "$CHUNKS"
+dense=$(value "$WORK/log/swiglu-dense-c$CHUNKS.txt")
+for f in 0.5 0.25; do
+  ppl "swiglu-pred-$f" $S.flash.gguf "$CHUNKS" --predictor "$WORK/swiglu-r128.pred.gguf" --ffn-fraction $f --ffn-window 4 --ffn-recall
+  ppl "swiglu-random-$f" $S.flash.gguf "$CHUNKS" --ffn-fraction $f --random-neurons --ffn-window 4 --ffn-recall
+done
+ppl "swiglu-pred256-0.5" $S.flash.gguf "$CHUNKS" --predictor "$WORK/swiglu-r256.pred.gguf" --ffn-fraction 0.5 --ffn-window 4 --ffn-recall
+{
+  echo "### pycoder-29m, $CHUNKS chunks, window k = 4"; echo; header neurons
+  row "dense" swiglu-dense "$CHUNKS" "$dense"
+  for f in 0.5 0.25; do
+    row "$f, predicted (rank 128)" "swiglu-pred-$f" "$CHUNKS" "$dense"
+    row "$f, random" "swiglu-random-$f" "$CHUNKS" "$dense"
+  done
+  row "0.5, predicted (rank 256)" "swiglu-pred256-0.5" "$CHUNKS" "$dense"
+  echo
+} >> "$TABLES"
+
+# 4c. The window (k previous tokens kept) changes what is read, never what is computed: a sweep on fewer chunks.
 BEST=${BEST:-reglu-r128}
 ppl reglu-dense $R.gguf "$SWEEP_CHUNKS"
 sdense=$(value "$WORK/log/reglu-dense-c$SWEEP_CHUNKS.txt")
@@ -114,7 +135,7 @@ for k in 0 1 2 4 8; do ppl "$BEST-k$k" $R.flash.gguf "$SWEEP_CHUNKS" --predictor
   echo
 } >> "$TABLES"
 
-# 4c. Decode: 200 tokens generated one at a time (greedy), the statistics over prompt and decode.
+# 4d. Decode: 200 tokens generated one at a time (greedy), the statistics over prompt and decode.
 PROMPT='import numpy as np
 
 def moving_average(values, window):
@@ -127,24 +148,6 @@ for k in 0 4; do
   echo "decode (fitlm run -n 200), $BEST, k = $k: $(grep '^ffn:' "$log")" >> "$TABLES"
 done
 echo >> "$TABLES"
-
-# 5. SwiGLU model: a fixed share of neurons per token, by the predictor or at random.
-S=pycoder-29m
-ppl swiglu-dense $S.gguf "$CHUNKS"
-dense=$(value "$WORK/log/swiglu-dense-c$CHUNKS.txt")
-for f in 0.5 0.25; do
-  ppl "swiglu-pred-$f" $S.flash.gguf "$CHUNKS" --predictor "$WORK/swiglu-r128.pred.gguf" --ffn-fraction $f --ffn-window 4 --ffn-recall
-  ppl "swiglu-random-$f" $S.flash.gguf "$CHUNKS" --ffn-fraction $f --random-neurons --ffn-window 4 --ffn-recall
-done
-{
-  echo "### pycoder-29m, $CHUNKS chunks, window k = 4"; echo; header neurons
-  row "dense" swiglu-dense "$CHUNKS" "$dense"
-  for f in 0.5 0.25; do
-    row "$f, predicted (rank 128)" "swiglu-pred-$f" "$CHUNKS" "$dense"
-    row "$f, random" "swiglu-random-$f" "$CHUNKS" "$dense"
-  done
-  echo
-} >> "$TABLES"
 
 cat "$TABLES"
 echo "logs in $WORK/log, tables in $TABLES"
