@@ -135,17 +135,24 @@ for k in 0 1 2 4 8; do ppl "$BEST-k$k" $R.flash.gguf "$SWEEP_CHUNKS" --predictor
   echo
 } >> "$TABLES"
 
-# 4d. Decode: 200 tokens generated one at a time (greedy), the statistics over prompt and decode.
-PROMPT='import numpy as np
+# 4d. Decode: up to 200 tokens generated one at a time (greedy), the statistics over prompt and decode.
+# The prompt ends inside a function body, so that the model goes on writing code (after a finished docstring
+# it may end the file at once); run -n stops early only at the end-of-text token.
+PROMPT='import os
+import sys
 
-def moving_average(values, window):
-    """Return the moving average of values over window items."""
+
+def read_config(path):
+    """Read a key = value configuration file into a dict."""
+    result = {}
+    with open(path) as f:
+        for line in f:
 '
 for k in 0 4; do
   log=$WORK/log/decode-$BEST-k$k.txt
   grep -q "^ffn:" "$log" 2>/dev/null || fitlm run -m "$WORK/$R.flash.gguf" -p "$PROMPT" -n 200 --temp 0 -t "$THREADS" \
     --predictor "$WORK/$BEST.pred.gguf" --ffn-window $k --ffn-recall > "$log" 2>&1 || { cat "$log"; exit 1; }
-  echo "decode (fitlm run -n 200), $BEST, k = $k: $(grep '^ffn:' "$log")" >> "$TABLES"
+  echo "decode (fitlm run -n 200), $BEST, k = $k: $(grep -E '^(prompt eval|eval) time' "$log" | sed 's/ *=.*\/ *\([0-9]*\) \(tokens\|runs\).*/ \1/' | tr '\n' ' ')$(grep '^ffn:' "$log")" >> "$TABLES"
 done
 echo >> "$TABLES"
 
