@@ -136,17 +136,10 @@ for k in 0 1 2 4 8; do ppl "$BEST-k$k" $R.flash.gguf "$SWEEP_CHUNKS" --predictor
 } >> "$TABLES"
 
 # 4d. Decode: up to 200 tokens generated one at a time (greedy), the statistics over prompt and decode.
-# The prompt ends inside a function body, so that the model goes on writing code (after a finished docstring
-# it may end the file at once); run -n stops early only at the end-of-text token.
-PROMPT='import os
-import sys
-
-
-def read_config(path):
-    """Read a key = value configuration file into a dict."""
+# The prompt ends inside a function body, so that the model goes on writing code (given a longer header, this
+# model ended the file at once); run -n stops early only at the end-of-text token.
+PROMPT='def read_config(path):
     result = {}
-    with open(path) as f:
-        for line in f:
 '
 for k in 0 4; do
   log=$WORK/log/decode-$BEST-k$k.txt
