@@ -5,8 +5,9 @@
 #     and the same statistics in decode (fitlm run, 200 tokens).
 #   - pycoder-29m (SwiGLU): 50% and 25% of neurons per token chosen by the predictor, against random choices.
 #
-#   bench/flash-quality.sh              # everything: about 60 minutes on an idle 2-core machine (see docs/flash.md)
-#   CHUNKS=10 bench/flash-quality.sh    # a quicker look (10 chunks of 512 tokens instead of 100)
+#   CHUNKS=20 bench/flash-quality.sh    # the tables of docs/flash.md: about 45 minutes on a (busy) 2-core machine
+#   bench/flash-quality.sh              # 100 chunks per perplexity run: about 3-4 hours (the runs go token by
+#                                       # token through the window, 50-250 tokens/s)
 #
 # Data split (calibration and evaluation never overlap), as bench/bitstack.sh: ../shared/data/pycode-dev.txt is
 # cut at the first line break after byte (size - 153600); the last ~150 KB is the calibration text, the rest the
