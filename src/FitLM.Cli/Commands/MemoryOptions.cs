@@ -20,13 +20,13 @@ internal sealed class MemoryOptions
 
     public readonly Option<double> FfnFraction = new("--ffn-fraction")
     {
-        Description = "prepared models: fraction of FFN neurons fetched per token, chosen at random (1: all)",
+        Description = "prepared models: fraction of FFN neurons fetched per token, chosen by the calibrated predictor if there is one, else at random (1: all; ReLU models with a predictor: those predicted active)",
         DefaultValueFactory = _ => 1.0,
     };
 
     public readonly Option<int> FfnWindow = new("--ffn-window")
     {
-        Description = "prepared models: keep the FFN neurons used by the last N tokens in memory (LLM in a flash windowing)",
+        Description = "prepared models: keep the FFN neurons used by the previous N tokens in memory (LLM in a flash windowing; 0: none)",
         DefaultValueFactory = _ => 4,
     };
 
@@ -36,6 +36,21 @@ internal sealed class MemoryOptions
             "(the planner adds a margin); give plan and run the same value to get the same plan",
     };
 
+    public readonly Option<string?> Predictor = new("--predictor")
+    {
+        Description = "prepared models: neuron predictor file from fitlm calibrate (default: MODEL.predictor.gguf beside the model, if there)",
+    };
+
+    public readonly Option<bool> RandomNeurons = new("--random-neurons")
+    {
+        Description = "prepared models: choose the --ffn-fraction of neurons at random even when a predictor exists (a baseline)",
+    };
+
+    public readonly Option<bool> FfnRecall = new("--ffn-recall")
+    {
+        Description = "prepared models: also compute every FFN neuron to report how many of the important ones were chosen (slower)",
+    };
+
     public void AddTo(Command command)
     {
         command.Add(Memory);
@@ -43,6 +58,9 @@ internal sealed class MemoryOptions
         command.Add(Stream);
         command.Add(FfnFraction);
         command.Add(FfnWindow);
+        command.Add(Predictor);
+        command.Add(RandomNeurons);
+        command.Add(FfnRecall);
     }
 
     /// <summary>What --runtime-memory gives in bytes, or 0 (measure at load).</summary>
@@ -68,8 +86,27 @@ internal sealed class MemoryOptions
         double f = r.GetValue(FfnFraction);
         if (!(f is > 0 and <= 1)) throw new FitLMException($"--ffn-fraction {f} is out of range (0, 1]");
         int window = r.GetValue(FfnWindow);
-        if (window is < 1 or > 1024) throw new FitLMException($"--ffn-window {window} is out of range (1..1024)");
-        return o with { MemoryBudget = budget, Stream = mode, FfnFraction = f >= 1 ? 0 : f, FfnWindow = window, RuntimeBytes = RuntimeBytes(r) };
+        if (window is < 0 or > 1024) throw new FitLMException($"--ffn-window {window} is out of range (0..1024)");
+        return o with
+        {
+            MemoryBudget = budget, Stream = mode, FfnFraction = f >= 1 ? 0 : f, FfnWindow = window, RuntimeBytes = RuntimeBytes(r),
+            PredictorPath = r.GetValue(Predictor), RandomNeurons = r.GetValue(RandomNeurons), FfnAudit = r.GetValue(FfnRecall),
+        };
+    }
+
+    /// <summary>
+    /// The FFN statistics of a prepared model, over every token and layer: neurons chosen, held in the window
+    /// cache and read fresh, each as a share of the layer's neurons per token, and the recall when measured.
+    /// </summary>
+    public static string FlashReport(FlashWeights flash, int ffn)
+    {
+        var ls = flash.Layers;
+        double slots = Math.Max(1, ls.Sum(l => l.Steps) * (double)ffn);
+        string recall = flash.Audited ? $", recall {ls.Sum(l => l.AuditCaught) / (double)Math.Max(1, ls.Sum(l => l.AuditImportant)):F3}" : "";
+        string what = flash.Selector is PredictedNeurons ? "predicted" : "chosen";
+        return $"ffn: {what} {100 * ls.Sum(l => l.NeuronsUsed) / slots:F1}% of neurons, window holds {100 * ls.Sum(l => l.NeuronsHeld) / slots:F1}%, " +
+            $"fresh {100 * ls.Sum(l => l.NeuronsRead) / slots:F2}%/token{recall} ({Runtime.ProcessMemory.Format(ls.Sum(l => l.BytesRead))} read, " +
+            $"window buffers {Runtime.ProcessMemory.Format(ls.Sum(l => l.WindowBytes))})";
     }
 
     /// <summary>One line about the plan after a run: what was streamed and whether the budget held.</summary>
@@ -81,13 +118,7 @@ internal sealed class MemoryOptions
         if (p.Streams)
             Console.Error.WriteLine($"plan: {Runtime.ProcessMemory.Format(p.ResidentWeightBytes)} of weights resident, {Runtime.ProcessMemory.Format(p.StreamedWeightBytes)} streamed " +
                 $"({Runtime.ProcessMemory.Format(p.StreamedBytesPerToken)} read per token, {p.Mode.ToString().ToLowerInvariant()})");
-        if (lm.Weights is FlashWeights flash && flash.Layers.Count > 0)
-        {
-            long steps = flash.Layers.Sum(l => l.Steps), used = flash.Layers.Sum(l => l.NeuronsUsed), read = flash.Layers.Sum(l => l.NeuronsRead);
-            int ffn = lm.Config.FfnDim;
-            Console.Error.WriteLine($"ffn: {100.0 * used / Math.Max(1, steps * ffn):F1}% of neurons used per step, {100.0 * read / Math.Max(1, steps * ffn):F1}% read fresh, " +
-                $"window {Runtime.ProcessMemory.Format(flash.Layers.Sum(l => l.WindowBytes))}, {Runtime.ProcessMemory.Format(flash.Layers.Sum(l => l.BytesRead))} read");
-        }
+        if (lm.Weights is FlashWeights flash && flash.Layers.Count > 0) Console.Error.WriteLine(FlashReport(flash, lm.Config.FfnDim));
         long peak = Runtime.ProcessMemory.PeakRssBytes();
         if (p.BudgetBytes > 0 && lm.Weights is StreamingWeights || p.BudgetBytes > 0 && p.TotalBytes < p.BudgetBytes)
             Console.Error.WriteLine($"budget {Runtime.ProcessMemory.Format(p.BudgetBytes)}: peak RSS {Runtime.ProcessMemory.Format(peak)} ({100.0 * peak / p.BudgetBytes:F0}% of the budget)");

@@ -154,14 +154,14 @@ public static class Planner
     }
 
     /// <summary>
-    /// Expected bytes a layer's window reads per token: neurons chosen now but in none of the previous k-1
-    /// steps (for a random fraction F: F·(1−F)^(k−1) of the neurons), each one read rounded out to pages.
+    /// Expected bytes a layer's window reads per token: neurons chosen now but by none of the previous k
+    /// tokens (for independent choices of a fraction F: F·(1−F)^k of the neurons; all neurons with a window
+    /// keep everything cached after the first token), each one read rounded out to pages.
     /// </summary>
     public static long FlashBytesPerToken(ModelConfig c, TensorDesc bundle, FlashOptions flash)
     {
-        if (flash.Selector is AllNeurons) return 0; // the window holds every neuron after the first token
         double f = flash.Selector.MaxPerToken(c.FfnDim) / (double)c.FfnDim;
-        double fresh = f * Math.Pow(1 - f, Math.Max(0, flash.WindowTokens - 1)) * c.FfnDim;
+        double fresh = f * Math.Pow(1 - f, Math.Max(0, flash.WindowTokens)) * c.FfnDim;
         long bundleBytes = bundle.ByteSize / c.FfnDim;
         return (long)(fresh * (bundleBytes + DirectFile.Alignment));
     }

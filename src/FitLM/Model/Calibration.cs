@@ -53,7 +53,7 @@ public static class Calibration
             var (ag, bg) = LowRank(gate, c.FfnDim, c.Dim, sqrtC, invSqrtC, o.Rank);
             // ReLU gates decide activity alone; the up predictor only matters for magnitude-ranked activations.
             var (au, bu) = c.Activation == FfnActivation.Relu
-                ? (new float[o.Rank * c.Dim], new float[c.FfnDim * o.Rank])
+                ? ([], [])
                 : LowRank(up, c.FfnDim, c.Dim, sqrtC, invSqrtC, o.Rank);
             var layer = new NeuronPredictor.Layer { Ag = ag, Bg = bg, Au = au, Bu = bu, Threshold = 0, Recall = 0 };
             (layer.Threshold, recall[l], active[l], selected[l]) = Evaluate(layer, x, samples, gate, up, c, o, perTokenCounts);
@@ -90,7 +90,7 @@ public static class Calibration
     }
 
     /// <summary>C^½ and C^-½ of the inputs' second moment C = XᵀX/n (regularized so rare directions stay finite).</summary>
-    private static Matrix<double> WhiteningRoot(float[] x, int n, int dim, out Matrix<double> inverse)
+    internal static Matrix<double> WhiteningRoot(float[] x, int n, int dim, out Matrix<double> inverse)
     {
         var X = Matrix<double>.Build.Dense(n, dim, (i, j) => x[(long)i * dim + j]);
         var C = X.TransposeThisAndMultiply(X) / n;
@@ -104,7 +104,7 @@ public static class Calibration
     }
 
     /// <summary>Rank-r factors A [r × dim], B [ffn × r] minimizing E‖(W − BA)x‖² over the recorded inputs.</summary>
-    private static (float[] a, float[] b) LowRank(float[] w, int ffn, int dim, Matrix<double> sqrtC, Matrix<double> invSqrtC, int rank)
+    internal static (float[] a, float[] b) LowRank(float[] w, int ffn, int dim, Matrix<double> sqrtC, Matrix<double> invSqrtC, int rank)
     {
         // M = W·C^½ = UΣVᵀ. The right singular vectors are the eigenvectors of MᵀM (dim × dim, much cheaper
         // than the SVD of the tall M), and UΣ restricted to rank r is M·V_r.

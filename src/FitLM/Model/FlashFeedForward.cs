@@ -56,9 +56,9 @@ public sealed class RandomFraction(double fraction, int seed = 1234) : INeuronSe
 /// <summary>
 /// A layer's FFN computed only over chosen neurons, from weights bundled per neuron (`fitlm prepare`): row 3i
 /// is gate row i, 3i+1 up row i, 3i+2 down column i. Bundles live in a window cache (LLM in a flash
-/// "windowing"): the neurons used by the last k tokens stay in a preallocated buffer; a neuron not used for
-/// k tokens is deleted by moving the last row into its hole; only neurons new to the window are read, with
-/// adjacent neurons merged into one read and many reads in flight.
+/// "windowing"): the neurons used by the previous k tokens stay in a preallocated buffer (k = 0: none); a
+/// neuron used by none of them is deleted by moving the last row into its hole; only the token's neurons not
+/// in the window are read, with adjacent neurons merged into one read and many reads in flight.
 /// </summary>
 public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
 {
@@ -79,15 +79,21 @@ public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
     private readonly ComputeJob _job;
     private int _count, _step;
 
-    /// <summary>Neurons read from storage, neurons computed, and steps, since load (for reports).</summary>
+    /// <summary>Neurons read from storage, neurons computed, and steps (tokens), since load (for reports).</summary>
     public long NeuronsRead { get; private set; }
     public long NeuronsUsed { get; private set; }
     public long Steps { get; private set; }
     public long BytesRead { get; private set; }
+    /// <summary>Sum over steps of the neurons the window held once the step's neurons were in (occupancy).</summary>
+    public long NeuronsHeld { get; private set; }
+    /// <summary>With a <see cref="NeuronAudit"/>: the truly important neurons, and how many of them were chosen.</summary>
+    public long AuditImportant { get; private set; }
+    public long AuditCaught { get; private set; }
+    private readonly NeuronAudit? _audit;
     public long WindowBytes => _window.Length + _staging.Length;
 
     public FlashFeedForward(int layer, ModelConfig c, GgmlType type, DirectFile file, long fileOffset, IoQueue io,
-        INeuronSelector selector, int windowTokens, int capacity)
+        INeuronSelector selector, int windowTokens, int capacity, NeuronAudit? audit = null)
     {
         _layer = layer;
         _dim = c.Dim;
@@ -100,7 +106,8 @@ public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
         _file = file;
         _fileOffset = fileOffset;
         _io = io;
-        _windowTokens = Math.Max(1, windowTokens);
+        _windowTokens = Math.Max(0, windowTokens);
+        _audit = audit;
         _capacity = Math.Clamp(capacity, 1, _ffn);
         _window = new NativeBuffer((long)_capacity * _bundleBytes);
         _staging = new NativeBuffer(StagingBytes(c, type, selector), DirectFile.Alignment);
@@ -121,13 +128,14 @@ public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
     public static long MemoryBytes(ModelConfig c, GgmlType type, INeuronSelector selector, int windowTokens)
     {
         long bundle = 3 * GgmlTypes.RowBytes(type, c.Dim);
-        long capacity = Math.Min(c.FfnDim, (long)selector.MaxPerToken(c.FfnDim) * Math.Max(1, windowTokens));
+        long capacity = Capacity(c, selector, windowTokens);
         // Window, staging, index arrays, and per-chunk partial outputs of a decode step.
         return capacity * bundle + StagingBytes(c, type, selector) + 40L * c.FfnDim + 4L * 4 * Tensors.MatMul.Threads * c.Dim;
     }
 
+    /// <summary>Window slots: the neurons of the previous k tokens plus this token's.</summary>
     public static int Capacity(ModelConfig c, INeuronSelector selector, int windowTokens) =>
-        (int)Math.Min(c.FfnDim, (long)selector.MaxPerToken(c.FfnDim) * Math.Max(1, windowTokens));
+        (int)Math.Min(c.FfnDim, (long)selector.MaxPerToken(c.FfnDim) * (Math.Max(0, windowTokens) + 1));
 
     /// <summary>Staging for one step's fresh neurons: each read may carry up to two extra pages of alignment.</summary>
     private static long StagingBytes(ModelConfig c, GgmlType type, INeuronSelector selector)
@@ -154,6 +162,13 @@ public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
         MakeRoom(u);
         Load(u);
         NeuronsUsed += u;
+        NeuronsHeld += _count;
+        if (_audit != null)
+        {
+            var (important, caught) = _audit.Check(_layer, x, _union.AsSpan(0, u));
+            AuditImportant += important;
+            AuditCaught += caught;
+        }
         fixed (float* px = x, py = y)
         {
             _job.Set(px, py, 1, u);
@@ -162,10 +177,10 @@ public sealed unsafe class FlashFeedForward : IFeedForward, IDisposable
         }
     }
 
-    /// <summary>Deletes neurons used by none of the previous k−1 tokens (this token plus those make the window of k).</summary>
+    /// <summary>Deletes neurons used by none of the previous k tokens.</summary>
     private void ExpireOld()
     {
-        int oldest = _step - _windowTokens;
+        int oldest = _step - _windowTokens - 1;
         for (int s = 0; s < _count;)
         {
             if (_lastUse[_neuronAt[s]] <= oldest) RemoveSlot(s);

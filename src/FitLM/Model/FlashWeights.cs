@@ -17,16 +17,21 @@ public sealed class FlashWeights : IWeightProvider
     private readonly IoQueue _io = new(32);
     private readonly Dictionary<string, DirectFile> _files = new();
     private readonly List<FlashFeedForward> _layers = new();
+    private readonly NeuronAudit? _audit;
 
-    public FlashWeights(IWeightProvider inner, IModelSource source, INeuronSelector selector, int windowTokens)
+    /// <param name="windowTokens">neurons used by this many previous tokens stay cached (0: none)</param>
+    /// <param name="audit">measure the selector's recall against the true activations (slow; see <see cref="NeuronAudit"/>)</param>
+    public FlashWeights(IWeightProvider inner, IModelSource source, INeuronSelector selector, int windowTokens, bool audit = false)
     {
         _inner = inner;
         _source = source;
         _selector = selector;
         _windowTokens = windowTokens;
+        _audit = audit ? new NeuronAudit(source) : null;
     }
 
     public IReadOnlyList<FlashFeedForward> Layers => _layers;
+    public bool Audited => _audit != null;
     public INeuronSelector Selector => _selector;
 
     public IMatrix Matrix(string name) => _inner.Matrix(name);
@@ -40,7 +45,7 @@ public sealed class FlashWeights : IWeightProvider
         var loc = _source.Locate(t);
         if (!_files.TryGetValue(loc.File, out var file)) _files[loc.File] = file = DirectFile.Open(loc.File);
         var ffn = new FlashFeedForward(layer, config, t.Type, file, loc.Offset, _io, _selector, _windowTokens,
-            FlashFeedForward.Capacity(config, _selector, _windowTokens));
+            FlashFeedForward.Capacity(config, _selector, _windowTokens), _audit);
         _layers.Add(ffn);
         return ffn;
     }

@@ -69,6 +69,8 @@ public sealed class LanguageModel : IDisposable
             if (options.FfnFraction is < 0 or > 1) throw new FitLMException($"FFN fraction {options.FfnFraction} is out of range [0, 1]");
             if (options.FfnFraction is > 0 and < 1 && !bundled)
                 throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
+            if ((options.PredictorPath != null || options.FfnAudit) && !bundled)
+                throw new FitLMException($"{path}: neuron predictors and their recall need a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
             var flash = FlashOptionsFor(path, source, options);
             Memory.MemoryPlan PlanFor(int context) => Memory.Planner.Plan(source, new Memory.Planner.Options
             {
@@ -93,7 +95,7 @@ public sealed class LanguageModel : IDisposable
                 }
             }
             weights = plan.Streams ? new StreamingWeights(source, plan) : new ResidentWeights(source);
-            if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens);
+            if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens, options.FfnAudit);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
             if (plan.Streams) Storage.PageCache.Drop(source);
             return new LanguageModel(source, weights, transformer, plan) { ContextChosenByBudget = options.ContextLength == 0 && ctx < defaultCtx };
@@ -106,18 +108,19 @@ public sealed class LanguageModel : IDisposable
         }
     }
 
+    /// <summary>How a prepared model's FFN neurons are chosen and windowed under <paramref name="options"/> (null: not prepared); `fitlm plan` plans with the same.</summary>
+    public static Memory.Planner.FlashOptions? FlashOptionsFor(string path, IModelSource source, LoadOptions options) =>
+        ModelValidation.IsBundled(source) ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(0, options.FfnWindow)) : null;
+
     /// <summary>
     /// Which FFN neurons a prepared model computes: with calibrated predictors beside the file, the predicted
     /// ones (ReLU: all predicted active; others: the top --ffn-fraction); without, a random fraction (an I/O
     /// measurement) or all of them.
     /// </summary>
-    /// <summary>How a prepared model's FFN neurons are chosen and windowed under <paramref name="options"/> (null: not prepared); `fitlm plan` plans with the same.</summary>
-    public static Memory.Planner.FlashOptions? FlashOptionsFor(string path, IModelSource source, LoadOptions options) =>
-        ModelValidation.IsBundled(source) ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(1, options.FfnWindow)) : null;
-
     private static INeuronSelector ChooseSelector(string path, ModelConfig c, LoadOptions o)
     {
-        string sidecar = NeuronPredictor.SidecarPath(path);
+        if (o.PredictorPath != null && !File.Exists(o.PredictorPath)) throw new FitLMException($"{o.PredictorPath}: predictor file not found (fitlm calibrate writes one)");
+        string sidecar = o.PredictorPath ?? NeuronPredictor.SidecarPath(path);
         bool sparse = o.FfnFraction is > 0 and < 1;
         if (File.Exists(sidecar) && !o.RandomNeurons && (sparse || c.Activation == FfnActivation.Relu))
             return new PredictedNeurons(NeuronPredictor.Load(sidecar, c), sparse ? o.FfnFraction : 1);

@@ -20,8 +20,12 @@ public sealed record LoadOptions
     public double FfnFraction { get; init; }
     /// <summary>Prepared models: choose the fraction at random even when calibrated predictors exist (I/O measurements).</summary>
     public bool RandomNeurons { get; init; }
-    /// <summary>Prepared models: neurons used by the last this-many tokens stay cached (LLM in a flash windowing).</summary>
+    /// <summary>Prepared models: neurons used by the previous this-many tokens stay cached (LLM in a flash windowing; 0: none).</summary>
     public int FfnWindow { get; init; } = 4;
+    /// <summary>Prepared models: the neuron predictor file; null = MODEL.predictor.gguf beside the model, if there.</summary>
+    public string? PredictorPath { get; init; }
+    /// <summary>Prepared models: also compute every neuron's true activation to measure the selector's recall (slow).</summary>
+    public bool FfnAudit { get; init; }
     /// <summary>What the process holds besides this model (runtime, other models); measured at load when 0.</summary>
     public long RuntimeBytes { get; init; }
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>

@@ -16,7 +16,7 @@ public sealed class NeuronPredictor
 {
     public sealed class Layer
     {
-        public required float[] Ag, Bg, Au, Bu;   // A: [rank × dim], B: [ffn × rank], row-major
+        public required float[] Ag, Bg, Au, Bu;   // A: [rank × dim], B: [ffn × rank], row-major; ReLU models: Au, Bu empty
         public required float Threshold;           // ReLU: keep ĝ_i > Threshold
         public required float Recall;              // measured on calibration tokens at Threshold (ReLU) or at the calibration fraction
     }
@@ -63,10 +63,13 @@ public sealed class NeuronPredictor
         w.AddUInt32("fitlm.predictor.max_per_token", (uint)MaxPerToken);
         w.AddArray("fitlm.predictor.thresholds", Layers.Select(l => l.Threshold).ToArray());
         w.AddArray("fitlm.predictor.recall", Layers.Select(l => l.Recall).ToArray());
+        // ReLU gates alone decide which neurons are active, so those predictors have no up factors.
+        bool up = Activation != FfnActivation.Relu;
         for (int l = 0; l < Layers.Length; l++)
         {
             w.AddTensor($"blk.{l}.pred_gate_a.weight", [Dim, Rank], GgmlType.F32);
             w.AddTensor($"blk.{l}.pred_gate_b.weight", [Rank, Ffn], GgmlType.F32);
+            if (!up) continue;
             w.AddTensor($"blk.{l}.pred_up_a.weight", [Dim, Rank], GgmlType.F32);
             w.AddTensor($"blk.{l}.pred_up_b.weight", [Rank, Ffn], GgmlType.F32);
         }
@@ -75,6 +78,7 @@ public sealed class NeuronPredictor
             var L = Layers[l];
             w.WriteTensor($"blk.{l}.pred_gate_a.weight", System.Runtime.InteropServices.MemoryMarshal.AsBytes(L.Ag.AsSpan()));
             w.WriteTensor($"blk.{l}.pred_gate_b.weight", System.Runtime.InteropServices.MemoryMarshal.AsBytes(L.Bg.AsSpan()));
+            if (!up) continue;
             w.WriteTensor($"blk.{l}.pred_up_a.weight", System.Runtime.InteropServices.MemoryMarshal.AsBytes(L.Au.AsSpan()));
             w.WriteTensor($"blk.{l}.pred_up_b.weight", System.Runtime.InteropServices.MemoryMarshal.AsBytes(L.Bu.AsSpan()));
         }
@@ -99,18 +103,19 @@ public sealed class NeuronPredictor
             g.ReadTensorBytes(t, 0, bytes);
             return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes).ToArray();
         }
+        var act = HuggingFaceSource.ParseActivation(g.Find("fitlm.predictor.activation")?.AsString() ?? "silu", path);
+        bool up = act != FfnActivation.Relu;
         var layers = new Layer[c.Layers];
         for (int l = 0; l < c.Layers; l++)
             layers[l] = new Layer
             {
                 Ag = Read($"blk.{l}.pred_gate_a.weight", (long)rank * dim),
                 Bg = Read($"blk.{l}.pred_gate_b.weight", (long)ffn * rank),
-                Au = Read($"blk.{l}.pred_up_a.weight", (long)rank * dim),
-                Bu = Read($"blk.{l}.pred_up_b.weight", (long)ffn * rank),
+                Au = up ? Read($"blk.{l}.pred_up_a.weight", (long)rank * dim) : [],
+                Bu = up ? Read($"blk.{l}.pred_up_b.weight", (long)ffn * rank) : [],
                 Threshold = thresholds[l],
                 Recall = recall[l],
             };
-        var act = HuggingFaceSource.ParseActivation(g.Find("fitlm.predictor.activation")?.AsString() ?? "silu", path);
         return new NeuronPredictor(rank, dim, ffn, act, layers, (int)g.GetInt("fitlm.predictor.max_per_token", ffn));
     }
 }
