@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using FitLM.Chat;
 using FitLM.Model;
@@ -94,21 +93,16 @@ public class ChatClientTests(DemoChatModel fixture) : IClassFixture<DemoChatMode
     {
         var c = Client();
         using var cts = new CancellationTokenSource();
-        var sw = new Stopwatch();
         int received = 0;
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
         {
             await foreach (var u in c.GetStreamingResponseAsync(Prompt, new ChatOptions { Temperature = 0, MaxOutputTokens = 400 }, cts.Token))
             {
-                if (++received == 3)
-                {
-                    sw.Start();
-                    cts.Cancel();
-                }
+                if (++received == 3) cts.Cancel();
             }
         });
-        sw.Stop();
-        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(2), $"cancellation took {sw.Elapsed}");
+        // Promptness as a count, not a time: generation checks the token between tokens, so only what was
+        // already produced (a handful of updates) can arrive after the cancel.
         Assert.True(received < 50, $"{received} updates arrived after cancelling");
         var after = await c.GetResponseAsync(Prompt, new ChatOptions { Temperature = 0, MaxOutputTokens = 5 });
         Assert.Equal(5, after.Usage!.OutputTokenCount);

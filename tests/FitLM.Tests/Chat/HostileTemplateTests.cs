@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using FitLM.Chat;
 using Xunit;
 
@@ -9,9 +8,8 @@ public class HostileTemplateTests
 {
     private static FitLMException Fails(string template)
     {
-        var sw = Stopwatch.StartNew();
+        // The limits are counts (depth, steps, output length), so a runaway template ends in a bounded number of steps.
         var e = Assert.ThrowsAny<FitLMException>(() => ChatTemplate.FromJinja(template, "", "").Render([new ChatTurn("user", "hi")]));
-        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(20), $"took {sw.Elapsed}");
         Assert.DoesNotContain('\n', e.Message);
         return e;
     }
