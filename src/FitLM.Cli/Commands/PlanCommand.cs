@@ -26,35 +26,25 @@ internal static class PlanCommand
         cmd.SetAction(r => Common.Guard(ct =>
         {
             Common.ApplyThreads(r.GetValue(threads));
-            var (budget, mode) = memory.Read(r);
-            using var src = ModelSource.Open(r.GetValue(model)!);
-            int n = r.GetValue(ctx);
-            if (n == 0) n = Math.Min(src.Config.ContextLength, 4096);
+            string path = r.GetValue(model)!;
+            using var src = ModelSource.Open(path);
+            var load = memory.Apply(r, new LoadOptions { ContextLength = r.GetValue(ctx) });
+            int n = load.ContextLength > 0 ? load.ContextLength : Math.Min(src.Config.ContextLength, 4096); // as run loads it
             if (n < 1 || n > 1 << 20) throw new FitLMException($"--ctx-size {n} is out of range");
             if (src is GgufSource gguf && StackLayout.IsStacked(gguf.File))
             {
                 // A stacked file streams nothing: the plan is how much of its stack fits, exactly as run loads it.
                 var layout = StackLayout.Read(gguf);
-                var stackPlan = StackPlanner.Plan(gguf, layout, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = n })), n);
+                var stackPlan = StackPlanner.Plan(gguf, layout, stack.Apply(r, load), n);
                 if (!r.GetValue(noProbe)) stackPlan = StackCostModel.Predict(stackPlan, gguf, layout, ct);
                 if (r.GetValue(json)) WriteJson(stackPlan);
-                else StackPlanReport.Write(Console.Out, gguf, stackPlan, budget == 0);
+                else StackPlanReport.Write(Console.Out, gguf, stackPlan, load.MemoryBudget == 0);
                 return 0;
             }
             StorageProfile? storage = null;
             if (!r.GetValue(noProbe))
                 storage = StorageProbe.Measure(src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, ct: ct);
-            var load = memory.Apply(r, new LoadOptions { ContextLength = n });
-            var plan = Planner.Plan(src, new Planner.Options
-            {
-                Flash = LanguageModel.FlashOptionsFor(r.GetValue(model)!, src, load),
-                BudgetBytes = budget > 0 ? budget : SystemMemory.AvailableBytes(),
-                Context = n,
-                Mode = mode,
-                StreamEverything = mode == StreamMode.Naive,
-                Storage = storage,
-                RuntimeBytes = memory.RuntimeBytes(r),
-            });
+            var plan = LanguageModel.PlanLoad(path, src, load, n, storage).Plan;
             if (r.GetValue(json))
             {
                 WriteJson(plan);
@@ -62,7 +52,7 @@ internal static class PlanCommand
             }
 
             var o = Console.Out;
-            o.WriteLine($"plan for {src.Path}, budget {ProcessMemory.Format(plan.BudgetBytes)}{(budget == 0 ? " (free memory)" : "")}, context {n}, {plan.Mode.ToString().ToLowerInvariant()} streaming");
+            o.WriteLine($"plan for {src.Path}, budget {ProcessMemory.Format(plan.BudgetBytes)}{(load.MemoryBudget == 0 ? " (free memory)" : "")}, context {plan.Context}{(plan.Context < n ? " (the most this budget holds)" : "")}, {plan.Mode.ToString().ToLowerInvariant()} streaming");
             o.WriteLine();
             o.WriteLine($"{"unit",-12} {"placement",-10} {"tensors",7} {"bytes",12}");
             foreach (var g in plan.Tensors.GroupBy(t => t.Layer >= 0 ? $"layer {t.Layer}" : t.Tensor.Name.Replace(".weight", "")))

@@ -71,29 +71,8 @@ public sealed class LanguageModel : IDisposable
                 throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
             if ((options.PredictorPath != null || options.FfnAudit) && !bundled)
                 throw new FitLMException($"{path}: neuron predictors and their recall need a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
-            var flash = FlashOptionsFor(path, source, options);
-            Memory.MemoryPlan PlanFor(int context) => Memory.Planner.Plan(source, new Memory.Planner.Options
-            {
-                Flash = flash,
-                BudgetBytes = options.MemoryBudget > 0 ? options.MemoryBudget : Memory.SystemMemory.AvailableBytes(),
-                Context = context,
-                MaxBatch = options.MaxBatch,
-                LogitRows = options.LogitRows,
-                RuntimeBytes = options.RuntimeBytes,
-                Mode = options.Stream,
-                StreamEverything = options.Stream == Memory.StreamMode.Naive,
-            });
-            Memory.MemoryPlan plan;
-            while (true)
-            {
-                try { plan = PlanFor(ctx); break; }
-                // No context asked for: the budget decides it (halving from the model's default down to 256
-                // positions) rather than refusing a budget that a shorter context fits.
-                catch (BudgetTooSmallException) when (options.ContextLength == 0 && options.MemoryBudget > 0 && ctx > 256)
-                {
-                    ctx = Math.Max(256, ctx / 2);
-                }
-            }
+            var (plan, flash) = PlanLoad(path, source, options, ctx);
+            ctx = plan.Context;
             weights = plan.Streams ? new StreamingWeights(source, plan) : new ResidentWeights(source);
             if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens, options.FfnAudit);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
@@ -108,8 +87,42 @@ public sealed class LanguageModel : IDisposable
         }
     }
 
-    /// <summary>How a prepared model's FFN neurons are chosen and windowed under <paramref name="options"/> (null: not prepared); `fitlm plan` plans with the same.</summary>
-    public static Memory.Planner.FlashOptions? FlashOptionsFor(string path, IModelSource source, LoadOptions options) =>
+    /// <summary>
+    /// The plan <see cref="Load"/> makes for a model that is not stacked, at <paramref name="context"/> positions:
+    /// when no context was asked for and a budget was, the budget decides it (halving down to 256 positions) rather
+    /// than refusing a budget that a shorter context fits; the plan's Context is the one chosen. `fitlm plan` prints
+    /// this same plan, with a <paramref name="storage"/> probe for the speed prediction.
+    /// </summary>
+    public static (Memory.MemoryPlan Plan, Memory.Planner.FlashOptions? Flash) PlanLoad(string path, IModelSource source, LoadOptions options,
+        int context, Storage.StorageProfile? storage = null)
+    {
+        var flash = FlashOptionsFor(path, source, options);
+        while (true)
+        {
+            try
+            {
+                return (Memory.Planner.Plan(source, new Memory.Planner.Options
+                {
+                    Flash = flash,
+                    BudgetBytes = options.MemoryBudget > 0 ? options.MemoryBudget : Memory.SystemMemory.AvailableBytes(),
+                    Context = context,
+                    MaxBatch = options.MaxBatch,
+                    LogitRows = options.LogitRows,
+                    RuntimeBytes = options.RuntimeBytes,
+                    Mode = options.Stream,
+                    StreamEverything = options.Stream == Memory.StreamMode.Naive,
+                    Storage = storage,
+                }), flash);
+            }
+            catch (BudgetTooSmallException) when (options.ContextLength == 0 && options.MemoryBudget > 0 && context > 256)
+            {
+                context = Math.Max(256, context / 2);
+            }
+        }
+    }
+
+    /// <summary>How a prepared model's FFN neurons are chosen and windowed under <paramref name="options"/> (null: not prepared).</summary>
+    private static Memory.Planner.FlashOptions? FlashOptionsFor(string path, IModelSource source, LoadOptions options) =>
         ModelValidation.IsBundled(source) ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(0, options.FfnWindow)) : null;
 
     /// <summary>
