@@ -6,10 +6,13 @@ using FitLM.Tensors;
 //        [--types Q8_0,Q4_0,...] [--threads 1,2] [--rows 5632] [--cols 2048] [--tokens 128]
 // decode: GB/s of weight bytes for y = W·x, cycling through enough matrices (≥ 512 MiB) that each call reads
 //         from DRAM, not the 260 MiB L3. prefill: GFLOP/s (2·rows·cols·tokens per call) on one matrix.
+// --rowwise runs prefill's batches as the server decodes them (MatMul.RowWise).
 // --legacy runs the float-activation code this replaced (QuantDot per row; dequantize + Gemm for batches).
 var argList = args.ToList();
 string mode = argList.Count > 0 && !argList[0].StartsWith("--") ? argList[0] : "all";
 bool legacy = argList.Contains("--legacy");
+// --rowwise: batches as the server decodes them (MatMul.RowWise: each row as alone, weights read once per chunk)
+MatMul.RowWise = argList.Contains("--rowwise");
 string Opt(string name, string dflt) { int i = argList.IndexOf(name); return i >= 0 && i + 1 < argList.Count ? argList[i + 1] : dflt; }
 var types = Opt("--types", "Q8_0,Q4_0,Q4_K,Q6_K,F16").Split(',').Select(Enum.Parse<GgmlType>).ToArray();
 var threads = Opt("--threads", "1,2").Split(',').Select(int.Parse).ToArray();

@@ -18,10 +18,12 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "print a JSON array (llama-bench's fields) instead of a table" };
         var noBandwidth = new Option<bool>("--no-bandwidth") { Description = "skip measuring the machine's memory bandwidth" };
         var profile = new Option<bool>("--profile") { Description = "print where each test's time goes, by phase of the forward pass (to stderr)" };
+        var parallel = new Option<int>("--parallel", "-np") { Description = "also decode N sequences together, as the server batches them (test tgNxP: all sequences' tokens per second)", DefaultValueFactory = _ => 1 };
+        var rowMajor = new Option<bool>("--batch-invariant") { Description = "with --parallel: each sequence's rows computed as alone (the server's default)", DefaultValueFactory = _ => true };
         var threads = Common.Threads();
         var memory = new MemoryOptions();
         var kv = new KvOptions();
-        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, profile, threads };
+        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, profile, threads, parallel, rowMajor };
         memory.AddTo(cmd);
         var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
         kv.AddTo(cmd);
@@ -32,8 +34,10 @@ internal static class BenchCommand
             int np = r.GetValue(prompt), ng = r.GetValue(gen), nr = r.GetValue(reps);
             if (np < 0 || ng < 0 || np + ng == 0) throw new FitLMException("give -p and/or -n greater than 0");
             if (nr < 1 || nr > 1000) throw new FitLMException($"--repetitions {nr} is out of range (1..1000)");
+            int npar = r.GetValue(parallel);
+            if (npar < 1 || npar > 256) throw new FitLMException($"--parallel {npar} is out of range (1..256)");
             string path = r.GetValue(model)!;
-            using var lm = LanguageModel.Load(path, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = Math.Max(np, ng) + 1, MaxBatch = Math.Max(1, np) }))));
+            using var lm = LanguageModel.Load(path, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = Math.Max(np, ng) + 1, MaxBatch = Math.Max(npar, Math.Max(1, np)) }))));
             // BitStack: a stacked model's size is the prefix loaded, its parameters the matrices' logical shapes.
             var stackPlan = lm.Plan.Stack;
             long size = stackPlan?.WeightBytes ?? lm.Source.Tensors.Sum(x => x.ByteSize);
@@ -51,6 +55,7 @@ internal static class BenchCommand
             }
             if (np > 0) Profiled(() => Benchmark.Prompt(lm, np, nr, ct));
             if (ng > 0) Profiled(() => Benchmark.Generate(lm, ng, nr, ct));
+            if (ng > 0 && npar > 1) Profiled(() => Benchmark.GenerateParallel(lm, ng, npar, nr, r.GetValue(rowMajor), ct));
             PhaseTimes.Enabled = false;
             long peak = ProcessMemory.PeakRssBytes();
             long bytesPerToken = Benchmark.WeightBytesPerToken(lm); // a stacked model: its caches (or blocks) at the loaded size

@@ -63,6 +63,51 @@ public static class Benchmark
         return new BenchResult($"tg{n}", n, rates);
     }
 
+    /// <summary>
+    /// tgN×P: P sequences decoded together, one token each per forward pass (as the server's continuous batching
+    /// runs them, <see cref="Tensors.MatMul.RowWise"/> unless <paramref name="batchInvariant"/> is false), N passes
+    /// from empty caches. The rate is all sequences' tokens per second (llama-batched-bench's S_TG).
+    /// </summary>
+    public static BenchResult GenerateParallel(LanguageModel lm, int n, int parallel, int repetitions, bool batchInvariant = true, CancellationToken ct = default)
+    {
+        if (parallel > lm.Transformer.MaxBatch) throw new FitLMException($"{parallel} sequences do not fit a batch of {lm.Transformer.MaxBatch}");
+        var tf = lm.Transformer;
+        var stores = Enumerable.Range(0, parallel).Select(_ => tf.KvStores.Create()).ToArray();
+        var tokens = Enumerable.Range(0, parallel).Select(p => RandomTokens(lm, n, 3 + p)).ToArray();
+        var slices = new SequenceSlice[parallel];
+        var logits = new float[(long)parallel * lm.Config.Vocab];
+        void Run()
+        {
+            bool rowWise = Tensors.MatMul.RowWise;
+            Tensors.MatMul.RowWise = batchInvariant;
+            try
+            {
+                for (int i = 0; i < n; i++)
+                {
+                    for (int p = 0; p < parallel; p++) slices[p] = new SequenceSlice(stores[p], tokens[p].AsMemory(i, 1), i, WantLogits: true);
+                    tf.Forward(slices, logits, ct);
+                }
+            }
+            finally { Tensors.MatMul.RowWise = rowWise; }
+        }
+        try
+        {
+            Run(); // warm-up
+            var rates = new double[repetitions];
+            for (int r = 0; r < repetitions; r++)
+            {
+                var sw = Stopwatch.StartNew();
+                Run();
+                rates[r] = (double)n * parallel / sw.Elapsed.TotalSeconds;
+            }
+            return new BenchResult($"tg{n}x{parallel}", n * parallel, rates);
+        }
+        finally
+        {
+            foreach (var s in stores) s.Dispose();
+        }
+    }
+
     private static int[] RandomTokens(LanguageModel lm, int n, int seed)
     {
         var rng = new Random(seed);

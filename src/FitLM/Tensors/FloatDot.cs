@@ -47,6 +47,103 @@ public static unsafe class FloatDot
         };
     }
 
+    /// <summary>
+    /// y[t·yStride + r] = dot(W[r], x[t·cols ..]) for rows r in [0, rows) and tokens t in [0, n): several tokens'
+    /// products with one chunk of rows (batched decode). Each token's sum is the one <see cref="Kernel"/> computes
+    /// alone, bit for bit: the 16-bit → float conversion is exact whichever way it runs, and every token keeps the
+    /// one-row kernel's accumulators and order. What changes is the work per token: a row is converted once for all
+    /// tokens, and with Vector512 four tokens share each load of it (the fp16 widening alone costs more than the
+    /// multiply-adds, and the server decodes the same rows for every sequence in the batch).
+    /// </summary>
+    internal static void MultiRows(GgmlType type, Isa isa, byte* w, long rowBytes, int rows, float* x, int cols, int n, float* y, long yStride)
+    {
+        if (!IsSupported(isa)) throw new PlatformNotSupportedException($"{isa} is not supported on this machine");
+        var one = Kernel(GgmlType.F32, isa);
+        float* row = type == GgmlType.F32 ? null : RowBuffer(cols);
+        for (int r = 0; r < rows; r++)
+        {
+            byte* src = w + r * rowBytes;
+            float* a = type == GgmlType.F32 ? (float*)src : row;
+            if (type != GgmlType.F32) ToFloat(type, src, row, cols, isa);
+            int t = 0;
+            if (isa == Isa.Vector512)
+                for (; t + 4 <= n; t += 4)
+                    F32Dot4x512(a, x + (long)t * cols, cols, y + t * yStride + r, yStride);
+            for (; t < n; t++) one((byte*)a, 0, 1, x + (long)t * cols, cols, y + t * yStride + r);
+        }
+    }
+
+    [ThreadStatic] private static float* t_row;
+    [ThreadStatic] private static int t_rowLength;
+
+    /// <summary>This thread's buffer of one converted row (64-byte aligned, grown as needed, kept for the thread's life).</summary>
+    private static float* RowBuffer(int cols)
+    {
+        if (t_rowLength < cols)
+        {
+            if (t_row != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(t_row);
+            t_row = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)cols * sizeof(float), 64);
+            t_rowLength = cols;
+        }
+        return t_row;
+    }
+
+    /// <summary>
+    /// <see cref="F32K"/>'s Vector512 dot for four tokens x, x + n, x + 2n, x + 3n against one row a, with each
+    /// token's accumulators, loop order and final sums exactly as the one-token kernel has them.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void F32Dot4x512(float* a, float* x, int n, float* y, long yStride)
+    {
+        float* x0 = x, x1 = x + n, x2 = x + 2 * n, x3 = x + 3 * n;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        int i = 0;
+        for (; i + 64 <= n; i += 64)
+        {
+            var w = Vector512.Load(a + i);
+            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + i), a0);
+            b0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + i), b0);
+            c0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + i), c0);
+            d0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + i), d0);
+            w = Vector512.Load(a + i + 16);
+            a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + i + 16), a1);
+            b1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + i + 16), b1);
+            c1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + i + 16), c1);
+            d1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + i + 16), d1);
+            w = Vector512.Load(a + i + 32);
+            a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + i + 32), a2);
+            b2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + i + 32), b2);
+            c2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + i + 32), c2);
+            d2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + i + 32), d2);
+            w = Vector512.Load(a + i + 48);
+            a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + i + 48), a3);
+            b3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + i + 48), b3);
+            c3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + i + 48), c3);
+            d3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + i + 48), d3);
+        }
+        for (; i + 16 <= n; i += 16)
+        {
+            var w = Vector512.Load(a + i);
+            a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x0 + i), a0);
+            b0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x1 + i), b0);
+            c0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x2 + i), c0);
+            d0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(x3 + i), d0);
+        }
+        float sa = Vector512.Sum((a0 + a1) + (a2 + a3)), sb = Vector512.Sum((b0 + b1) + (b2 + b3));
+        float sc = Vector512.Sum((c0 + c1) + (c2 + c3)), sd = Vector512.Sum((d0 + d1) + (d2 + d3));
+        for (; i < n; i++)
+        {
+            sa += a[i] * x0[i];
+            sb += a[i] * x1[i];
+            sc += a[i] * x2[i];
+            sd += a[i] * x3[i];
+        }
+        y[0] = sa; y[yStride] = sb; y[2 * yStride] = sc; y[3 * yStride] = sd;
+    }
+
     /// <summary>The dot product of one row with x (tests and tools).</summary>
     public static float Dot(GgmlType type, byte* row, float* x, int n, Isa isa)
     {

@@ -84,6 +84,46 @@ public static unsafe class IntDot
         _ => throw new FitLMException($"no integer dot kernel for {type}"),
     };
 
+    /// <summary>
+    /// y[t·yStride + r] = dot(W[r], token t) for rows r in [0, rows) and tokens t in [0, n) of <paramref name="act"/>
+    /// (quantized and prepared for <paramref name="type"/>): the batched decode of the server. Every token's result is
+    /// the one <see cref="Kernel"/> gives it alone, bit for bit: integer block sums are exact in any order, and each
+    /// token keeps the one-row kernel's float operations and accumulators. q8_0 and q4_0 (the bulk of most files)
+    /// have four-token kernels that load, unpack and scale each weight block once for four tokens; other types run
+    /// the one-row kernel per token over the same chunk of rows (read from cache after the first token).
+    /// </summary>
+    internal static void MultiRows(GgmlType type, Isa isa, byte* w, long rowBytes, int rows, QuantizedActivations act, int n, int cols, float* y, long yStride)
+    {
+        if (!IsSupported(isa)) throw new PlatformNotSupportedException($"{isa} is not supported on this machine");
+        switch (isa)
+        {
+            case Isa.AvxVnni: MultiRows<VnniPath>(type, w, rowBytes, rows, act, n, cols, y, yStride); break;
+            case Isa.Avx2: MultiRows<Avx2Path>(type, w, rowBytes, rows, act, n, cols, y, yStride); break;
+            default: MultiRows<ScalarPath>(type, w, rowBytes, rows, act, n, cols, y, yStride); break;
+        }
+    }
+
+    private static void MultiRows<TI>(GgmlType type, byte* w, long rowBytes, int rows, QuantizedActivations act, int n, int cols, float* y, long yStride)
+        where TI : struct, IIsa
+    {
+        int t = 0;
+        if (TI.Simd && type is GgmlType.Q8_0 or GgmlType.Q4_0)
+        {
+            for (; t + 4 <= n; t += 4)
+            {
+                ActRow a0 = act.Row(t), a1 = act.Row(t + 1), a2 = act.Row(t + 2), a3 = act.Row(t + 3);
+                float* yt = y + t * yStride;
+                for (int r = 0; r < rows; r++)
+                {
+                    if (type == GgmlType.Q8_0) Q8_0x4<TI>(w + r * rowBytes, a0, a1, a2, a3, cols, yt + r, yStride);
+                    else Q4_0x4<TI>(w + r * rowBytes, a0, a1, a2, a3, cols, yt + r, yStride);
+                }
+            }
+        }
+        var one = For<TI>(type);
+        for (; t < n; t++) one(w, rowBytes, rows, act.Row(t), cols, y + t * yStride);
+    }
+
     // ---------------------------------------------------------------- path and kernel plumbing
 
     /// <summary>A code path as a type parameter: the JIT compiles one copy of each kernel per path, branch-free.</summary>
@@ -247,6 +287,57 @@ public static unsafe class IntDot
         return Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)blk]) * Vector256.Create(*d), acc);
     }
 
+    /// <summary>
+    /// <see cref="Q8_0{TI}"/> for four tokens: each block's weights are loaded (and offset or made absolute) and
+    /// its scale converted once; every token keeps its own two accumulators, fed exactly as the one-token kernel feeds them.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Q8_0x4<TI>(byte* w, in ActRow r0, in ActRow r1, in ActRow r2, in ActRow r3, int cols, float* y, long ys) where TI : struct, IIsa
+    {
+        Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        sbyte* q0 = r0.Q, q1 = r1.Q, q2 = r2.Q, q3 = r3.Q;
+        float* d0 = r0.D, d1 = r1.D, d2 = r2.D, d3 = r3.D;
+        int* z0 = r0.Z, z1 = r1.Z, z2 = r2.Z, z3 = r3.Z;
+        float* f16 = F16;
+        int nb = cols / 32;
+        for (int b = 0; b < nb; b++, w += 34)
+        {
+            var wq = Vector256.Load((sbyte*)(w + 2));
+            var dw = Vector256.Create(f16[*(ushort*)w]);
+            // The one-token kernel alternates its two accumulators by block parity.
+            if ((b & 1) == 0)
+            {
+                a0 = Q8_0Token<TI>(wq, dw, q0 + 32 * b, d0 + b, z0 + b, a0);
+                a1 = Q8_0Token<TI>(wq, dw, q1 + 32 * b, d1 + b, z1 + b, a1);
+                a2 = Q8_0Token<TI>(wq, dw, q2 + 32 * b, d2 + b, z2 + b, a2);
+                a3 = Q8_0Token<TI>(wq, dw, q3 + 32 * b, d3 + b, z3 + b, a3);
+            }
+            else
+            {
+                b0 = Q8_0Token<TI>(wq, dw, q0 + 32 * b, d0 + b, z0 + b, b0);
+                b1 = Q8_0Token<TI>(wq, dw, q1 + 32 * b, d1 + b, z1 + b, b1);
+                b2 = Q8_0Token<TI>(wq, dw, q2 + 32 * b, d2 + b, z2 + b, b2);
+                b3 = Q8_0Token<TI>(wq, dw, q3 + 32 * b, d3 + b, z3 + b, b3);
+            }
+        }
+        y[0] = Vector256.Sum(a0 + b0);
+        y[ys] = Vector256.Sum(a1 + b1);
+        y[2 * ys] = Vector256.Sum(a2 + b2);
+        y[3 * ys] = Vector256.Sum(a3 + b3);
+    }
+
+    /// <summary>One token's term of a q8_0 block, as <see cref="Q8_0Block{TI}"/> computes it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q8_0Token<TI>(Vector256<sbyte> wq, Vector256<float> dw, sbyte* q, float* d, int* z, Vector256<float> acc) where TI : struct, IIsa
+    {
+        Vector256<int> s;
+        if (TI.Vnni)
+            s = AvxVnni.MultiplyWideningAndAdd(Vector256.CreateScalar(*z), wq.AsByte() ^ Vector256.Create((byte)0x80), Vector256.Load(q));
+        else
+            s = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wq), Avx2.Sign(Vector256.Load(q), wq)), Vector256.Create((short)1));
+        return Fma.MultiplyAdd(Cvt(s), dw * Vector256.Create(*d), acc);
+    }
+
     // ---------------------------------------------------------------- nibble types: two blocks per register
 
     /// <summary>
@@ -260,8 +351,13 @@ public static unsafe class IntDot
     private static Vector256<int> PairDot<TI>(Vector256<int> init, Vector256<byte> raw, Vector256<byte> hiBits, Vector256<byte> loBits, sbyte* qp) where TI : struct, IIsa
     {
         var m4 = Vector256.Create((byte)0x0F);
-        var lo = (raw & m4) | loBits;
-        var hi = ((raw.AsUInt16() >> 4).AsByte() & m4) | hiBits;
+        return PairDotSplit<TI>(init, (raw & m4) | loBits, ((raw.AsUInt16() >> 4).AsByte() & m4) | hiBits, qp);
+    }
+
+    /// <summary><see cref="PairDot{TI}"/> on quants already split into the two halves' registers (unsigned, ≤ 31).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> PairDotSplit<TI>(Vector256<int> init, Vector256<byte> lo, Vector256<byte> hi, sbyte* qp) where TI : struct, IIsa
+    {
         if (TI.Vnni) return DotUS<TI>(DotUS<TI>(init, lo, Vector256.Load(qp)), hi, Vector256.Load(qp + 32));
         // Without VNNI each u8×s8 dot is vpmaddubsw (pairs → i16) + vpmaddwd (→ i32). The nibbles are ≤ 31, so a
         // pair is at most 2·31·128 = 7936 in magnitude and the two halves' pairs add in 16 bits without overflow:
@@ -327,6 +423,66 @@ public static unsafe class IntDot
         }
         return Vector256.Sum(acc0 + acc1);
     }
+
+    /// <summary>
+    /// <see cref="Q4_0{TI}"/> for four tokens: each block pair is loaded, split into nibbles and its scales
+    /// converted once; every token keeps its own two accumulators, fed exactly as the one-token kernel feeds them.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Q4_0x4<TI>(byte* w, in ActRow r0, in ActRow r1, in ActRow r2, in ActRow r3, int cols, float* y, long ys) where TI : struct, IIsa
+    {
+        Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        int nb = cols / 32, np = nb / 2;
+        float* f16 = F16;
+        var m4 = Vector256.Create((byte)0x0F);
+        for (int p = 0; p < np; p++, w += 36)
+        {
+            var raw = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 20));
+            var lo = raw & m4;
+            var hi = (raw.AsUInt16() >> 4).AsByte() & m4;
+            var sc = PairScale(f16, w, w + 18);
+            long o = 64L * p, v = 8L * p;
+            if ((p & 1) == 0)
+            {
+                a0 = Q4_0Token<TI>(lo, hi, sc, r0.QP + o, r0.DP + v, r0.ZP + v, a0);
+                a1 = Q4_0Token<TI>(lo, hi, sc, r1.QP + o, r1.DP + v, r1.ZP + v, a1);
+                a2 = Q4_0Token<TI>(lo, hi, sc, r2.QP + o, r2.DP + v, r2.ZP + v, a2);
+                a3 = Q4_0Token<TI>(lo, hi, sc, r3.QP + o, r3.DP + v, r3.ZP + v, a3);
+            }
+            else
+            {
+                b0 = Q4_0Token<TI>(lo, hi, sc, r0.QP + o, r0.DP + v, r0.ZP + v, b0);
+                b1 = Q4_0Token<TI>(lo, hi, sc, r1.QP + o, r1.DP + v, r1.ZP + v, b1);
+                b2 = Q4_0Token<TI>(lo, hi, sc, r2.QP + o, r2.DP + v, r2.ZP + v, b2);
+                b3 = Q4_0Token<TI>(lo, hi, sc, r3.QP + o, r3.DP + v, r3.ZP + v, b3);
+            }
+        }
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            var nib = Nibbles(w + 2);
+            float dw = f16[*(ushort*)w];
+            a0 = Q4_0Odd<TI>(nib, dw, r0, b, a0);
+            a1 = Q4_0Odd<TI>(nib, dw, r1, b, a1);
+            a2 = Q4_0Odd<TI>(nib, dw, r2, b, a2);
+            a3 = Q4_0Odd<TI>(nib, dw, r3, b, a3);
+        }
+        y[0] = Vector256.Sum(a0 + b0);
+        y[ys] = Vector256.Sum(a1 + b1);
+        y[2 * ys] = Vector256.Sum(a2 + b2);
+        y[3 * ys] = Vector256.Sum(a3 + b3);
+    }
+
+    /// <summary>One token's term of a q4_0 block pair, as <see cref="Q4_0{TI}"/> computes it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q4_0Token<TI>(Vector256<byte> lo, Vector256<byte> hi, Vector256<float> sc, sbyte* qp, float* dp, int* zp, Vector256<float> acc)
+        where TI : struct, IIsa =>
+        Fma.MultiplyAdd(Cvt(PairDotSplit<TI>(Vector256.Load(zp), lo, hi, qp)), sc * Vector256.Load(dp), acc);
+
+    /// <summary>One token's term of a q4_0 row's last, unpaired block, as <see cref="Q4_0{TI}"/> computes it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q4_0Odd<TI>(Vector256<byte> nib, float dw, in ActRow a, int b, Vector256<float> acc) where TI : struct, IIsa =>
+        Fma.MultiplyAdd(Cvt(DotUS<TI>(Vector256.CreateScalar(a.Z[b]), nib, Vector256.Load(a.Q + 32 * b))), Vector256.Create(dw * a.D[b]), acc);
 
     // ---------------------------------------------------------------- q5_0 × q8_0
 

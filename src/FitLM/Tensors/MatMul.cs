@@ -175,20 +175,39 @@ public static unsafe class MatMul
                 // The same quantization as MatVec, row by row (each row has its own blocks and scales).
                 var act = t_act ??= new QuantizedActivations();
                 ActivationQuant.Quantize(type, px, cols, n, act, vector: isa != IntDot.Isa.Scalar);
-                job.SetInt(IntDot.Kernel(type, isa), act);
+                job.SetInt(type, isa, act);
             }
-            else if (FloatDot.Supports(type)) job.SetFloat(FloatDot.Kernel(type, fisa));
+            else if (FloatDot.Supports(type)) job.SetFloat(type, fisa);
             else job.SetFallback(type);
             int chunk = DecodeRowsPerChunk(rows);
-            job.Set(w, rowBytes, rows, cols, px, py, n, chunk);
+            float* xs = px;
+            if (job.IsFloat && fisa == FloatDot.Isa.Vector512 && cols % 16 == 0)
+            {
+                // The tokens copied to a 64-byte aligned buffer: the multi-token kernel loads each x vector once
+                // per row and token, and a 64-byte load that straddles two cache lines costs about two.
+                long len = (long)n * cols;
+                if (t_alignedXLength < len)
+                {
+                    if (t_alignedX != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(t_alignedX);
+                    t_alignedX = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(len * 4), 64);
+                    t_alignedXLength = len;
+                }
+                Buffer.MemoryCopy(px, t_alignedX, len * 4, len * 4);
+                xs = t_alignedX;
+            }
+            job.Set(w, rowBytes, rows, cols, xs, py, n, chunk);
             WorkerPool.Shared.Run(job, (rows + chunk - 1) / chunk);
         }
     }
 
+    [ThreadStatic] private static float* t_alignedX;
+    [ThreadStatic] private static long t_alignedXLength;
+
     private sealed class MultiVecJob : IParallelJob
     {
-        private delegate*<byte*, long, int, in ActRow, int, float*, void> _int;
-        private delegate*<byte*, long, int, float*, int, float*, void> _float;
+        private bool _int, _float;
+        private IntDot.Isa _isa;
+        private FloatDot.Isa _fisa;
         private QuantizedActivations? _act;
         private GgmlType _fallback;
         private byte* _w;
@@ -196,9 +215,10 @@ public static unsafe class MatMul
         private int _rows, _cols, _n, _chunk;
         private float* _x, _y;
 
-        public void SetInt(delegate*<byte*, long, int, in ActRow, int, float*, void> k, QuantizedActivations act) { _int = k; _float = null; _act = act; }
-        public void SetFloat(delegate*<byte*, long, int, float*, int, float*, void> k) { _float = k; _int = null; }
-        public void SetFallback(GgmlType type) { _fallback = type; _int = null; _float = null; }
+        public void SetInt(GgmlType type, IntDot.Isa isa, QuantizedActivations act) { _fallback = type; _isa = isa; _int = true; _float = false; _act = act; }
+        public void SetFloat(GgmlType type, FloatDot.Isa isa) { _fallback = type; _fisa = isa; _float = true; _int = false; }
+        public bool IsFloat => _float;
+        public void SetFallback(GgmlType type) { _fallback = type; _int = false; _float = false; }
 
         public void Set(byte* w, long rowBytes, int rows, int cols, float* x, float* y, int n, int chunk)
         {
@@ -209,16 +229,20 @@ public static unsafe class MatMul
         {
             int r0 = chunk * _chunk, nr = Math.Min(_rows, r0 + _chunk) - r0;
             byte* w = _w + r0 * _rowBytes;
+            // Each token's sums exactly as the one-row kernels compute them, weights unpacked once for several tokens.
+            if (_float)
+            {
+                FloatDot.MultiRows(_fallback, _fisa, w, _rowBytes, nr, _x, _cols, _n, _y + r0, _rows);
+                return;
+            }
+            if (_int)
+            {
+                IntDot.MultiRows(_fallback, _isa, w, _rowBytes, nr, _act!, _n, _cols, _y + r0, _rows);
+                return;
+            }
             for (int t = 0; t < _n; t++)
             {
                 float* y = _y + (long)t * _rows + r0, x = _x + (long)t * _cols;
-                if (_int != null)
-                {
-                    var row = _act!.Row(t);
-                    _int(w, _rowBytes, nr, in row, _cols, y);
-                }
-                else if (_float != null) _float(w, _rowBytes, nr, x, _cols, y);
-                else
                 {
                     var xs = new ReadOnlySpan<float>(x, _cols);
                     int bytes = (int)GgmlTypes.RowBytes(_fallback, _cols);

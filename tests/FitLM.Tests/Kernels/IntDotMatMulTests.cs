@@ -236,4 +236,56 @@ public unsafe class IntDotMatMulTests
                 }
         }
     }
+
+    /// <summary>
+    /// Batch invariance at the kernel level (the server's decode): a row-wise product of several tokens gives every
+    /// token exactly its one-token product, bit for bit, on every path: the multi-token kernels (q8_0, q4_0 and the
+    /// float types, four tokens at a time, then the rest) and the per-token fallback of the other types.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(IntTypeIsas))]
+    public void RowWiseBatch_EqualsOneTokenProducts_Int(GgmlType type, IntDot.Isa isa)
+    {
+        // Odd block counts (q4_0's unpaired last block), token counts around the group of four.
+        foreach (var (rows, n, blocks) in new[] { (3, 2, 3), (5, 4, 4), (9, 5, 5), (17, 8, 2), (6, 9, 7) })
+        {
+            var (w, rowBytes, cols) = Matrix(type, rows, blocks, 31 * rows + n);
+            var x = Gaussian(n * cols, rows + 100 * n);
+            AssertRowWiseExact(type, w, rowBytes, rows, cols, x, n, isa, FloatDot.Best, $"{type} {isa}");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(FloatTypeIsas))]
+    public void RowWiseBatch_EqualsOneTokenProducts_Float(GgmlType type, FloatDot.Isa isa)
+    {
+        foreach (var (rows, n, cols) in new[] { (5, 2, 67), (7, 4, 256), (9, 5, 129), (18, 9, 1040) })
+        {
+            long rowBytes = GgmlTypes.RowBytes(type, cols);
+            var w = new byte[rowBytes * rows];
+            for (int r = 0; r < rows; r++) QuantizeRow(type, Gaussian(cols, r + 31, 0.2f)).CopyTo(w, r * rowBytes);
+            var x = Gaussian(n * cols, 3 + n);
+            AssertRowWiseExact(type, w, rowBytes, rows, cols, x, n, IntDot.Best, isa, $"{type} {isa}");
+        }
+    }
+
+    private static void AssertRowWiseExact(GgmlType type, byte[] w, long rowBytes, int rows, int cols, float[] x, int n,
+        IntDot.Isa isa, FloatDot.Isa fisa, string what)
+    {
+        var batch = new float[n * rows];
+        fixed (byte* pw = w)
+        {
+            MatMul.RowWise = true;
+            try { MatMul.MatMulBatch(type, pw, rowBytes, rows, cols, x, batch, n, isa, fisa); }
+            finally { MatMul.RowWise = false; }
+            var one = new float[rows];
+            for (int t = 0; t < n; t++)
+            {
+                MatMul.MatVec(type, pw, rowBytes, rows, cols, x.AsSpan(t * cols, cols), one, isa, fisa);
+                for (int r = 0; r < rows; r++)
+                    Assert.True(BitConverter.SingleToInt32Bits(one[r]) == BitConverter.SingleToInt32Bits(batch[t * rows + r]),
+                        $"{what} rows={rows} n={n} cols={cols}: token {t} row {r} is {batch[t * rows + r]} in the batch, {one[r]} alone");
+            }
+        }
+    }
 }
