@@ -35,11 +35,11 @@ public readonly unsafe struct ActRow
 
     /// <summary>Per 32-block: the zero-point correction -k·Σq of the weight type's unsigned quants (k = 128, 8, 16 or 0).</summary>
     public readonly int* Z;
-    /// <summary>Nibble types: the quants of block pairs (2p, 2p+1) interleaved by halves: 0-15 of each, then 16-31 of each.</summary>
+    /// <summary>q8_0 and the nibble types: the quants of block pairs (2p, 2p+1) interleaved by halves: 0-15 of each, then 16-31 of each.</summary>
     public readonly sbyte* QP;
-    /// <summary>Nibble types: per block pair, [d(2p)×4, d(2p+1)×4].</summary>
+    /// <summary>q8_0 and the nibble types: per block pair, [d(2p)×4, d(2p+1)×4].</summary>
     public readonly float* DP;
-    /// <summary>Nibble types: per block pair, [z(2p), 0, 0, 0, z(2p+1), 0, 0, 0].</summary>
+    /// <summary>q8_0 and the nibble types: per block pair, [z(2p), 0, 0, 0, z(2p+1), 0, 0, 0].</summary>
     public readonly int* ZP;
 
     public ActRow(sbyte* q, float* d, int* sum, float* s, short* bsums)
@@ -100,7 +100,7 @@ public sealed unsafe class QuantizedActivations : IDisposable
 
     /// <summary>
     /// Computes the decode kernels' extras for weights of <paramref name="weightType"/> (after quantizing): the
-    /// per-block zero-point corrections, and for q4_0/q5_0/q4_1/q5_1 the block-pair layout that lets one
+    /// per-block zero-point corrections, and for q8_0/q4_0/q5_0/q4_1/q5_1 the block-pair layout that lets one
     /// 256-bit register hold the low (or high) nibbles of two blocks.
     /// </summary>
     internal void PrepareFor(GgmlType weightType)
@@ -109,7 +109,7 @@ public sealed unsafe class QuantizedActivations : IDisposable
         _preparedFor = weightType;
         if (Format == ActFormat.Q8_K) return;
         int k = weightType switch { GgmlType.Q8_0 => 128, GgmlType.Q4_0 => 8, GgmlType.Q5_0 => 16, _ => 0 };
-        bool pairs = weightType is GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q4_1 or GgmlType.Q5_1;
+        bool pairs = weightType is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q4_1 or GgmlType.Q5_1;
         int nb = Cols / 32, np = nb / 2;
         long zBytes = Align((long)nb * Count * 4), qpBytes = pairs ? Align((long)Cols * Count) : 0, vBytes = pairs ? Align((long)np * Count * 32) : 0;
         long need = zBytes + qpBytes + 2 * vBytes;

@@ -254,23 +254,59 @@ public static unsafe class IntDot
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Q8_0<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
     {
-        // Two accumulators: the fma latency would otherwise bound the loop at one block per 4 cycles.
-        // Pointers walk the row and the activation arrays (locals: the JIT cannot keep fields of `a` in
-        // registers across the stores it cannot prove disjoint).
-        var acc0 = Vector256<float>.Zero;
-        var acc1 = Vector256<float>.Zero;
-        sbyte* q = a.Q;
-        float* d = a.D;
-        int* z = a.Z;
+        // Two blocks per register, as the nibble types (see PairDot): the first 16 quants of blocks 2p and 2p+1 in
+        // one register and the last 16 in another, against the pair-interleaved activations, so the two blocks'
+        // sums land in lanes 0-3 and 4-7 and one convert, one multiply and one fma serve both blocks.
+        var acc = Vector256<float>.Zero;
+        int nb = cols / 32, np = nb / 2;
+        sbyte* qp = a.QP;
+        float* dp = a.DP;
+        int* zp = a.ZP;
         float* f16 = F16;
-        byte* end = w + 34 * (cols / 32);
-        for (; w + 68 <= end; w += 68, q += 64, d += 2, z += 2)
+        for (int p = 0; p < np; p++, w += 68, qp += 64, dp += 8, zp += 8)
         {
-            acc0 = Q8_0Block<TI>(w, q, d, z, f16, acc0);
-            acc1 = Q8_0Block<TI>(w + 34, q + 32, d + 1, z + 1, f16, acc1);
+            Q8_0Pair<TI>(w, out var lo, out var hi);
+            acc = Q8_0PairToken<TI>(lo, hi, PairScale(f16, w, w + 34), qp, dp, zp, acc);
         }
-        if (w < end) acc0 = Q8_0Block<TI>(w, q, d, z, f16, acc0);
-        return Vector256.Sum(acc0 + acc1);
+        if ((nb & 1) != 0) acc = Q8_0Block<TI>(w, a.Q + 32 * (nb - 1), a.D + nb - 1, a.Z + nb - 1, f16, acc);
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>
+    /// The quants of q8_0 blocks w, w + 34 as [first 16 of each | last 16 of each], in the form the token step takes:
+    /// VNNI: offset to unsigned (w + 128, the sign bit flipped); Avx2: signed as stored.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Q8_0Pair<TI>(byte* w, out Vector256<byte> lo, out Vector256<byte> hi) where TI : struct, IIsa
+    {
+        lo = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 36));
+        hi = Vector256.Create(Vector128.Load(w + 18), Vector128.Load(w + 52));
+        if (TI.Vnni)
+        {
+            lo ^= Vector256.Create((byte)0x80);
+            hi ^= Vector256.Create((byte)0x80);
+        }
+    }
+
+    /// <summary>One token's term of a q8_0 block pair: Σ over both halves, scaled by [dw·da] per block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q8_0PairToken<TI>(Vector256<byte> lo, Vector256<byte> hi, Vector256<float> wscale, sbyte* qp, float* dp, int* zp, Vector256<float> acc)
+        where TI : struct, IIsa
+    {
+        Vector256<int> s;
+        if (TI.Vnni)
+            // Σ (w+128)·a - 128·Σa: zp starts lanes 0 and 4 at -128·Σa of each block.
+            s = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256.Load(zp), lo, Vector256.Load(qp)), hi, Vector256.Load(qp + 32));
+        else
+        {
+            // |w|·sign(a, w): int16 pairs ≤ 2·128·127, so each half needs its own vpmaddwd.
+            var wl = lo.AsSByte();
+            var wh = hi.AsSByte();
+            var ones = Vector256.Create((short)1);
+            s = Avx2.Add(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wl), Avx2.Sign(Vector256.Load(qp), wl)), ones),
+                Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wh), Avx2.Sign(Vector256.Load(qp + 32), wh)), ones));
+        }
+        return Fma.MultiplyAdd(Cvt(s), wscale * Vector256.Load(dp), acc);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -288,54 +324,37 @@ public static unsafe class IntDot
     }
 
     /// <summary>
-    /// <see cref="Q8_0{TI}"/> for four tokens: each block's weights are loaded (and offset or made absolute) and
-    /// its scale converted once; every token keeps its own two accumulators, fed exactly as the one-token kernel feeds them.
+    /// <see cref="Q8_0{TI}"/> for four tokens: each block pair is loaded (and offset) and its scales converted once;
+    /// every token's accumulator is fed exactly as the one-token kernel feeds it.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q8_0x4<TI>(byte* w, in ActRow r0, in ActRow r1, in ActRow r2, in ActRow r3, int cols, float* y, long ys) where TI : struct, IIsa
     {
-        Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-        sbyte* q0 = r0.Q, q1 = r1.Q, q2 = r2.Q, q3 = r3.Q;
-        float* d0 = r0.D, d1 = r1.D, d2 = r2.D, d3 = r3.D;
-        int* z0 = r0.Z, z1 = r1.Z, z2 = r2.Z, z3 = r3.Z;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int nb = cols / 32, np = nb / 2;
         float* f16 = F16;
-        int nb = cols / 32;
-        for (int b = 0; b < nb; b++, w += 34)
+        for (int p = 0; p < np; p++, w += 68)
         {
-            var wq = Vector256.Load((sbyte*)(w + 2));
-            var dw = Vector256.Create(f16[*(ushort*)w]);
-            // The one-token kernel alternates its two accumulators by block parity.
-            if ((b & 1) == 0)
-            {
-                a0 = Q8_0Token<TI>(wq, dw, q0 + 32 * b, d0 + b, z0 + b, a0);
-                a1 = Q8_0Token<TI>(wq, dw, q1 + 32 * b, d1 + b, z1 + b, a1);
-                a2 = Q8_0Token<TI>(wq, dw, q2 + 32 * b, d2 + b, z2 + b, a2);
-                a3 = Q8_0Token<TI>(wq, dw, q3 + 32 * b, d3 + b, z3 + b, a3);
-            }
-            else
-            {
-                b0 = Q8_0Token<TI>(wq, dw, q0 + 32 * b, d0 + b, z0 + b, b0);
-                b1 = Q8_0Token<TI>(wq, dw, q1 + 32 * b, d1 + b, z1 + b, b1);
-                b2 = Q8_0Token<TI>(wq, dw, q2 + 32 * b, d2 + b, z2 + b, b2);
-                b3 = Q8_0Token<TI>(wq, dw, q3 + 32 * b, d3 + b, z3 + b, b3);
-            }
+            Q8_0Pair<TI>(w, out var lo, out var hi);
+            var sc = PairScale(f16, w, w + 34);
+            long o = 64L * p, v = 8L * p;
+            a0 = Q8_0PairToken<TI>(lo, hi, sc, r0.QP + o, r0.DP + v, r0.ZP + v, a0);
+            a1 = Q8_0PairToken<TI>(lo, hi, sc, r1.QP + o, r1.DP + v, r1.ZP + v, a1);
+            a2 = Q8_0PairToken<TI>(lo, hi, sc, r2.QP + o, r2.DP + v, r2.ZP + v, a2);
+            a3 = Q8_0PairToken<TI>(lo, hi, sc, r3.QP + o, r3.DP + v, r3.ZP + v, a3);
         }
-        y[0] = Vector256.Sum(a0 + b0);
-        y[ys] = Vector256.Sum(a1 + b1);
-        y[2 * ys] = Vector256.Sum(a2 + b2);
-        y[3 * ys] = Vector256.Sum(a3 + b3);
-    }
-
-    /// <summary>One token's term of a q8_0 block, as <see cref="Q8_0Block{TI}"/> computes it.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Q8_0Token<TI>(Vector256<sbyte> wq, Vector256<float> dw, sbyte* q, float* d, int* z, Vector256<float> acc) where TI : struct, IIsa
-    {
-        Vector256<int> s;
-        if (TI.Vnni)
-            s = AvxVnni.MultiplyWideningAndAdd(Vector256.CreateScalar(*z), wq.AsByte() ^ Vector256.Create((byte)0x80), Vector256.Load(q));
-        else
-            s = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wq), Avx2.Sign(Vector256.Load(q), wq)), Vector256.Create((short)1));
-        return Fma.MultiplyAdd(Cvt(s), dw * Vector256.Create(*d), acc);
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            a0 = Q8_0Block<TI>(w, r0.Q + 32 * b, r0.D + b, r0.Z + b, f16, a0);
+            a1 = Q8_0Block<TI>(w, r1.Q + 32 * b, r1.D + b, r1.Z + b, f16, a1);
+            a2 = Q8_0Block<TI>(w, r2.Q + 32 * b, r2.D + b, r2.Z + b, f16, a2);
+            a3 = Q8_0Block<TI>(w, r3.Q + 32 * b, r3.D + b, r3.Z + b, f16, a3);
+        }
+        y[0] = Vector256.Sum(a0);
+        y[ys] = Vector256.Sum(a1);
+        y[2 * ys] = Vector256.Sum(a2);
+        y[3 * ys] = Vector256.Sum(a3);
     }
 
     // ---------------------------------------------------------------- nibble types: two blocks per register

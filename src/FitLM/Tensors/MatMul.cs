@@ -181,21 +181,25 @@ public static unsafe class MatMul
             else job.SetFallback(type);
             int chunk = DecodeRowsPerChunk(rows);
             float* xs = px;
-            if (job.IsFloat && fisa == FloatDot.Isa.Vector512 && cols % 16 == 0)
+            long xStride = cols;
+            if (job.IsFloat && fisa == FloatDot.Isa.Vector512)
             {
-                // The tokens copied to a 64-byte aligned buffer: the multi-token kernel loads each x vector once
-                // per row and token, and a 64-byte load that straddles two cache lines costs about two.
-                long len = (long)n * cols;
+                // The tokens copied to 64-byte aligned rows one cache line longer than a whole number of lines: the
+                // multi-token kernel reads four tokens at the same column together, and at a stride of a multiple
+                // of 4 KiB (cols = 1024, 2048, ...) those loads fall in one L1 set and evict each other (measured
+                // here: 2048 columns ran at half the speed of 512); a load straddling two lines would cost two.
+                xStride = (cols + 15) / 16 * 16 + 16;
+                long len = n * xStride;
                 if (t_alignedXLength < len)
                 {
                     if (t_alignedX != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(t_alignedX);
                     t_alignedX = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(len * 4), 64);
                     t_alignedXLength = len;
                 }
-                Buffer.MemoryCopy(px, t_alignedX, len * 4, len * 4);
+                for (int t = 0; t < n; t++) Buffer.MemoryCopy(px + (long)t * cols, t_alignedX + t * xStride, cols * 4L, cols * 4L);
                 xs = t_alignedX;
             }
-            job.Set(w, rowBytes, rows, cols, xs, py, n, chunk);
+            job.Set(w, rowBytes, rows, cols, xs, xStride, py, n, chunk);
             WorkerPool.Shared.Run(job, (rows + chunk - 1) / chunk);
         }
     }
@@ -220,9 +224,11 @@ public static unsafe class MatMul
         public bool IsFloat => _float;
         public void SetFallback(GgmlType type) { _fallback = type; _int = false; _float = false; }
 
-        public void Set(byte* w, long rowBytes, int rows, int cols, float* x, float* y, int n, int chunk)
+        private long _xStride;
+
+        public void Set(byte* w, long rowBytes, int rows, int cols, float* x, long xStride, float* y, int n, int chunk)
         {
-            _w = w; _rowBytes = rowBytes; _rows = rows; _cols = cols; _x = x; _y = y; _n = n; _chunk = chunk;
+            _w = w; _rowBytes = rowBytes; _rows = rows; _cols = cols; _x = x; _xStride = xStride; _y = y; _n = n; _chunk = chunk;
         }
 
         public void Execute(int chunk)
@@ -232,7 +238,7 @@ public static unsafe class MatMul
             // Each token's sums exactly as the one-row kernels compute them, weights unpacked once for several tokens.
             if (_float)
             {
-                FloatDot.MultiRows(_fallback, _fisa, w, _rowBytes, nr, _x, _cols, _n, _y + r0, _rows);
+                FloatDot.MultiRows(_fallback, _fisa, w, _rowBytes, nr, _x, _cols, _xStride, _n, _y + r0, _rows);
                 return;
             }
             if (_int)
