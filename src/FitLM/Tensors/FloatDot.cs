@@ -67,6 +67,9 @@ public static unsafe class FloatDot
         for (int r = 0; r < rows; r++)
         {
             byte* src = w + r * rowBytes;
+            // The next row is fetched while this one is multiplied with every token (the hardware prefetcher alone
+            // falls behind when each row is followed by this much work).
+            if (r + 1 < rows) IntDot.PrefetchAhead(src, rowBytes, rowBytes);
             float* a = type == GgmlType.F32 ? (float*)src : row;
             if (type != GgmlType.F32) ToFloat(type, src, row, cols, isa);
             int t = 0;

@@ -89,8 +89,8 @@ public static unsafe class IntDot
     /// (quantized and prepared for <paramref name="type"/>): the batched decode of the server. Every token's result is
     /// the one <see cref="Kernel"/> gives it alone, bit for bit: integer block sums are exact in any order, and each
     /// token keeps the one-row kernel's float operations and accumulators. q8_0 and q4_0 (the bulk of most files)
-    /// have four-token kernels that load, unpack and scale each weight block once for four tokens; other types run
-    /// the one-row kernel per token over the same chunk of rows (read from cache after the first token).
+    /// have kernels that load, unpack and scale each weight block once for eight tokens (with AVX-512's 32 registers)
+    /// or four; other types run the one-row kernel per token over the same chunk of rows (from cache after the first).
     /// </summary>
     internal static void MultiRows(GgmlType type, Isa isa, byte* w, long rowBytes, int rows, QuantizedActivations act, int n, int cols, float* y, long yStride)
     {
@@ -103,10 +103,34 @@ public static unsafe class IntDot
         }
     }
 
+    /// <summary>Eight-token kernels: their accumulators and shared registers need AVX-512's 32 vector registers.</summary>
+    private static readonly bool Wide = Avx512F.VL.IsSupported;
+
+    /// <summary>One row ahead: measured on llama-0.8b q8_0 ×8, 96 → 140 tok/s with the eight-token kernel (2 or 4 rows: no better).</summary>
+    private static long MultiPrefetchDistance(long rowBytes) => Sse.IsSupported ? rowBytes : 0;
+
     private static void MultiRows<TI>(GgmlType type, byte* w, long rowBytes, int rows, QuantizedActivations act, int n, int cols, float* y, long yStride)
         where TI : struct, IIsa
     {
         int t = 0;
+        // Each row is followed by several tokens' work, long enough for the hardware prefetcher to fall behind the
+        // stream of rows from memory: fetch the next rows ahead, as the one-token kernel does.
+        long ahead = TI.Simd && rows > 1 ? MultiPrefetchDistance(rowBytes) : 0;
+        if (TI.Simd && type is GgmlType.Q8_0 or GgmlType.Q4_0 && Wide)
+        {
+            ActRow* rs = stackalloc ActRow[8];
+            for (; t + 8 <= n; t += 8)
+            {
+                for (int k = 0; k < 8; k++) rs[k] = act.Row(t + k);
+                float* yt = y + t * yStride;
+                for (int r = 0; r < rows; r++)
+                {
+                    PrefetchAhead(w + r * rowBytes, rowBytes, ahead);
+                    if (type == GgmlType.Q8_0) Q8_0x8<TI>(w + r * rowBytes, rs, cols, yt + r, yStride);
+                    else Q4_0x8<TI>(w + r * rowBytes, rs, cols, yt + r, yStride);
+                }
+            }
+        }
         if (TI.Simd && type is GgmlType.Q8_0 or GgmlType.Q4_0)
         {
             for (; t + 4 <= n; t += 4)
@@ -115,6 +139,7 @@ public static unsafe class IntDot
                 float* yt = y + t * yStride;
                 for (int r = 0; r < rows; r++)
                 {
+                    PrefetchAhead(w + r * rowBytes, rowBytes, ahead);
                     if (type == GgmlType.Q8_0) Q8_0x4<TI>(w + r * rowBytes, a0, a1, a2, a3, cols, yt + r, yStride);
                     else Q4_0x4<TI>(w + r * rowBytes, a0, a1, a2, a3, cols, yt + r, yStride);
                 }
@@ -357,6 +382,52 @@ public static unsafe class IntDot
         y[3 * ys] = Vector256.Sum(a3);
     }
 
+    /// <summary><see cref="Q8_0x4{TI}"/> for eight tokens (machines with 32 vector registers: AVX-512).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Q8_0x8<TI>(byte* w, ActRow* r, int cols, float* y, long ys) where TI : struct, IIsa
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        sbyte* q0 = r[0].QP, q1 = r[1].QP, q2 = r[2].QP, q3 = r[3].QP, q4 = r[4].QP, q5 = r[5].QP, q6 = r[6].QP, q7 = r[7].QP;
+        float* d0 = r[0].DP, d1 = r[1].DP, d2 = r[2].DP, d3 = r[3].DP, d4 = r[4].DP, d5 = r[5].DP, d6 = r[6].DP, d7 = r[7].DP;
+        int* z0 = r[0].ZP, z1 = r[1].ZP, z2 = r[2].ZP, z3 = r[3].ZP, z4 = r[4].ZP, z5 = r[5].ZP, z6 = r[6].ZP, z7 = r[7].ZP;
+        int nb = cols / 32, np = nb / 2;
+        float* f16 = F16;
+        for (int p = 0; p < np; p++, w += 68)
+        {
+            Q8_0Pair<TI>(w, out var lo, out var hi);
+            var sc = PairScale(f16, w, w + 34);
+            long o = 64L * p, v = 8L * p;
+            a0 = Q8_0PairToken<TI>(lo, hi, sc, q0 + o, d0 + v, z0 + v, a0);
+            a1 = Q8_0PairToken<TI>(lo, hi, sc, q1 + o, d1 + v, z1 + v, a1);
+            a2 = Q8_0PairToken<TI>(lo, hi, sc, q2 + o, d2 + v, z2 + v, a2);
+            a3 = Q8_0PairToken<TI>(lo, hi, sc, q3 + o, d3 + v, z3 + v, a3);
+            a4 = Q8_0PairToken<TI>(lo, hi, sc, q4 + o, d4 + v, z4 + v, a4);
+            a5 = Q8_0PairToken<TI>(lo, hi, sc, q5 + o, d5 + v, z5 + v, a5);
+            a6 = Q8_0PairToken<TI>(lo, hi, sc, q6 + o, d6 + v, z6 + v, a6);
+            a7 = Q8_0PairToken<TI>(lo, hi, sc, q7 + o, d7 + v, z7 + v, a7);
+        }
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            a0 = Q8_0Block<TI>(w, r[0].Q + 32 * b, r[0].D + b, r[0].Z + b, f16, a0);
+            a1 = Q8_0Block<TI>(w, r[1].Q + 32 * b, r[1].D + b, r[1].Z + b, f16, a1);
+            a2 = Q8_0Block<TI>(w, r[2].Q + 32 * b, r[2].D + b, r[2].Z + b, f16, a2);
+            a3 = Q8_0Block<TI>(w, r[3].Q + 32 * b, r[3].D + b, r[3].Z + b, f16, a3);
+            a4 = Q8_0Block<TI>(w, r[4].Q + 32 * b, r[4].D + b, r[4].Z + b, f16, a4);
+            a5 = Q8_0Block<TI>(w, r[5].Q + 32 * b, r[5].D + b, r[5].Z + b, f16, a5);
+            a6 = Q8_0Block<TI>(w, r[6].Q + 32 * b, r[6].D + b, r[6].Z + b, f16, a6);
+            a7 = Q8_0Block<TI>(w, r[7].Q + 32 * b, r[7].D + b, r[7].Z + b, f16, a7);
+        }
+        y[0 * ys] = Vector256.Sum(a0);
+        y[1 * ys] = Vector256.Sum(a1);
+        y[2 * ys] = Vector256.Sum(a2);
+        y[3 * ys] = Vector256.Sum(a3);
+        y[4 * ys] = Vector256.Sum(a4);
+        y[5 * ys] = Vector256.Sum(a5);
+        y[6 * ys] = Vector256.Sum(a6);
+        y[7 * ys] = Vector256.Sum(a7);
+    }
+
     // ---------------------------------------------------------------- nibble types: two blocks per register
 
     /// <summary>
@@ -502,6 +573,73 @@ public static unsafe class IntDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Q4_0Odd<TI>(Vector256<byte> nib, float dw, in ActRow a, int b, Vector256<float> acc) where TI : struct, IIsa =>
         Fma.MultiplyAdd(Cvt(DotUS<TI>(Vector256.CreateScalar(a.Z[b]), nib, Vector256.Load(a.Q + 32 * b))), Vector256.Create(dw * a.D[b]), acc);
+
+    /// <summary><see cref="Q4_0x4{TI}"/> for eight tokens (machines with 32 vector registers: AVX-512).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Q4_0x8<TI>(byte* w, ActRow* r, int cols, float* y, long ys) where TI : struct, IIsa
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
+        sbyte* q0 = r[0].QP, q1 = r[1].QP, q2 = r[2].QP, q3 = r[3].QP, q4 = r[4].QP, q5 = r[5].QP, q6 = r[6].QP, q7 = r[7].QP;
+        float* d0 = r[0].DP, d1 = r[1].DP, d2 = r[2].DP, d3 = r[3].DP, d4 = r[4].DP, d5 = r[5].DP, d6 = r[6].DP, d7 = r[7].DP;
+        int* z0 = r[0].ZP, z1 = r[1].ZP, z2 = r[2].ZP, z3 = r[3].ZP, z4 = r[4].ZP, z5 = r[5].ZP, z6 = r[6].ZP, z7 = r[7].ZP;
+        int nb = cols / 32, np = nb / 2;
+        float* f16 = F16;
+        var m4 = Vector256.Create((byte)0x0F);
+        for (int p = 0; p < np; p++, w += 36)
+        {
+            var raw = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 20));
+            var lo = raw & m4;
+            var hi = (raw.AsUInt16() >> 4).AsByte() & m4;
+            var sc = PairScale(f16, w, w + 18);
+            long o = 64L * p, v = 8L * p;
+            // The one-token kernel alternates its two accumulators by pair parity.
+            if ((p & 1) == 0)
+            {
+                a0 = Q4_0Token<TI>(lo, hi, sc, q0 + o, d0 + v, z0 + v, a0);
+                a1 = Q4_0Token<TI>(lo, hi, sc, q1 + o, d1 + v, z1 + v, a1);
+                a2 = Q4_0Token<TI>(lo, hi, sc, q2 + o, d2 + v, z2 + v, a2);
+                a3 = Q4_0Token<TI>(lo, hi, sc, q3 + o, d3 + v, z3 + v, a3);
+                a4 = Q4_0Token<TI>(lo, hi, sc, q4 + o, d4 + v, z4 + v, a4);
+                a5 = Q4_0Token<TI>(lo, hi, sc, q5 + o, d5 + v, z5 + v, a5);
+                a6 = Q4_0Token<TI>(lo, hi, sc, q6 + o, d6 + v, z6 + v, a6);
+                a7 = Q4_0Token<TI>(lo, hi, sc, q7 + o, d7 + v, z7 + v, a7);
+            }
+            else
+            {
+                b0 = Q4_0Token<TI>(lo, hi, sc, q0 + o, d0 + v, z0 + v, b0);
+                b1 = Q4_0Token<TI>(lo, hi, sc, q1 + o, d1 + v, z1 + v, b1);
+                b2 = Q4_0Token<TI>(lo, hi, sc, q2 + o, d2 + v, z2 + v, b2);
+                b3 = Q4_0Token<TI>(lo, hi, sc, q3 + o, d3 + v, z3 + v, b3);
+                b4 = Q4_0Token<TI>(lo, hi, sc, q4 + o, d4 + v, z4 + v, b4);
+                b5 = Q4_0Token<TI>(lo, hi, sc, q5 + o, d5 + v, z5 + v, b5);
+                b6 = Q4_0Token<TI>(lo, hi, sc, q6 + o, d6 + v, z6 + v, b6);
+                b7 = Q4_0Token<TI>(lo, hi, sc, q7 + o, d7 + v, z7 + v, b7);
+            }
+        }
+        if ((nb & 1) != 0)
+        {
+            int b = nb - 1;
+            var nib = Nibbles(w + 2);
+            float dw = f16[*(ushort*)w];
+            a0 = Q4_0Odd<TI>(nib, dw, r[0], b, a0);
+            a1 = Q4_0Odd<TI>(nib, dw, r[1], b, a1);
+            a2 = Q4_0Odd<TI>(nib, dw, r[2], b, a2);
+            a3 = Q4_0Odd<TI>(nib, dw, r[3], b, a3);
+            a4 = Q4_0Odd<TI>(nib, dw, r[4], b, a4);
+            a5 = Q4_0Odd<TI>(nib, dw, r[5], b, a5);
+            a6 = Q4_0Odd<TI>(nib, dw, r[6], b, a6);
+            a7 = Q4_0Odd<TI>(nib, dw, r[7], b, a7);
+        }
+        y[0 * ys] = Vector256.Sum(a0 + b0);
+        y[1 * ys] = Vector256.Sum(a1 + b1);
+        y[2 * ys] = Vector256.Sum(a2 + b2);
+        y[3 * ys] = Vector256.Sum(a3 + b3);
+        y[4 * ys] = Vector256.Sum(a4 + b4);
+        y[5 * ys] = Vector256.Sum(a5 + b5);
+        y[6 * ys] = Vector256.Sum(a6 + b6);
+        y[7 * ys] = Vector256.Sum(a7 + b7);
+    }
 
     // ---------------------------------------------------------------- q5_0 × q8_0
 
