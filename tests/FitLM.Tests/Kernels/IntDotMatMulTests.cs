@@ -246,8 +246,9 @@ public unsafe class IntDotMatMulTests
     [MemberData(nameof(IntTypeIsas))]
     public void RowWiseBatch_EqualsOneTokenProducts_Int(GgmlType type, IntDot.Isa isa)
     {
-        // Odd block counts (q4_0's unpaired last block), token counts around the group of four.
-        foreach (var (rows, n, blocks) in new[] { (3, 2, 3), (5, 4, 4), (9, 5, 5), (17, 8, 2), (6, 9, 7) })
+        // Odd block counts (the unpaired last block), token counts around the groups of four and eight, and rows long
+        // enough for the eight-token kernels' column tiles (32 block pairs), a partial last tile among them.
+        foreach (var (rows, n, blocks) in new[] { (3, 2, 3), (5, 4, 4), (9, 5, 5), (17, 8, 2), (6, 9, 7), (3, 8, 141), (2, 9, 128), (5, 16, 65) })
         {
             var (w, rowBytes, cols) = Matrix(type, rows, blocks, 31 * rows + n);
             var x = Gaussian(n * cols, rows + 100 * n);
