@@ -41,16 +41,18 @@ public readonly unsafe struct ActRow
     public readonly float* DP;
     /// <summary>q8_0 and the nibble types: per block pair, [z(2p), 0, 0, 0, z(2p+1), 0, 0, 0].</summary>
     public readonly int* ZP;
+    /// <summary>q8_0: <see cref="QP"/> offset to unsigned (q + 128), the operand vpdpbusd needs unsigned.</summary>
+    public readonly byte* QU;
 
     public ActRow(sbyte* q, float* d, int* sum, float* s, short* bsums)
     {
         Q = q; D = d; Sum = sum; S = s; BSums = bsums;
     }
 
-    internal ActRow(ActRow r, int* z, sbyte* qp, float* dp, int* zp)
+    internal ActRow(ActRow r, int* z, sbyte* qp, float* dp, int* zp, byte* qu)
     {
         this = r;
-        Z = z; QP = qp; DP = dp; ZP = zp;
+        Z = z; QP = qp; DP = dp; ZP = zp; QU = qu;
     }
 }
 
@@ -82,6 +84,7 @@ public sealed unsafe class QuantizedActivations : IDisposable
     internal sbyte* QP;
     internal float* DP;
     internal int* ZP;
+    internal byte* QU;
 
     /// <summary>Blocks per token that D holds (cols/32 or cols/256).</summary>
     public int BlocksPerRow => Format == ActFormat.Q8_K ? Cols / 256 : Cols / 32;
@@ -95,7 +98,8 @@ public sealed unsafe class QuantizedActivations : IDisposable
         var r = new ActRow(Q + (long)t * Cols, D + t * nb, Sum + t * nb, S + t * nb, null);
         if (!_prepared) return r;
         long np = nb / 2;
-        return new ActRow(r, Z + t * nb, QP == null ? null : QP + (long)t * Cols, DP == null ? null : DP + t * np * 8, ZP == null ? null : ZP + t * np * 8);
+        return new ActRow(r, Z + t * nb, QP == null ? null : QP + (long)t * Cols, DP == null ? null : DP + t * np * 8, ZP == null ? null : ZP + t * np * 8,
+            QU == null ? null : QU + (long)t * Cols);
     }
 
     /// <summary>
@@ -112,7 +116,8 @@ public sealed unsafe class QuantizedActivations : IDisposable
         bool pairs = weightType is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q4_1 or GgmlType.Q5_1;
         int nb = Cols / 32, np = nb / 2;
         long zBytes = Align((long)nb * Count * 4), qpBytes = pairs ? Align((long)Cols * Count) : 0, vBytes = pairs ? Align((long)np * Count * 32) : 0;
-        long need = zBytes + qpBytes + 2 * vBytes;
+        long quBytes = weightType == GgmlType.Q8_0 ? qpBytes : 0;
+        long need = zBytes + qpBytes + 2 * vBytes + quBytes;
         if (need > _extraCapacity)
         {
             if (_extra != null) NativeMemory.AlignedFree(_extra);
@@ -123,6 +128,7 @@ public sealed unsafe class QuantizedActivations : IDisposable
         QP = pairs ? (sbyte*)(_extra + zBytes) : null;
         DP = pairs ? (float*)(_extra + zBytes + qpBytes) : null;
         ZP = pairs ? (int*)(_extra + zBytes + qpBytes + vBytes) : null;
+        QU = quBytes > 0 ? _extra + zBytes + qpBytes + 2 * vBytes : null;
         for (int t = 0; t < Count; t++)
         {
             int* sum = Sum + (long)t * nb, z = Z + (long)t * nb;
@@ -148,6 +154,11 @@ public sealed unsafe class QuantizedActivations : IDisposable
                 }
                 zp[8 * p] = z[2 * p];
                 zp[8 * p + 4] = z[2 * p + 1];
+            }
+            if (QU != null)
+            {
+                byte* qu = QU + (long)t * Cols;
+                for (int i = 0; i < Cols; i++) qu[i] = (byte)(qp[i] ^ 0x80);
             }
         }
         _prepared = true;

@@ -315,12 +315,12 @@ public static unsafe class IntDot
         int nb = cols / 32, np = nb / 2;
         sbyte* qp = a.QP;
         float* dp = a.DP;
-        int* zp = a.ZP;
+        byte* qu = a.QU;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 68, qp += 64, dp += 8, zp += 8)
+        for (int p = 0; p < np; p++, w += 68, qp += 64, qu += 64, dp += 8)
         {
-            Q8_0Pair<TI>(w, out var lo, out var hi);
-            acc = Q8_0PairToken<TI>(lo, hi, PairScale(f16, w, w + 34), qp, dp, zp, acc);
+            Q8_0Pair<TI>(w, out var lo, out var hi, out var init);
+            acc = Q8_0PairToken<TI>(lo, hi, init, PairScale(f16, w, w + 34), qp, qu, dp, acc);
         }
         if ((nb & 1) != 0) acc = Q8_0Block<TI>(w, a.Q + 32 * (nb - 1), a.D + nb - 1, a.Z + nb - 1, f16, acc);
         return Vector256.Sum(acc);
@@ -331,26 +331,27 @@ public static unsafe class IntDot
     /// VNNI: offset to unsigned (w + 128, the sign bit flipped); Avx2: signed as stored.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Q8_0Pair<TI>(byte* w, out Vector256<byte> lo, out Vector256<byte> hi) where TI : struct, IIsa
+    private static void Q8_0Pair<TI>(byte* w, out Vector256<byte> lo, out Vector256<byte> hi, out Vector256<int> init) where TI : struct, IIsa
     {
         lo = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 36));
         hi = Vector256.Create(Vector128.Load(w + 18), Vector128.Load(w + 52));
-        if (TI.Vnni)
-        {
-            lo ^= Vector256.Create((byte)0x80);
-            hi ^= Vector256.Create((byte)0x80);
-        }
+        // VNNI multiplies unsigned by signed bytes: the activations are the unsigned side (a + 128, ActRow.QU) and each
+        // lane starts at -128·Σw over its own 8 weights, so every lane ends at Σ a·w over its elements, exactly what
+        // the Avx2 form computes, and the start is the weights' alone: one per pair, shared by every token.
+        init = TI.Vnni
+            ? Vector256<int>.Zero - AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero,
+                Vector256.Create((byte)0x80), lo.AsSByte()), Vector256.Create((byte)0x80), hi.AsSByte())
+            : Vector256<int>.Zero;
     }
 
     /// <summary>One token's term of a q8_0 block pair: Σ over both halves, scaled by [dw·da] per block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Q8_0PairToken<TI>(Vector256<byte> lo, Vector256<byte> hi, Vector256<float> wscale, sbyte* qp, float* dp, int* zp, Vector256<float> acc)
-        where TI : struct, IIsa
+    private static Vector256<float> Q8_0PairToken<TI>(Vector256<byte> lo, Vector256<byte> hi, Vector256<int> init, Vector256<float> wscale, sbyte* qp, byte* qu, float* dp,
+        Vector256<float> acc) where TI : struct, IIsa
     {
         Vector256<int> s;
         if (TI.Vnni)
-            // Σ (w+128)·a - 128·Σa: zp starts lanes 0 and 4 at -128·Σa of each block.
-            s = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(Vector256.Load(zp), lo, Vector256.Load(qp)), hi, Vector256.Load(qp + 32));
+            s = AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(init, Vector256.Load(qu), lo.AsSByte()), Vector256.Load(qu + 32), hi.AsSByte());
         else
         {
             // |w|·sign(a, w): int16 pairs ≤ 2·128·127, so each half needs its own vpmaddwd.
@@ -389,13 +390,13 @@ public static unsafe class IntDot
         float* f16 = F16;
         for (int p = 0; p < np; p++, w += 68)
         {
-            Q8_0Pair<TI>(w, out var lo, out var hi);
+            Q8_0Pair<TI>(w, out var lo, out var hi, out var init);
             var sc = PairScale(f16, w, w + 34);
             long o = 64L * p, v = 8L * p;
-            a0 = Q8_0PairToken<TI>(lo, hi, sc, r0.QP + o, r0.DP + v, r0.ZP + v, a0);
-            a1 = Q8_0PairToken<TI>(lo, hi, sc, r1.QP + o, r1.DP + v, r1.ZP + v, a1);
-            a2 = Q8_0PairToken<TI>(lo, hi, sc, r2.QP + o, r2.DP + v, r2.ZP + v, a2);
-            a3 = Q8_0PairToken<TI>(lo, hi, sc, r3.QP + o, r3.DP + v, r3.ZP + v, a3);
+            a0 = Q8_0PairToken<TI>(lo, hi, init, sc, r0.QP + o, r0.QU + o, r0.DP + v, a0);
+            a1 = Q8_0PairToken<TI>(lo, hi, init, sc, r1.QP + o, r1.QU + o, r1.DP + v, a1);
+            a2 = Q8_0PairToken<TI>(lo, hi, init, sc, r2.QP + o, r2.QU + o, r2.DP + v, a2);
+            a3 = Q8_0PairToken<TI>(lo, hi, init, sc, r3.QP + o, r3.QU + o, r3.DP + v, a3);
         }
         if ((nb & 1) != 0)
         {
@@ -424,22 +425,22 @@ public static unsafe class IntDot
         Vector256<float> a0 = first ? default : acc[0], a1 = first ? default : acc[1], a2 = first ? default : acc[2], a3 = first ? default : acc[3], a4 = first ? default : acc[4], a5 = first ? default : acc[5], a6 = first ? default : acc[6], a7 = first ? default : acc[7];
         sbyte* q0 = r[0].QP, q1 = r[1].QP, q2 = r[2].QP, q3 = r[3].QP, q4 = r[4].QP, q5 = r[5].QP, q6 = r[6].QP, q7 = r[7].QP;
         float* d0 = r[0].DP, d1 = r[1].DP, d2 = r[2].DP, d3 = r[3].DP, d4 = r[4].DP, d5 = r[5].DP, d6 = r[6].DP, d7 = r[7].DP;
-        int* z0 = r[0].ZP, z1 = r[1].ZP, z2 = r[2].ZP, z3 = r[3].ZP, z4 = r[4].ZP, z5 = r[5].ZP, z6 = r[6].ZP, z7 = r[7].ZP;
+        byte* u0 = r[0].QU, u1 = r[1].QU, u2 = r[2].QU, u3 = r[3].QU, u4 = r[4].QU, u5 = r[5].QU, u6 = r[6].QU, u7 = r[7].QU;
         float* f16 = F16;
         byte* wp = w + 68L * p0;
         for (int p = p0; p < p1; p++, wp += 68)
         {
-            Q8_0Pair<TI>(wp, out var lo, out var hi);
+            Q8_0Pair<TI>(wp, out var lo, out var hi, out var init);
             var sc = PairScale(f16, wp, wp + 34);
             long o = 64L * p, v = 8L * p;
-            a0 = Q8_0PairToken<TI>(lo, hi, sc, q0 + o, d0 + v, z0 + v, a0);
-            a1 = Q8_0PairToken<TI>(lo, hi, sc, q1 + o, d1 + v, z1 + v, a1);
-            a2 = Q8_0PairToken<TI>(lo, hi, sc, q2 + o, d2 + v, z2 + v, a2);
-            a3 = Q8_0PairToken<TI>(lo, hi, sc, q3 + o, d3 + v, z3 + v, a3);
-            a4 = Q8_0PairToken<TI>(lo, hi, sc, q4 + o, d4 + v, z4 + v, a4);
-            a5 = Q8_0PairToken<TI>(lo, hi, sc, q5 + o, d5 + v, z5 + v, a5);
-            a6 = Q8_0PairToken<TI>(lo, hi, sc, q6 + o, d6 + v, z6 + v, a6);
-            a7 = Q8_0PairToken<TI>(lo, hi, sc, q7 + o, d7 + v, z7 + v, a7);
+            a0 = Q8_0PairToken<TI>(lo, hi, init, sc, q0 + o, u0 + o, d0 + v, a0);
+            a1 = Q8_0PairToken<TI>(lo, hi, init, sc, q1 + o, u1 + o, d1 + v, a1);
+            a2 = Q8_0PairToken<TI>(lo, hi, init, sc, q2 + o, u2 + o, d2 + v, a2);
+            a3 = Q8_0PairToken<TI>(lo, hi, init, sc, q3 + o, u3 + o, d3 + v, a3);
+            a4 = Q8_0PairToken<TI>(lo, hi, init, sc, q4 + o, u4 + o, d4 + v, a4);
+            a5 = Q8_0PairToken<TI>(lo, hi, init, sc, q5 + o, u5 + o, d5 + v, a5);
+            a6 = Q8_0PairToken<TI>(lo, hi, init, sc, q6 + o, u6 + o, d6 + v, a6);
+            a7 = Q8_0PairToken<TI>(lo, hi, init, sc, q7 + o, u7 + o, d7 + v, a7);
         }
         if (!last)
         {
