@@ -138,27 +138,24 @@ public sealed unsafe class QuantizedActivations : IDisposable
             sbyte* q = Q + (long)t * Cols, qp = QP + (long)t * Cols;
             float* dp = DP + (long)t * np * 8;
             int* zp = ZP + (long)t * np * 8;
+            byte* qu = QU == null ? null : QU + (long)t * Cols;
             for (int p = 0; p < np; p++)
             {
+                // [first 16 of block 2p | first 16 of block 2p+1], then the last 16 of each (see ActRow.QP).
                 long b0 = 64L * p;
-                Buffer.MemoryCopy(q + b0, qp + b0, 16, 16);
-                Buffer.MemoryCopy(q + b0 + 32, qp + b0 + 16, 16, 16);
-                Buffer.MemoryCopy(q + b0 + 16, qp + b0 + 32, 16, 16);
-                Buffer.MemoryCopy(q + b0 + 48, qp + b0 + 48, 16, 16);
-                for (int j = 0; j < 4; j++)
+                var v0 = Vector256.Load(q + b0);
+                var v1 = Vector256.Load(q + b0 + 32);
+                var lo = Vector256.Create(v0.GetLower(), v1.GetLower());
+                var hi = Vector256.Create(v0.GetUpper(), v1.GetUpper());
+                lo.Store(qp + b0);
+                hi.Store(qp + b0 + 32);
+                if (qu != null)
                 {
-                    dp[8 * p + j] = d[2 * p];
-                    dp[8 * p + 4 + j] = d[2 * p + 1];
-                    zp[8 * p + j] = 0;
-                    zp[8 * p + 4 + j] = 0;
+                    (lo.AsByte() ^ Vector256.Create((byte)0x80)).Store(qu + b0);
+                    (hi.AsByte() ^ Vector256.Create((byte)0x80)).Store(qu + b0 + 32);
                 }
-                zp[8 * p] = z[2 * p];
-                zp[8 * p + 4] = z[2 * p + 1];
-            }
-            if (QU != null)
-            {
-                byte* qu = QU + (long)t * Cols;
-                for (int i = 0; i < Cols; i++) qu[i] = (byte)(qp[i] ^ 0x80);
+                Vector256.Create(Vector128.Create(d[2 * p]), Vector128.Create(d[2 * p + 1])).Store(dp + 8 * p);
+                Vector256.Create(z[2 * p], 0, 0, 0, z[2 * p + 1], 0, 0, 0).Store(zp + 8 * p);
             }
         }
         _prepared = true;
