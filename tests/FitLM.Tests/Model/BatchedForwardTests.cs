@@ -112,9 +112,31 @@ public class BatchInvarianceTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void EightSequencesDecodedTogetherGetExactlyTheirLogitsAlone()
+    public void EightSequencesDecodedTogetherGetExactlyTheirLogitsAlone() => EightSequencesTogetherEqualAlone(TestPaths.DemoModel);
+
+    /// <summary>
+    /// The same on the demo model's Hugging Face weights converted to q8_0 and f16: the types with multi-token
+    /// decode kernels (the demo file's q4_K/q6_K run the one-token kernel per sequence).
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.F16)]
+    public void EightSequencesTogetherEqualAlone_MultiTokenKernels(GgmlType type)
     {
-        using var lm = LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = 256 });
+        if (TestPaths.Shared is not { } shared) { output.WriteLine("../shared is absent: skipped"); return; }
+        var dir = Directory.CreateTempSubdirectory("fitlm-batch-");
+        try
+        {
+            string path = Path.Combine(dir.FullName, $"pycoder-{type}.gguf");
+            FitLM.Formats.HfToGgufConverter.Convert(Path.Combine(shared, "models", "pycoder-29m"), path, type);
+            EightSequencesTogetherEqualAlone(path);
+        }
+        finally { dir.Delete(true); }
+    }
+
+    private void EightSequencesTogetherEqualAlone(string model)
+    {
+        using var lm = LanguageModel.Load(model, new LoadOptions { ContextLength = 256 });
         var tf = lm.Transformer;
         int vocab = lm.Config.Vocab, n = 8, steps = 12;
         var prompts = Enumerable.Range(0, n).Select(i => lm.Tokenizer.Encode(string.Concat(Enumerable.Repeat($"def check_{i}(x):\n    return x * {i}\n", i % 3 + 1)))).ToArray();
