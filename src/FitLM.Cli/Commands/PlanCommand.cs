@@ -42,9 +42,14 @@ internal static class PlanCommand
                 return 0;
             }
             StorageProfile? storage = null;
+            var plan = LanguageModel.PlanLoad(path, src, load, n).Plan;
             if (!r.GetValue(noProbe))
-                storage = StorageProbe.Measure(src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, ct: ct);
-            var plan = LanguageModel.PlanLoad(path, src, load, n, storage).Plan;
+            {
+                // Probe where this plan streams (its largest file's streamed span), then price the plan with it.
+                var (file, region) = StreamedRegion(src, plan);
+                storage = StorageProbe.Measure(file, ct: ct, region: region, unitBytes: plan.StreamBufferBytes / 2);
+                plan = LanguageModel.PlanLoad(path, src, load, n, storage).Plan;
+            }
             if (r.GetValue(json))
             {
                 WriteJson(plan);
@@ -82,6 +87,17 @@ internal static class PlanCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>The file holding most streamed bytes and the span [first, last byte) of its streamed tensors (none: the largest tensor's file, whole).</summary>
+    private static (string File, (long Offset, long Length)? Region) StreamedRegion(IModelSource src, Memory.MemoryPlan plan)
+    {
+        var streamed = plan.Tensors.Where(t => t.Placement == Memory.Placement.Streamed)
+            .Select(t => (Location: src.Locate(t.Tensor), Bytes: t.Tensor.ByteSize)).ToList();
+        if (streamed.Count == 0) return (src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, null);
+        var inFile = streamed.GroupBy(l => l.Location.File).MaxBy(g => g.Sum(l => l.Bytes))!;
+        long first = inFile.Min(l => l.Location.Offset), end = inFile.Max(l => l.Location.Offset + l.Bytes);
+        return (inFile.Key, (first, end - first));
     }
 
     private static void WriteJson(MemoryPlan plan)
