@@ -43,7 +43,7 @@ public class ConcurrencyTests(ServerProcess server, ITestOutputHelper output)
         await server.StreamChatAsync(Prompt(0), 4); // warm
         var one = await Measure(1, maxTokens);
         var eight = await Measure(8, maxTokens);
-        // A report, not an assertion: the CPU is shared with whatever else runs (see the README for measured numbers).
+        // A report, not an assertion: the CPU is shared with whatever else runs (measured numbers: docs/serving-throughput.md).
         output.WriteLine($"1 stream: {one.Client:F1} tok/s (server decode {one.Server:F1}); 8 streams: {eight.Client:F1} tok/s (server decode {eight.Server:F1}); " +
             $"ratio {eight.Client / one.Client:F2}x (server {eight.Server / one.Server:F2}x)");
         Assert.True(one.Client > 0 && eight.Client > 0);

@@ -13,10 +13,12 @@ public class InProcessServerTests
     [Fact]
     public async Task FullQueueAnswers503WithRetryAfterAndTheServerRecovers()
     {
-        using var lm = LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = 512, LogitRows = 1 });
+        // A long generation (4000 tokens, seconds of work) keeps the one slot busy for the whole test, however fast
+        // decode runs: with 500 tokens the running request could finish before the third one arrived.
+        using var lm = LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = 4096, LogitRows = 1 });
         await using var server = await FitLMServer.StartAsync(lm, new ServerOptions { Port = 0, Parallel = 1, QueueCapacity = 1, Log = TextWriter.Null });
         using var http = new HttpClient { BaseAddress = server.Address };
-        string Body(bool stream) => $$"""{"messages":[{"role":"user","content":"def f():"}], "max_tokens": 500, "temperature": 0.9, "stream": {{(stream ? "true" : "false")}}}""";
+        string Body(bool stream) => $$"""{"messages":[{"role":"user","content":"def f():"}], "max_tokens": 4000, "temperature": 0.9, "stream": {{(stream ? "true" : "false")}}}""";
 
         // One request runs (the only slot), one waits (the only queue place): the third is turned away.
         // The running one is a raw connection that reads its first chunk, so the test can hang up on it at once.
