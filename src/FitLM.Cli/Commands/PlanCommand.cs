@@ -83,6 +83,14 @@ internal static class PlanCommand
                 o.WriteLine(StorageProbe.Describe(storage));
                 o.WriteLine();
                 o.WriteLine($"predicted decode: {plan.PredictedTokensPerSecond:F2} tok/s — {plan.CostModelNote}");
+                if (!load.StreamChosen && plan.Streams)
+                {
+                    // The planner took the mode its model predicts faster; show the other one's prediction too.
+                    var other = plan.Mode == Memory.StreamMode.Naive ? Memory.StreamMode.Prefetch : Memory.StreamMode.Naive;
+                    var alt = LanguageModel.PlanLoad(path, src, load with { Stream = other, StreamChosen = true }, n, storage).Plan;
+                    o.WriteLine($"mode: {plan.Mode.ToString().ToLowerInvariant()} (predicted faster than {other.ToString().ToLowerInvariant()}: " +
+                        $"{alt.PredictedTokensPerSecond:F2} tok/s); --stream chooses one");
+                }
             }
             return 0;
         }));

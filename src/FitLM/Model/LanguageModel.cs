@@ -96,6 +96,17 @@ public sealed class LanguageModel : IDisposable
     public static (Memory.MemoryPlan Plan, Memory.Planner.FlashOptions? Flash) PlanLoad(string path, IModelSource source, LoadOptions options,
         int context, Storage.StorageProfile? storage = null)
     {
+        var chosen = PlanLoadMode(path, source, options, context, storage);
+        if (storage == null || options.StreamChosen || !chosen.Plan.Streams) return chosen;
+        // No mode asked for and a probe to price them: the mode the cost model predicts faster.
+        var other = options.Stream == Memory.StreamMode.Naive ? Memory.StreamMode.Prefetch : Memory.StreamMode.Naive;
+        var alternative = PlanLoadMode(path, source, options with { Stream = other }, context, storage);
+        return alternative.Plan.PredictedTokensPerSecond > chosen.Plan.PredictedTokensPerSecond ? alternative : chosen;
+    }
+
+    private static (Memory.MemoryPlan Plan, Memory.Planner.FlashOptions? Flash) PlanLoadMode(string path, IModelSource source, LoadOptions options,
+        int context, Storage.StorageProfile? storage)
+    {
         var flash = FlashOptionsFor(path, source, options);
         while (true)
         {

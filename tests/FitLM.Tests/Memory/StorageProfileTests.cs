@@ -34,3 +34,32 @@ public sealed class StorageProfileTests
         Assert.Equal(20e6 * 0.5, p.BytesPerSecond(2 << 10, 1), 1); // below the smallest size: proportional
     }
 }
+
+/// <summary>The planner, given a probe and no --stream, takes the mode its cost model predicts faster; a chosen mode is kept.</summary>
+public sealed class StreamModeChoiceTests
+{
+    [Fact]
+    public void UnchosenModeIsTheOnePredictedFaster_ChosenModeIsKept()
+    {
+        using var src = FitLM.Model.ModelSource.Open(TestPaths.DemoModel);
+        var storage = new StorageProfile("x", true, new List<StorageProfile.Point>
+        {
+            new(4 << 10, 1, 20e6, 0), new(4 << 20, 1, 1e9, 0), new(4 << 10, 4, 60e6, 0), new(4 << 20, 4, 1.2e9, 0),
+            new(4 << 20, 1, 1e9, 0, Sequential: true), new(4 << 20, 4, 2e9, 0, Sequential: true),
+        });
+        // A budget that holds the runtime, KV and buffers but not all weights: something is streamed.
+        var basis = new FitLM.Model.LoadOptions { ContextLength = 256, MemoryBudget = 76L << 20, RuntimeBytes = 30L << 20 };
+        foreach (var start in new[] { FitLM.Memory.StreamMode.Naive, FitLM.Memory.StreamMode.Prefetch })
+        {
+            var auto = FitLM.Model.LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = start }, 256, storage).Plan;
+            var naive = FitLM.Model.LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = FitLM.Memory.StreamMode.Naive, StreamChosen = true }, 256, storage).Plan;
+            var prefetch = FitLM.Model.LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = FitLM.Memory.StreamMode.Prefetch, StreamChosen = true }, 256, storage).Plan;
+            Assert.True(auto.Streams, "the budget should make the plan stream");
+            Assert.Equal(FitLM.Memory.StreamMode.Naive, naive.Mode);
+            Assert.Equal(FitLM.Memory.StreamMode.Prefetch, prefetch.Mode);
+            var faster = naive.PredictedTokensPerSecond > prefetch.PredictedTokensPerSecond ? naive : prefetch;
+            Assert.Equal(faster.Mode, auto.Mode);
+            Assert.Equal(faster.PredictedTokensPerSecond, auto.PredictedTokensPerSecond);
+        }
+    }
+}
