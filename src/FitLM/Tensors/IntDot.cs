@@ -174,6 +174,21 @@ public static unsafe class IntDot
                 }
             }
         }
+        if (TI.Simd && type is GgmlType.Q4_K or GgmlType.Q6_K && Wide)
+        {
+            ActRow* rs = stackalloc ActRow[8];
+            for (; t + 8 <= n; t += 8)
+            {
+                for (int k = 0; k < 8; k++) rs[k] = act.Row(t + k);
+                float* yt = y + t * yStride;
+                for (int r = 0; r < rows; r++)
+                {
+                    PrefetchAhead(w + r * rowBytes, rowBytes, ahead);
+                    if (type == GgmlType.Q4_K) Q4_Kx8<TI>(w + r * rowBytes, rs, cols, yt + r, yStride);
+                    else Q6_Kx8<TI>(w + r * rowBytes, rs, cols, yt + r, yStride);
+                }
+            }
+        }
         var one = For<TI>(type);
         for (; t < n; t++) one(w, rowBytes, rows, act.Row(t), cols, y + t * yStride);
     }
@@ -1104,6 +1119,77 @@ public static unsafe class IntDot
         return Vector256.Sum(acc);
     }
 
+    /// <summary>
+    /// <see cref="Q4_K{TI}"/> for eight tokens (needs AVX-512's 32 vector registers): each superblock's scales, mins and
+    /// nibbles are decoded once for eight tokens. Every token's result is the one-token kernel's: its two int32
+    /// accumulators are one here (integer sums are exact in any order) and its float steps are the same.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Q4_Kx8<TI>(byte* w, ActRow* r, int cols, float* y, long ys) where TI : struct, IIsa
+    {
+        Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
+        sbyte* y0 = r[0].Q, y1 = r[1].Q, y2 = r[2].Q, y3 = r[3].Q, y4 = r[4].Q, y5 = r[5].Q, y6 = r[6].Q, y7 = r[7].Q;
+        float* d0 = r[0].D, d1 = r[1].D, d2 = r[2].D, d3 = r[3].D, d4 = r[4].D, d5 = r[5].D, d6 = r[6].D, d7 = r[7].D;
+        short* b0 = r[0].BSums, b1 = r[1].BSums, b2 = r[2].BSums, b3 = r[3].BSums, b4 = r[4].BSums, b5 = r[5].BSums, b6 = r[6].BSums, b7 = r[7].BSums;
+        var m4 = Vector256.Create((byte)0xF);
+        var inc = Vector256.Create((ushort)0x0202).AsByte();
+        for (int i = 0; i < cols / 256; i++, w += 144)
+        {
+            ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
+            var mb = Vector128.CreateScalar(mn).AsByte();
+            var mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb));
+            var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
+            var scales = Vector256.Create(sc16, sc16).AsByte();
+            var shuf = WordShuffle0;
+            float d = H(w), dmin = H(w + 2);
+            long o = 256L * i;
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
+            for (int c = 0; c < 4; c++)
+            {
+                var q4 = Vector256.Load(w + 16 + 32 * c);
+                var sLo = Avx2.Shuffle(scales, shuf).AsInt16();
+                shuf += inc;
+                var sHi = Avx2.Shuffle(scales, shuf).AsInt16();
+                shuf += inc;
+                var lo = q4 & m4;
+                var hi = (q4.AsUInt16() >> 4).AsByte() & m4;
+                long oc = o + 64 * c;
+                s0 = ScaledDot<TI>(ScaledDot<TI>(s0, lo, y0 + oc, sLo), hi, y0 + oc + 32, sHi);
+                s1 = ScaledDot<TI>(ScaledDot<TI>(s1, lo, y1 + oc, sLo), hi, y1 + oc + 32, sHi);
+                s2 = ScaledDot<TI>(ScaledDot<TI>(s2, lo, y2 + oc, sLo), hi, y2 + oc + 32, sHi);
+                s3 = ScaledDot<TI>(ScaledDot<TI>(s3, lo, y3 + oc, sLo), hi, y3 + oc + 32, sHi);
+                s4 = ScaledDot<TI>(ScaledDot<TI>(s4, lo, y4 + oc, sLo), hi, y4 + oc + 32, sHi);
+                s5 = ScaledDot<TI>(ScaledDot<TI>(s5, lo, y5 + oc, sLo), hi, y5 + oc + 32, sHi);
+                s6 = ScaledDot<TI>(ScaledDot<TI>(s6, lo, y6 + oc, sLo), hi, y6 + oc + 32, sHi);
+                s7 = ScaledDot<TI>(ScaledDot<TI>(s7, lo, y7 + oc, sLo), hi, y7 + oc + 32, sHi);
+            }
+            f0 = Q4_KFinish(f0, s0, mins, b0 + 16 * i, d0[i], d, dmin);
+            f1 = Q4_KFinish(f1, s1, mins, b1 + 16 * i, d1[i], d, dmin);
+            f2 = Q4_KFinish(f2, s2, mins, b2 + 16 * i, d2[i], d, dmin);
+            f3 = Q4_KFinish(f3, s3, mins, b3 + 16 * i, d3[i], d, dmin);
+            f4 = Q4_KFinish(f4, s4, mins, b4 + 16 * i, d4[i], d, dmin);
+            f5 = Q4_KFinish(f5, s5, mins, b5 + 16 * i, d5[i], d, dmin);
+            f6 = Q4_KFinish(f6, s6, mins, b6 + 16 * i, d6[i], d, dmin);
+            f7 = Q4_KFinish(f7, s7, mins, b7 + 16 * i, d7[i], d, dmin);
+        }
+        y[0 * ys] = Vector256.Sum(f0);
+        y[1 * ys] = Vector256.Sum(f1);
+        y[2 * ys] = Vector256.Sum(f2);
+        y[3 * ys] = Vector256.Sum(f3);
+        y[4 * ys] = Vector256.Sum(f4);
+        y[5 * ys] = Vector256.Sum(f5);
+        y[6 * ys] = Vector256.Sum(f6);
+        y[7 * ys] = Vector256.Sum(f7);
+    }
+
+    /// <summary>One token's float steps for a q4_K superblock, as <see cref="Q4_K{TI}"/> does them: the scaled sums, then the mins.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q4_KFinish(Vector256<float> acc, Vector256<int> s, Vector256<short> mins, short* bs, float da, float d, float dmin)
+    {
+        acc = Fma.MultiplyAdd(Cvt(s), Vector256.Create(da * d), acc);
+        return Fma.MultiplyAdd(Cvt(Avx2.MultiplyAddAdjacent(mins, Vector256.Load(bs))), Vector256.Create(-da * dmin), acc);
+    }
+
     // ---------------------------------------------------------------- q5_K × q8_K
 
     private static float RefQ5_K(byte* w, in ActRow a, int cols)
@@ -1257,4 +1343,101 @@ public static unsafe class IntDot
         }
         return Vector256.Sum(acc);
     }
+    /// <summary>
+    /// <see cref="Q6_K{TI}"/> for eight tokens (needs AVX-512's 32 vector registers): each superblock's 6-bit quants
+    /// and scales are decoded once for eight tokens; every token's result is the one-token kernel's (its two int32
+    /// accumulators are one here: integer sums are exact in any order).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Q6_Kx8<TI>(byte* w, ActRow* r, int cols, float* y, long ys) where TI : struct, IIsa
+    {
+        Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
+        sbyte* y0 = r[0].Q, y1 = r[1].Q, y2 = r[2].Q, y3 = r[3].Q, y4 = r[4].Q, y5 = r[5].Q, y6 = r[6].Q, y7 = r[7].Q;
+        float* d0 = r[0].D, d1 = r[1].D, d2 = r[2].D, d3 = r[3].D, d4 = r[4].D, d5 = r[5].D, d6 = r[6].D, d7 = r[7].D;
+        short* b0 = r[0].BSums, b1 = r[1].BSums, b2 = r[2].BSums, b3 = r[3].BSums, b4 = r[4].BSums, b5 = r[5].BSums, b6 = r[6].BSums, b7 = r[7].BSums;
+        var m4 = Vector256.Create((byte)0xF);
+        var m30 = Vector256.Create((byte)0x30);
+        var inc = Vector128.Create((byte)2);
+        for (int i = 0; i < cols / 256; i++)
+        {
+            byte* blk = w + 210 * i;
+            var scales = Vector128.Load((sbyte*)(blk + 192));
+            var scales16 = Avx2.ConvertToVector256Int16(scales);
+            float d = H(blk + 208);
+            var s0 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b0 + 16 * i)), 5);
+            var s1 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b1 + 16 * i)), 5);
+            var s2 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b2 + 16 * i)), 5);
+            var s3 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b3 + 16 * i)), 5);
+            var s4 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b4 + 16 * i)), 5);
+            var s5 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b5 + 16 * i)), 5);
+            var s6 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b6 + 16 * i)), 5);
+            var s7 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b7 + 16 * i)), 5);
+            var shuf = PairShuffle0;
+            for (int h = 0; h < 2; h++)
+            {
+                var l0 = Vector256.Load(blk + 64 * h);
+                var l1 = Vector256.Load(blk + 64 * h + 32);
+                var hb = Vector256.Load(blk + 128 + 32 * h);
+                var hw = hb.AsUInt16();
+                var q0 = (l0 & m4) | ((hw << 4).AsByte() & m30);
+                var q1 = (l1 & m4) | ((hw << 2).AsByte() & m30);
+                var q2 = ((l0.AsUInt16() >> 4).AsByte() & m4) | (hb & m30);
+                var q3 = ((l1.AsUInt16() >> 4).AsByte() & m4) | ((hw >> 2).AsByte() & m30);
+                long o = 256L * i + 128 * h;
+                var c0 = PairScales(scales, shuf); shuf += inc;
+                s0 = ScaledDot<TI>(s0, q0, y0 + o + 0, c0);
+                s1 = ScaledDot<TI>(s1, q0, y1 + o + 0, c0);
+                s2 = ScaledDot<TI>(s2, q0, y2 + o + 0, c0);
+                s3 = ScaledDot<TI>(s3, q0, y3 + o + 0, c0);
+                s4 = ScaledDot<TI>(s4, q0, y4 + o + 0, c0);
+                s5 = ScaledDot<TI>(s5, q0, y5 + o + 0, c0);
+                s6 = ScaledDot<TI>(s6, q0, y6 + o + 0, c0);
+                s7 = ScaledDot<TI>(s7, q0, y7 + o + 0, c0);
+                var c1 = PairScales(scales, shuf); shuf += inc;
+                s0 = ScaledDot<TI>(s0, q1, y0 + o + 32, c1);
+                s1 = ScaledDot<TI>(s1, q1, y1 + o + 32, c1);
+                s2 = ScaledDot<TI>(s2, q1, y2 + o + 32, c1);
+                s3 = ScaledDot<TI>(s3, q1, y3 + o + 32, c1);
+                s4 = ScaledDot<TI>(s4, q1, y4 + o + 32, c1);
+                s5 = ScaledDot<TI>(s5, q1, y5 + o + 32, c1);
+                s6 = ScaledDot<TI>(s6, q1, y6 + o + 32, c1);
+                s7 = ScaledDot<TI>(s7, q1, y7 + o + 32, c1);
+                var c2 = PairScales(scales, shuf); shuf += inc;
+                s0 = ScaledDot<TI>(s0, q2, y0 + o + 64, c2);
+                s1 = ScaledDot<TI>(s1, q2, y1 + o + 64, c2);
+                s2 = ScaledDot<TI>(s2, q2, y2 + o + 64, c2);
+                s3 = ScaledDot<TI>(s3, q2, y3 + o + 64, c2);
+                s4 = ScaledDot<TI>(s4, q2, y4 + o + 64, c2);
+                s5 = ScaledDot<TI>(s5, q2, y5 + o + 64, c2);
+                s6 = ScaledDot<TI>(s6, q2, y6 + o + 64, c2);
+                s7 = ScaledDot<TI>(s7, q2, y7 + o + 64, c2);
+                var c3 = PairScales(scales, shuf); shuf += inc;
+                s0 = ScaledDot<TI>(s0, q3, y0 + o + 96, c3);
+                s1 = ScaledDot<TI>(s1, q3, y1 + o + 96, c3);
+                s2 = ScaledDot<TI>(s2, q3, y2 + o + 96, c3);
+                s3 = ScaledDot<TI>(s3, q3, y3 + o + 96, c3);
+                s4 = ScaledDot<TI>(s4, q3, y4 + o + 96, c3);
+                s5 = ScaledDot<TI>(s5, q3, y5 + o + 96, c3);
+                s6 = ScaledDot<TI>(s6, q3, y6 + o + 96, c3);
+                s7 = ScaledDot<TI>(s7, q3, y7 + o + 96, c3);
+            }
+            f0 = Fma.MultiplyAdd(Cvt(s0), Vector256.Create(d0[i] * d), f0);
+            f1 = Fma.MultiplyAdd(Cvt(s1), Vector256.Create(d1[i] * d), f1);
+            f2 = Fma.MultiplyAdd(Cvt(s2), Vector256.Create(d2[i] * d), f2);
+            f3 = Fma.MultiplyAdd(Cvt(s3), Vector256.Create(d3[i] * d), f3);
+            f4 = Fma.MultiplyAdd(Cvt(s4), Vector256.Create(d4[i] * d), f4);
+            f5 = Fma.MultiplyAdd(Cvt(s5), Vector256.Create(d5[i] * d), f5);
+            f6 = Fma.MultiplyAdd(Cvt(s6), Vector256.Create(d6[i] * d), f6);
+            f7 = Fma.MultiplyAdd(Cvt(s7), Vector256.Create(d7[i] * d), f7);
+        }
+        y[0 * ys] = Vector256.Sum(f0);
+        y[1 * ys] = Vector256.Sum(f1);
+        y[2 * ys] = Vector256.Sum(f2);
+        y[3 * ys] = Vector256.Sum(f3);
+        y[4 * ys] = Vector256.Sum(f4);
+        y[5 * ys] = Vector256.Sum(f5);
+        y[6 * ys] = Vector256.Sum(f6);
+        y[7 * ys] = Vector256.Sum(f7);
+    }
+
 }
