@@ -55,11 +55,7 @@ public static unsafe class FloatDot
     /// tokens, and with Vector512 four tokens share each load of it (the fp16 widening alone costs more than the
     /// multiply-adds, and the server decodes the same rows for every sequence in the batch).
     /// </summary>
-    internal static void MultiRows(GgmlType type, Isa isa, byte* w, long rowBytes, int rows, float* x, int cols, int n, float* y, long yStride) =>
-        MultiRows(type, isa, w, rowBytes, rows, x, cols, cols, n, y, yStride);
-
-    /// <summary><see cref="MultiRows(GgmlType, Isa, byte*, long, int, float*, int, int, float*, long)"/> with token t at x + t·xStride.</summary>
-    internal static void MultiRows(GgmlType type, Isa isa, byte* w, long rowBytes, int rows, float* x, int cols, long xStride, int n, float* y, long yStride)
+    internal static void MultiRows(GgmlType type, Isa isa, byte* w, long rowBytes, int rows, float* x, int cols, int n, float* y, long yStride)
     {
         if (!IsSupported(isa)) throw new PlatformNotSupportedException($"{isa} is not supported on this machine");
         var one = Kernel(GgmlType.F32, isa);
@@ -69,14 +65,14 @@ public static unsafe class FloatDot
             byte* src = w + r * rowBytes;
             // The next row is fetched while this one is multiplied with every token (the hardware prefetcher alone
             // falls behind when each row is followed by this much work).
-            if (r + 1 < rows) IntDot.PrefetchAhead(src, rowBytes, rowBytes);
+            if (r + 1 < rows) IntDot.PrefetchAhead(src, rowBytes, IntDot.MultiPrefetchDistance(rowBytes));
             float* a = type == GgmlType.F32 ? (float*)src : row;
             if (type != GgmlType.F32) ToFloat(type, src, row, cols, isa);
             int t = 0;
             if (isa == Isa.Vector512)
                 for (; t + 4 <= n; t += 4)
-                    F32Dot4x512(a, x + t * xStride, xStride, cols, y + t * yStride + r, yStride);
-            for (; t < n; t++) one((byte*)a, 0, 1, x + t * xStride, cols, y + t * yStride + r);
+                    F32Dot4x512(a, x + (long)t * cols, cols, y + t * yStride + r, yStride);
+            for (; t < n; t++) one((byte*)a, 0, 1, x + (long)t * cols, cols, y + t * yStride + r);
         }
     }
 
@@ -96,13 +92,13 @@ public static unsafe class FloatDot
     }
 
     /// <summary>
-    /// <see cref="F32K"/>'s Vector512 dot for four tokens x + k·xStride (k &lt; 4) against one row a, with each
+    /// <see cref="F32K"/>'s Vector512 dot for four tokens x, x + n, x + 2n, x + 3n against one row a, with each
     /// token's accumulators, loop order and final sums exactly as the one-token kernel has them.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void F32Dot4x512(float* a, float* x, long xStride, int n, float* y, long yStride)
+    private static void F32Dot4x512(float* a, float* x, int n, float* y, long yStride)
     {
-        float* x0 = x, x1 = x + xStride, x2 = x + 2 * xStride, x3 = x + 3 * xStride;
+        float* x0 = x, x1 = x + n, x2 = x + 2 * n, x3 = x + 3 * n;
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;

@@ -88,9 +88,10 @@ public static unsafe class IntDot
     /// y[t·yStride + r] = dot(W[r], token t) for rows r in [0, rows) and tokens t in [0, n) of <paramref name="act"/>
     /// (quantized and prepared for <paramref name="type"/>): the batched decode of the server. Every token's result is
     /// the one <see cref="Kernel"/> gives it alone, bit for bit: integer block sums are exact in any order, and each
-    /// token keeps the one-row kernel's float operations and accumulators. q8_0 and q4_0 (the bulk of most files)
-    /// have kernels that load, unpack and scale each weight block once for eight tokens (with AVX-512's 32 registers)
-    /// or four; other types run the one-row kernel per token over the same chunk of rows (from cache after the first).
+    /// token keeps the one-row kernel's float operations and accumulators. q8_0, q4_0, q4_K and q6_K (the bulk of
+    /// most files) have kernels that load, unpack and scale each weight block once for eight tokens (with AVX-512's 32
+    /// registers; q8_0/q4_0 also four without); other types run the one-row kernel per token over the same chunk of
+    /// rows (from cache after the first).
     /// </summary>
     internal static void MultiRows(GgmlType type, Isa isa, byte* w, long rowBytes, int rows, QuantizedActivations act, int n, int cols, float* y, long yStride)
     {
@@ -106,8 +107,11 @@ public static unsafe class IntDot
     /// <summary>Eight-token kernels: their accumulators and shared registers need AVX-512's 32 vector registers.</summary>
     private static readonly bool Wide = Avx512F.VL.IsSupported;
 
-    /// <summary>One row ahead: measured on llama-0.8b q8_0 ×8, 96 → 140 tok/s with the eight-token kernel (2 or 4 rows: no better).</summary>
-    private static long MultiPrefetchDistance(long rowBytes) => Sse.IsSupported ? rowBytes : 0;
+    /// <summary>
+    /// How far the multi-token kernels (integer and float) prefetch: one row ahead. Measured on llama-0.8b q8_0 ×8,
+    /// 96 → 140 tok/s with the eight-token kernel (2 or 4 rows: no better).
+    /// </summary>
+    internal static long MultiPrefetchDistance(long rowBytes) => Sse.IsSupported ? rowBytes : 0;
 
     /// <summary>
     /// Block pairs per column tile of the eight-token kernels: eight tokens' activations for 2048 columns (about 32 KiB
@@ -137,25 +141,32 @@ public static unsafe class IntDot
         // Each row is followed by several tokens' work, long enough for the hardware prefetcher to fall behind the
         // stream of rows from memory: fetch the next rows ahead, as the one-token kernel does.
         long ahead = TI.Simd && rows > 1 ? MultiPrefetchDistance(rowBytes) : 0;
-        if (TI.Simd && type is GgmlType.Q8_0 or GgmlType.Q4_0 && Wide)
+        if (TI.Simd && Wide && type is GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K)
         {
             ActRow* rs = stackalloc ActRow[8];
-            int nb = cols / 32, np = nb / 2, pairBytes = type == GgmlType.Q8_0 ? 68 : 36;
-            Vector256<float>* acc = np > TilePairs ? AccBuffer(rows * 16) : null;
+            // q8_0/q4_0 go over the columns in tiles of block pairs; the k-quant kernels take whole rows (one tile).
+            bool tiled = type is GgmlType.Q8_0 or GgmlType.Q4_0;
+            int nb = cols / 32, np = nb / 2, pairBytes = type == GgmlType.Q8_0 ? 68 : 36, tile = tiled ? TilePairs : Math.Max(np, 1);
+            Vector256<float>* acc = np > tile ? AccBuffer(rows * 16) : null;
             for (; t + 8 <= n; t += 8)
             {
                 for (int k = 0; k < 8; k++) rs[k] = act.Row(t + k);
                 float* yt = y + t * yStride;
-                for (int p0 = 0; p0 == 0 || p0 < np; p0 += TilePairs)
+                for (int p0 = 0; p0 == 0 || p0 < np; p0 += tile)
                 {
-                    int p1 = Math.Min(np, p0 + TilePairs);
+                    int p1 = Math.Min(np, p0 + tile);
                     bool first = p0 == 0, last = p1 == np;
                     for (int r = 0; r < rows; r++)
                     {
                         byte* wr = w + r * rowBytes;
                         PrefetchAhead(wr + (long)p0 * pairBytes, last ? rowBytes - (long)p0 * pairBytes : (long)(p1 - p0) * pairBytes, ahead);
-                        if (type == GgmlType.Q8_0) Q8_0x8<TI>(wr, rs, p0, p1, nb, first, last, acc + r * 16, yt + r, yStride);
-                        else Q4_0x8<TI>(wr, rs, p0, p1, nb, first, last, acc + r * 16, yt + r, yStride);
+                        switch (type)
+                        {
+                            case GgmlType.Q8_0: Q8_0x8<TI>(wr, rs, p0, p1, nb, first, last, acc + r * 16, yt + r, yStride); break;
+                            case GgmlType.Q4_0: Q4_0x8<TI>(wr, rs, p0, p1, nb, first, last, acc + r * 16, yt + r, yStride); break;
+                            case GgmlType.Q4_K: Q4_Kx8<TI>(wr, rs, cols, yt + r, yStride); break;
+                            default: Q6_Kx8<TI>(wr, rs, cols, yt + r, yStride); break;
+                        }
                     }
                 }
             }
@@ -171,21 +182,6 @@ public static unsafe class IntDot
                     PrefetchAhead(w + r * rowBytes, rowBytes, ahead);
                     if (type == GgmlType.Q8_0) Q8_0x4<TI>(w + r * rowBytes, a0, a1, a2, a3, cols, yt + r, yStride);
                     else Q4_0x4<TI>(w + r * rowBytes, a0, a1, a2, a3, cols, yt + r, yStride);
-                }
-            }
-        }
-        if (TI.Simd && type is GgmlType.Q4_K or GgmlType.Q6_K && Wide)
-        {
-            ActRow* rs = stackalloc ActRow[8];
-            for (; t + 8 <= n; t += 8)
-            {
-                for (int k = 0; k < 8; k++) rs[k] = act.Row(t + k);
-                float* yt = y + t * yStride;
-                for (int r = 0; r < rows; r++)
-                {
-                    PrefetchAhead(w + r * rowBytes, rowBytes, ahead);
-                    if (type == GgmlType.Q4_K) Q4_Kx8<TI>(w + r * rowBytes, rs, cols, yt + r, yStride);
-                    else Q6_Kx8<TI>(w + r * rowBytes, rs, cols, yt + r, yStride);
                 }
             }
         }
@@ -496,8 +492,17 @@ public static unsafe class IntDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> PairDot<TI>(Vector256<int> init, Vector256<byte> raw, Vector256<byte> hiBits, Vector256<byte> loBits, sbyte* qp) where TI : struct, IIsa
     {
+        PairNibbles(raw, out var lo, out var hi);
+        return PairDotSplit<TI>(init, lo | loBits, hi | hiBits, qp);
+    }
+
+    /// <summary>A block pair's register (see <see cref="PairDot{TI}"/>) split into its low nibbles (elements 0..15 of both blocks) and high nibbles (16..31).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PairNibbles(Vector256<byte> raw, out Vector256<byte> lo, out Vector256<byte> hi)
+    {
         var m4 = Vector256.Create((byte)0x0F);
-        return PairDotSplit<TI>(init, (raw & m4) | loBits, ((raw.AsUInt16() >> 4).AsByte() & m4) | hiBits, qp);
+        lo = raw & m4;
+        hi = (raw.AsUInt16() >> 4).AsByte() & m4;
     }
 
     /// <summary><see cref="PairDot{TI}"/> on quants already split into the two halves' registers (unsigned, ≤ 31).</summary>
@@ -580,12 +585,9 @@ public static unsafe class IntDot
         Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
         int nb = cols / 32, np = nb / 2;
         float* f16 = F16;
-        var m4 = Vector256.Create((byte)0x0F);
         for (int p = 0; p < np; p++, w += 36)
         {
-            var raw = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 20));
-            var lo = raw & m4;
-            var hi = (raw.AsUInt16() >> 4).AsByte() & m4;
+            PairNibbles(Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 20)), out var lo, out var hi);
             var sc = PairScale(f16, w, w + 18);
             long o = 64L * p, v = 8L * p;
             if ((p & 1) == 0)
@@ -645,13 +647,10 @@ public static unsafe class IntDot
         float* d0 = r[0].DP, d1 = r[1].DP, d2 = r[2].DP, d3 = r[3].DP, d4 = r[4].DP, d5 = r[5].DP, d6 = r[6].DP, d7 = r[7].DP;
         int* z0 = r[0].ZP, z1 = r[1].ZP, z2 = r[2].ZP, z3 = r[3].ZP, z4 = r[4].ZP, z5 = r[5].ZP, z6 = r[6].ZP, z7 = r[7].ZP;
         float* f16 = F16;
-        var m4 = Vector256.Create((byte)0x0F);
         byte* wp = w + 36L * p0;
         for (int p = p0; p < p1; p++, wp += 36)
         {
-            var raw = Vector256.Create(Vector128.Load(wp + 2), Vector128.Load(wp + 20));
-            var lo = raw & m4;
-            var hi = (raw.AsUInt16() >> 4).AsByte() & m4;
+            PairNibbles(Vector256.Create(Vector128.Load(wp + 2), Vector128.Load(wp + 20)), out var lo, out var hi);
             var sc = PairScale(f16, wp, wp + 18);
             long o = 64L * p, v = 8L * p;
             // The one-token kernel alternates its two accumulators by pair parity.
@@ -1082,6 +1081,20 @@ public static unsafe class IntDot
     /// <summary>Shuffle broadcasting int16 lane 0 (bytes 0,1) to all lanes; add 0x0202 per lane index.</summary>
     private static Vector256<byte> WordShuffle0 => Vector256.Create((ushort)0x0100).AsByte();
 
+    /// <summary>
+    /// A q4_K superblock's eight 6-bit scales as int16 words (both lanes, for the word shuffles of the chunks) and its
+    /// mins, each duplicated to the two bsums of its 32 elements (Σ_j m_j·(bsum[2j] + bsum[2j+1]) is one vpmaddwd).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Q4_KScalesMins(byte* w, out Vector256<byte> scales, out Vector256<short> mins)
+    {
+        ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
+        var mb = Vector128.CreateScalar(mn).AsByte();
+        mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb)).AsInt16();
+        var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
+        scales = Vector256.Create(sc16, sc16).AsByte();
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Q4_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
     {
@@ -1092,13 +1105,8 @@ public static unsafe class IntDot
         short* bs = a.BSums;
         for (int i = 0; i < cols / 256; i++, w += 144, y += 256, bs += 16)
         {
-            ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
-            // Mins: Σ_j m_j·(bsum[2j] + bsum[2j+1]): each min duplicated to the two bsums of its 32 elements.
-            var mb = Vector128.CreateScalar(mn).AsByte();
-            var mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb));
-            var msum = Avx2.MultiplyAddAdjacent(mins.AsInt16(), Vector256.Load(bs));
-            var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
-            var scales = Vector256.Create(sc16, sc16).AsByte();
+            Q4_KScalesMins(w, out var scales, out var mins);
+            var msum = Avx2.MultiplyAddAdjacent(mins, Vector256.Load(bs));
             var shuf = WordShuffle0;
             var inc = Vector256.Create((ushort)0x0202).AsByte();
             var s0 = Vector256<int>.Zero;
@@ -1135,11 +1143,7 @@ public static unsafe class IntDot
         var inc = Vector256.Create((ushort)0x0202).AsByte();
         for (int i = 0; i < cols / 256; i++, w += 144)
         {
-            ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
-            var mb = Vector128.CreateScalar(mn).AsByte();
-            var mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb));
-            var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
-            var scales = Vector256.Create(sc16, sc16).AsByte();
+            Q4_KScalesMins(w, out var scales, out var mins);
             var shuf = WordShuffle0;
             float d = H(w), dmin = H(w + 2);
             long o = 256L * i;
@@ -1306,12 +1310,26 @@ public static unsafe class IntDot
         return sum;
     }
 
+    /// <summary>Half h of a q6_K superblock as four registers of 6-bit quants (0..63), 32 elements each in element order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Q6_KQuants(byte* blk, int h, out Vector256<byte> q0, out Vector256<byte> q1, out Vector256<byte> q2, out Vector256<byte> q3)
+    {
+        var m4 = Vector256.Create((byte)0xF);
+        var m30 = Vector256.Create((byte)0x30);
+        var l0 = Vector256.Load(blk + 64 * h);
+        var l1 = Vector256.Load(blk + 64 * h + 32);
+        var hb = Vector256.Load(blk + 128 + 32 * h);
+        var hw = hb.AsUInt16();
+        q0 = (l0 & m4) | ((hw << 4).AsByte() & m30);
+        q1 = (l1 & m4) | ((hw << 2).AsByte() & m30);
+        q2 = ((l0.AsUInt16() >> 4).AsByte() & m4) | (hb & m30);
+        q3 = ((l1.AsUInt16() >> 4).AsByte() & m4) | ((hw >> 2).AsByte() & m30);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Q6_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
     {
         var acc = Vector256<float>.Zero;
-        var m4 = Vector256.Create((byte)0xF);
-        var m30 = Vector256.Create((byte)0x30);
         for (int i = 0; i < cols / 256; i++)
         {
             byte* blk = w + 210 * i;
@@ -1324,14 +1342,7 @@ public static unsafe class IntDot
             var shuf = PairShuffle0;
             for (int h = 0; h < 2; h++)
             {
-                var l0 = Vector256.Load(blk + 64 * h);
-                var l1 = Vector256.Load(blk + 64 * h + 32);
-                var hb = Vector256.Load(blk + 128 + 32 * h);
-                var hw = hb.AsUInt16();
-                var q0 = (l0 & m4) | ((hw << 4).AsByte() & m30);
-                var q1 = (l1 & m4) | ((hw << 2).AsByte() & m30);
-                var q2 = ((l0.AsUInt16() >> 4).AsByte() & m4) | (hb & m30);
-                var q3 = ((l1.AsUInt16() >> 4).AsByte() & m4) | ((hw >> 2).AsByte() & m30);
+                Q6_KQuants(blk, h, out var q0, out var q1, out var q2, out var q3);
                 sbyte* yh = y + 128 * h;
                 var inc = Vector128.Create((byte)2);
                 sumi = ScaledDot<TI>(sumi, q0, yh, PairScales(scales, shuf)); shuf += inc;
@@ -1355,8 +1366,6 @@ public static unsafe class IntDot
         sbyte* y0 = r[0].Q, y1 = r[1].Q, y2 = r[2].Q, y3 = r[3].Q, y4 = r[4].Q, y5 = r[5].Q, y6 = r[6].Q, y7 = r[7].Q;
         float* d0 = r[0].D, d1 = r[1].D, d2 = r[2].D, d3 = r[3].D, d4 = r[4].D, d5 = r[5].D, d6 = r[6].D, d7 = r[7].D;
         short* b0 = r[0].BSums, b1 = r[1].BSums, b2 = r[2].BSums, b3 = r[3].BSums, b4 = r[4].BSums, b5 = r[5].BSums, b6 = r[6].BSums, b7 = r[7].BSums;
-        var m4 = Vector256.Create((byte)0xF);
-        var m30 = Vector256.Create((byte)0x30);
         var inc = Vector128.Create((byte)2);
         for (int i = 0; i < cols / 256; i++)
         {
@@ -1375,14 +1384,7 @@ public static unsafe class IntDot
             var shuf = PairShuffle0;
             for (int h = 0; h < 2; h++)
             {
-                var l0 = Vector256.Load(blk + 64 * h);
-                var l1 = Vector256.Load(blk + 64 * h + 32);
-                var hb = Vector256.Load(blk + 128 + 32 * h);
-                var hw = hb.AsUInt16();
-                var q0 = (l0 & m4) | ((hw << 4).AsByte() & m30);
-                var q1 = (l1 & m4) | ((hw << 2).AsByte() & m30);
-                var q2 = ((l0.AsUInt16() >> 4).AsByte() & m4) | (hb & m30);
-                var q3 = ((l1.AsUInt16() >> 4).AsByte() & m4) | ((hw >> 2).AsByte() & m30);
+                Q6_KQuants(blk, h, out var q0, out var q1, out var q2, out var q3);
                 long o = 256L * i + 128 * h;
                 var c0 = PairScales(scales, shuf); shuf += inc;
                 s0 = ScaledDot<TI>(s0, q0, y0 + o + 0, c0);

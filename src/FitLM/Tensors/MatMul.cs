@@ -180,55 +180,32 @@ public static unsafe class MatMul
             else if (FloatDot.Supports(type)) job.SetFloat(type, fisa);
             else job.SetFallback(type);
             int chunk = DecodeRowsPerChunk(rows);
-            float* xs = px;
-            long xStride = cols;
-            if (job.IsFloat && fisa == FloatDot.Isa.Vector512)
-            {
-                // The tokens copied to 64-byte aligned rows one cache line longer than a whole number of lines: the
-                // multi-token kernel reads four tokens at the same column together, and at a stride of a multiple
-                // of 4 KiB (cols = 1024, 2048, ...) those loads fall in one L1 set and evict each other (measured
-                // here: 2048 columns ran at half the speed of 512); a load straddling two lines would cost two.
-                xStride = (cols + 15) / 16 * 16 + 16;
-                long len = n * xStride;
-                if (t_alignedXLength < len)
-                {
-                    if (t_alignedX != null) System.Runtime.InteropServices.NativeMemory.AlignedFree(t_alignedX);
-                    t_alignedX = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(len * 4), 64);
-                    t_alignedXLength = len;
-                }
-                for (int t = 0; t < n; t++) Buffer.MemoryCopy(px + (long)t * cols, t_alignedX + t * xStride, cols * 4L, cols * 4L);
-                xs = t_alignedX;
-            }
-            job.Set(w, rowBytes, rows, cols, xs, xStride, py, n, chunk);
+            job.Set(w, rowBytes, rows, cols, px, py, n, chunk);
             WorkerPool.Shared.Run(job, (rows + chunk - 1) / chunk);
         }
     }
 
-    [ThreadStatic] private static float* t_alignedX;
-    [ThreadStatic] private static long t_alignedXLength;
 
     private sealed class MultiVecJob : IParallelJob
     {
-        private bool _int, _float;
+        private enum Kind { Int, Float, Fallback }
+        private Kind _kind;
+        private GgmlType _type;
         private IntDot.Isa _isa;
         private FloatDot.Isa _fisa;
         private QuantizedActivations? _act;
-        private GgmlType _fallback;
         private byte* _w;
         private long _rowBytes;
         private int _rows, _cols, _n, _chunk;
         private float* _x, _y;
 
-        public void SetInt(GgmlType type, IntDot.Isa isa, QuantizedActivations act) { _fallback = type; _isa = isa; _int = true; _float = false; _act = act; }
-        public void SetFloat(GgmlType type, FloatDot.Isa isa) { _fallback = type; _fisa = isa; _float = true; _int = false; }
-        public bool IsFloat => _float;
-        public void SetFallback(GgmlType type) { _fallback = type; _int = false; _float = false; }
+        public void SetInt(GgmlType type, IntDot.Isa isa, QuantizedActivations act) { _kind = Kind.Int; _type = type; _isa = isa; _act = act; }
+        public void SetFloat(GgmlType type, FloatDot.Isa isa) { _kind = Kind.Float; _type = type; _fisa = isa; }
+        public void SetFallback(GgmlType type) { _kind = Kind.Fallback; _type = type; }
 
-        private long _xStride;
-
-        public void Set(byte* w, long rowBytes, int rows, int cols, float* x, long xStride, float* y, int n, int chunk)
+        public void Set(byte* w, long rowBytes, int rows, int cols, float* x, float* y, int n, int chunk)
         {
-            _w = w; _rowBytes = rowBytes; _rows = rows; _cols = cols; _x = x; _xStride = xStride; _y = y; _n = n; _chunk = chunk;
+            _w = w; _rowBytes = rowBytes; _rows = rows; _cols = cols; _x = x; _y = y; _n = n; _chunk = chunk;
         }
 
         public void Execute(int chunk)
@@ -236,24 +213,21 @@ public static unsafe class MatMul
             int r0 = chunk * _chunk, nr = Math.Min(_rows, r0 + _chunk) - r0;
             byte* w = _w + r0 * _rowBytes;
             // Each token's sums exactly as the one-row kernels compute them, weights unpacked once for several tokens.
-            if (_float)
+            switch (_kind)
             {
-                FloatDot.MultiRows(_fallback, _fisa, w, _rowBytes, nr, _x, _cols, _xStride, _n, _y + r0, _rows);
-                return;
+                case Kind.Int:
+                    IntDot.MultiRows(_type, _isa, w, _rowBytes, nr, _act!, _n, _cols, _y + r0, _rows);
+                    return;
+                case Kind.Float:
+                    FloatDot.MultiRows(_type, _fisa, w, _rowBytes, nr, _x, _cols, _n, _y + r0, _rows);
+                    return;
             }
-            if (_int)
-            {
-                IntDot.MultiRows(_fallback, _isa, w, _rowBytes, nr, _act!, _n, _cols, _y + r0, _rows);
-                return;
-            }
+            int bytes = (int)GgmlTypes.RowBytes(_type, _cols);
             for (int t = 0; t < _n; t++)
             {
-                float* y = _y + (long)t * _rows + r0, x = _x + (long)t * _cols;
-                {
-                    var xs = new ReadOnlySpan<float>(x, _cols);
-                    int bytes = (int)GgmlTypes.RowBytes(_fallback, _cols);
-                    for (int r = 0; r < nr; r++) y[r] = QuantDot.Dot(_fallback, new ReadOnlySpan<byte>(w + r * _rowBytes, bytes), xs);
-                }
+                float* y = _y + (long)t * _rows + r0;
+                var xs = new ReadOnlySpan<float>(_x + (long)t * _cols, _cols);
+                for (int r = 0; r < nr; r++) y[r] = QuantDot.Dot(_type, new ReadOnlySpan<byte>(w + r * _rowBytes, bytes), xs);
             }
         }
     }
