@@ -19,11 +19,11 @@ internal static class BenchCommand
         var noBandwidth = new Option<bool>("--no-bandwidth") { Description = "skip measuring the machine's memory bandwidth" };
         var profile = new Option<bool>("--profile") { Description = "print where each test's time goes, by phase of the forward pass (to stderr)" };
         var parallel = new Option<int>("--parallel", "-np") { Description = "also decode N sequences together, as the server batches them (test tgNxP: all sequences' tokens per second)", DefaultValueFactory = _ => 1 };
-        var rowMajor = new Option<bool>("--batch-invariant") { Description = "with --parallel: each sequence's rows computed as alone (the server's default)", DefaultValueFactory = _ => true };
+        var batchInvariant = new Option<bool>("--batch-invariant") { Description = "with --parallel: each sequence's rows computed as alone (the server's default)", DefaultValueFactory = _ => true };
         var threads = Common.Threads();
         var memory = new MemoryOptions();
         var kv = new KvOptions();
-        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, profile, threads, parallel, rowMajor };
+        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, profile, threads, parallel, batchInvariant };
         memory.AddTo(cmd);
         var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
         kv.AddTo(cmd);
@@ -55,7 +55,7 @@ internal static class BenchCommand
             }
             if (np > 0) Profiled(() => Benchmark.Prompt(lm, np, nr, ct));
             if (ng > 0) Profiled(() => Benchmark.Generate(lm, ng, nr, ct));
-            if (ng > 0 && npar > 1) Profiled(() => Benchmark.GenerateParallel(lm, ng, npar, nr, r.GetValue(rowMajor), ct));
+            if (ng > 0 && npar > 1) Profiled(() => Benchmark.GenerateParallel(lm, ng, npar, nr, r.GetValue(batchInvariant), ct));
             PhaseTimes.Enabled = false;
             long peak = ProcessMemory.PeakRssBytes();
             long bytesPerToken = Benchmark.WeightBytesPerToken(lm); // a stacked model: its caches (or blocks) at the loaded size

@@ -28,15 +28,7 @@ public static class Benchmark
     {
         var tokens = RandomTokens(lm, n, 1);
         var logits = new float[lm.Config.Vocab];
-        lm.Transformer.Forward(tokens, 0, logits, n - 1, ct); // warm-up
-        var rates = new double[repetitions];
-        for (int r = 0; r < repetitions; r++)
-        {
-            var sw = Stopwatch.StartNew();
-            lm.Transformer.Forward(tokens, 0, logits, n - 1, ct);
-            rates[r] = n / sw.Elapsed.TotalSeconds;
-        }
-        return new BenchResult($"pp{n}", n, rates);
+        return Measure($"pp{n}", n, repetitions, () => lm.Transformer.Forward(tokens, 0, logits, n - 1, ct));
     }
 
     public static BenchResult Generate(LanguageModel lm, int n, int repetitions, CancellationToken ct = default)
@@ -52,15 +44,7 @@ public static class Benchmark
                 lm.Transformer.Forward(one, i, logits, 0, ct);
             }
         }
-        Run(); // warm-up
-        var rates = new double[repetitions];
-        for (int r = 0; r < repetitions; r++)
-        {
-            var sw = Stopwatch.StartNew();
-            Run();
-            rates[r] = n / sw.Elapsed.TotalSeconds;
-        }
-        return new BenchResult($"tg{n}", n, rates);
+        return Measure($"tg{n}", n, repetitions, Run);
     }
 
     /// <summary>
@@ -92,20 +76,26 @@ public static class Benchmark
         }
         try
         {
-            Run(); // warm-up
-            var rates = new double[repetitions];
-            for (int r = 0; r < repetitions; r++)
-            {
-                var sw = Stopwatch.StartNew();
-                Run();
-                rates[r] = (double)n * parallel / sw.Elapsed.TotalSeconds;
-            }
-            return new BenchResult($"tg{n}x{parallel}", n * parallel, rates);
+            return Measure($"tg{n}x{parallel}", n * parallel, repetitions, Run);
         }
         finally
         {
             foreach (var s in stores) s.Dispose();
         }
+    }
+
+    /// <summary>One warm-up run, then <paramref name="repetitions"/> timed runs of <paramref name="tokens"/> tokens each.</summary>
+    private static BenchResult Measure(string test, int tokens, int repetitions, Action run)
+    {
+        run(); // warm-up
+        var rates = new double[repetitions];
+        for (int r = 0; r < repetitions; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            run();
+            rates[r] = tokens / sw.Elapsed.TotalSeconds;
+        }
+        return new BenchResult(test, tokens, rates);
     }
 
     private static int[] RandomTokens(LanguageModel lm, int n, int seed)
