@@ -3,6 +3,7 @@
 #:property AllowUnsafeBlocks=true
 using System.Diagnostics;
 using FitLM.Storage;
+using FitLM.Runtime;
 unsafe
 {
     // usage: dotnet run -c Release bench/io-patterns.cs -- MODEL.gguf queue|lanes|lanesbig [UNIT_MiB]

@@ -10,10 +10,13 @@ public static class Program
         var root = new RootCommand("FitLM: run and evaluate large language models in whatever memory the machine has")
         {
             RunCommand.Create(),
+            ChatCommand.Create(),
             TokenizeCommand.Create(),
+            DetokenizeCommand.Create(),
             PerplexityCommand.Create(),
             InfoCommand.Create(),
             ConvertCommand.Create(),
+            QuantizeCommand.Create(),
             SynthCommand.Create(),
             BenchCommand.Create(),
             PlanCommand.Create(),
@@ -28,7 +31,7 @@ public static class Program
         {
             // One line, like every other error: the first problem and where to read more.
             string command = parsed.CommandResult.Command == root ? "" : " " + parsed.CommandResult.Command.Name;
-            Console.Error.WriteLine($"error: {parsed.Errors[0].Message} (see 'fitlm{command} --help')");
+            Console.Error.WriteLine($"error: {ParseErrorText.Describe(parsed.Errors[0])} (see 'fitlm{command} --help')");
             return 2;
         }
         return parsed.Invoke();

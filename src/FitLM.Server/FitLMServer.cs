@@ -61,14 +61,21 @@ public sealed class FitLMServer : IAsyncDisposable
             app.Use((http, next) => Guard(http, next, state));
             var gen = new GenerationEndpoints(state);
             var info = new InfoEndpoints(state);
+            var embeddings = new EmbeddingEndpoints(state);
             app.MapPost("/v1/chat/completions", gen.ChatAsync);
             app.MapPost("/v1/completions", gen.CompletionAsync);
+            app.MapPost("/v1/embeddings", embeddings.EmbeddingsAsync);
             app.MapGet("/v1/models", info.ModelsAsync);
+            // A catch-all parameter: the id is a file name ("model.gguf") and may hold a slash ("org/model").
+            app.MapGet("/v1/models/{**id}", (HttpContext http, string id) => info.ModelAsync(http, id));
+            app.MapGet("/props", info.PropsAsync);
             app.MapGet("/health", info.HealthAsync);
             app.MapGet("/metrics", info.MetricsAsync);
             app.MapPost("/tokenize", info.TokenizeAsync);
             app.MapPost("/detokenize", info.DetokenizeAsync);
-            app.MapFallback(http => throw new ApiException(404, $"no endpoint {http.Request.Method} {http.Request.Path}", "not_found"));
+            // "{**path}", not MapFallback's default "{*path:nonfile}", which skips paths that look like file names
+            // (".../model.gguf") and left them an empty 404.
+            app.MapFallback("{**path}", (HttpContext http) => NotFound(http));
             try
             {
                 await app.StartAsync(ct);
@@ -98,7 +105,11 @@ public sealed class FitLMServer : IAsyncDisposable
             string path = http.Request.Path.Value ?? "";
             if (state.Options.ApiKey is { } key && path is not ("/health" or "/metrics") && !Authorized(http, key))
                 throw new ApiException(401, "invalid or missing API key: send 'Authorization: Bearer KEY'", "invalid_api_key");
+            state.Options.BeforeEndpoint?.Invoke(http);
             await next(http);
+            // A status set without a body (routing's 405, anything else the framework answers itself) gets the error shape too.
+            if (!http.Response.HasStarted && http.Response.StatusCode >= 400 && http.Response.ContentType == null)
+                await Error(http, state, new ApiException(http.Response.StatusCode, $"{http.Request.Method} {http.Request.Path} failed with HTTP {http.Response.StatusCode}", "http_" + http.Response.StatusCode));
         }
         catch (ApiException e) { await Error(http, state, e); }
         catch (FitLMException e) { await Error(http, state, ApiException.BadRequest(e.Message)); }
@@ -106,8 +117,22 @@ public sealed class FitLMServer : IAsyncDisposable
         {
             await Error(http, state, new ApiException(413, "the request body is too large", "request_too_large"));
         }
+        catch (BadHttpRequestException e)
+        {
+            await Error(http, state, new ApiException(e.StatusCode, $"bad HTTP request: {e.Message}", "bad_request"));
+        }
         catch (Exception e) when (e is OperationCanceledException or IOException && http.RequestAborted.IsCancellationRequested) { }
+        catch (Exception e)
+        {
+            // Anything else is the server's fault: never an empty 500. Logged, counted, answered in OpenAI's shape.
+            state.LogError(http.Request.Method, http.Request.Path, e);
+            state.Metrics.InternalError();
+            await Error(http, state, new ApiException(500, $"internal server error: {e.Message}", "internal_error", "server_error"), rejected: false);
+        }
     }
+
+    private static Task NotFound(HttpContext http) =>
+        throw new ApiException(404, $"no endpoint {http.Request.Method} {http.Request.Path}", "not_found");
 
     private static bool Authorized(HttpContext http, string key)
     {
@@ -116,9 +141,9 @@ public sealed class FitLMServer : IAsyncDisposable
         return CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header[7..].Trim()), Encoding.UTF8.GetBytes(key));
     }
 
-    private static async Task Error(HttpContext http, ServerState state, ApiException e)
+    private static async Task Error(HttpContext http, ServerState state, ApiException e, bool rejected = true)
     {
-        state.Metrics.RequestRejected();
+        if (rejected) state.Metrics.RequestRejected();
         if (http.Response.HasStarted) return;
         http.Response.Clear();
         if (e.RetryAfter is { } s) http.Response.Headers.RetryAfter = s.ToString();

@@ -17,13 +17,13 @@ internal sealed class GenerationEndpoints(ServerState state)
         var ct = http.RequestAborted;
         using var doc = await RequestReader.ReadJsonAsync(http.Request, state.Options.MaxBodyBytes, ct);
         var root = doc.RootElement;
-        var p = RequestReader.ReadParams(root, state.Budget.Context);
+        var p = RequestReader.ReadParams(root, chat: true);
         CheckModel(p.Model);
         var turns = ReadMessages(root);
         string rendered = state.Template.Render(turns);
         int[] prompt = state.Template.Tokenize(state.Model.Tokenizer, rendered);
         var stops = p.Stop.Concat(state.Template.StopStrings).ToArray();
-        await RunAsync(http, p, prompt, stops, "chatcmpl", chat: true, ct);
+        await RunAsync(http, p, prompt, stops, "chatcmpl", chat: true, echo: "", ct);
     }
 
     public async Task CompletionAsync(HttpContext http)
@@ -31,9 +31,12 @@ internal sealed class GenerationEndpoints(ServerState state)
         var ct = http.RequestAborted;
         using var doc = await RequestReader.ReadJsonAsync(http.Request, state.Options.MaxBodyBytes, ct);
         var root = doc.RootElement;
-        var p = RequestReader.ReadParams(root, state.Budget.Context);
+        var p = RequestReader.ReadParams(root, chat: false);
         CheckModel(p.Model);
-        await RunAsync(http, p, ReadPrompt(root), p.Stop, "cmpl", chat: false, ct);
+        // Echo returns the prompt's text before the completion; the prompt's own logprobs are not computed.
+        if (p.Echo && p.Logprobs >= 0) throw ApiException.BadRequest("echo with logprobs is not supported (the prompt's logprobs are not computed): send one of them", "unsupported_parameter");
+        var (prompt, text) = ReadPrompt(root);
+        await RunAsync(http, p, prompt, p.Stop, "cmpl", chat: false, echo: p.Echo ? text : "", ct);
     }
 
     private void CheckModel(string? model)
@@ -56,17 +59,25 @@ internal sealed class GenerationEndpoints(ServerState state)
             string role = RequestReader.OptionalString(m, "role") ?? throw ApiException.BadRequest($"messages[{i}].role is missing");
             if (role is not ("system" or "developer" or "user" or "assistant" or "tool"))
                 throw ApiException.BadRequest($"messages[{i}].role '{role}' is not one of system, developer, user, assistant, tool");
-            turns.Add(new ChatTurn(role == "developer" ? "system" : role, ReadContent(m, i)));
+            turns.Add(new ChatTurn(role == "developer" ? "system" : role, ReadContent(m, i, role)));
             i++;
         }
         return turns;
     }
 
-    /// <summary>Content as a string, or an array of parts of which the text ones are joined; null (an assistant's tool call) is empty.</summary>
-    private static string ReadContent(JsonElement m, int i)
+    /// <summary>
+    /// Content as a string, or an array of parts of which the text ones are joined. Missing or null only for an
+    /// assistant's tool call (empty then): a user message without content used to be taken as empty and ran to the
+    /// end of the context.
+    /// </summary>
+    private static string ReadContent(JsonElement m, int i, string role)
     {
-        if (!m.TryGetProperty("content", out var c) || c.ValueKind == JsonValueKind.Null) return "";
-        if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
+        if (!m.TryGetProperty("content", out var c) || c.ValueKind == JsonValueKind.Null)
+        {
+            if (role == "assistant" && (HasValue(m, "tool_calls") || HasValue(m, "function_call"))) return "";
+            throw ApiException.BadRequest($"messages[{i}].content is missing: a {role} message needs its text (a string or an array of text parts)", "missing_required_parameter");
+        }
+        if (c.ValueKind == JsonValueKind.String) return RequestReader.Text(c, $"messages[{i}].content");
         if (c.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest($"messages[{i}].content must be a string or an array of parts");
         var sb = new StringBuilder();
         foreach (var part in c.EnumerateArray())
@@ -74,21 +85,31 @@ internal sealed class GenerationEndpoints(ServerState state)
             if (part.ValueKind != JsonValueKind.Object || RequestReader.OptionalString(part, "type") is not { } type)
                 throw ApiException.BadRequest($"messages[{i}].content parts must be objects with a type");
             if (type != "text") throw ApiException.BadRequest($"messages[{i}].content: parts of type '{type}' are not supported (text only)");
-            sb.Append(RequestReader.OptionalString(part, "text") ?? "");
+            sb.Append(RequestReader.OptionalString(part, "text") ?? throw ApiException.BadRequest($"messages[{i}].content: a text part has no text", "missing_required_parameter"));
         }
         return sb.ToString();
     }
 
-    /// <summary>/v1/completions' prompt: a string, an array of one string, or an array of token ids.</summary>
-    private int[] ReadPrompt(JsonElement root)
+    private static bool HasValue(JsonElement o, string name) => o.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null;
+
+    /// <summary>/v1/completions' prompt: a string, an array of one string, or an array of token ids; with its text (for echo).</summary>
+    private (int[] Ids, string Text) ReadPrompt(JsonElement root)
     {
         if (!root.TryGetProperty("prompt", out var prompt) || prompt.ValueKind == JsonValueKind.Null)
             throw ApiException.BadRequest("prompt is missing", "missing_required_parameter");
         var tok = state.Model.Tokenizer;
-        if (prompt.ValueKind == JsonValueKind.String) return tok.Encode(prompt.GetString()!, addSpecial: true, parseSpecial: true);
+        if (prompt.ValueKind == JsonValueKind.String)
+        {
+            string text = RequestReader.Text(prompt, "prompt");
+            return (tok.Encode(text, addSpecial: true, parseSpecial: true), text);
+        }
         if (prompt.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest("prompt must be a string, an array of one string, or an array of token ids");
         int n = prompt.GetArrayLength();
-        if (n == 1 && prompt[0].ValueKind == JsonValueKind.String) return tok.Encode(prompt[0].GetString()!, addSpecial: true, parseSpecial: true);
+        if (n == 1 && prompt[0].ValueKind == JsonValueKind.String)
+        {
+            string text = RequestReader.Text(prompt[0], "prompt[0]");
+            return (tok.Encode(text, addSpecial: true, parseSpecial: true), text);
+        }
         var ids = new int[n];
         for (int i = 0; i < n; i++)
         {
@@ -96,20 +117,27 @@ internal sealed class GenerationEndpoints(ServerState state)
                 throw ApiException.BadRequest("prompt must be a string, an array of one string, or an array of token ids (one prompt per request)");
             if ((uint)ids[i] >= (uint)state.Model.Config.Vocab) throw ApiException.BadRequest($"prompt token {ids[i]} is outside the vocabulary ({state.Model.Config.Vocab})");
         }
-        return ids;
+        return (ids, tok.Decode(ids));
     }
 
-    private async Task RunAsync(HttpContext http, GenerationParams p, int[] prompt, string[] stops, string prefix, bool chat, CancellationToken ct)
+    private async Task RunAsync(HttpContext http, GenerationParams p, int[] prompt, string[] stops, string prefix, bool chat, string echo, CancellationToken ct)
     {
         int context = state.Budget.Context;
         if (prompt.Length == 0) throw ApiException.BadRequest("the prompt is empty (no tokens)");
         if (prompt.Length >= context)
             throw ApiException.BadRequest($"the prompt has {prompt.Length} tokens; the context holds {context} (and at least one generated token)", "context_length_exceeded");
+        // max_tokens beyond what fits is clamped to it, as llama.cpp and vLLM do; finish_reason is then "length".
         int maxTokens = Math.Min(p.MaxTokens ?? context, context - prompt.Length);
         // OpenAI's default temperature is 1; the rest of the sampler keeps llama.cpp's defaults (top-k 40, min-p 0.05).
-        var sampling = new SamplingOptions { Temperature = p.Temperature, TopP = p.TopP, Seed = p.Seed };
+        var sampling = new SamplingOptions
+        {
+            Temperature = p.Temperature, TopP = p.TopP, TopK = p.TopK, MinP = p.MinP, RepeatPenalty = p.RepeatPenalty, RepeatLastN = p.RepeatLastN,
+            FrequencyPenalty = p.FrequencyPenalty, PresencePenalty = p.PresencePenalty, LogitBias = p.LogitBias, Seed = p.Seed,
+        };
         string id = $"{prefix}-{Interlocked.Increment(ref s_nextId):x6}{Random.Shared.Next(0x10000):x4}";
-        var seq = new Sequence(id, prompt, maxTokens, sampling, stops, state.Model.Tokenizer, state.Model.Config.Vocab);
+        Sequence seq;
+        try { seq = new Sequence(id, prompt, maxTokens, context, sampling, stops, state.Model.Tokenizer, state.Model.Config.Vocab, p.Logprobs); }
+        catch (FitLMException e) { throw ApiException.BadRequest(e.Message); } // e.g. a logit_bias token outside the vocabulary
         var started = Stopwatch.StartNew();
         if (!state.Scheduler.TryEnqueue(seq))
             throw new ApiException(503, "the server is busy: the request queue is full; retry shortly", "server_busy", "server_error") { RetryAfter = 1 };
@@ -119,7 +147,8 @@ internal sealed class GenerationEndpoints(ServerState state)
         try
         {
             using var reg = ct.Register(() => state.Scheduler.Cancel(seq));
-            finish = p.Stream ? await StreamAsync(http, seq, p, prefix, chat, ct) : await WholeAsync(http, seq, chat, ct);
+            var shape = new LogprobShapes(state.Model.Tokenizer);
+            finish = p.Stream ? await StreamAsync(http, seq, p, chat, echo, shape, ct) : await WholeAsync(http, seq, p, chat, echo, shape, ct);
         }
         catch (Exception e) when (e is OperationCanceledException or IOException)
         {
@@ -141,24 +170,32 @@ internal sealed class GenerationEndpoints(ServerState state)
         _ => null,
     };
 
-    private async Task<FinishReason> WholeAsync(HttpContext http, Sequence seq, bool chat, CancellationToken ct)
+    private async Task<FinishReason> WholeAsync(HttpContext http, Sequence seq, GenerationParams p, bool chat, string echo, LogprobShapes shape, CancellationToken ct)
     {
-        var text = new StringBuilder();
-        var end = await Drain(seq, t => { text.Append(t); return Task.CompletedTask; }, ct);
+        var text = new StringBuilder(echo);
+        var logprobs = p.Logprobs >= 0 ? new List<TokenLogprob>() : null;
+        var end = await Drain(seq, e =>
+        {
+            text.Append(e.Text);
+            if (e.Logprobs != null) logprobs?.AddRange(e.Logprobs);
+            return Task.CompletedTask;
+        }, ct);
         if (end.Finish == FinishReason.Error) throw new ApiException(500, end.Error ?? "generation failed", "generation_failed", "server_error");
         if (end.Finish == FinishReason.Cancelled) throw new ApiException(503, "the server is shutting down", "server_shutdown", "server_error");
         var usage = new Usage(seq.Prompt.Length, seq.Generated, seq.Prompt.Length + seq.Generated);
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         if (chat)
             await Json(http, new ChatCompletion(seq.Id, "chat.completion", now, state.ModelId,
-                [new ChatChoice(0, new ChatMessage("assistant", text.ToString()), OpenAiReason(end.Finish))], usage), JsonContext.Web.ChatCompletion, ct);
+                [new ChatChoice(0, new ChatMessage("assistant", text.ToString()), logprobs != null ? shape.Chat(logprobs) : null, OpenAiReason(end.Finish))], usage),
+                JsonContext.Web.ChatCompletion, ct);
         else
             await Json(http, new TextCompletion(seq.Id, "text_completion", now, state.ModelId,
-                [new TextChoice(0, text.ToString(), OpenAiReason(end.Finish))], usage), JsonContext.Web.TextCompletion, ct);
+                [new TextChoice(0, text.ToString(), logprobs != null ? shape.Text(logprobs, echo.Length) : null, OpenAiReason(end.Finish))], usage),
+                JsonContext.Web.TextCompletion, ct);
         return end.Finish;
     }
 
-    private async Task<FinishReason> StreamAsync(HttpContext http, Sequence seq, GenerationParams p, string prefix, bool chat, CancellationToken ct)
+    private async Task<FinishReason> StreamAsync(HttpContext http, Sequence seq, GenerationParams p, bool chat, string echo, LogprobShapes shape, CancellationToken ct)
     {
         var r = http.Response;
         r.ContentType = "text/event-stream";
@@ -166,9 +203,12 @@ internal sealed class GenerationEndpoints(ServerState state)
         r.Headers["X-Accel-Buffering"] = "no";
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         if (chat) await Send(http, Chunk(seq, now, new ChatDelta("assistant", ""), null, null), ct);
-        var end = await Drain(seq, t => chat
-            ? Send(http, Chunk(seq, now, new ChatDelta(null, t), null, null), ct)
-            : Send(http, new TextCompletion(seq.Id, "text_completion", now, state.ModelId, [new TextChoice(0, t, null)], null), ct), ct);
+        else if (echo.Length > 0) await Send(http, new TextCompletion(seq.Id, "text_completion", now, state.ModelId, [new TextChoice(0, echo, null, null)], null), ct);
+        bool withLogprobs = p.Logprobs >= 0;
+        var end = await Drain(seq, e => chat
+            ? Send(http, Chunk(seq, now, new ChatDelta(null, e.Text), withLogprobs ? shape.Chat(e.Logprobs ?? []) : null, null), ct)
+            : Send(http, new TextCompletion(seq.Id, "text_completion", now, state.ModelId,
+                [new TextChoice(0, e.Text, withLogprobs ? shape.Text(e.Logprobs ?? [], echo.Length) : null, null)], null), ct), ct);
         if (end.Finish == FinishReason.Error)
         {
             // Headers are gone; the error goes out as an event in OpenAI's shape, then the stream ends.
@@ -177,8 +217,8 @@ internal sealed class GenerationEndpoints(ServerState state)
         }
         if (end.Finish == FinishReason.Cancelled) return end.Finish;
         string? reason = OpenAiReason(end.Finish);
-        if (chat) await Send(http, Chunk(seq, now, new ChatDelta(null, null), reason, null), ct);
-        else await Send(http, new TextCompletion(seq.Id, "text_completion", now, state.ModelId, [new TextChoice(0, "", reason)], null), ct);
+        if (chat) await Send(http, Chunk(seq, now, new ChatDelta(null, null), null, reason), ct);
+        else await Send(http, new TextCompletion(seq.Id, "text_completion", now, state.ModelId, [new TextChoice(0, "", null, reason)], null), ct);
         if (p.IncludeUsage)
         {
             var usage = new Usage(seq.Prompt.Length, seq.Generated, seq.Prompt.Length + seq.Generated);
@@ -189,16 +229,16 @@ internal sealed class GenerationEndpoints(ServerState state)
         return end.Finish;
     }
 
-    private ChatCompletionChunk Chunk(Sequence seq, long now, ChatDelta delta, string? finish, Usage? usage) =>
-        new(seq.Id, "chat.completion.chunk", now, state.ModelId, [new ChatChunkChoice(0, delta, finish)], usage);
+    private ChatCompletionChunk Chunk(Sequence seq, long now, ChatDelta delta, ChatLogprobs? logprobs, string? finish) =>
+        new(seq.Id, "chat.completion.chunk", now, state.ModelId, [new ChatChunkChoice(0, delta, logprobs, finish)], null);
 
-    /// <summary>Reads the sequence's events, passing text on, until its final event.</summary>
-    private static async Task<SequenceEvent> Drain(Sequence seq, Func<string, Task> onText, CancellationToken ct)
+    /// <summary>Reads the sequence's events, passing text (and logprobs) on, until its final event.</summary>
+    internal static async Task<SequenceEvent> Drain(Sequence seq, Func<SequenceEvent, Task> onText, CancellationToken ct)
     {
         await foreach (var e in seq.Events.ReadAllAsync(ct))
         {
             if (e.Finish != FinishReason.None) return e;
-            if (e.Text.Length > 0) await onText(e.Text);
+            if (e.Text.Length > 0 || e.Logprobs != null) await onText(e);
         }
         return new SequenceEvent("", FinishReason.Cancelled);
     }

@@ -3,11 +3,34 @@ using Microsoft.AspNetCore.Http;
 
 namespace FitLM.Server;
 
-/// <summary>GET /v1/models, /health, /metrics and POST /tokenize, /detokenize (llama.cpp's server shapes).</summary>
+/// <summary>GET /v1/models, /v1/models/{id}, /props, /health, /metrics and POST /tokenize, /detokenize (llama.cpp's server shapes).</summary>
 internal sealed class InfoEndpoints(ServerState state)
 {
+    private ModelCard Card => new(state.ModelId, "model", state.Created, "fitlm");
+
     public Task ModelsAsync(HttpContext http) =>
-        GenerationEndpoints.Json(http, new ModelList("list", [new ModelCard(state.ModelId, "model", state.Created, "fitlm")]), JsonContext.Web.ModelList, http.RequestAborted);
+        GenerationEndpoints.Json(http, new ModelList("list", [Card]), JsonContext.Web.ModelList, http.RequestAborted);
+
+    /// <summary>GET /v1/models/{id} (the OpenAI SDKs' GetModel): this model under any name it answers to, else 404.</summary>
+    public Task ModelAsync(HttpContext http, string id)
+    {
+        if (!state.Serves(id))
+            throw new ApiException(404, $"the model '{RequestReader.Cap(id)}' does not exist; this server runs '{state.ModelId}' (GET /v1/models)", "model_not_found");
+        return GenerationEndpoints.Json(http, Card, JsonContext.Web.ModelCard, http.RequestAborted);
+    }
+
+    /// <summary>GET /props: llama.cpp's server properties (the default sampling settings are the ones a request gets when it names none).</summary>
+    public Task PropsAsync(HttpContext http)
+    {
+        var tok = state.Model.Tokenizer;
+        var defaults = new GenerationParams();
+        var settings = new GenerationSettings(0, -1, state.Budget.Context, false, state.Scheduler.ActiveCount > 0,
+            new SamplingDefaults(-1, -1, defaults.Temperature, defaults.TopK, defaults.TopP, defaults.MinP, defaults.RepeatLastN, defaults.RepeatPenalty,
+                defaults.PresencePenalty, defaults.FrequencyPenalty, 0, false, []));
+        var props = new Props(settings, state.Options.Parallel, Path.GetFullPath(state.Model.Source.Path), state.ModelId, state.TemplateText,
+            tok.BosId >= 0 ? tok.TokenText(tok.BosId) : "", tok.EosId >= 0 ? tok.TokenText(tok.EosId) : "", new Modalities(false, false), state.BuildInfo);
+        return GenerationEndpoints.Json(http, props, JsonContext.Web.Props, http.RequestAborted);
+    }
 
     public Task HealthAsync(HttpContext http) =>
         GenerationEndpoints.Json(http, new Health("ok"), JsonContext.Web.Health, http.RequestAborted);

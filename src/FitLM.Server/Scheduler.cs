@@ -29,6 +29,7 @@ public sealed class Scheduler : IDisposable
     private readonly SequenceSlice[] _slices;
     private readonly Sequence[] _sliceOwner;
     private readonly float[] _logits;
+    private float[]? _hidden;
     private readonly SemaphoreSlim _wake = new(0);
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _thread;
@@ -187,11 +188,35 @@ public sealed class Scheduler : IDisposable
             // One sequence's chunk per pass: its rows then go through the same kernels whatever else is queued
             // (the matrix-matrix kernel for a chunk of several tokens, as `fitlm run` prefills).
             bool last = s.Prefilled + take == s.Prompt.Length;
+            if (s.IsEmbedding)
+            {
+                _metrics.RecordPass(0, take, 0, Embed(s, take, ct));
+                continue;
+            }
             _slices[0] = new SequenceSlice(s.Kv!, s.Prompt.AsMemory(s.Prefilled, take), s.Prefilled, WantLogits: last);
             _sliceOwner[0] = s;
             double seconds = Run(1, ct);
             _metrics.RecordPass(0, take, last ? 1 : 0, seconds);
         }
+    }
+
+    /// <summary>
+    /// The next chunk of an embedding request, in a pass of its own as any prompt chunk (so its numbers do not
+    /// depend on the load): its final hidden states join the pool; after the last chunk the sequence finishes.
+    /// </summary>
+    private double Embed(Sequence s, int take, CancellationToken ct)
+    {
+        int dim = _tf.Config.Dim;
+        // Allocated on the first embedding request: a server that only generates does not hold it.
+        _hidden ??= new float[_prefillChunk * dim];
+        long t0 = Stopwatch.GetTimestamp();
+        var rows = _hidden.AsSpan(0, take * dim);
+        _tf.ForwardHidden(s.Kv!, s.Prompt.AsSpan(s.Prefilled, take), s.Prefilled, rows, ct);
+        double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        s.AddHidden(rows);
+        s.Prefilled += take;
+        if (s.Prefilled == s.Prompt.Length) s.FinishEmbedding();
+        return seconds;
     }
 
     /// <summary>Runs slices [0, n) in one forward pass, advances prefill counts, samples where there are logits.</summary>
@@ -210,7 +235,7 @@ public sealed class Scheduler : IDisposable
             if (s.Prefilled < s.Prompt.Length) s.Prefilled += slice.Tokens.Length;
             if (!slice.WantLogits) continue;
             var logits = _logits.AsSpan(row++ * vocab, vocab);
-            if (!s.Cancelled) s.Step(logits, _tf.MaxContext);
+            if (!s.Cancelled) s.Step(logits);
         }
         return seconds;
     }

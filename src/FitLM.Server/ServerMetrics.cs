@@ -7,7 +7,7 @@ namespace FitLM.Server;
 /// <summary>Counters for /metrics (Prometheus text format). Written by the scheduler and the handlers, read by scrapes.</summary>
 public sealed class ServerMetrics
 {
-    private long _requests, _rejected, _failed, _promptTokens, _generated, _decodeRows, _prefillRows, _passes;
+    private long _requests, _rejected, _failed, _internalErrors, _promptTokens, _generated, _decodeRows, _prefillRows, _passes;
     private long _decodeTicks; // pass time of passes with decode rows, in 100 ns ticks
 
     public long Requests => Interlocked.Read(ref _requests);
@@ -18,6 +18,8 @@ public sealed class ServerMetrics
     /// <summary>A request refused before it ran: bad input, auth, queue full.</summary>
     public void RequestRejected() => Interlocked.Increment(ref _rejected);
     public void RequestFailed() => Interlocked.Increment(ref _failed);
+    /// <summary>A request answered 500 because the server failed (each also logged).</summary>
+    public void InternalError() => Interlocked.Increment(ref _internalErrors);
     public void PromptTokens(int n) => Interlocked.Add(ref _promptTokens, n);
 
     public void RecordPass(int decodeRows, int prefillRows, int sampled, double seconds)
@@ -47,6 +49,7 @@ public sealed class ServerMetrics
         Metric("fitlm_requests_total", "counter", "Generation requests accepted.", Requests);
         Metric("fitlm_requests_rejected_total", "counter", "Requests refused (bad input, auth, queue full).", Interlocked.Read(ref _rejected));
         Metric("fitlm_requests_failed_total", "counter", "Accepted requests that ended in an error.", Interlocked.Read(ref _failed));
+        Metric("fitlm_internal_errors_total", "counter", "Requests answered 500 because the server failed (each is logged).", Interlocked.Read(ref _internalErrors));
         Metric("fitlm_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", Interlocked.Read(ref _promptTokens));
         Metric("fitlm_prefill_tokens_total", "counter", "Prompt tokens run through the model.", Interlocked.Read(ref _prefillRows));
         Metric("fitlm_tokens_generated_total", "counter", "Tokens sampled.", Interlocked.Read(ref _generated));

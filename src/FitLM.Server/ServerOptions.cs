@@ -29,6 +29,8 @@ public sealed record ServerOptions
     public bool BatchInvariant { get; init; } = true;
     /// <summary>Where the one-line-per-request log goes (stderr when null).</summary>
     public TextWriter? Log { get; init; }
+    /// <summary>Runs before every endpoint: the tests make it throw, to see a server fault answered as a 500 with a message, logged and counted.</summary>
+    internal Action<Microsoft.AspNetCore.Http.HttpContext>? BeforeEndpoint { get; init; }
 
     public void Validate()
     {

@@ -24,6 +24,23 @@ internal sealed class ServerState(LanguageModel model, ServerOptions options, Sc
     public bool Serves(string? name) =>
         name == null || name == ModelId || name == Path.GetFileNameWithoutExtension(ModelId) || name == "fitlm";
 
+    /// <summary>The chat template's text as the model gives it (GGUF tokenizer.chat_template), else the built-in one's name.</summary>
+    public string TemplateText => _templateText ??= TemplateTextOf(Model) ?? Template.Name;
+    private string? _templateText;
+
+    /// <summary>For /props: this build's version.</summary>
+    public string BuildInfo { get; } = "fitlm " + (typeof(ServerState).Assembly.GetName().Version?.ToString(3) ?? "dev");
+
+    private static string? TemplateTextOf(LanguageModel model)
+    {
+        if (model.Source is GgufSource g && g.File.Find("tokenizer.chat_template") is { } v)
+        {
+            try { return v.AsString(); }
+            catch (FitLMException) { } // an unreadable template: the name below, as /props is informational
+        }
+        return null;
+    }
+
     private readonly object _logLock = new();
 
     /// <summary>The one line per request.</summary>
@@ -31,6 +48,13 @@ internal sealed class ServerState(LanguageModel model, ServerOptions options, Sc
     {
         double tps = completionTokens > 1 && decodeSeconds > 0 ? (completionTokens - 1) / decodeSeconds : 0;
         string line = $"{DateTime.UtcNow:HH:mm:ss.fff} {id} prompt={promptTokens} completion={completionTokens} time={total.TotalSeconds:F3}s tok/s={tps:F1} finish={finish.ToString().ToLowerInvariant()}";
+        lock (_logLock) (Options.Log ?? Console.Error).WriteLine(line);
+    }
+
+    /// <summary>A request that failed in the server (answered 500): one line with what failed.</summary>
+    public void LogError(string method, string path, Exception e)
+    {
+        string line = $"{DateTime.UtcNow:HH:mm:ss.fff} error {method} {path}: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}";
         lock (_logLock) (Options.Log ?? Console.Error).WriteLine(line);
     }
 }

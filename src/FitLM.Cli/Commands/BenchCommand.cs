@@ -3,6 +3,7 @@ using System.Text.Json;
 using FitLM.Evaluation;
 using FitLM.Model;
 using FitLM.Runtime;
+using FitLM.Memory;
 
 namespace FitLM.Cli.Commands;
 
@@ -11,7 +12,8 @@ internal static class BenchCommand
 {
     public static Command Create()
     {
-        var model = Common.Model();
+        var load = new ModelLoadOptions();
+        load.Context.Description = "context size in tokens (0: what the tests need, the larger of -p and -n plus one)";
         var prompt = new Option<int>("--n-prompt", "-p") { Description = "prompt tokens for the pp test (0: skip)", DefaultValueFactory = _ => 128 };
         var gen = new Option<int>("--n-gen", "-n") { Description = "generated tokens for the tg test (0: skip)", DefaultValueFactory = _ => 64 };
         var reps = new Option<int>("--repetitions", "-r") { Description = "repetitions of each test", DefaultValueFactory = _ => 3 };
@@ -20,24 +22,21 @@ internal static class BenchCommand
         var profile = new Option<bool>("--profile") { Description = "print where each test's time goes, by phase of the forward pass (to stderr)" };
         var parallel = new Option<int>("--parallel", "-np") { Description = "also decode N sequences together, as the server batches them (test tgNxP: all sequences' tokens per second)", DefaultValueFactory = _ => 1 };
         var batchInvariant = new Option<bool>("--batch-invariant") { Description = "with --parallel: each sequence's rows computed as alone (the server's default)", DefaultValueFactory = _ => true };
-        var threads = Common.Threads();
-        var memory = new MemoryOptions();
-        var kv = new KvOptions();
-        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { model, prompt, gen, reps, json, noBandwidth, profile, threads, parallel, batchInvariant };
-        memory.AddTo(cmd);
-        var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
-        kv.AddTo(cmd);
+        var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { prompt, gen, reps, json, noBandwidth, profile, parallel, batchInvariant };
+        load.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
-            int t = r.GetValue(threads);
-            Common.ApplyThreads(t);
+            int t = r.GetValue(load.Threads);
             int np = r.GetValue(prompt), ng = r.GetValue(gen), nr = r.GetValue(reps);
             if (np < 0 || ng < 0 || np + ng == 0) throw new FitLMException("give -p and/or -n greater than 0");
             if (nr < 1 || nr > 1000) throw new FitLMException($"--repetitions {nr} is out of range (1..1000)");
             int npar = r.GetValue(parallel);
             if (npar < 1 || npar > 256) throw new FitLMException($"--parallel {npar} is out of range (1..256)");
-            string path = r.GetValue(model)!;
-            using var lm = LanguageModel.Load(path, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = Math.Max(np, ng) + 1, MaxBatch = Math.Max(npar, Math.Max(1, np)) }))));
+            string path = load.ModelPath(r);
+            int needed = Math.Max(np, ng) + 1;
+            var options = load.Read(r, new LoadOptions { ContextLength = needed, MaxBatch = Math.Max(npar, Math.Max(1, np)) });
+            if (options.ContextLength < needed) throw new FitLMException($"--ctx-size {options.ContextLength} is too small for the tests (at least {needed})");
+            using var lm = load.Load(r, options);
             // BitStack: a stacked model's size is the prefix loaded, its parameters the matrices' logical shapes.
             var stackPlan = lm.Plan.Stack;
             long size = stackPlan?.WeightBytes ?? lm.Source.Tensors.Sum(x => x.ByteSize);
@@ -57,9 +56,13 @@ internal static class BenchCommand
             if (ng > 0) Profiled(() => Benchmark.Generate(lm, ng, nr, ct));
             if (ng > 0 && npar > 1) Profiled(() => Benchmark.GenerateParallel(lm, ng, npar, nr, r.GetValue(batchInvariant), ct));
             PhaseTimes.Enabled = false;
-            long peak = ProcessMemory.PeakRssBytes();
             long bytesPerToken = Benchmark.WeightBytesPerToken(lm); // a stacked model: its caches (or blocks) at the loaded size
-            double bandwidth = r.GetValue(noBandwidth) ? 0 : MemoryBandwidth.Measure(t);
+            // The bandwidth probe's buffer stays within the budget beside the loaded model; too little room: no probe.
+            long probeBytes = r.GetValue(noBandwidth) ? 0 : MemoryBandwidth.ProbeBytesWithin(lm.Plan.BudgetBytes);
+            double bandwidth = probeBytes > 0 ? MemoryBandwidth.Measure(t, probeBytes) : 0;
+            if (probeBytes == 0 && !r.GetValue(noBandwidth))
+                Console.Error.WriteLine($"memory bandwidth: not measured (the probe needs {ProcessMemory.Format(MemoryBandwidth.MinProbeBytes)} beside the model, more than the budget leaves)");
+            long peak = ProcessMemory.PeakRssBytes(); // after every probe: the process's real peak
 
             if (r.GetValue(json))
             {
@@ -100,7 +103,7 @@ internal static class BenchCommand
                 o.WriteLine($"decode reads {ProcessMemory.Format(bytesPerToken)} of weights per token: {achieved / 1e9:F2} GB/s achieved" +
                     (bandwidth > 0 ? $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F1} GB/s this machine reads with {t} thread(s)" : ""));
             }
-            StackOptions.Report(lm);
+            Common.ReportWeights(lm);
             o.WriteLine($"peak RSS: {ProcessMemory.Format(peak)}");
             return 0;
         }));

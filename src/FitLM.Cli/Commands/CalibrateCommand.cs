@@ -1,5 +1,8 @@
 using System.CommandLine;
 using FitLM.Model;
+using FitLM.Conversion;
+using FitLM.Storage;
+using FitLM.Weights;
 
 namespace FitLM.Cli.Commands;
 
@@ -26,10 +29,12 @@ internal static class CalibrateCommand
             int n = r.GetValue(samples);
             if (n is < 64 or > 1 << 20) throw new FitLMException($"--samples {n} is out of range (64..1048576)");
             string modelPath = r.GetValue(model)!;
+            // Checked before the minutes of fitting, not after.
+            OutputFile.EnsureNotInput(r.GetValue(output) ?? NeuronPredictor.SidecarPath(modelPath), modelPath, path);
             var report = Calibration.Fit(modelPath, File.ReadAllText(path), new Calibration.Options(r.GetValue(rank), n, target),
                 line => Console.Error.WriteLine(line), ct);
             string outPath = r.GetValue(output) ?? NeuronPredictor.SidecarPath(modelPath);
-            report.Predictor.Save(outPath);
+            report.Predictor.Save(outPath); // a GgufWriter: a temp file beside it, renamed when complete
             Console.Out.WriteLine($"wrote {outPath}: rank {report.Predictor.Rank}, {report.Samples} samples per layer, " +
                 $"mean recall {report.Recall.Average():P1}, truly active {report.ActiveFraction.Average():P1}, selected {report.SelectedFraction.Average():P1}");
             return 0;

@@ -69,6 +69,12 @@ internal static class Common
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
+    /// <summary>What the weight provider reports after a run (FFN sparsity of a prepared model, a stack's blocks), one line each.</summary>
+    public static void ReportWeights(LanguageModel lm)
+    {
+        foreach (var line in lm.Weights.Report(lm.Config)) Console.Error.WriteLine(line);
+    }
+
     public static void PrintPeakRss() =>
         Console.Error.WriteLine($"peak RSS: {ProcessMemory.Format(ProcessMemory.PeakRssBytes())}");
 }

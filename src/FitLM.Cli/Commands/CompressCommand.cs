@@ -6,6 +6,8 @@ using FitLM.Evaluation;
 using FitLM.Memory;
 using FitLM.Model;
 using FitLM.Runtime;
+using FitLM.Storage;
+using FitLM.Weights;
 
 namespace FitLM.Cli.Commands;
 
@@ -46,6 +48,7 @@ internal static class CompressCommand
             string calibPath = r.GetValue(calib)!;
             if (Directory.Exists(calibPath)) throw new FitLMException($"{calibPath}: is a directory, not a text file");
             if (!File.Exists(calibPath)) throw new FitLMException($"{calibPath}: no such file");
+            OutputFile.EnsureNotInput(r.GetValue(output)!, r.GetValue(model)!, calibPath);
             string text = File.ReadAllText(calibPath);
             var o = new BitStackOptions
             {
@@ -104,7 +107,7 @@ internal static class CompressCommand
         model.Description = "stacked (BitStack) .gguf";
         var file = new Option<string>("--file", "-f") { Description = "text file to evaluate", Required = true };
         var ctx = Common.Context(512);
-        var chunks = new Option<int>("--chunks") { Description = "maximum number of chunks (-1: all)", DefaultValueFactory = _ => -1 };
+        var chunks = PerplexityCommand.ChunksOption();
         var bits = new Option<string?>("--bits") { Description = "sizes to evaluate, as bits per weight over all parameters, comma-separated (e.g. 2.5,3,3.5,4,4.5,5)" };
         var compare = new Option<string[]>("--compare") { Description = "other models to evaluate; the stack is also evaluated at each one's weight bytes", AllowMultipleArgumentsPerToken = true };
         var reference = new Option<string?>("--reference") { Description = "an uncompressed model, drawn as a horizontal line" };
@@ -123,10 +126,14 @@ internal static class CompressCommand
             Common.ApplyThreads(r.GetValue(threads));
             string path = r.GetValue(file)!;
             if (!File.Exists(path)) throw new FitLMException($"{path}: no such file");
+            string[] inputs = [r.GetValue(model)!, path, r.GetValue(reference) ?? "", .. r.GetValue(compare) ?? []];
+            foreach (var written in new[] { r.GetValue(table), r.GetValue(plot) })
+                if (written != null) OutputFile.EnsureNotInput(written, inputs);
+            if (r.GetValue(table) is { } tableOut && r.GetValue(plot) is { } plotOut) OutputFile.EnsureNotInput(plotOut, tableOut);
             string text = File.ReadAllText(path);
             int nCtx = r.GetValue(ctx);
             if (nCtx < 8) throw new FitLMException($"--ctx-size {nCtx} is out of range (8 or more)");
-            int maxChunks = r.GetValue(chunks);
+            int maxChunks = PerplexityCommand.ReadChunks(r, chunks);
             var load = new LoadOptions { ContextLength = nCtx, MaxBatch = nCtx, LogitRows = nCtx / 2 };
             var rows = new List<Row>();
 
@@ -158,7 +165,7 @@ internal static class CompressCommand
 
             using (var stack = LanguageModel.Load(r.GetValue(model)!, stackOptions.Apply(r, load)))
             {
-                if (stack.Weights is not StackedWeights sw || sw.Layout is not { } layout)
+                if (stack.Stacked is not { Layout: { } layout } sw)
                     throw new FitLMException($"{r.GetValue(model)}: is not a stacked model (make one with fitlm compress)");
                 if (r.GetValue(resize) is > 0 and var percent) ResizeTest(stack, sw, layout, percent, text, nCtx);
                 var targets = new List<(long Bytes, string Why)>();
@@ -200,7 +207,7 @@ internal static class CompressCommand
                     $"{(double.IsNaN(x.StackBits) ? "" : x.StackBits.ToString("F2"))} | {(x.Blocks >= 0 ? x.Blocks.ToString() : "")} | {x.Result.Ppl:F4} ± {x.Result.Error:F4} |");
             if (refResult != null) md.AppendLine($"| {Path.GetFileName(refPath!.TrimEnd('/'))} (reference) | | | | | | {refResult.Ppl:F4} ± {refResult.Error:F4} |");
             Console.Out.Write(md.ToString());
-            if (r.GetValue(table) is { } tablePath) File.WriteAllText(tablePath, md.ToString());
+            if (r.GetValue(table) is { } tablePath) OutputFile.WriteAtomically(tablePath, tmp => File.WriteAllText(tmp, md.ToString()));
             if (r.GetValue(plot) is { } plotPath)
             {
                 var series = new List<LadderPlot.Series>
@@ -213,7 +220,7 @@ internal static class CompressCommand
                 string svg = LadderPlot.Svg($"Perplexity vs size ({Path.GetFileName(path)}, -c {nCtx}{(maxChunks > 0 ? $", {maxChunks} chunks" : "")})",
                     "weight bytes (MB, 10^6)", "perplexity", series, refResult?.Ppl, refResult != null ? $"{Path.GetFileName(refPath!.TrimEnd('/'))} {refResult.Ppl:F3}" : null,
                     others.Count > 0 ? 1.6 * others.Max(o => o.Result.Ppl) : null);
-                File.WriteAllText(plotPath, svg);
+                OutputFile.WriteAtomically(plotPath, tmp => File.WriteAllText(tmp, svg));
                 Console.Error.WriteLine($"wrote {plotPath}");
             }
             return 0;

@@ -3,6 +3,8 @@ using FitLM.Compression;
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Tensors;
+using FitLM.Weights;
+using FitLM.Memory;
 
 namespace FitLM.Cli.Commands;
 
@@ -18,7 +20,7 @@ internal static class InfoCommand
         {
             using var src = ModelSource.Open(r.GetValue(model)!);
             var c = src.Config;
-            int n = r.GetValue(ctx) > 0 ? r.GetValue(ctx) : Math.Min(c.ContextLength, 4096);
+            int n = r.GetValue(ctx) > 0 ? r.GetValue(ctx) : LoadOptions.DefaultContext(c.ContextLength);
             var o = Console.Out;
             o.WriteLine($"model:          {src.Path}");
             o.WriteLine($"format:         {(src is GgufSource g ? $"GGUF v{g.File.Version}" : "Hugging Face safetensors")}");
@@ -55,7 +57,7 @@ internal static class InfoCommand
             o.WriteLine($"tokenizer:      {tok.Kind} (pre-tokenizer {tok.PreTokenizer}), {tok.VocabSize} tokens, BOS {tok.BosId}{(tok.AddBos ? " (added)" : "")}, EOS {tok.EosId}");
             long kv = 2L * c.Layers * n * c.KvDim * sizeof(float);
             int batch = 256;
-            long scratch = 4L * batch * (3 * c.Dim + c.QDim + 2 * c.KvDim + 2 * c.FfnDim) + 4L * c.Vocab * 2;
+            long scratch = Footprint.ScratchBytes(c, n, batch) + 4L * c.Vocab; // as the planner counts them
             o.WriteLine();
             long caches = layout != null ? StackedWeights.CacheBytesFor(layout, StackedWeights.DefaultCache) : 0;
             if (layout != null) bytes = layout.BytesAt(layout.Entries.Count);
@@ -64,7 +66,9 @@ internal static class InfoCommand
             if (layout != null) o.WriteLine($"  matrix caches {ProcessMemory.Format(caches),12}  ({GgmlTypes.Name(StackedWeights.DefaultCache)}, the default --stack-cache)");
             o.WriteLine($"  KV cache      {ProcessMemory.Format(kv),12}  (f32, {ProcessMemory.Format(2L * c.Layers * c.KvDim * sizeof(float))} per token)");
             o.WriteLine($"  scratch       {ProcessMemory.Format(scratch),12}");
-            o.WriteLine($"  total         {ProcessMemory.Format(bytes + caches + kv + scratch),12}  (plus the .NET runtime, about 30 MiB)");
+            long runtime = RuntimeFootprint.Bytes(src); // the number plan and run count (docs/memory.md)
+            o.WriteLine($"  runtime       {ProcessMemory.Format(runtime),12}  (the .NET runtime, code and tokenizer, measured)");
+            o.WriteLine($"  total         {ProcessMemory.Format(bytes + caches + kv + scratch + runtime),12}");
             o.WriteLine();
             KvOptions.PrintTable(o, c, 512);
             StackOptions.PrintLadder(src, o); // BitStack: the size ladder of a stacked file

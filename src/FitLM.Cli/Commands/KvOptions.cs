@@ -1,6 +1,7 @@
 using System.CommandLine;
 using FitLM.KvCache;
 using FitLM.Model;
+using FitLM.Memory;
 
 namespace FitLM.Cli.Commands;
 

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using FitLM.Memory;
 using FitLM.Model;
+using FitLM.Weights;
 
 namespace FitLM.Cli.Commands;
 
@@ -94,23 +95,8 @@ internal sealed class MemoryOptions
         };
     }
 
-    /// <summary>
-    /// The FFN statistics of a prepared model, over every token and layer: neurons chosen, held in the window
-    /// cache and read fresh, each as a share of the layer's neurons per token, and the recall when measured.
-    /// </summary>
-    public static string FlashReport(FlashWeights flash, int ffn)
-    {
-        var ls = flash.Layers;
-        double slots = Math.Max(1, ls.Sum(l => l.Steps) * (double)ffn);
-        string recall = flash.Audited ? $", recall {ls.Sum(l => l.AuditCaught) / (double)Math.Max(1, ls.Sum(l => l.AuditImportant)):F3}" : "";
-        string what = flash.Selector is PredictedNeurons ? "predicted" : "chosen";
-        return $"ffn: {what} {100 * ls.Sum(l => l.NeuronsUsed) / slots:F1}% of neurons, window holds {100 * ls.Sum(l => l.NeuronsHeld) / slots:F1}%, " +
-            $"fresh {100 * ls.Sum(l => l.NeuronsRead) / slots:F2}%/token{recall} ({Runtime.ProcessMemory.Format(ls.Sum(l => l.BytesRead))} read, " +
-            $"window buffers {Runtime.ProcessMemory.Format(ls.Sum(l => l.WindowBytes))})";
-    }
-
-    /// <summary>One line about the plan after a run: what was streamed and whether the budget held.</summary>
-    public static void Report(LanguageModel lm)
+    /// <summary>One line about the plan after a run: what was streamed and whether the budget held. Returns whether it printed the peak RSS (so the caller does not print it twice).</summary>
+    public static bool Report(LanguageModel lm)
     {
         var p = lm.Plan;
         if (lm.ContextChosenByBudget)
@@ -118,9 +104,9 @@ internal sealed class MemoryOptions
         if (p.Streams)
             Console.Error.WriteLine($"plan: {Runtime.ProcessMemory.Format(p.ResidentWeightBytes)} of weights resident, {Runtime.ProcessMemory.Format(p.StreamedWeightBytes)} streamed " +
                 $"({Runtime.ProcessMemory.Format(p.StreamedBytesPerToken)} read per token, {p.Mode.ToString().ToLowerInvariant()})");
-        if (lm.Weights is FlashWeights flash && flash.Layers.Count > 0) Console.Error.WriteLine(FlashReport(flash, lm.Config.FfnDim));
         long peak = Runtime.ProcessMemory.PeakRssBytes();
-        if (p.BudgetBytes > 0 && lm.Weights is StreamingWeights || p.BudgetBytes > 0 && p.TotalBytes < p.BudgetBytes)
-            Console.Error.WriteLine($"budget {Runtime.ProcessMemory.Format(p.BudgetBytes)}: peak RSS {Runtime.ProcessMemory.Format(peak)} ({100.0 * peak / p.BudgetBytes:F0}% of the budget)");
+        if (!(p.BudgetBytes > 0 && p.Streams || p.BudgetBytes > 0 && p.TotalBytes < p.BudgetBytes)) return false;
+        Console.Error.WriteLine($"budget {Runtime.ProcessMemory.Format(p.BudgetBytes)}: peak RSS {Runtime.ProcessMemory.Format(peak)} ({100.0 * peak / p.BudgetBytes:F0}% of the budget)");
+        return true;
     }
 }

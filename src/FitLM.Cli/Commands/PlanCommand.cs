@@ -6,6 +6,7 @@ using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Storage;
 using FitLM.Tensors;
+using FitLM.Weights;
 
 namespace FitLM.Cli.Commands;
 
@@ -14,28 +15,24 @@ internal static class PlanCommand
 {
     public static Command Create()
     {
-        var model = Common.Model();
-        var ctx = Common.Context(0); // 0: as run and the server load (the trained context, at most 4096)
-        var memory = new MemoryOptions();
+        var group = new ModelLoadOptions(); // the flags run and the server load with, so the same flags give the same plan
         var json = new Option<bool>("--json") { Description = "print the plan as JSON" };
         var noProbe = new Option<bool>("--no-probe") { Description = "skip the storage probe (no speed prediction)" };
-        var threads = Common.Threads();
-        var cmd = new Command("plan", "show how a model fits a memory budget (resident vs streamed weights, KV, predicted speed)") { model, ctx, json, noProbe, threads };
-        memory.AddTo(cmd);
-        var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache, as run takes them
+        var cmd = new Command("plan", "show how a model fits a memory budget (resident vs streamed weights, KV, predicted speed)") { json, noProbe };
+        group.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
-            Common.ApplyThreads(r.GetValue(threads));
-            string path = r.GetValue(model)!;
+            string path = group.ModelPath(r);
+            var load = group.Read(r);
+            group.EnsureStackFlagsApply(r, path);
             using var src = ModelSource.Open(path);
-            var load = memory.Apply(r, new LoadOptions { ContextLength = r.GetValue(ctx) });
-            int n = load.ContextLength > 0 ? load.ContextLength : Math.Min(src.Config.ContextLength, 4096); // as run loads it
-            if (n < 1 || n > 1 << 20) throw new FitLMException($"--ctx-size {n} is out of range");
+            int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(src.Config.ContextLength); // as run loads it
+            ModelLoadOptions.WarnPastTrainedContext(n, src.Config.ContextLength);
             if (src is GgufSource gguf && StackLayout.IsStacked(gguf.File))
             {
                 // A stacked file streams nothing: the plan is how much of its stack fits, exactly as run loads it.
                 var layout = StackLayout.Read(gguf);
-                var stackPlan = StackPlanner.Plan(gguf, layout, stack.Apply(r, load), n);
+                var stackPlan = StackPlanner.Plan(gguf, layout, load, n);
                 if (!r.GetValue(noProbe)) stackPlan = StackCostModel.Predict(stackPlan, gguf, layout, ct);
                 if (r.GetValue(json)) WriteJson(stackPlan);
                 else StackPlanReport.Write(Console.Out, gguf, stackPlan, load.MemoryBudget == 0);
@@ -47,7 +44,7 @@ internal static class PlanCommand
             {
                 // Probe where this plan streams (its largest file's streamed span), then price the plan with it.
                 var (file, region) = StreamedRegion(src, plan);
-                storage = StorageProbe.Measure(file, ct: ct, region: region, unitBytes: plan.StreamBufferBytes / 2);
+                storage = StorageProbe.Measure(file, ct: ct, region: region, unitBytes: plan.StreamBufferBytes / 2, maxBufferBytes: plan.BudgetBytes - plan.RuntimeBytes);
                 plan = LanguageModel.PlanLoad(path, src, load, n, storage).Plan;
             }
             if (r.GetValue(json))
@@ -86,7 +83,7 @@ internal static class PlanCommand
                 if (!load.StreamChosen && plan.Streams)
                 {
                     // The planner took the mode its model predicts faster; show the other one's prediction too.
-                    var other = plan.Mode == Memory.StreamMode.Naive ? Memory.StreamMode.Prefetch : Memory.StreamMode.Naive;
+                    var other = plan.Mode == StreamMode.Naive ? StreamMode.Prefetch : StreamMode.Naive;
                     var alt = LanguageModel.PlanLoad(path, src, load with { Stream = other, StreamChosen = true }, n, storage).Plan;
                     o.WriteLine($"mode: {plan.Mode.ToString().ToLowerInvariant()} (predicted faster than {other.ToString().ToLowerInvariant()}: " +
                         $"{alt.PredictedTokensPerSecond:F2} tok/s); --stream chooses one");
@@ -100,7 +97,7 @@ internal static class PlanCommand
     /// <summary>The file holding most streamed bytes and the span [first, last byte) of its streamed tensors (none: the largest tensor's file, whole).</summary>
     private static (string File, (long Offset, long Length)? Region) StreamedRegion(IModelSource src, Memory.MemoryPlan plan)
     {
-        var streamed = plan.Tensors.Where(t => t.Placement == Memory.Placement.Streamed)
+        var streamed = plan.Tensors.Where(t => t.Placement == Placement.Streamed)
             .Select(t => (Location: src.Locate(t.Tensor), Bytes: t.Tensor.ByteSize)).ToList();
         if (streamed.Count == 0) return (src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, null);
         var inFile = streamed.GroupBy(l => l.Location.File).MaxBy(g => g.Sum(l => l.Bytes))!;

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using FitLM.Runtime;
 using FitLM.Storage;
+using FitLM.Conversion;
 
 namespace FitLM.Cli.Commands;
 
@@ -16,6 +17,7 @@ internal static class PrepareCommand
         {
             string outPath = r.GetValue(output)!;
             if (Directory.Exists(outPath)) throw new FitLMException($"{outPath}: is a folder; give the GGUF file to write");
+            OutputFile.EnsureNotInput(outPath, r.GetValue(model)!);
             var result = Progress.Run("bundling FFN neurons", 1000, report =>
                 FlashPrepare.Write(r.GetValue(model)!, outPath, (done, total) => report(total > 0 ? 1000.0 * done / total : 0, null), ct));
             Console.Out.WriteLine($"wrote {result.Path}: {result.Layers} layers bundled, {ProcessMemory.Format(result.Bytes)} in {result.Seconds:F1} s");

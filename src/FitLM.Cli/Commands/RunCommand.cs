@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using FitLM.Generation;
-using FitLM.Model;
 
 namespace FitLM.Cli.Commands;
 
@@ -10,11 +9,10 @@ internal static class RunCommand
 {
     public static Command Create()
     {
-        var model = Common.Model();
+        var load = new ModelLoadOptions();
         var prompt = new Option<string?>("--prompt", "-p") { Description = "prompt text" };
-        var file = new Option<string?>("--file", "-f") { Description = "read the prompt from a file" };
+        var file = new Option<string?>("--file", "-f") { Description = "read the prompt from a file ('-': standard input)" };
         var n = new Option<int>("--n-predict", "-n") { Description = "tokens to generate (-1: until end of generation or context)", DefaultValueFactory = _ => 128 };
-        var ctx = Common.Context(0);
         var temp = new Option<float>("--temp") { Description = "temperature (0: greedy)", DefaultValueFactory = _ => 0.8f };
         var topK = new Option<int>("--top-k") { Description = "top-k sampling (0: off)", DefaultValueFactory = _ => 40 };
         var topP = new Option<float>("--top-p") { Description = "top-p sampling (1.0: off)", DefaultValueFactory = _ => 0.95f };
@@ -24,28 +22,19 @@ internal static class RunCommand
         var seed = new Option<int>("--seed", "-s") { Description = "random seed (-1: random)", DefaultValueFactory = _ => -1 };
         var stop = new Option<string[]>("--stop") { Description = "stop when this text is generated (repeatable)", AllowMultipleArgumentsPerToken = false };
         var ids = new Option<bool>("--ids") { Description = "print the generated token ids, space-separated, instead of text" };
-        var threads = Common.Threads();
+        var noWarmup = new Option<bool>("--no-warmup") { Description = "skip the warm-up pass at load (then prompt eval includes compiling the kernels)" };
 
-        var memory = new MemoryOptions();
-        var kv = new KvOptions();
         var cmd = new Command("run", "generate text from a prompt")
         {
-            model, prompt, file, n, ctx, temp, topK, topP, minP, repeat, repeatN, seed, stop, ids, threads,
+            prompt, file, n, temp, topK, topP, minP, repeat, repeatN, seed, stop, ids, noWarmup,
         };
-        memory.AddTo(cmd);
-        var stack = new StackOptions(); stack.AddTo(cmd); // BitStack: --weights, --stack-cache
-        kv.AddTo(cmd);
+        load.AddTo(cmd);
+        var conversation = new Option<bool>("--conversation", "-cnv") { Description = "chat in the terminal instead, as fitlm chat does (-p: the system prompt)" };
+        cmd.Add(conversation);
         cmd.SetAction(r => Common.Guard(ct =>
         {
-            Common.ApplyThreads(r.GetValue(threads));
-            string? text = r.GetValue(prompt);
-            string? path = r.GetValue(file);
-            if (path != null)
-            {
-                if (!File.Exists(path)) throw new FitLMException($"{path}: prompt file not found");
-                text = File.ReadAllText(path);
-            }
-            if (string.IsNullOrEmpty(text)) throw new FitLMException("no prompt: give -p TEXT or -f FILE");
+            if (r.GetValue(conversation)) return ChatCommand.FromRun(r, load);
+            string text = ReadPrompt(r.GetValue(prompt), r.GetValue(file));
             var options = new SamplingOptions
             {
                 Temperature = r.GetValue(temp),
@@ -59,26 +48,27 @@ internal static class RunCommand
             options.Validate();
             int predict = r.GetValue(n);
             if (predict < -1) throw new FitLMException($"--n-predict {predict} is out of range (-1 or more)");
-            int contextSize = r.GetValue(ctx);
-            if (contextSize < 0) throw new FitLMException($"--ctx-size {contextSize} is out of range");
+            var loadOptions = load.Read(r);
 
-            var load = Stopwatch.StartNew();
-            using var lm = LanguageModel.Load(r.GetValue(model)!, kv.Apply(r, stack.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = contextSize }))));
-            load.Stop();
+            var total = Stopwatch.StartNew();
+            using var lm = load.Load(r, loadOptions);
+            if (!r.GetValue(noWarmup)) Warmup.Run(lm, ct);
+            var loadTime = total.Elapsed;
             var tokens = lm.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
+            // Checked before the prompt is echoed: a prompt that cannot run prints one error line, not itself first.
+            if (tokens.Length >= lm.Transformer.MaxContext)
+                throw new FitLMException($"the prompt has {tokens.Length} tokens; the context holds {lm.Transformer.MaxContext} (raise -c)");
             int max = predict < 0 ? lm.Transformer.MaxContext - tokens.Length : predict;
             var gen = new Generator(lm);
             bool printIds = r.GetValue(ids);
-            if (!printIds) Console.Out.Write(text);
-            Console.Out.Flush();
-
-            var sw = Stopwatch.StartNew();
-            TimeSpan firstToken = TimeSpan.Zero;
-            int count = 0;
             var stdout = Console.Out;
+            if (!printIds) stdout.Write(text);
+            stdout.Flush();
+
+            var generation = Stopwatch.StartNew();
+            int count = 0;
             foreach (var t in gen.Generate(tokens, max, options, r.GetValue(stop), ct))
             {
-                if (count == 0 && t.Id >= 0) firstToken = sw.Elapsed;
                 if (t.Id >= 0) count++;
                 if (printIds)
                 {
@@ -90,19 +80,32 @@ internal static class RunCommand
                 }
                 stdout.Flush();
             }
-            sw.Stop();
+            generation.Stop();
+            total.Stop();
             stdout.WriteLine();
-            double decodeMs = (sw.Elapsed - firstToken).TotalMilliseconds;
-            Console.Error.WriteLine($"load time = {load.Elapsed.TotalMilliseconds,10:F2} ms");
-            Console.Error.WriteLine($"prompt eval time = {firstToken.TotalMilliseconds,10:F2} ms / {tokens.Length,5} tokens ({tokens.Length / Math.Max(1e-9, firstToken.TotalSeconds),8:F2} tokens per second)");
-            if (count > 1)
-                Console.Error.WriteLine($"eval time = {decodeMs,10:F2} ms / {count - 1,5} runs   ({decodeMs / (count - 1),8:F2} ms per token, {(count - 1) / (decodeMs / 1000),8:F2} tokens per second)");
-            Console.Error.WriteLine($"stop: {gen.LastStopReason.ToString().ToLowerInvariant()}");
-            MemoryOptions.Report(lm);
-            StackOptions.Report(lm);
-            Common.PrintPeakRss();
+            RunStatistics.Print(Console.Error, new RunStatistics(loadTime, tokens.Length, gen.LastPromptEvalTime,
+                DecodeForwards(count, gen.LastStopReason), generation.Elapsed - gen.LastPromptEvalTime, total.Elapsed, gen.LastStopReason));
+            bool peakPrinted = MemoryOptions.Report(lm);
+            Common.ReportWeights(lm);
+            if (!peakPrinted) Common.PrintPeakRss();
             return 0;
         }));
         return cmd;
     }
+
+    /// <summary>The prompt from -p or -f (a file, or '-' for stdin); both given is an error, not a silent choice.</summary>
+    public static string ReadPrompt(string? prompt, string? file)
+    {
+        if (prompt != null && file != null) throw new FitLMException("give the prompt with -p TEXT or -f FILE, not both");
+        string? text = file != null ? TextInput.Read(file, "prompt file") : prompt;
+        if (string.IsNullOrEmpty(text)) throw new FitLMException(file != null ? $"{file}: the prompt is empty" : "no prompt: give -p TEXT or -f FILE");
+        return text;
+    }
+
+    /// <summary>
+    /// Single-token forward passes after the prompt's: every generated token but the last needs one, and the
+    /// last needs one too when generation then sampled the end of generation (the stop itself yields no token).
+    /// </summary>
+    private static int DecodeForwards(int generated, StopReason reason) =>
+        generated == 0 ? 0 : reason == StopReason.EndOfGeneration ? generated : generated - 1;
 }

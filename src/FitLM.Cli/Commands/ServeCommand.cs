@@ -2,6 +2,7 @@ using System.CommandLine;
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Server;
+using FitLM.Memory;
 
 namespace FitLM.Cli.Commands;
 
@@ -10,7 +11,7 @@ internal static class ServeCommand
 {
     public static Command Create()
     {
-        var model = Common.Model();
+        var load = new ModelLoadOptions();
         var host = new Option<string>("--host") { Description = "address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0: any free port, printed at start)", DefaultValueFactory = _ => 8080 };
         var parallel = new Option<int>("--parallel", "-np") { Description = "most requests decoded together in one batch", DefaultValueFactory = _ => 8 };
@@ -21,21 +22,15 @@ internal static class ServeCommand
             DefaultValueFactory = _ => true,
         };
         var apiKey = new Option<string?>("--api-key") { Description = "require 'Authorization: Bearer KEY' (all endpoints but /health and /metrics)" };
-        var ctx = Common.Context(0);
-        ctx.Aliases.Add("--ctx");
-        ctx.Description = "context per request in tokens (prompt + completion; 0: the model's, capped at 4096)";
-        var threads = Common.Threads();
-        var memory = new MemoryOptions();
-        var kv = new KvOptions();
+        load.Context.Aliases.Add("--ctx");
+        load.Context.Description = $"context per request in tokens (prompt + completion; 0: the model's trained context, at most {LoadOptions.DefaultContextCap})";
         var cmd = new Command("serve", "serve a model over an OpenAI-compatible HTTP API (continuous batching)")
         {
-            model, host, port, parallel, queue, apiKey, ctx, threads, invariant,
+            host, port, parallel, queue, apiKey, invariant,
         };
-        memory.AddTo(cmd);
-        kv.AddTo(cmd);
+        load.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
-            Common.ApplyThreads(r.GetValue(threads));
             var options = new ServerOptions
             {
                 Host = r.GetValue(host)!,
@@ -46,11 +41,8 @@ internal static class ServeCommand
                 BatchInvariant = r.GetValue(invariant),
             };
             options.Validate();
-            int contextSize = r.GetValue(ctx);
-            if (contextSize < 0) throw new FitLMException($"--ctx-size {contextSize} is out of range");
             // Every slot keeps a row of logits: the planner counts them with the rest of the process.
-            var load = kv.Apply(r, memory.Apply(r, new LoadOptions { ContextLength = contextSize, LogitRows = options.Parallel }));
-            using var lm = LanguageModel.Load(r.GetValue(model)!, load);
+            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel, HostBytes = RuntimeFootprint.ServerBytes }));
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             try
             {

@@ -4,6 +4,8 @@ using FitLM.Memory;
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Tensors;
+using FitLM.Conversion;
+using FitLM.Weights;
 
 namespace FitLM.Cli.Commands;
 
@@ -46,15 +48,6 @@ internal sealed class StackOptions
     {
         if (Enum.TryParse<GgmlType>(s.Trim(), ignoreCase: true, out var t) && GgmlTypes.IsSupported(t) && !int.TryParse(s, out _)) return t;
         throw new FitLMException($"{option} '{s}' is not a tensor type (examples: q8_0, q6_k, q4_k, f16)");
-    }
-
-    /// <summary>One line about a stacked model after a run: blocks loaded, weight bytes, how it multiplies.</summary>
-    public static void Report(LanguageModel lm)
-    {
-        if (lm.Weights is not StackedWeights w || w.Layout is not { } layout) return;
-        Console.Error.WriteLine($"stack: {w.LoadedEntries}/{layout.Entries.Count} blocks, weights {ProcessMemory.Format(w.WeightBytes)} ({w.WeightBytes:N0} bytes, " +
-            $"{layout.TotalBitsPerWeight(w.LoadedEntries):F2} bits/weight; stacked matrices {layout.StackBitsPerWeight(w.LoadedEntries):F2}), " +
-            (w.CacheType is { } t ? $"matrices cached as {GgmlTypes.Name(t)} ({ProcessMemory.Format(w.CacheBytes)})" : "direct sign x low-rank kernel"));
     }
 
     /// <summary>The size ladder of a stacked file (for `fitlm info`): weight bytes → stack positions.</summary>

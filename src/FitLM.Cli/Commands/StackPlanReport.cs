@@ -3,6 +3,7 @@ using FitLM.Memory;
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Tensors;
+using FitLM.Weights;
 
 namespace FitLM.Cli.Commands;
 

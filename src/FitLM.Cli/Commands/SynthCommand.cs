@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Diagnostics;
 using FitLM.Model;
 using FitLM.Runtime;
+using FitLM.Storage;
+using FitLM.Conversion;
 
 namespace FitLM.Cli.Commands;
 
@@ -37,6 +39,7 @@ internal static class SynthCommand
             if (Directory.Exists(outPath)) throw new FitLMException($"{outPath}: is a folder; give the GGUF file to write");
             string vocabPath = r.GetValue(vocab)!;
             if (!File.Exists(vocabPath)) throw new FitLMException($"{vocabPath}: vocabulary GGUF not found (give one with --vocab)");
+            OutputFile.EnsureNotInput(outPath, vocabPath);
             var s = SyntheticShape.Parse(r.GetValue(shape)!);
             string t = r.GetValue(type)!;
             var sw = Stopwatch.StartNew();

@@ -79,13 +79,17 @@ public sealed class ChatTemplate
         FromJinja(template, bosToken, eosToken, null);
 
     /// <summary>As <see cref="FromJinja(string, string, string)"/> with a fixed clock for strftime_now (tests).</summary>
-    internal static ChatTemplate FromJinja(string template, string bosToken, string eosToken, Func<DateTime>? now)
+    internal static ChatTemplate FromJinja(string template, string bosToken, string eosToken, Func<DateTime>? now) =>
+        FromJinja(template, bosToken, eosToken, "model", now);
+
+    /// <summary>As <see cref="FromJinja(string, string, string)"/>, reported as <paramref name="name"/> (a built-in's name, a file's).</summary>
+    internal static ChatTemplate FromJinja(string template, string bosToken, string eosToken, string name, Func<DateTime>? now = null)
     {
         ArgumentNullException.ThrowIfNull(template);
         var jinja = new JinjaTemplate(template);
         var stops = KnownTurnEnds.Where(m => template.Contains(m, StringComparison.Ordinal)).ToList();
         if (!string.IsNullOrEmpty(eosToken) && template.Contains("eos_token", StringComparison.Ordinal) && !stops.Contains(eosToken)) stops.Add(eosToken);
-        return new ChatTemplate("model", jinja, bosToken ?? "", eosToken ?? "", stops, now);
+        return new ChatTemplate(name, jinja, bosToken ?? "", eosToken ?? "", stops, now);
     }
 
     /// <summary>Renders the conversation; with <paramref name="addGenerationPrompt"/> the text ends where the assistant's reply begins.</summary>

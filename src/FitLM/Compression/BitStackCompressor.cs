@@ -4,6 +4,8 @@ using FitLM.Evaluation;
 using FitLM.Formats;
 using FitLM.Model;
 using FitLM.Tensors;
+using FitLM.Conversion;
+using FitLM.Weights;
 
 namespace FitLM.Compression;
 
@@ -133,7 +135,7 @@ public static class BitStackCompressor
                 var t = source.Get(name);
                 int rows = t.Rows, cols = t.RowLength;
                 var w = source.ReadFloats(t);
-                int layer = Memory.Planner.LayerOf(name);
+                int layer = TensorNames.LayerOf(name);
                 string p = $"blk.{layer}.";
                 if (o.ActivationScaling)
                 {
@@ -355,7 +357,7 @@ public static class BitStackCompressor
     {
         var c = source.Config;
         // A Hugging Face llama keeps q/k in rotate-half order; GGUF (and the GGUF config) interleaves the pairs.
-        bool permute = source is HuggingFaceSource && c.Architecture is "llama" or "mistral";
+        bool permute = source is HuggingFaceSource && c.Family.ConverterPermutesQk;
         using var w = new GgufWriter(output, GgufWriter.DefaultAlignment, ct);
         if (source is GgufSource g)
         {

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FitLM.Model;
+using FitLM.Weights;
 
 namespace FitLM.Evaluation;
 
@@ -108,27 +109,10 @@ public static class Benchmark
     /// Bytes of weights one decode step of a loaded model reads: for a stacked (BitStack) model the bytes it
     /// multiplies at its size now (matrix caches, or blocks with the direct kernel), else <see cref="WeightBytesPerToken(IModelSource)"/>.
     /// </summary>
-    public static long WeightBytesPerToken(LanguageModel lm) => lm.Plan.Stack?.BytesPerToken ?? WeightBytesPerToken(lm.Source, lm.Plan.FlashNeuronFraction);
+    public static long WeightBytesPerToken(LanguageModel lm) => lm.Plan.Stack?.BytesPerToken ?? Memory.Footprint.WeightBytesPerToken(lm.Source, lm.Plan.FlashNeuronFraction);
 
     /// <summary>Parameters of a loaded model: a stacked model's are its matrices' logical shapes, not its block tensors.</summary>
     public static long Parameters(LanguageModel lm) =>
-        lm.Weights is StackedWeights { Layout: { } layout } ? layout.Parameters : lm.Source.Tensors.Sum(t => t.Elements);
+        lm.Weights.Parameters ?? lm.Source.Tensors.Sum(t => t.Elements);
 
-    /// <summary>
-    /// Bytes of weights one decode step reads: every matrix once (the embedding only one row); of a prepared model's
-    /// bundled FFNs only the <paramref name="ffnFraction"/> of neurons it computes.
-    /// </summary>
-    public static long WeightBytesPerToken(IModelSource source, double ffnFraction = 1)
-    {
-        long total = 0;
-        foreach (var t in source.Tensors)
-        {
-            if (t.Name == "token_embd.weight")
-                total += source.Find("output.weight") == null ? t.ByteSize : t.ByteSize / t.Rows;
-            else if (t.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal))
-                total += (long)(t.ByteSize * Math.Clamp(ffnFraction, 0, 1));
-            else total += t.ByteSize;
-        }
-        return total;
-    }
 }

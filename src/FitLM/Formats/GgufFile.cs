@@ -59,7 +59,7 @@ public sealed class GgufFile : IDisposable
             string key = r.String("metadata key");
             var type = (GgufValueType)r.U32();
             var value = r.Value(type, key, depth: 0);
-            if (!_metadata.TryAdd(key, value)) throw Error($"duplicate metadata key '{key}'");
+            if (!_metadata.TryAdd(key, value)) throw Error($"duplicate metadata key {ErrorText.Quote(key)}");
             _keys.Add(key);
         }
 
@@ -77,17 +77,17 @@ public sealed class GgufFile : IDisposable
         {
             string name = r.String("tensor name");
             uint nDims = r.U32();
-            if (nDims is 0 or > MaxDims) throw Error($"tensor '{name}' has {nDims} dimensions (1..{MaxDims} allowed)");
+            if (nDims is 0 or > MaxDims) throw Error($"tensor {ErrorText.Quote(name)} has {nDims} dimensions (1..{MaxDims} allowed)");
             var shape = new long[nDims];
             for (int d = 0; d < nDims; d++)
             {
                 ulong n = r.U64();
-                if (n == 0 || n > (1UL << 40)) throw Error($"tensor '{name}' has an absurd dimension {n}");
+                if (n == 0 || n > (1UL << 40)) throw Error($"tensor {ErrorText.Quote(name)} has an absurd dimension {n}");
                 shape[d] = (long)n;
             }
             var type = (GgmlType)r.U32();
             ulong off = r.U64();
-            if (off > (ulong)FileLength) throw Error($"tensor '{name}' data offset {off} is past the end of the file");
+            if (off > (ulong)FileLength) throw Error($"tensor {ErrorText.Quote(name)} data offset {off} is past the end of the file");
             infos.Add((name, shape, type, (long)off));
         }
 
@@ -95,22 +95,22 @@ public sealed class GgufFile : IDisposable
         long dataLength = FileLength - DataOffset;
         foreach (var (name, shape, type, offset) in infos)
         {
-            if (!GgmlTypes.IsSupported(type)) throw Error($"tensor '{name}' has unsupported type {(uint)type}");
+            if (!GgmlTypes.IsSupported(type)) throw Error($"tensor {ErrorText.Quote(name)} has unsupported type {(uint)type}");
             long elements = 1;
             foreach (var n in shape)
             {
-                if (elements > (1L << 46) / n) throw Error($"tensor '{name}' shape [{string.Join(", ", shape)}] is absurdly large");
+                if (elements > (1L << 46) / n) throw Error($"tensor {ErrorText.Quote(name)} shape [{string.Join(", ", shape)}] is absurdly large");
                 elements *= n;
             }
             int block = GgmlTypes.BlockSize(type);
             if (shape[0] % block != 0)
-                throw Error($"tensor '{name}' row length {shape[0]} is not a multiple of the {type} block size {block}");
+                throw Error($"tensor {ErrorText.Quote(name)} row length {shape[0]} is not a multiple of the {type} block size {block}");
             long bytes = elements / block * GgmlTypes.BlockBytes(type);
-            if (offset % Alignment != 0) throw Error($"tensor '{name}' data offset {offset} is not aligned to {Alignment}");
+            if (offset % Alignment != 0) throw Error($"tensor {ErrorText.Quote(name)} data offset {offset} is not aligned to {Alignment}");
             if (offset > dataLength || bytes > dataLength - offset)
-                throw Error($"tensor '{name}' data ({bytes} bytes at offset {offset}) runs past the end of the file (truncated?)");
+                throw Error($"tensor {ErrorText.Quote(name)} data ({bytes} bytes at offset {offset}) runs past the end of the file (truncated?)");
             var info = new GgufTensorInfo(name, shape, type, offset, bytes);
-            if (!_byName.TryAdd(name, info)) throw Error($"duplicate tensor name '{name}'");
+            if (!_byName.TryAdd(name, info)) throw Error($"duplicate tensor name {ErrorText.Quote(name)}");
             _tensors.Add(info);
         }
     }
@@ -143,13 +143,13 @@ public sealed class GgufFile : IDisposable
     public GgufTensorInfo? FindTensor(string name) => _byName.GetValueOrDefault(name);
 
     public GgufTensorInfo GetTensor(string name) =>
-        FindTensor(name) ?? throw Error($"tensor '{name}' is missing");
+        FindTensor(name) ?? throw Error($"tensor {ErrorText.Quote(name)} is missing");
 
     public GgufValue? Find(string key) => _metadata.GetValueOrDefault(key);
 
-    public string GetString(string key) => (Find(key) ?? throw Error($"metadata '{key}' is missing")).AsString();
+    public string GetString(string key) => (Find(key) ?? throw Error($"metadata {ErrorText.Quote(key)} is missing")).AsString();
 
-    public long GetInt(string key) => (Find(key) ?? throw Error($"metadata '{key}' is missing")).AsInt64();
+    public long GetInt(string key) => (Find(key) ?? throw Error($"metadata {ErrorText.Quote(key)} is missing")).AsInt64();
 
     public long GetInt(string key, long fallback) => Find(key) is { } v ? Convert(v, key, x => x.AsInt64()) : fallback;
 
@@ -160,14 +160,14 @@ public sealed class GgufFile : IDisposable
     private T Convert<T>(GgufValue v, string key, Func<GgufValue, T> f)
     {
         try { return f(v); }
-        catch (FitLMException e) { throw Error($"metadata '{key}': {e.Message}"); }
+        catch (FitLMException e) { throw Error($"metadata {ErrorText.Quote(key)}: {e.Message}"); }
     }
 
     /// <summary>Reads a byte range of a tensor's data (offset relative to the tensor's start).</summary>
     public void ReadTensorBytes(GgufTensorInfo t, long offsetInTensor, Span<byte> dst)
     {
         if (offsetInTensor < 0 || offsetInTensor + dst.Length > t.ByteSize)
-            throw Error($"read of {dst.Length} bytes at {offsetInTensor} is outside tensor '{t.Name}'");
+            throw Error($"read of {dst.Length} bytes at {offsetInTensor} is outside tensor {ErrorText.Quote(t.Name)}");
         ReadExactly(DataOffset + t.Offset + offsetInTensor, dst);
     }
 
@@ -282,22 +282,22 @@ public sealed class GgufFile : IDisposable
                 case GgufValueType.Bool:
                     {
                         byte b = U8();
-                        if (b > 1) throw new FitLMException($"{_path}: metadata '{key}' has an invalid bool byte {b}");
+                        if (b > 1) throw new FitLMException($"{_path}: metadata {ErrorText.Quote(key)} has an invalid bool byte {b}");
                         return new(type, b == 1);
                     }
-                case GgufValueType.String: return new(type, String($"metadata '{key}' string"));
+                case GgufValueType.String: return new(type, String($"metadata {ErrorText.Quote(key)} string"));
                 case GgufValueType.UInt64: return new(type, U64());
                 case GgufValueType.Int64: return new(type, (long)U64());
                 case GgufValueType.Float64: return new(type, BitConverter.UInt64BitsToDouble(U64()));
                 case GgufValueType.Array:
                     {
-                        if (depth > 2) throw new FitLMException($"{_path}: metadata '{key}' nests arrays too deeply");
+                        if (depth > 2) throw new FitLMException($"{_path}: metadata {ErrorText.Quote(key)} nests arrays too deeply");
                         var et = (GgufValueType)U32();
-                        long n = Count($"metadata '{key}' array length", MinBytes(et, key));
+                        long n = Count($"metadata {ErrorText.Quote(key)} array length", MinBytes(et, key));
                         return new(type, ReadArray(et, (int)Math.Min(n, int.MaxValue), key, depth), et);
                     }
                 default:
-                    throw new FitLMException($"{_path}: metadata '{key}' has unknown value type {(uint)type}");
+                    throw new FitLMException($"{_path}: metadata {ErrorText.Quote(key)} has unknown value type {(uint)type}");
             }
         }
 
@@ -308,7 +308,7 @@ public sealed class GgufFile : IDisposable
             GgufValueType.UInt32 or GgufValueType.Int32 or GgufValueType.Float32 => 4,
             GgufValueType.UInt64 or GgufValueType.Int64 or GgufValueType.Float64 or GgufValueType.String => 8,
             GgufValueType.Array => 12,
-            _ => throw new FitLMException($"{_path}: metadata '{key}' array has unknown element type {(uint)t}"),
+            _ => throw new FitLMException($"{_path}: metadata {ErrorText.Quote(key)} array has unknown element type {(uint)t}"),
         };
 
         private Array ReadArray(GgufValueType et, int n, string key, int depth)
@@ -326,9 +326,9 @@ public sealed class GgufFile : IDisposable
                 case GgufValueType.Int64: return Fill(new long[n], () => (long)U64());
                 case GgufValueType.Float64: return Fill(new double[n], () => BitConverter.UInt64BitsToDouble(U64()));
                 case GgufValueType.Bool: return Fill(new bool[n], () => U8() != 0);
-                case GgufValueType.String: return Fill(new string[n], () => String($"metadata '{key}' array string"));
+                case GgufValueType.String: return Fill(new string[n], () => String($"metadata {ErrorText.Quote(key)} array string"));
                 case GgufValueType.Array: return Fill(new GgufValue[n], () => Value(GgufValueType.Array, key, depth + 1));
-                default: throw new FitLMException($"{_path}: metadata '{key}' array has unknown element type {(uint)et}");
+                default: throw new FitLMException($"{_path}: metadata {ErrorText.Quote(key)} array has unknown element type {(uint)et}");
             }
         }
 

@@ -1,4 +1,3 @@
-using System.Text;
 using FitLM.Model;
 
 namespace FitLM.Generation;
@@ -6,12 +5,13 @@ namespace FitLM.Generation;
 /// <summary>Why generation stopped.</summary>
 public enum StopReason { Length, EndOfGeneration, StopString, ContextFull }
 
-/// <summary>One generated token and the text it completes (may be empty while a UTF-8 character is split across tokens).</summary>
+/// <summary>One generated token and the text it completes (may be empty while a UTF-8 character is split across tokens); Id -1: text released at the end.</summary>
 public readonly record struct GeneratedToken(int Id, string Text);
 
 /// <summary>
-/// Autoregressive generation: prefill the prompt in batches, then decode one token at a time, sampling each
-/// from the logits, until EOS/EOT, a stop string, the token limit or the end of the context.
+/// Autoregressive generation of one sequence: prefill the prompt in batches, then decode one token at a time;
+/// sampling and stopping (EOS/EOT, stop strings, the token limit, the end of the context) are the
+/// <see cref="TokenStream"/>'s, the same loop the server runs for each of its batched requests.
 /// </summary>
 public sealed class Generator
 {
@@ -21,69 +21,39 @@ public sealed class Generator
 
     public StopReason LastStopReason { get; private set; }
 
+    /// <summary>Time of the last call's prompt forward pass alone (what llama.cpp prints as "prompt eval time").</summary>
+    public TimeSpan LastPromptEvalTime { get; private set; }
+
+    /// <param name="cachedPrefix">Leading prompt tokens the KV cache already holds from the previous call on this model
+    /// (a chat's earlier turns): only the rest is prefilled. The caller guarantees they are the same tokens.</param>
     public IEnumerable<GeneratedToken> Generate(IReadOnlyList<int> prompt, int maxTokens, SamplingOptions options,
-        IReadOnlyList<string>? stop = null, CancellationToken ct = default)
+        IReadOnlyList<string>? stop = null, CancellationToken ct = default, int cachedPrefix = 0)
     {
         var tf = _model.Transformer;
-        var tok = _model.Tokenizer;
-        int vocab = _model.Config.Vocab;
         if (prompt.Count == 0) throw new FitLMException("the prompt is empty (no tokens)");
         if (prompt.Count >= tf.MaxContext)
             throw new FitLMException($"the prompt has {prompt.Count} tokens; the context holds {tf.MaxContext} (raise -c)");
+        return Run(prompt, Math.Max(0, maxTokens), options, stop, ct, Math.Clamp(Math.Min(cachedPrefix, tf.Kv.Length), 0, prompt.Count - 1));
+    }
 
-        var sampler = new Sampler(options, vocab);
-        var logits = new float[vocab];
-        var history = new List<int>(prompt.Count + Math.Max(0, maxTokens));
-        history.AddRange(prompt);
-        var promptArr = prompt.ToArray();
-        tf.Forward(promptArr, 0, logits, promptArr.Length - 1, ct);
-        int pos = promptArr.Length;
-
-        var decoder = Encoding.UTF8.GetDecoder();
-        var chars = new char[64];
-        var stops = stop?.Where(s => s.Length > 0).ToArray() ?? [];
-        // Text that might be the start of a stop string is held back until it is clearly not.
-        var pending = new StringBuilder();
-        int[] one = new int[1];
+    private IEnumerable<GeneratedToken> Run(IReadOnlyList<int> prompt, int maxTokens, SamplingOptions options, IReadOnlyList<string>? stop, CancellationToken ct, int from)
+    {
+        var tf = _model.Transformer;
+        var stream = new TokenStream(prompt, maxTokens, tf.MaxContext, options, stop, _model.Tokenizer, _model.Config.Vocab);
         LastStopReason = StopReason.Length;
-        for (int i = 0; i < maxTokens; i++)
+        if (stream.Done) yield break;
+        var logits = new float[_model.Config.Vocab];
+        long prefillStart = System.Diagnostics.Stopwatch.GetTimestamp();
+        tf.Forward(stream.History.AsSpan(from, stream.Position - from), from, logits, stream.Position - from - 1, ct);
+        LastPromptEvalTime = System.Diagnostics.Stopwatch.GetElapsedTime(prefillStart);
+        while (true)
         {
             ct.ThrowIfCancellationRequested();
-            int next = sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
-            if (tok.IsEndOfGeneration(next))
-            {
-                LastStopReason = StopReason.EndOfGeneration;
-                break;
-            }
-            history.Add(next);
-            var bytes = tok.TokenBytes(next);
-            if (chars.Length < bytes.Length + 8) chars = new char[bytes.Length + 8];
-            int nc = decoder.GetChars(bytes, 0, bytes.Length, chars, 0, flush: false);
-            if (stops.Length == 0)
-            {
-                yield return new GeneratedToken(next, new string(chars, 0, nc));
-            }
-            else
-            {
-                pending.Append(chars, 0, nc);
-                var (emit, stopped) = StopStrings.Split(pending, stops);
-                yield return new GeneratedToken(next, emit);
-                if (stopped)
-                {
-                    LastStopReason = StopReason.StopString;
-                    yield break;
-                }
-            }
-            if (i == maxTokens - 1) break;
-            if (pos >= tf.MaxContext)
-            {
-                LastStopReason = StopReason.ContextFull;
-                break;
-            }
-            one[0] = next;
-            tf.Forward(one, pos, logits, 0, ct);
-            pos++;
+            var step = stream.Next(logits);
+            if (step.Done) LastStopReason = stream.StopReason;
+            if (step.Id >= 0 || step.Text.Length > 0) yield return new GeneratedToken(step.Id, step.Text);
+            if (step.Done) break;
+            tf.Forward(stream.History.AsSpan(stream.Position - 1, 1), stream.Position - 1, logits, 0, ct);
         }
-        if (pending.Length > 0) yield return new GeneratedToken(-1, pending.ToString());
     }
 }

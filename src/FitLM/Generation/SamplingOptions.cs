@@ -10,6 +10,12 @@ public sealed record SamplingOptions
     public float RepeatPenalty { get; init; } = 1.0f;
     /// <summary>How many recent tokens the repetition penalty looks at.</summary>
     public int RepeatLastN { get; init; } = 64;
+    /// <summary>OpenAI's frequency_penalty: subtracted from a token's logit once per time it was generated so far.</summary>
+    public float FrequencyPenalty { get; init; }
+    /// <summary>OpenAI's presence_penalty: subtracted once from the logit of every token generated so far.</summary>
+    public float PresencePenalty { get; init; }
+    /// <summary>OpenAI's logit_bias: added to the logits of these token ids before anything else.</summary>
+    public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
     public int Seed { get; init; } = -1;
 
     public static SamplingOptions Greedy => new() { Temperature = 0 };
@@ -22,5 +28,13 @@ public sealed record SamplingOptions
         if (!(MinP is >= 0 and <= 1)) throw new FitLMException($"min-p {MinP} is out of range [0, 1]");
         if (!(RepeatPenalty is > 0 and <= 10)) throw new FitLMException($"repeat penalty {RepeatPenalty} is out of range (0, 10]");
         if (RepeatLastN < 0) throw new FitLMException($"repeat-last-n {RepeatLastN} is out of range");
+        if (!(FrequencyPenalty is >= -2 and <= 2)) throw new FitLMException($"frequency penalty {FrequencyPenalty} is out of range [-2, 2]");
+        if (!(PresencePenalty is >= -2 and <= 2)) throw new FitLMException($"presence penalty {PresencePenalty} is out of range [-2, 2]");
+        if (LogitBias != null)
+            foreach (var (id, bias) in LogitBias)
+            {
+                if (id < 0) throw new FitLMException($"logit bias for token {id}: not a token id");
+                if (!(bias is >= -100 and <= 100)) throw new FitLMException($"logit bias {bias} for token {id} is out of range [-100, 100]");
+            }
     }
 }

@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using FitLM.Model;
 
 namespace FitLM.KvCache;
 
@@ -12,19 +11,19 @@ internal static unsafe class FloatPage
 {
     private const int Rows = KvCacheOptions.Group;
 
-    public static int Bytes(ModelConfig c, bool half) => 2 * Rows * c.KvDim * (half ? 2 : 4);
+    public static int Bytes(KvShape c, bool half) => 2 * Rows * c.KvDim * (half ? 2 : 4);
 
     /// <summary>Element offset of (K or V, head, row) in a page.</summary>
-    private static long Offset(ModelConfig c, int which, int kvHead, int row) =>
+    private static long Offset(KvShape c, int which, int kvHead, int row) =>
         which * (long)Rows * c.KvDim + ((long)kvHead * Rows + row) * c.HeadDim;
 
     /// <summary>Writes a whole key (which 0) or value (which 1) row [KvDim] at row r of the page.</summary>
-    public static void WriteRow(byte* page, bool half, ModelConfig c, int which, int r, ReadOnlySpan<float> row)
+    public static void WriteRow(byte* page, bool half, KvShape c, int which, int r, ReadOnlySpan<float> row)
     {
         for (int h = 0; h < c.KvHeads; h++) WriteHeadRow(page, half, c, which, h, r, row.Slice(h * c.HeadDim, c.HeadDim));
     }
 
-    public static void WriteHeadRow(byte* page, bool half, ModelConfig c, int which, int kvHead, int r, ReadOnlySpan<float> row)
+    public static void WriteHeadRow(byte* page, bool half, KvShape c, int which, int kvHead, int r, ReadOnlySpan<float> row)
     {
         long at = Offset(c, which, kvHead, r);
         if (half) TensorPrimitives.ConvertToHalf(row, new Span<Half>((Half*)page + at, c.HeadDim));
@@ -32,7 +31,7 @@ internal static unsafe class FloatPage
     }
 
     /// <summary>Rows [0, count) of one KV head [count × HeadDim]: a view for float32, converted into scratch for float16.</summary>
-    public static ReadOnlySpan<float> Read(byte* page, bool half, ModelConfig c, int which, int kvHead, int r, int count, Span<float> scratch)
+    public static ReadOnlySpan<float> Read(byte* page, bool half, KvShape c, int which, int kvHead, int r, int count, Span<float> scratch)
     {
         long at = Offset(c, which, kvHead, r);
         int n = count * c.HeadDim;

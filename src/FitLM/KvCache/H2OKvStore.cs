@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using FitLM.Model;
 using FitLM.Tensors;
 
 namespace FitLM.KvCache;
@@ -23,7 +22,7 @@ internal sealed unsafe class H2OKvStore : IKvStore, IParallelJob
     public const int BytesPerSlot = 8;
     private const int G = KvCacheOptions.Group;
     private readonly IKvModel _model;
-    private readonly ModelConfig _c;
+    private readonly KvShape _c;
     private readonly KvPagePool _pool;
     private readonly bool _half;
     private readonly int _keep, _sinks, _recent, _capacity, _group;

@@ -1,4 +1,4 @@
-using FitLM.Model;
+using FitLM.Tensors;
 
 namespace FitLM.KvCache;
 
@@ -59,7 +59,7 @@ public readonly ref struct KvRows(ReadOnlySpan<int> tokens, ReadOnlySpan<float> 
 /// </summary>
 public interface IKvModel
 {
-    ModelConfig Config { get; }
+    KvShape Config { get; }
     /// <summary>The largest position RoPE is tabulated for, plus one.</summary>
     int MaxPositions { get; }
     /// <summary>kRaw = X·Wkᵀ, vRaw = X·Wvᵀ for n rows. Runs on the worker pool: call it from the calling thread, not from a job.</summary>

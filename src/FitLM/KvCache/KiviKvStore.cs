@@ -1,4 +1,3 @@
-using FitLM.Model;
 
 namespace FitLM.KvCache;
 
@@ -20,7 +19,7 @@ internal sealed unsafe class KiviKvStore : IKvStore, IKvTiles
 {
     private const int G = KvCacheOptions.Group;
     private readonly IKvModel _model;
-    private readonly ModelConfig _c;
+    private readonly KvShape _c;
     private readonly KvPagePool _qPool, _fPool;
     private readonly TileAttention _attention;
     private readonly int _bits, _residual, _block, _groupsPerHead;

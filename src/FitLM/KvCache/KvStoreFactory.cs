@@ -1,4 +1,3 @@
-using FitLM.Model;
 
 namespace FitLM.KvCache;
 
@@ -11,7 +10,7 @@ namespace FitLM.KvCache;
 public sealed class KvStoreFactory : IDisposable
 {
     public KvCacheOptions Options { get; }
-    public ModelConfig Config { get; }
+    public KvShape Config { get; }
     public int MaxContext { get; }
     public int MaxBatch { get; }
     /// <summary>The pool of the main pages (float pages, KIVI's quantized pages, XQuant's latent pages).</summary>
@@ -62,7 +61,7 @@ public sealed class KvStoreFactory : IDisposable
     /// zero points, full-precision windows, per-token bookkeeping, and the latent basis where there is one.
     /// Not counted: attention scratch (XQuant's rematerialized layer, per-thread tiles), shared by all sequences.
     /// </summary>
-    public static long Bytes(ModelConfig c, KvCacheOptions o, int context)
+    public static long Bytes(KvShape c, KvCacheOptions o, int context)
     {
         o.Validate();
         const int G = KvCacheOptions.Group;
@@ -93,20 +92,20 @@ public sealed class KvStoreFactory : IDisposable
     }
 
     /// <summary>KV bytes per token of a sequence of <paramref name="context"/> tokens: <see cref="Bytes"/> / context.</summary>
-    public static double BytesPerToken(ModelConfig c, KvCacheOptions o, int context = 512) => (double)Bytes(c, o, context) / context;
+    public static double BytesPerToken(KvShape c, KvCacheOptions o, int context = 512) => (double)Bytes(c, o, context) / context;
 
     /// <summary>What XQuant caches: the latent on the SVD basis of [Wk; Wv] when X is wider than K and V together, else X.</summary>
-    internal static XQuantForm Form(ModelConfig c, KvCacheOptions o) =>
+    internal static XQuantForm Form(KvShape c, KvCacheOptions o) =>
         o.XQuantForm != XQuantForm.Auto ? o.XQuantForm : c.Dim > 2 * c.KvDim ? XQuantForm.Latent : XQuantForm.X;
 
     /// <summary>Page sizes (bytes, as the pools round them) of the main and second pool for 32 tokens of one layer.</summary>
-    internal static (int Main, int Second) PageBytes(ModelConfig c, KvCacheOptions o)
+    internal static (int Main, int Second) PageBytes(KvShape c, KvCacheOptions o)
     {
         var (main, second) = UnroundedPageBytes(c, o);
         return (KvPagePool.Round(main), second == 0 ? 0 : KvPagePool.Round(second));
     }
 
-    private static (int Main, int Second) UnroundedPageBytes(ModelConfig c, KvCacheOptions o)
+    private static (int Main, int Second) UnroundedPageBytes(KvShape c, KvCacheOptions o)
     {
         const int G = KvCacheOptions.Group;
         int block = GroupQuant.BlockBytes(Math.Max(2, o.Bits));

@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using FitLM.Model;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace FitLM.KvCache;
@@ -20,7 +19,7 @@ internal sealed class LatentBasis
     public int Rank { get; }
     public long Bytes => (long)Transposed.Length * Rank * Rank * 2;
 
-    public static long BytesFor(ModelConfig c) => (long)c.Layers * (2L * c.KvDim) * (2L * c.KvDim) * 2;
+    public static long BytesFor(KvShape c) => (long)c.Layers * (2L * c.KvDim) * (2L * c.KvDim) * 2;
 
     private LatentBasis(Half[][] ut, double[][] sigma, int rank)
     {

@@ -1,4 +1,3 @@
-using FitLM.Model;
 
 namespace FitLM.KvCache;
 
@@ -11,7 +10,7 @@ internal sealed unsafe class PagedKvStore : IKvStore, IKvTiles
 {
     private const int Tile = KvCacheOptions.Group;
     private readonly IKvModel _model;
-    private readonly ModelConfig _c;
+    private readonly KvShape _c;
     private readonly KvPagePool _pool;
     private readonly bool _half;
     private readonly int[][] _pages;   // [layer][tile] → page id, -1 when none

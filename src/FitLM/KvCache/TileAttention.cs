@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using FitLM.Model;
 using FitLM.Tensors;
 
 namespace FitLM.KvCache;
@@ -32,7 +31,7 @@ internal sealed unsafe class TileAttention : IParallelJob
     private const int MaxSplits = 16;
     private const int MinSplitTiles = 8;
 
-    private readonly ModelConfig _c;
+    private readonly KvShape _c;
     private readonly float _scale;
     private readonly int _group, _hd, _maxContext;
     // Partial results of split items: per (item, query head of the group): max, sum, acc[hd].
@@ -42,7 +41,7 @@ internal sealed unsafe class TileAttention : IParallelJob
     private int _layer, _pos, _n, _splits, _splitTiles;
     private float* _q, _out;
 
-    public TileAttention(ModelConfig c, int maxContext)
+    public TileAttention(KvShape c, int maxContext)
     {
         _c = c;
         _maxContext = maxContext;

@@ -1,5 +1,4 @@
 using System.Numerics.Tensors;
-using FitLM.Model;
 
 namespace FitLM.KvCache;
 
@@ -16,7 +15,7 @@ internal sealed unsafe class XQuantClKvStore : IKvStore
 {
     private const int G = KvCacheOptions.Group;
     private readonly IKvModel _model;
-    private readonly ModelConfig _c;
+    private readonly KvShape _c;
     private readonly KvPagePool _deltaPool, _tokenPool;
     private readonly TileAttention _attention;
     private readonly XQuantWorkspace _ws;

@@ -1,4 +1,3 @@
-using FitLM.Model;
 using FitLM.Tensors;
 
 namespace FitLM.KvCache;
@@ -25,7 +24,7 @@ internal sealed unsafe class XQuantKvStore : IKvStore, IParallelJob
 {
     private const int G = KvCacheOptions.Group;
     private readonly IKvModel _model;
-    private readonly ModelConfig _c;
+    private readonly KvShape _c;
     private readonly KvPagePool _pool, _fPool;
     private readonly TileAttention _attention;
     private readonly XQuantWorkspace _ws;

@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using FitLM.Model;
 using FitLM.Tensors;
 
 namespace FitLM.KvCache;
@@ -12,7 +11,7 @@ namespace FitLM.KvCache;
 internal sealed unsafe class XQuantWorkspace : IKvTiles
 {
     private const int G = KvCacheOptions.Group;
-    private readonly ModelConfig _c;
+    private readonly KvShape _c;
     private readonly LatentBasis? _basis;
     private readonly int _pageFloats;
     private float[]? _pages, _alt;      // pinned: [tile][K | V] float pages of the current layer; alternates
@@ -26,7 +25,7 @@ internal sealed unsafe class XQuantWorkspace : IKvTiles
     public int MaxBatch { get; }
     public int MaxContext { get; }
 
-    public XQuantWorkspace(ModelConfig c, int maxContext, int maxBatch, LatentBasis? basis)
+    public XQuantWorkspace(KvShape c, int maxContext, int maxBatch, LatentBasis? basis)
     {
         _c = c;
         _basis = basis;

@@ -2,6 +2,8 @@ using System.Diagnostics;
 using FitLM.Model;
 using FitLM.Storage;
 using FitLM.Tensors;
+using FitLM.Runtime;
+using FitLM.Weights;
 
 namespace FitLM.Memory;
 
@@ -19,11 +21,21 @@ public static class CostModel
     /// <summary>Reads the FFN window keeps in flight (<see cref="FlashWeights"/>' queue).</summary>
     public const int FlashQueueDepth = 32;
 
-    public static MemoryPlan Predict(MemoryPlan plan, IModelSource source, StorageProfile storage, double computeBytesPerSecond = 0)
+    /// <summary>
+    /// The plan with its predicted decode speed. <paramref name="machine"/>: the speeds to price it with (default: this
+    /// machine, probed once per process); <paramref name="probeRoomBytes"/>: what the budget leaves a probe that has
+    /// not run yet (the process holds only the runtime while it plans).
+    /// </summary>
+    public static MemoryPlan Predict(MemoryPlan plan, IModelSource source, StorageProfile storage, MachineProfile? machine = null, long probeRoomBytes = long.MaxValue)
     {
-        if (computeBytesPerSecond <= 0) computeBytesPerSecond = MeasureCompute(DominantType(source));
-        long computeBytes = Evaluation.Benchmark.WeightBytesPerToken(source, plan.FlashNeuronFraction);
-        double compute = computeBytes / computeBytesPerSecond;
+        machine ??= MachineProfile.Measured;
+        double computeBytesPerSecond = machine.ComputeBytesPerSecond(DominantType(source), probeRoomBytes);
+        long computeBytes = Footprint.WeightBytesPerToken(source, plan.FlashNeuronFraction);
+        // Every matrix multiply also pays a fixed hand-off to the worker threads: on the demo model (57 small
+        // matrices) that was 40% of a token, which the bytes alone missed (861 tok/s predicted, 480 measured).
+        int calls = MatrixCallsPerToken(source);
+        double dispatch = calls * machine.DispatchSeconds;
+        double compute = computeBytes / computeBytesPerSecond + dispatch;
         long streamedLayers = plan.StreamedBytesPerToken - plan.FlashBytesPerToken;
         bool embeddingStreamed = plan.PlacementOf("token_embd.weight") == Placement.Streamed && source.Find("output.weight") != null;
         double rowRead = 0;
@@ -45,7 +57,8 @@ public static class CostModel
         return plan with
         {
             PredictedTokensPerSecond = 1 / seconds,
-            CostModelNote = $"compute {compute * 1e3:F1} ms/token ({computeBytes / 1e6:F0} MB at {computeBytesPerSecond / 1e9:F1} GB/s), " +
+            CostModelNote = $"compute {compute * 1e3:F1} ms/token ({computeBytes / 1e6:F0} MB at {computeBytesPerSecond / 1e9:F1} GB/s, " +
+                $"{calls} matrix calls at {machine.DispatchSeconds * 1e6:F0} µs), " +
                 $"I/O {io * 1e3:F1} ms/token ({plan.StreamedBytesPerToken / 1e6:F0} MB at {(io > 0 ? plan.StreamedBytesPerToken / io / 1e9 : 0):F2} GB/s, " +
                 $"{ProcessMemory(StreamReadBytes)} sequential reads, queue depth {depth}" +
                 (flashIo > 0 ? $"; of it FFN neurons {plan.FlashBytesPerToken / 1e6:F0} MB in {ProcessMemory(plan.FlashReadBytes)} random reads, queue depth {FlashQueueDepth}, {flashIo * 1e3:F1} ms" : "") +
@@ -58,14 +71,26 @@ public static class CostModel
     private static GgmlType DominantType(IModelSource src) =>
         src.Tensors.GroupBy(t => t.Type).OrderByDescending(g => g.Sum(t => t.ByteSize)).First().Key;
 
+    /// <summary>Matrix-vector products one decode step runs: every matrix but a looked-up embedding.</summary>
+    public static int MatrixCallsPerToken(IModelSource source)
+    {
+        bool separateHead = source.Find("output.weight") != null;
+        return source.Tensors.Count(t => t.Shape.Length >= 2 && !(t.Name == "token_embd.weight" && separateHead));
+    }
+
+    /// <summary>The compute probe's matrix: larger than the caches (a 4096 × 4096 matrix alone would sit in a large L3 and read faster than DRAM).</summary>
+    public const long ComputeProbeBytes = 96L << 20;
+    /// <summary>The smallest matrix the probe uses when a budget leaves it little room (it then reads partly from cache).</summary>
+    public const long MinComputeProbeBytes = 4L << 20;
+
     /// <summary>
-    /// Weight bytes per second the matrix-vector kernels sustain for <paramref name="type"/> on a matrix larger than
-    /// the caches (at least 96 MiB: a 4096 × 4096 matrix alone would sit in a large L3 and read faster than DRAM).
+    /// Weight bytes per second the matrix-vector kernels sustain for <paramref name="type"/> on a matrix of
+    /// <paramref name="matrixBytes"/> (<see cref="ComputeProbeBytes"/>; less where a budget leaves less room).
     /// </summary>
-    public static unsafe double MeasureCompute(GgmlType type, int rows = 4096, int cols = 4096)
+    public static unsafe double MeasureCompute(GgmlType type, long matrixBytes = ComputeProbeBytes, int cols = 4096)
     {
         long rowBytes = GgmlTypes.RowBytes(type, cols);
-        rows = (int)Math.Max(rows, (96L << 20) / rowBytes);
+        int rows = (int)Math.Max(64, Math.Clamp(matrixBytes, MinComputeProbeBytes, ComputeProbeBytes) / rowBytes);
         using var w = new NativeBuffer(rowBytes * rows);
         var rng = new Random(1);
         var row = new float[cols];
@@ -85,5 +110,28 @@ public static class CostModel
             best = Math.Max(best, rowBytes * rows / sw.Elapsed.TotalSeconds);
         }
         return best;
+    }
+
+    /// <summary>
+    /// Seconds a matrix-vector call costs besides its bytes: the median of many calls on a 64 × 256 q8_0 matrix (16 KiB,
+    /// in cache), which is almost all hand-off to the worker threads and waiting for the slowest.
+    /// </summary>
+    public static unsafe double MeasureDispatch()
+    {
+        const int rows = 64, cols = 256;
+        long rowBytes = GgmlTypes.RowBytes(GgmlType.Q8_0, cols);
+        using var w = new NativeBuffer(rowBytes * rows);
+        new Span<byte>(w.Pointer, (int)(rowBytes * rows)).Clear();
+        var x = new float[cols];
+        var y = new float[rows];
+        var times = new double[201];
+        for (int i = -20; i < times.Length; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            MatMul.MatVec(GgmlType.Q8_0, w.Pointer, rowBytes, rows, cols, x, y);
+            if (i >= 0) times[i] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        Array.Sort(times);
+        return times[times.Length / 2];
     }
 }

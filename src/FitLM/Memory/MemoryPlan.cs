@@ -1,26 +1,7 @@
 using FitLM.Model;
+using FitLM.Weights;
 
 namespace FitLM.Memory;
-
-public enum Placement
-{
-    /// <summary>Read once at load, kept in memory in the stored format.</summary>
-    Resident,
-    /// <summary>Read from storage each time it is used, into a reusable buffer.</summary>
-    Streamed,
-}
-
-/// <summary>How streamed weights are read.</summary>
-public enum StreamMode
-{
-    /// <summary>Layer by layer with the next layer read while the current one computes, several reads in flight.</summary>
-    Prefetch,
-    /// <summary>The naive baseline: every streamed tensor read when it is needed, one read at a time, nothing overlapped.</summary>
-    Naive,
-}
-
-/// <summary>One tensor's place in the plan. Layer is -1 for tensors outside the blocks.</summary>
-public sealed record TensorPlan(TensorDesc Tensor, Placement Placement, int Layer);
 
 /// <summary>
 /// What the planner decided for a model under a budget: where each tensor lives and what every part of
@@ -52,7 +33,7 @@ public sealed record MemoryPlan
     public double PredictedTokensPerSecond { get; init; }
     public string? CostModelNote { get; init; }
     /// <summary>Stacked (BitStack) models: the size loaded (blocks, weight bytes, caches, bytes multiplied per token); null otherwise.</summary>
-    public Compression.StackPlan? Stack { get; init; }
+    public StackPlan? Stack { get; init; }
 
     public long ResidentWeightBytes => Tensors.Where(t => t.Placement == Placement.Resident).Sum(t => t.Tensor.ByteSize);
     public bool Bundled => Tensors.Any(t => t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal));

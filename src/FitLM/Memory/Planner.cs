@@ -1,6 +1,7 @@
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Storage;
+using FitLM.Weights;
 
 namespace FitLM.Memory;
 
@@ -18,9 +19,6 @@ namespace FitLM.Memory;
 /// </summary>
 public static class Planner
 {
-    /// <summary>Room for code the JIT compiles, GC heap growth and thread stacks after the plan is made.</summary>
-    public const long RuntimeMargin = 24L << 20;
-
     public sealed record Options
     {
         public long BudgetBytes { get; init; }
@@ -31,9 +29,13 @@ public static class Planner
         public StreamMode Mode { get; init; } = StreamMode.Prefetch;
         /// <summary>Force every layer and the head to be streamed (the naive baseline streams everything).</summary>
         public bool StreamEverything { get; init; }
-        /// <summary>What the process holds before weights; measured now when 0.</summary>
+        /// <summary>What the process holds besides the plan's parts; 0: <see cref="RuntimeFootprint.Bytes"/>.</summary>
         public long RuntimeBytes { get; init; }
         public StorageProfile? Storage { get; init; }
+        /// <summary>The speeds <see cref="Storage"/>'s prediction is priced with; null: this machine, probed once per process.</summary>
+        public MachineProfile? Machine { get; init; }
+        /// <summary>What the host adds to the runtime footprint (the server: <see cref="RuntimeFootprint.ServerBytes"/>).</summary>
+        public long HostBytes { get; init; }
         /// <summary>For prepared (FFN-bundled) models: which neurons each token gets and the window length.</summary>
         public FlashOptions? Flash { get; init; }
     }
@@ -43,7 +45,8 @@ public static class Planner
     public static MemoryPlan Plan(IModelSource source, Options o)
     {
         var c = source.Config;
-        long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : ProcessMemory.RssBytes()) + RuntimeMargin;
+        // A fixed, measured footprint rather than the RSS now: the same inputs give the same plan whatever ran before.
+        long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : RuntimeFootprint.Bytes(source)) + o.HostBytes;
         long kv = Footprint.KvBytes(c, o.Context);
         long scratch = Footprint.ScratchBytes(c, o.Context, o.MaxBatch) + 4L * c.Vocab * Math.Max(1, o.LogitRows);
         long fixedBytes = runtime + kv + scratch;
@@ -65,7 +68,7 @@ public static class Planner
         {
             if (bundles.Contains(t)) continue;
             if (t.Shape.Length < 2) { small.Add(t); continue; }
-            int layer = LayerOf(t.Name);
+            int layer = TensorNames.LayerOf(t.Name);
             if (layer >= 0) layerTensors[layer].Add(t);
             else if (t != embedding && t != head) small.Add(t);
         }
@@ -120,12 +123,12 @@ public static class Planner
         }
 
         var plans = new List<TensorPlan>();
-        foreach (var t in small) plans.Add(new TensorPlan(t, Placement.Resident, LayerOf(t.Name)));
+        foreach (var t in small) plans.Add(new TensorPlan(t, Placement.Resident, TensorNames.LayerOf(t.Name)));
         if (!tied) plans.Add(new TensorPlan(embedding, embeddingResident ? Placement.Resident : Placement.Streamed, -1));
         foreach (var u in units)
             foreach (var t in u.Tensors)
                 plans.Add(new TensorPlan(t, u.Resident ? Placement.Resident : Placement.Streamed, u.Layer));
-        foreach (var b in bundles) plans.Add(new TensorPlan(b, Placement.Streamed, LayerOf(b.Name)));
+        foreach (var b in bundles) plans.Add(new TensorPlan(b, Placement.Streamed, TensorNames.LayerOf(b.Name)));
 
         var streamedUnits = units.Where(u => !u.Resident).ToList();
         long streamBuffers = streamedUnits.Count == 0 ? 0 : 2 * Aligned(streamedUnits.Max(u => u.Bytes));
@@ -150,7 +153,8 @@ public static class Planner
             StreamBufferBytes = streamBuffers,
             StreamedBytesPerToken = perToken,
         };
-        return o.Storage is { } storage ? CostModel.Predict(plan, source, storage) : plan;
+        // The process holds only the runtime while it plans: the compute probe may use the rest of the budget.
+        return o.Storage is { } storage ? CostModel.Predict(plan, source, storage, o.Machine, o.BudgetBytes - runtime) : plan;
     }
 
     /// <summary>
@@ -166,13 +170,6 @@ public static class Planner
         return (long)(fresh * (bundleBytes + DirectFile.Alignment));
     }
 
-    /// <summary>Layer index of a blk.N.* tensor, or -1.</summary>
-    public static int LayerOf(string name)
-    {
-        if (!name.StartsWith("blk.", StringComparison.Ordinal)) return -1;
-        int dot = name.IndexOf('.', 4);
-        return dot > 4 && int.TryParse(name.AsSpan(4, dot - 4), out int l) ? l : -1;
-    }
 
     /// <summary>Embedding rows are read one at a time with direct I/O: an aligned buffer per row for a batch.</summary>
     private static long EmbeddingRowBufferBytes(TensorDesc embedding) =>

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using FitLM.Tensors;
 
 namespace FitLM.Model;
 

@@ -1,4 +1,5 @@
 using FitLM.Formats;
+using FitLM.Model.Architectures;
 using FitLM.Tokenization;
 
 namespace FitLM.Model;
@@ -27,8 +28,14 @@ public sealed class GgufSource : IModelSource
         Config = ReadConfig(file, this);
         Tokenizer = Tokenizer.FromGguf(file);
         // A BitStack stacked file stores its linear weights as blocks; StackLayout.Read checks those instead.
-        if (!Compression.StackLayout.IsStacked(file)) ModelValidation.CheckTensors(this);
+        if (!IsStacked(file)) ModelValidation.CheckTensors(this);
     }
+
+    /// <summary>The metadata key that marks a BitStack stacked file (its layout is read by the stacked weight provider).</summary>
+    public const string StackMethodKey = "fitlm.stack.method";
+
+    /// <summary>Whether <paramref name="file"/> is a BitStack stacked file: its linear weights are stored as blocks.</summary>
+    public static bool IsStacked(GgufFile file) => file.Find(StackMethodKey) != null;
 
     public static GgufSource Open(string path)
     {
@@ -49,41 +56,44 @@ public sealed class GgufSource : IModelSource
     {
         string arch = f.Find("general.architecture")?.AsString()
             ?? throw new FitLMException($"{f.Path}: metadata 'general.architecture' is missing");
-        if (Array.IndexOf(ModelConfig.SupportedArchitectures, arch) < 0)
-            throw new FitLMException($"{f.Path}: unsupported architecture '{arch}' (supported: {string.Join(", ", ModelConfig.SupportedArchitectures)})");
-        int Int(string key) => ModelValidation.ToInt(f.GetInt($"{arch}.{key}"), key, f.Path);
-        int dim = Int("embedding_length");
-        int heads = Int("attention.head_count");
-        int kvHeads = ModelValidation.ToInt(f.GetInt($"{arch}.attention.head_count_kv", heads), "head_count_kv", f.Path);
-        int headDim = ModelValidation.ToInt(f.GetInt($"{arch}.attention.key_length", heads > 0 ? dim / heads : 0), "key_length", f.Path);
+        var family = ArchitectureRegistry.GetGguf(arch, f.Path);
+        var k = family.Keys;
+        string Key(ConfigKey key) => key.GgufKey(arch);
+        int Int(ConfigKey key) => ModelValidation.ToInt(f.GetInt(Key(key)), key.Gguf, f.Path);
+        int IntOr(ConfigKey key, long fallback) => ModelValidation.ToInt(f.GetInt(Key(key), fallback), key.Gguf, f.Path);
+        int dim = Int(k.EmbeddingLength);
+        int heads = Int(k.HeadCount);
+        int kvHeads = IntOr(k.HeadCountKv, heads);
+        int headDim = IntOr(k.KeyLength, heads > 0 ? dim / heads : 0);
         var embd = src.Find("token_embd.weight") ?? throw new FitLMException($"{f.Path}: tensor 'token_embd.weight' is missing");
-        int vocab = ModelValidation.ToInt(f.GetInt($"{arch}.vocab_size", embd.Shape.Length > 1 ? embd.Shape[1] : 0), "vocab_size", f.Path);
-        Llama3RopeScaling? llama3 = null;
+        int vocab = IntOr(k.VocabSize, embd.Shape.Length > 1 ? embd.Shape[1] : 0);
         float linear = 1f;
-        string scalingType = f.Find($"{arch}.rope.scaling.type")?.AsString() ?? "none";
-        if (scalingType == "linear") linear = (float)f.GetDouble($"{arch}.rope.scaling.factor", 1.0);
+        string scalingType = f.Find(Key(k.RopeScalingType))?.AsString() ?? "none";
+        if (scalingType == "linear") linear = (float)f.GetDouble(Key(k.RopeScalingFactor), 1.0);
         // Llama 3.1 style scaling arrives in GGUF as a rope_freqs.weight tensor of per-frequency divisors.
-        var actName = f.Find("fitlm.ffn_activation")?.AsString() ?? "silu";
+        var actName = f.Find(k.GgufActivation)?.AsString();
+        // Optional tensor groups the family leaves to the model: a GGUF file has them or not.
+        bool Has(TensorOption option, TensorPresence group) => option == TensorOption.Always ||
+            option == TensorOption.FromModel && family.Tensors.Any(t => t.Presence == group && src.Find(t.GgufName(0)) != null);
         var cfg = new ModelConfig
         {
-            Architecture = arch,
+            Architecture = family.Name,
             Dim = dim,
-            Layers = Int("block_count"),
+            Layers = Int(k.BlockCount),
             Heads = heads,
             KvHeads = kvHeads,
             HeadDim = headDim,
-            FfnDim = Int("feed_forward_length"),
+            FfnDim = Int(k.FeedForwardLength),
             Vocab = vocab,
-            RmsEps = (float)f.GetDouble($"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
-            RopeTheta = (float)f.GetDouble($"{arch}.rope.freq_base", 10000.0),
-            RopeDims = ModelValidation.ToInt(f.GetInt($"{arch}.rope.dimension_count", headDim), "rope.dimension_count", f.Path),
-            RopeStyle = arch is "qwen2" or "qwen3" ? RopeStyle.Neox : RopeStyle.Interleaved,
+            RmsEps = (float)f.GetDouble(Key(k.NormEpsilon), family.GgufDefaultNormEpsilon),
+            RopeTheta = (float)f.GetDouble(Key(k.RopeFreqBase), 10000.0),
+            RopeDims = IntOr(k.RopeDimensionCount, headDim),
+            RopeStyle = family.GgufRopeStyle,
             RopeLinearFactor = linear,
-            RopeLlama3 = llama3,
-            Activation = HuggingFaceSource.ParseActivation(actName, f.Path),
-            QkvBias = src.Find("blk.0.attn_q.bias") != null,
-            QkNorm = src.Find("blk.0.attn_q_norm.weight") != null,
-            ContextLength = ModelValidation.ToInt(f.GetInt($"{arch}.context_length", 2048), "context_length", f.Path),
+            Activation = actName == null ? family.DefaultActivation : HuggingFaceSource.ParseActivation(actName, f.Path),
+            QkvBias = Has(family.QkvBias, TensorPresence.WithQkvBias),
+            QkNorm = Has(family.QkNorm, TensorPresence.WithQkNorm),
+            ContextLength = IntOr(k.ContextLength, 2048),
         };
         cfg.Validate(f.Path);
         return cfg;

@@ -1,6 +1,6 @@
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using FitLM.Formats;
+using FitLM.Model.Architectures;
 using FitLM.Tokenization;
 
 namespace FitLM.Model;
@@ -9,9 +9,10 @@ namespace FitLM.Model;
 /// A Hugging Face model folder: config.json, safetensors (single file or sharded through
 /// model.safetensors.index.json) and tokenizer.json. Tensors are exposed under llama.cpp's GGUF names,
 /// with shapes in ggml order; the bytes are the safetensors bytes unchanged (row-major [out, in] is
-/// ggml's [in, out]). Q/K stay in HF's rotate-half layout, so the config says RopeStyle.Neox.
+/// ggml's [in, out]). Names, keys and options come from the family's <see cref="ArchitectureFamily"/> description;
+/// Q/K stay in HF's rotate-half layout (the family's HfRopeStyle, RopeStyle.Neox).
 /// </summary>
-public sealed partial class HuggingFaceSource : IModelSource
+public sealed class HuggingFaceSource : IModelSource
 {
     public string Path { get; }
     public ModelConfig Config { get; }
@@ -30,11 +31,12 @@ public sealed partial class HuggingFaceSource : IModelSource
         if (!File.Exists(configPath)) throw new FitLMException($"{folder}: not a model folder (config.json is missing)");
         RawConfig = ReadJson(configPath);
         Config = ParseConfig(RawConfig, configPath);
-        LoadTensors(folder);
+        LoadTensors(folder, Config.Family);
         var list = _byName.Values.Select(v => v.desc).ToList();
         Tensors = list;
-        if (Find("output.weight") == null && !GetBool(RawConfig, "tie_word_embeddings", false))
-            throw new FitLMException($"{folder}: lm_head.weight is missing and tie_word_embeddings is false");
+        var family = Config.Family;
+        if (Find("output.weight") == null && !(family.OutputMayBeTied && GetBool(RawConfig, family.Keys.HfTiedEmbeddings, false)))
+            throw new FitLMException($"{folder}: lm_head.weight is missing and {family.Keys.HfTiedEmbeddings} is false");
         ModelValidation.CheckTensors(this);
         Tokenizer = Tokenizer.FromHuggingFace(folder);
     }
@@ -68,7 +70,7 @@ public sealed partial class HuggingFaceSource : IModelSource
         foreach (var f in _files) f.Dispose();
     }
 
-    private void LoadTensors(string folder)
+    private void LoadTensors(string folder, ArchitectureFamily family)
     {
         string index = System.IO.Path.Combine(folder, "model.safetensors.index.json");
         string single = System.IO.Path.Combine(folder, "model.safetensors");
@@ -99,7 +101,7 @@ public sealed partial class HuggingFaceSource : IModelSource
                 _files.Add(f);
                 foreach (var t in f.Tensors.Values)
                 {
-                    string? name = MapName(t.Name);
+                    string? name = family.GgufTensorName(t.Name);
                     if (name == null) continue; // e.g. rotary_emb.inv_freq: not needed
                     var shape = t.Shape.Reverse().ToArray();
                     if (shape.Length == 0) shape = [1];
@@ -114,41 +116,6 @@ public sealed partial class HuggingFaceSource : IModelSource
             Dispose();
             throw;
         }
-    }
-
-    [GeneratedRegex(@"^model\.layers\.(\d+)\.(.+)$")]
-    private static partial Regex LayerName();
-
-    /// <summary>Hugging Face tensor name → llama.cpp GGUF tensor name (null for tensors the engine ignores).</summary>
-    public static string? MapName(string hf)
-    {
-        switch (hf)
-        {
-            case "model.embed_tokens.weight": return "token_embd.weight";
-            case "model.norm.weight": return "output_norm.weight";
-            case "lm_head.weight": return "output.weight";
-        }
-        var m = LayerName().Match(hf);
-        if (!m.Success) return null;
-        string rest = m.Groups[2].Value switch
-        {
-            "input_layernorm.weight" => "attn_norm.weight",
-            "post_attention_layernorm.weight" => "ffn_norm.weight",
-            "self_attn.q_proj.weight" => "attn_q.weight",
-            "self_attn.k_proj.weight" => "attn_k.weight",
-            "self_attn.v_proj.weight" => "attn_v.weight",
-            "self_attn.o_proj.weight" => "attn_output.weight",
-            "self_attn.q_proj.bias" => "attn_q.bias",
-            "self_attn.k_proj.bias" => "attn_k.bias",
-            "self_attn.v_proj.bias" => "attn_v.bias",
-            "self_attn.q_norm.weight" => "attn_q_norm.weight",
-            "self_attn.k_norm.weight" => "attn_k_norm.weight",
-            "mlp.gate_proj.weight" => "ffn_gate.weight",
-            "mlp.up_proj.weight" => "ffn_up.weight",
-            "mlp.down_proj.weight" => "ffn_down.weight",
-            _ => "",
-        };
-        return rest.Length == 0 ? null : $"blk.{m.Groups[1].Value}.{rest}";
     }
 
     internal static JsonElement ReadJson(string path)
@@ -190,28 +157,34 @@ public sealed partial class HuggingFaceSource : IModelSource
         _ => throw new FitLMException($"{path}: unsupported FFN activation '{name}'"),
     };
 
+    private static string? GetString(JsonElement o, string key) =>
+        o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+
+    /// <summary>The family config.json names: by its "architectures" list, else its "model_type".</summary>
+    private static ArchitectureFamily FamilyOf(JsonElement c, string path)
+    {
+        var architectures = c.TryGetProperty("architectures", out var a) && a.ValueKind == JsonValueKind.Array
+            ? a.EnumerateArray().Where(e => e.ValueKind == JsonValueKind.String).Select(e => e.GetString()!).ToList()
+            : [];
+        return ArchitectureRegistry.GetHuggingFace(architectures, GetString(c, "model_type"), path);
+    }
+
     private static ModelConfig ParseConfig(JsonElement c, string path)
     {
         if (c.ValueKind != JsonValueKind.Object) throw new FitLMException($"{path}: not a JSON object");
-        string modelType = c.TryGetProperty("model_type", out var mt) && mt.ValueKind == JsonValueKind.String ? mt.GetString()! : "";
-        string arch = modelType switch
-        {
-            "llama" => "llama",
-            "mistral" => "mistral",
-            "qwen2" => "qwen2",
-            "qwen3" => "qwen3",
-            _ => throw new FitLMException($"{path}: unsupported architecture '{modelType}' (supported: llama, mistral, qwen2, qwen3)"),
-        };
-        int dim = GetInt(c, "hidden_size", path);
-        int heads = GetInt(c, "num_attention_heads", path);
-        int kvHeads = GetInt(c, "num_key_value_heads", path, heads);
-        int headDim = c.TryGetProperty("head_dim", out var hd) && hd.ValueKind == JsonValueKind.Number
-            ? GetInt(c, "head_dim", path) : (heads > 0 ? dim / heads : 0);
+        var family = FamilyOf(c, path);
+        var k = family.Keys;
+        int Int(ConfigKey key, int? fallback = null) => GetInt(c, key.Hf!, path, fallback);
+        int dim = Int(k.EmbeddingLength);
+        int heads = Int(k.HeadCount);
+        int kvHeads = Int(k.HeadCountKv, heads);
+        int headDim = Int(k.KeyLength, heads > 0 ? dim / heads : 0);
 
         // transformers 5 keeps RoPE settings in rope_parameters; older configs use rope_theta + rope_scaling.
         var rope = c.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object ? rp
             : c.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object ? rs : default;
-        double theta = GetNumber(c, "rope_theta") ?? (rope.ValueKind == JsonValueKind.Object ? GetNumber(rope, "rope_theta") : null) ?? 10000.0;
+        string thetaKey = k.RopeFreqBase.Hf!;
+        double theta = GetNumber(c, thetaKey) ?? (rope.ValueKind == JsonValueKind.Object ? GetNumber(rope, thetaKey) : null) ?? 10000.0;
         string ropeType = rope.ValueKind == JsonValueKind.Object && (rope.TryGetProperty("rope_type", out var rt) || rope.TryGetProperty("type", out rt))
             && rt.ValueKind == JsonValueKind.String ? rt.GetString()! : "default";
         Llama3RopeScaling? llama3 = null;
@@ -229,27 +202,30 @@ public sealed partial class HuggingFaceSource : IModelSource
                 break;
             default: throw new FitLMException($"{path}: unsupported RoPE scaling '{ropeType}'");
         }
-        string act = c.TryGetProperty("hidden_act", out var ha) && ha.ValueKind == JsonValueKind.String ? ha.GetString()! : "silu";
+        string? act = GetString(c, k.HfActivation);
+        bool Has(TensorOption option, string flag) =>
+            option == TensorOption.Always || option == TensorOption.FromModel && GetBool(c, flag, false);
         var cfg = new ModelConfig
         {
-            Architecture = arch,
+            Architecture = family.Name,
             Dim = dim,
-            Layers = GetInt(c, "num_hidden_layers", path),
+            Layers = Int(k.BlockCount),
             Heads = heads,
             KvHeads = kvHeads,
             HeadDim = headDim,
-            FfnDim = GetInt(c, "intermediate_size", path),
-            Vocab = GetInt(c, "vocab_size", path),
-            RmsEps = (float)(GetNumber(c, "rms_norm_eps") ?? 1e-6),
+            FfnDim = Int(k.FeedForwardLength),
+            Vocab = Int(k.VocabSize),
+            RmsEps = (float)(GetNumber(c, k.NormEpsilon.Hf!) ?? family.HfDefaultNormEpsilon),
             RopeTheta = (float)theta,
             RopeDims = headDim,
-            RopeStyle = RopeStyle.Neox,
+            RopeStyle = family.HfRopeStyle,
             RopeLinearFactor = linear,
             RopeLlama3 = llama3,
-            Activation = ParseActivation(act, path),
-            QkvBias = arch == "qwen2" || GetBool(c, "attention_bias", false),
-            QkNorm = arch == "qwen3",
-            ContextLength = GetInt(c, "max_position_embeddings", path, 2048),
+            Activation = act == null ? family.DefaultActivation : ParseActivation(act, path),
+            QkvBias = Has(family.QkvBias, k.HfAttentionBias),
+            // No config.json flag for Q/K norms: a family has them or not.
+            QkNorm = family.QkNorm == TensorOption.Always,
+            ContextLength = Int(k.ContextLength, 2048),
         };
         cfg.Validate(path);
         return cfg;

@@ -1,3 +1,5 @@
+using FitLM.Model.Architectures;
+
 namespace FitLM.Model;
 
 /// <summary>How RoPE pairs the dimensions of a head.</summary>
@@ -14,9 +16,16 @@ public enum FfnActivation { Silu, Relu, Gelu }
 /// <summary>Llama 3 style frequency-dependent RoPE scaling ("rope_type": "llama3").</summary>
 public sealed record Llama3RopeScaling(float Factor, float LowFreqFactor, float HighFreqFactor, int OriginalContext);
 
-/// <summary>Shapes and hyper-parameters of a Llama-family decoder, whatever file it came from.</summary>
+/// <summary>
+/// Shapes and hyper-parameters of a Llama-style decoder, whatever file it came from; the sources fill it from
+/// the model's <see cref="ArchitectureFamily"/> description (which options exist, which keys hold them).
+/// </summary>
 public sealed record ModelConfig
 {
+    /// <summary>The dimensions the KV cache is laid out by.</summary>
+    public KvCache.KvShape KvShape => new(Layers, Dim, Heads, KvHeads, HeadDim);
+    public static implicit operator KvCache.KvShape(ModelConfig c) => c.KvShape;
+
     public required string Architecture { get; init; }
     public required int Dim { get; init; }
     public required int Layers { get; init; }
@@ -41,8 +50,8 @@ public sealed record ModelConfig
     public int QDim => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
 
-    /// <summary>Architectures this engine runs, as GGUF's general.architecture names them.</summary>
-    public static readonly string[] SupportedArchitectures = ["llama", "mistral", "qwen2", "qwen3"];
+    /// <summary>The description of this model's architecture family (tensors, names, RoPE layout, options).</summary>
+    public ArchitectureFamily Family => ArchitectureRegistry.Get(Architecture, "model configuration");
 
     /// <summary>Checks the shapes are consistent and not absurd; throws a FitLMException naming the problem.</summary>
     public void Validate(string source)
@@ -51,8 +60,8 @@ public sealed record ModelConfig
         {
             if (!ok) throw new FitLMException($"{source}: {what}");
         }
-        Check(Array.IndexOf(SupportedArchitectures, Architecture) >= 0,
-            $"unsupported architecture '{Architecture}' (supported: {string.Join(", ", SupportedArchitectures)})");
+        Check(ArchitectureRegistry.Find(Architecture) != null,
+            $"unsupported architecture '{Architecture}' (supported: {ArchitectureRegistry.SupportedNames})");
         Check(Dim is > 0 and <= 1 << 16, $"embedding length {Dim} is out of range");
         Check(Layers is > 0 and <= 1024, $"block count {Layers} is out of range");
         Check(Heads is > 0 and <= 1024, $"head count {Heads} is out of range");

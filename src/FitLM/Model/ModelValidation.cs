@@ -1,3 +1,5 @@
+using FitLM.Model.Architectures;
+
 namespace FitLM.Model;
 
 /// <summary>Checks that a model's tensors are all there with the shapes its configuration implies.</summary>
@@ -24,43 +26,26 @@ public static class ModelValidation
         }
         // A layer count lower than the file's blocks would leave tensors nobody reads (and index past the layers).
         foreach (var t in src.Tensors)
-            if (Memory.Planner.LayerOf(t.Name) is var l && l >= c.Layers)
+            if (TensorNames.LayerOf(t.Name) is var l && l >= c.Layers)
                 throw new FitLMException($"{src.Path}: tensor '{t.Name}' is for layer {l}, but the model has {c.Layers} layers");
-        Expect("token_embd.weight", c.Dim, c.Vocab);
-        Optional("output.weight", c.Dim, c.Vocab);
-        Expect("output_norm.weight", c.Dim);
+        // The family's table says which tensors a model of this configuration has and their shapes:
+        // the tensors outside the blocks first, then block by block.
+        var family = c.Family;
+        bool bundled = IsBundled(src);
+        void Check(TensorSpec t, int layer)
+        {
+            string name = t.GgufName(layer);
+            if (t.IsRequired(c)) Expect(name, t.Shape(c));
+            else if (t.MayExist(c)) Optional(name, t.Shape(c));
+        }
+        foreach (var t in family.Tensors)
+            if (!t.PerLayer) Check(t, 0);
         for (int l = 0; l < c.Layers; l++)
         {
-            string p = $"blk.{l}.";
-            Expect(p + "attn_norm.weight", c.Dim);
-            Expect(p + "attn_q.weight", c.Dim, c.QDim);
-            Expect(p + "attn_k.weight", c.Dim, c.KvDim);
-            Expect(p + "attn_v.weight", c.Dim, c.KvDim);
-            Expect(p + "attn_output.weight", c.QDim, c.Dim);
-            Expect(p + "ffn_norm.weight", c.Dim);
-            if (IsBundled(src))
-            {
-                // fitlm prepare: gate row i, up row i and down column i of neuron i stored as rows 3i..3i+2.
-                Expect(p + "ffn_bundle.weight", c.Dim, 3L * c.FfnDim);
-            }
-            else
-            {
-                Expect(p + "ffn_gate.weight", c.Dim, c.FfnDim);
-                Expect(p + "ffn_up.weight", c.Dim, c.FfnDim);
-                Expect(p + "ffn_down.weight", c.FfnDim, c.Dim);
-            }
-            if (c.QkvBias)
-            {
-                Expect(p + "attn_q.bias", c.QDim);
-                Expect(p + "attn_k.bias", c.KvDim);
-                Expect(p + "attn_v.bias", c.KvDim);
-            }
-            if (c.QkNorm)
-            {
-                Expect(p + "attn_q_norm.weight", c.HeadDim);
-                Expect(p + "attn_k_norm.weight", c.HeadDim);
-            }
+            foreach (var t in family.Tensors)
+                if (t.PerLayer && !(bundled && t.FeedForward)) Check(t, l);
+            // fitlm prepare: gate row i, up row i and down column i of neuron i stored as rows 3i..3i+2.
+            if (bundled) Expect($"blk.{l}.ffn_bundle.weight", c.Dim, 3L * c.FfnDim);
         }
-        Optional("rope_freqs.weight", c.RopeDims / 2);
     }
 }

@@ -128,6 +128,32 @@ public sealed class Transformer
     }
 
     /// <summary>
+    /// Runs one sequence's <paramref name="tokens"/> at positions [pos, pos + n) into <paramref name="kv"/> and writes
+    /// each position's final hidden state, after the output norm, to <paramref name="hidden"/> ([n × Dim]):
+    /// embeddings (the server pools them). Same layers and batches as <see cref="Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>.
+    /// </summary>
+    public void ForwardHidden(IKvStore kv, ReadOnlySpan<int> tokens, int pos, Span<float> hidden, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(kv);
+        int n = tokens.Length, dim = Config.Dim;
+        if (pos < 0 || pos + n > MaxContext)
+            throw new FitLMException($"context overflow: positions {pos}..{pos + n - 1} do not fit a context of {MaxContext}");
+        if (hidden.Length < (long)n * dim) throw new ArgumentException("hidden buffer too small");
+        for (int i = 0; i < n; i++)
+            if ((uint)tokens[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {tokens[i]} is outside the vocabulary ({Config.Vocab})");
+        if (pos != kv.Length) kv.Truncate(pos);
+        for (int start = 0; start < n; start += MaxBatch)
+        {
+            ct.ThrowIfCancellationRequested();
+            int count = Math.Min(MaxBatch, n - start);
+            tokens.Slice(start, count).CopyTo(_tokens);
+            _segments[0] = new Segment { Kv = kv, Pos = pos + start, Row = 0, Count = count };
+            ForwardBatch(count, 1);
+            RmsNormRows(_x, _outputNorm, hidden.Slice(start * dim, count * dim), count, dim);
+        }
+    }
+
+    /// <summary>
     /// One pass over several sequences at once (continuous batching): each slice is the next tokens of one
     /// sequence, appended to its own KV store from position Pos. Projections and the FFN run as one
     /// matrix-matrix product over the rows of all slices (the weights are read once for the whole batch);
@@ -247,7 +273,7 @@ public sealed class Transformer
     /// <summary>Keys and values from the raw projections: what a KV store asks of the model (see <see cref="IKvModel"/>).</summary>
     private sealed class KvModel(Transformer m) : IKvModel
     {
-        public ModelConfig Config => m.Config;
+        public KvShape Config => m.Config;
         public int MaxPositions => m.MaxContext;
 
         public void Project(int layer, ReadOnlySpan<float> x, Span<float> kRaw, Span<float> vRaw, int n)

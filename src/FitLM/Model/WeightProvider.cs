@@ -2,22 +2,6 @@ using FitLM.Tensors;
 
 namespace FitLM.Model;
 
-/// <summary>
-/// A weight matrix W [Rows × Cols] as the model graph uses it. Where its bytes live (resident, streamed,
-/// stacked) is the provider's business; the graph only multiplies with it.
-/// </summary>
-public interface IMatrix
-{
-    string Name { get; }
-    int Rows { get; }
-    int Cols { get; }
-    GgmlType Type { get; }
-    /// <summary>Y[t] = W · X[t] for n tokens: X is [n × Cols], Y is [n × Rows].</summary>
-    void Multiply(ReadOnlySpan<float> x, Span<float> y, int n);
-    /// <summary>One row of W as floats (embedding look-up).</summary>
-    void ReadRow(int row, Span<float> dst);
-}
-
 /// <summary>Where the model graph gets its weights. The planner picks the implementation from the budget.</summary>
 public interface IWeightProvider : IDisposable
 {
@@ -31,4 +15,19 @@ public interface IWeightProvider : IDisposable
     /// <summary>Layer <paramref name="layer"/>'s feed-forward block: dense unless the provider bundles neurons.</summary>
     IFeedForward FeedForward(int layer, ModelConfig config) => new DenseFeedForward(
         Matrix($"blk.{layer}.ffn_gate.weight"), Matrix($"blk.{layer}.ffn_up.weight"), Matrix($"blk.{layer}.ffn_down.weight"), config.Activation);
+
+    /// <summary>
+    /// Parameters the weights stand for, or null to count the source's tensors: a stacked model's are its
+    /// matrices' logical shapes, not the sizes of its block tensors.
+    /// </summary>
+    long? Parameters => null;
+
+    /// <summary>Lines this provider reports after a run (FFN sparsity statistics, stack blocks loaded); none by default.</summary>
+    IEnumerable<string> Report(ModelConfig config) => [];
+
+    /// <summary>
+    /// Resizes the weights to <paramref name="weightBytes"/> while the model runs and returns the bytes now loaded;
+    /// only a provider whose size can move (BitStack) implements it.
+    /// </summary>
+    long Resize(long weightBytes) => throw new FitLMException("only a stacked (BitStack) model can be resized (fitlm compress makes one)");
 }

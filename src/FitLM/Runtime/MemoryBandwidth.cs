@@ -9,8 +9,47 @@ namespace FitLM.Runtime;
 /// </summary>
 public static unsafe class MemoryBandwidth
 {
+    /// <summary>The probe's buffer when memory allows: 1 GiB.</summary>
+    public const long FullProbeBytes = 1L << 30;
+
+    /// <summary>Held besides the buffer while it runs (worker threads' stacks, the GC): measured under 2 MiB.</summary>
+    private const long ProbeSlackBytes = 8L << 20;
+
+    /// <summary>
+    /// The smallest buffer that still measures memory rather than cache: twice the last-level cache (sysfs), at least 64 MiB.
+    /// </summary>
+    public static long MinProbeBytes { get; } = Math.Max(64L << 20, 2 * LastLevelCacheBytes());
+
+    /// <summary>
+    /// The buffer the probe may use within a budget of <paramref name="budgetBytes"/> for the whole process (0: none), beside
+    /// what the process holds now; 0 when that leaves less than <see cref="MinProbeBytes"/> (the probe would exceed the
+    /// budget, as `bench --memory 86MiB` once did with 1.1 GB, or measure the caches).
+    /// </summary>
+    public static long ProbeBytesWithin(long budgetBytes)
+    {
+        long bytes = budgetBytes <= 0 ? FullProbeBytes : Math.Min(FullProbeBytes, budgetBytes - ProcessMemory.RssBytes() - ProbeSlackBytes);
+        bytes = bytes / 4096 * 4096;
+        return bytes >= MinProbeBytes ? bytes : 0;
+    }
+
+    private static long LastLevelCacheBytes()
+    {
+        long largest = 0;
+        try
+        {
+            foreach (var dir in Directory.EnumerateDirectories("/sys/devices/system/cpu/cpu0/cache", "index*"))
+            {
+                string size = File.ReadAllText(Path.Combine(dir, "size")).Trim();
+                long mult = size.EndsWith('K') ? 1024 : size.EndsWith('M') ? 1L << 20 : 1;
+                if (long.TryParse(size.TrimEnd('K', 'M'), out long n)) largest = Math.Max(largest, n * mult);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        return largest;
+    }
+
     /// <summary>Bytes per second read by <paramref name="threads"/> threads; best of a few passes.</summary>
-    public static double Measure(int threads, long bufferBytes = 1L << 30, int passes = 3)
+    public static double Measure(int threads, long bufferBytes = FullProbeBytes, int passes = 3)
     {
         bufferBytes = bufferBytes / 4096 * 4096;
         using var buf = new NativeBuffer(bufferBytes);

@@ -51,8 +51,11 @@ public static unsafe class StorageProbe
     /// 2–2.7). The sequential points, which price dense streaming, then read for longer (about 2 s each), because this
     /// kind of disk moves its throughput from second to second.
     /// </summary>
+    /// <param name="maxBufferBytes">Most bytes of buffers the probe may hold (what a memory budget leaves it): the random lanes
+    /// then share a smaller buffer, and the sequential units shrink, rather than the process outgrowing its budget
+    /// (the full probe holds 128 MiB of lane buffers and two units).</param>
     public static StorageProfile Measure(string path, double secondsPerPoint = 0.12, CancellationToken ct = default, (long Offset, long Length)? region = null,
-        long unitBytes = 0)
+        long unitBytes = 0, long maxBufferBytes = long.MaxValue)
     {
         using var file = DirectFile.Open(path);
         long usable = file.Length / DirectFile.Alignment * DirectFile.Alignment;
@@ -67,11 +70,13 @@ public static unsafe class StorageProbe
         }
         var points = new List<StorageProfile.Point>();
         int maxDepth = Depths.Max();
-        using var buffers = new Storage.NativeBuffer((long)maxDepth * Sizes.Max(), DirectFile.Alignment);
+        long laneBytes = ProbeLaneBytes(maxDepth, maxBufferBytes);
+        using var buffers = new NativeBuffer(laneBytes, DirectFile.Alignment);
         // The streamer's unit (a layer's streamed tensors) double-buffered, when the plan says how big it is: measured
         // here, the same reads ran at 1.2 GB/s into 16 MiB units, 1.5 into 64 MiB and 2.3–2.5 into 204–400 MiB.
-        long unit = Math.Max(Sizes.Max(), unitBytes / Sizes.Max() * Sizes.Max());
-        using (var units = unitBytes > 0 ? new Storage.NativeBuffer(2 * unit, DirectFile.Alignment) : null)
+        long unitRoom = maxBufferBytes == long.MaxValue ? long.MaxValue : (maxBufferBytes - laneBytes) / 2;
+        long unit = Math.Max(Sizes.Max(), Math.Min(unitBytes, unitRoom) / Sizes.Max() * Sizes.Max());
+        using (var units = unitBytes > 0 && unit <= unitRoom ? new NativeBuffer(2 * unit, DirectFile.Alignment) : null)
             foreach (int depth in SequentialDepths)
                 points.Add(MeasureSequential(file, origin, usable, units ?? buffers, Sizes.Max(), depth, sequentialSeconds, ct));
         foreach (int depth in Depths)
@@ -83,16 +88,22 @@ public static unsafe class StorageProbe
                 var (bytes, reads, seconds) = RunLanes(depth, secondsPerPoint, lane =>
                 {
                     var rng = new Random(lane * 7919 + size);
-                    byte* dst = buffers.Pointer + (long)lane * Sizes.Max();
                     int fits = Math.Max(1, Sizes.Max() / readSize), k = 0;
+                    long span = buffers.Length - readSize + 1;
                     // Each read lands in the next part of the lane's buffer, as reads land across the streamer's (flash)
                     // buffers: on this VM's disk, reads into the same few pages over and over ran markedly slower.
-                    return () => file.Read(origin + rng.NextInt64(slots) * DirectFile.Alignment, new Span<byte>(dst + (long)(k++ % fits) * readSize, readSize));
+                    // Under a small budget the lanes' parts wrap around one shared buffer (the data is never read).
+                    return () => file.Read(origin + rng.NextInt64(slots) * DirectFile.Alignment,
+                        new Span<byte>(buffers.Pointer + ((long)lane * Sizes.Max() + (long)(k++ % fits) * readSize) % span / DirectFile.Alignment * DirectFile.Alignment, readSize));
                 });
                 points.Add(new StorageProfile.Point(readSize, depth, bytes / seconds, reads > 0 ? seconds * depth / reads : 0));
             }
         return new StorageProfile(path, file.IsDirect, points);
     }
+
+    /// <summary>The random lanes' buffer: one largest read per lane, within <paramref name="maxBufferBytes"/>, never less than two largest reads (the sequential points double-buffer in it).</summary>
+    public static long ProbeLaneBytes(int depth, long maxBufferBytes) =>
+        Math.Max(2L * Sizes.Max(), Math.Min((long)depth * Sizes.Max(), maxBufferBytes / DirectFile.Alignment * DirectFile.Alignment));
 
     /// <summary>
     /// Consecutive reads of <paramref name="size"/>, the way the streamer reads whole tensors: an <see cref="IoQueue"/>
@@ -101,7 +112,7 @@ public static unsafe class StorageProbe
     /// this VM's disk the pattern and the unit size both move the throughput (see Measure), so the probe runs the
     /// streamer's pattern rather than a model of it.
     /// </summary>
-    private static StorageProfile.Point MeasureSequential(DirectFile file, long origin, long usable, Storage.NativeBuffer buffers, int size,
+    private static StorageProfile.Point MeasureSequential(DirectFile file, long origin, long usable, NativeBuffer buffers, int size,
         int depth, double seconds, CancellationToken ct)
     {
         ct.ThrowIfCancellationRequested();

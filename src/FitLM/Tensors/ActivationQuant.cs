@@ -10,14 +10,14 @@ namespace FitLM.Tensors;
 /// vec_dot_type of the weight type (q4_0/q5_0/q8_0 → q8_0; q4_1/q5_1 → q8_1; k-quants → q8_K). F32 means the
 /// weights are multiplied with float activations (F32, F16, BF16 weights).
 /// </summary>
-public enum ActFormat { F32, Q8_0, Q8_1, Q8_K }
+internal enum ActFormat { F32, Q8_0, Q8_1, Q8_K }
 
 /// <summary>
 /// One token's quantized activations, as arrays (structure of arrays rather than ggml's interleaved blocks, so
 /// the kernels load 32 quants at an aligned address and the scales as floats). Which arrays are set depends on
 /// the format: Q8_0/Q8_1 fill Q, D (one per 32), Sum and S; Q8_K fills Q, D (one per 256) and BSums.
 /// </summary>
-public readonly unsafe struct ActRow
+internal readonly unsafe struct ActRow
 {
     /// <summary>The int8 quants, in element order.</summary>
     public readonly sbyte* Q;
@@ -60,7 +60,7 @@ public readonly unsafe struct ActRow
 /// Quantized activations of n tokens × cols elements in native memory that is kept and reused: a buffer grows
 /// on first use to the largest shape seen and is never shrunk, so quantizing per call allocates nothing.
 /// </summary>
-public sealed unsafe class QuantizedActivations : IDisposable
+internal sealed unsafe class QuantizedActivations : IDisposable
 {
     private byte* _mem;
     private long _capacity;
@@ -87,7 +87,7 @@ public sealed unsafe class QuantizedActivations : IDisposable
     internal byte* QU;
 
     /// <summary>Blocks per token that D holds (cols/32 or cols/256).</summary>
-    public int BlocksPerRow => Format == ActFormat.Q8_K ? Cols / 256 : Cols / 32;
+    public int BlocksPerRow => Format == ActFormat.Q8_K ? Cols / BlockLayout.QK_K : Cols / BlockLayout.QK;
 
     public ActRow Row(int t)
     {
@@ -228,7 +228,7 @@ public sealed unsafe class QuantizedActivations : IDisposable
 /// -127; iscale = -127/max; q = min(127, nearest_int(iscale·x)); d = 1/iscale as float; bsums per 16).
 /// Each has a scalar reference (the definition) and a vectorized path that must agree with it bit for bit.
 /// </summary>
-public static unsafe class ActivationQuant
+internal static unsafe class ActivationQuant
 {
     /// <summary>ggml's vec_dot_type: the activation format each weight type's dot product pairs with.</summary>
     public static ActFormat FormatFor(GgmlType weight) => weight switch
@@ -260,7 +260,7 @@ public static unsafe class ActivationQuant
     /// </summary>
     public static void Quantize(ActFormat format, float* x, int cols, int n, QuantizedActivations dst, bool vector = true)
     {
-        int bs = format == ActFormat.Q8_K ? 256 : 32;
+        int bs = format == ActFormat.Q8_K ? BlockLayout.QK_K : BlockLayout.QK;
         if (format == ActFormat.F32) throw new ArgumentException("F32 activations are not quantized");
         if (cols % bs != 0) throw new FitLMException($"activation quantization: {cols} elements are not a whole number of {bs}-element blocks");
         dst.Reshape(format, cols, n);
@@ -461,29 +461,30 @@ public static unsafe class ActivationQuant
         switch (a.Format)
         {
             case ActFormat.Q8_0:
-                for (int b = 0; b < cols / 32; b++)
+                for (int b = 0; b < cols / BlockLayout.QK; b++)
                 {
-                    var blk = dst.Slice(34 * b, 34);
-                    BitConverter.TryWriteBytes(blk, BitConverter.HalfToUInt16Bits((Half)r.D[b]));
-                    new ReadOnlySpan<byte>(r.Q + 32 * b, 32).CopyTo(blk[2..]);
+                    var blk = dst.Slice(BlockLayout.Q8_0.Bytes * b, BlockLayout.Q8_0.Bytes);
+                    BitConverter.TryWriteBytes(blk[BlockLayout.Q8_0.D..], BitConverter.HalfToUInt16Bits((Half)r.D[b]));
+                    new ReadOnlySpan<byte>(r.Q + BlockLayout.QK * b, BlockLayout.QK).CopyTo(blk[BlockLayout.Q8_0.Qs..]);
                 }
                 break;
             case ActFormat.Q8_1:
-                for (int b = 0; b < cols / 32; b++)
+                for (int b = 0; b < cols / BlockLayout.QK; b++)
                 {
-                    var blk = dst.Slice(36 * b, 36);
-                    BitConverter.TryWriteBytes(blk, BitConverter.HalfToUInt16Bits((Half)r.D[b]));
-                    BitConverter.TryWriteBytes(blk[2..], BitConverter.HalfToUInt16Bits((Half)r.S[b]));
-                    new ReadOnlySpan<byte>(r.Q + 32 * b, 32).CopyTo(blk[4..]);
+                    var blk = dst.Slice(BlockLayout.Q8_1.Bytes * b, BlockLayout.Q8_1.Bytes);
+                    BitConverter.TryWriteBytes(blk[BlockLayout.Q8_1.D..], BitConverter.HalfToUInt16Bits((Half)r.D[b]));
+                    BitConverter.TryWriteBytes(blk[BlockLayout.Q8_1.S..], BitConverter.HalfToUInt16Bits((Half)r.S[b]));
+                    new ReadOnlySpan<byte>(r.Q + BlockLayout.QK * b, BlockLayout.QK).CopyTo(blk[BlockLayout.Q8_1.Qs..]);
                 }
                 break;
             case ActFormat.Q8_K:
-                for (int b = 0; b < cols / 256; b++)
+                for (int b = 0; b < cols / BlockLayout.QK_K; b++)
                 {
-                    var blk = dst.Slice(292 * b, 292);
-                    BitConverter.TryWriteBytes(blk, r.D[b]);
-                    new ReadOnlySpan<byte>(r.Q + 256 * b, 256).CopyTo(blk[4..]);
-                    MemoryMarshal.AsBytes(new ReadOnlySpan<short>(r.BSums + 16 * b, 16)).CopyTo(blk[260..]);
+                    var blk = dst.Slice(BlockLayout.Q8_K.Bytes * b, BlockLayout.Q8_K.Bytes);
+                    BitConverter.TryWriteBytes(blk[BlockLayout.Q8_K.D..], r.D[b]);
+                    new ReadOnlySpan<byte>(r.Q + BlockLayout.QK_K * b, BlockLayout.QK_K).CopyTo(blk[BlockLayout.Q8_K.Qs..]);
+                    const int sums = BlockLayout.QK_K / BlockLayout.Q8_K.SubBlock;
+                    MemoryMarshal.AsBytes(new ReadOnlySpan<short>(r.BSums + sums * b, sums)).CopyTo(blk[BlockLayout.Q8_K.BSums..]);
                 }
                 break;
             default:

@@ -12,7 +12,7 @@ namespace FitLM.Tensors;
 /// <see cref="F16x16"/>) and bf16 is a 16-bit shift. Each path has the scalar reference it is tested against.
 /// The F16 tests cover every finite half, zeros and subnormals included.
 /// </summary>
-public static unsafe class FloatDot
+internal static unsafe class FloatDot
 {
     public enum Isa { Scalar, Vector256, Vector512 }
 

@@ -14,7 +14,7 @@ namespace FitLM.Tensors;
 /// k is blocked (<see cref="KC"/>) so that the 64 tokens' slice of X (32 KiB) and the rows' slice of W stay in L1
 /// while every row group of the tile uses them. Tested against <see cref="Gemm.BlockScalar"/>.
 /// </summary>
-public static unsafe class FloatGemm
+internal static unsafe class FloatGemm
 {
     /// <summary>Rows per micro-tile.</summary>
     public const int R = 6;

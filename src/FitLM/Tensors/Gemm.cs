@@ -9,7 +9,7 @@ namespace FitLM.Tensors;
 /// each step loads 4 weight and 4 activation vectors for 16 multiply-adds. Vector512 where the CPU has it,
 /// else Vector256, else the scalar reference.
 /// </summary>
-public static unsafe class Gemm
+internal static unsafe class Gemm
 {
     /// <summary>Which code path runs; tests force each one.</summary>
     public enum Isa { Scalar, Vector256, Vector512 }

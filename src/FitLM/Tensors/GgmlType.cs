@@ -35,28 +35,28 @@ public static class GgmlTypes
     public static int BlockSize(GgmlType t) => t switch
     {
         GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => 1,
-        GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q8_0 or GgmlType.Q8_1 => 32,
-        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_K => 256,
+        GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q8_0 or GgmlType.Q8_1 => BlockLayout.QK,
+        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.Q8_K => BlockLayout.QK_K,
         _ => throw new FitLMException($"unsupported tensor type {t}"),
     };
 
     /// <summary>Bytes per block.</summary>
     public static int BlockBytes(GgmlType t) => t switch
     {
-        GgmlType.F32 => 4,
-        GgmlType.F16 or GgmlType.BF16 => 2,
-        GgmlType.Q4_0 => 18,
-        GgmlType.Q4_1 => 20,
-        GgmlType.Q5_0 => 22,
-        GgmlType.Q5_1 => 24,
-        GgmlType.Q8_0 => 34,
-        GgmlType.Q8_1 => 36,
-        GgmlType.Q2_K => 84,
-        GgmlType.Q3_K => 110,
-        GgmlType.Q4_K => 144,
-        GgmlType.Q5_K => 176,
-        GgmlType.Q6_K => 210,
-        GgmlType.Q8_K => 292,
+        GgmlType.F32 => sizeof(float),
+        GgmlType.F16 or GgmlType.BF16 => BlockLayout.HalfBytes,
+        GgmlType.Q4_0 => BlockLayout.Q4_0.Bytes,
+        GgmlType.Q4_1 => BlockLayout.Q4_1.Bytes,
+        GgmlType.Q5_0 => BlockLayout.Q5_0.Bytes,
+        GgmlType.Q5_1 => BlockLayout.Q5_1.Bytes,
+        GgmlType.Q8_0 => BlockLayout.Q8_0.Bytes,
+        GgmlType.Q8_1 => BlockLayout.Q8_1.Bytes,
+        GgmlType.Q2_K => BlockLayout.Q2_K.Bytes,
+        GgmlType.Q3_K => BlockLayout.Q3_K.Bytes,
+        GgmlType.Q4_K => BlockLayout.Q4_K.Bytes,
+        GgmlType.Q5_K => BlockLayout.Q5_K.Bytes,
+        GgmlType.Q6_K => BlockLayout.Q6_K.Bytes,
+        GgmlType.Q8_K => BlockLayout.Q8_K.Bytes,
         _ => throw new FitLMException($"unsupported tensor type {t}"),
     };
 

@@ -21,7 +21,7 @@ namespace FitLM.Tensors;
 /// which vpdpbusd cannot do); their mins and zero points use the activation bsums.
 /// </para>
 /// </summary>
-public static unsafe class IntDot
+internal static unsafe class IntDot
 {
     /// <summary>Which code path runs; tests force each one.</summary>
     public enum Isa { Scalar, Avx2, AvxVnni }
@@ -146,7 +146,7 @@ public static unsafe class IntDot
             ActRow* rs = stackalloc ActRow[8];
             // q8_0/q4_0 go over the columns in tiles of block pairs; the k-quant kernels take whole rows (one tile).
             bool tiled = type is GgmlType.Q8_0 or GgmlType.Q4_0;
-            int nb = cols / 32, np = nb / 2, pairBytes = type == GgmlType.Q8_0 ? 68 : 36, tile = tiled ? TilePairs : Math.Max(np, 1);
+            int nb = cols / BlockLayout.QK, np = nb / 2, pairBytes = 2 * (type == GgmlType.Q8_0 ? BlockLayout.Q8_0.Bytes : BlockLayout.Q4_0.Bytes), tile = tiled ? TilePairs : Math.Max(np, 1);
             Vector256<float>* acc = np > tile ? AccBuffer(rows * 16) : null;
             for (; t + 8 <= n; t += 8)
             {
@@ -278,25 +278,6 @@ public static unsafe class IntDot
             ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
             : Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1)));
 
-    /// <summary>32 nibbles of 16 bytes in ggml's order: low nibbles are elements 0..15, high nibbles 16..31.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<byte> Nibbles(byte* p)
-    {
-        var raw = Vector128.Load(p);
-        return Vector256.Create(raw, (raw.AsUInt16() >> 4).AsByte()) & Vector256.Create((byte)0x0F);
-    }
-
-    /// <summary>Bit j of <paramref name="bits"/> as byte j: 0xFF where set, 0 where clear (q5 high bits).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<byte> BitsToBytes(uint bits)
-    {
-        // Broadcast the 4 bytes, give each output byte its source byte (j / 8), test bit j % 8.
-        var v = Avx2.Shuffle(Vector256.Create(bits).AsByte(), Vector256.Create(
-            (byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-        var bit = Vector256.Create(0x8040201008040201UL).AsByte();
-        return Vector256.Equals(v & bit, bit);
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Cvt(Vector256<int> v) => Avx.ConvertToVector256Single(v);
 
@@ -305,13 +286,14 @@ public static unsafe class IntDot
     private static float RefQ8_0(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            sbyte* q = (sbyte*)(w + 34 * b + 2);
-            sbyte* y = a.Q + 32 * b;
+            byte* blk = w + BlockLayout.Q8_0.Bytes * b;
+            sbyte* q = (sbyte*)(blk + BlockLayout.Q8_0.Qs);
+            sbyte* y = a.Q + BlockLayout.QK * b;
             int s = 0;
-            for (int j = 0; j < 32; j++) s += q[j] * y[j];
-            sum += s * (H(w + 34 * b) * a.D[b]);
+            for (int j = 0; j < BlockLayout.QK; j++) s += q[j] * y[j];
+            sum += s * (H(blk + BlockLayout.Q8_0.D) * a.D[b]);
         }
         return sum;
     }
@@ -323,17 +305,18 @@ public static unsafe class IntDot
         // one register and the last 16 in another, against the pair-interleaved activations, so the two blocks'
         // sums land in lanes 0-3 and 4-7 and one convert, one multiply and one fma serve both blocks.
         var acc = Vector256<float>.Zero;
-        int nb = cols / 32, np = nb / 2;
+        const int B = BlockLayout.Q8_0.Bytes;
+        int nb = cols / BlockLayout.QK, np = nb / 2;
         sbyte* qp = a.QP;
         float* dp = a.DP;
         byte* qu = a.QU;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 68, qp += 64, qu += 64, dp += 8)
+        for (int p = 0; p < np; p++, w += 2 * B, qp += 64, qu += 64, dp += 8)
         {
             Q8_0Pair<TI>(w, out var lo, out var hi, out var init);
-            acc = Q8_0PairToken<TI>(lo, hi, init, PairScale(f16, w, w + 34), qp, qu, dp, acc);
+            acc = Q8_0PairToken<TI>(lo, hi, init, PairScale(f16, w, w + B), qp, qu, dp, acc);
         }
-        if ((nb & 1) != 0) acc = Q8_0Block<TI>(w, a.Q + 32 * (nb - 1), a.D + nb - 1, a.Z + nb - 1, f16, acc);
+        if ((nb & 1) != 0) acc = Q8_0Block<TI>(w, a.Q + BlockLayout.QK * (nb - 1), a.D + nb - 1, a.Z + nb - 1, f16, acc);
         return Vector256.Sum(acc);
     }
 
@@ -344,8 +327,9 @@ public static unsafe class IntDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Q8_0Pair<TI>(byte* w, out Vector256<byte> lo, out Vector256<byte> hi, out Vector256<int> init) where TI : struct, IIsa
     {
-        lo = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 36));
-        hi = Vector256.Create(Vector128.Load(w + 18), Vector128.Load(w + 52));
+        const int B = BlockLayout.Q8_0.Bytes, Qs = BlockLayout.Q8_0.Qs;
+        lo = Vector256.Create(Vector128.Load(w + Qs), Vector128.Load(w + B + Qs));
+        hi = Vector256.Create(Vector128.Load(w + Qs + 16), Vector128.Load(w + B + Qs + 16));
         // VNNI multiplies unsigned by signed bytes: the activations are the unsigned side (a + 128, ActRow.QU) and each
         // lane starts at -128·Σw over its own 8 weights, so every lane ends at Σ a·w over its elements, exactly what
         // the Avx2 form computes, and the start is the weights' alone: one per pair, shared by every token.
@@ -378,7 +362,7 @@ public static unsafe class IntDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Q8_0Block<TI>(byte* blk, sbyte* q, float* d, int* z, float* f16, Vector256<float> acc) where TI : struct, IIsa
     {
-        var wq = Vector256.Load((sbyte*)(blk + 2));
+        var wq = Vector256.Load((sbyte*)(blk + BlockLayout.Q8_0.Qs));
         Vector256<int> s;
         if (TI.Vnni)
             // Σ (w+128)·a - 128·Σa: w+128 is w with the sign bit flipped; z = -128·Σa starts the sum.
@@ -386,7 +370,7 @@ public static unsafe class IntDot
         else
             s = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wq), Avx2.Sign(Vector256.Load(q), wq)), Vector256.Create((short)1));
         // Both scales arrive by broadcast loads (no shuffle port), one multiply combines them.
-        return Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)blk]) * Vector256.Create(*d), acc);
+        return Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)(blk + BlockLayout.Q8_0.D)]) * Vector256.Create(*d), acc);
     }
 
     /// <summary>
@@ -397,12 +381,13 @@ public static unsafe class IntDot
     private static void Q8_0x4<TI>(byte* w, in ActRow r0, in ActRow r1, in ActRow r2, in ActRow r3, int cols, float* y, long ys) where TI : struct, IIsa
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        int nb = cols / 32, np = nb / 2;
+        const int B = BlockLayout.Q8_0.Bytes;
+        int nb = cols / BlockLayout.QK, np = nb / 2;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 68)
+        for (int p = 0; p < np; p++, w += 2 * B)
         {
             Q8_0Pair<TI>(w, out var lo, out var hi, out var init);
-            var sc = PairScale(f16, w, w + 34);
+            var sc = PairScale(f16, w, w + B);
             long o = 64L * p, v = 8L * p;
             a0 = Q8_0PairToken<TI>(lo, hi, init, sc, r0.QP + o, r0.QU + o, r0.DP + v, a0);
             a1 = Q8_0PairToken<TI>(lo, hi, init, sc, r1.QP + o, r1.QU + o, r1.DP + v, a1);
@@ -437,12 +422,13 @@ public static unsafe class IntDot
         sbyte* q0 = r[0].QP, q1 = r[1].QP, q2 = r[2].QP, q3 = r[3].QP, q4 = r[4].QP, q5 = r[5].QP, q6 = r[6].QP, q7 = r[7].QP;
         float* d0 = r[0].DP, d1 = r[1].DP, d2 = r[2].DP, d3 = r[3].DP, d4 = r[4].DP, d5 = r[5].DP, d6 = r[6].DP, d7 = r[7].DP;
         byte* u0 = r[0].QU, u1 = r[1].QU, u2 = r[2].QU, u3 = r[3].QU, u4 = r[4].QU, u5 = r[5].QU, u6 = r[6].QU, u7 = r[7].QU;
+        const int B = BlockLayout.Q8_0.Bytes;
         float* f16 = F16;
-        byte* wp = w + 68L * p0;
-        for (int p = p0; p < p1; p++, wp += 68)
+        byte* wp = w + 2L * B * p0;
+        for (int p = p0; p < p1; p++, wp += 2 * B)
         {
             Q8_0Pair<TI>(wp, out var lo, out var hi, out var init);
-            var sc = PairScale(f16, wp, wp + 34);
+            var sc = PairScale(f16, wp, wp + B);
             long o = 64L * p, v = 8L * p;
             a0 = Q8_0PairToken<TI>(lo, hi, init, sc, q0 + o, u0 + o, d0 + v, a0);
             a1 = Q8_0PairToken<TI>(lo, hi, init, sc, q1 + o, u1 + o, d1 + v, a1);
@@ -492,17 +478,8 @@ public static unsafe class IntDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> PairDot<TI>(Vector256<int> init, Vector256<byte> raw, Vector256<byte> hiBits, Vector256<byte> loBits, sbyte* qp) where TI : struct, IIsa
     {
-        PairNibbles(raw, out var lo, out var hi);
+        BlockDecode.SplitNibbles(raw, out var lo, out var hi);
         return PairDotSplit<TI>(init, lo | loBits, hi | hiBits, qp);
-    }
-
-    /// <summary>A block pair's register (see <see cref="PairDot{TI}"/>) split into its low nibbles (elements 0..15 of both blocks) and high nibbles (16..31).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void PairNibbles(Vector256<byte> raw, out Vector256<byte> lo, out Vector256<byte> hi)
-    {
-        var m4 = Vector256.Create((byte)0x0F);
-        lo = raw & m4;
-        hi = (raw.AsUInt16() >> 4).AsByte() & m4;
     }
 
     /// <summary><see cref="PairDot{TI}"/> on quants already split into the two halves' registers (unsigned, ≤ 31).</summary>
@@ -517,32 +494,24 @@ public static unsafe class IntDot
         return Avx2.Add(init, Avx2.MultiplyAddAdjacent(pairs, Vector256.Create((short)1)));
     }
 
-    /// <summary>The two blocks' weight scales (fp16 at the block start) as [d0×4 | d1×4].</summary>
+    /// <summary>The two blocks' weight scales (fp16 d at the block start in every 32-element type) as [d0×4 | d1×4].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> PairScale(float* f16, byte* b0, byte* b1) =>
         Vector256.Create(Vector128.Create(f16[*(ushort*)b0]), Vector128.Create(f16[*(ushort*)b1]));
-
-    /// <summary>The 5th bits of a q5 block pair as bytes of 0 or 16: low halves (elements 0..15 of both), high halves.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void PairHighBits(uint qh0, uint qh1, out Vector256<byte> lo, out Vector256<byte> hi)
-    {
-        var b16 = Vector256.Create((byte)0x10);
-        lo = BitsToBytes((qh0 & 0xFFFF) | (qh1 << 16)) & b16;
-        hi = BitsToBytes((qh0 >> 16) | (qh1 & 0xFFFF0000)) & b16;
-    }
 
     // ---------------------------------------------------------------- q4_0 × q8_0
 
     private static float RefQ4_0(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* qs = w + 18 * b + 2;
-            sbyte* y = a.Q + 32 * b;
+            byte* blk = w + BlockLayout.Q4_0.Bytes * b;
+            byte* qs = blk + BlockLayout.Q4_0.Qs;
+            sbyte* y = a.Q + BlockLayout.QK * b;
             int s = 0;
             for (int j = 0; j < 16; j++) s += ((qs[j] & 0xF) - 8) * y[j] + ((qs[j] >> 4) - 8) * y[j + 16];
-            sum += s * (H(w + 18 * b) * a.D[b]);
+            sum += s * (H(blk + BlockLayout.Q4_0.D) * a.D[b]);
         }
         return sum;
     }
@@ -553,23 +522,24 @@ public static unsafe class IntDot
         // Σ (q-8)·a = Σ q·a - 8·Σa with the nibbles q (0..15) as the unsigned operand (ZP/Z hold -8·Σa).
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;
-        int nb = cols / 32, np = nb / 2;
+        const int B = BlockLayout.Q4_0.Bytes, Qs = BlockLayout.Q4_0.Qs;
+        int nb = cols / BlockLayout.QK, np = nb / 2;
         sbyte* qp = a.QP;
         float* dp = a.DP;
         int* zp = a.ZP;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 36, qp += 64, dp += 8, zp += 8)
+        for (int p = 0; p < np; p++, w += 2 * B, qp += 64, dp += 8, zp += 8)
         {
-            var raw = Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 20));
+            var raw = Vector256.Create(Vector128.Load(w + Qs), Vector128.Load(w + B + Qs));
             var s = PairDot<TI>(Vector256.Load(zp), raw, Vector256<byte>.Zero, Vector256<byte>.Zero, qp);
-            var sc = PairScale(f16, w, w + 18) * Vector256.Load(dp);
+            var sc = PairScale(f16, w, w + B) * Vector256.Load(dp);
             if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
             else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
         }
         if ((nb & 1) != 0)
         {
             int b = nb - 1;
-            var s = DotUS<TI>(Vector256.CreateScalar(a.Z[b]), Nibbles(w + 2), Vector256.Load(a.Q + 32 * b));
+            var s = DotUS<TI>(Vector256.CreateScalar(a.Z[b]), BlockDecode.Nibbles(w + Qs), Vector256.Load(a.Q + BlockLayout.QK * b));
             acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
         }
         return Vector256.Sum(acc0 + acc1);
@@ -583,12 +553,13 @@ public static unsafe class IntDot
     private static void Q4_0x4<TI>(byte* w, in ActRow r0, in ActRow r1, in ActRow r2, in ActRow r3, int cols, float* y, long ys) where TI : struct, IIsa
     {
         Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-        int nb = cols / 32, np = nb / 2;
+        const int B = BlockLayout.Q4_0.Bytes, Qs = BlockLayout.Q4_0.Qs;
+        int nb = cols / BlockLayout.QK, np = nb / 2;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 36)
+        for (int p = 0; p < np; p++, w += 2 * B)
         {
-            PairNibbles(Vector256.Create(Vector128.Load(w + 2), Vector128.Load(w + 20)), out var lo, out var hi);
-            var sc = PairScale(f16, w, w + 18);
+            BlockDecode.SplitNibbles(Vector256.Create(Vector128.Load(w + Qs), Vector128.Load(w + B + Qs)), out var lo, out var hi);
+            var sc = PairScale(f16, w, w + B);
             long o = 64L * p, v = 8L * p;
             if ((p & 1) == 0)
             {
@@ -608,7 +579,7 @@ public static unsafe class IntDot
         if ((nb & 1) != 0)
         {
             int b = nb - 1;
-            var nib = Nibbles(w + 2);
+            var nib = BlockDecode.Nibbles(w + Qs);
             float dw = f16[*(ushort*)w];
             a0 = Q4_0Odd<TI>(nib, dw, r0, b, a0);
             a1 = Q4_0Odd<TI>(nib, dw, r1, b, a1);
@@ -646,12 +617,13 @@ public static unsafe class IntDot
         sbyte* q0 = r[0].QP, q1 = r[1].QP, q2 = r[2].QP, q3 = r[3].QP, q4 = r[4].QP, q5 = r[5].QP, q6 = r[6].QP, q7 = r[7].QP;
         float* d0 = r[0].DP, d1 = r[1].DP, d2 = r[2].DP, d3 = r[3].DP, d4 = r[4].DP, d5 = r[5].DP, d6 = r[6].DP, d7 = r[7].DP;
         int* z0 = r[0].ZP, z1 = r[1].ZP, z2 = r[2].ZP, z3 = r[3].ZP, z4 = r[4].ZP, z5 = r[5].ZP, z6 = r[6].ZP, z7 = r[7].ZP;
+        const int B = BlockLayout.Q4_0.Bytes, Qs = BlockLayout.Q4_0.Qs;
         float* f16 = F16;
-        byte* wp = w + 36L * p0;
-        for (int p = p0; p < p1; p++, wp += 36)
+        byte* wp = w + 2L * B * p0;
+        for (int p = p0; p < p1; p++, wp += 2 * B)
         {
-            PairNibbles(Vector256.Create(Vector128.Load(wp + 2), Vector128.Load(wp + 20)), out var lo, out var hi);
-            var sc = PairScale(f16, wp, wp + 18);
+            BlockDecode.SplitNibbles(Vector256.Create(Vector128.Load(wp + Qs), Vector128.Load(wp + B + Qs)), out var lo, out var hi);
+            var sc = PairScale(f16, wp, wp + B);
             long o = 64L * p, v = 8L * p;
             // The one-token kernel alternates its two accumulators by pair parity.
             if ((p & 1) == 0)
@@ -685,7 +657,7 @@ public static unsafe class IntDot
         if ((nb & 1) != 0)
         {
             int b = nb - 1;
-            var nib = Nibbles(wp + 2);
+            var nib = BlockDecode.Nibbles(wp + Qs);
             float dw = f16[*(ushort*)wp];
             a0 = Q4_0Odd<TI>(nib, dw, r[0], b, a0);
             a1 = Q4_0Odd<TI>(nib, dw, r[1], b, a1);
@@ -711,20 +683,15 @@ public static unsafe class IntDot
     private static float RefQ5_0(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = w + 22 * b;
-            uint qh = *(uint*)(blk + 2);
-            byte* qs = blk + 6;
-            sbyte* y = a.Q + 32 * b;
+            byte* blk = w + BlockLayout.Q5_0.Bytes * b;
+            uint qh = *(uint*)(blk + BlockLayout.Q5_0.Qh);
+            var qs = new ReadOnlySpan<byte>(blk + BlockLayout.Q5_0.Qs, BlockLayout.QK / 2);
+            sbyte* y = a.Q + BlockLayout.QK * b;
             int s = 0;
-            for (int j = 0; j < 16; j++)
-            {
-                int q0 = ((qs[j] & 0xF) | (int)((qh >> j) & 1) << 4) - 16;
-                int q1 = ((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16;
-                s += q0 * y[j] + q1 * y[j + 16];
-            }
-            sum += s * (H(blk) * a.D[b]);
+            for (int j = 0; j < BlockLayout.QK; j++) s += (BlockDecode.Q5Quant(qs, qh, j) - 16) * y[j];
+            sum += s * (H(blk + BlockLayout.Q5_0.D) * a.D[b]);
         }
         return sum;
     }
@@ -735,47 +702,44 @@ public static unsafe class IntDot
         // As q4_0 with the 5th bit: q in 0..31, Σ (q-16)·a = Σ q·a - 16·Σa.
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;
-        int nb = cols / 32, np = nb / 2;
+        const int B = BlockLayout.Q5_0.Bytes, Qh = BlockLayout.Q5_0.Qh, Qs = BlockLayout.Q5_0.Qs;
+        int nb = cols / BlockLayout.QK, np = nb / 2;
         sbyte* qp = a.QP;
         float* dp = a.DP;
         int* zp = a.ZP;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 44, qp += 64, dp += 8, zp += 8)
+        for (int p = 0; p < np; p++, w += 2 * B, qp += 64, dp += 8, zp += 8)
         {
-            PairHighBits(*(uint*)(w + 2), *(uint*)(w + 24), out var lo, out var hi);
-            var raw = Vector256.Create(Vector128.Load(w + 6), Vector128.Load(w + 28));
+            BlockDecode.PairHighBits(*(uint*)(w + Qh), *(uint*)(w + B + Qh), out var lo, out var hi);
+            var raw = Vector256.Create(Vector128.Load(w + Qs), Vector128.Load(w + B + Qs));
             var s = PairDot<TI>(Vector256.Load(zp), raw, hi, lo, qp);
-            var sc = PairScale(f16, w, w + 22) * Vector256.Load(dp);
+            var sc = PairScale(f16, w, w + B) * Vector256.Load(dp);
             if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
             else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
         }
         if ((nb & 1) != 0)
         {
             int b = nb - 1;
-            var s = DotUS<TI>(Vector256.CreateScalar(a.Z[b]), Q5Quants(w + 6, *(uint*)(w + 2)), Vector256.Load(a.Q + 32 * b));
+            var s = DotUS<TI>(Vector256.CreateScalar(a.Z[b]), BlockDecode.Q5Quants(w + Qs, *(uint*)(w + Qh)), Vector256.Load(a.Q + BlockLayout.QK * b));
             acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
         }
         return Vector256.Sum(acc0 + acc1);
     }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<byte> Q5Quants(byte* qs, uint qh) =>
-        Nibbles(qs) | (BitsToBytes(qh) & Vector256.Create((byte)0x10));
 
     // ---------------------------------------------------------------- q4_1 × q8_1
 
     private static float RefQ4_1(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = w + 20 * b;
-            byte* qs = blk + 4;
-            sbyte* y = a.Q + 32 * b;
+            byte* blk = w + BlockLayout.Q4_1.Bytes * b;
+            byte* qs = blk + BlockLayout.Q4_1.Qs;
+            sbyte* y = a.Q + BlockLayout.QK * b;
             int s = 0;
             for (int j = 0; j < 16; j++) s += (qs[j] & 0xF) * y[j] + (qs[j] >> 4) * y[j + 16];
             // Σ (d·q + m)·(da·a) = d·da·Σ q·a + m·(da·Σa), the last factor being q8_1's s.
-            sum += s * (H(blk) * a.D[b]) + H(blk + 2) * a.S[b];
+            sum += s * (H(blk + BlockLayout.Q4_1.D) * a.D[b]) + H(blk + BlockLayout.Q4_1.M) * a.S[b];
         }
         return sum;
     }
@@ -786,26 +750,27 @@ public static unsafe class IntDot
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;
         float ms0 = 0, ms1 = 0;
-        int nb = cols / 32, np = nb / 2;
+        const int B = BlockLayout.Q4_1.Bytes, M = BlockLayout.Q4_1.M, Qs = BlockLayout.Q4_1.Qs;
+        int nb = cols / BlockLayout.QK, np = nb / 2;
         sbyte* qp = a.QP;
         float* dp = a.DP, sa = a.S;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 40, qp += 64, dp += 8, sa += 2)
+        for (int p = 0; p < np; p++, w += 2 * B, qp += 64, dp += 8, sa += 2)
         {
-            var raw = Vector256.Create(Vector128.Load(w + 4), Vector128.Load(w + 24));
+            var raw = Vector256.Create(Vector128.Load(w + Qs), Vector128.Load(w + B + Qs));
             var s = PairDot<TI>(Vector256<int>.Zero, raw, Vector256<byte>.Zero, Vector256<byte>.Zero, qp);
-            var sc = PairScale(f16, w, w + 20) * Vector256.Load(dp);
+            var sc = PairScale(f16, w, w + B) * Vector256.Load(dp);
             if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
             else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
-            ms0 += f16[*(ushort*)(w + 2)] * sa[0];
-            ms1 += f16[*(ushort*)(w + 22)] * sa[1];
+            ms0 += f16[*(ushort*)(w + M)] * sa[0];
+            ms1 += f16[*(ushort*)(w + B + M)] * sa[1];
         }
         if ((nb & 1) != 0)
         {
             int b = nb - 1;
-            var s = DotUS<TI>(Vector256<int>.Zero, Nibbles(w + 4), Vector256.Load(a.Q + 32 * b));
+            var s = DotUS<TI>(Vector256<int>.Zero, BlockDecode.Nibbles(w + Qs), Vector256.Load(a.Q + BlockLayout.QK * b));
             acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
-            ms0 += f16[*(ushort*)(w + 2)] * a.S[b];
+            ms0 += f16[*(ushort*)(w + M)] * a.S[b];
         }
         return Vector256.Sum(acc0 + acc1) + (ms0 + ms1);
     }
@@ -815,20 +780,15 @@ public static unsafe class IntDot
     private static float RefQ5_1(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = w + 24 * b;
-            uint qh = *(uint*)(blk + 4);
-            byte* qs = blk + 8;
-            sbyte* y = a.Q + 32 * b;
+            byte* blk = w + BlockLayout.Q5_1.Bytes * b;
+            uint qh = *(uint*)(blk + BlockLayout.Q5_1.Qh);
+            var qs = new ReadOnlySpan<byte>(blk + BlockLayout.Q5_1.Qs, BlockLayout.QK / 2);
+            sbyte* y = a.Q + BlockLayout.QK * b;
             int s = 0;
-            for (int j = 0; j < 16; j++)
-            {
-                int q0 = (qs[j] & 0xF) | (int)((qh >> j) & 1) << 4;
-                int q1 = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
-                s += q0 * y[j] + q1 * y[j + 16];
-            }
-            sum += s * (H(blk) * a.D[b]) + H(blk + 2) * a.S[b];
+            for (int j = 0; j < BlockLayout.QK; j++) s += BlockDecode.Q5Quant(qs, qh, j) * y[j];
+            sum += s * (H(blk + BlockLayout.Q5_1.D) * a.D[b]) + H(blk + BlockLayout.Q5_1.M) * a.S[b];
         }
         return sum;
     }
@@ -839,60 +799,33 @@ public static unsafe class IntDot
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;
         float ms0 = 0, ms1 = 0;
-        int nb = cols / 32, np = nb / 2;
+        const int B = BlockLayout.Q5_1.Bytes, M = BlockLayout.Q5_1.M, Qh = BlockLayout.Q5_1.Qh, Qs = BlockLayout.Q5_1.Qs;
+        int nb = cols / BlockLayout.QK, np = nb / 2;
         sbyte* qp = a.QP;
         float* dp = a.DP, sa = a.S;
         float* f16 = F16;
-        for (int p = 0; p < np; p++, w += 48, qp += 64, dp += 8, sa += 2)
+        for (int p = 0; p < np; p++, w += 2 * B, qp += 64, dp += 8, sa += 2)
         {
-            PairHighBits(*(uint*)(w + 4), *(uint*)(w + 28), out var lo, out var hi);
-            var raw = Vector256.Create(Vector128.Load(w + 8), Vector128.Load(w + 32));
+            BlockDecode.PairHighBits(*(uint*)(w + Qh), *(uint*)(w + B + Qh), out var lo, out var hi);
+            var raw = Vector256.Create(Vector128.Load(w + Qs), Vector128.Load(w + B + Qs));
             var s = PairDot<TI>(Vector256<int>.Zero, raw, hi, lo, qp);
-            var sc = PairScale(f16, w, w + 24) * Vector256.Load(dp);
+            var sc = PairScale(f16, w, w + B) * Vector256.Load(dp);
             if ((p & 1) == 0) acc0 = Fma.MultiplyAdd(Cvt(s), sc, acc0);
             else acc1 = Fma.MultiplyAdd(Cvt(s), sc, acc1);
-            ms0 += f16[*(ushort*)(w + 2)] * sa[0];
-            ms1 += f16[*(ushort*)(w + 26)] * sa[1];
+            ms0 += f16[*(ushort*)(w + M)] * sa[0];
+            ms1 += f16[*(ushort*)(w + B + M)] * sa[1];
         }
         if ((nb & 1) != 0)
         {
             int b = nb - 1;
-            var s = DotUS<TI>(Vector256<int>.Zero, Q5Quants(w + 8, *(uint*)(w + 4)), Vector256.Load(a.Q + 32 * b));
+            var s = DotUS<TI>(Vector256<int>.Zero, BlockDecode.Q5Quants(w + Qs, *(uint*)(w + Qh)), Vector256.Load(a.Q + BlockLayout.QK * b));
             acc0 = Fma.MultiplyAdd(Cvt(s), Vector256.Create(f16[*(ushort*)w] * a.D[b]), acc0);
-            ms0 += f16[*(ushort*)(w + 2)] * a.S[b];
+            ms0 += f16[*(ushort*)(w + M)] * a.S[b];
         }
         return Vector256.Sum(acc0 + acc1) + (ms0 + ms1);
     }
 
     // ---------------------------------------------------------------- k-quant helpers
-
-    /// <summary>
-    /// The 8 six-bit scales and 8 mins of a q4_K/q5_K block (ggml's get_scale_min_k4 for j = 0..7), as two
-    /// 8-byte words: byte j of <paramref name="sc"/> is scale j, byte j of <paramref name="mn"/> is min j.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void ScalesMinsK4(byte* scales, out ulong sc, out ulong mn)
-    {
-        uint u0 = *(uint*)scales, u1 = *(uint*)(scales + 4), u2 = *(uint*)(scales + 8);
-        uint s0 = u0 & 0x3F3F3F3F;                                        // j < 4: scales[j] & 63
-        uint m0 = u1 & 0x3F3F3F3F;                                        // j < 4: scales[j+4] & 63
-        uint s1 = (u2 & 0x0F0F0F0F) | (((u0 >> 6) & 0x03030303) << 4);    // j ≥ 4: low nibble of scales[j+4], top bits of scales[j-4]
-        uint m1 = ((u2 >> 4) & 0x0F0F0F0F) | (((u1 >> 6) & 0x03030303) << 4); // j ≥ 4: high nibble of scales[j+4], top bits of scales[j]
-        sc = s0 | ((ulong)s1 << 32);
-        mn = m0 | ((ulong)m1 << 32);
-    }
-
-    /// <summary>The 16 six-bit scales of a q3_K block, minus 32 (ggml's scale unpacking), as 16 signed bytes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector128<sbyte> ScalesQ3_K(byte* scales)
-    {
-        uint a0 = *(uint*)scales, a1 = *(uint*)(scales + 4), a2 = *(uint*)(scales + 8);
-        uint s0 = (a0 & 0x0F0F0F0F) | ((a2 & 0x03030303) << 4);
-        uint s1 = (a1 & 0x0F0F0F0F) | (((a2 >> 2) & 0x03030303) << 4);
-        uint s2 = ((a0 >> 4) & 0x0F0F0F0F) | (((a2 >> 4) & 0x03030303) << 4);
-        uint s3 = ((a1 >> 4) & 0x0F0F0F0F) | (((a2 >> 6) & 0x03030303) << 4);
-        return (Vector128.Create(s0, s1, s2, s3).AsByte() - Vector128.Create((byte)32)).AsSByte();
-    }
 
     /// <summary>Shuffle selecting the int16 pair-scale for sub-blocks (2p, 2p+1): bytes [2p]×8 then [2p+1]×8.</summary>
     private static Vector128<byte> PairShuffle0 => Vector128.Create((byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -921,26 +854,23 @@ public static unsafe class IntDot
     private static float RefQ2_K(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = w + 84 * i;
-            byte* scales = blk;
-            byte* qs = blk + 16;
-            sbyte* y = a.Q + 256 * i;
+            byte* blk = w + BlockLayout.Q2_K.Bytes * i;
+            byte* scales = blk + BlockLayout.Q2_K.Scales;
+            var qs = new ReadOnlySpan<byte>(blk + BlockLayout.Q2_K.Qs, BlockLayout.QK_K / 4);
+            sbyte* y = a.Q + BlockLayout.QK_K * i;
             short* bs = a.BSums + 16 * i;
             int isum = 0, msum = 0;
-            for (int s = 0; s < 16; s++)
+            for (int s = 0; s < BlockLayout.QK_K / BlockLayout.Q2_K.SubBlock; s++)
             {
-                msum += (scales[s] >> 4) * bs[s];
+                msum += BlockDecode.Q2_KMin(scales[s]) * bs[s];
                 int ps = 0;
-                for (int l = 0; l < 16; l++)
-                {
-                    int e = 16 * s + l, h = e / 128, k = (e % 128) / 32, j = e % 32;
-                    ps += ((qs[32 * h + j] >> (2 * k)) & 3) * y[e];
-                }
-                isum += (scales[s] & 0xF) * ps;
+                for (int e = BlockLayout.Q2_K.SubBlock * s; e < BlockLayout.Q2_K.SubBlock * (s + 1); e++)
+                    ps += BlockDecode.Q2Bits(qs, e) * y[e];
+                isum += BlockDecode.Q2_KScale(scales[s]) * ps;
             }
-            sum += a.D[i] * H(blk + 80) * isum - a.D[i] * H(blk + 82) * msum;
+            sum += a.D[i] * H(blk + BlockLayout.Q2_K.D) * isum - a.D[i] * H(blk + BlockLayout.Q2_K.DMin) * msum;
         }
         return sum;
     }
@@ -952,19 +882,20 @@ public static unsafe class IntDot
         sbyte* y = a.Q;
         float* da = a.D;
         short* bs = a.BSums;
-        for (int i = 0; i < cols / 256; i++, w += 84, y += 256, bs += 16)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++, w += BlockLayout.Q2_K.Bytes, y += BlockLayout.QK_K, bs += 16)
         {
-            var raw = Vector128.Load(w);
+            // The 16 scale bytes: 4-bit scales in the low nibbles, mins in the high nibbles.
+            var raw = Vector128.Load(w + BlockLayout.Q2_K.Scales);
             var scales = (raw & Vector128.Create((byte)0xF)).AsSByte();
             var mins = Avx2.ConvertToVector256Int16((raw.AsUInt16() >> 4).AsByte() & Vector128.Create((byte)0xF));
             var msum = Avx2.MultiplyAddAdjacent(mins.AsInt16(), Vector256.Load(bs));
             var s0 = Vector256<int>.Zero;
             var s1 = Vector256<int>.Zero;
             var shuf = PairShuffle0;
-            Q2Half<TI>(Vector256.Load(w + 16), y, scales, ref shuf, ref s0, ref s1);
-            Q2Half<TI>(Vector256.Load(w + 48), y + 128, scales, ref shuf, ref s0, ref s1);
-            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + 80)), acc);
-            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + 82)), acc);
+            Q2Half<TI>(Vector256.Load(w + BlockLayout.Q2_K.Qs), y, scales, ref shuf, ref s0, ref s1);
+            Q2Half<TI>(Vector256.Load(w + BlockLayout.Q2_K.Qs + 32), y + 128, scales, ref shuf, ref s0, ref s1);
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + BlockLayout.Q2_K.D)), acc);
+            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + BlockLayout.Q2_K.DMin)), acc);
         }
         return Vector256.Sum(acc);
     }
@@ -974,13 +905,11 @@ public static unsafe class IntDot
     private static void Q2Half<TI>(Vector256<byte> q2, sbyte* y, Vector128<sbyte> scales, ref Vector128<byte> shuf,
         ref Vector256<int> s0, ref Vector256<int> s1) where TI : struct, IIsa
     {
-        var m3 = Vector256.Create((byte)3);
         var inc = Vector128.Create((byte)2);
-        var w = q2.AsUInt16();
-        s0 = ScaledDot<TI>(s0, q2 & m3, y, PairScales(scales, shuf)); shuf += inc;
-        s1 = ScaledDot<TI>(s1, (w >> 2).AsByte() & m3, y + 32, PairScales(scales, shuf)); shuf += inc;
-        s0 = ScaledDot<TI>(s0, (w >> 4).AsByte() & m3, y + 64, PairScales(scales, shuf)); shuf += inc;
-        s1 = ScaledDot<TI>(s1, (w >> 6).AsByte() & m3, y + 96, PairScales(scales, shuf)); shuf += inc;
+        s0 = ScaledDot<TI>(s0, BlockDecode.Q2Plane(q2, 0), y, PairScales(scales, shuf)); shuf += inc;
+        s1 = ScaledDot<TI>(s1, BlockDecode.Q2Plane(q2, 1), y + 32, PairScales(scales, shuf)); shuf += inc;
+        s0 = ScaledDot<TI>(s0, BlockDecode.Q2Plane(q2, 2), y + 64, PairScales(scales, shuf)); shuf += inc;
+        s1 = ScaledDot<TI>(s1, BlockDecode.Q2Plane(q2, 3), y + 96, PairScales(scales, shuf)); shuf += inc;
     }
 
     // ---------------------------------------------------------------- q3_K × q8_K
@@ -988,26 +917,21 @@ public static unsafe class IntDot
     private static float RefQ3_K(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = w + 110 * i;
-            byte* hm = blk;
-            byte* qs = blk + 32;
-            var scales = new ReadOnlySpan<byte>(blk + 96, 12);
-            sbyte* y = a.Q + 256 * i;
+            byte* blk = w + BlockLayout.Q3_K.Bytes * i;
+            var block = new ReadOnlySpan<byte>(blk, BlockLayout.Q3_K.Bytes);
+            var scales = BlockDecode.ScalesQ3_K(block.Slice(BlockLayout.Q3_K.Scales, BlockLayout.KScaleSize));
+            sbyte* y = a.Q + BlockLayout.QK_K * i;
             int isum = 0;
-            for (int s = 0; s < 16; s++)
+            for (int s = 0; s < BlockLayout.QK_K / BlockLayout.Q3_K.SubBlock; s++)
             {
                 int ps = 0;
-                for (int l = 0; l < 16; l++)
-                {
-                    int e = 16 * s + l, h = e / 128, k = (e % 128) / 32, j = e % 32;
-                    int q = (((qs[32 * h + j] >> (2 * k)) & 3) | (((hm[j] >> (4 * h + k)) & 1) << 2)) - 4;
-                    ps += q * y[e];
-                }
-                isum += (Dequantize.Q3_KScale(scales, s) - 32) * ps;
+                for (int e = BlockLayout.Q3_K.SubBlock * s; e < BlockLayout.Q3_K.SubBlock * (s + 1); e++)
+                    ps += (BlockDecode.Q3_KQuant(block, e) - 4) * y[e];
+                isum += scales.GetElement(s) * ps;
             }
-            sum += a.D[i] * H(blk + 108) * isum;
+            sum += a.D[i] * H(blk + BlockLayout.Q3_K.D) * isum;
         }
         return sum;
     }
@@ -1019,30 +943,28 @@ public static unsafe class IntDot
         sbyte* y = a.Q;
         float* da = a.D;
         short* bs = a.BSums;
-        for (int i = 0; i < cols / 256; i++, w += 110, y += 256, bs += 16)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++, w += BlockLayout.Q3_K.Bytes, y += BlockLayout.QK_K, bs += 16)
         {
-            var scales = ScalesQ3_K(w + 96);
+            var scales = BlockDecode.ScalesQ3_K(w + BlockLayout.Q3_K.Scales);
             // Σ (q-4)·a·sc = Σ q·a·sc - 4·Σ_s sc_s·bsum_s with q = low | high<<2 in 0..7.
             var corr = Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(scales), Vector256.Load(bs));
             var s0 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(corr, 2);
             var s1 = Vector256<int>.Zero;
-            var hm = Vector256.Load(w).AsUInt16();
+            var hm = Vector256.Load(w + BlockLayout.Q3_K.HMask);
             var shuf = PairShuffle0;
-            var q3 = Vector256.Load(w + 32).AsUInt16();
-            var m3 = Vector256.Create((byte)3);
-            var four = Vector256.Create((byte)4);
+            var q3 = Vector256.Load(w + BlockLayout.Q3_K.Qs);
             var inc = Vector128.Create((byte)2);
-            // Half 0 uses hmask bits 0..3, half 1 bits 4..7, each moved to bit 2 (shifts by constants).
-            s0 = ScaledDot<TI>(s0, (q3.AsByte() & m3) | ((hm << 2).AsByte() & four), y, PairScales(scales, shuf)); shuf += inc;
-            s1 = ScaledDot<TI>(s1, ((q3 >> 2).AsByte() & m3) | ((hm << 1).AsByte() & four), y + 32, PairScales(scales, shuf)); shuf += inc;
-            s0 = ScaledDot<TI>(s0, ((q3 >> 4).AsByte() & m3) | (hm.AsByte() & four), y + 64, PairScales(scales, shuf)); shuf += inc;
-            s1 = ScaledDot<TI>(s1, ((q3 >> 6).AsByte() & m3) | ((hm >> 1).AsByte() & four), y + 96, PairScales(scales, shuf)); shuf += inc;
-            q3 = Vector256.Load(w + 64).AsUInt16();
-            s0 = ScaledDot<TI>(s0, (q3.AsByte() & m3) | ((hm >> 2).AsByte() & four), y + 128, PairScales(scales, shuf)); shuf += inc;
-            s1 = ScaledDot<TI>(s1, ((q3 >> 2).AsByte() & m3) | ((hm >> 3).AsByte() & four), y + 160, PairScales(scales, shuf)); shuf += inc;
-            s0 = ScaledDot<TI>(s0, ((q3 >> 4).AsByte() & m3) | ((hm >> 4).AsByte() & four), y + 192, PairScales(scales, shuf)); shuf += inc;
-            s1 = ScaledDot<TI>(s1, ((q3 >> 6).AsByte() & m3) | ((hm >> 5).AsByte() & four), y + 224, PairScales(scales, shuf));
-            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + 108)), acc);
+            // Half 0 uses hmask bits 0..3, half 1 bits 4..7, each moved to bit 2 (constant shifts once inlined).
+            s0 = ScaledDot<TI>(s0, BlockDecode.Q3_KPlane(q3, hm, 0, 0), y, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, BlockDecode.Q3_KPlane(q3, hm, 0, 1), y + 32, PairScales(scales, shuf)); shuf += inc;
+            s0 = ScaledDot<TI>(s0, BlockDecode.Q3_KPlane(q3, hm, 0, 2), y + 64, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, BlockDecode.Q3_KPlane(q3, hm, 0, 3), y + 96, PairScales(scales, shuf)); shuf += inc;
+            q3 = Vector256.Load(w + BlockLayout.Q3_K.Qs + 32);
+            s0 = ScaledDot<TI>(s0, BlockDecode.Q3_KPlane(q3, hm, 1, 0), y + 128, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, BlockDecode.Q3_KPlane(q3, hm, 1, 1), y + 160, PairScales(scales, shuf)); shuf += inc;
+            s0 = ScaledDot<TI>(s0, BlockDecode.Q3_KPlane(q3, hm, 1, 2), y + 192, PairScales(scales, shuf)); shuf += inc;
+            s1 = ScaledDot<TI>(s1, BlockDecode.Q3_KPlane(q3, hm, 1, 3), y + 224, PairScales(scales, shuf));
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + BlockLayout.Q3_K.D)), acc);
         }
         return Vector256.Sum(acc);
     }
@@ -1052,18 +974,18 @@ public static unsafe class IntDot
     private static float RefQ4_K(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = w + 144 * i;
-            var scales = new ReadOnlySpan<byte>(blk + 4, 12);
-            byte* qs = blk + 16;
-            sbyte* y = a.Q + 256 * i;
+            byte* blk = w + BlockLayout.Q4_K.Bytes * i;
+            var scales = new ReadOnlySpan<byte>(blk + BlockLayout.Q4_K.Scales, BlockLayout.KScaleSize);
+            byte* qs = blk + BlockLayout.Q4_K.Qs;
+            sbyte* y = a.Q + BlockLayout.QK_K * i;
             short* bs = a.BSums + 16 * i;
             int isum = 0, msum = 0;
             for (int c = 0; c < 4; c++)
             {
-                Dequantize.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
-                Dequantize.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
+                BlockDecode.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
+                BlockDecode.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
                 int p1 = 0, p2 = 0;
                 for (int l = 0; l < 32; l++)
                 {
@@ -1073,7 +995,7 @@ public static unsafe class IntDot
                 isum += sc1 * p1 + sc2 * p2;
                 msum += m1 * (bs[4 * c] + bs[4 * c + 1]) + m2 * (bs[4 * c + 2] + bs[4 * c + 3]);
             }
-            sum += a.D[i] * H(blk) * isum - a.D[i] * H(blk + 2) * msum;
+            sum += a.D[i] * H(blk + BlockLayout.Q4_K.D) * isum - a.D[i] * H(blk + BlockLayout.Q4_K.DMin) * msum;
         }
         return sum;
     }
@@ -1088,7 +1010,7 @@ public static unsafe class IntDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Q4_KScalesMins(byte* w, out Vector256<byte> scales, out Vector256<short> mins)
     {
-        ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
+        BlockDecode.ScalesMinsK4(w + BlockLayout.Q4_K.Scales, out ulong sc, out ulong mn);
         var mb = Vector128.CreateScalar(mn).AsByte();
         mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb)).AsInt16();
         var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
@@ -1099,11 +1021,10 @@ public static unsafe class IntDot
     private static float Q4_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
     {
         var acc = Vector256<float>.Zero;
-        var m4 = Vector256.Create((byte)0xF);
         sbyte* y = a.Q;
         float* da = a.D;
         short* bs = a.BSums;
-        for (int i = 0; i < cols / 256; i++, w += 144, y += 256, bs += 16)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++, w += BlockLayout.Q4_K.Bytes, y += BlockLayout.QK_K, bs += 16)
         {
             Q4_KScalesMins(w, out var scales, out var mins);
             var msum = Avx2.MultiplyAddAdjacent(mins, Vector256.Load(bs));
@@ -1113,16 +1034,16 @@ public static unsafe class IntDot
             var s1 = Vector256<int>.Zero;
             for (int c = 0; c < 4; c++)
             {
-                var q4 = Vector256.Load(w + 16 + 32 * c);
+                BlockDecode.SplitNibbles(Vector256.Load(w + BlockLayout.Q4_K.Qs + 32 * c), out var lo, out var hi);
                 var sLo = Avx2.Shuffle(scales, shuf).AsInt16();
                 shuf += inc;
                 var sHi = Avx2.Shuffle(scales, shuf).AsInt16();
                 shuf += inc;
-                s0 = ScaledDot<TI>(s0, q4 & m4, y + 64 * c, sLo);
-                s1 = ScaledDot<TI>(s1, (q4.AsUInt16() >> 4).AsByte() & m4, y + 64 * c + 32, sHi);
+                s0 = ScaledDot<TI>(s0, lo, y + 64 * c, sLo);
+                s1 = ScaledDot<TI>(s1, hi, y + 64 * c + 32, sHi);
             }
-            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w)), acc);
-            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + 2)), acc);
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + BlockLayout.Q4_K.D)), acc);
+            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + BlockLayout.Q4_K.DMin)), acc);
         }
         return Vector256.Sum(acc);
     }
@@ -1139,24 +1060,21 @@ public static unsafe class IntDot
         sbyte* y0 = r[0].Q, y1 = r[1].Q, y2 = r[2].Q, y3 = r[3].Q, y4 = r[4].Q, y5 = r[5].Q, y6 = r[6].Q, y7 = r[7].Q;
         float* d0 = r[0].D, d1 = r[1].D, d2 = r[2].D, d3 = r[3].D, d4 = r[4].D, d5 = r[5].D, d6 = r[6].D, d7 = r[7].D;
         short* b0 = r[0].BSums, b1 = r[1].BSums, b2 = r[2].BSums, b3 = r[3].BSums, b4 = r[4].BSums, b5 = r[5].BSums, b6 = r[6].BSums, b7 = r[7].BSums;
-        var m4 = Vector256.Create((byte)0xF);
         var inc = Vector256.Create((ushort)0x0202).AsByte();
-        for (int i = 0; i < cols / 256; i++, w += 144)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++, w += BlockLayout.Q4_K.Bytes)
         {
             Q4_KScalesMins(w, out var scales, out var mins);
             var shuf = WordShuffle0;
-            float d = H(w), dmin = H(w + 2);
-            long o = 256L * i;
+            float d = H(w + BlockLayout.Q4_K.D), dmin = H(w + BlockLayout.Q4_K.DMin);
+            long o = (long)BlockLayout.QK_K * i;
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
             for (int c = 0; c < 4; c++)
             {
-                var q4 = Vector256.Load(w + 16 + 32 * c);
+                BlockDecode.SplitNibbles(Vector256.Load(w + BlockLayout.Q4_K.Qs + 32 * c), out var lo, out var hi);
                 var sLo = Avx2.Shuffle(scales, shuf).AsInt16();
                 shuf += inc;
                 var sHi = Avx2.Shuffle(scales, shuf).AsInt16();
                 shuf += inc;
-                var lo = q4 & m4;
-                var hi = (q4.AsUInt16() >> 4).AsByte() & m4;
                 long oc = o + 64 * c;
                 s0 = ScaledDot<TI>(ScaledDot<TI>(s0, lo, y0 + oc, sLo), hi, y0 + oc + 32, sHi);
                 s1 = ScaledDot<TI>(ScaledDot<TI>(s1, lo, y1 + oc, sLo), hi, y1 + oc + 32, sHi);
@@ -1199,39 +1117,34 @@ public static unsafe class IntDot
     private static float RefQ5_K(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = w + 176 * i;
-            var scales = new ReadOnlySpan<byte>(blk + 4, 12);
-            byte* qh = blk + 16;
-            byte* qs = blk + 48;
-            sbyte* y = a.Q + 256 * i;
+            byte* blk = w + BlockLayout.Q5_K.Bytes * i;
+            var scales = new ReadOnlySpan<byte>(blk + BlockLayout.Q5_K.Scales, BlockLayout.KScaleSize);
+            byte* qh = blk + BlockLayout.Q5_K.Qh;
+            byte* qs = blk + BlockLayout.Q5_K.Qs;
+            sbyte* y = a.Q + BlockLayout.QK_K * i;
             short* bs = a.BSums + 16 * i;
             int isum = 0, msum = 0;
             for (int c = 0; c < 4; c++)
             {
-                Dequantize.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
-                Dequantize.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
+                BlockDecode.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
+                BlockDecode.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
                 int p1 = 0, p2 = 0;
                 for (int l = 0; l < 32; l++)
                 {
-                    int q1 = (qs[32 * c + l] & 0xF) | (((qh[l] >> (2 * c)) & 1) << 4);
-                    int q2 = (qs[32 * c + l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+                    int q1 = (qs[32 * c + l] & 0xF) | BlockDecode.Q5_KHighBit(qh[l], 2 * c);
+                    int q2 = (qs[32 * c + l] >> 4) | BlockDecode.Q5_KHighBit(qh[l], 2 * c + 1);
                     p1 += q1 * y[64 * c + l];
                     p2 += q2 * y[64 * c + 32 + l];
                 }
                 isum += sc1 * p1 + sc2 * p2;
                 msum += m1 * (bs[4 * c] + bs[4 * c + 1]) + m2 * (bs[4 * c + 2] + bs[4 * c + 3]);
             }
-            sum += a.D[i] * H(blk) * isum - a.D[i] * H(blk + 2) * msum;
+            sum += a.D[i] * H(blk + BlockLayout.Q5_K.D) * isum - a.D[i] * H(blk + BlockLayout.Q5_K.DMin) * msum;
         }
         return sum;
     }
-
-    /// <summary>Bit <paramref name="bit"/> of each byte of <paramref name="v"/> moved to bit 4 (0 or 16 per byte).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<byte> BitTo4(Vector256<byte> v, int bit) =>
-        (bit <= 4 ? v.AsUInt16() << (4 - bit) : v.AsUInt16() >> (bit - 4)).AsByte() & Vector256.Create((byte)0x10);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Q5_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
@@ -1240,25 +1153,25 @@ public static unsafe class IntDot
         sbyte* y = a.Q;
         float* da = a.D;
         short* bs = a.BSums;
-        for (int i = 0; i < cols / 256; i++, w += 176, y += 256, bs += 16)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++, w += BlockLayout.Q5_K.Bytes, y += BlockLayout.QK_K, bs += 16)
         {
-            ScalesMinsK4(w + 4, out ulong sc, out ulong mn);
+            BlockDecode.ScalesMinsK4(w + BlockLayout.Q5_K.Scales, out ulong sc, out ulong mn);
             var mb = Vector128.CreateScalar(mn).AsByte();
             var mins = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(mb, mb));
             var msum = Avx2.MultiplyAddAdjacent(mins.AsInt16(), Vector256.Load(bs));
             var sc16 = Sse41.ConvertToVector128Int16(Vector128.CreateScalar(sc).AsByte());
             var scales = Vector256.Create(sc16, sc16).AsByte();
             var shuf = WordShuffle0;
-            var qh = Vector256.Load(w + 16);
+            var qh = Vector256.Load(w + BlockLayout.Q5_K.Qh);
             var s0 = Vector256<int>.Zero;
             var s1 = Vector256<int>.Zero;
             // Chunk c takes its 5th bits from qh bits 2c (low nibbles) and 2c+1 (high): constant shifts.
-            Q5KChunk<TI>(w + 48, qh, 0, y, scales, ref shuf, ref s0, ref s1);
-            Q5KChunk<TI>(w + 80, qh, 1, y + 64, scales, ref shuf, ref s0, ref s1);
-            Q5KChunk<TI>(w + 112, qh, 2, y + 128, scales, ref shuf, ref s0, ref s1);
-            Q5KChunk<TI>(w + 144, qh, 3, y + 192, scales, ref shuf, ref s0, ref s1);
-            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w)), acc);
-            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + 2)), acc);
+            Q5KChunk<TI>(w + BlockLayout.Q5_K.Qs, qh, 0, y, scales, ref shuf, ref s0, ref s1);
+            Q5KChunk<TI>(w + BlockLayout.Q5_K.Qs + 32, qh, 1, y + 64, scales, ref shuf, ref s0, ref s1);
+            Q5KChunk<TI>(w + BlockLayout.Q5_K.Qs + 64, qh, 2, y + 128, scales, ref shuf, ref s0, ref s1);
+            Q5KChunk<TI>(w + BlockLayout.Q5_K.Qs + 96, qh, 3, y + 192, scales, ref shuf, ref s0, ref s1);
+            acc = Fma.MultiplyAdd(Cvt(s0 + s1), Vector256.Create(da[i] * H(w + BlockLayout.Q5_K.D)), acc);
+            acc = Fma.MultiplyAdd(Cvt(msum), Vector256.Create(-da[i] * H(w + BlockLayout.Q5_K.DMin)), acc);
         }
         return Vector256.Sum(acc);
     }
@@ -1267,15 +1180,14 @@ public static unsafe class IntDot
     private static void Q5KChunk<TI>(byte* qs, Vector256<byte> qh, int c, sbyte* y, Vector256<byte> scales, ref Vector256<byte> shuf,
         ref Vector256<int> s0, ref Vector256<int> s1) where TI : struct, IIsa
     {
-        var m4 = Vector256.Create((byte)0xF);
         var inc = Vector256.Create((ushort)0x0202).AsByte();
-        var q5 = Vector256.Load(qs);
+        BlockDecode.SplitNibbles(Vector256.Load(qs), out var lo, out var hi);
         var sLo = Avx2.Shuffle(scales, shuf).AsInt16();
         shuf += inc;
         var sHi = Avx2.Shuffle(scales, shuf).AsInt16();
         shuf += inc;
-        s0 = ScaledDot<TI>(s0, (q5 & m4) | BitTo4(qh, 2 * c), y, sLo);
-        s1 = ScaledDot<TI>(s1, ((q5.AsUInt16() >> 4).AsByte() & m4) | BitTo4(qh, 2 * c + 1), y + 32, sHi);
+        s0 = ScaledDot<TI>(s0, lo | BlockDecode.BitTo4(qh, 2 * c), y, sLo);
+        s1 = ScaledDot<TI>(s1, hi | BlockDecode.BitTo4(qh, 2 * c + 1), y + 32, sHi);
     }
 
     // ---------------------------------------------------------------- q6_K × q8_K
@@ -1283,58 +1195,34 @@ public static unsafe class IntDot
     private static float RefQ6_K(byte* w, in ActRow a, int cols)
     {
         float sum = 0;
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = w + 210 * i;
-            byte* ql = blk;
-            byte* qh = blk + 128;
-            sbyte* sc = (sbyte*)(blk + 192);
-            sbyte* y = a.Q + 256 * i;
+            byte* blk = w + BlockLayout.Q6_K.Bytes * i;
+            var block = new ReadOnlySpan<byte>(blk, BlockLayout.Q6_K.Bytes);
+            sbyte* sc = (sbyte*)(blk + BlockLayout.Q6_K.Scales);
+            sbyte* y = a.Q + BlockLayout.QK_K * i;
             int isum = 0;
-            for (int s = 0; s < 16; s++)
+            for (int s = 0; s < BlockLayout.QK_K / BlockLayout.Q6_K.SubBlock; s++)
             {
                 int ps = 0;
-                for (int l = 0; l < 16; l++)
-                {
-                    // Element e = 128h + 32k + j: nibble of ql[64h + 32(k&1) + j] (high for k ≥ 2), bits 2k.. of qh[32h + j].
-                    int e = 16 * s + l, h = e / 128, k = (e % 128) / 32, j = e % 32;
-                    int lo = ql[64 * h + 32 * (k & 1) + j];
-                    lo = k >= 2 ? lo >> 4 : lo & 0xF;
-                    int q = (lo | (((qh[32 * h + j] >> (2 * k)) & 3) << 4)) - 32;
-                    ps += q * y[e];
-                }
+                for (int e = BlockLayout.Q6_K.SubBlock * s; e < BlockLayout.Q6_K.SubBlock * (s + 1); e++)
+                    ps += (BlockDecode.Q6_KQuant(block, e) - 32) * y[e];
                 isum += sc[s] * ps;
             }
-            sum += a.D[i] * H(blk + 208) * isum;
+            sum += a.D[i] * H(blk + BlockLayout.Q6_K.D) * isum;
         }
         return sum;
-    }
-
-    /// <summary>Half h of a q6_K superblock as four registers of 6-bit quants (0..63), 32 elements each in element order.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Q6_KQuants(byte* blk, int h, out Vector256<byte> q0, out Vector256<byte> q1, out Vector256<byte> q2, out Vector256<byte> q3)
-    {
-        var m4 = Vector256.Create((byte)0xF);
-        var m30 = Vector256.Create((byte)0x30);
-        var l0 = Vector256.Load(blk + 64 * h);
-        var l1 = Vector256.Load(blk + 64 * h + 32);
-        var hb = Vector256.Load(blk + 128 + 32 * h);
-        var hw = hb.AsUInt16();
-        q0 = (l0 & m4) | ((hw << 4).AsByte() & m30);
-        q1 = (l1 & m4) | ((hw << 2).AsByte() & m30);
-        q2 = ((l0.AsUInt16() >> 4).AsByte() & m4) | (hb & m30);
-        q3 = ((l1.AsUInt16() >> 4).AsByte() & m4) | ((hw >> 2).AsByte() & m30);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Q6_K<TI>(byte* w, in ActRow a, int cols) where TI : struct, IIsa
     {
         var acc = Vector256<float>.Zero;
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = w + 210 * i;
-            sbyte* y = a.Q + 256 * i;
-            var scales = Vector128.Load((sbyte*)(blk + 192));
+            byte* blk = w + BlockLayout.Q6_K.Bytes * i;
+            sbyte* y = a.Q + BlockLayout.QK_K * i;
+            var scales = Vector128.Load((sbyte*)(blk + BlockLayout.Q6_K.Scales));
             // Σ (q-32)·a·sc = Σ q·a·sc - 32·Σ_s sc_s·bsum_s with q in 0..63.
             var corr = Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(scales), Vector256.Load(a.BSums + 16 * i));
             var sumi = Vector256<int>.Zero - Avx2.ShiftLeftLogical(corr, 5);
@@ -1342,7 +1230,7 @@ public static unsafe class IntDot
             var shuf = PairShuffle0;
             for (int h = 0; h < 2; h++)
             {
-                Q6_KQuants(blk, h, out var q0, out var q1, out var q2, out var q3);
+                BlockDecode.Q6_KQuants(blk, h, out var q0, out var q1, out var q2, out var q3);
                 sbyte* yh = y + 128 * h;
                 var inc = Vector128.Create((byte)2);
                 sumi = ScaledDot<TI>(sumi, q0, yh, PairScales(scales, shuf)); shuf += inc;
@@ -1350,7 +1238,7 @@ public static unsafe class IntDot
                 sumi = ScaledDot<TI>(sumi, q2, yh + 64, PairScales(scales, shuf)); shuf += inc;
                 sum1 = ScaledDot<TI>(sum1, q3, yh + 96, PairScales(scales, shuf)); shuf += inc;
             }
-            acc = Fma.MultiplyAdd(Cvt(sumi + sum1), Vector256.Create(a.D[i] * H(blk + 208)), acc);
+            acc = Fma.MultiplyAdd(Cvt(sumi + sum1), Vector256.Create(a.D[i] * H(blk + BlockLayout.Q6_K.D)), acc);
         }
         return Vector256.Sum(acc);
     }
@@ -1367,12 +1255,12 @@ public static unsafe class IntDot
         float* d0 = r[0].D, d1 = r[1].D, d2 = r[2].D, d3 = r[3].D, d4 = r[4].D, d5 = r[5].D, d6 = r[6].D, d7 = r[7].D;
         short* b0 = r[0].BSums, b1 = r[1].BSums, b2 = r[2].BSums, b3 = r[3].BSums, b4 = r[4].BSums, b5 = r[5].BSums, b6 = r[6].BSums, b7 = r[7].BSums;
         var inc = Vector128.Create((byte)2);
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = w + 210 * i;
-            var scales = Vector128.Load((sbyte*)(blk + 192));
+            byte* blk = w + BlockLayout.Q6_K.Bytes * i;
+            var scales = Vector128.Load((sbyte*)(blk + BlockLayout.Q6_K.Scales));
             var scales16 = Avx2.ConvertToVector256Int16(scales);
-            float d = H(blk + 208);
+            float d = H(blk + BlockLayout.Q6_K.D);
             var s0 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b0 + 16 * i)), 5);
             var s1 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b1 + 16 * i)), 5);
             var s2 = Vector256<int>.Zero - Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(scales16, Vector256.Load(b2 + 16 * i)), 5);
@@ -1384,7 +1272,7 @@ public static unsafe class IntDot
             var shuf = PairShuffle0;
             for (int h = 0; h < 2; h++)
             {
-                Q6_KQuants(blk, h, out var q0, out var q1, out var q2, out var q3);
+                BlockDecode.Q6_KQuants(blk, h, out var q0, out var q1, out var q2, out var q3);
                 long o = 256L * i + 128 * h;
                 var c0 = PairScales(scales, shuf); shuf += inc;
                 s0 = ScaledDot<TI>(s0, q0, y0 + o + 0, c0);

@@ -23,7 +23,7 @@ namespace FitLM.Tensors;
 /// The weight decoding into bytes has a scalar reference and vectorized forms that must agree byte for byte;
 /// the results are checked against <see cref="IntDot"/>'s scalar reference.
 /// </summary>
-public static unsafe class IntGemm
+internal static unsafe class IntGemm
 {
     /// <summary>Rows per micro-tile (interleaved together).</summary>
     public const int R = 4;
@@ -31,7 +31,15 @@ public static unsafe class IntGemm
     public const int G = 8;
 
     /// <summary>Elements per sub-block (one float scale): 16 for q2_K, q3_K, q6_K; 32 otherwise.</summary>
-    public static int SubBlock(GgmlType t) => t is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q6_K ? 16 : 32;
+    public static int SubBlock(GgmlType t) => t switch
+    {
+        GgmlType.Q2_K => BlockLayout.Q2_K.SubBlock,
+        GgmlType.Q3_K => BlockLayout.Q3_K.SubBlock,
+        GgmlType.Q6_K => BlockLayout.Q6_K.SubBlock,
+        GgmlType.Q4_K => BlockLayout.Q4_K.SubBlock,
+        GgmlType.Q5_K => BlockLayout.Q5_K.SubBlock,
+        _ => BlockLayout.QK,
+    };
 
     /// <summary>Whether the weights have per-sub-block offsets (mins) to add, w = ws·q + wm.</summary>
     public static bool HasMins(GgmlType t) => t is GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q4_K or GgmlType.Q5_K;
@@ -290,174 +298,168 @@ public static unsafe class IntGemm
 
     private static void DecodeQ8_0(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = row + 34 * b;
-            ws[b] = H(blk);
+            byte* blk = row + BlockLayout.Q8_0.Bytes * b;
+            ws[b] = H(blk + BlockLayout.Q8_0.D);
             wm[b] = 0;
-            if (vector) (Vector256.Load(blk + 2) ^ Vector256.Create((byte)0x80)).Store(u + 32 * b);
-            else for (int j = 0; j < 32; j++) u[32 * b + j] = (byte)(((sbyte*)blk)[2 + j] + 128);
+            if (vector) (Vector256.Load(blk + BlockLayout.Q8_0.Qs) ^ Vector256.Create((byte)0x80)).Store(u + 32 * b);
+            else for (int j = 0; j < BlockLayout.QK; j++) u[32 * b + j] = (byte)(((sbyte*)blk)[BlockLayout.Q8_0.Qs + j] + 128);
         }
     }
 
     private static void DecodeQ4_0(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = row + 18 * b;
-            ws[b] = H(blk);
+            byte* blk = row + BlockLayout.Q4_0.Bytes * b;
+            byte* qs = blk + BlockLayout.Q4_0.Qs;
+            ws[b] = H(blk + BlockLayout.Q4_0.D);
             wm[b] = 0;
-            if (vector) (IntDot.Nibbles(blk + 2) + Vector256.Create((byte)120)).Store(u + 32 * b);
+            if (vector) (BlockDecode.Nibbles(qs) + Vector256.Create((byte)120)).Store(u + 32 * b);
             else
                 for (int j = 0; j < 16; j++)
                 {
-                    u[32 * b + j] = (byte)((blk[2 + j] & 0xF) - 8 + 128);
-                    u[32 * b + j + 16] = (byte)((blk[2 + j] >> 4) - 8 + 128);
+                    u[32 * b + j] = (byte)((qs[j] & 0xF) - 8 + 128);
+                    u[32 * b + j + 16] = (byte)((qs[j] >> 4) - 8 + 128);
                 }
         }
     }
 
     private static void DecodeQ5_0(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = row + 22 * b;
-            ws[b] = H(blk);
+            byte* blk = row + BlockLayout.Q5_0.Bytes * b;
+            ws[b] = H(blk + BlockLayout.Q5_0.D);
             wm[b] = 0;
-            uint qh = *(uint*)(blk + 2);
-            if (vector) (IntDot.Q5Quants(blk + 6, qh) + Vector256.Create((byte)112)).Store(u + 32 * b);
+            uint qh = *(uint*)(blk + BlockLayout.Q5_0.Qh);
+            if (vector) (BlockDecode.Q5Quants(blk + BlockLayout.Q5_0.Qs, qh) + Vector256.Create((byte)112)).Store(u + 32 * b);
             else
-                for (int j = 0; j < 16; j++)
-                {
-                    u[32 * b + j] = (byte)(((blk[6 + j] & 0xF) | (int)((qh >> j) & 1) << 4) - 16 + 128);
-                    u[32 * b + j + 16] = (byte)(((blk[6 + j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16 + 128);
-                }
+            {
+                var qs = new ReadOnlySpan<byte>(blk + BlockLayout.Q5_0.Qs, BlockLayout.QK / 2);
+                for (int j = 0; j < BlockLayout.QK; j++) u[32 * b + j] = (byte)(BlockDecode.Q5Quant(qs, qh, j) - 16 + 128);
+            }
         }
     }
 
     private static void DecodeQ4_1(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = row + 20 * b;
-            ws[b] = H(blk);
-            wm[b] = H(blk + 2);
-            if (vector) (IntDot.Nibbles(blk + 4) + Vector256.Create((byte)128)).Store(u + 32 * b);
+            byte* blk = row + BlockLayout.Q4_1.Bytes * b;
+            byte* qs = blk + BlockLayout.Q4_1.Qs;
+            ws[b] = H(blk + BlockLayout.Q4_1.D);
+            wm[b] = H(blk + BlockLayout.Q4_1.M);
+            if (vector) (BlockDecode.Nibbles(qs) + Vector256.Create((byte)128)).Store(u + 32 * b);
             else
                 for (int j = 0; j < 16; j++)
                 {
-                    u[32 * b + j] = (byte)((blk[4 + j] & 0xF) + 128);
-                    u[32 * b + j + 16] = (byte)((blk[4 + j] >> 4) + 128);
+                    u[32 * b + j] = (byte)((qs[j] & 0xF) + 128);
+                    u[32 * b + j + 16] = (byte)((qs[j] >> 4) + 128);
                 }
         }
     }
 
     private static void DecodeQ5_1(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int b = 0; b < cols / 32; b++)
+        for (int b = 0; b < cols / BlockLayout.QK; b++)
         {
-            byte* blk = row + 24 * b;
-            ws[b] = H(blk);
-            wm[b] = H(blk + 2);
-            uint qh = *(uint*)(blk + 4);
-            if (vector) (IntDot.Q5Quants(blk + 8, qh) + Vector256.Create((byte)128)).Store(u + 32 * b);
+            byte* blk = row + BlockLayout.Q5_1.Bytes * b;
+            ws[b] = H(blk + BlockLayout.Q5_1.D);
+            wm[b] = H(blk + BlockLayout.Q5_1.M);
+            uint qh = *(uint*)(blk + BlockLayout.Q5_1.Qh);
+            if (vector) (BlockDecode.Q5Quants(blk + BlockLayout.Q5_1.Qs, qh) + Vector256.Create((byte)128)).Store(u + 32 * b);
             else
-                for (int j = 0; j < 16; j++)
-                {
-                    u[32 * b + j] = (byte)(((blk[8 + j] & 0xF) | (int)((qh >> j) & 1) << 4) + 128);
-                    u[32 * b + j + 16] = (byte)(((blk[8 + j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) + 128);
-                }
+            {
+                var qs = new ReadOnlySpan<byte>(blk + BlockLayout.Q5_1.Qs, BlockLayout.QK / 2);
+                for (int j = 0; j < BlockLayout.QK; j++) u[32 * b + j] = (byte)(BlockDecode.Q5Quant(qs, qh, j) + 128);
+            }
         }
     }
 
     private static void DecodeQ2_K(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int i = 0; i < cols / 256; i++)
+        const int subBlocks = BlockLayout.QK_K / BlockLayout.Q2_K.SubBlock;
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = row + 84 * i;
-            float d = H(blk + 80), dmin = H(blk + 82);
-            for (int s = 0; s < 16; s++)
+            byte* blk = row + BlockLayout.Q2_K.Bytes * i;
+            float d = H(blk + BlockLayout.Q2_K.D), dmin = H(blk + BlockLayout.Q2_K.DMin);
+            for (int s = 0; s < subBlocks; s++)
             {
-                ws[16 * i + s] = d * (blk[s] & 0xF);
-                wm[16 * i + s] = -dmin * (blk[s] >> 4);
+                byte packed = blk[BlockLayout.Q2_K.Scales + s];
+                ws[subBlocks * i + s] = d * BlockDecode.Q2_KScale(packed);
+                wm[subBlocks * i + s] = -dmin * BlockDecode.Q2_KMin(packed);
             }
-            byte* ui = u + 256 * i;
-            for (int h = 0; h < 2; h++)
-            {
-                if (vector)
+            byte* ui = u + BlockLayout.QK_K * i;
+            if (vector)
+                for (int h = 0; h < 2; h++)
                 {
-                    var q2 = Vector256.Load(blk + 16 + 32 * h);
+                    var q2 = Vector256.Load(blk + BlockLayout.Q2_K.Qs + 32 * h);
                     for (int k = 0; k < 4; k++)
-                        (((q2.AsUInt16() >> (2 * k)).AsByte() & Vector256.Create((byte)3)) + Vector256.Create((byte)128)).Store(ui + 128 * h + 32 * k);
+                        (BlockDecode.Q2Plane(q2, k) + Vector256.Create((byte)128)).Store(ui + 128 * h + 32 * k);
                 }
-                else
-                    for (int k = 0; k < 4; k++)
-                        for (int j = 0; j < 32; j++)
-                            ui[128 * h + 32 * k + j] = (byte)(((blk[16 + 32 * h + j] >> (2 * k)) & 3) + 128);
+            else
+            {
+                var qs = new ReadOnlySpan<byte>(blk + BlockLayout.Q2_K.Qs, BlockLayout.QK_K / 4);
+                for (int e = 0; e < BlockLayout.QK_K; e++) ui[e] = (byte)(BlockDecode.Q2Bits(qs, e) + 128);
             }
         }
     }
 
     private static void DecodeQ3_K(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int i = 0; i < cols / 256; i++)
+        const int subBlocks = BlockLayout.QK_K / BlockLayout.Q3_K.SubBlock;
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = row + 110 * i;
-            float d = H(blk + 108);
-            var scales = new ReadOnlySpan<byte>(blk + 96, 12);
-            for (int s = 0; s < 16; s++)
+            byte* blk = row + BlockLayout.Q3_K.Bytes * i;
+            float d = H(blk + BlockLayout.Q3_K.D);
+            var scales = BlockDecode.ScalesQ3_K(blk + BlockLayout.Q3_K.Scales);
+            for (int s = 0; s < subBlocks; s++)
             {
-                ws[16 * i + s] = d * (Dequantize.Q3_KScale(scales, s) - 32);
-                wm[16 * i + s] = 0;
+                ws[subBlocks * i + s] = d * scales.GetElement(s);
+                wm[subBlocks * i + s] = 0;
             }
-            byte* ui = u + 256 * i;
+            byte* ui = u + BlockLayout.QK_K * i;
             if (vector)
             {
-                var hm = Vector256.Load(blk);
+                var hm = Vector256.Load(blk + BlockLayout.Q3_K.HMask);
                 for (int h = 0; h < 2; h++)
                 {
-                    var q3 = Vector256.Load(blk + 32 + 32 * h);
+                    var q3 = Vector256.Load(blk + BlockLayout.Q3_K.Qs + 32 * h);
                     for (int k = 0; k < 4; k++)
-                    {
-                        int bit = 4 * h + k;
-                        var high = (bit >= 2 ? hm.AsUInt16() >> (bit - 2) : hm.AsUInt16() << (2 - bit)).AsByte() & Vector256.Create((byte)4);
-                        var q = ((q3.AsUInt16() >> (2 * k)).AsByte() & Vector256.Create((byte)3)) | high;
-                        (q + Vector256.Create((byte)124)).Store(ui + 128 * h + 32 * k);
-                    }
+                        (BlockDecode.Q3_KPlane(q3, hm, h, k) + Vector256.Create((byte)124)).Store(ui + 128 * h + 32 * k);
                 }
             }
             else
-                for (int e = 0; e < 256; e++)
-                {
-                    int h = e / 128, k = (e % 128) / 32, j = e % 32;
-                    int q = ((blk[32 + 32 * h + j] >> (2 * k)) & 3) | (((blk[j] >> (4 * h + k)) & 1) << 2);
-                    ui[e] = (byte)(q - 4 + 128);
-                }
+            {
+                var block = new ReadOnlySpan<byte>(blk, BlockLayout.Q3_K.Bytes);
+                for (int e = 0; e < BlockLayout.QK_K; e++) ui[e] = (byte)(BlockDecode.Q3_KQuant(block, e) - 4 + 128);
+            }
         }
     }
 
     private static void DecodeQ4_K(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = row + 144 * i;
-            float d = H(blk), dmin = H(blk + 2);
-            var scales = new ReadOnlySpan<byte>(blk + 4, 12);
+            byte* blk = row + BlockLayout.Q4_K.Bytes * i;
+            float d = H(blk + BlockLayout.Q4_K.D), dmin = H(blk + BlockLayout.Q4_K.DMin);
+            BlockDecode.ScalesMinsK4(blk + BlockLayout.Q4_K.Scales, out ulong scales, out ulong mins);
             for (int j = 0; j < 8; j++)
             {
-                Dequantize.ScaleMinK4(scales, j, out int sc, out int m);
-                ws[8 * i + j] = d * sc;
-                wm[8 * i + j] = -dmin * m;
+                ws[8 * i + j] = d * BlockDecode.ByteAt(scales, j);
+                wm[8 * i + j] = -dmin * BlockDecode.ByteAt(mins, j);
             }
-            byte* ui = u + 256 * i;
+            byte* ui = u + BlockLayout.QK_K * i;
             for (int c = 0; c < 4; c++)
             {
-                byte* qs = blk + 16 + 32 * c;
+                byte* qs = blk + BlockLayout.Q4_K.Qs + 32 * c;
                 if (vector)
                 {
-                    var q = Vector256.Load(qs);
-                    ((q & Vector256.Create((byte)0xF)) + Vector256.Create((byte)128)).Store(ui + 64 * c);
-                    (((q.AsUInt16() >> 4).AsByte() & Vector256.Create((byte)0xF)) + Vector256.Create((byte)128)).Store(ui + 64 * c + 32);
+                    BlockDecode.SplitNibbles(Vector256.Load(qs), out var lo, out var hi);
+                    (lo + Vector256.Create((byte)128)).Store(ui + 64 * c);
+                    (hi + Vector256.Create((byte)128)).Store(ui + 64 * c + 32);
                 }
                 else
                     for (int l = 0; l < 32; l++)
@@ -471,34 +473,33 @@ public static unsafe class IntGemm
 
     private static void DecodeQ5_K(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int i = 0; i < cols / 256; i++)
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = row + 176 * i;
-            float d = H(blk), dmin = H(blk + 2);
-            var scales = new ReadOnlySpan<byte>(blk + 4, 12);
+            byte* blk = row + BlockLayout.Q5_K.Bytes * i;
+            float d = H(blk + BlockLayout.Q5_K.D), dmin = H(blk + BlockLayout.Q5_K.DMin);
+            BlockDecode.ScalesMinsK4(blk + BlockLayout.Q5_K.Scales, out ulong scales, out ulong mins);
             for (int j = 0; j < 8; j++)
             {
-                Dequantize.ScaleMinK4(scales, j, out int sc, out int m);
-                ws[8 * i + j] = d * sc;
-                wm[8 * i + j] = -dmin * m;
+                ws[8 * i + j] = d * BlockDecode.ByteAt(scales, j);
+                wm[8 * i + j] = -dmin * BlockDecode.ByteAt(mins, j);
             }
-            byte* qh = blk + 16;
-            byte* ui = u + 256 * i;
+            byte* qh = blk + BlockLayout.Q5_K.Qh;
+            byte* ui = u + BlockLayout.QK_K * i;
             var qhv = vector ? Vector256.Load(qh) : default;
             for (int c = 0; c < 4; c++)
             {
-                byte* qs = blk + 48 + 32 * c;
+                byte* qs = blk + BlockLayout.Q5_K.Qs + 32 * c;
                 if (vector)
                 {
-                    var q = Vector256.Load(qs);
-                    ((q & Vector256.Create((byte)0xF)) + IntDot.BitTo4(qhv, 2 * c) + Vector256.Create((byte)128)).Store(ui + 64 * c);
-                    (((q.AsUInt16() >> 4).AsByte() & Vector256.Create((byte)0xF)) + IntDot.BitTo4(qhv, 2 * c + 1) + Vector256.Create((byte)128)).Store(ui + 64 * c + 32);
+                    BlockDecode.SplitNibbles(Vector256.Load(qs), out var lo, out var hi);
+                    (lo + BlockDecode.BitTo4(qhv, 2 * c) + Vector256.Create((byte)128)).Store(ui + 64 * c);
+                    (hi + BlockDecode.BitTo4(qhv, 2 * c + 1) + Vector256.Create((byte)128)).Store(ui + 64 * c + 32);
                 }
                 else
                     for (int l = 0; l < 32; l++)
                     {
-                        ui[64 * c + l] = (byte)(((qs[l] & 0xF) | (((qh[l] >> (2 * c)) & 1) << 4)) + 128);
-                        ui[64 * c + 32 + l] = (byte)(((qs[l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4)) + 128);
+                        ui[64 * c + l] = (byte)(((qs[l] & 0xF) | BlockDecode.Q5_KHighBit(qh[l], 2 * c)) + 128);
+                        ui[64 * c + 32 + l] = (byte)(((qs[l] >> 4) | BlockDecode.Q5_KHighBit(qh[l], 2 * c + 1)) + 128);
                     }
             }
         }
@@ -506,43 +507,34 @@ public static unsafe class IntGemm
 
     private static void DecodeQ6_K(byte* row, int cols, byte* u, float* ws, float* wm, bool vector)
     {
-        for (int i = 0; i < cols / 256; i++)
+        const int subBlocks = BlockLayout.QK_K / BlockLayout.Q6_K.SubBlock;
+        for (int i = 0; i < cols / BlockLayout.QK_K; i++)
         {
-            byte* blk = row + 210 * i;
-            float d = H(blk + 208);
-            sbyte* sc = (sbyte*)(blk + 192);
-            for (int s = 0; s < 16; s++)
+            byte* blk = row + BlockLayout.Q6_K.Bytes * i;
+            float d = H(blk + BlockLayout.Q6_K.D);
+            sbyte* sc = (sbyte*)(blk + BlockLayout.Q6_K.Scales);
+            for (int s = 0; s < subBlocks; s++)
             {
-                ws[16 * i + s] = d * sc[s];
-                wm[16 * i + s] = 0;
+                ws[subBlocks * i + s] = d * sc[s];
+                wm[subBlocks * i + s] = 0;
             }
-            byte* ui = u + 256 * i;
-            for (int h = 0; h < 2; h++)
+            byte* ui = u + BlockLayout.QK_K * i;
+            if (vector)
             {
-                byte* ql = blk + 64 * h;
-                byte* qh = blk + 128 + 32 * h;
-                if (vector)
+                var off = Vector256.Create((byte)96); // q - 32 + 128
+                for (int h = 0; h < 2; h++)
                 {
-                    var m4 = Vector256.Create((byte)0xF);
-                    var m30 = Vector256.Create((byte)0x30);
-                    var off = Vector256.Create((byte)96); // q - 32 + 128
-                    var l0 = Vector256.Load(ql);
-                    var l1 = Vector256.Load(ql + 32);
-                    var hb = Vector256.Load(qh);
-                    var hw = hb.AsUInt16();
-                    ((l0 & m4) + ((hw << 4).AsByte() & m30) + off).Store(ui + 128 * h);
-                    ((l1 & m4) + ((hw << 2).AsByte() & m30) + off).Store(ui + 128 * h + 32);
-                    (((l0.AsUInt16() >> 4).AsByte() & m4) + (hb & m30) + off).Store(ui + 128 * h + 64);
-                    (((l1.AsUInt16() >> 4).AsByte() & m4) + ((hw >> 2).AsByte() & m30) + off).Store(ui + 128 * h + 96);
+                    BlockDecode.Q6_KQuants(blk, h, out var q0, out var q1, out var q2, out var q3);
+                    (q0 + off).Store(ui + 128 * h);
+                    (q1 + off).Store(ui + 128 * h + 32);
+                    (q2 + off).Store(ui + 128 * h + 64);
+                    (q3 + off).Store(ui + 128 * h + 96);
                 }
-                else
-                    for (int j = 0; j < 32; j++)
-                    {
-                        ui[128 * h + j] = (byte)(((ql[j] & 0xF) | ((qh[j] & 3) << 4)) - 32 + 128);
-                        ui[128 * h + 32 + j] = (byte)(((ql[j + 32] & 0xF) | (((qh[j] >> 2) & 3) << 4)) - 32 + 128);
-                        ui[128 * h + 64 + j] = (byte)(((ql[j] >> 4) | (((qh[j] >> 4) & 3) << 4)) - 32 + 128);
-                        ui[128 * h + 96 + j] = (byte)(((ql[j + 32] >> 4) | (((qh[j] >> 6) & 3) << 4)) - 32 + 128);
-                    }
+            }
+            else
+            {
+                var block = new ReadOnlySpan<byte>(blk, BlockLayout.Q6_K.Bytes);
+                for (int e = 0; e < BlockLayout.QK_K; e++) ui[e] = (byte)(BlockDecode.Q6_KQuant(block, e) - 32 + 128);
             }
         }
     }

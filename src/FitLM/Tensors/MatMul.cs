@@ -15,7 +15,7 @@ namespace FitLM.Tensors;
 /// dequantization.</item>
 /// </list>
 /// </summary>
-public static unsafe class MatMul
+internal static unsafe class MatMul
 {
     /// <summary>Rows per work item of the portable float prefill (<see cref="Gemm"/>) and the fallback types.</summary>
     private const int RowsPerChunk = 16;

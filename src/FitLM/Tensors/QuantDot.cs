@@ -13,7 +13,7 @@ namespace FitLM.Tensors;
 /// stack buffer, then <see cref="TensorPrimitives.Dot(ReadOnlySpan{float}, ReadOnlySpan{float})"/>), which
 /// the vectorized kernels are tested against.
 /// </summary>
-public static class QuantDot
+internal static class QuantDot
 {
     /// <summary>
     /// The dot product of the row <paramref name="row"/> (exactly <see cref="GgmlTypes.RowBytes"/>(type, x.Length)
@@ -129,28 +129,10 @@ public static class QuantDot
         return (xv[0] + xv[1]) + (xv[2] + xv[3]);
     }
 
-    /// <summary>
-    /// Byte b of the table entry for v is bit b of v (0 or 1): four lookups spread a 32-bit mask of
-    /// 5th bits (q5_0/q5_1 qh) over 32 bytes in element order.
-    /// </summary>
-    private static readonly ulong[] BitsToBytes = BuildBitsToBytes();
-
-    private static ulong[] BuildBitsToBytes()
-    {
-        var t = new ulong[256];
-        for (int v = 0; v < 256; v++)
-            for (int b = 0; b < 8; b++)
-                if ((v & (1 << b)) != 0) t[v] |= 1UL << (8 * b);
-        return t;
-    }
-
-    /// <summary>The 5th bits of a q5_0/q5_1 block (u32 qh, bit j for element j) as 32 bytes of 0 or 16.</summary>
+    /// <summary>The 5th bits of a q5_0/q5_1 block (u32 qh at <paramref name="qh"/>) as 32 bytes of 0 or 16.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> FifthBits(ReadOnlySpan<byte> qh)
-    {
-        var t = BitsToBytes;
-        return Vector256.ShiftLeft(Vector256.Create(t[qh[0]], t[qh[1]], t[qh[2]], t[qh[3]]).AsByte(), 4);
-    }
+    private static Vector256<byte> FifthBits(ReadOnlySpan<byte> qh) =>
+        BlockDecode.Q5HighBits(BinaryPrimitives.ReadUInt32LittleEndian(qh));
 
     // ---------------------------------------------------------------- vectorized kernels
 
@@ -177,9 +159,9 @@ public static class QuantDot
         int nb = x.Length / 32;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 34, 34);
-            float d = Dequantize.Half(b, 0);
-            var q = MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(2, 32));
+            var b = row.Slice(i * BlockLayout.Q8_0.Bytes, BlockLayout.Q8_0.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q8_0.D);
+            var q = MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(BlockLayout.Q8_0.Qs, 32));
             acc = Fma(Dot32(q, x.Slice(i * 32, 32)), Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);
@@ -188,16 +170,14 @@ public static class QuantDot
     private static float Q4_0(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var mask = Vector128.Create((byte)0xF);
         var eight = Vector256.Create((sbyte)8);
         int nb = x.Length / 32;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 18, 18);
-            float d = Dequantize.Half(b, 0);
-            var raw = MemoryMarshal.Read<Vector128<byte>>(b.Slice(2, 16));
-            // Elements 0..15 are the low nibbles, 16..31 the high nibbles; both offset by 8.
-            var q = Vector256.Create(raw & mask, Vector128.ShiftRightLogical(raw, 4)).AsSByte() - eight;
+            var b = row.Slice(i * BlockLayout.Q4_0.Bytes, BlockLayout.Q4_0.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q4_0.D);
+            // The nibbles in element order, offset by 8.
+            var q = BlockDecode.Nibbles(MemoryMarshal.Read<Vector128<byte>>(b.Slice(BlockLayout.Q4_0.Qs, 16))).AsSByte() - eight;
             acc = Fma(Dot32(q, x.Slice(i * 32, 32)), Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);
@@ -206,27 +186,24 @@ public static class QuantDot
     private static float Q4_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var mask = Vector256.Create((byte)0xF);
-        int nb = x.Length / 256;
+        int nb = x.Length / BlockLayout.QK_K;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 144, 144);
-            float d = Dequantize.Half(b, 0), dmin = Dequantize.Half(b, 2);
-            var scales = b.Slice(4, 12);
-            var qs = b.Slice(16, 128);
-            var xb = x.Slice(i * 256, 256);
+            var b = row.Slice(i * BlockLayout.Q4_K.Bytes, BlockLayout.Q4_K.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q4_K.D), dmin = Dequantize.Half(b, BlockLayout.Q4_K.DMin);
+            BlockDecode.ScalesMinsK4(b.Slice(BlockLayout.Q4_K.Scales, BlockLayout.KScaleSize), out ulong sc, out ulong mn);
+            var qs = b.Slice(BlockLayout.Q4_K.Qs, BlockLayout.QK_K / 2);
+            var xb = x.Slice(i * BlockLayout.QK_K, BlockLayout.QK_K);
             for (int c = 0; c < 4; c++)
             {
-                Dequantize.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
-                Dequantize.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
-                var raw = MemoryMarshal.Read<Vector256<byte>>(qs.Slice(32 * c, 32));
+                BlockDecode.SplitNibbles(MemoryMarshal.Read<Vector256<byte>>(qs.Slice(32 * c, 32)), out var lo, out var hi);
                 var xlo = xb.Slice(64 * c, 32);
                 var xhi = xb.Slice(64 * c + 32, 32);
                 // Σ (d*sc*q - dmin*m) x = d*sc Σ q x - dmin*m Σ x
-                acc = Fma(Dot32(raw & mask, xlo), Vector256.Create(d * sc1), acc);
-                acc = Fma(Sum32(xlo), Vector256.Create(-dmin * m1), acc);
-                acc = Fma(Dot32(Vector256.ShiftRightLogical(raw, 4), xhi), Vector256.Create(d * sc2), acc);
-                acc = Fma(Sum32(xhi), Vector256.Create(-dmin * m2), acc);
+                acc = Fma(Dot32(lo, xlo), Vector256.Create(d * BlockDecode.ByteAt(sc, 2 * c)), acc);
+                acc = Fma(Sum32(xlo), Vector256.Create(-dmin * BlockDecode.ByteAt(mn, 2 * c)), acc);
+                acc = Fma(Dot32(hi, xhi), Vector256.Create(d * BlockDecode.ByteAt(sc, 2 * c + 1)), acc);
+                acc = Fma(Sum32(xhi), Vector256.Create(-dmin * BlockDecode.ByteAt(mn, 2 * c + 1)), acc);
             }
         }
         return Vector256.Sum(acc);
@@ -235,51 +212,49 @@ public static class QuantDot
     private static float Q6_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var m4 = Vector256.Create((byte)0xF);
-        var m2 = Vector256.Create((byte)3);
-        var off = Vector256.Create((sbyte)32);
-        int nb = x.Length / 256;
+        int nb = x.Length / BlockLayout.QK_K;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 210, 210);
-            var sc = MemoryMarshal.Cast<byte, sbyte>(b.Slice(192, 16));
-            float d = Dequantize.Half(b, 208);
+            var b = row.Slice(i * BlockLayout.Q6_K.Bytes, BlockLayout.Q6_K.Bytes);
+            var sc = MemoryMarshal.Cast<byte, sbyte>(b.Slice(BlockLayout.Q6_K.Scales, BlockLayout.QK_K / BlockLayout.Q6_K.SubBlock));
+            float d = Dequantize.Half(b, BlockLayout.Q6_K.D);
             for (int h = 0; h < 2; h++)
             {
-                var l0 = MemoryMarshal.Read<Vector256<byte>>(b.Slice(64 * h, 32));
-                var l1 = MemoryMarshal.Read<Vector256<byte>>(b.Slice(64 * h + 32, 32));
-                var hb = MemoryMarshal.Read<Vector256<byte>>(b.Slice(128 + 32 * h, 32));
-                var xh = x.Slice(256 * i + 128 * h, 128);
-                for (int k = 0; k < 4; k++)
-                {
-                    // Plane k holds elements 32k..32k+31 of this half: low bits from a nibble of ql,
-                    // bits 4-5 from bits 2k..2k+1 of qh.
-                    var low = k switch { 0 => l0 & m4, 1 => l1 & m4, 2 => Vector256.ShiftRightLogical(l0, 4), _ => Vector256.ShiftRightLogical(l1, 4) };
-                    var high = Vector256.ShiftRightLogical(hb, 2 * k) & m2;
-                    var q = (low | Vector256.ShiftLeft(high, 4)).AsSByte() - off;
-                    Widen(q, out var f0, out var f1, out var f2, out var f3);
-                    var xv = MemoryMarshal.Cast<float, Vector256<float>>(xh.Slice(32 * k, 32));
-                    var s0 = Fma(f1, xv[1], f0 * xv[0]);
-                    var s1 = Fma(f3, xv[3], f2 * xv[2]);
-                    acc = Fma(s0, Vector256.Create(d * sc[8 * h + 2 * k]), acc);
-                    acc = Fma(s1, Vector256.Create(d * sc[8 * h + 2 * k + 1]), acc);
-                }
+                BlockDecode.Q6_KQuants(MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q6_K.Ql + 64 * h, 32)),
+                    MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q6_K.Ql + 64 * h + 32, 32)),
+                    MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q6_K.Qh + 32 * h, 32)),
+                    out var q0, out var q1, out var q2, out var q3);
+                var xh = x.Slice(BlockLayout.QK_K * i + 128 * h, 128);
+                // Plane k holds elements 32k..32k+31 of this half, sub-blocks 8h + 2k and 8h + 2k + 1.
+                acc = Q6_KPlane(q0, xh[..32], d * sc[8 * h], d * sc[8 * h + 1], acc);
+                acc = Q6_KPlane(q1, xh.Slice(32, 32), d * sc[8 * h + 2], d * sc[8 * h + 3], acc);
+                acc = Q6_KPlane(q2, xh.Slice(64, 32), d * sc[8 * h + 4], d * sc[8 * h + 5], acc);
+                acc = Q6_KPlane(q3, xh.Slice(96, 32), d * sc[8 * h + 6], d * sc[8 * h + 7], acc);
             }
         }
         return Vector256.Sum(acc);
     }
 
+    /// <summary>acc + the 32 six-bit quants (0..63, offset by 32) times x, the first 16 scaled by s0 and the last 16 by s1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q6_KPlane(Vector256<byte> q6, ReadOnlySpan<float> x32, float s0, float s1, Vector256<float> acc)
+    {
+        var q = q6.AsSByte() - Vector256.Create((sbyte)32);
+        Widen(q, out var f0, out var f1, out var f2, out var f3);
+        var xv = MemoryMarshal.Cast<float, Vector256<float>>(x32[..32]);
+        acc = Fma(Fma(f1, xv[1], f0 * xv[0]), Vector256.Create(s0), acc);
+        return Fma(Fma(f3, xv[3], f2 * xv[2]), Vector256.Create(s1), acc);
+    }
+
     private static float Q4_1(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var mask = Vector128.Create((byte)0xF);
         int nb = x.Length / 32;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 20, 20);
-            float d = Dequantize.Half(b, 0), m = Dequantize.Half(b, 2);
-            var raw = MemoryMarshal.Read<Vector128<byte>>(b.Slice(4, 16));
-            var q = Vector256.Create(raw & mask, Vector128.ShiftRightLogical(raw, 4));
+            var b = row.Slice(i * BlockLayout.Q4_1.Bytes, BlockLayout.Q4_1.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q4_1.D), m = Dequantize.Half(b, BlockLayout.Q4_1.M);
+            var q = BlockDecode.Nibbles(MemoryMarshal.Read<Vector128<byte>>(b.Slice(BlockLayout.Q4_1.Qs, 16)));
             var xb = x.Slice(i * 32, 32);
             // Σ (d*q + m) x = d Σ q x + m Σ x
             acc = Fma(Dot32(q, xb), Vector256.Create(d), acc);
@@ -291,15 +266,13 @@ public static class QuantDot
     private static float Q5_0(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var mask = Vector128.Create((byte)0xF);
         var sixteen = Vector256.Create((sbyte)16);
         int nb = x.Length / 32;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 22, 22);
-            float d = Dequantize.Half(b, 0);
-            var raw = MemoryMarshal.Read<Vector128<byte>>(b.Slice(6, 16));
-            var q = Vector256.Create(raw & mask, Vector128.ShiftRightLogical(raw, 4)) | FifthBits(b.Slice(2, 4));
+            var b = row.Slice(i * BlockLayout.Q5_0.Bytes, BlockLayout.Q5_0.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q5_0.D);
+            var q = BlockDecode.Nibbles(MemoryMarshal.Read<Vector128<byte>>(b.Slice(BlockLayout.Q5_0.Qs, 16))) | FifthBits(b.Slice(BlockLayout.Q5_0.Qh, 4));
             acc = Fma(Dot32(q.AsSByte() - sixteen, x.Slice(i * 32, 32)), Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);
@@ -308,14 +281,12 @@ public static class QuantDot
     private static float Q5_1(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var mask = Vector128.Create((byte)0xF);
         int nb = x.Length / 32;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 24, 24);
-            float d = Dequantize.Half(b, 0), m = Dequantize.Half(b, 2);
-            var raw = MemoryMarshal.Read<Vector128<byte>>(b.Slice(8, 16));
-            var q = Vector256.Create(raw & mask, Vector128.ShiftRightLogical(raw, 4)) | FifthBits(b.Slice(4, 4));
+            var b = row.Slice(i * BlockLayout.Q5_1.Bytes, BlockLayout.Q5_1.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q5_1.D), m = Dequantize.Half(b, BlockLayout.Q5_1.M);
+            var q = BlockDecode.Nibbles(MemoryMarshal.Read<Vector128<byte>>(b.Slice(BlockLayout.Q5_1.Qs, 16))) | FifthBits(b.Slice(BlockLayout.Q5_1.Qh, 4));
             var xb = x.Slice(i * 32, 32);
             acc = Fma(Dot32(q, xb), Vector256.Create(d), acc);
             acc = Fma(Sum32(xb), Vector256.Create(m), acc);
@@ -329,9 +300,9 @@ public static class QuantDot
         int nb = x.Length / 32;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 36, 36);
-            float d = Dequantize.Half(b, 0);
-            var q = MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(4, 32));
+            var b = row.Slice(i * BlockLayout.Q8_1.Bytes, BlockLayout.Q8_1.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q8_1.D);
+            var q = MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(BlockLayout.Q8_1.Qs, 32));
             acc = Fma(Dot32(q, x.Slice(i * 32, 32)), Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);
@@ -340,28 +311,27 @@ public static class QuantDot
     private static float Q2_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var m2 = Vector256.Create((byte)3);
-        int nb = x.Length / 256;
+        int nb = x.Length / BlockLayout.QK_K;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 84, 84);
-            var scales = b[..16];
-            float d = Dequantize.Half(b, 80), dmin = Dequantize.Half(b, 82);
+            var b = row.Slice(i * BlockLayout.Q2_K.Bytes, BlockLayout.Q2_K.Bytes);
+            var scales = b.Slice(BlockLayout.Q2_K.Scales, BlockLayout.QK_K / BlockLayout.Q2_K.SubBlock);
+            float d = Dequantize.Half(b, BlockLayout.Q2_K.D), dmin = Dequantize.Half(b, BlockLayout.Q2_K.DMin);
             for (int h = 0; h < 2; h++)
             {
-                var raw = MemoryMarshal.Read<Vector256<byte>>(b.Slice(16 + 32 * h, 32));
+                var raw = MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q2_K.Qs + 32 * h, 32));
                 for (int k = 0; k < 4; k++)
                 {
                     // Plane k: elements 128h + 32k + (0..31), sub-blocks s (first 16) and s + 1.
-                    var q = Vector256.ShiftRightLogical(raw, 2 * k) & m2;
+                    var q = BlockDecode.Q2Plane(raw, k);
                     Widen(q, out var f0, out var f1, out var f2, out var f3);
-                    var xv = MemoryMarshal.Cast<float, Vector256<float>>(x.Slice(256 * i + 128 * h + 32 * k, 32));
+                    var xv = MemoryMarshal.Cast<float, Vector256<float>>(x.Slice(BlockLayout.QK_K * i + 128 * h + 32 * k, 32));
                     int s = 8 * h + 2 * k;
-                    int sc0 = scales[s], sc1 = scales[s + 1];
-                    acc = Fma(Fma(f1, xv[1], f0 * xv[0]), Vector256.Create(d * (sc0 & 0xF)), acc);
-                    acc = Fma(xv[0] + xv[1], Vector256.Create(-dmin * (sc0 >> 4)), acc);
-                    acc = Fma(Fma(f3, xv[3], f2 * xv[2]), Vector256.Create(d * (sc1 & 0xF)), acc);
-                    acc = Fma(xv[2] + xv[3], Vector256.Create(-dmin * (sc1 >> 4)), acc);
+                    byte sc0 = scales[s], sc1 = scales[s + 1];
+                    acc = Fma(Fma(f1, xv[1], f0 * xv[0]), Vector256.Create(d * BlockDecode.Q2_KScale(sc0)), acc);
+                    acc = Fma(xv[0] + xv[1], Vector256.Create(-dmin * BlockDecode.Q2_KMin(sc0)), acc);
+                    acc = Fma(Fma(f3, xv[3], f2 * xv[2]), Vector256.Create(d * BlockDecode.Q2_KScale(sc1)), acc);
+                    acc = Fma(xv[2] + xv[3], Vector256.Create(-dmin * BlockDecode.Q2_KMin(sc1)), acc);
                 }
             }
         }
@@ -371,30 +341,26 @@ public static class QuantDot
     private static float Q3_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var m2 = Vector256.Create((byte)3);
-        var one = Vector256.Create((byte)1);
         var four = Vector256.Create((sbyte)4);
-        int nb = x.Length / 256;
+        int nb = x.Length / BlockLayout.QK_K;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 110, 110);
-            var hm = MemoryMarshal.Read<Vector256<byte>>(b[..32]);
-            var scales = b.Slice(96, 12);
-            float d = Dequantize.Half(b, 108);
+            var b = row.Slice(i * BlockLayout.Q3_K.Bytes, BlockLayout.Q3_K.Bytes);
+            var hm = MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q3_K.HMask, 32));
+            var scales = BlockDecode.ScalesQ3_K(b.Slice(BlockLayout.Q3_K.Scales, BlockLayout.KScaleSize));
+            float d = Dequantize.Half(b, BlockLayout.Q3_K.D);
             for (int h = 0; h < 2; h++)
             {
-                var raw = MemoryMarshal.Read<Vector256<byte>>(b.Slice(32 + 32 * h, 32));
+                var raw = MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q3_K.Qs + 32 * h, 32));
                 for (int k = 0; k < 4; k++)
                 {
-                    // Plane k of half h: low 2 bits from qs, bit 2 from bit (4h + k) of hmask; q = that - 4.
-                    var low = Vector256.ShiftRightLogical(raw, 2 * k) & m2;
-                    var high = Vector256.ShiftRightLogical(hm, 4 * h + k) & one;
-                    var q = (low | Vector256.ShiftLeft(high, 2)).AsSByte() - four;
+                    // Plane k of half h: q = the 3-bit quant - 4.
+                    var q = BlockDecode.Q3_KPlane(raw, hm, h, k).AsSByte() - four;
                     Widen(q, out var f0, out var f1, out var f2, out var f3);
-                    var xv = MemoryMarshal.Cast<float, Vector256<float>>(x.Slice(256 * i + 128 * h + 32 * k, 32));
+                    var xv = MemoryMarshal.Cast<float, Vector256<float>>(x.Slice(BlockLayout.QK_K * i + 128 * h + 32 * k, 32));
                     int s = 8 * h + 2 * k;
-                    acc = Fma(Fma(f1, xv[1], f0 * xv[0]), Vector256.Create(d * (Dequantize.Q3_KScale(scales, s) - 32)), acc);
-                    acc = Fma(Fma(f3, xv[3], f2 * xv[2]), Vector256.Create(d * (Dequantize.Q3_KScale(scales, s + 1) - 32)), acc);
+                    acc = Fma(Fma(f1, xv[1], f0 * xv[0]), Vector256.Create(d * scales.GetElement(s)), acc);
+                    acc = Fma(Fma(f3, xv[3], f2 * xv[2]), Vector256.Create(d * scales.GetElement(s + 1)), acc);
                 }
             }
         }
@@ -404,30 +370,26 @@ public static class QuantDot
     private static float Q5_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
-        var mask = Vector256.Create((byte)0xF);
-        var one = Vector256.Create((byte)1);
-        int nb = x.Length / 256;
+        int nb = x.Length / BlockLayout.QK_K;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 176, 176);
-            float d = Dequantize.Half(b, 0), dmin = Dequantize.Half(b, 2);
-            var scales = b.Slice(4, 12);
-            var qh = MemoryMarshal.Read<Vector256<byte>>(b.Slice(16, 32));
-            var qs = b.Slice(48, 128);
-            var xb = x.Slice(i * 256, 256);
+            var b = row.Slice(i * BlockLayout.Q5_K.Bytes, BlockLayout.Q5_K.Bytes);
+            float d = Dequantize.Half(b, BlockLayout.Q5_K.D), dmin = Dequantize.Half(b, BlockLayout.Q5_K.DMin);
+            BlockDecode.ScalesMinsK4(b.Slice(BlockLayout.Q5_K.Scales, BlockLayout.KScaleSize), out ulong sc, out ulong mn);
+            var qh = MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q5_K.Qh, 32));
+            var qs = b.Slice(BlockLayout.Q5_K.Qs, BlockLayout.QK_K / 2);
+            var xb = x.Slice(i * BlockLayout.QK_K, BlockLayout.QK_K);
             for (int c = 0; c < 4; c++)
             {
-                Dequantize.ScaleMinK4(scales, 2 * c, out int sc1, out int m1);
-                Dequantize.ScaleMinK4(scales, 2 * c + 1, out int sc2, out int m2);
-                var raw = MemoryMarshal.Read<Vector256<byte>>(qs.Slice(32 * c, 32));
-                var lo = (raw & mask) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 2 * c) & one, 4);
-                var hi = Vector256.ShiftRightLogical(raw, 4) | Vector256.ShiftLeft(Vector256.ShiftRightLogical(qh, 2 * c + 1) & one, 4);
+                BlockDecode.SplitNibbles(MemoryMarshal.Read<Vector256<byte>>(qs.Slice(32 * c, 32)), out var lo, out var hi);
+                lo |= BlockDecode.BitTo4(qh, 2 * c);
+                hi |= BlockDecode.BitTo4(qh, 2 * c + 1);
                 var xlo = xb.Slice(64 * c, 32);
                 var xhi = xb.Slice(64 * c + 32, 32);
-                acc = Fma(Dot32(lo, xlo), Vector256.Create(d * sc1), acc);
-                acc = Fma(Sum32(xlo), Vector256.Create(-dmin * m1), acc);
-                acc = Fma(Dot32(hi, xhi), Vector256.Create(d * sc2), acc);
-                acc = Fma(Sum32(xhi), Vector256.Create(-dmin * m2), acc);
+                acc = Fma(Dot32(lo, xlo), Vector256.Create(d * BlockDecode.ByteAt(sc, 2 * c)), acc);
+                acc = Fma(Sum32(xlo), Vector256.Create(-dmin * BlockDecode.ByteAt(mn, 2 * c)), acc);
+                acc = Fma(Dot32(hi, xhi), Vector256.Create(d * BlockDecode.ByteAt(sc, 2 * c + 1)), acc);
+                acc = Fma(Sum32(xhi), Vector256.Create(-dmin * BlockDecode.ByteAt(mn, 2 * c + 1)), acc);
             }
         }
         return Vector256.Sum(acc);
@@ -439,11 +401,11 @@ public static class QuantDot
         int nb = x.Length / 256;
         for (int i = 0; i < nb; i++)
         {
-            var b = row.Slice(i * 292, 292);
-            float d = BinaryPrimitives.ReadSingleLittleEndian(b[..4]);
+            var b = row.Slice(i * BlockLayout.Q8_K.Bytes, BlockLayout.Q8_K.Bytes);
+            float d = BinaryPrimitives.ReadSingleLittleEndian(b.Slice(BlockLayout.Q8_K.D, sizeof(float)));
             var blockAcc = Vector256<float>.Zero;
             for (int j = 0; j < 8; j++)
-                blockAcc += Dot32(MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(4 + 32 * j, 32)), x.Slice(256 * i + 32 * j, 32));
+                blockAcc += Dot32(MemoryMarshal.Read<Vector256<sbyte>>(b.Slice(BlockLayout.Q8_K.Qs + 32 * j, 32)), x.Slice(BlockLayout.QK_K * i + 32 * j, 32));
             acc = Fma(blockAcc, Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);

@@ -11,7 +11,7 @@ namespace FitLM.Tensors;
 /// bytes are those llama.cpp writes for the same input (up to compiler floating-point contraction in
 /// the k-quant search loops).
 /// </summary>
-public static class Quantize
+public static partial class Quantize
 {
     /// <summary>
     /// Quantizes <paramref name="src"/> (a multiple of the type's block size) into exactly
@@ -213,10 +213,10 @@ public static class Quantize
     // ---------------------------------------------------------------- k-quant helpers (ggml's make_*_quants)
 
     /// <summary>
-    /// ggml's make_qx_quants with rmse_type 1 and no importance weights: symmetric quants L in 0..2*nmax-1
-    /// (stored with +nmax), weights x^2, trying 19 scales around nmax/max. Returns the scale.
+    /// ggml's make_qx_quants with rmse_type 1: symmetric quants L in 0..2*nmax-1 (stored with +nmax),
+    /// weights <paramref name="qw"/> (x^2 when empty), trying 19 scales around nmax/max. Returns the scale.
     /// </summary>
-    private static float MakeQxQuants(ReadOnlySpan<float> x, int nmax, Span<sbyte> L)
+    private static float MakeQxQuants(ReadOnlySpan<float> x, int nmax, Span<sbyte> L, ReadOnlySpan<float> qw = default)
     {
         int n = x.Length;
         float max = 0, amax = 0;
@@ -236,7 +236,7 @@ public static class Quantize
         {
             int l = Math.Max(-nmax, Math.Min(nmax - 1, NearestInt(iscale * x[i])));
             L[i] = (sbyte)(l + nmax);
-            float w = x[i] * x[i];
+            float w = qw.IsEmpty ? x[i] * x[i] : qw[i];
             sumlx += w * x[i] * l;
             suml2 += w * l * l;
         }
@@ -250,7 +250,7 @@ public static class Quantize
             for (int i = 0; i < n; i++)
             {
                 int l = Math.Max(-nmax, Math.Min(nmax - 1, NearestInt(iscale * x[i])));
-                float w = x[i] * x[i];
+                float w = qw.IsEmpty ? x[i] * x[i] : qw[i];
                 sumlx += w * x[i] * l;
                 suml2 += w * l * l;
             }
@@ -652,7 +652,10 @@ public static class Quantize
     }
 
     /// <summary>quantize_row_q6_K_ref: per 16 elements a symmetric 6-bit fit, then 8-bit signed scales.</summary>
-    private static void Q6_K(ReadOnlySpan<float> x, Span<byte> y)
+    private static void Q6_K(ReadOnlySpan<float> x, Span<byte> y) => Q6_KCore(x, y, default);
+
+    /// <summary>Q6_K with optional importance weights for make_qx_quants (empty: x^2, the reference).</summary>
+    private static void Q6_KCore(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
     {
         Span<sbyte> L = stackalloc sbyte[256];
         Span<float> scales = stackalloc float[16];
@@ -663,7 +666,7 @@ public static class Quantize
         float maxScale = 0, maxAbsScale = 0;
         for (int ib = 0; ib < 16; ib++)
         {
-            scales[ib] = MakeQxQuants(x.Slice(16 * ib, 16), 32, L.Slice(16 * ib, 16));
+            scales[ib] = MakeQxQuants(x.Slice(16 * ib, 16), 32, L.Slice(16 * ib, 16), qw.IsEmpty ? default : qw.Slice(16 * ib, 16));
             float abs = MathF.Abs(scales[ib]);
             if (abs > maxAbsScale) { maxAbsScale = abs; maxScale = scales[ib]; }
         }

@@ -1,7 +1,7 @@
 namespace FitLM.Tensors;
 
 /// <summary>A unit of parallel work: items [0, count) are handed out to threads one index at a time.</summary>
-public interface IParallelJob
+internal interface IParallelJob
 {
     void Execute(int item);
 }
@@ -12,7 +12,7 @@ public interface IParallelJob
 /// regions a few microseconds apart), then sleep. The calling thread works too. Nothing is allocated per
 /// region; jobs are reusable objects.
 /// </summary>
-public sealed class WorkerPool : IDisposable
+internal sealed class WorkerPool : IDisposable
 {
     private static WorkerPool? s_shared;
     private static readonly object s_lock = new();

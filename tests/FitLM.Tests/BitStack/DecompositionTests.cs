@@ -2,6 +2,7 @@ using FitLM.Compression;
 using FsCheck;
 using FsCheck.Fluent;
 using Xunit;
+using FitLM.Weights;
 
 namespace FitLM.Tests.BitStack;
 

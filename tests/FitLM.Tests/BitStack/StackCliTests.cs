@@ -5,6 +5,8 @@ using FitLM.Runtime;
 using FitLM.Tensors;
 using FitLM.Tests.Cli;
 using Xunit;
+using FitLM.Memory;
+using FitLM.Weights;
 
 namespace FitLM.Tests.BitStack;
 

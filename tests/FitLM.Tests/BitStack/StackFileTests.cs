@@ -4,6 +4,9 @@ using FitLM.Model;
 using FitLM.Storage;
 using FitLM.Tensors;
 using Xunit;
+using FitLM.Runtime;
+using FitLM.Memory;
+using FitLM.Weights;
 
 namespace FitLM.Tests.BitStack;
 
@@ -148,8 +151,8 @@ public class StackFileTests
         var layout = w.Layout!;
         Assert.Equal(layout.BaseEntries, w.LoadedEntries);
         // A generous budget grows the model to the whole stack; one that cannot hold the smallest model is refused.
-        Assert.Equal(layout.BytesAt(layout.Entries.Count), StackPlanner.ResizeToBudget(lm, 1L << 40));
-        Assert.Contains("cannot hold", Assert.Throws<FitLMException>(() => StackPlanner.ResizeToBudget(lm, 1L << 20)).Message);
+        Assert.Equal(layout.BytesAt(layout.Entries.Count), lm.ResizeToBudget(1L << 40));
+        Assert.Contains("cannot hold", Assert.Throws<FitLMException>(() => lm.ResizeToBudget(1L << 20)).Message);
         Assert.Equal(layout.Entries.Count, w.LoadedEntries);
         using var plain = LanguageModel.Load(F.Original, new LoadOptions { ContextLength = 16 });
         Assert.Contains("only a stacked", Assert.Throws<FitLMException>(() => plain.Resize(1L << 20)).Message);

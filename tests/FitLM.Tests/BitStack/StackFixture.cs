@@ -2,6 +2,7 @@ using FitLM.Compression;
 using FitLM.Formats;
 using FitLM.Model;
 using FitLM.Tensors;
+using FitLM.Conversion;
 
 namespace FitLM.Tests.BitStack;
 

@@ -3,6 +3,8 @@ using FitLM.Evaluation;
 using FitLM.Model;
 using FitLM.Tensors;
 using Xunit;
+using FitLM.Memory;
+using FitLM.Weights;
 
 namespace FitLM.Tests.BitStack;
 
@@ -43,7 +45,7 @@ public class StackPlanTests
 
         // The planner's resize to a new budget: the plan names that budget.
         lm.Resize(layout.BytesAt(low));
-        StackPlanner.ResizeToBudget(lm, 1L << 39);
+        lm.ResizeToBudget(1L << 39);
         Assert.Equal(1L << 39, lm.Plan.BudgetBytes);
         Assert.Equal(n, lm.Plan.Stack!.Entries);
     }

@@ -5,6 +5,7 @@ using FitLM.Model;
 using FitLM.Tensors;
 using Xunit;
 using Xunit.Abstractions;
+using FitLM.Conversion;
 
 namespace FitLM.Tests.Converters;
 

@@ -3,6 +3,7 @@ using FitLM.Model;
 using FitLM.Tensors;
 using FitLM.Tests.Cli;
 using Xunit;
+using FitLM.Conversion;
 
 namespace FitLM.Tests.Converters;
 

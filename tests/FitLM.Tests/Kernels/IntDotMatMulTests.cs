@@ -64,8 +64,9 @@ public unsafe class IntDotMatMulTests
 
     [Theory]
     [MemberData(nameof(IntTypeIsas))]
-    public void MatVec_MatchesReference(GgmlType type, IntDot.Isa isa)
+    public void MatVec_MatchesReference(GgmlType type, string isaName)
     {
+        var isa = Enum.Parse<IntDot.Isa>(isaName);
         foreach (int rows in new[] { 1, 5, 16, 37 })
         {
             var (w, rowBytes, cols) = Matrix(type, rows, 3, rows);
@@ -81,8 +82,9 @@ public unsafe class IntDotMatMulTests
 
     [Theory]
     [MemberData(nameof(IntTypeIsas))]
-    public void MatMulBatch_MatchesReference(GgmlType type, IntDot.Isa isa)
+    public void MatMulBatch_MatchesReference(GgmlType type, string isaName)
     {
+        var isa = Enum.Parse<IntDot.Isa>(isaName);
         foreach (var (rows, n) in new[] { (1, 2), (3, 7), (4, 8), (5, 9), (17, 16), (9, 17), (21, 33) })
         {
             var (w, rowBytes, cols) = Matrix(type, rows, 2, 10 * rows + n);
@@ -212,8 +214,9 @@ public unsafe class IntDotMatMulTests
 
     [Theory]
     [MemberData(nameof(FloatTypeIsas))]
-    public void FloatTypes_MatVecAndBatch_MatchDequantizedProduct(GgmlType type, FloatDot.Isa isa)
+    public void FloatTypes_MatVecAndBatch_MatchDequantizedProduct(GgmlType type, string isaName)
     {
+        var isa = Enum.Parse<FloatDot.Isa>(isaName);
         foreach (var (rows, n, cols) in new[] { (5, 1, 67), (17, 1, 256), (7, 3, 129), (18, 9, 64) })
         {
             long rowBytes = GgmlTypes.RowBytes(type, cols);
@@ -244,8 +247,9 @@ public unsafe class IntDotMatMulTests
     /// </summary>
     [Theory]
     [MemberData(nameof(IntTypeIsas))]
-    public void RowWiseBatch_EqualsOneTokenProducts_Int(GgmlType type, IntDot.Isa isa)
+    public void RowWiseBatch_EqualsOneTokenProducts_Int(GgmlType type, string isaName)
     {
+        var isa = Enum.Parse<IntDot.Isa>(isaName);
         // Odd block counts (the unpaired last block), token counts around the groups of four and eight, and rows long
         // enough for the eight-token kernels' column tiles (32 block pairs), a partial last tile among them.
         foreach (var (rows, n, blocks) in new[] { (3, 2, 3), (5, 4, 4), (9, 5, 5), (17, 8, 2), (6, 9, 7), (3, 8, 141), (2, 9, 128), (5, 16, 65) })
@@ -258,8 +262,9 @@ public unsafe class IntDotMatMulTests
 
     [Theory]
     [MemberData(nameof(FloatTypeIsas))]
-    public void RowWiseBatch_EqualsOneTokenProducts_Float(GgmlType type, FloatDot.Isa isa)
+    public void RowWiseBatch_EqualsOneTokenProducts_Float(GgmlType type, string isaName)
     {
+        var isa = Enum.Parse<FloatDot.Isa>(isaName);
         foreach (var (rows, n, cols) in new[] { (5, 2, 67), (7, 4, 256), (9, 5, 129), (18, 9, 1040) })
         {
             long rowBytes = GgmlTypes.RowBytes(type, cols);

@@ -19,11 +19,12 @@ public unsafe class IntDotTests
         GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K,
     };
 
+    // Theory arguments are public; the kernels' ISA enums are internal, so the data carries their names.
     public static IEnumerable<object[]> IntTypeIsas()
     {
         foreach (var t in IntTypes)
             foreach (var isa in Enum.GetValues<IntDot.Isa>())
-                if (IntDot.IsSupported(isa)) yield return new object[] { t, isa };
+                if (IntDot.IsSupported(isa)) yield return new object[] { t, isa.ToString() };
     }
 
     public static IEnumerable<object[]> IntTypeData() => IntTypes.Select(t => new object[] { t });
@@ -54,11 +55,12 @@ public unsafe class IntDotTests
     }
 
     [Theory]
-    [InlineData(ActFormat.Q8_0)]
-    [InlineData(ActFormat.Q8_1)]
-    [InlineData(ActFormat.Q8_K)]
-    public void VectorQuantizer_MatchesScalarBitForBit(ActFormat format)
+    [InlineData(nameof(ActFormat.Q8_0))]
+    [InlineData(nameof(ActFormat.Q8_1))]
+    [InlineData(nameof(ActFormat.Q8_K))]
+    public void VectorQuantizer_MatchesScalarBitForBit(string formatName)
     {
+        var format = Enum.Parse<ActFormat>(formatName);
         if (!ActivationQuant.VectorSupported) return;
         foreach (int cols in new[] { 256, 512, 2048 })
         {
@@ -108,10 +110,11 @@ public unsafe class IntDotTests
     }
 
     [Theory]
-    [InlineData(ActFormat.Q8_0)]
-    [InlineData(ActFormat.Q8_1)]
-    public void Q8_0_DiffersFromReferenceOnlyAtRoundingTies(ActFormat format)
+    [InlineData(nameof(ActFormat.Q8_0))]
+    [InlineData(nameof(ActFormat.Q8_1))]
+    public void Q8_0_DiffersFromReferenceOnlyAtRoundingTies(string formatName)
     {
+        var format = Enum.Parse<ActFormat>(formatName);
         // llama.cpp's x86 quantizer multiplies by 127/amax and rounds ties to even; quantize_row_q8_0_ref
         // multiplies by 1/d and rounds ties away from zero. Same scale, quants within 1 of each other.
         var x = NastyActivations(2048, 9);
@@ -208,8 +211,9 @@ public unsafe class IntDotTests
 
     [Theory]
     [MemberData(nameof(IntTypeIsas))]
-    public void Kernel_MatchesScalarReference_AndExactDefinition(GgmlType type, IntDot.Isa isa)
+    public void Kernel_MatchesScalarReference_AndExactDefinition(GgmlType type, string isaName)
     {
+        var isa = Enum.Parse<IntDot.Isa>(isaName);
         var format = ActivationQuant.FormatFor(type);
         foreach (var (what, row, x) in Cases(type))
         {
@@ -305,13 +309,14 @@ public unsafe class IntDotTests
     {
         foreach (var t in new[] { GgmlType.F32, GgmlType.F16, GgmlType.BF16 })
             foreach (var isa in Enum.GetValues<FloatDot.Isa>())
-                if (FloatDot.IsSupported(isa)) yield return new object[] { t, isa };
+                if (FloatDot.IsSupported(isa)) yield return new object[] { t, isa.ToString() };
     }
 
     [Theory]
     [MemberData(nameof(FloatTypeIsas))]
-    public void FloatKernels_MatchScalar_AnyLength(GgmlType type, FloatDot.Isa isa)
+    public void FloatKernels_MatchScalar_AnyLength(GgmlType type, string isaName)
     {
+        var isa = Enum.Parse<FloatDot.Isa>(isaName);
         foreach (int n in new[] { 1, 7, 8, 15, 16, 17, 63, 64, 65, 255, 1000 })
         {
             var w = QuantizeRow(type, Gaussian(n, n, 0.1f));

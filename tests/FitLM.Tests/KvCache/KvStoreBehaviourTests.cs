@@ -2,6 +2,7 @@ using FitLM.KvCache;
 using FitLM.Model;
 using Xunit;
 using Xunit.Abstractions;
+using FitLM.Memory;
 
 namespace FitLM.Tests.KvCache;
 

@@ -31,6 +31,7 @@ internal sealed class DenseMatrix(string name, int rows, int cols, float[] w) : 
 internal sealed class TestKvModel : IKvModel
 {
     public ModelConfig Config { get; }
+    KvShape IKvModel.Config => Config;
     public int MaxPositions { get; }
     public readonly DenseMatrix[] Wk, Wv;
     public readonly float[][] Bk, Bv, Norm;

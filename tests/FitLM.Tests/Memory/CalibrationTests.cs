@@ -2,6 +2,9 @@ using FitLM.Model;
 using FitLM.Storage;
 using MathNet.Numerics.LinearAlgebra;
 using Xunit;
+using FitLM.Conversion;
+using FitLM.Weights;
+using FitLM.Memory;
 
 namespace FitLM.Tests.Memory;
 

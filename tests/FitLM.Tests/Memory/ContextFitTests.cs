@@ -1,5 +1,6 @@
 using FitLM.Model;
 using Xunit;
+using FitLM.Memory;
 
 namespace FitLM.Tests.Memory;
 

@@ -2,6 +2,8 @@ using FitLM.Memory;
 using FitLM.Model;
 using FitLM.Storage;
 using Xunit;
+using FitLM.Conversion;
+using FitLM.Weights;
 
 namespace FitLM.Tests.Memory;
 

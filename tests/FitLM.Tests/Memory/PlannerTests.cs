@@ -5,6 +5,7 @@ using FitLM.Tokenization;
 using FsCheck;
 using FsCheck.Fluent;
 using Xunit;
+using FitLM.Weights;
 
 namespace FitLM.Tests.Memory;
 

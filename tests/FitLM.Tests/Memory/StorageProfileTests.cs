@@ -1,5 +1,7 @@
 using FitLM.Storage;
 using Xunit;
+using FitLM.Memory;
+using FitLM.Weights;
 
 namespace FitLM.Tests.Memory;
 
@@ -48,15 +50,15 @@ public sealed class StreamModeChoiceTests
             new(4 << 20, 1, 1e9, 0, Sequential: true), new(4 << 20, 4, 2e9, 0, Sequential: true),
         });
         // A budget that holds the runtime, KV and buffers but not all weights: something is streamed.
-        var basis = new FitLM.Model.LoadOptions { ContextLength = 256, MemoryBudget = 76L << 20, RuntimeBytes = 30L << 20 };
-        foreach (var start in new[] { FitLM.Memory.StreamMode.Naive, FitLM.Memory.StreamMode.Prefetch })
+        var basis = new LoadOptions { ContextLength = 256, MemoryBudget = 76L << 20, RuntimeBytes = 30L << 20 };
+        foreach (var start in new[] { StreamMode.Naive, StreamMode.Prefetch })
         {
-            var auto = FitLM.Model.LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = start }, 256, storage).Plan;
-            var naive = FitLM.Model.LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = FitLM.Memory.StreamMode.Naive, StreamChosen = true }, 256, storage).Plan;
-            var prefetch = FitLM.Model.LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = FitLM.Memory.StreamMode.Prefetch, StreamChosen = true }, 256, storage).Plan;
+            var auto = LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = start }, 256, storage).Plan;
+            var naive = LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = StreamMode.Naive, StreamChosen = true }, 256, storage).Plan;
+            var prefetch = LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = StreamMode.Prefetch, StreamChosen = true }, 256, storage).Plan;
             Assert.True(auto.Streams, "the budget should make the plan stream");
-            Assert.Equal(FitLM.Memory.StreamMode.Naive, naive.Mode);
-            Assert.Equal(FitLM.Memory.StreamMode.Prefetch, prefetch.Mode);
+            Assert.Equal(StreamMode.Naive, naive.Mode);
+            Assert.Equal(StreamMode.Prefetch, prefetch.Mode);
             var faster = naive.PredictedTokensPerSecond > prefetch.PredictedTokensPerSecond ? naive : prefetch;
             Assert.Equal(faster.Mode, auto.Mode);
             Assert.Equal(faster.PredictedTokensPerSecond, auto.PredictedTokensPerSecond);

@@ -1,6 +1,7 @@
 using FitLM.Memory;
 using FitLM.Model;
 using Xunit;
+using FitLM.Weights;
 
 namespace FitLM.Tests.Memory;
 

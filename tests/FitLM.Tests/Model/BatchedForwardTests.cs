@@ -3,6 +3,8 @@ using FitLM.Model;
 using FitLM.Tensors;
 using Xunit;
 using Xunit.Abstractions;
+using FitLM.Conversion;
+using FitLM.Memory;
 
 namespace FitLM.Tests.Model;
 
@@ -128,7 +130,7 @@ public class BatchInvarianceTests(ITestOutputHelper output)
         try
         {
             string path = Path.Combine(dir.FullName, $"pycoder-{type}.gguf");
-            FitLM.Formats.HfToGgufConverter.Convert(Path.Combine(shared, "models", "pycoder-29m"), path, type);
+            HfToGgufConverter.Convert(Path.Combine(shared, "models", "pycoder-29m"), path, type);
             EightSequencesTogetherEqualAlone(path);
         }
         finally { dir.Delete(true); }

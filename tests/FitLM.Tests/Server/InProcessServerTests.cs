@@ -4,6 +4,7 @@ using System.Text.Json;
 using FitLM.Model;
 using FitLM.Server;
 using Xunit;
+using FitLM.Memory;
 
 namespace FitLM.Tests.Server;
 

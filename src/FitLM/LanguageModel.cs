@@ -1,0 +1,190 @@
+using FitLM.Model;
+using FitLM.Tokenization;
+using FitLM.Memory;
+using FitLM.Weights;
+
+namespace FitLM;
+
+/// <summary>A model ready to run: its source on storage, the weights the planner chose, the decoder.</summary>
+public sealed class LanguageModel : IDisposable
+{
+    public IModelSource Source { get; }
+    public IWeightProvider Weights { get; }
+    public Transformer Transformer { get; }
+    /// <summary>The BitStack weights when the model is a stacked file (the same object as <see cref="Weights"/>), else null.</summary>
+    public StackedWeights? Stacked { get; }
+    /// <summary>No context length was asked for and the default did not fit the memory budget: a shorter one was chosen.</summary>
+    public bool ContextChosenByBudget { get; private init; }
+    public ModelConfig Config => Source.Config;
+    public Tokenizer Tokenizer => Source.Tokenizer;
+
+    // The plan as last described; a stacked model's is described again when its size or budget changed since.
+    private volatile Memory.MemoryPlan _plan;
+    private long _budget;
+
+    /// <summary>
+    /// Where each weight lives and what the process holds: as the planner decided at load, and for a stacked
+    /// (BitStack) model as it is now, after any <see cref="Resize"/> or <see cref="ResizeToBudget"/>.
+    /// </summary>
+    public Memory.MemoryPlan Plan
+    {
+        get
+        {
+            var p = _plan;
+            long budget = Interlocked.Read(ref _budget);
+            if (Stacked is { Layout: { } layout } s && Source is GgufSource g &&
+                (p.Stack?.Entries != s.LoadedEntries || p.BudgetBytes != budget))
+                _plan = p = StackPlanner.Replan(p, g, layout, s.LoadedEntries, budget);
+            return p;
+        }
+    }
+
+    private LanguageModel(IModelSource source, IWeightProvider weights, Transformer transformer, Memory.MemoryPlan plan)
+    {
+        _plan = plan;
+        _budget = plan.BudgetBytes;
+        Source = source;
+        Weights = weights;
+        Stacked = weights as StackedWeights;
+        Transformer = transformer;
+    }
+
+    /// <summary>Opens a .gguf file or Hugging Face folder and loads its weights for a context of <paramref name="contextLength"/> tokens.</summary>
+    public static LanguageModel Load(string path, int contextLength = 0, int maxBatch = 256) =>
+        Load(path, new LoadOptions { ContextLength = contextLength, MaxBatch = maxBatch });
+
+    /// <summary>Opens a .gguf file or Hugging Face folder and loads it as <paramref name="options"/> say.</summary>
+    public static LanguageModel Load(string path, LoadOptions options)
+    {
+        var source = ModelSource.Open(path);
+        IWeightProvider? weights = null;
+        try
+        {
+            int defaultCtx = LoadOptions.DefaultContext(source.Config.ContextLength);
+            int ctx = options.ContextLength > 0 ? options.ContextLength : defaultCtx;
+            if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
+            if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
+            // BitStack (docs/bitstack.md): a stacked file loads the longest prefix of its block stack that fits.
+            if (source is GgufSource stackedSource && StackLayout.IsStacked(stackedSource.File))
+            {
+                var (stacked, stackPlan) = StackPlanner.Load(stackedSource, options, ctx);
+                weights = stacked;
+                return new LanguageModel(source, stacked, new Transformer(source.Config, stacked, ctx, options.MaxBatch, options.Kv), stackPlan);
+            }
+            bool bundled = ModelValidation.IsBundled(source);
+            if (options.FfnFraction is < 0 or > 1) throw new FitLMException($"FFN fraction {options.FfnFraction} is out of range [0, 1]");
+            if (options.FfnFraction is > 0 and < 1 && !bundled)
+                throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
+            if ((options.PredictorPath != null || options.FfnAudit) && !bundled)
+                throw new FitLMException($"{path}: neuron predictors and their recall need a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
+            var (plan, flash) = PlanLoad(path, source, options, ctx);
+            ctx = plan.Context;
+            weights = plan.Streams ? new StreamingWeights(source, plan.Tensors, plan.Mode) : new ResidentWeights(source);
+            if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens, options.FfnAudit);
+            var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
+            if (plan.Streams) Storage.PageCache.Drop(source);
+            return new LanguageModel(source, weights, transformer, plan) { ContextChosenByBudget = options.ContextLength == 0 && ctx < defaultCtx };
+        }
+        catch
+        {
+            weights?.Dispose();
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The plan <see cref="Load"/> makes for a model that is not stacked, at <paramref name="context"/> positions:
+    /// when no context was asked for and a budget was, the budget decides it (halving down to 256 positions) rather
+    /// than refusing a budget that a shorter context fits; the plan's Context is the one chosen. `fitlm plan` prints
+    /// this same plan, with a <paramref name="storage"/> probe for the speed prediction.
+    /// </summary>
+    public static (Memory.MemoryPlan Plan, Memory.Planner.FlashOptions? Flash) PlanLoad(string path, IModelSource source, LoadOptions options,
+        int context, Storage.StorageProfile? storage = null)
+    {
+        var chosen = PlanLoadMode(path, source, options, context, storage);
+        if (storage == null || options.StreamChosen || !chosen.Plan.Streams) return chosen;
+        // No mode asked for and a probe to price them: the mode the cost model predicts faster.
+        var other = options.Stream == StreamMode.Naive ? StreamMode.Prefetch : StreamMode.Naive;
+        var alternative = PlanLoadMode(path, source, options with { Stream = other }, context, storage);
+        return alternative.Plan.PredictedTokensPerSecond > chosen.Plan.PredictedTokensPerSecond ? alternative : chosen;
+    }
+
+    private static (Memory.MemoryPlan Plan, Memory.Planner.FlashOptions? Flash) PlanLoadMode(string path, IModelSource source, LoadOptions options,
+        int context, Storage.StorageProfile? storage)
+    {
+        var flash = FlashOptionsFor(path, source, options);
+        while (true)
+        {
+            try
+            {
+                return (Memory.Planner.Plan(source, new Memory.Planner.Options
+                {
+                    Flash = flash,
+                    BudgetBytes = options.MemoryBudget > 0 ? options.MemoryBudget : Memory.SystemMemory.AvailableBytes(),
+                    Context = context,
+                    MaxBatch = options.MaxBatch,
+                    LogitRows = options.LogitRows,
+                    RuntimeBytes = options.RuntimeBytes,
+                    HostBytes = options.HostBytes,
+                    Machine = options.Machine,
+                    Mode = options.Stream,
+                    StreamEverything = options.Stream == StreamMode.Naive,
+                    Storage = storage,
+                }), flash);
+            }
+            catch (BudgetTooSmallException) when (options.ContextLength == 0 && options.MemoryBudget > 0 && context > 256)
+            {
+                context = Math.Max(256, context / 2);
+            }
+        }
+    }
+
+    /// <summary>How a prepared model's FFN neurons are chosen and windowed under <paramref name="options"/> (null: not prepared).</summary>
+    private static Memory.Planner.FlashOptions? FlashOptionsFor(string path, IModelSource source, LoadOptions options) =>
+        ModelValidation.IsBundled(source) ? new Memory.Planner.FlashOptions(ChooseSelector(path, source.Config, options), Math.Max(0, options.FfnWindow)) : null;
+
+    /// <summary>
+    /// Which FFN neurons a prepared model computes: with calibrated predictors beside the file, the predicted
+    /// ones (ReLU: all predicted active; others: the top --ffn-fraction); without, a random fraction (an I/O
+    /// measurement) or all of them.
+    /// </summary>
+    private static INeuronSelector ChooseSelector(string path, ModelConfig c, LoadOptions o)
+    {
+        if (o.PredictorPath != null && !File.Exists(o.PredictorPath)) throw new FitLMException($"{o.PredictorPath}: predictor file not found (fitlm calibrate writes one)");
+        string sidecar = o.PredictorPath ?? NeuronPredictor.SidecarPath(path);
+        bool sparse = o.FfnFraction is > 0 and < 1;
+        if (File.Exists(sidecar) && !o.RandomNeurons && (sparse || c.Activation == FfnActivation.Relu))
+            return new PredictedNeurons(NeuronPredictor.Load(sidecar, c), sparse ? o.FfnFraction : 1);
+        return sparse ? new RandomFraction(o.FfnFraction) : new AllNeurons();
+    }
+
+    /// <summary>
+    /// BitStack: resizes a stacked model to <paramref name="weightBytes"/> of weights while it runs (shrinking frees
+    /// memory, growing reads only the new blocks); returns the weight bytes now loaded. See also
+    /// <see cref="ResizeToBudget"/>.
+    /// </summary>
+    public long Resize(long weightBytes) => Weights.Resize(weightBytes);
+
+    /// <summary>
+    /// Resizes a running stacked model to a new memory budget for the whole process: the weights that fit beside
+    /// what the process holds now. Returns the weight bytes loaded.
+    /// </summary>
+    public long ResizeToBudget(long budgetBytes)
+    {
+        if (Stacked is not { Layout: not null } stacked)
+            throw new FitLMException($"{Source.Path}: only a stacked (BitStack) model can be resized (fitlm compress makes one)");
+        long bytes = StackPlanner.ResizeToBudget(stacked, budgetBytes);
+        BudgetChanged(budgetBytes); // the model's plan now describes this budget
+        return bytes;
+    }
+
+    /// <summary>The process's budget changed (the planner resized the model to it): the plan describes the new one.</summary>
+    internal void BudgetChanged(long budgetBytes) => Interlocked.Exchange(ref _budget, budgetBytes);
+
+    public void Dispose()
+    {
+        Weights.Dispose();
+        Source.Dispose();
+    }
+}

@@ -1,0 +1,53 @@
+using FitLM.Model;
+using FitLM.Weights;
+namespace FitLM.Memory;
+
+/// <summary>
+/// How to load a model: context, batch, and (as the planner grows) memory budget, weight streaming and KV
+/// cache choices. One record so every command and the server pass the same settings the same way.
+/// </summary>
+public sealed record LoadOptions
+{
+    /// <summary>Context length in tokens; 0 = <see cref="DefaultContext"/>: the model's trained context, capped at <see cref="DefaultContextCap"/>.</summary>
+    public int ContextLength { get; init; }
+
+    /// <summary>The most positions a default context has: every command and the server use this one number.</summary>
+    public const int DefaultContextCap = 4096;
+
+    /// <summary>The context a model gets when none is asked for: its trained context, at most <see cref="DefaultContextCap"/>.</summary>
+    public static int DefaultContext(int trainedContext) => Math.Min(trainedContext, DefaultContextCap);
+    /// <summary>Most tokens one forward pass processes at once (prefill batch).</summary>
+    public int MaxBatch { get; init; } = 256;
+
+    // Memory budget and weight streaming (the planner).
+    /// <summary>Bytes the whole process may hold; 0 = what the machine (or its cgroup) has free.</summary>
+    public long MemoryBudget { get; init; }
+    /// <summary>How streamed weights are read; Naive also streams every weight, whatever the budget.</summary>
+    public StreamMode Stream { get; init; } = StreamMode.Prefetch;
+    /// <summary>Whether the user chose <see cref="Stream"/>; if not, a plan priced by a storage probe takes the mode its cost model predicts faster.</summary>
+    public bool StreamChosen { get; init; }
+    /// <summary>Prepared models: fraction of FFN neurons fetched per token, chosen at random (0 = all neurons).</summary>
+    public double FfnFraction { get; init; }
+    /// <summary>Prepared models: choose the fraction at random even when calibrated predictors exist (I/O measurements).</summary>
+    public bool RandomNeurons { get; init; }
+    /// <summary>Prepared models: neurons used by the previous this-many tokens stay cached (LLM in a flash windowing; 0: none).</summary>
+    public int FfnWindow { get; init; } = 4;
+    /// <summary>Prepared models: the neuron predictor file; null = MODEL.predictor.gguf beside the model, if there.</summary>
+    public string? PredictorPath { get; init; }
+    /// <summary>Prepared models: also compute every neuron's true activation to measure the selector's recall (slow).</summary>
+    public bool FfnAudit { get; init; }
+    /// <summary>What the process holds besides this model's plan (runtime, other models); 0: <see cref="RuntimeFootprint.Bytes"/>, measured once, the same in every process.</summary>
+    public long RuntimeBytes { get; init; }
+    /// <summary>What the host adds to the runtime (the server: <see cref="RuntimeFootprint.ServerBytes"/>).</summary>
+    public long HostBytes { get; init; }
+    /// <summary>The speeds a plan's predicted decode rate is priced with; null: this machine, probed once per process.</summary>
+    public MachineProfile? Machine { get; init; }
+    /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>
+    public int LogitRows { get; init; } = 1;
+    /// <summary>BitStack: how a stacked file is loaded (--weights, matrix cache); null = defaults (docs/bitstack.md).</summary>
+    public StackLoadOptions? Stack { get; init; }
+
+    // KV cache (docs/kv-cache.md).
+    /// <summary>How keys and values are held: type (f32, f16, kivi2/4, xquant4/3/2, xquant-cl) and H2O eviction.</summary>
+    public KvCache.KvCacheOptions Kv { get; init; } = new();
+}

@@ -1,0 +1,19 @@
+namespace FitLM.Model.Architectures;
+
+/// <summary>
+/// Llama 2 and 3 (LlamaForCausalLM): RMSNorm, SwiGLU FFN (or ReLU for "relufied" models, which GGUF marks with
+/// fitlm.ffn_activation), optional Q/K/V biases (attention_bias), Llama 3 RoPE scaling (converted to
+/// rope_freqs.weight), tied or untied head. GGUF files use interleaved RoPE pairs, so the converter permutes Q/K.
+/// </summary>
+public static class LlamaFamily
+{
+    public static ArchitectureFamily Description { get; } = new()
+    {
+        Name = "llama",
+        GgufNames = ["llama"],
+        GgufNameWritten = "llama",
+        HfArchitectures = ["LlamaForCausalLM"],
+        HfModelTypes = ["llama"],
+        GgufRopeStyle = RopeStyle.Interleaved,
+    };
+}

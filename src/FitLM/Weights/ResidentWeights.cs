@@ -1,0 +1,93 @@
+using FitLM.Model;
+using FitLM.Storage;
+using FitLM.Tensors;
+using FitLM.Runtime;
+
+namespace FitLM.Weights;
+
+/// <summary>All weights read into memory once, in the type they are stored in.</summary>
+public sealed class ResidentWeights : IWeightProvider
+{
+    private readonly IModelSource _source;
+    private readonly Dictionary<string, ResidentMatrix> _matrices = new();
+    private readonly Dictionary<string, float[]> _vectors = new();
+
+    public ResidentWeights(IModelSource source) => _source = source;
+
+    public long ResidentBytes => _matrices.Values.Sum(m => m.Bytes) + _vectors.Values.Sum(v => (long)v.Length * 4);
+
+    public bool Has(string name) => _source.Find(name) != null;
+
+    public IMatrix Matrix(string name)
+    {
+        if (_matrices.TryGetValue(name, out var m)) return m;
+        var t = _source.Get(name);
+        if (t.Shape.Length != 2) throw new FitLMException($"{_source.Path}: tensor '{name}' is not a matrix");
+        var buf = new NativeBuffer(t.ByteSize);
+        try
+        {
+            const int chunk = 16 << 20;
+            for (long off = 0; off < t.ByteSize; off += chunk)
+            {
+                int n = (int)Math.Min(chunk, t.ByteSize - off);
+                _source.Read(t, off, buf.Slice(off, n));
+            }
+        }
+        catch
+        {
+            buf.Dispose();
+            throw;
+        }
+        m = new ResidentMatrix(name, t.Type, t.Rows, t.RowLength, buf);
+        _matrices[name] = m;
+        return m;
+    }
+
+    public float[] Vector(string name)
+    {
+        if (_vectors.TryGetValue(name, out var v)) return v;
+        v = _source.ReadFloats(_source.Get(name));
+        _vectors[name] = v;
+        return v;
+    }
+
+    public void Dispose()
+    {
+        foreach (var m in _matrices.Values) m.Dispose();
+        _matrices.Clear();
+    }
+}
+
+/// <summary>A matrix whose bytes are all in memory.</summary>
+public sealed unsafe class ResidentMatrix : IMatrix, IDisposable
+{
+    private readonly NativeBuffer _data;
+    public string Name { get; }
+    public GgmlType Type { get; }
+    public int Rows { get; }
+    public int Cols { get; }
+    public long RowBytes { get; }
+    public long Bytes => _data.Length;
+
+    public ResidentMatrix(string name, GgmlType type, int rows, int cols, NativeBuffer data)
+    {
+        Name = name;
+        Type = type;
+        Rows = rows;
+        Cols = cols;
+        RowBytes = GgmlTypes.RowBytes(type, cols);
+        if (RowBytes * rows != data.Length) throw new FitLMException($"tensor '{name}': {data.Length} bytes do not hold {rows}×{cols} {type}");
+        _data = data;
+    }
+
+    public void Multiply(ReadOnlySpan<float> x, Span<float> y, int n) =>
+        MatMul.MatMulBatch(Type, _data.Pointer, RowBytes, Rows, Cols, x, y, n);
+
+    public void ReadRow(int row, Span<float> dst)
+    {
+        if ((uint)row >= (uint)Rows) throw new FitLMException($"row {row} is outside tensor '{Name}' ({Rows} rows)");
+        Dequantize.Row(Type, new ReadOnlySpan<byte>(_data.Pointer + row * RowBytes, (int)RowBytes), dst[..Cols]);
+    }
+
+    public void Dispose() => _data.Dispose();
+}
