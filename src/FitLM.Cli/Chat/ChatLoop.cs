@@ -13,21 +13,22 @@ namespace FitLM.Cli.Chat;
 /// </summary>
 internal static class ChatLoop
 {
-    private const string Help = "/clear forgets the conversation, /exit or Ctrl-D leaves, Ctrl-C stops a reply";
+    private const string Banner = "/exit or Ctrl-D leaves, Ctrl-C stops a reply, /help for more";
+    private const string Help = "/clear forgets the conversation, /exit or Ctrl-D leaves, Ctrl-C stops a reply, \\ at a line's end continues the message";
 
     /// <summary>Loads the model and chats until /exit or the end of the input; 0 on a normal end.</summary>
     public static int Run(Func<LanguageModel> loadModel, string modelPath, ChatSettings settings)
     {
         var clock = Stopwatch.StartNew();
+        using var interrupt = new ReplyInterrupt(); // from the start, so Ctrl-C while the model loads leaves too
         using var model = loadModel();
         var template = ChooseTemplate(model, settings.Template);
         var session = new ChatSession(model, template, settings.System);
         CheckRenders(session);
         bool interactive = !Console.IsInputRedirected;
         Console.Error.WriteLine($"chat: {Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath))}, context {model.Transformer.MaxContext} tokens, " +
-            $"template {template.Name} (loaded in {clock.Elapsed.TotalSeconds:F1} s); {Help}");
+            $"template {(template.Name == "model" ? "the model's own" : template.Name)} (loaded in {clock.Elapsed.TotalSeconds:F1} s); {Banner}");
 
-        using var interrupt = new ReplyInterrupt();
         var stdout = Console.Out;
         while (true)
         {
@@ -49,12 +50,12 @@ internal static class ChatLoop
             }
             if (command is "/help" or "/?")
             {
-                Console.Error.WriteLine(Help);
+                Console.Error.WriteLine(Help + "; // at the start sends a message that begins with /");
                 continue;
             }
             if (command.StartsWith('/') && !command.Contains(' ') && command.Length > 1)
             {
-                Console.Error.WriteLine($"unknown command {command} ({Help}; start a message with // to send it as text)");
+                Console.Error.WriteLine($"unknown command {command} (/help lists them; start a message with // to send it as text)");
                 continue;
             }
             if (command.StartsWith("//", StringComparison.Ordinal)) line = line.TrimStart()[1..];

@@ -10,7 +10,7 @@ internal static class ChatCommand
 {
     public static Command Create()
     {
-        var system = new Option<string?>("--system", "-sys") { Description = "system prompt" };
+        var system = new Option<string?>("--system", "-sys", "--system-prompt") { Description = "system prompt (kept when /clear forgets the conversation)" };
         var template = new Option<string?>("--chat-template")
         {
             Description = $"chat template: a Jinja file (or a tokenizer_config.json holding one), or a built-in: {string.Join(", ", BuiltInChatTemplates.Names)} " +

@@ -33,8 +33,8 @@ internal sealed class MemoryOptions
 
     public readonly Option<string?> RuntimeMemory = new("--runtime-memory")
     {
-        Description = "memory the process holds besides the model (runtime, code, tokenizer), e.g. 40MiB, counted instead of the RSS measured at load " +
-            "(the planner adds a margin); give plan and run the same value to get the same plan",
+        Description = "memory the process holds besides the model (runtime, code, tokenizer), e.g. 64MiB, counted instead of the measured " +
+            "footprint that plan, run and info share (docs/memory.md)",
     };
 
     public readonly Option<string?> Predictor = new("--predictor")

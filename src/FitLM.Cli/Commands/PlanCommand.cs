@@ -40,11 +40,14 @@ internal static class PlanCommand
             }
             StorageProfile? storage = null;
             var plan = LanguageModel.PlanLoad(path, src, load, n).Plan;
-            if (!r.GetValue(noProbe))
+            long probeRoom = StorageProbe.RoomWithin(plan.BudgetBytes); // the probes' buffers stay within the budget too
+            if (!r.GetValue(noProbe) && probeRoom < StorageProbe.MinBufferBytes)
+                Console.Error.WriteLine($"no speed prediction: the storage probe needs {ProcessMemory.Format(StorageProbe.MinBufferBytes)} beside the runtime, more than the budget leaves");
+            else if (!r.GetValue(noProbe))
             {
                 // Probe where this plan streams (its largest file's streamed span), then price the plan with it.
                 var (file, region) = StreamedRegion(src, plan);
-                storage = StorageProbe.Measure(file, ct: ct, region: region, unitBytes: plan.StreamBufferBytes / 2, maxBufferBytes: plan.BudgetBytes - plan.RuntimeBytes);
+                storage = StorageProbe.Measure(file, ct: ct, region: region, unitBytes: plan.StreamBufferBytes / 2, maxBufferBytes: probeRoom);
                 plan = LanguageModel.PlanLoad(path, src, load, n, storage).Plan;
             }
             if (r.GetValue(json))
@@ -66,7 +69,7 @@ internal static class PlanCommand
                 o.WriteLine($"{g.Key,-12} {placement,-10} {g.Count(),7} {ProcessMemory.Format(g.Sum(t => t.Tensor.ByteSize)),12}");
             }
             o.WriteLine();
-            o.WriteLine($"  runtime (measured + margin) {ProcessMemory.Format(plan.RuntimeBytes),12}");
+            o.WriteLine($"  runtime (fixed, measured)   {ProcessMemory.Format(plan.RuntimeBytes),12}");
             o.WriteLine($"  resident weights            {ProcessMemory.Format(plan.ResidentWeightBytes),12}");
             o.WriteLine($"  stream buffers              {ProcessMemory.Format(plan.StreamBufferBytes),12}");
             o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({ProcessMemory.Format(plan.KvBytes / plan.Context)} per token)");

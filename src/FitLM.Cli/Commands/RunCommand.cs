@@ -58,7 +58,8 @@ internal static class RunCommand
             // Checked before the prompt is echoed: a prompt that cannot run prints one error line, not itself first.
             if (tokens.Length >= lm.Transformer.MaxContext)
                 throw new FitLMException($"the prompt has {tokens.Length} tokens; the context holds {lm.Transformer.MaxContext} (raise -c)");
-            int max = predict < 0 ? lm.Transformer.MaxContext - tokens.Length : predict;
+            // -1: one more than fits, so generation ends at the end of the context and says so ("context full").
+            int max = predict < 0 ? lm.Transformer.MaxContext - tokens.Length + 1 : predict;
             var gen = new Generator(lm);
             bool printIds = r.GetValue(ids);
             var stdout = Console.Out;

@@ -42,7 +42,7 @@ internal static class ServeCommand
             };
             options.Validate();
             // Every slot keeps a row of logits: the planner counts them with the rest of the process.
-            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel, HostBytes = RuntimeFootprint.ServerBytes }));
+            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel }));
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             try
             {

@@ -18,7 +18,7 @@ internal static class StackPlanReport
         o.WriteLine($"stack: {st.Entries}/{st.TotalEntries} blocks ({st.BlocksPerMatrix}), {st.BitsPerWeight:F2} bits per weight " +
             $"(stacked matrices {st.StackBitsPerWeight:F2}), {st.KernelText}");
         o.WriteLine();
-        o.WriteLine($"  runtime (measured + margin) {ProcessMemory.Format(plan.RuntimeBytes),12}");
+        o.WriteLine($"  runtime (fixed, measured)   {ProcessMemory.Format(plan.RuntimeBytes),12}");
         o.WriteLine($"  weights                     {ProcessMemory.Format(st.WeightBytes),12}  ({st.WeightBytes:N0} bytes: embeddings, head, norms and {st.Entries} blocks)");
         o.WriteLine($"  matrix caches               {ProcessMemory.Format(st.CacheBytes),12}  ({(st.CacheType is { } t ? $"{GgmlTypes.Name(t)}, one per stacked matrix" : "none: the direct kernel multiplies the blocks")})");
         o.WriteLine($"  kernel and resize buffers   {ProcessMemory.Format(st.TransientBytes),12}");

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text;
 using FitLM.Generation;
 using FitLM.KvCache;
 
@@ -99,7 +100,7 @@ public sealed class ChatSession
         if (options.MaxTokens > 0) max = Math.Min(max, options.MaxTokens);
         var generator = new Generator(_model);
         var ids = new List<int>(Math.Min(max, 4096));
-        var reply = new System.Text.StringBuilder();
+        var reply = new StringBuilder();
         var clock = Stopwatch.StartNew();
         TimeSpan first = TimeSpan.Zero;
         bool cancelled = false;

@@ -9,18 +9,18 @@ namespace FitLM.Formats;
 /// </summary>
 public static class ErrorText
 {
-    /// <summary>Characters of a name shown before it is cut (ggml's names are at most 63 bytes).</summary>
+    /// <summary>Characters of a quoted name, escapes included, shown before it is cut (ggml's names are at most 63 bytes).</summary>
     public const int MaxNameChars = 64;
 
-    /// <summary><paramref name="name"/> in single quotes: control and other non-printable characters as \xNN or \uNNNN, cut after <see cref="MaxNameChars"/> characters with its length noted.</summary>
+    /// <summary><paramref name="name"/> in single quotes: control and other non-printable characters as \xNN or \uNNNN, cut after <see cref="MaxNameChars"/> characters (escapes included) with its length noted.</summary>
     public static string Quote(string name)
     {
-        var sb = new StringBuilder(Math.Min(name.Length, MaxNameChars) + 16);
+        var sb = new StringBuilder(MaxNameChars + 32);
         sb.Append('\'');
-        int shown = Math.Min(name.Length, MaxNameChars);
-        for (int i = 0; i < shown; i++)
+        int shown = 0;
+        for (; shown < name.Length && sb.Length <= MaxNameChars; shown++)
         {
-            char c = name[i];
+            char c = name[shown];
             if (c == '\'' || c == '\\') sb.Append('\\').Append(c);
             else if (c < 0x20 || c == 0x7f) sb.Append($"\\x{(int)c:x2}");
             else if (char.IsControl(c) || char.IsSurrogate(c) || c == '\uFFFD' || char.GetUnicodeCategory(c) is System.Globalization.UnicodeCategory.Format

@@ -19,7 +19,10 @@ public static class Footprint
         int threads = Tensors.MatMul.Threads;
         long perThread = 4L * context + 4L * 16 * Math.Max(c.FfnDim, Math.Max(c.Dim, c.QDim)) + 64L * 1024;
         long rope = 2L * 4 * context * (c.RopeDims / 2);
-        return batch + threads * perThread + rope;
+        // A batch's matrix products pack its tokens once (floats, or int8 with a scale per 32) on the calling thread.
+        long widest = Math.Max(c.FfnDim, Math.Max(c.Dim, c.QDim));
+        long packed = maxBatch > 1 ? Math.Min(maxBatch, context) * widest * (4L + 2) : 0;
+        return batch + threads * perThread + rope + packed;
     }
 
     /// <summary>

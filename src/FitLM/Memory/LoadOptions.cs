@@ -38,7 +38,7 @@ public sealed record LoadOptions
     public bool FfnAudit { get; init; }
     /// <summary>What the process holds besides this model's plan (runtime, other models); 0: <see cref="RuntimeFootprint.Bytes"/>, measured once, the same in every process.</summary>
     public long RuntimeBytes { get; init; }
-    /// <summary>What the host adds to the runtime (the server: <see cref="RuntimeFootprint.ServerBytes"/>).</summary>
+    /// <summary>What the caller holds besides the runtime footprint (perplexity: its input text and tokens, <see cref="Footprint.TextBytes"/>).</summary>
     public long HostBytes { get; init; }
     /// <summary>The speeds a plan's predicted decode rate is priced with; null: this machine, probed once per process.</summary>
     public MachineProfile? Machine { get; init; }

@@ -34,7 +34,7 @@ public static class Planner
         public StorageProfile? Storage { get; init; }
         /// <summary>The speeds <see cref="Storage"/>'s prediction is priced with; null: this machine, probed once per process.</summary>
         public MachineProfile? Machine { get; init; }
-        /// <summary>What the host adds to the runtime footprint (the server: <see cref="RuntimeFootprint.ServerBytes"/>).</summary>
+        /// <summary>What the caller holds besides the runtime footprint (perplexity: its input text and tokens).</summary>
         public long HostBytes { get; init; }
         /// <summary>For prepared (FFN-bundled) models: which neurons each token gets and the window length.</summary>
         public FlashOptions? Flash { get; init; }
@@ -153,8 +153,8 @@ public static class Planner
             StreamBufferBytes = streamBuffers,
             StreamedBytesPerToken = perToken,
         };
-        // The process holds only the runtime while it plans: the compute probe may use the rest of the budget.
-        return o.Storage is { } storage ? CostModel.Predict(plan, source, storage, o.Machine, o.BudgetBytes - runtime) : plan;
+        // The process holds only the runtime while it plans: the compute probe may use what the budget leaves beside it.
+        return o.Storage is { } storage ? CostModel.Predict(plan, source, storage, o.Machine, StorageProbe.RoomWithin(o.BudgetBytes)) : plan;
     }
 
     /// <summary>

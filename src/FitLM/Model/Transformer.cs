@@ -9,7 +9,9 @@ namespace FitLM.Model;
 /// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3): embedding, then per layer RMSNorm →
 /// grouped-query attention with RoPE over a KV store (KvCache/, docs/kv-cache.md) → residual → RMSNorm →
 /// gated FFN → residual, then the final norm and output head. Tokens are processed in batches (prefill) or one at a time (decode);
-/// all arithmetic accumulates in float32. Weights come from an <see cref="IWeightProvider"/>.
+/// all arithmetic accumulates in float32. Weights come from an <see cref="IWeightProvider"/>. What differs between
+/// families (Q/K/V biases, Q/K norms, the RoPE layout, the FFN activation) arrives in the configuration, which the
+/// model source fills from the family's <see cref="Architectures.ArchitectureFamily"/> description.
 /// </summary>
 public sealed class Transformer
 {

@@ -101,6 +101,18 @@ public static unsafe class StorageProbe
         return new StorageProfile(path, file.IsDirect, points);
     }
 
+    /// <summary>Held besides the probe's buffers while it runs (its threads' stacks, the GC's growth).</summary>
+    private const long ProbeSlackBytes = 8L << 20;
+
+    /// <summary>The least buffer memory the probe runs with: two of its largest reads.</summary>
+    public static long MinBufferBytes => 2L * Sizes.Max();
+
+    /// <summary>
+    /// What a budget of <paramref name="budgetBytes"/> for the whole process leaves a probe beside what the process holds
+    /// now; the probe runs with <see cref="MinBufferBytes"/> or more, else not at all.
+    /// </summary>
+    public static long RoomWithin(long budgetBytes) => budgetBytes - ProcessMemory.RssBytes() - ProbeSlackBytes;
+
     /// <summary>The random lanes' buffer: one largest read per lane, within <paramref name="maxBufferBytes"/>, never less than two largest reads (the sequential points double-buffer in it).</summary>
     public static long ProbeLaneBytes(int depth, long maxBufferBytes) =>
         Math.Max(2L * Sizes.Max(), Math.Min((long)depth * Sizes.Max(), maxBufferBytes / DirectFile.Alignment * DirectFile.Alignment));

@@ -32,9 +32,10 @@ internal static unsafe class BlockDecode
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void SplitNibbles(Vector256<byte> raw, out Vector256<byte> lo, out Vector256<byte> hi)
     {
-        var m4 = Vector256.Create((byte)0x0F);
-        lo = raw & m4;
-        hi = (raw.AsUInt16() >> 4).AsByte() & m4;
+        // The mask written twice rather than held in a local: the JIT then uses its hoisted constant register
+        // directly (with a local it copied the register once per call in IntDot's q4_K loop).
+        lo = raw & Vector256.Create((byte)0x0F);
+        hi = (raw.AsUInt16() >> 4).AsByte() & Vector256.Create((byte)0x0F);
     }
 
     // ---------------------------------------------------------------- 5th bits (q5_0, q5_1, q5_K)
@@ -218,25 +219,23 @@ internal static unsafe class BlockDecode
     }
 
     /// <summary>
-    /// Half h of a q6_K block as four registers of 6-bit quants (0..63), 32 elements each in element order, from
-    /// ql[64h..64h+31] (<paramref name="l0"/>), ql[64h+32..] (<paramref name="l1"/>) and qh[32h..] (<paramref name="hb"/>).
+    /// Half h of a q6_K block as four registers of 6-bit quants (0..63), 32 elements each in element order (the
+    /// vector form of <see cref="Q6_KQuant"/>): plane k has the low (k &lt; 2) or high nibbles of ql[64h + 32(k&amp;1)..]
+    /// and bits 2k..2k+1 of qh[32h..] as bits 4-5. The loads stay inside: with the three registers passed in, the
+    /// JIT added two register copies per half to IntDot's q6_K loop.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Q6_KQuants(Vector256<byte> l0, Vector256<byte> l1, Vector256<byte> hb,
-        out Vector256<byte> q0, out Vector256<byte> q1, out Vector256<byte> q2, out Vector256<byte> q3)
+    public static void Q6_KQuants(byte* block, int h, out Vector256<byte> q0, out Vector256<byte> q1, out Vector256<byte> q2, out Vector256<byte> q3)
     {
         var m4 = Vector256.Create((byte)0xF);
         var m30 = Vector256.Create((byte)0x30);
+        var l0 = Vector256.Load(block + BlockLayout.Q6_K.Ql + 64 * h);
+        var l1 = Vector256.Load(block + BlockLayout.Q6_K.Ql + 64 * h + 32);
+        var hb = Vector256.Load(block + BlockLayout.Q6_K.Qh + 32 * h);
         var hw = hb.AsUInt16();
         q0 = (l0 & m4) | ((hw << 4).AsByte() & m30);
         q1 = (l1 & m4) | ((hw << 2).AsByte() & m30);
         q2 = ((l0.AsUInt16() >> 4).AsByte() & m4) | (hb & m30);
         q3 = ((l1.AsUInt16() >> 4).AsByte() & m4) | ((hw >> 2).AsByte() & m30);
     }
-
-    /// <inheritdoc cref="Q6_KQuants(Vector256{byte}, Vector256{byte}, Vector256{byte}, out Vector256{byte}, out Vector256{byte}, out Vector256{byte}, out Vector256{byte})"/>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Q6_KQuants(byte* block, int h, out Vector256<byte> q0, out Vector256<byte> q1, out Vector256<byte> q2, out Vector256<byte> q3) =>
-        Q6_KQuants(Vector256.Load(block + BlockLayout.Q6_K.Ql + 64 * h), Vector256.Load(block + BlockLayout.Q6_K.Ql + 64 * h + 32),
-            Vector256.Load(block + BlockLayout.Q6_K.Qh + 32 * h), out q0, out q1, out q2, out q3);
 }

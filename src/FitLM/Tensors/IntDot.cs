@@ -146,7 +146,7 @@ internal static unsafe class IntDot
             ActRow* rs = stackalloc ActRow[8];
             // q8_0/q4_0 go over the columns in tiles of block pairs; the k-quant kernels take whole rows (one tile).
             bool tiled = type is GgmlType.Q8_0 or GgmlType.Q4_0;
-            int nb = cols / BlockLayout.QK, np = nb / 2, pairBytes = 2 * (type == GgmlType.Q8_0 ? BlockLayout.Q8_0.Bytes : BlockLayout.Q4_0.Bytes), tile = tiled ? TilePairs : Math.Max(np, 1);
+            int nb = cols / BlockLayout.QK, np = nb / 2, pairBytes = type == GgmlType.Q8_0 ? 2 * BlockLayout.Q8_0.Bytes : 2 * BlockLayout.Q4_0.Bytes, tile = tiled ? TilePairs : Math.Max(np, 1);
             Vector256<float>* acc = np > tile ? AccBuffer(rows * 16) : null;
             for (; t + 8 <= n; t += 8)
             {

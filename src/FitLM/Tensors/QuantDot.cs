@@ -209,7 +209,7 @@ internal static class QuantDot
         return Vector256.Sum(acc);
     }
 
-    private static float Q6_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
+    private static unsafe float Q6_K(ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         var acc = Vector256<float>.Zero;
         int nb = x.Length / BlockLayout.QK_K;
@@ -220,10 +220,8 @@ internal static class QuantDot
             float d = Dequantize.Half(b, BlockLayout.Q6_K.D);
             for (int h = 0; h < 2; h++)
             {
-                BlockDecode.Q6_KQuants(MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q6_K.Ql + 64 * h, 32)),
-                    MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q6_K.Ql + 64 * h + 32, 32)),
-                    MemoryMarshal.Read<Vector256<byte>>(b.Slice(BlockLayout.Q6_K.Qh + 32 * h, 32)),
-                    out var q0, out var q1, out var q2, out var q3);
+                Vector256<byte> q0, q1, q2, q3;
+                fixed (byte* p = b) BlockDecode.Q6_KQuants(p, h, out q0, out q1, out q2, out q3);
                 var xh = x.Slice(BlockLayout.QK_K * i + 128 * h, 128);
                 // Plane k holds elements 32k..32k+31 of this half, sub-blocks 8h + 2k and 8h + 2k + 1.
                 acc = Q6_KPlane(q0, xh[..32], d * sc[8 * h], d * sc[8 * h + 1], acc);

@@ -1,7 +1,6 @@
 using FitLM.Formats;
 using FitLM.Model;
 using FitLM.Tensors;
-using FitLM.Conversion;
 
 namespace FitLM.Weights;
 

@@ -35,6 +35,17 @@ public class ChatCommandTests
     }
 
     [Fact]
+    public void RunCnvStartsTheSameChatWithThePromptAsTheSystemPrompt()
+    {
+        string[] common = ["-m", TestPaths.DemoModel, "-n", "8", "--temp", "0", "-c", "256"];
+        var chat = CliRunner.RunWithInput("def add(a, b):\nprint hello\n", ["chat", .. common, "--system", "You write Python."]);
+        var run = CliRunner.RunWithInput("def add(a, b):\nprint hello\n", ["run", "-cnv", .. common, "-p", "You write Python."]);
+        Assert.Equal(0, run.ExitCode);
+        Assert.Contains("template chatml", run.StdErr);
+        Assert.Equal(chat.StdOut, run.StdOut);
+    }
+
+    [Fact]
     public void ABuiltInTemplateByNameAndTheSystemPrompt()
     {
         var r = CliRunner.RunWithInput("hello\n", [.. Chat, "--chat-template", "llama3", "--system", "Be brief."]);

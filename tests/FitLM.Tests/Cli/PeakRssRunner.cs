@@ -27,7 +27,8 @@ public static partial class PeakRssRunner
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "fitlm.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
+        // With a callback, it reads standard output first (serve's address line); the rest is read after it.
+        var stdout = whileRunning == null ? p.StandardOutput.ReadToEndAsync() : null;
         var stderr = p.StandardError.ReadToEndAsync();
         long peak = 0;
         using var stop = new CancellationTokenSource();
@@ -43,6 +44,7 @@ public static partial class PeakRssRunner
         try
         {
             whileRunning?.Invoke(p);
+            stdout ??= p.StandardOutput.ReadToEndAsync();
             if (!p.WaitForExit(TimeSpan.FromMinutes(3)))
             {
                 p.Kill(true);

@@ -48,8 +48,8 @@ public sealed class QuantizeCliTests(QuantizeFixture fx, ITestOutputHelper outpu
         using var g = GgufFile.Open(outPath);
         Assert.Equal(7, g.GetInt("general.file_type"));
         Assert.Equal(58, g.Tensors.Count(t => t.Type == GgmlType.Q8_0));
-        var gen = CliRunner.Run("run", "-m", outPath, "-p", "def fibonacci(n):", "-n", "8", "--temp", "0");
-        Assert.Equal(0, gen.ExitCode);
+        var info = CliRunner.Run("info", "-m", outPath);
+        Assert.Equal(0, info.ExitCode);
     }
 
     [Fact]

@@ -9,6 +9,7 @@ namespace FitLM.Tests.Converters;
 /// Inputs the quantize tests share, made once (lazily) in a temporary folder: pycoder-29m as the F32 GGUF
 /// llama.cpp's converter writes, a two-layer cut of it (quick to quantize, every k-quant row 256-aligned),
 /// and the tiny zoo llama (rows of 64: every k-quant falls back); plus ../shared's llama-quantize.
+/// The cut keeps each weight's row length (what decides its type and blocks) but only its first 128 rows.
 /// </summary>
 public sealed class QuantizeFixture : IDisposable
 {
@@ -30,8 +31,8 @@ public sealed class QuantizeFixture : IDisposable
     /// <summary>tiny-llama3 converted to F32.</summary>
     public string TinyF32 => Make("tiny-llama3-f32.gguf", p => HfToGgufConverter.Convert(TinyFolder, p, GgmlType.F32));
 
-    /// <summary>pycoder's first two blocks, token_embd and output cut to 1024 rows, block_count 2 (the metadata otherwise as is).</summary>
-    public string PycoderMini => Make("pycoder-mini-f32.gguf", p => WriteCut(PycoderF32, p, layers: 2, vocabRows: 1024));
+    /// <summary>pycoder's first two blocks, every weight cut to its first 128 rows, block_count 2 (the metadata otherwise as is).</summary>
+    public string PycoderMini => Make("pycoder-mini-f32.gguf", p => WriteCut(PycoderF32, p, layers: 2, maxRows: 128));
 
     /// <summary>An importance matrix for <see cref="PycoderMini"/>'s block weights in llama.cpp's GGUF format.</summary>
     public string MiniImatrixGguf => Make("mini-imatrix.gguf", p => ImatrixFiles.WriteGguf(p, ImatrixFiles.For(PycoderMini)));
@@ -79,7 +80,7 @@ public sealed class QuantizeFixture : IDisposable
         return $"{a.Length} vs {b.Length} bytes; first difference at byte {i} ({(t == null ? "header" : $"tensor {t.Name}, {t.Type}")})";
     }
 
-    private static void WriteCut(string input, string output, int layers, long vocabRows)
+    private static void WriteCut(string input, string output, int layers, long maxRows)
     {
         using var g = GgufFile.Open(input);
         string arch = g.GetString("general.architecture");
@@ -87,7 +88,7 @@ public sealed class QuantizeFixture : IDisposable
         foreach (var key in g.MetadataKeys)
             w.Add(key, key == $"{arch}.block_count" ? new GgufValue(GgufValueType.UInt32, (uint)layers) : g.Metadata[key]);
         var keep = g.Tensors.Where(t => Layer(t.Name) < layers).ToList();
-        long[] ShapeOf(GgufTensorInfo t) => t.Name is "token_embd.weight" or "output.weight" ? [t.Shape[0], vocabRows] : t.Shape;
+        long[] ShapeOf(GgufTensorInfo t) => t.Shape.Length == 2 ? [t.Shape[0], Math.Min(t.Shape[1], maxRows)] : t.Shape;
         foreach (var t in keep) w.AddTensor(t.Name, ShapeOf(t), t.Type);
         foreach (var t in keep)
         {

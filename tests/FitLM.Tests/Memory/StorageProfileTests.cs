@@ -49,8 +49,9 @@ public sealed class StreamModeChoiceTests
             new(4 << 10, 1, 20e6, 0), new(4 << 20, 1, 1e9, 0), new(4 << 10, 4, 60e6, 0), new(4 << 20, 4, 1.2e9, 0),
             new(4 << 20, 1, 1e9, 0, Sequential: true), new(4 << 20, 4, 2e9, 0, Sequential: true),
         });
-        // A budget that holds the runtime, KV and buffers but not all weights: something is streamed.
-        var basis = new LoadOptions { ContextLength = 256, MemoryBudget = 76L << 20, RuntimeBytes = 30L << 20 };
+        // A budget that holds the runtime, KV and buffers but not all weights: something is streamed. The machine's
+        // speeds are fixed, so the choice does not depend on how busy the machine is while the test runs.
+        var basis = new LoadOptions { ContextLength = 256, MemoryBudget = 76L << 20, RuntimeBytes = 54L << 20, Machine = MachineProfile.Fixed(4e9, 10e-6) };
         foreach (var start in new[] { StreamMode.Naive, StreamMode.Prefetch })
         {
             var auto = LanguageModel.PlanLoad(TestPaths.DemoModel, src, basis with { Stream = start }, 256, storage).Plan;

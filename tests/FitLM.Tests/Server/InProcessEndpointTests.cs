@@ -36,6 +36,27 @@ public class InProcessEndpointTests
     }
 
     /// <summary>
+    /// max_tokens past the context is clamped to what fits, as llama.cpp and vLLM do (it was a 400). In process:
+    /// the long prompt's prefill would raise the shared test server's peak memory, which another test bounds.
+    /// </summary>
+    [Fact]
+    public async Task MaxTokensPastTheContextIsClampedToWhatFits()
+    {
+        using var lm = LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = 128, LogitRows = 1 });
+        await using var server = await FitLMServer.StartAsync(lm, new ServerOptions { Port = 0, Parallel = 1, Log = TextWriter.Null });
+        using var http = new HttpClient { BaseAddress = server.Address };
+        string prompt = string.Concat(Enumerable.Repeat("def f(a, b):\n    return a + b\n\n", 7));
+        using var resp = await http.PostAsync("v1/completions", new StringContent(JsonSerializer.Serialize(new { prompt, max_tokens = 100_000, temperature = 0 }), Encoding.UTF8, "application/json"));
+        string text = await resp.Content.ReadAsStringAsync();
+        Assert.True((int)resp.StatusCode == 200, text);
+        var r = JsonDocument.Parse(text).RootElement;
+        int promptTokens = r.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), completion = r.GetProperty("usage").GetProperty("completion_tokens").GetInt32();
+        Assert.InRange(promptTokens, 64, 127);
+        Assert.InRange(completion, 1, 128 - promptTokens);
+        if (r.GetProperty("choices")[0].GetProperty("finish_reason").GetString() == "length") Assert.Equal(128, promptTokens + completion);
+    }
+
+    /// <summary>
     /// logits = W_out · h for the final normed hidden state h, and W_out is linear: the embedding of a text (the
     /// unit-length mean of its h) times W_out must point the way the mean of its positions' logits does.
     /// </summary>
