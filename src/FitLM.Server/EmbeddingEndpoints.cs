@@ -15,7 +15,6 @@ internal sealed class EmbeddingEndpoints(ServerState state)
 {
     /// <summary>Most inputs in one request (OpenAI's limit).</summary>
     private const int MaxInputs = 2048;
-    private static long s_nextId;
 
     public async Task EmbeddingsAsync(HttpContext http)
     {
@@ -57,13 +56,10 @@ internal sealed class EmbeddingEndpoints(ServerState state)
     /// <summary>One input through the scheduler: queued, prefilled, pooled.</summary>
     private async Task<float[]> EmbedAsync(int[] prompt, int dim, CancellationToken ct)
     {
-        string id = $"embd-{Interlocked.Increment(ref s_nextId):x6}{Random.Shared.Next(0x10000):x4}";
+        string id = ServerState.NewRequestId("embd");
         var seq = Sequence.ForEmbedding(id, prompt, dim);
         var started = Stopwatch.StartNew();
-        if (!state.Scheduler.TryEnqueue(seq))
-            throw new ApiException(503, "the server is busy: the request queue is full; retry shortly", "server_busy", "server_error") { RetryAfter = 1 };
-        state.Metrics.RequestStarted();
-        state.Metrics.PromptTokens(prompt.Length);
+        state.Admit(seq);
         var finish = FinishReason.Cancelled;
         try
         {

@@ -10,7 +10,6 @@ namespace FitLM.Server;
 /// <summary>POST /v1/chat/completions and POST /v1/completions: validate, queue a <see cref="Sequence"/>, answer whole or as SSE.</summary>
 internal sealed class GenerationEndpoints(ServerState state)
 {
-    private static long s_nextId;
 
     public async Task ChatAsync(HttpContext http)
     {
@@ -134,15 +133,12 @@ internal sealed class GenerationEndpoints(ServerState state)
             Temperature = p.Temperature, TopP = p.TopP, TopK = p.TopK, MinP = p.MinP, RepeatPenalty = p.RepeatPenalty, RepeatLastN = p.RepeatLastN,
             FrequencyPenalty = p.FrequencyPenalty, PresencePenalty = p.PresencePenalty, LogitBias = p.LogitBias, Seed = p.Seed,
         };
-        string id = $"{prefix}-{Interlocked.Increment(ref s_nextId):x6}{Random.Shared.Next(0x10000):x4}";
+        string id = ServerState.NewRequestId(prefix);
         Sequence seq;
         try { seq = new Sequence(id, prompt, maxTokens, context, sampling, stops, state.Model.Tokenizer, state.Model.Config.Vocab, p.Logprobs); }
         catch (FitLMException e) { throw ApiException.BadRequest(e.Message); } // e.g. a logit_bias token outside the vocabulary
         var started = Stopwatch.StartNew();
-        if (!state.Scheduler.TryEnqueue(seq))
-            throw new ApiException(503, "the server is busy: the request queue is full; retry shortly", "server_busy", "server_error") { RetryAfter = 1 };
-        state.Metrics.RequestStarted();
-        state.Metrics.PromptTokens(prompt.Length);
+        state.Admit(seq);
         var finish = FinishReason.Cancelled;
         try
         {

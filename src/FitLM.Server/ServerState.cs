@@ -57,4 +57,18 @@ internal sealed class ServerState(LanguageModel model, ServerOptions options, Sc
         string line = $"{DateTime.UtcNow:HH:mm:ss.fff} error {method} {path}: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}";
         lock (_logLock) (Options.Log ?? Console.Error).WriteLine(line);
     }
+
+    private static long s_nextId;
+
+    /// <summary>A request id as OpenAI shapes them: the kind's prefix, a counter and a random tail.</summary>
+    public static string NewRequestId(string prefix) => $"{prefix}-{Interlocked.Increment(ref s_nextId):x6}{Random.Shared.Next(0x10000):x4}";
+
+    /// <summary>Queues <paramref name="seq"/> for the scheduler and counts it, or answers 503 when the queue is full.</summary>
+    public void Admit(Sequence seq)
+    {
+        if (!Scheduler.TryEnqueue(seq))
+            throw new ApiException(503, "the server is busy: the request queue is full; retry shortly", "server_busy", "server_error") { RetryAfter = 1 };
+        Metrics.RequestStarted();
+        Metrics.PromptTokens(seq.Prompt.Length);
+    }
 }

@@ -10,42 +10,27 @@ internal static class RunCommand
     public static Command Create()
     {
         var load = new ModelLoadOptions();
+        var sampling = new SamplingFlags();
         var prompt = new Option<string?>("--prompt", "-p") { Description = "prompt text" };
         var file = new Option<string?>("--file", "-f") { Description = "read the prompt from a file ('-': standard input)" };
         var n = new Option<int>("--n-predict", "-n") { Description = "tokens to generate (-1: until end of generation or context)", DefaultValueFactory = _ => 128 };
-        var temp = new Option<float>("--temp") { Description = "temperature (0: greedy)", DefaultValueFactory = _ => 0.8f };
-        var topK = new Option<int>("--top-k") { Description = "top-k sampling (0: off)", DefaultValueFactory = _ => 40 };
-        var topP = new Option<float>("--top-p") { Description = "top-p sampling (1.0: off)", DefaultValueFactory = _ => 0.95f };
-        var minP = new Option<float>("--min-p") { Description = "min-p sampling (0.0: off)", DefaultValueFactory = _ => 0.05f };
-        var repeat = new Option<float>("--repeat-penalty") { Description = "penalize repeated tokens (1.0: off)", DefaultValueFactory = _ => 1.0f };
-        var repeatN = new Option<int>("--repeat-last-n") { Description = "tokens the repeat penalty looks back over", DefaultValueFactory = _ => 64 };
-        var seed = new Option<int>("--seed", "-s") { Description = "random seed (-1: random)", DefaultValueFactory = _ => -1 };
         var stop = new Option<string[]>("--stop") { Description = "stop when this text is generated (repeatable)", AllowMultipleArgumentsPerToken = false };
         var ids = new Option<bool>("--ids") { Description = "print the generated token ids, space-separated, instead of text" };
         var noWarmup = new Option<bool>("--no-warmup") { Description = "skip the warm-up pass at load (then prompt eval includes compiling the kernels)" };
 
         var cmd = new Command("run", "generate text from a prompt")
         {
-            prompt, file, n, temp, topK, topP, minP, repeat, repeatN, seed, stop, ids, noWarmup,
+            prompt, file, n, stop, ids, noWarmup,
         };
+        sampling.AddTo(cmd);
         load.AddTo(cmd);
         var conversation = new Option<bool>("--conversation", "-cnv") { Description = "chat in the terminal instead, as fitlm chat does (-p: the system prompt)" };
         cmd.Add(conversation);
         cmd.SetAction(r => Common.Guard(ct =>
         {
-            if (r.GetValue(conversation)) return ChatCommand.FromRun(r, load);
+            if (r.GetValue(conversation)) return ChatCommand.FromRun(r, load, sampling);
             string text = ReadPrompt(r.GetValue(prompt), r.GetValue(file));
-            var options = new SamplingOptions
-            {
-                Temperature = r.GetValue(temp),
-                TopK = r.GetValue(topK),
-                TopP = r.GetValue(topP),
-                MinP = r.GetValue(minP),
-                RepeatPenalty = r.GetValue(repeat),
-                RepeatLastN = r.GetValue(repeatN),
-                Seed = r.GetValue(seed),
-            };
-            options.Validate();
+            var options = sampling.Read(r);
             int predict = r.GetValue(n);
             if (predict < -1) throw new FitLMException($"--n-predict {predict} is out of range (-1 or more)");
             var loadOptions = load.Read(r);

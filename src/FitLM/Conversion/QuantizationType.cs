@@ -45,10 +45,14 @@ public sealed record QuantizationType(string Name, uint FileType, GgmlType Defau
     /// <summary>Names accepted by <see cref="Parse"/>, for help texts.</summary>
     public static string Names => string.Join(", ", All.Select(t => t.Name));
 
-    /// <summary>The type named <paramref name="name"/> (case-insensitive; Q4_K means Q4_K_M as in llama-quantize).</summary>
+    /// <summary>
+    /// The type named <paramref name="name"/> (case-insensitive; Q4_K means Q4_K_M; a number is the
+    /// LLAMA_FTYPE, 15 for Q4_K_M, as llama-quantize accepts).
+    /// </summary>
     public static QuantizationType Parse(string? name)
     {
         string n = (name ?? "").Trim();
+        if (uint.TryParse(n, out uint number) && FromFileType(number) is { } byNumber) return byNumber;
         if (s_aliases.TryGetValue(n, out var alias)) n = alias;
         return Find(n) ?? throw new FitLMException($"unknown quantization type '{name}' (supported: {Names})");
     }

@@ -29,10 +29,12 @@ public static class CostModel
     public static MemoryPlan Predict(MemoryPlan plan, IModelSource source, StorageProfile storage, MachineProfile? machine = null, long probeRoomBytes = long.MaxValue)
     {
         machine ??= MachineProfile.Measured;
-        double computeBytesPerSecond = machine.ComputeBytesPerSecond(DominantType(source), probeRoomBytes);
         long computeBytes = Footprint.WeightBytesPerToken(source, plan.FlashNeuronFraction);
+        // The probe's matrix is as large as what a token multiplies (up to the probe's 96 MiB): a small model's weights
+        // stay in cache from token to token, and a 96 MiB probe priced the demo model's 16 MB at memory speed.
+        double computeBytesPerSecond = machine.ComputeBytesPerSecond(DominantType(source), Math.Min(probeRoomBytes, computeBytes));
         // Every matrix multiply also pays a fixed hand-off to the worker threads: on the demo model (57 small
-        // matrices) that was 40% of a token, which the bytes alone missed (861 tok/s predicted, 480 measured).
+        // matrices) that was 30% of a token, which the bytes alone missed (861 tok/s predicted, 480 measured).
         int calls = MatrixCallsPerToken(source);
         double dispatch = calls * machine.DispatchSeconds;
         double compute = computeBytes / computeBytesPerSecond + dispatch;
@@ -80,17 +82,23 @@ public static class CostModel
 
     /// <summary>The compute probe's matrix: larger than the caches (a 4096 × 4096 matrix alone would sit in a large L3 and read faster than DRAM).</summary>
     public const long ComputeProbeBytes = 96L << 20;
+    /// <summary>
+    /// The largest probe matrix: twice the last-level cache where that is more than 96 MiB. This VM reports 300 MiB of
+    /// L3, and a 96 MiB probe read 11 GB/s while llama-0.8b q8_0 (819 MB a token) decoded at 6.9 (13.3 tok/s predicted, 8.4 measured).
+    /// </summary>
+    public static long MaxComputeProbeBytes { get; } = Math.Max(ComputeProbeBytes, MemoryBandwidth.MinProbeBytes);
     /// <summary>The smallest matrix the probe uses when a budget leaves it little room (it then reads partly from cache).</summary>
     public const long MinComputeProbeBytes = 4L << 20;
 
     /// <summary>
     /// Weight bytes per second the matrix-vector kernels sustain for <paramref name="type"/> on a matrix of
-    /// <paramref name="matrixBytes"/> (<see cref="ComputeProbeBytes"/>; less where a budget leaves less room).
+    /// <paramref name="matrixBytes"/> (the model's bytes per token, within <see cref="MinComputeProbeBytes"/> and
+    /// <see cref="MaxComputeProbeBytes"/>; less where a budget leaves less room).
     /// </summary>
     public static unsafe double MeasureCompute(GgmlType type, long matrixBytes = ComputeProbeBytes, int cols = 4096)
     {
         long rowBytes = GgmlTypes.RowBytes(type, cols);
-        int rows = (int)Math.Max(64, Math.Clamp(matrixBytes, MinComputeProbeBytes, ComputeProbeBytes) / rowBytes);
+        int rows = (int)Math.Max(64, Math.Clamp(matrixBytes, MinComputeProbeBytes, MaxComputeProbeBytes) / rowBytes);
         using var w = new NativeBuffer(rowBytes * rows);
         var rng = new Random(1);
         var row = new float[cols];

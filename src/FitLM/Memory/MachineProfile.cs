@@ -23,8 +23,13 @@ public sealed class MachineProfile
         _dispatch = dispatch;
     }
 
-    /// <summary>This machine, each speed probed the first time it is asked for (per type and thread count).</summary>
-    public static MachineProfile Measured { get; } = new((type, probeBytes) => CostModel.MeasureCompute(type, probeBytes), CostModel.MeasureDispatch);
+    /// <summary>
+    /// This machine, each speed probed the first time a process asks for it (per type, probe size and thread count), and
+    /// the best of that and what earlier processes on this machine probed (<see cref="MachineCache"/>).
+    /// </summary>
+    public static MachineProfile Measured { get; } = new(
+        (type, probeBytes) => MachineCache.Best($"compute {type} {probeBytes >> 20} MiB {MatMul.Threads} threads", CostModel.MeasureCompute(type, probeBytes)),
+        () => 1 / MachineCache.Best($"matrix calls per second {MatMul.Threads} threads", 1 / CostModel.MeasureDispatch()));
 
     /// <summary>A machine with the given speeds, for tests and for predictions that must not depend on the machine.</summary>
     public static MachineProfile Fixed(double computeBytesPerSecond, double dispatchSeconds = 0) =>
@@ -32,11 +37,11 @@ public sealed class MachineProfile
 
     /// <summary>
     /// Weight bytes per second the kernels sustain for <paramref name="type"/>; the probe's matrix takes at most
-    /// <paramref name="roomBytes"/> (what a budget leaves the probe), at most <see cref="CostModel.ComputeProbeBytes"/>.
+    /// <paramref name="roomBytes"/> (the smaller of the model's bytes per token and what a budget leaves the probe), at most <see cref="CostModel.MaxComputeProbeBytes"/>.
     /// </summary>
     public double ComputeBytesPerSecond(GgmlType type, long roomBytes = long.MaxValue)
     {
-        long probe = Math.Clamp(roomBytes, CostModel.MinComputeProbeBytes, CostModel.ComputeProbeBytes);
+        long probe = Math.Clamp(roomBytes, CostModel.MinComputeProbeBytes, CostModel.MaxComputeProbeBytes);
         return _rates.GetOrAdd((type, probe, MatMul.Threads), k => new Lazy<double>(() => _compute(k.Type, k.ProbeBytes))).Value;
     }
 

@@ -18,11 +18,19 @@ public static class RuntimeFootprint
 {
     /// <summary>
     /// The process with a small model, measured at peak: 46.6 MiB for `fitlm run` of the demo model with a two-token
-    /// prompt, 57.9 MiB for `bench` and `perplexity`, whose batched prompt kernels compile more code and hold per-thread
-    /// packing buffers. Of it, runtime code mapped from files is ~31 MiB (CoreLib 10.5, coreclr 5.5, clrjit 4.5, libc and
+    /// prompt and streamed weights, about 50 with them resident, 57.9 MiB for `bench` and `perplexity` (whose native heap
+    /// is twice run's, not explained yet). Of it, runtime code mapped from files is ~31 MiB (CoreLib 10.5, coreclr 5.5, clrjit 4.5, libc and
     /// libstdc++ 3); compiled code, the GC heap, malloc arenas and 12 threads' stacks are the rest. The largest, rounded up.
     /// </summary>
-    public const long BaseBytes = 59L << 20;
+    public const long BaseBytes = 58L << 20;
+
+    /// <summary>
+    /// Per compute thread (the measurement above ran 2): its stack's touched pages, its malloc arena's first pages and
+    /// the JIT's per-thread data, rounded up. Per-thread tiles are counted with the activations (<see cref="Footprint"/>).
+    /// Counted for the default thread count (the physical cores), whatever -t says, so `info`, which runs no threads,
+    /// prints the same number as `plan` and `run`.
+    /// </summary>
+    public const long BytesPerThread = 512L << 10;
 
     /// <summary>Token strings, lookup tables and merges per vocabulary entry (measured: 1.5 MiB more for 32000 tokens than for 8192).</summary>
     public const long BytesPerVocabEntry = 96;
@@ -37,7 +45,7 @@ public static class RuntimeFootprint
     /// <summary>The process's footprint besides the plan's parts, for <paramref name="source"/>.</summary>
     public static long Bytes(IModelSource source)
     {
-        long bytes = BaseBytes + (long)source.Config.Vocab * BytesPerVocabEntry;
+        long bytes = BaseBytes + Runtime.CpuInfo.PhysicalCores * BytesPerThread + (long)source.Config.Vocab * BytesPerVocabEntry;
         string json = System.IO.Path.Combine(source.Path, "tokenizer.json");
         if (Directory.Exists(source.Path) && File.Exists(json)) bytes += TokenizerJsonFactor * new FileInfo(json).Length;
         return bytes;

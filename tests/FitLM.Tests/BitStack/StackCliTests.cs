@@ -160,7 +160,7 @@ public class StackCliTests
         Assert.True(text.ExitCode == 0, text.StdErr);
         Assert.Contains($"stack: {mid}/{layout.Entries.Count} blocks", text.StdOut);
         Assert.Contains($"({layout.BytesAt(mid):N0} bytes: embeddings, head, norms and {mid} blocks)", text.StdOut);
-        foreach (var part in new[] { "runtime (measured + margin)", "KV cache", "matrix caches", "total", "weights multiplied per token", "predicted decode:" })
+        foreach (var part in new[] { "runtime (fixed, measured)", "KV cache", "matrix caches", "total", "weights multiplied per token", "predicted decode:" })
             Assert.Contains(part, text.StdOut);
     }
 }

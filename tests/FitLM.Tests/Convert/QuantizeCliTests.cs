@@ -50,6 +50,32 @@ public sealed class QuantizeCliTests(QuantizeFixture fx, ITestOutputHelper outpu
         Assert.Equal(58, g.Tensors.Count(t => t.Type == GgmlType.Q8_0));
         var info = CliRunner.Run("info", "-m", outPath);
         Assert.Equal(0, info.ExitCode);
+        if (fx.LlamaQuantize == null) return;
+        // Dequantizing Q4_K/Q6_K and quantizing again gives llama-quantize --allow-requantize's bytes.
+        string theirs = Path.Combine(fx.Dir, "demo-q8_0-llama.gguf");
+        var (code, log) = fx.RunLlamaQuantize("--allow-requantize", TestPaths.DemoModel, theirs, "Q8_0", "2");
+        Assert.True(code == 0, log);
+        Assert.Null(QuantizeFixture.FirstDifference(outPath, theirs));
+    }
+
+    [Fact]
+    public void CancellationLeavesNeitherTheOutputNorATempFile()
+    {
+        string dir = Directory.CreateTempSubdirectory("fitlm-quantize-cancel-").FullName;
+        string outPath = Path.Combine(dir, "cancelled.gguf");
+        using var cts = new CancellationTokenSource();
+        int reported = 0;
+        var progress = new CancelAfter(() => { if (++reported == 5) cts.Cancel(); });
+        Assert.ThrowsAny<OperationCanceledException>(() =>
+            FitLM.Conversion.GgufQuantizer.Quantize(TestPaths.DemoModel, outPath, FitLM.Conversion.QuantizationType.Parse("Q8_0"), null, progress, cts.Token));
+        Assert.Equal(5, reported);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(dir));
+        Directory.Delete(dir);
+    }
+
+    private sealed class CancelAfter(Action onReport) : IProgress<FitLM.Conversion.QuantizedTensor>
+    {
+        public void Report(FitLM.Conversion.QuantizedTensor value) => onReport();
     }
 
     [Fact]

@@ -89,6 +89,7 @@ public sealed partial class QuantizeTypeMixTests(QuantizeFixture fx, ITestOutput
         Assert.Equal("Q4_K_M", QuantizationType.Parse("q4_k_m").Name);
         Assert.Equal("Q4_K_M", QuantizationType.Parse("Q4_K").Name);
         Assert.Equal(15u, QuantizationType.Parse("Q4_K_M").FileType);
+        Assert.Equal("Q4_K_M", QuantizationType.Parse("15").Name);
         Assert.Equal(GgmlType.Q6_K, QuantizationType.Parse("q6_k").DefaultType);
         var e = Assert.Throws<FitLMException>(() => QuantizationType.Parse("Q9_X"));
         Assert.Contains("unknown quantization type 'Q9_X'", e.Message);

@@ -49,3 +49,25 @@ public sealed class PlanStabilityTests
         Assert.Equal(MachineProfile.Measured.DispatchSeconds, MachineProfile.Measured.DispatchSeconds);
     }
 }
+
+/// <summary>Probed speeds kept between processes: the best ever probed on this machine and build, never a worse one.</summary>
+public sealed class MachineCacheTests
+{
+    [Fact]
+    public void KeepsTheBestRateAndSurvivesACorruptFile()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"fitlm-machine-{Guid.NewGuid():N}");
+        string path = Path.Combine(dir, "machine.json");
+        try
+        {
+            Assert.Equal(5.0, MachineCache.Best(path, "compute q8_0", 5.0));
+            Assert.Equal(8.0, MachineCache.Best(path, "compute q8_0", 8.0));
+            Assert.Equal(8.0, MachineCache.Best(path, "compute q8_0", 3.0)); // a probe under load reads low: the best stands
+            Assert.Equal(1.0, MachineCache.Best(path, "compute q4_K", 1.0)); // another entry, its own number
+            File.WriteAllText(path, "{not json");
+            Assert.Equal(2.0, MachineCache.Best(path, "compute q8_0", 2.0)); // a corrupt cache is ignored and rewritten
+            Assert.Equal(2.0, MachineCache.Best(path, "compute q8_0", 1.0));
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+}
