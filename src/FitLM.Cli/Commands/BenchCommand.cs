@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Text.Json;
 using FitLM.Evaluation;
 using FitLM.Model;
 using FitLM.Runtime;
@@ -86,7 +85,7 @@ internal static class BenchCommand
                     ["weight_bytes_per_token"] = bytesPerToken,
                     ["memory_bandwidth_bytes_per_s"] = bandwidth,
                 }).ToArray();
-                Console.Out.WriteLine(JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+                Console.Out.WriteLine(CliJson.Indented(rows));
                 return 0;
             }
 

@@ -48,7 +48,7 @@ internal static class DetokenizeCommand
             ? root.EnumerateArray().Select(a => a.ValueKind == JsonValueKind.Array ? Decode(a) : throw new FitLMException("stdin mixes ids and arrays of ids")).ToArray()
             : Decode(root);
         // Relaxed escaping: the text is for a terminal or a script, not for embedding in HTML (<s> stays <s>).
-        Console.Out.WriteLine(JsonSerializer.Serialize(result, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
+        Console.Out.WriteLine(CliJson.Relaxed(result));
     }
 
     private static int JsonId(JsonElement e) =>

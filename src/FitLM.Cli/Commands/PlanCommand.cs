@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Text.Json;
 using FitLM.Compression;
 using FitLM.Memory;
 using FitLM.Model;
@@ -125,7 +124,7 @@ internal static class PlanCommand
             ["streamed_weight_bytes"] = plan.StreamedWeightBytes,
             ["streamed_bytes_per_token"] = plan.StreamedBytesPerToken,
             ["predicted_tokens_per_second"] = plan.PredictedTokensPerSecond,
-            ["tensors"] = plan.Tensors.Select(t => new { name = t.Tensor.Name, bytes = t.Tensor.ByteSize, placement = t.Placement.ToString().ToLowerInvariant() }),
+            ["tensors"] = plan.Tensors.Select(t => new PlanTensorJson(t.Tensor.Name, t.Tensor.ByteSize, t.Placement.ToString().ToLowerInvariant())).ToArray(),
         };
         if (plan.Stack is { } st)
             fields["stack"] = new Dictionary<string, object?>
@@ -142,6 +141,6 @@ internal static class PlanCommand
                 ["transient_bytes"] = st.TransientBytes,
                 ["bytes_per_token"] = st.BytesPerToken,
             };
-        Console.Out.WriteLine(JsonSerializer.Serialize(fields, new JsonSerializerOptions { WriteIndented = true }));
+        Console.Out.WriteLine(CliJson.Indented(fields));
     }
 }

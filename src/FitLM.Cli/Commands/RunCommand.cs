@@ -53,7 +53,7 @@ internal static class RunCommand
 
             var generation = Stopwatch.StartNew();
             int count = 0;
-            foreach (var t in gen.Generate(tokens, max, options, r.GetValue(stop), ct))
+            foreach (var t in gen.Generate(tokens, max, options, r.GetValue(stop), ct: ct))
             {
                 if (t.Id >= 0) count++;
                 if (printIds)

@@ -31,11 +31,11 @@ internal static class TokenizeCommand
                 if (r.GetValue(pieces)) throw new FitLMException("--show-pieces prints text, --json prints JSON: give one");
                 string input = Console.In.ReadToEnd();
                 string[]? texts;
-                try { texts = JsonSerializer.Deserialize<string[]>(input); }
+                try { texts = CliJson.Parse<string[]>(input); }
                 catch (JsonException e) { throw new FitLMException($"stdin is not a JSON array of strings: {e.Message}"); }
                 if (texts == null) throw new FitLMException("stdin is not a JSON array of strings");
                 var result = texts.Select(t => tok.Encode(t ?? "", addSpecial, parseSpecial)).ToArray();
-                Console.Out.WriteLine(JsonSerializer.Serialize(result));
+                Console.Out.WriteLine(CliJson.Compact(result));
                 return 0;
             }
             string? s = r.GetValue(text);

@@ -107,7 +107,7 @@ public sealed class ChatSession
         _cached = []; // until the turn ends the cache holds a prompt that is not yet recorded
         try
         {
-            foreach (var t in generator.Generate(prompt, max, options.Sampling, Template.StopStrings, ct, cachedPrefix: reused))
+            foreach (var t in generator.Generate(prompt, max, options.Sampling, Template.StopStrings, reused, ct))
             {
                 if (t.Id >= 0)
                 {

@@ -112,7 +112,7 @@ public sealed class FitLMChatClient : IChatClient
             var generator = new Generator(_model);
             var created = DateTimeOffset.UtcNow;
             int produced = 0;
-            foreach (var token in generator.Generate(r.Prompt, r.MaxTokens, r.Sampling, r.Stops, ct))
+            foreach (var token in generator.Generate(r.Prompt, r.MaxTokens, r.Sampling, r.Stops, ct: ct))
             {
                 if (token.Id >= 0) produced++;
                 if (token.Text.Length == 0) continue;

@@ -44,7 +44,7 @@ public sealed class CalibrationLoss
         List<float[]>? refs = null;
         if (metric == ScoreMetric.Kl)
         {
-            if (reference == null) throw new ArgumentNullException(nameof(reference));
+            ArgumentNullException.ThrowIfNull(reference);
             refs = new List<float[]>();
             var loss = new CalibrationLoss(windows, metric, vocab, null);
             foreach (var w in windows)

@@ -35,7 +35,7 @@ public static class Calibration
         {
             ct.ThrowIfCancellationRequested();
             int n = Math.Min(512, tokens.Length - start);
-            tf.Forward(tokens.AsSpan(start, n), 0, logits, n);
+            tf.Forward(tokens.AsSpan(start, n), 0, logits, n, ct);
         }
         int samples = recorder.Samples;
         log?.Invoke($"recorded {samples} FFN inputs per layer from {tokens.Length} calibration tokens");

@@ -133,7 +133,7 @@ public sealed class GgufWriter : IDisposable
             t == typeof(double) ? GgufValueType.Float64 :
             t == typeof(GgufValue) ? GgufValueType.Array :
             throw new ArgumentException($"GGUF has no array of {t.Name}");
-        if (values.GetType() != t.MakeArrayType()) throw new ArgumentException($"a {values.GetType().Name} passed as {t.Name}[]");
+        if (values.GetType() != typeof(T[])) throw new ArgumentException($"a {values.GetType().Name} passed as {t.Name}[]");
         return new GgufValue(GgufValueType.Array, values, et);
     }
 
@@ -451,6 +451,7 @@ public sealed class GgufWriter : IDisposable
     }
 
     /// <summary>Little-endian GGUF encoding of header fields into a growable buffer.</summary>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "a MemoryStream holds no unmanaged resource")]
     private sealed class Encoder
     {
         private readonly MemoryStream _m = new();

@@ -27,16 +27,16 @@ public sealed class Generator
     /// <param name="cachedPrefix">Leading prompt tokens the KV cache already holds from the previous call on this model
     /// (a chat's earlier turns): only the rest is prefilled. The caller guarantees they are the same tokens.</param>
     public IEnumerable<GeneratedToken> Generate(IReadOnlyList<int> prompt, int maxTokens, SamplingOptions options,
-        IReadOnlyList<string>? stop = null, CancellationToken ct = default, int cachedPrefix = 0)
+        IReadOnlyList<string>? stop = null, int cachedPrefix = 0, CancellationToken ct = default)
     {
         var tf = _model.Transformer;
         if (prompt.Count == 0) throw new FitLMException("the prompt is empty (no tokens)");
         if (prompt.Count >= tf.MaxContext)
             throw new FitLMException($"the prompt has {prompt.Count} tokens; the context holds {tf.MaxContext} (raise -c)");
-        return Run(prompt, Math.Max(0, maxTokens), options, stop, ct, Math.Clamp(Math.Min(cachedPrefix, tf.Kv.Length), 0, prompt.Count - 1));
+        return Run(prompt, Math.Max(0, maxTokens), options, stop, Math.Clamp(Math.Min(cachedPrefix, tf.Kv.Length), 0, prompt.Count - 1), ct);
     }
 
-    private IEnumerable<GeneratedToken> Run(IReadOnlyList<int> prompt, int maxTokens, SamplingOptions options, IReadOnlyList<string>? stop, CancellationToken ct, int from)
+    private IEnumerable<GeneratedToken> Run(IReadOnlyList<int> prompt, int maxTokens, SamplingOptions options, IReadOnlyList<string>? stop, int from, CancellationToken ct)
     {
         var tf = _model.Transformer;
         var stream = new TokenStream(prompt, maxTokens, tf.MaxContext, options, stop, _model.Tokenizer, _model.Config.Vocab);

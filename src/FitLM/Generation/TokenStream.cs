@@ -43,7 +43,7 @@ public sealed class TokenStream
         Tokenizer tokenizer, int vocab, int logprobs = -1)
     {
         ArgumentNullException.ThrowIfNull(prompt);
-        if (maxTokens < 0) throw new ArgumentOutOfRangeException(nameof(maxTokens));
+        ArgumentOutOfRangeException.ThrowIfNegative(maxTokens);
         _tokenizer = tokenizer;
         _sampler = new Sampler(sampling, vocab);
         _stops = stops?.Where(s => s.Length > 0).Distinct().ToArray() ?? [];

@@ -80,7 +80,7 @@ public sealed record KvCacheOptions
     };
 
     public static KvType ParseType(string s) =>
-        AllTypes.FirstOrDefault(t => Name(t) == s.ToLowerInvariant(), (KvType)(-1)) is var t && t >= 0 ? t
+        AllTypes.FirstOrDefault(t => string.Equals(Name(t), s, StringComparison.OrdinalIgnoreCase), (KvType)(-1)) is var t && t >= 0 ? t
         : throw new FitLMException($"unknown KV type '{s}' (known: {string.Join(", ", AllTypes.Select(Name))})");
 
     /// <summary>

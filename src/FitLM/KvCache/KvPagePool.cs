@@ -24,7 +24,7 @@ public sealed unsafe class KvPagePool : IDisposable
     /// <param name="slabBytes">About how much memory one growth step adds (at least one page).</param>
     public KvPagePool(int pageBytes, int slabBytes = 1 << 20)
     {
-        if (pageBytes <= 0) throw new ArgumentOutOfRangeException(nameof(pageBytes));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(pageBytes);
         PageBytes = Round(pageBytes);
         PagesPerSlab = Math.Max(1, slabBytes / PageBytes);
     }

@@ -54,7 +54,7 @@ public static class MachineCache
         try
         {
             if (File.Exists(path))
-                return JsonSerializer.Deserialize<Dictionary<string, double>>(File.ReadAllText(path)) ?? new();
+                return JsonSerializer.Deserialize(File.ReadAllText(path), MachineCacheJson.Default.DictionaryStringDouble) ?? new();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException) { }
         return new();
@@ -67,7 +67,7 @@ public static class MachineCache
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
             // Other processes may read it at the same moment: write a temporary file and rename it over.
             string temp = $"{path}.{Environment.ProcessId}.tmp";
-            File.WriteAllText(temp, JsonSerializer.Serialize(entries));
+            File.WriteAllText(temp, JsonSerializer.Serialize(entries, MachineCacheJson.Default.DictionaryStringDouble));
             File.Move(temp, path, overwrite: true);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
@@ -85,3 +85,7 @@ public static class MachineCache
         return System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString();
     }
 }
+
+/// <summary>The cache file's shape, source-generated so a Native AOT build (no reflection-based serializer) reads it too.</summary>
+[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, double>))]
+internal sealed partial class MachineCacheJson : System.Text.Json.Serialization.JsonSerializerContext;

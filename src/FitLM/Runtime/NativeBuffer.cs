@@ -18,7 +18,7 @@ public sealed unsafe class NativeBuffer : IDisposable
     /// <param name="alignment">64 for vector loads; 4096 for direct I/O, which needs page-aligned buffers.</param>
     public NativeBuffer(long length, int alignment = 64)
     {
-        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length));
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
         Length = length;
         Pointer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(length, 1), (nuint)alignment);
         Interlocked.Add(ref s_live, length);

@@ -1,6 +1,7 @@
 namespace FitLM.Storage;
 
 /// <summary>A set of reads that complete together (e.g. one layer's weights); waited on as a whole.</summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "ManualResetEventSlim allocates a kernel handle only when its WaitHandle is read, which this class never does")]
 public sealed class ReadGroup
 {
     private int _pending;

@@ -54,8 +54,8 @@ public static unsafe class StorageProbe
     /// <param name="maxBufferBytes">Most bytes of buffers the probe may hold (what a memory budget leaves it): the random lanes
     /// then share a smaller buffer, and the sequential units shrink, rather than the process outgrowing its budget
     /// (the full probe holds 128 MiB of lane buffers and two units).</param>
-    public static StorageProfile Measure(string path, double secondsPerPoint = 0.12, CancellationToken ct = default, (long Offset, long Length)? region = null,
-        long unitBytes = 0, long maxBufferBytes = long.MaxValue)
+    public static StorageProfile Measure(string path, double secondsPerPoint = 0.12, (long Offset, long Length)? region = null,
+        long unitBytes = 0, long maxBufferBytes = long.MaxValue, CancellationToken ct = default)
     {
         using var file = DirectFile.Open(path);
         long usable = file.Length / DirectFile.Alignment * DirectFile.Alignment;

@@ -229,7 +229,7 @@ public sealed class StackedWeights : IWeightProvider
     public static void TrimNativeHeap()
     {
         if (!OperatingSystem.IsLinux()) return;
-        try { MallocTrim(0); }
+        try { _ = MallocTrim(0); } // 1 when memory was released, 0 when none could be: either is fine here
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
     }
 

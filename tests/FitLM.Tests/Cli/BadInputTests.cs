@@ -4,7 +4,7 @@ using Xunit.Abstractions;
 namespace FitLM.Tests.Cli;
 
 /// <summary>Every command, fed a model that is missing, a directory, an empty file or a text file, fails with one clear line.</summary>
-public class BadInputTests(ITestOutputHelper output) : IDisposable
+public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("fitlm-cli-").FullName;
 

@@ -5,7 +5,7 @@ using Xunit.Abstractions;
 namespace FitLM.Tests.Cli;
 
 /// <summary>Flags that were ignored, misread or answered in .NET's words (issue 12, item 7), each as a user hits it.</summary>
-public class CliCorrectnessTests(ITestOutputHelper output) : IDisposable
+public sealed class CliCorrectnessTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("fitlm-cli-correct-").FullName;
 

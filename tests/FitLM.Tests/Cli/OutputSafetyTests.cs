@@ -7,7 +7,7 @@ namespace FitLM.Tests.Cli;
 /// Every command that writes a file refuses an output that is (or would replace) one of its inputs, before it
 /// reads anything: `prepare -m x.gguf -o x.gguf` used to truncate the model it was about to read.
 /// </summary>
-public class OutputSafetyTests(ITestOutputHelper output) : IDisposable
+public sealed class OutputSafetyTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("fitlm-outputs-").FullName;
 

@@ -9,7 +9,7 @@ using FitLM.Memory;
 namespace FitLM.Tests.Memory;
 
 /// <summary>`fitlm calibrate`: the low-rank fit, and predictor files as the loader sees them.</summary>
-public class CalibrationTests : IDisposable
+public sealed class CalibrationTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("fitlm-calib-").FullName;
     public void Dispose() => Directory.Delete(_dir, true);

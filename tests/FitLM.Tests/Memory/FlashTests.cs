@@ -8,7 +8,7 @@ using FitLM.Weights;
 namespace FitLM.Tests.Memory;
 
 /// <summary>LLM-in-a-flash pieces: bundled FFN layout, neuron windows, and their errors.</summary>
-public class FlashTests : IDisposable
+public sealed class FlashTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("fitlm-flash-").FullName;
     public void Dispose() => Directory.Delete(_dir, true);

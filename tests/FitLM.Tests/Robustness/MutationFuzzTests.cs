@@ -117,7 +117,7 @@ public class MutationFuzzTests(ITestOutputHelper output)
         }
         catch (Exception e)
         {
-            throw new Exception($"{m}: {e.GetType().Name} instead of FitLMException: {e.Message}", e);
+            throw new Xunit.Sdk.XunitException($"{m}: {e.GetType().Name} instead of FitLMException: {e.Message}", e);
         }
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.True(allocated < 512L << 20, $"{m}: allocated {allocated >> 20} MiB");

@@ -4,7 +4,7 @@ using Xunit;
 namespace FitLM.Tests.Storage;
 
 /// <summary>OutputFile: an output never replaces an input, under any of its names; an output appears whole or not at all.</summary>
-public class OutputFileTests : IDisposable
+public sealed class OutputFileTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("fitlm-output-").FullName;
 

@@ -7,7 +7,7 @@ using Xunit.Abstractions;
 namespace FitLM.Tests.Tokenization;
 
 /// <summary>Special-token handling, byte-exact streaming, Hugging Face loading and error reporting.</summary>
-public class TokenizerBehaviourTests(ITestOutputHelper output) : IDisposable
+public sealed class TokenizerBehaviourTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _tmp = Directory.CreateTempSubdirectory("fitlm-tok-").FullName;
 

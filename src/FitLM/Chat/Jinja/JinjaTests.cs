@@ -41,8 +41,8 @@ internal static class JinjaTests
             case "odd": return v is long o ? o % 2 != 0 : throw new JinjaRuntimeException("test 'odd' needs an integer");
             case "even": return v is long e ? e % 2 == 0 : throw new JinjaRuntimeException("test 'even' needs an integer");
             case "divisibleby": return v is long a && Arg(0) is long b && b != 0 ? a % b == 0 : throw new JinjaRuntimeException("test 'divisibleby' needs integers");
-            case "lower": return v is string s && s == s.ToLowerInvariant();
-            case "upper": return v is string u && u == u.ToUpperInvariant();
+            case "lower": return v is string s && string.Equals(s, s.ToLowerInvariant(), StringComparison.Ordinal);
+            case "upper": return v is string u && string.Equals(u, u.ToUpperInvariant(), StringComparison.Ordinal);
             default: throw new JinjaRuntimeException($"no test named '{name}'");
         }
     }

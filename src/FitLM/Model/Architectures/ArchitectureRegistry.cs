@@ -38,5 +38,5 @@ public static class ArchitectureRegistry
     /// <summary>The family of a config.json; an unknown one is named by its model_type (else its first architectures entry).</summary>
     public static ArchitectureFamily GetHuggingFace(IReadOnlyList<string> architectures, string? modelType, string path) =>
         FindHuggingFace(architectures, modelType)
-        ?? throw Unsupported(path, !string.IsNullOrEmpty(modelType) ? modelType : architectures.FirstOrDefault() ?? "(none: config.json has no model_type)");
+        ?? throw Unsupported(path, !string.IsNullOrEmpty(modelType) ? modelType : (architectures.Count > 0 ? architectures[0] : null) ?? "(none: config.json has no model_type)");
 }
