@@ -86,7 +86,7 @@ public static class GgufQuantizer
         if (requantized.Count > 0)
             Warn($"the input is already quantized ({string.Join(", ", requantized)}): those tensors are dequantized and quantized again, " +
                 "which loses more than quantizing the original weights (llama-quantize needs --allow-requantize for this)");
-        if (imatrix != null && steps.Count(s => s.Importance != null) is 0)
+        if (imatrix != null && !steps.Any(s => s.Importance != null))
             Warn($"{imatrix.Path}: no tensor of this model has importance data (names differ?); quantizing without it");
 
         var buffers = new Buffers();

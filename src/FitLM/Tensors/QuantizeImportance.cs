@@ -91,7 +91,7 @@ public static partial class Quantize
             WriteHalf(yb, 0, d);
             if (nmax == 8)
             {
-                for (int j = 0; j < 16; j++) yb[2 + j] = (byte)(L[j] | (L[j + 16] << 4));
+                for (int j = 0; j < 16; j++) yb[2 + j] = (byte)((byte)L[j] | ((byte)L[j + 16] << 4)); // L holds 0..15 here
             }
             else
             {
