@@ -25,6 +25,19 @@ public static class RuntimeFootprint
     public const long BaseBytes = 58L << 20;
 
     /// <summary>
+    /// The same for a Native AOT build (`dotnet publish -r linux-x64 -p:PublishAot=true`, docs/memory.md): no JIT, no
+    /// IL and no CoreLib mapped from files, the code is one 18 MiB binary of which a process touches a part. Measured as
+    /// <see cref="BaseBytes"/> was (bench/aot-memory.sh): peak minus the plan's other parts at context 256 was 22.8–23.1 MiB
+    /// for `run` and 20.0–23.9 for `bench` (the JIT build: 47.0–48.4 and 48.3–52.3; `--help` 17.3 vs 34.2 MiB in all);
+    /// counting 30 MiB, `perplexity -c 256` on 60 KB of text peaked at 99–100% of its budget. So 34: the demo model then
+    /// runs in 52 MiB (peak 40.0) instead of 76.
+    /// </summary>
+    public const long AotBaseBytes = 34L << 20;
+
+    /// <summary>Native AOT compiles everything ahead of time and cannot generate code at run time; a JIT build can.</summary>
+    private static bool IsNativeAot => !System.Runtime.CompilerServices.RuntimeFeature.IsDynamicCodeSupported;
+
+    /// <summary>
     /// Per compute thread (the measurement above ran 2): its stack's touched pages, its malloc arena's first pages and
     /// the JIT's per-thread data, rounded up. Per-thread tiles are counted with the activations (<see cref="Footprint"/>).
     /// Counted for the default thread count (the physical cores), whatever -t says, so `info`, which runs no threads,
@@ -45,7 +58,7 @@ public static class RuntimeFootprint
     /// <summary>The process's footprint besides the plan's parts, for <paramref name="source"/>.</summary>
     public static long Bytes(IModelSource source)
     {
-        long bytes = BaseBytes + Runtime.CpuInfo.PhysicalCores * BytesPerThread + (long)source.Config.Vocab * BytesPerVocabEntry;
+        long bytes = (IsNativeAot ? AotBaseBytes : BaseBytes) + Runtime.CpuInfo.PhysicalCores * BytesPerThread + (long)source.Config.Vocab * BytesPerVocabEntry;
         string json = System.IO.Path.Combine(source.Path, "tokenizer.json");
         if (Directory.Exists(source.Path) && File.Exists(json)) bytes += TokenizerJsonFactor * new FileInfo(json).Length;
         return bytes;
