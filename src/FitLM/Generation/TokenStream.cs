@@ -52,7 +52,8 @@ public sealed class TokenStream
         _held = logprobs >= 0 ? new List<TokenLogprob>() : null;
         PromptLength = prompt.Count;
         MaxTokens = maxTokens;
-        History = new int[prompt.Count + maxTokens];
+        // Generation ends at the context, so a limit past it (int.MaxValue from a library caller) holds no more than that.
+        History = new int[prompt.Count + Math.Min(maxTokens, Math.Max(1, context - prompt.Count))];
         for (int i = 0; i < prompt.Count; i++) History[i] = prompt[i];
         if (maxTokens == 0) Done = true;
     }

@@ -103,6 +103,17 @@ public class TokenStreamTests
     }
 
     [Fact]
+    public void ALimitPastTheContextHoldsOnlyWhatTheContextCan()
+    {
+        // A library caller's int.MaxValue asked for an int[prompt + int.MaxValue] (an overflow or a 8 GiB array).
+        var lm = Model.Value;
+        var stream = new TokenStream([5, 6], int.MaxValue, 64, SamplingOptions.Greedy, null, lm.Tokenizer, lm.Config.Vocab);
+        Assert.Equal(64, stream.History.Length);
+        var generated = new Generator(lm).Generate([5, 6], int.MaxValue, SamplingOptions.Greedy).ToList();
+        Assert.InRange(generated.Count(t => t.Id >= 0), 1, 62);
+    }
+
+    [Fact]
     public void GeneratorRunsTheStreamAndReportsItsStop()
     {
         var lm = Model.Value;
