@@ -104,21 +104,15 @@ public sealed class Transformer
     {
         int n = tokens.Length;
         if (n == 0) return;
-        if (pos < 0 || pos + n > MaxContext)
-            throw new FitLMException($"context overflow: positions {pos}..{pos + n - 1} do not fit a context of {MaxContext}");
+        CheckTokens(tokens, pos);
         if (logitsFrom < 0 || logitsFrom > n) throw new ArgumentOutOfRangeException(nameof(logitsFrom));
         if (logits.Length < (long)(n - logitsFrom) * Config.Vocab) throw new ArgumentException("logits buffer too small");
-        for (int i = 0; i < n; i++)
-            if ((uint)tokens[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {tokens[i]} is outside the vocabulary ({Config.Vocab})");
         if (pos != Kv.Length) Kv.Truncate(pos); // a new sequence (pos 0) or a rewind
 
-        for (int start = 0; start < n; start += MaxBatch)
+        for (int start = 0; start < n;)
         {
             ct.ThrowIfCancellationRequested();
-            int count = Math.Min(MaxBatch, n - start);
-            tokens.Slice(start, count).CopyTo(_tokens);
-            _segments[0] = new Segment { Kv = Kv, Pos = pos + start, Row = 0, Count = count };
-            ForwardBatch(count, 1);
+            int count = RunBatch(Kv, tokens, pos, start);
             // Logits for the rows of this batch that were asked for.
             int from = Math.Max(logitsFrom, start) - start;
             if (from < count)
@@ -126,6 +120,7 @@ public sealed class Transformer
                 long outOffset = (long)(start + from - logitsFrom) * Config.Vocab;
                 ComputeLogits(from, count, logits.Slice((int)outOffset, (count - from) * Config.Vocab));
             }
+            start += count;
         }
     }
 
@@ -138,21 +133,36 @@ public sealed class Transformer
     {
         ArgumentNullException.ThrowIfNull(kv);
         int n = tokens.Length, dim = Config.Dim;
-        if (pos < 0 || pos + n > MaxContext)
-            throw new FitLMException($"context overflow: positions {pos}..{pos + n - 1} do not fit a context of {MaxContext}");
+        CheckTokens(tokens, pos);
         if (hidden.Length < (long)n * dim) throw new ArgumentException("hidden buffer too small");
-        for (int i = 0; i < n; i++)
-            if ((uint)tokens[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {tokens[i]} is outside the vocabulary ({Config.Vocab})");
         if (pos != kv.Length) kv.Truncate(pos);
-        for (int start = 0; start < n; start += MaxBatch)
+        for (int start = 0; start < n;)
         {
             ct.ThrowIfCancellationRequested();
-            int count = Math.Min(MaxBatch, n - start);
-            tokens.Slice(start, count).CopyTo(_tokens);
-            _segments[0] = new Segment { Kv = kv, Pos = pos + start, Row = 0, Count = count };
-            ForwardBatch(count, 1);
+            int count = RunBatch(kv, tokens, pos, start);
             RmsNormRows(_x, _outputNorm, hidden.Slice(start * dim, count * dim), count, dim);
+            start += count;
         }
+    }
+
+    /// <summary>Refuses positions past the context and token ids outside the vocabulary.</summary>
+    private void CheckTokens(ReadOnlySpan<int> tokens, int pos)
+    {
+        int n = tokens.Length;
+        if (pos < 0 || pos + n > MaxContext)
+            throw new FitLMException($"context overflow: positions {pos}..{pos + n - 1} do not fit a context of {MaxContext}");
+        for (int i = 0; i < n; i++)
+            if ((uint)tokens[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {tokens[i]} is outside the vocabulary ({Config.Vocab})");
+    }
+
+    /// <summary>Runs the next batch of one sequence, tokens[start..] up to MaxBatch of them, into <paramref name="kv"/>; returns how many ran.</summary>
+    private int RunBatch(IKvStore kv, ReadOnlySpan<int> tokens, int pos, int start)
+    {
+        int count = Math.Min(MaxBatch, tokens.Length - start);
+        tokens.Slice(start, count).CopyTo(_tokens);
+        _segments[0] = new Segment { Kv = kv, Pos = pos + start, Row = 0, Count = count };
+        ForwardBatch(count, 1);
+        return count;
     }
 
     /// <summary>
