@@ -62,7 +62,7 @@ public sealed class LanguageModel : IDisposable
         {
             int defaultCtx = LoadOptions.DefaultContext(source.Config.ContextLength);
             int ctx = options.ContextLength > 0 ? options.ContextLength : defaultCtx;
-            if (ctx > 1 << 20) throw new FitLMException($"context length {ctx} is too large");
+            if (ctx > LoadOptions.MaxContext) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
             // BitStack (docs/bitstack.md): a stacked file loads the longest prefix of its block stack that fits.
             if (source is GgufSource stackedSource && StackLayout.IsStacked(stackedSource.File))

@@ -12,9 +12,6 @@ namespace FitLM.Cli.Commands;
 /// </summary>
 internal sealed class ModelLoadOptions
 {
-    /// <summary>The largest context a command accepts (the library refuses more too).</summary>
-    public const int MaxContext = 1 << 20;
-
     public Option<string> Model { get; } = Common.Model();
     public Option<int> Context { get; }
     public Option<int> Threads { get; } = Common.Threads();
@@ -50,7 +47,7 @@ internal sealed class ModelLoadOptions
     public int ContextSize(ParseResult r)
     {
         int n = r.GetValue(Context);
-        if (n < 0 || n > MaxContext) throw new FitLMException($"--ctx-size {n} is out of range (0..{MaxContext})");
+        if (n < 0 || n > LoadOptions.MaxContext) throw new FitLMException($"--ctx-size {n} is out of range (0..{LoadOptions.MaxContext})");
         return n;
     }
 

@@ -13,6 +13,8 @@ public sealed record LoadOptions
 
     /// <summary>The most positions a default context has: every command and the server use this one number.</summary>
     public const int DefaultContextCap = 4096;
+    /// <summary>The longest context a model may be loaded with (a bound on what a typo can ask the allocator for).</summary>
+    public const int MaxContext = 1 << 20;
 
     /// <summary>The context a model gets when none is asked for: its trained context, at most <see cref="DefaultContextCap"/>.</summary>
     public static int DefaultContext(int trainedContext) => Math.Min(trainedContext, DefaultContextCap);
