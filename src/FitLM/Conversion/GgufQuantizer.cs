@@ -99,15 +99,15 @@ public static class GgufQuantizer
             w.BeginTensor(t.Name);
             if (target == t.Type)
             {
-                var bytes = Buffers.Grow(ref buffers.Bytes, outBytes).AsSpan(0, (int)outBytes);
+                var bytes = ReusedArray.AtLeast(ref buffers.Bytes, outBytes).AsSpan(0, (int)outBytes);
                 src.ReadBytes(t, bytes);
                 w.WriteTensorData(bytes);
             }
             else
             {
-                var f = Buffers.Grow(ref buffers.Floats, t.Elements);
+                var f = ReusedArray.AtLeast(ref buffers.Floats, t.Elements);
                 src.ReadFloats(t, f.AsSpan(0, (int)t.Elements), ct);
-                var dst = Buffers.Grow(ref buffers.Bytes, outBytes);
+                var dst = ReusedArray.AtLeast(ref buffers.Bytes, outBytes);
                 QuantizeRows(target, f, t, dst, importance, threads, ct);
                 w.WriteTensorData(dst.AsSpan(0, (int)outBytes));
             }
@@ -135,13 +135,6 @@ public static class GgufQuantizer
     {
         public float[] Floats = [];
         public byte[] Bytes = [];
-
-        public static T[] Grow<T>(ref T[] a, long n)
-        {
-            if (n > Array.MaxLength) throw new FitLMException($"a tensor of {n} elements is too large to quantize in one piece");
-            if (a.Length < n) a = new T[n];
-            return a;
-        }
     }
 
     /// <summary>Quantizes a tensor's rows, split over threads; with importance data each expert matrix gets its own slice.</summary>

@@ -210,13 +210,6 @@ public static class HfToGgufConverter
         public float[] F = [];
         public float[] P = [];
         public byte[] Dst = [];
-
-        public static T[] Grow<T>(ref T[] a, long n)
-        {
-            if (n > int.MaxValue) throw new FitLMException($"a chunk of {n} elements is too large");
-            if (a.Length < n) a = new T[n];
-            return a;
-        }
     }
 
     private static void WriteTensor(HuggingFaceSource src, PlannedTensor p, GgufWriter w, Buffers b, Action<long> written, CancellationToken ct)
@@ -242,18 +235,18 @@ public static class HfToGgufConverter
         {
             ct.ThrowIfCancellationRequested();
             int n = (int)Math.Min(chunk, elements - e0);
-            var raw = Buffers.Grow(ref b.Src, (long)n * esz).AsSpan(0, n * esz);
+            var raw = ReusedArray.AtLeast(ref b.Src, (long)n * esz).AsSpan(0, n * esz);
             src.Read(s, e0 * esz, raw);
-            var f = Buffers.Grow(ref b.F, n);
+            var f = ReusedArray.AtLeast(ref b.F, n);
             Dequantize.Row(s.Type, raw, f.AsSpan(0, n));
             if (headRows > 0)
             {
-                var perm = Buffers.Grow(ref b.P, n);
+                var perm = ReusedArray.AtLeast(ref b.P, n);
                 PermuteForInterleavedRope(f.AsSpan(0, n), perm.AsSpan(0, n), permRowLen, headRows);
                 f = perm;
             }
             long outBytes = GgmlTypes.RowBytes(p.Type, n);
-            var dst = Buffers.Grow(ref b.Dst, outBytes);
+            var dst = ReusedArray.AtLeast(ref b.Dst, outBytes);
             QuantizeRows(p.Type, f, n, p.Shape.Length == 1 ? n : rowLen, dst, ct);
             w.WriteTensorData(dst.AsSpan(0, (int)outBytes));
             written(outBytes);
