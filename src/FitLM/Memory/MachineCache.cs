@@ -65,10 +65,9 @@ public static class MachineCache
         try
         {
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            // Other processes may read it at the same moment: write a temporary file and rename it over.
-            string temp = $"{path}.{Environment.ProcessId}.tmp";
-            File.WriteAllText(temp, JsonSerializer.Serialize(entries, MachineCacheJson.Default.DictionaryStringDouble));
-            File.Move(temp, path, overwrite: true);
+            // Other processes may read it at the same moment: written beside it and renamed over.
+            string json = JsonSerializer.Serialize(entries, MachineCacheJson.Default.DictionaryStringDouble);
+            Storage.OutputFile.WriteAtomically(path, temp => File.WriteAllText(temp, json));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
     }
