@@ -108,20 +108,8 @@ public sealed class SvgPlot
     }
 
     /// <summary>Writes the plot to <paramref name="path"/> atomically: a temporary file beside it, then a rename.</summary>
-    public void Write(string path)
-    {
-        string full = Path.GetFullPath(path);
-        string tmp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
-        try
-        {
-            File.WriteAllText(tmp, Render(), new UTF8Encoding(false));
-            File.Move(tmp, full, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
-    }
+    public void Write(string path) =>
+        Storage.OutputFile.WriteAtomically(path, temp => File.WriteAllText(temp, Render(), new UTF8Encoding(false)));
 
     private static bool In(double v, double lo, double hi, bool log) =>
         double.IsFinite(v) && (!log || v > 0) && v >= lo - 1e-12 * Math.Abs(lo) && v <= hi + 1e-12 * Math.Abs(hi);
