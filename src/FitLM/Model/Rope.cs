@@ -48,7 +48,15 @@ public sealed class Rope
     }
 
     /// <summary>Rotates each of <paramref name="heads"/> heads (headDim apart) of <paramref name="x"/> for position <paramref name="pos"/>.</summary>
-    public void Apply(Span<float> x, int heads, int headDim, int pos)
+    public void Apply(Span<float> x, int heads, int headDim, int pos) => Rotate(x, heads, headDim, pos, 1f);
+
+    /// <summary>
+    /// The transpose of <see cref="Apply"/> (rotation by the opposite angles): what the backward pass applies to a
+    /// gradient, since RoPE is a rotation and its Jacobian is orthogonal.
+    /// </summary>
+    public void ApplyTransposed(Span<float> x, int heads, int headDim, int pos) => Rotate(x, heads, headDim, pos, -1f);
+
+    private void Rotate(Span<float> x, int heads, int headDim, int pos, float direction)
     {
         if ((uint)pos >= (uint)MaxPositions) throw new FitLMException($"position {pos} is beyond the context ({MaxPositions})");
         var cos = _cos.AsSpan(pos * _half, _half);
@@ -60,18 +68,18 @@ public sealed class Rope
             {
                 for (int i = 0; i < _half; i++)
                 {
-                    float a = v[2 * i], b = v[2 * i + 1];
-                    v[2 * i] = a * cos[i] - b * sin[i];
-                    v[2 * i + 1] = a * sin[i] + b * cos[i];
+                    float a = v[2 * i], b = v[2 * i + 1], sn = direction * sin[i];
+                    v[2 * i] = a * cos[i] - b * sn;
+                    v[2 * i + 1] = a * sn + b * cos[i];
                 }
             }
             else
             {
                 for (int i = 0; i < _half; i++)
                 {
-                    float a = v[i], b = v[i + _half];
-                    v[i] = a * cos[i] - b * sin[i];
-                    v[i + _half] = b * cos[i] + a * sin[i];
+                    float a = v[i], b = v[i + _half], sn = direction * sin[i];
+                    v[i] = a * cos[i] - b * sn;
+                    v[i + _half] = b * cos[i] + a * sn;
                 }
             }
         }
