@@ -20,7 +20,7 @@ public sealed record OptimizerOptions
 /// gradients of all micro-batches are summed, scaled so that the step's loss is the mean over all its targets),
 /// global-norm clipping, then AdamW. Base weights stay frozen in their stored type.
 /// </summary>
-public sealed class LoraTrainer
+public sealed class LoraTrainer : IFinetuneMethod
 {
     public TrainingGraph Graph { get; }
     public LoraAdapter Adapter { get; }
@@ -31,6 +31,10 @@ public sealed class LoraTrainer
     public double LastGradientNorm { get; private set; }
 
     private readonly List<(float[] Param, float[] Grad)> _tensors = [];
+    private readonly Dictionary<string, float[]> _state = new(StringComparer.Ordinal);
+
+    public long StepsDone { get => Optimizer.Step; set => Optimizer.Step = value; }
+    public IReadOnlyDictionary<string, float[]> OptimizerState => _state;
 
     public LoraTrainer(ModelConfig config, IWeightProvider weights, LoraAdapter adapter, int maxTokens, int segmentLayers, OptimizerOptions options)
     {
@@ -45,6 +49,14 @@ public sealed class LoraTrainer
             _tensors.Add((t.Pair.B, t.GradB));
         }
         Optimizer = new AdamW(_tensors.Select(t => t.Param.Length)) { WeightDecay = options.WeightDecay };
+        for (int i = 0; i < Graph.Trainable.Count; i++)
+            for (int ab = 0; ab < 2; ab++)
+            {
+                string name = Graph.Trainable[i].Pair.Name + (ab == 0 ? ".lora_a" : ".lora_b");
+                var (m, v) = Optimizer.Moments[2 * i + ab];
+                _state[name + ".adam_m"] = m;
+                _state[name + ".adam_v"] = v;
+            }
         Schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.TotalSteps, options.Cosine);
     }
 

@@ -30,6 +30,8 @@ public sealed class TrainingGraph
     /// <summary>Layers per checkpoint segment (all layers: no checkpointing).</summary>
     public int SegmentLayers { get; }
     public IReadOnlyList<TrainablePair> Trainable { get; }
+    /// <summary>False for a forward-only graph (evaluation, MeZO): <see cref="LossAndGradients"/> is refused.</summary>
+    public bool HasBackward { get; }
 
     private readonly Layer[] _layers;
     private readonly IMatrix _embedding, _output;
@@ -43,12 +45,13 @@ public sealed class TrainingGraph
     // Residual stream, the final norm's output, their gradients and the backward's per-block scratch.
     private readonly float[] _x, _h, _dx, _dh, _dA, _dq, _dk, _dv, _dHid, _dg, _du, _hid, _row;
 
-    public TrainingGraph(ModelConfig config, IWeightProvider weights, LoraAdapter? adapter, int maxTokens, int segmentLayers = 0)
+    public TrainingGraph(ModelConfig config, IWeightProvider weights, LoraAdapter? adapter, int maxTokens, int segmentLayers = 0, bool backward = true)
     {
         Config = config;
         var c = config;
         MaxTokens = maxTokens;
-        SegmentLayers = segmentLayers <= 0 ? c.Layers : Math.Min(segmentLayers, c.Layers);
+        SegmentLayers = !backward ? 1 : segmentLayers <= 0 ? c.Layers : Math.Min(segmentLayers, c.Layers);
+        HasBackward = backward;
         var trainable = new List<TrainablePair>();
         _layers = new Layer[c.Layers];
         for (int l = 0; l < c.Layers; l++)
@@ -92,20 +95,21 @@ public sealed class TrainingGraph
         var ranks = Ranks(_layers[0]);
         _acts = new LayerActivations[SegmentLayers];
         for (int i = 0; i < _acts.Length; i++) _acts[i] = new LayerActivations(c, n, ranks);
-        _segmentInputs = new float[(c.Layers + SegmentLayers - 1) / SegmentLayers][];
+        _segmentInputs = new float[backward ? (c.Layers + SegmentLayers - 1) / SegmentLayers : 0][];
         for (int s = 0; s < _segmentInputs.Length; s++) _segmentInputs[s] = new float[n * c.Dim];
         int wide = Math.Max(c.Dim, c.QDim);
         _x = new float[n * c.Dim];
         _h = new float[n * c.Dim];
-        _dx = new float[n * c.Dim];
-        _dh = new float[n * wide];
-        _dA = new float[n * c.QDim];
-        _dq = new float[n * c.QDim];
-        _dk = new float[n * c.KvDim];
-        _dv = new float[n * c.KvDim];
-        _dHid = new float[n * c.FfnDim];
-        _dg = new float[n * c.FfnDim];
-        _du = new float[n * c.FfnDim];
+        int b = backward ? n : 0; // forward-only graphs (evaluation, MeZO) hold no gradients
+        _dx = new float[b * c.Dim];
+        _dh = new float[b * wide];
+        _dA = new float[b * c.QDim];
+        _dq = new float[b * c.QDim];
+        _dk = new float[b * c.KvDim];
+        _dv = new float[b * c.KvDim];
+        _dHid = new float[b * c.FfnDim];
+        _dg = new float[b * c.FfnDim];
+        _du = new float[b * c.FfnDim];
         _hid = new float[n * Math.Max(c.FfnDim, c.QDim)];
         _row = new float[Math.Max(wide, c.FfnDim)];
     }
@@ -130,6 +134,15 @@ public sealed class TrainingGraph
         return acts + segInputs + buffers + frozen + lora + CutCrossEntropy.ScratchBytes(c.Vocab, c.Dim, maxTokens);
     }
 
+    /// <summary>Bytes of a forward-only graph (<see cref="Loss"/>: evaluation, MeZO) for <paramref name="maxTokens"/> tokens.</summary>
+    public static long ForwardBytes(ModelConfig c, int maxTokens)
+    {
+        long n = maxTokens;
+        int widest = Math.Max(c.FfnDim, c.QDim);
+        return LayerActivations.Bytes(c, maxTokens, new int[7]) + 4 * n * (2L * c.Dim + widest)
+            + CutCrossEntropy.ScratchBytes(c.Vocab, c.Dim, maxTokens);
+    }
+
     /// <summary>The summed next-token loss of <paramref name="batch"/>, forward only (evaluation, MeZO): one layer of activations.</summary>
     public double Loss(TrainingBatch batch, CancellationToken ct = default)
     {
@@ -150,6 +163,7 @@ public sealed class TrainingGraph
     /// </summary>
     public double LossAndGradients(TrainingBatch batch, float gradScale, CancellationToken ct = default)
     {
+        if (!HasBackward) throw new InvalidOperationException("this graph was built forward-only");
         var c = Config;
         int n = Check(batch), dim = c.Dim, seg = SegmentLayers;
         Embed(batch, _x);
