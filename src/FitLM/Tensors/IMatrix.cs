@@ -14,4 +14,13 @@ public interface IMatrix
     void Multiply(ReadOnlySpan<float> x, Span<float> y, int n);
     /// <summary>One row of W as floats (embedding look-up).</summary>
     void ReadRow(int row, Span<float> dst);
+
+    /// <summary>
+    /// Rows [first, first + count) of W as floats, [count × Cols] (the backward pass reads tiles of frozen
+    /// weights this way). A streamed matrix serves them from its stream slot instead of one read per row.
+    /// </summary>
+    void ReadRows(int first, int count, Span<float> dst)
+    {
+        for (int i = 0; i < count; i++) ReadRow(first + i, dst.Slice(i * Cols, Cols));
+    }
 }

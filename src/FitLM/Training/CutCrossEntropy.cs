@@ -91,7 +91,7 @@ internal sealed class CutCrossEntropy(IMatrix output, int vocabBlock = 1024)
     private int Block(int v0, int vocab, int dim, ReadOnlySpan<float> h, int n)
     {
         int b = Math.Min(_block, vocab - v0);
-        for (int j = 0; j < b; j++) output.ReadRow(v0 + j, _w.AsSpan(j * dim, dim));
+        output.ReadRows(v0, b, _w.AsSpan(0, b * dim));
         DenseMath.MultiplyTransposed(h, n, dim, _w, b, _logits);
         return b;
     }

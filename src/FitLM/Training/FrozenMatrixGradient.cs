@@ -36,7 +36,7 @@ internal sealed class FrozenMatrixGradient
         for (int r0 = 0; r0 < rows; r0 += tileRows)
         {
             int r = Math.Min(tileRows, rows - r0);
-            for (int i = 0; i < r; i++) w.ReadRow(r0 + i, _tile.AsSpan(i * cols, cols));
+            w.ReadRows(r0, r, _tile.AsSpan(0, r * cols));
             DenseMath.Transpose(_tile, r, cols, _tileT);
             for (int t = 0; t < n; t++) dy.Slice(t * rows + r0, r).CopyTo(_dyTile.AsSpan(t * r, r));
             DenseMath.MultiplyTransposed(_dyTile, n, r, _tileT, cols, _product);

@@ -256,5 +256,19 @@ public sealed unsafe class StreamingWeights : IWeightProvider
         }
 
         public void ReadRow(int row, Span<float> dst) => owner.ReadRow(t, row, dst);
+
+        public void ReadRows(int first, int count, Span<float> dst)
+        {
+            if (unit < 0 || (uint)first > (uint)t.Rows || count < 0 || first + count > t.Rows)
+            {
+                for (int i = 0; i < count; i++) owner.ReadRow(t, first + i, dst.Slice(i * Cols, Cols));
+                return;
+            }
+            // Training reads every row of a matrix in turn: one unit read (then memory), not one read per row.
+            long rowBytes = GgmlTypes.RowBytes(t.Type, t.RowLength);
+            byte* p = owner.Acquire(unit) + offsetInSlot;
+            for (int i = 0; i < count; i++)
+                Dequantize.Row(t.Type, new ReadOnlySpan<byte>(p + (first + i) * rowBytes, (int)rowBytes), dst.Slice(i * Cols, Cols));
+        }
     }
 }
