@@ -17,6 +17,8 @@ public static class Program
             InfoCommand.Create(),
             ConvertCommand.Create(),
             QuantizeCommand.Create(),
+            ExportCommand.Create(),
+            FinetuneCommand.Create(),
             SynthCommand.Create(),
             BenchCommand.Create(),
             PlanCommand.Create(),

@@ -1,3 +1,4 @@
+using FitLM.Adapters;
 using FitLM.Model;
 using FitLM.Tokenization;
 using FitLM.Memory;
@@ -64,6 +65,7 @@ public sealed class LanguageModel : IDisposable
             int ctx = options.ContextLength > 0 ? options.ContextLength : defaultCtx;
             if (ctx > LoadOptions.MaxContext) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
+            var adapters = LoadAdapters(source, options);
             // BitStack (docs/bitstack.md): a stacked file loads the longest prefix of its block stack that fits.
             if (source is GgufSource stackedSource && StackLayout.IsStacked(stackedSource.File))
             {
@@ -77,10 +79,12 @@ public sealed class LanguageModel : IDisposable
                 throw new FitLMException($"{path}: a fraction of FFN neurons needs a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
             if ((options.PredictorPath != null || options.FfnAudit) && !bundled)
                 throw new FitLMException($"{path}: neuron predictors and their recall need a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
-            var (plan, flash) = PlanLoad(path, source, options, ctx);
+            var (plan, flash) = PlanLoad(path, source, options, ctx, adapterBytes: LoraWeights.BytesFor(adapters));
             ctx = plan.Context;
             weights = plan.Streams ? new StreamingWeights(source, plan.Tensors, plan.Mode) : new ResidentWeights(source);
             if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens, options.FfnAudit);
+            // LoRA (--lora): the adapted matrices multiply through the adapters; the base weights stay as planned.
+            if (adapters.Count > 0) weights = new LoraWeights(weights, adapters);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
             if (plan.Streams) Storage.PageCache.Drop(source);
             return new LanguageModel(source, weights, transformer, plan) { ContextChosenByBudget = options.ContextLength == 0 && ctx < defaultCtx };
@@ -99,19 +103,21 @@ public sealed class LanguageModel : IDisposable
     /// than refusing a budget that a shorter context fits; the plan's Context is the one chosen. `fitlm plan` prints
     /// this same plan, with a <paramref name="storage"/> probe for the speed prediction.
     /// </summary>
+    /// <remarks><paramref name="adapterBytes"/>: what the LoRA adapters of <paramref name="options"/> hold (null: loaded here to count them).</remarks>
     public static (Memory.MemoryPlan Plan, Memory.Planner.FlashOptions? Flash) PlanLoad(string path, IModelSource source, LoadOptions options,
-        int context, Storage.StorageProfile? storage = null)
+        int context, Storage.StorageProfile? storage = null, long? adapterBytes = null)
     {
-        var chosen = PlanLoadMode(path, source, options, context, storage);
+        long adapters = adapterBytes ?? LoraWeights.BytesFor(LoadAdapters(source, options));
+        var chosen = PlanLoadMode(path, source, options, context, storage, adapters);
         if (storage == null || options.StreamChosen || !chosen.Plan.Streams) return chosen;
         // No mode asked for and a probe to price them: the mode the cost model predicts faster.
         var other = options.Stream == StreamMode.Naive ? StreamMode.Prefetch : StreamMode.Naive;
-        var alternative = PlanLoadMode(path, source, options with { Stream = other }, context, storage);
+        var alternative = PlanLoadMode(path, source, options with { Stream = other }, context, storage, adapters);
         return alternative.Plan.PredictedTokensPerSecond > chosen.Plan.PredictedTokensPerSecond ? alternative : chosen;
     }
 
     private static (Memory.MemoryPlan Plan, Memory.Planner.FlashOptions? Flash) PlanLoadMode(string path, IModelSource source, LoadOptions options,
-        int context, Storage.StorageProfile? storage)
+        int context, Storage.StorageProfile? storage, long adapterBytes)
     {
         var flash = FlashOptionsFor(path, source, options);
         while (true)
@@ -127,6 +133,7 @@ public sealed class LanguageModel : IDisposable
                     LogitRows = options.LogitRows,
                     RuntimeBytes = options.RuntimeBytes,
                     HostBytes = options.HostBytes,
+                    AdapterBytes = adapterBytes,
                     Machine = options.Machine,
                     Mode = options.Stream,
                     StreamEverything = options.Stream == StreamMode.Naive,
@@ -138,6 +145,23 @@ public sealed class LanguageModel : IDisposable
                 context = Math.Max(256, context / 2);
             }
         }
+    }
+
+    /// <summary>
+    /// The LoRA adapters of <paramref name="options"/>, loaded for <paramref name="source"/>: refused on a stacked
+    /// model (its matrices are block stacks) and, for the FFN, on a prepared one (its FFN is bundled per neuron).
+    /// </summary>
+    private static IReadOnlyList<ScaledAdapter> LoadAdapters(IModelSource source, LoadOptions options)
+    {
+        if (options.Adapters.Count == 0) return [];
+        if (source is GgufSource g && StackLayout.IsStacked(g.File))
+            throw new FitLMException($"{source.Path}: LoRA adapters cannot be applied to a stacked (BitStack) model; apply them to the original model (or merge with fitlm export, then compress)");
+        var adapters = LoraRequest.LoadAll(options.Adapters, source);
+        if (ModelValidation.IsBundled(source))
+            foreach (var a in adapters)
+                if (a.Adapter.Pairs.FirstOrDefault(p => p.Name.Contains(".ffn_", StringComparison.Ordinal)) is { } ffn)
+                    throw new FitLMException($"{source.Path}: a prepared model bundles its FFN, so the adapter's '{ffn.Name}' cannot be applied; merge the adapter into the original model (fitlm export), then prepare it");
+        return adapters;
     }
 
     /// <summary>How a prepared model's FFN neurons are chosen and windowed under <paramref name="options"/> (null: not prepared).</summary>

@@ -70,6 +70,7 @@ internal static class PlanCommand
             o.WriteLine();
             o.WriteLine($"  runtime (fixed, measured)   {ProcessMemory.Format(plan.RuntimeBytes),12}");
             o.WriteLine($"  resident weights            {ProcessMemory.Format(plan.ResidentWeightBytes),12}");
+            if (plan.AdapterBytes > 0) o.WriteLine($"  LoRA adapters (--lora)      {ProcessMemory.Format(plan.AdapterBytes),12}");
             o.WriteLine($"  stream buffers              {ProcessMemory.Format(plan.StreamBufferBytes),12}");
             o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({ProcessMemory.Format(plan.KvBytes / plan.Context)} per token)");
             o.WriteLine($"  activations and scratch     {ProcessMemory.Format(plan.ScratchBytes),12}");

@@ -1,3 +1,4 @@
+using FitLM.Adapters;
 using FitLM.Model;
 using FitLM.Weights;
 namespace FitLM.Memory;
@@ -48,6 +49,9 @@ public sealed record LoadOptions
     public int LogitRows { get; init; } = 1;
     /// <summary>BitStack: how a stacked file is loaded (--weights, matrix cache); null = defaults (docs/bitstack.md).</summary>
     public StackLoadOptions? Stack { get; init; }
+
+    /// <summary>LoRA adapters applied at inference (--lora, --lora-scale): PEFT folders or GGUF LoRA files, each with its scale.</summary>
+    public IReadOnlyList<LoraRequest> Adapters { get; init; } = [];
 
     // KV cache (docs/kv-cache.md).
     /// <summary>How keys and values are held: type (f32, f16, kivi2/4, xquant4/3/2, xquant-cl) and H2O eviction.</summary>

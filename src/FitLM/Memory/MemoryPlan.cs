@@ -34,12 +34,14 @@ public sealed record MemoryPlan
     public string? CostModelNote { get; init; }
     /// <summary>Stacked (BitStack) models: the size loaded (blocks, weight bytes, caches, bytes multiplied per token); null otherwise.</summary>
     public StackPlan? Stack { get; init; }
+    /// <summary>LoRA adapters applied at inference (--lora): their matrices, float32, resident beside the weights.</summary>
+    public long AdapterBytes { get; init; }
 
     public long ResidentWeightBytes => Tensors.Where(t => t.Placement == Placement.Resident).Sum(t => t.Tensor.ByteSize);
     public bool Bundled => Tensors.Any(t => t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal));
     public long StreamedWeightBytes => Tensors.Where(t => t.Placement == Placement.Streamed).Sum(t => t.Tensor.ByteSize);
     /// <summary>Everything counted against the budget (a stacked model's working memory for its kernels and resizing included).</summary>
-    public long TotalBytes => RuntimeBytes + KvBytes + ScratchBytes + StreamBufferBytes + FlashBytes + ResidentWeightBytes + (Stack?.TransientBytes ?? 0);
+    public long TotalBytes => RuntimeBytes + KvBytes + ScratchBytes + StreamBufferBytes + FlashBytes + ResidentWeightBytes + AdapterBytes + (Stack?.TransientBytes ?? 0);
     /// <summary>Whether any unit (layer part, head, embedding) is streamed; bundled FFNs are handled by their windows.</summary>
     public bool Streams => Tensors.Any(t => t.Placement == Placement.Streamed && !t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal));
 

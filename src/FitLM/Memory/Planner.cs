@@ -36,6 +36,8 @@ public static class Planner
         public MachineProfile? Machine { get; init; }
         /// <summary>What the caller holds besides the runtime footprint (perplexity: its input text and tokens).</summary>
         public long HostBytes { get; init; }
+        /// <summary>LoRA adapters applied at inference (--lora): their A and B matrices, float32, held beside the weights.</summary>
+        public long AdapterBytes { get; init; }
         /// <summary>For prepared (FFN-bundled) models: which neurons each token gets and the window length.</summary>
         public FlashOptions? Flash { get; init; }
     }
@@ -49,7 +51,7 @@ public static class Planner
         long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : RuntimeFootprint.Bytes(source)) + o.HostBytes;
         long kv = Footprint.KvBytes(c, o.Context);
         long scratch = Footprint.ScratchBytes(c, o.Context, o.MaxBatch) + 4L * c.Vocab * Math.Max(1, o.LogitRows);
-        long fixedBytes = runtime + kv + scratch;
+        long fixedBytes = runtime + kv + scratch + o.AdapterBytes;
 
         // Units: layers, the head, the embedding; small vectors (norms, biases) always stay resident.
         bool tied = source.Find("output.weight") == null;
@@ -152,6 +154,7 @@ public static class Planner
             ScratchBytes = scratch,
             StreamBufferBytes = streamBuffers,
             StreamedBytesPerToken = perToken,
+            AdapterBytes = o.AdapterBytes,
         };
         // The process holds only the runtime while it plans: the compute probe may use what the budget leaves beside it.
         return o.Storage is { } storage ? CostModel.Predict(plan, source, storage, o.Machine, StorageProbe.RoomWithin(o.BudgetBytes)) : plan;

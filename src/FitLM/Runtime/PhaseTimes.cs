@@ -9,8 +9,13 @@ namespace FitLM.Runtime;
 /// </summary>
 public static class PhaseTimes
 {
-    /// <summary>Attention: RoPE of the queries, the KV store's append and its attention.</summary>
-    public enum Phase { Embed, Norm, Qkv, Attention, Wo, Ffn, Logits, Count }
+    /// <summary>
+    /// Attention: RoPE of the queries, the KV store's append and its attention. The training phases: Loss (Cut
+    /// Cross-Entropy, both passes), LoraForward (the adapters' products in forward), FrozenBackward (dX = dY·W of
+    /// the base weights), LoraBackward (the adapters' gradients), AttentionBackward (with RoPE's), OtherBackward
+    /// (norms and the FFN gate).
+    /// </summary>
+    public enum Phase { Embed, Norm, Qkv, Attention, Wo, Ffn, Logits, Loss, LoraForward, FrozenBackward, LoraBackward, AttentionBackward, OtherBackward, Count }
 
     private static readonly long[] s_ticks = new long[(int)Phase.Count];
     public static bool Enabled { get; set; }

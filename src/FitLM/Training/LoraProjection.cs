@@ -1,4 +1,5 @@
 using FitLM.Adapters;
+using FitLM.Runtime;
 using FitLM.Tensors;
 
 namespace FitLM.Training;
@@ -29,11 +30,13 @@ internal sealed class LoraProjection(IMatrix weight, TrainablePair? lora, float 
     {
         Weight.Multiply(x[..(n * In)], y, n);
         if (Lora is not { } l) return;
+        long ts = PhaseTimes.Start();
         int r = Rank;
         DenseMath.MultiplyTransposed(x, n, In, l.Pair.A, r, ax);
         var tmp = s.Product(n * Out);
         DenseMath.MultiplyTransposed(ax, n, r, l.Pair.B, Out, tmp);
         DenseMath.AddScaled(tmp, scale, y[..(n * Out)]);
+        PhaseTimes.Stop(PhaseTimes.Phase.LoraForward, ts);
     }
 
     /// <summary>
@@ -42,7 +45,9 @@ internal sealed class LoraProjection(IMatrix weight, TrainablePair? lora, float 
     /// </summary>
     public void Backward(ReadOnlySpan<float> x, ReadOnlySpan<float> ax, ReadOnlySpan<float> dy, Span<float> dx, int n, TrainingScratch s)
     {
+        long ts = PhaseTimes.Start();
         s.Frozen.Accumulate(Weight, dy, n, dx);
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.FrozenBackward, ts);
         if (Lora is not { } l) return;
         int r = Rank, o = Out, i = In;
         var p = l.Pair;
@@ -78,6 +83,7 @@ internal sealed class LoraProjection(IMatrix weight, TrainablePair? lora, float 
         var tmp = s.Product(n * i);
         DenseMath.MultiplyTransposed(g, n, r, aT, i, tmp);
         DenseMath.AddScaled(tmp, 1f, dx[..(n * i)]);
+        PhaseTimes.Stop(PhaseTimes.Phase.LoraBackward, ts);
     }
 }
 

@@ -1,6 +1,7 @@
 using System.Numerics.Tensors;
 using FitLM.Adapters;
 using FitLM.Model;
+using FitLM.Runtime;
 using FitLM.Tensors;
 
 namespace FitLM.Training;
@@ -92,7 +93,7 @@ public sealed class TrainingGraph
         _loss = new CutCrossEntropy(_output);
 
         int n = maxTokens;
-        var ranks = Ranks(_layers[0]);
+        var ranks = Ranks(_layers);
         _acts = new LayerActivations[SegmentLayers];
         for (int i = 0; i < _acts.Length; i++) _acts[i] = new LayerActivations(c, n, ranks);
         _segmentInputs = new float[backward ? (c.Layers + SegmentLayers - 1) / SegmentLayers : 0][];
@@ -114,7 +115,11 @@ public sealed class TrainingGraph
         _row = new float[Math.Max(wide, c.FfnDim)];
     }
 
-    private static int[] Ranks(Layer l) => l.P.Select(p => p.Rank).ToArray();
+    /// <summary>
+    /// The LoRA rank of each projection, the largest over all layers: activations are shared between layers, and an
+    /// adapter need not adapt the same projections in every layer (PEFT's layers_to_transform).
+    /// </summary>
+    private static int[] Ranks(Layer[] layers) => Enumerable.Range(0, Names.Length).Select(i => layers.Max(l => l.P[i].Rank)).ToArray();
 
     /// <summary>
     /// Activation and scratch bytes of a graph for <paramref name="maxTokens"/> tokens with checkpoint segments of
@@ -153,8 +158,11 @@ public sealed class TrainingGraph
             ct.ThrowIfCancellationRequested();
             LayerForward(l, batch, _x, _acts[0]);
         }
+        long ts = PhaseTimes.Start();
         RmsNormGradient.Forward(_x, _outputNorm, _h, n, Config.RmsEps);
-        return _loss.Loss(_h, n, batch.Targets, [], 0f);
+        double loss = _loss.Loss(_h, n, batch.Targets, [], 0f);
+        PhaseTimes.Stop(PhaseTimes.Phase.Loss, ts);
+        return loss;
     }
 
     /// <summary>
@@ -174,8 +182,10 @@ public sealed class TrainingGraph
             if (l % seg == 0) _x.AsSpan(0, n * dim).CopyTo(_segmentInputs[l / seg]);
             LayerForward(l, batch, _x, _acts[l % seg]);
         }
+        long ts = PhaseTimes.Start();
         RmsNormGradient.Forward(_x, _outputNorm, _h, n, c.RmsEps);
         double loss = _loss.Loss(_h, n, batch.Targets, _dh, gradScale);
+        PhaseTimes.Stop(PhaseTimes.Phase.Loss, ts);
         _dx.AsSpan(0, n * dim).Clear();
         RmsNormGradient.Backward(_x, _outputNorm, _dh, _dx, n, c.RmsEps, _row);
 
@@ -225,12 +235,15 @@ public sealed class TrainingGraph
         var c = Config;
         var L = _layers[l];
         int n = batch.Count, dim = c.Dim;
+        long ts = PhaseTimes.Start();
         x.AsSpan(0, n * dim).CopyTo(a.XIn);
 
         RmsNormGradient.Forward(x, L.AttnNorm, a.H1, n, c.RmsEps);
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.Norm, ts);
         L.P[Q].Forward(a.H1, a.Q, n, a.Ax[Q], _scratch);
         L.P[K].Forward(a.H1, a.K, n, a.Ax[K], _scratch);
         L.P[V].Forward(a.H1, a.V, n, a.Ax[V], _scratch);
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.Qkv, ts);
         for (int t = 0; t < n; t++)
         {
             var q = a.Q.AsSpan(t * c.QDim, c.QDim);
@@ -256,8 +269,10 @@ public sealed class TrainingGraph
                 _rope.Apply(a.K.AsSpan((start + i) * c.KvDim, c.KvDim), c.KvHeads, c.HeadDim, i);
             }
         _attention.Forward(batch.Sequences, a.Q, a.K, a.V, a.A, a.Lse);
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.Attention, ts);
         var o = _h; // [n × Dim] scratch
         L.P[O].Forward(a.A, o, n, a.Ax[O], _scratch);
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.Wo, ts);
         TensorPrimitives.Add(x.AsSpan(0, n * dim), o.AsSpan(0, n * dim), x.AsSpan(0, n * dim));
         x.AsSpan(0, n * dim).CopyTo(a.XMid);
 
@@ -268,6 +283,7 @@ public sealed class TrainingGraph
         GateGradient.Forward(a.Gate.AsSpan(0, f), a.Up.AsSpan(0, f), _hid.AsSpan(0, f), c.Activation);
         L.P[Down].Forward(_hid, o, n, a.Ax[Down], _scratch);
         TensorPrimitives.Add(x.AsSpan(0, n * dim), o.AsSpan(0, n * dim), x.AsSpan(0, n * dim));
+        PhaseTimes.Stop(PhaseTimes.Phase.Ffn, ts);
     }
 
     /// <summary>Given _dx = ∂loss/∂(layer output), sums the layer's LoRA gradients and leaves ∂loss/∂(layer input) in _dx.</summary>
@@ -278,18 +294,25 @@ public sealed class TrainingGraph
         int n = batch.Count, dim = c.Dim, f = n * c.FfnDim;
 
         // FFN block: x_out = x_mid + down(act(gate) ⊙ up).
+        long ts = PhaseTimes.Start();
         GateGradient.Forward(a.Gate.AsSpan(0, f), a.Up.AsSpan(0, f), _hid.AsSpan(0, f), c.Activation);
         _dHid.AsSpan(0, f).Clear();
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.OtherBackward, ts);
         L.P[Down].Backward(_hid, a.Ax[Down], _dx, _dHid, n, _scratch);
+        ts = PhaseTimes.Start();
         GateGradient.Backward(a.Gate.AsSpan(0, f), a.Up.AsSpan(0, f), _dHid.AsSpan(0, f), _dg, _du, c.Activation);
         _dh.AsSpan(0, n * dim).Clear();
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.OtherBackward, ts);
         L.P[Gate].Backward(a.H2, a.Ax[Gate], _dg, _dh, n, _scratch);
         L.P[Up].Backward(a.H2, a.Ax[Up], _du, _dh, n, _scratch);
+        ts = PhaseTimes.Start();
         RmsNormGradient.Backward(a.XMid, L.FfnNorm, _dh, _dx, n, c.RmsEps, _row);
+        ts = PhaseTimes.Stop(PhaseTimes.Phase.OtherBackward, ts);
 
         // Attention block: x_mid = x_in + o(attention(q, k, v)).
         _dA.AsSpan(0, n * c.QDim).Clear();
         L.P[O].Backward(a.A, a.Ax[O], _dx, _dA, n, _scratch);
+        ts = PhaseTimes.Start();
         _attention.Backward(batch.Sequences, a.Q, a.K, a.V, a.A, a.Lse, _dA, _dq, _dk, _dv);
         foreach (var (start, len) in batch.Sequences)
             for (int i = 0; i < len; i++)
@@ -300,10 +323,13 @@ public sealed class TrainingGraph
         if (L.QNorm != null) HeadNormBackward(a.QPre, L.QNorm, _dq, n * c.Heads);
         if (L.KNorm != null) HeadNormBackward(a.KPre, L.KNorm, _dk, n * c.KvHeads);
         _dh.AsSpan(0, n * dim).Clear();
+        PhaseTimes.Stop(PhaseTimes.Phase.AttentionBackward, ts);
         L.P[Q].Backward(a.H1, a.Ax[Q], _dq, _dh, n, _scratch);
         L.P[K].Backward(a.H1, a.Ax[K], _dk, _dh, n, _scratch);
         L.P[V].Backward(a.H1, a.Ax[V], _dv, _dh, n, _scratch);
+        ts = PhaseTimes.Start();
         RmsNormGradient.Backward(a.XIn, L.AttnNorm, _dh, _dx, n, c.RmsEps, _row);
+        PhaseTimes.Stop(PhaseTimes.Phase.OtherBackward, ts);
     }
 
     /// <summary>Replaces the gradient after per-head norms with the gradient before them (rows of HeadDim).</summary>
