@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using FitLM.Tensors;
 
 namespace FitLM.Training;
@@ -44,17 +45,18 @@ internal sealed class CutCrossEntropy(IMatrix output, int vocabBlock = 1024)
             for (int t = 0; t < n; t++)
             {
                 var l = _logits.AsSpan(t * b, b);
-                float m = System.Numerics.Tensors.TensorPrimitives.Max(l);
+                int target = targets[t];
+                if (target >= v0 && target < v0 + b) _target[t] = l[target - v0];
+                float m = TensorPrimitives.Max(l);
                 if (m > _max[t])
                 {
                     _sum[t] *= Math.Exp(_max[t] - m);
                     _max[t] = m;
                 }
-                double s = 0;
-                for (int j = 0; j < b; j++) s += Math.Exp(l[j] - _max[t]);
-                _sum[t] += s;
-                int target = targets[t];
-                if (target >= v0 && target < v0 + b) _target[t] = l[target - v0];
+                // exp in place (the block's logits are recomputed for the gradient pass anyway)
+                TensorPrimitives.Subtract(l, (float)_max[t], l);
+                TensorPrimitives.Exp(l, l);
+                _sum[t] += TensorPrimitives.Sum(l);
             }
         }
         double loss = 0;
@@ -76,8 +78,9 @@ internal sealed class CutCrossEntropy(IMatrix output, int vocabBlock = 1024)
                 var l = _logits.AsSpan(t * b, b);
                 int target = targets[t];
                 if (target < 0) { l.Clear(); continue; }
-                float lse = _lse[t];
-                for (int j = 0; j < b; j++) l[j] = MathF.Exp(l[j] - lse) * gradScale;
+                TensorPrimitives.Subtract(l, _lse[t], l);
+                TensorPrimitives.Exp(l, l);
+                TensorPrimitives.Multiply(l, gradScale, l);
                 if (target >= v0 && target < v0 + b) l[target - v0] -= gradScale;
             }
             DenseMath.Transpose(_w, b, dim, _wT);

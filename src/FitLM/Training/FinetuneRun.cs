@@ -240,7 +240,7 @@ public sealed class FinetuneRun
             Options = _options, Step = stepsDone, TotalSteps = _total, ModelPath = Path.GetFullPath(_source.Path),
             TrainPath = _data.TrainPath is { } t ? Path.GetFullPath(t) : null,
             EvalPath = _data.EvalPath is { } e ? Path.GetFullPath(e) : null,
-            TrainFingerprint = _data.Train.Fingerprint, TrainWindows = _data.Train.Windows.Count, History = _history,
+            TrainFixedBatch = _data.Train.FixedBatch, TrainFingerprint = _data.Train.Fingerprint, TrainWindows = _data.Train.Windows.Count, History = _history,
         };
         string folder = cp.Write(_outputDir, _method, _source);
         _lastCheckpointStep = stepsDone;

@@ -1,4 +1,5 @@
 using FitLM.Adapters;
+using System.Numerics.Tensors;
 using FitLM.Runtime;
 using FitLM.Tensors;
 
@@ -31,11 +32,22 @@ internal sealed class LoraProjection(IMatrix weight, TrainablePair? lora, float 
         Weight.Multiply(x[..(n * In)], y, n);
         if (Lora is not { } l) return;
         long ts = PhaseTimes.Start();
-        int r = Rank;
-        DenseMath.MultiplyTransposed(x, n, In, l.Pair.A, r, ax);
-        var tmp = s.Product(n * Out);
-        DenseMath.MultiplyTransposed(ax, n, r, l.Pair.B, Out, tmp);
-        DenseMath.AddScaled(tmp, scale, y[..(n * Out)]);
+        int r = Rank, i = In, o = Out;
+        var p = l.Pair;
+        // Rank is small (4–64): dots and row updates, not the matrix kernels, whose work items are rows of W
+        // (8 rows would be one item on one thread) and which would need the operands transposed.
+        for (int t = 0; t < n; t++)
+        {
+            var xt = x.Slice(t * i, i);
+            for (int j = 0; j < r; j++) ax[t * r + j] = TensorPrimitives.Dot(xt, p.A.AsSpan(j * i, i));
+        }
+        var bT = s.Small(0, (long)r * o);
+        DenseMath.Transpose(p.B, o, r, bT);
+        for (int t = 0; t < n; t++)
+        {
+            var yt = y.Slice(t * o, o);
+            for (int j = 0; j < r; j++) TensorPrimitives.MultiplyAdd(bT.Slice(j * o, o), scale * ax[t * r + j], yt, yt);
+        }
         PhaseTimes.Stop(PhaseTimes.Phase.LoraForward, ts);
     }
 
@@ -51,38 +63,37 @@ internal sealed class LoraProjection(IMatrix weight, TrainablePair? lora, float 
         if (Lora is not { } l) return;
         int r = Rank, o = Out, i = In;
         var p = l.Pair;
-
-        // dB [o × r] += s · dYᵀ [o × n] · (A x) [n × r]
-        var dyT = s.Transposed(0, (long)o * n);
-        DenseMath.Transpose(dy, n, o, dyT);
-        var axT = s.Transposed(1, (long)r * n);
-        DenseMath.Transpose(ax, n, r, axT);
-        var dB = s.Small(0, (long)o * r);
-        DenseMath.MultiplyTransposed(dyT, o, n, axT, r, dB);
-        DenseMath.AddScaled(dB, scale, l.GradB);
-
-        // g [n × r] = s · dY · B
-        var bT = s.Small(1, (long)r * o);
+        var bT = s.Small(0, (long)r * o);
         DenseMath.Transpose(p.B, o, r, bT);
-        var g = s.Small(2, (long)n * r);
-        DenseMath.MultiplyTransposed(dy, n, o, bT, r, g);
-        System.Numerics.Tensors.TensorPrimitives.Multiply(g, scale, g);
-
-        // dA [r × i] += gᵀ [r × n] · x [n × i]
-        var gT = s.Small(3, (long)r * n);
-        DenseMath.Transpose(g, n, r, gT);
-        var xT = s.Transposed(0, (long)i * n);
-        DenseMath.Transpose(x[..(n * i)], n, i, xT);
-        var dA = s.Small(4, (long)r * i);
-        DenseMath.MultiplyTransposed(gT, r, n, xT, i, dA);
-        DenseMath.AddScaled(dA, 1f, l.GradA);
-
-        // dX [n × i] += g · A
-        var aT = s.Small(5, (long)i * r);
-        DenseMath.Transpose(p.A, r, i, aT);
-        var tmp = s.Product(n * i);
-        DenseMath.MultiplyTransposed(g, n, r, aT, i, tmp);
-        DenseMath.AddScaled(tmp, 1f, dx[..(n * i)]);
+        var g = s.Small(1, (long)n * r);
+        var dBT = s.Small(2, (long)r * o);
+        dBT.Clear();
+        for (int t = 0; t < n; t++)
+        {
+            var dyt = dy.Slice(t * o, o);
+            for (int j = 0; j < r; j++)
+            {
+                // g = s · dY · B;  dBᵀ += s · (A x)ᵀ dY
+                g[t * r + j] = scale * TensorPrimitives.Dot(dyt, bT.Slice(j * o, o));
+                var row = dBT.Slice(j * o, o);
+                TensorPrimitives.MultiplyAdd(dyt, scale * ax[t * r + j], row, row);
+            }
+        }
+        for (int j = 0; j < r; j++)
+            for (int k = 0; k < o; k++) l.GradB[k * r + j] += dBT[j * o + k];
+        for (int t = 0; t < n; t++)
+        {
+            // dA += gᵀ x;  dX += g A
+            var xt = x.Slice(t * i, i);
+            var dxt = dx.Slice(t * i, i);
+            for (int j = 0; j < r; j++)
+            {
+                float gj = g[t * r + j];
+                var dA = l.GradA.AsSpan(j * i, i);
+                TensorPrimitives.MultiplyAdd(xt, gj, dA, dA);
+                TensorPrimitives.MultiplyAdd(p.A.AsSpan(j * i, i), gj, dxt, dxt);
+            }
+        }
         PhaseTimes.Stop(PhaseTimes.Phase.LoraBackward, ts);
     }
 }
@@ -90,14 +101,10 @@ internal sealed class LoraProjection(IMatrix weight, TrainablePair? lora, float 
 /// <summary>Scratch arrays of the backward pass, grown on first use and reused for every step (no allocation per step).</summary>
 internal sealed class TrainingScratch
 {
-    private readonly float[][] _transposed = [[], []];
-    private readonly float[][] _small = [[], [], [], [], [], []];
-    private float[] _product = [];
+    private readonly float[][] _small = [[], [], []];
     public FrozenMatrixGradient Frozen { get; } = new();
 
-    public Span<float> Transposed(int slot, long length) => Get(ref _transposed[slot], length);
     public Span<float> Small(int slot, long length) => Get(ref _small[slot], length);
-    public Span<float> Product(long length) => Get(ref _product, length);
 
     private static Span<float> Get(ref float[] a, long length)
     {

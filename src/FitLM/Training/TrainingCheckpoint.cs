@@ -33,6 +33,8 @@ public sealed class TrainingCheckpoint
     /// <summary>The training text or id batch (full path; null when the data came from memory).</summary>
     public string? TrainPath { get; init; }
     public string? EvalPath { get; init; }
+    /// <summary>The training data was a fixed batch of ids (--train-ids), not a text.</summary>
+    public bool TrainFixedBatch { get; init; }
     public required ulong TrainFingerprint { get; init; }
     public required int TrainWindows { get; init; }
     public required IReadOnlyList<TrainingLogEntry> History { get; init; }
@@ -107,6 +109,7 @@ public sealed class TrainingCheckpoint
                 ModelPath = o.GetProperty("model").GetString()!,
                 TrainPath = o.TryGetProperty("train", out var tp) ? tp.GetString() : null,
                 EvalPath = o.TryGetProperty("eval", out var ep) ? ep.GetString() : null,
+                TrainFixedBatch = o.TryGetProperty("train_fixed_batch", out var fb) && fb.GetBoolean(),
                 TrainFingerprint = ulong.Parse(o.GetProperty("train_fingerprint").GetString()!, NumberStyles.HexNumber, CultureInfo.InvariantCulture),
                 TrainWindows = o.GetProperty("train_windows").GetInt32(),
                 History = o.GetProperty("history").EnumerateArray().Select(TrainingLog.FromJson).ToList(),
@@ -152,6 +155,7 @@ public sealed class TrainingCheckpoint
             w.WriteString("model", ModelPath);
             if (TrainPath != null) w.WriteString("train", TrainPath);
             if (EvalPath != null) w.WriteString("eval", EvalPath);
+            w.WriteBoolean("train_fixed_batch", TrainFixedBatch);
             w.WriteString("train_fingerprint", TrainFingerprint.ToString("x16", CultureInfo.InvariantCulture));
             w.WriteNumber("train_windows", TrainWindows);
             w.WritePropertyName("options");
