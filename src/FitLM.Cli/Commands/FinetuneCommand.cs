@@ -146,6 +146,7 @@ internal static class FinetuneCommand
         }
         string evalSummary = double.IsNaN(result.EvalLoss) ? "" : $"; eval loss {result.EvalLoss:F4}, perplexity {result.EvalPerplexity:F4}";
         Console.Error.WriteLine($"{result.TotalSteps - first} steps in {clock.Elapsed.TotalSeconds:F1} s ({result.TokensPerSecond:F1} tokens/s){evalSummary}");
+        if (!double.IsNaN(result.StepTokensPerSecond)) Console.Error.WriteLine($"training speed: {result.StepTokensPerSecond:F1} tokens/s after warm-up (steps only)");
         Console.Error.WriteLine($"wrote {Path.Combine(outDir, FinetuneRun.AdapterGgufFile)} and the PEFT adapter ({PeftAdapterFolder.WeightsFile}, {PeftAdapterFolder.ConfigFile}) in {outDir}");
         Common.PrintPeakRss();
         return 0;
@@ -175,7 +176,7 @@ internal static class FinetuneCommand
         string method = o.Method == FinetuneMethod.Mezo ? "MeZO" : "LoRA";
         e.WriteLine($"finetune plan for {src.Path}, budget {ProcessMemory.Format(w.BudgetBytes)}{(memory == 0 ? " (free memory)" : "")}: {method} rank {o.Rank} on {string.Join(",", o.Targets)}, " +
             $"micro-batch {plan.MicroBatch} of {batch}, {(o.Method == FinetuneMethod.Mezo ? "forward passes only" : FinetunePlanner.Describe(c, plan.SegmentLayers))}, weights {(w.Streams ? "streamed" : "resident")}");
-        e.WriteLine($"  runtime (fixed, measured)     {ProcessMemory.Format(w.RuntimeBytes),12}");
+        e.WriteLine($"  runtime (fixed, measured)     {ProcessMemory.Format(plan.RuntimeBytes),12}");
         e.WriteLine($"  resident weights              {ProcessMemory.Format(w.ResidentWeightBytes),12}");
         if (w.Streams) e.WriteLine($"  stream buffers                {ProcessMemory.Format(w.StreamBufferBytes),12}");
         e.WriteLine($"  KV cache and scratch          {ProcessMemory.Format(w.KvBytes + w.ScratchBytes),12}");

@@ -42,7 +42,10 @@ public sealed record FinetunePlan
     public required long DataBytes { get; init; }
     public required MemoryPlan WeightsPlan { get; init; }
     public long TrainingBytes => ActivationBytes + AdapterStateBytes + DataBytes;
-    public long TotalBytes => WeightsPlan.TotalBytes + TrainingBytes;
+    /// <summary>The whole process: the weight plan counts the training parts as memory the host holds.</summary>
+    public long TotalBytes => WeightsPlan.TotalBytes;
+    /// <summary>The runtime's share of <see cref="WeightsPlan"/>'s RuntimeBytes (which includes the training parts).</summary>
+    public long RuntimeBytes => WeightsPlan.RuntimeBytes - TrainingBytes;
     public bool Checkpointing(ModelConfig c) => SegmentLayers < c.Layers;
 }
 

@@ -35,4 +35,6 @@ public sealed record FinetuneResult
     public double EvalLoss { get; init; } = double.NaN;
     public double EvalPerplexity => Math.Exp(EvalLoss);
     public double TokensPerSecond { get; init; }
+    /// <summary>Tokens per second of the training steps alone (no evaluation or checkpoints), after the first step; NaN with one step.</summary>
+    public double StepTokensPerSecond { get; init; } = double.NaN;
 }

@@ -151,7 +151,7 @@ public sealed class FinetuneRun
     private FinetuneResult Loop(IProgress<FinetuneProgress>? progress, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
-        long tokens = 0, firstStep = _method.StepsDone;
+        long tokens = 0, firstStep = _method.StepsDone, warmTokens = 0, warmTicks = 0;
         double evalLoss = double.NaN;
         foreach (var e in _history)
             if (!double.IsNaN(e.EvalLoss)) evalLoss = e.EvalLoss;
@@ -163,10 +163,17 @@ public sealed class FinetuneRun
             if (ct.IsCancellationRequested) return Cancelled(step, evalLoss);
             var micro = _fixedBatches ?? Split(_data.Train.BatchAt(step, _options.Batch, _options.Seed), _microBatch).Select(s => new TrainingBatch(s)).ToList();
             double loss;
+            long t0 = Stopwatch.GetTimestamp();
             try { loss = _method.Step(micro, stepToken); }
             catch (OperationCanceledException) when (ct.IsCancellationRequested) { return Cancelled(step, evalLoss); }
             if (!double.IsFinite(loss)) Diverged(step + 1, loss);
             tokens += micro.Sum(b => b.Count);
+            if (step > firstStep)
+            {
+                // Steps only (no evaluation, no checkpoint), after the first (JIT, first touch of the scratch).
+                warmTicks += Stopwatch.GetTimestamp() - t0;
+                warmTokens += micro.Sum(b => b.Count);
+            }
             long done = step + 1;
             bool evaluate = _evalBatches.Count > 0 && (done == _total || (_options.EvalEvery > 0 && done % _options.EvalEvery == 0));
             if (evaluate)
@@ -193,6 +200,7 @@ public sealed class FinetuneRun
         {
             StepsDone = _total, TotalSteps = _total, Cancelled = false, OutputDir = _outputDir, CheckpointDir = checkpoint,
             AdapterGguf = gguf, History = _history, EvalLoss = evalLoss, TokensPerSecond = tokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9),
+            StepTokensPerSecond = warmTicks == 0 ? double.NaN : warmTokens / (warmTicks / (double)Stopwatch.Frequency),
         };
     }
 
