@@ -18,15 +18,24 @@ public sealed class LoraMatrix : IMatrix
         public float[] BTransposed { get; }
         public float Scale { get; }
 
+        private readonly LoraPair _pair;
+
         public Term(LoraPair pair, float scale)
         {
+            _pair = pair;
             Rank = pair.Rank;
             A = pair.A;
             Scale = scale;
             BTransposed = new float[pair.B.Length];
-            for (int o = 0; o < pair.Out; o++)
-                for (int r = 0; r < pair.Rank; r++)
-                    BTransposed[(long)r * pair.Out + o] = pair.B[(long)o * pair.Rank + r];
+            Refresh();
+        }
+
+        /// <summary>Copies B again after it changed in place (MeZO perturbs the adapter it evaluates); A is shared.</summary>
+        public void Refresh()
+        {
+            for (int o = 0; o < _pair.Out; o++)
+                for (int r = 0; r < _pair.Rank; r++)
+                    BTransposed[(long)r * _pair.Out + o] = _pair.B[(long)o * _pair.Rank + r];
         }
 
         public long Bytes => (A.Length + BTransposed.Length) * (long)sizeof(float);

@@ -41,6 +41,13 @@ public sealed class LoraWeights : IWeightProvider
         }
     }
 
+    /// <summary>Picks up changes made in place to the adapters' B matrices (A is used as it is).</summary>
+    public void Refresh()
+    {
+        foreach (var list in _terms.Values)
+            foreach (var t in list) t.Refresh();
+    }
+
     /// <summary>What <paramref name="adapters"/> hold once applied: A, B and the transposed copy of B each matrix multiplies with, float32.</summary>
     public static long BytesFor(IReadOnlyList<ScaledAdapter> adapters) =>
         adapters.Sum(a => a.Adapter.Pairs.Sum(p => (p.A.Length + 2L * p.B.Length) * sizeof(float)));
