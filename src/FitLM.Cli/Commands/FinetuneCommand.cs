@@ -16,7 +16,7 @@ namespace FitLM.Cli.Commands;
 /// </summary>
 internal static class FinetuneCommand
 {
-    private static readonly string[] OutputFiles = [PeftAdapterFolder.WeightsFile, PeftAdapterFolder.ConfigFile, FinetuneRun.AdapterGgufFile, TrainingLog.FileName];
+    private static readonly string[] OutputFiles = [PeftAdapterFolder.WeightsFile, PeftAdapterFolder.ConfigFile, FinetuneRun.AdapterGgufFile, TrainingLog.FileName, FullModelWeights.FileName];
 
     public static Command Create()
     {
@@ -84,6 +84,7 @@ internal static class FinetuneCommand
         using (var src = ModelSource.Open(modelPath))
         {
             var c = src.Config;
+            if (options.MezoFull) FullModelWeights.CheckSource(src); // before tokenizing: a quantized model fails at once
             var sw = Stopwatch.StartNew();
             var train = ids != null
                 ? TrainingData.FromIdsJson(ids, c.Vocab, idsPath!)
@@ -96,6 +97,8 @@ internal static class FinetuneCommand
             data = new FinetuneData(train, eval) { TrainPath = textPath ?? idsPath, EvalPath = evalPath };
             if (cp != null) FinetuneRun.CheckResumable(cp, resumeDir!, src, train);
 
+            if (adapterInit != null && options.MezoFull)
+                throw new FitLMException("--mezo-full trains the model's own weights; --adapter-init starts an adapter (drop one of them)");
             if (adapterInit != null)
             {
                 initial = LoraFile.Load(adapterInit, src, ct);
@@ -113,6 +116,7 @@ internal static class FinetuneCommand
                 SegmentLayers = options.CheckpointLayers < 0 ? null : options.CheckpointLayers,
                 Rank = options.Rank,
                 Targets = options.Targets,
+                MezoFull = options.MezoFull,
                 DataBytes = Footprint.TextBytes((text?.Length ?? ids!.Length) + (evalText?.Length ?? 0)),
             };
             plan = FinetunePlanner.Plan(modelPath, src, request, load);
@@ -147,7 +151,9 @@ internal static class FinetuneCommand
         string evalSummary = double.IsNaN(result.EvalLoss) ? "" : $"; eval loss {result.EvalLoss:F4}, perplexity {result.EvalPerplexity:F4}";
         Console.Error.WriteLine($"{result.TotalSteps - first} steps in {clock.Elapsed.TotalSeconds:F1} s ({result.TokensPerSecond:F1} tokens/s){evalSummary}");
         if (!double.IsNaN(result.StepTokensPerSecond)) Console.Error.WriteLine($"training speed: {result.StepTokensPerSecond:F1} tokens/s after warm-up (steps only)");
-        Console.Error.WriteLine($"wrote {Path.Combine(outDir, FinetuneRun.AdapterGgufFile)} and the PEFT adapter ({PeftAdapterFolder.WeightsFile}, {PeftAdapterFolder.ConfigFile}) in {outDir}");
+        Console.Error.WriteLine(result.ModelGguf != null
+            ? $"wrote the trained model {result.ModelGguf}"
+            : $"wrote {Path.Combine(outDir, FinetuneRun.AdapterGgufFile)} and the PEFT adapter ({PeftAdapterFolder.WeightsFile}, {PeftAdapterFolder.ConfigFile}) in {outDir}");
         Common.PrintPeakRss();
         return 0;
     }
@@ -173,8 +179,8 @@ internal static class FinetuneCommand
         var c = src.Config;
         var w = plan.WeightsPlan;
         var e = Console.Error;
-        string method = o.Method == FinetuneMethod.Mezo ? "MeZO" : "LoRA";
-        e.WriteLine($"finetune plan for {src.Path}, budget {ProcessMemory.Format(w.BudgetBytes)}{(memory == 0 ? " (free memory)" : "")}: {method} rank {o.Rank} on {string.Join(",", o.Targets)}, " +
+        string method = o.MezoFull ? "MeZO on all weights" : $"{(o.Method == FinetuneMethod.Mezo ? "MeZO" : "LoRA")} rank {o.Rank} on {string.Join(",", o.Targets)}";
+        e.WriteLine($"finetune plan for {src.Path}, budget {ProcessMemory.Format(w.BudgetBytes)}{(memory == 0 ? " (free memory)" : "")}: {method}, " +
             $"micro-batch {plan.MicroBatch} of {batch}, {(o.Method == FinetuneMethod.Mezo ? "forward passes only" : FinetunePlanner.Describe(c, plan.SegmentLayers))}, weights {(w.Streams ? "streamed" : "resident")}");
         e.WriteLine($"  runtime (fixed, measured)     {ProcessMemory.Format(plan.RuntimeBytes),12}");
         e.WriteLine($"  resident weights              {ProcessMemory.Format(w.ResidentWeightBytes),12}");
@@ -183,6 +189,7 @@ internal static class FinetuneCommand
         e.WriteLine($"  training activations          {ProcessMemory.Format(plan.ActivationBytes),12}");
         e.WriteLine($"  adapter and optimizer state   {ProcessMemory.Format(plan.AdapterStateBytes),12}");
         e.WriteLine($"  training data                 {ProcessMemory.Format(plan.DataBytes),12}");
+        e.WriteLine($"  training code, heap slack     {ProcessMemory.Format(plan.OverheadBytes),12}");
         e.WriteLine($"  total                         {ProcessMemory.Format(plan.TotalBytes),12}  of {ProcessMemory.Format(w.BudgetBytes)}");
     }
 }

@@ -34,6 +34,7 @@ internal sealed class FinetuneFlags
     public readonly Option<double> Clip = new("--clip") { Description = "clip the gradient's global L2 norm to this (0: no clipping)", DefaultValueFactory = _ => 1.0 };
     public readonly Option<double> WeightDecay = new("--weight-decay") { Description = "AdamW's decoupled weight decay", DefaultValueFactory = _ => 0.0 };
     public readonly Option<double> MezoEpsilon = new("--mezo-eps") { Description = "MeZO's perturbation size", DefaultValueFactory = _ => 1e-3 };
+    public readonly Option<bool> MezoFull = new("--mezo-full") { Description = "with --method mezo: train every weight of an F32/F16/BF16 GGUF model instead of an adapter; writes OUT_DIR/model.gguf" };
     public readonly Option<int> SaveEvery = new("--save-every") { Description = "write a checkpoint every N steps (0: only on Ctrl-C and at the end)", DefaultValueFactory = _ => 0 };
     public readonly Option<string?> Resume = new("--resume") { Description = "continue the run checkpointed in this OUT_DIR, bit for bit", HelpName = "OUT_DIR" };
     public readonly Option<string?> AdapterInit = new("--adapter-init") { Description = "start from this adapter (a PEFT folder or a GGUF LoRA file) instead of a new one", HelpName = "DIR" };
@@ -43,7 +44,7 @@ internal sealed class FinetuneFlags
     public void AddTo(Command cmd)
     {
         foreach (Option o in new Option[] { Model, File, TrainIds, Eval, EvalEvery, EvalWindows, Output, Method, Memory, Context, Batch, MicroBatch,
-                     LearningRate, Steps, Epochs, Seed, Rank, Alpha, Targets, Checkpoint, Schedule, Warmup, Clip, WeightDecay, MezoEpsilon,
+                     LearningRate, Steps, Epochs, Seed, Rank, Alpha, Targets, Checkpoint, Schedule, Warmup, Clip, WeightDecay, MezoEpsilon, MezoFull,
                      SaveEvery, Resume, AdapterInit, Plot, Threads })
             cmd.Add(o);
     }
@@ -82,11 +83,16 @@ internal sealed class FinetuneFlags
             Clip = (float)r.GetValue(Clip),
             WeightDecay = (float)r.GetValue(WeightDecay),
             MezoEpsilon = (float)r.GetValue(MezoEpsilon),
+            MezoFull = r.GetValue(MezoFull),
             SaveEvery = r.GetValue(SaveEvery),
             EvalEvery = r.GetValue(EvalEvery),
             EvalWindows = r.GetValue(EvalWindows),
         };
         if (r.GetValue(MicroBatch) < 0) throw new FitLMException($"--micro-batch {r.GetValue(MicroBatch)} must be at least 1");
+        if (o.MezoFull)
+            foreach (var adapterFlag in new Option[] { Rank, Alpha, Targets })
+                if (r.GetResult(adapterFlag) is { Implicit: false })
+                    throw new FitLMException($"{adapterFlag.Name} describes a LoRA adapter, and --mezo-full trains the model's own weights (drop {adapterFlag.Name})");
         if (r.GetValue(LearningRate) is { } lr && !(lr > 0 && double.IsFinite(lr)))
             throw new FitLMException($"--lr {lr.ToString(CultureInfo.InvariantCulture)} must be a positive number");
         o.Validate();
@@ -106,7 +112,7 @@ internal sealed class FinetuneFlags
             (MicroBatch, o => S(o.MicroBatch)), (Steps, o => S(o.Steps)), (Epochs, o => S(o.Epochs)), (Seed, o => S(o.Seed)),
             (Rank, o => S(o.Rank)), (Alpha, o => S(o.Alpha)), (Targets, o => string.Join(",", o.Targets)),
             (Checkpoint, o => S(o.CheckpointLayers)), (LearningRate, o => S(o.LearningRate)), (Schedule, o => o.Cosine ? "cosine" : "constant"),
-            (Warmup, o => S(o.WarmupSteps)), (Clip, o => S(o.Clip)), (WeightDecay, o => S(o.WeightDecay)), (MezoEpsilon, o => S(o.MezoEpsilon)),
+            (Warmup, o => S(o.WarmupSteps)), (Clip, o => S(o.Clip)), (WeightDecay, o => S(o.WeightDecay)), (MezoEpsilon, o => S(o.MezoEpsilon)), (MezoFull, o => o.MezoFull ? "on" : "off"),
             (SaveEvery, o => S(o.SaveEvery)), (EvalEvery, o => S(o.EvalEvery)), (EvalWindows, o => S(o.EvalWindows)),
         };
         foreach (var (flag, show) in checks)

@@ -35,6 +35,11 @@ public sealed record FinetuneOptions
     public float WeightDecay { get; init; }
     /// <summary>MeZO's perturbation size ε.</summary>
     public float MezoEpsilon { get; init; } = 1e-3f;
+    /// <summary>
+    /// MeZO trains every weight of an F32/F16/BF16 GGUF model (--mezo-full) instead of a LoRA adapter; the output is
+    /// OUT_DIR/model.gguf. The loaded model's own weights are trained in place: load it afresh for another run.
+    /// </summary>
+    public bool MezoFull { get; init; }
     /// <summary>Write a checkpoint every N steps (0: only when cancelled and at the end).</summary>
     public int SaveEvery { get; init; }
     /// <summary>Evaluate every N steps (0: only at the end; nothing without eval data).</summary>
@@ -60,6 +65,7 @@ public sealed record FinetuneOptions
         if (!(Clip >= 0) || !float.IsFinite(Clip)) throw new FitLMException($"--clip {Clip} must be 0 (none) or a positive number");
         if (!(WeightDecay >= 0) || !float.IsFinite(WeightDecay)) throw new FitLMException($"--weight-decay {WeightDecay} must be 0 or a positive number");
         if (!(MezoEpsilon > 0) || !float.IsFinite(MezoEpsilon)) throw new FitLMException($"--mezo-eps {MezoEpsilon} must be a positive number");
+        if (MezoFull && Method != FinetuneMethod.Mezo) throw new FitLMException("--mezo-full trains all weights with MeZO; add --method mezo");
         if (SaveEvery < 0) throw new FitLMException($"--save-every {SaveEvery} must be 0 or more");
         if (EvalEvery < 0) throw new FitLMException($"--eval-every {EvalEvery} must be 0 or more");
         if (EvalWindows < 1) throw new FitLMException($"--eval-windows {EvalWindows} must be at least 1");

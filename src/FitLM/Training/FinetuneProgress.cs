@@ -30,6 +30,8 @@ public sealed record FinetuneResult
     public required string CheckpointDir { get; init; }
     /// <summary>OUT_DIR/adapter.gguf when the run completed, else null.</summary>
     public string? AdapterGguf { get; init; }
+    /// <summary>OUT_DIR/model.gguf when a --mezo-full run completed (the trained model), else null.</summary>
+    public string? ModelGguf { get; init; }
     public required IReadOnlyList<TrainingLogEntry> History { get; init; }
     /// <summary>The last evaluation's loss (NaN: none ran).</summary>
     public double EvalLoss { get; init; } = double.NaN;

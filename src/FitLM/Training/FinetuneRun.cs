@@ -38,7 +38,7 @@ public sealed class FinetuneRun
     private long _lastCheckpointStep;
 
     private FinetuneRun(IModelSource source, IWeightProvider weights, FinetuneData data, FinetuneOptions options, string outputDir,
-        long total, LoraAdapter adapter, long stepsDone, List<TrainingLogEntry> history)
+        long total, LoraAdapter? adapter, long stepsDone, List<TrainingLogEntry> history)
     {
         _source = source;
         _data = data;
@@ -67,14 +67,16 @@ public sealed class FinetuneRun
             foreach (var chunk in Split(windows, perBatch)) _evalBatches.Add(new TrainingBatch(chunk));
         }
         if (total > int.MaxValue) throw new FitLMException($"--steps {total} is too many");
+        var mezo = new MezoOptions
+        {
+            Epsilon = options.MezoEpsilon, LearningRate = options.LearningRate, WarmupSteps = options.WarmupSteps,
+            Cosine = options.Cosine, TotalSteps = (int)total, WeightDecay = options.WeightDecay, Seed = options.Seed,
+        };
         _method = options.Method switch
         {
-            FinetuneMethod.Mezo => new MezoTrainer(c, weights, adapter, graphTokens, new MezoOptions
-            {
-                Epsilon = options.MezoEpsilon, LearningRate = options.LearningRate, WarmupSteps = options.WarmupSteps,
-                Cosine = options.Cosine, TotalSteps = (int)total, WeightDecay = options.WeightDecay, Seed = options.Seed,
-            }),
-            _ => new LoraTrainer(c, weights, adapter, graphTokens, options.SegmentLayers(c.Layers), new OptimizerOptions
+            FinetuneMethod.Mezo when options.MezoFull => MezoTrainer.Full(source, weights, graphTokens, mezo),
+            FinetuneMethod.Mezo => new MezoTrainer(c, weights, adapter!, graphTokens, mezo),
+            _ => new LoraTrainer(c, weights, adapter!, graphTokens, options.SegmentLayers(c.Layers), new OptimizerOptions
             {
                 LearningRate = options.LearningRate, WarmupSteps = options.WarmupSteps, Cosine = options.Cosine,
                 Clip = options.Clip, WeightDecay = options.WeightDecay, TotalSteps = (int)total,
@@ -101,9 +103,11 @@ public sealed class FinetuneRun
             throw new FitLMException($"{outputDir}: holds the checkpoint of an earlier run; continue it with --resume {outputDir}, or choose another -o");
         if (!data.Train.FixedBatch && data.Train.LongestWindow > options.Context)
             throw new FitLMException($"training windows of {data.Train.LongestWindow} tokens are longer than --ctx {options.Context}");
-        var adapter = initialAdapter ?? LoraAdapter.Create(source.Config, options.Targets, options.Rank, options.Alpha, options.Seed);
+        if (options.MezoFull && initialAdapter != null) throw new FitLMException("--mezo-full trains the model's own weights; --adapter-init starts an adapter (drop one of them)");
+        if (options.MezoFull) FullModelWeights.CheckSource(source);
+        var adapter = options.MezoFull ? null : initialAdapter ?? LoraAdapter.Create(source.Config, options.Targets, options.Rank, options.Alpha, options.Seed);
         // The checkpoint echoes what is trained: an initial adapter's own rank, alpha and targets.
-        options = options with { Rank = adapter.Rank, Alpha = adapter.Alpha, Targets = adapter.Targets };
+        if (adapter != null) options = options with { Rank = adapter.Rank, Alpha = adapter.Alpha, Targets = adapter.Targets };
         long total = options.Steps > 0 ? options.Steps : data.Train.StepsFor(options.Epochs > 0 ? options.Epochs : 1, options.Batch);
         var run = new FinetuneRun(source, weights, data, options, outputDir, total, adapter, 0, []);
         return run.Loop(progress, ct);
@@ -118,7 +122,7 @@ public sealed class FinetuneRun
     {
         var (cp, folder) = TrainingCheckpoint.Read(outputDir);
         CheckResumable(cp, outputDir, source, data.Train);
-        var adapter = TrainingCheckpoint.ReadAdapter(folder, source);
+        var adapter = cp.Options.MezoFull ? null : TrainingCheckpoint.ReadAdapter(folder, source);
         var history = cp.History.Where(e => e.Step <= cp.Step).ToList();
         var run = new FinetuneRun(source, weights, data with { TrainPath = data.TrainPath ?? cp.TrainPath, EvalPath = data.EvalPath ?? cp.EvalPath },
             cp.Options, outputDir, cp.TotalSteps, adapter, cp.Step, history);
@@ -193,13 +197,18 @@ public sealed class FinetuneRun
         }
         string checkpoint = SaveCheckpoint(_total);
         // The run is complete: its outputs are written even if a cancel arrives now.
-        PeftAdapterFolder.Write(_method.Adapter, _outputDir, _source, ct: CancellationToken.None);
-        string gguf = Path.Combine(_outputDir, AdapterGgufFile);
-        GgufAdapterFile.Write(_method.Adapter, gguf, _source, CancellationToken.None);
+        string? gguf = null, model = null;
+        if (_method.Adapter is { } adapter)
+        {
+            PeftAdapterFolder.Write(adapter, _outputDir, _source, ct: CancellationToken.None);
+            gguf = Path.Combine(_outputDir, AdapterGgufFile);
+            GgufAdapterFile.Write(adapter, gguf, _source, CancellationToken.None);
+        }
+        if (_method.ModelWeights is { } weights) model = weights.Write(Path.Combine(_outputDir, FullModelWeights.FileName), CancellationToken.None);
         return new FinetuneResult
         {
             StepsDone = _total, TotalSteps = _total, Cancelled = false, OutputDir = _outputDir, CheckpointDir = checkpoint,
-            AdapterGguf = gguf, History = _history, EvalLoss = evalLoss, TokensPerSecond = tokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9),
+            AdapterGguf = gguf, ModelGguf = model, History = _history, EvalLoss = evalLoss, TokensPerSecond = tokens / Math.Max(clock.Elapsed.TotalSeconds, 1e-9),
             StepTokensPerSecond = warmTicks == 0 ? double.NaN : warmTokens / (warmTicks / (double)Stopwatch.Frequency),
         };
     }

@@ -8,8 +8,10 @@ namespace FitLM.Training;
 /// </summary>
 public interface IFinetuneMethod
 {
-    /// <summary>The adapter being trained (its arrays are updated in place by every step).</summary>
-    LoraAdapter Adapter { get; }
+    /// <summary>The adapter being trained (its arrays are updated in place by every step); null when the method trains the model's own weights (<see cref="ModelWeights"/>).</summary>
+    LoraAdapter? Adapter { get; }
+    /// <summary>The model's weights when they are what is trained (full-weight MeZO, `--mezo-full`): written as OUT_DIR/model.gguf and in checkpoints; null for an adapter.</summary>
+    FullModelWeights? ModelWeights => null;
     /// <summary>The graph the method runs (its <see cref="TrainingGraph.Loss"/> evaluates held-out text).</summary>
     TrainingGraph Graph { get; }
     /// <summary>Steps taken so far; a resumed run sets it from its checkpoint.</summary>

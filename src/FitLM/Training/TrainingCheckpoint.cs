@@ -60,7 +60,8 @@ public sealed class TrainingCheckpoint
         try
         {
             Directory.CreateDirectory(temp);
-            PeftAdapterFolder.Write(method.Adapter, temp, source);
+            if (method.Adapter is { } adapter) PeftAdapterFolder.Write(adapter, temp, source);
+            method.ModelWeights?.Write(Path.Combine(temp, FullModelWeights.FileName)); // --mezo-full: the model is the state
             if (method.OptimizerState.Count > 0)
                 SafetensorsWriter.Write(Path.Combine(temp, OptimizerFile),
                     method.OptimizerState.Select(kv => new SafetensorsTensor(kv.Key, [kv.Value.Length], kv.Value)).ToList());
@@ -131,6 +132,8 @@ public sealed class TrainingCheckpoint
     /// <summary>Copies the saved optimizer arrays into <paramref name="method"/>'s, refusing a checkpoint whose arrays do not match.</summary>
     public static void RestoreOptimizer(string folder, IFinetuneMethod method)
     {
+        // --mezo-full: the trained weights are the state (MeZO keeps no other).
+        method.ModelWeights?.Restore(Path.Combine(folder, FullModelWeights.FileName));
         if (method.OptimizerState.Count == 0) return;
         string path = Path.Combine(folder, OptimizerFile);
         if (!File.Exists(path)) throw new FitLMException($"{folder}: the checkpoint has no {OptimizerFile}");
@@ -191,6 +194,7 @@ public sealed class TrainingCheckpoint
         w.WriteNumber("clip", o.Clip);
         w.WriteNumber("weight_decay", o.WeightDecay);
         w.WriteNumber("mezo_eps", o.MezoEpsilon);
+        w.WriteBoolean("mezo_full", o.MezoFull);
         w.WriteNumber("save_every", o.SaveEvery);
         w.WriteNumber("eval_every", o.EvalEvery);
         w.WriteNumber("eval_windows", o.EvalWindows);
@@ -216,6 +220,7 @@ public sealed class TrainingCheckpoint
         Clip = o.GetProperty("clip").GetSingle(),
         WeightDecay = o.GetProperty("weight_decay").GetSingle(),
         MezoEpsilon = o.GetProperty("mezo_eps").GetSingle(),
+        MezoFull = o.TryGetProperty("mezo_full", out var full) && full.GetBoolean(),
         SaveEvery = o.GetProperty("save_every").GetInt32(),
         EvalEvery = o.GetProperty("eval_every").GetInt32(),
         EvalWindows = o.GetProperty("eval_windows").GetInt32(),

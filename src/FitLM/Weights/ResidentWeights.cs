@@ -89,5 +89,11 @@ public sealed unsafe class ResidentMatrix : IMatrix, IDisposable
         Dequantize.Row(Type, new ReadOnlySpan<byte>(_data.Pointer + row * RowBytes, (int)RowBytes), dst[..Cols]);
     }
 
+    /// <summary>
+    /// Bytes [<paramref name="offset"/>, offset + <paramref name="length"/>) of the matrix, writable: full-weight MeZO
+    /// perturbs F32/F16/BF16 weights in place here (a window, since one matrix may hold more than 2 GiB).
+    /// </summary>
+    internal Span<byte> WritableBytes(long offset, int length) => _data.Slice(offset, length);
+
     public void Dispose() => _data.Dispose();
 }

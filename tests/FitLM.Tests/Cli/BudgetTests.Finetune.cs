@@ -35,7 +35,7 @@ public sealed partial class BudgetTests
 
             var less = CliRunner.Run(Args($"{smallest - 1}MiB", dir + "-less"));
             Assert.NotEqual(0, less.ExitCode);
-            Assert.StartsWith("error:", less.StdErr.Trim());
+            Assert.Single(less.StdErr.Trim().Split('\n'), l => l.StartsWith("error:", StringComparison.Ordinal));
 
             var resident = PeakRssRunner.Run(Args("140MiB", dir + "-resident"));
             Assert.Contains("weights resident", resident.StdErr);
