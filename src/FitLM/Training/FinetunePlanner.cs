@@ -111,7 +111,7 @@ public static class FinetunePlanner
     public static long ActivationBytes(ModelConfig c, FinetunePlanRequest r, int micro, int segmentLayers)
     {
         int tokens = micro * r.Context;
-        if (r.Method == FinetuneMethod.Mezo) return TrainingGraph.ForwardBytes(c, tokens);
+        if (r.Method == FinetuneMethod.Mezo) return InferenceLoss.Bytes(c, r.Context);
         return TrainingGraph.ActivationBytes(c, tokens, segmentLayers, r.Rank, r.Targets.ToArray());
     }
 

@@ -220,7 +220,7 @@ public sealed class FinetuneRun
         long targets = 0;
         foreach (var b in _evalBatches)
         {
-            sum += _method.Graph.Loss(b, ct);
+            sum += _method.EvaluateLoss(b, ct);
             targets += b.TargetCount;
         }
         return sum / targets;

@@ -12,8 +12,8 @@ public interface IFinetuneMethod
     LoraAdapter? Adapter { get; }
     /// <summary>The model's weights when they are what is trained (full-weight MeZO, `--mezo-full`): written as OUT_DIR/model.gguf and in checkpoints; null for an adapter.</summary>
     FullModelWeights? ModelWeights => null;
-    /// <summary>The graph the method runs (its <see cref="TrainingGraph.Loss"/> evaluates held-out text).</summary>
-    TrainingGraph Graph { get; }
+    /// <summary>The summed next-token loss of <paramref name="batch"/> at the current parameters (evaluation on held-out text).</summary>
+    double EvaluateLoss(TrainingBatch batch, CancellationToken ct = default);
     /// <summary>Steps taken so far; a resumed run sets it from its checkpoint.</summary>
     long StepsDone { get; set; }
     /// <summary>One step over the micro-batches of a batch; returns the mean loss computed before the update (NaN/∞: nothing was updated).</summary>

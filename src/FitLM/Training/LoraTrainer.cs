@@ -60,6 +60,8 @@ public sealed class LoraTrainer : IFinetuneMethod
         Schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.TotalSteps, options.Cosine);
     }
 
+    public double EvaluateLoss(TrainingBatch batch, CancellationToken ct = default) => Graph.Loss(batch, ct);
+
     /// <summary>Clears every gradient.</summary>
     public void ZeroGradients()
     {

@@ -31,7 +31,7 @@ public sealed class MezoTrainer : IFinetuneMethod
     public LoraAdapter? Adapter { get; }
     /// <summary>The model's weights when they are what is trained (<see cref="Full"/>); null for an adapter.</summary>
     public FullModelWeights? ModelWeights { get; }
-    public TrainingGraph Graph { get; }
+    private readonly InferenceLoss _loss;
     public MezoOptions Options { get; }
     public long StepsDone { get; set; }
     public IReadOnlyDictionary<string, float[]> OptimizerState { get; } = new Dictionary<string, float[]>();
@@ -48,20 +48,20 @@ public sealed class MezoTrainer : IFinetuneMethod
 
     /// <summary>MeZO on the A and B of <paramref name="adapter"/>'s pairs; the model's weights stay frozen.</summary>
     public MezoTrainer(ModelConfig config, IWeightProvider weights, LoraAdapter adapter, int maxTokens, MezoOptions options)
-        : this(new TrainingGraph(config, weights, adapter, maxTokens, backward: false), adapter, null, options)
+        : this(new InferenceLoss(config, weights, adapter, maxTokens), adapter, null, options)
     {
     }
 
-    private MezoTrainer(TrainingGraph graph, LoraAdapter? adapter, FullModelWeights? full, MezoOptions options)
+    private MezoTrainer(InferenceLoss loss, LoraAdapter? adapter, FullModelWeights? full, MezoOptions options)
     {
         if (!(options.LearningRate > 0) || !float.IsFinite(options.LearningRate)) throw new FitLMException($"the learning rate must be a positive number (got {options.LearningRate})");
         if (!(options.Epsilon > 0) || !float.IsFinite(options.Epsilon)) throw new FitLMException($"MeZO's epsilon must be a positive number (got {options.Epsilon})");
         Adapter = adapter;
         ModelWeights = full;
         Options = options;
-        Graph = graph;
+        _loss = loss;
         IReadOnlyList<MezoParameter> parameters = full?.Parameters
-            ?? Graph.Trainable.SelectMany(t => new MezoParameter[] { new ArrayParameter(t.Pair.Name + ".lora_a", t.Pair.A), new ArrayParameter(t.Pair.Name + ".lora_b", t.Pair.B) }).ToList();
+            ?? adapter!.Pairs.SelectMany(p => new MezoParameter[] { new ArrayParameter(p.Name + ".lora_a", p.A), new ArrayParameter(p.Name + ".lora_b", p.B) }).ToList();
         if (parameters.Count == 0) throw new FitLMException("the adapter matches no matrix of this model: nothing to train");
         _moves = new MezoPerturbation(parameters);
         _schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.TotalSteps, options.Cosine);
@@ -74,8 +74,11 @@ public sealed class MezoTrainer : IFinetuneMethod
     public static MezoTrainer Full(IModelSource source, IWeightProvider weights, int maxTokens, MezoOptions options)
     {
         var full = FullModelWeights.Of(source, weights);
-        return new MezoTrainer(new TrainingGraph(source.Config, weights, null, maxTokens, backward: false), null, full, options);
+        return new MezoTrainer(new InferenceLoss(source.Config, weights, null, maxTokens), null, full, options);
     }
+
+    /// <summary>The summed loss of <paramref name="batch"/> at the current parameters, on the inference graph MeZO steps with.</summary>
+    public double EvaluateLoss(TrainingBatch batch, CancellationToken ct = default) => _loss.Loss(batch, ct);
 
     /// <summary>Numbers trained.</summary>
     public long ParameterCount => _moves.Elements;
@@ -104,13 +107,13 @@ public sealed class MezoTrainer : IFinetuneMethod
     private double Loss(IReadOnlyList<TrainingBatch> microBatches, CancellationToken ct)
     {
         double sum = 0;
-        foreach (var b in microBatches) sum += Graph.Loss(b, ct);
+        foreach (var b in microBatches) sum += _loss.Loss(b, ct);
         return sum;
     }
 
     /// <summary>
     /// The direction z of step <paramref name="step"/>, one array per parameter: A then B of each pair of
-    /// <see cref="TrainingGraph.Trainable"/>, or the model's tensors in file order (for tests).
+    /// the adapter's pairs (A then B of each), or the model's tensors in file order (for tests).
     /// </summary>
     internal float[][] Direction(long step) => _moves.Direction(DirectionSeed(Options.Seed, step));
 

@@ -139,15 +139,6 @@ public sealed class TrainingGraph
         return acts + segInputs + buffers + frozen + lora + CutCrossEntropy.ScratchBytes(c.Vocab, c.Dim, maxTokens);
     }
 
-    /// <summary>Bytes of a forward-only graph (<see cref="Loss"/>: evaluation, MeZO) for <paramref name="maxTokens"/> tokens.</summary>
-    public static long ForwardBytes(ModelConfig c, int maxTokens)
-    {
-        long n = maxTokens;
-        int widest = Math.Max(c.FfnDim, c.QDim);
-        return LayerActivations.Bytes(c, maxTokens, new int[7]) + 4 * n * (2L * c.Dim + widest)
-            + CutCrossEntropy.ScratchBytes(c.Vocab, c.Dim, maxTokens);
-    }
-
     /// <summary>The summed next-token loss of <paramref name="batch"/>, forward only (evaluation, MeZO): one layer of activations.</summary>
     public double Loss(TrainingBatch batch, CancellationToken ct = default)
     {

@@ -74,7 +74,7 @@ public sealed class FullMezoTests(ITestOutputHelper output) : IDisposable
         using var model = Load(path);
         var batch = Batch(model, 2);
         var mezo = MezoTrainer.Full(model.Source, model.Weights, batch[0].Count, new MezoOptions { LearningRate = 1e-3f, Seed = 1 });
-        double Exact() => mezo.Graph.Loss(batch[0]) / batch[0].TargetCount;
+        double Exact() => mezo.EvaluateLoss(batch[0]) / batch[0].TargetCount;
         double first = Exact();
         for (int s = 0; s < 20; s++) mezo.Step(batch);
         double last = Exact();
