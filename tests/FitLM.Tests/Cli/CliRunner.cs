@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Diagnostics;
 
 namespace FitLM.Tests.Cli;
@@ -33,4 +34,28 @@ public static class CliRunner
     }
 
     public static Result Run(params string[] args) => RunWithInput(null, args);
+
+    /// <summary>Runs fitlm and sends it SIGINT (Ctrl-C) once a stdout line starts with <paramref name="afterLine"/>.</summary>
+    public static (int Exit, string StdOut, string StdErr) RunAndInterrupt(string[] args, string afterLine)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "fitlm.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        var sb = new System.Text.StringBuilder();
+        bool sent = false;
+        while (p.StandardOutput.ReadLine() is { } line)
+        {
+            sb.AppendLine(line);
+            if (!sent && line.StartsWith(afterLine, StringComparison.Ordinal))
+            {
+                using var kill = Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)]);
+                kill.WaitForExit();
+                sent = true;
+            }
+        }
+        if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(true); throw new TimeoutException("fitlm finetune did not stop"); }
+        return (p.ExitCode, sb.ToString(), stderr.Result);
+    }
 }

@@ -63,7 +63,7 @@ public sealed class FinetuneCommandTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(0, a.ExitCode);
 
         // Ctrl-C (SIGINT) once the first step is printed.
-        var (exit, stdout, stderr) = RunAndInterrupt(Demo(stopped, "--steps", "8"), afterLine: "step 1 ");
+        var (exit, stdout, stderr) = CliRunner.RunAndInterrupt(Demo(stopped, "--steps", "8"), afterLine: "step 1 ");
         output.WriteLine($"interrupted: exit {exit}\n{stdout}{stderr}");
         if (exit == 0) { output.WriteLine("inconclusive: the run finished before the interrupt arrived"); return; }
         Assert.Equal(130, exit);
@@ -78,29 +78,6 @@ public sealed class FinetuneCommandTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(StepLosses(a.StdOut).Skip(8 - StepLosses(b.StdOut).Length), StepLosses(b.StdOut));
         foreach (var file in new[] { "adapter_model.safetensors", "adapter.gguf", "train-log.jsonl" })
             Assert.True(File.ReadAllBytes(Path.Combine(straight, file)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(stopped, file))), $"{file} differs after resume");
-    }
-
-    private static (int Exit, string StdOut, string StdErr) RunAndInterrupt(string[] args, string afterLine)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "fitlm.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stderr = p.StandardError.ReadToEndAsync();
-        var sb = new System.Text.StringBuilder();
-        bool sent = false;
-        while (p.StandardOutput.ReadLine() is { } line)
-        {
-            sb.AppendLine(line);
-            if (!sent && line.StartsWith(afterLine, StringComparison.Ordinal))
-            {
-                using var kill = Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)]);
-                kill.WaitForExit();
-                sent = true;
-            }
-        }
-        if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(true); throw new TimeoutException("fitlm finetune did not stop"); }
-        return (p.ExitCode, sb.ToString(), stderr.Result);
     }
 
     [Fact]

@@ -88,7 +88,7 @@ public sealed class FinetuneMezoFullCommandTests(ITestOutputHelper output) : IDi
         var a = CliRunner.Run(Full(model, straight, "--steps", "12"));
         Assert.Equal(0, a.ExitCode);
 
-        var (exit, stdout, stderr) = RunAndInterrupt(Full(model, stopped, "--steps", "12"), afterLine: "step 1 ");
+        var (exit, stdout, stderr) = CliRunner.RunAndInterrupt(Full(model, stopped, "--steps", "12"), afterLine: "step 1 ");
         output.WriteLine($"interrupted: exit {exit}\n{stdout}{stderr}");
         if (exit == 0) { output.WriteLine("inconclusive: the run finished before the interrupt arrived"); return; }
         Assert.Equal(130, exit);
@@ -102,28 +102,5 @@ public sealed class FinetuneMezoFullCommandTests(ITestOutputHelper output) : IDi
         Assert.Equal(StepLines(a.StdOut).Skip(12 - resumed.Length), resumed);
         foreach (var file in new[] { "model.gguf", "train-log.jsonl" })
             Assert.True(File.ReadAllBytes(Path.Combine(straight, file)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(stopped, file))), $"{file} differs after resume");
-    }
-
-    private static (int Exit, string StdOut, string StdErr) RunAndInterrupt(string[] args, string afterLine)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "fitlm.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stderr = p.StandardError.ReadToEndAsync();
-        var sb = new System.Text.StringBuilder();
-        bool sent = false;
-        while (p.StandardOutput.ReadLine() is { } line)
-        {
-            sb.AppendLine(line);
-            if (!sent && line.StartsWith(afterLine, StringComparison.Ordinal))
-            {
-                using var kill = Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)]);
-                kill.WaitForExit();
-                sent = true;
-            }
-        }
-        if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(true); throw new TimeoutException("fitlm finetune did not stop"); }
-        return (p.ExitCode, sb.ToString(), stderr.Result);
     }
 }
