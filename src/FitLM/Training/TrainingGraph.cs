@@ -31,8 +31,6 @@ public sealed class TrainingGraph
     /// <summary>Layers per checkpoint segment (all layers: no checkpointing).</summary>
     public int SegmentLayers { get; }
     public IReadOnlyList<TrainablePair> Trainable { get; }
-    /// <summary>False for a forward-only graph (evaluation, MeZO): <see cref="LossAndGradients"/> is refused.</summary>
-    public bool HasBackward { get; }
 
     private readonly Layer[] _layers;
     private readonly IMatrix _embedding, _output;
@@ -46,13 +44,12 @@ public sealed class TrainingGraph
     // Residual stream, the final norm's output, their gradients and the backward's per-block scratch.
     private readonly float[] _x, _h, _dx, _dh, _dA, _dq, _dk, _dv, _dHid, _dg, _du, _hid, _row;
 
-    public TrainingGraph(ModelConfig config, IWeightProvider weights, LoraAdapter? adapter, int maxTokens, int segmentLayers = 0, bool backward = true)
+    public TrainingGraph(ModelConfig config, IWeightProvider weights, LoraAdapter? adapter, int maxTokens, int segmentLayers = 0)
     {
         Config = config;
         var c = config;
         MaxTokens = maxTokens;
-        SegmentLayers = !backward ? 1 : segmentLayers <= 0 ? c.Layers : Math.Min(segmentLayers, c.Layers);
-        HasBackward = backward;
+        SegmentLayers = segmentLayers <= 0 ? c.Layers : Math.Min(segmentLayers, c.Layers);
         var trainable = new List<TrainablePair>();
         _layers = new Layer[c.Layers];
         for (int l = 0; l < c.Layers; l++)
@@ -96,21 +93,20 @@ public sealed class TrainingGraph
         var ranks = Ranks(_layers);
         _acts = new LayerActivations[SegmentLayers];
         for (int i = 0; i < _acts.Length; i++) _acts[i] = new LayerActivations(c, n, ranks);
-        _segmentInputs = new float[backward ? (c.Layers + SegmentLayers - 1) / SegmentLayers : 0][];
+        _segmentInputs = new float[(c.Layers + SegmentLayers - 1) / SegmentLayers][];
         for (int s = 0; s < _segmentInputs.Length; s++) _segmentInputs[s] = new float[n * c.Dim];
         int wide = Math.Max(c.Dim, c.QDim);
         _x = new float[n * c.Dim];
         _h = new float[n * c.Dim];
-        int b = backward ? n : 0; // forward-only graphs (evaluation, MeZO) hold no gradients
-        _dx = new float[b * c.Dim];
-        _dh = new float[b * wide];
-        _dA = new float[b * c.QDim];
-        _dq = new float[b * c.QDim];
-        _dk = new float[b * c.KvDim];
-        _dv = new float[b * c.KvDim];
-        _dHid = new float[b * c.FfnDim];
-        _dg = new float[b * c.FfnDim];
-        _du = new float[b * c.FfnDim];
+        _dx = new float[n * c.Dim];
+        _dh = new float[n * wide];
+        _dA = new float[n * c.QDim];
+        _dq = new float[n * c.QDim];
+        _dk = new float[n * c.KvDim];
+        _dv = new float[n * c.KvDim];
+        _dHid = new float[n * c.FfnDim];
+        _dg = new float[n * c.FfnDim];
+        _du = new float[n * c.FfnDim];
         _hid = new float[n * Math.Max(c.FfnDim, c.QDim)];
         _row = new float[Math.Max(wide, c.FfnDim)];
     }
@@ -162,7 +158,6 @@ public sealed class TrainingGraph
     /// </summary>
     public double LossAndGradients(TrainingBatch batch, float gradScale, CancellationToken ct = default)
     {
-        if (!HasBackward) throw new InvalidOperationException("this graph was built forward-only");
         var c = Config;
         int n = Check(batch), dim = c.Dim, seg = SegmentLayers;
         Embed(batch, _x);
