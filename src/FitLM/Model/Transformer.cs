@@ -329,10 +329,13 @@ public sealed class Transformer
         for (int t = 0; t < n; t++) RmsNorm(x.Slice(t * dim, dim), w, o.Slice(t * dim, dim));
     }
 
-    private void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> o)
+    private void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> o) => RmsNorm(x, w, o, Config.RmsEps);
+
+    /// <summary>o = x / √(mean(x²) + ε) ⊙ w: the model's RMSNorm of one row (the training graph uses it too).</summary>
+    public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> o, float eps)
     {
         float ss = TensorPrimitives.SumOfSquares(x) / x.Length;
-        float scale = 1f / MathF.Sqrt(ss + Config.RmsEps);
+        float scale = 1f / MathF.Sqrt(ss + eps);
         TensorPrimitives.Multiply(x, scale, o);
         TensorPrimitives.Multiply(o, w, o);
     }

@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using FitLM.Adapters;
 using FitLM.Model;
 
@@ -52,11 +51,7 @@ public sealed class InferenceLoss
                 {
                     int target = batch.Targets[start + c0 + t];
                     if (target < 0) continue;
-                    var row = _logits.AsSpan(t * vocab, vocab);
-                    float max = TensorPrimitives.Max(row), targetLogit = row[target];
-                    TensorPrimitives.Subtract(row, max, row);
-                    TensorPrimitives.Exp(row, row);
-                    sum += max + Math.Log(TensorPrimitives.Sum(row)) - targetLogit;
+                    sum -= Evaluation.Perplexity.LogSoftmaxAt(_logits.AsSpan(t * vocab, vocab), target);
                 }
             }
         }

@@ -8,14 +8,7 @@ internal static class RmsNormGradient
     public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y, int n, float eps)
     {
         int d = w.Length;
-        for (int t = 0; t < n; t++)
-        {
-            var xr = x.Slice(t * d, d);
-            var yr = y.Slice(t * d, d);
-            float r = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xr) / d + eps);
-            TensorPrimitives.Multiply(xr, r, yr);
-            TensorPrimitives.Multiply(yr, w, yr);
-        }
+        for (int t = 0; t < n; t++) Model.Transformer.RmsNorm(x.Slice(t * d, d), w, y.Slice(t * d, d), eps);
     }
 
     /// <summary>
