@@ -49,6 +49,9 @@ public sealed record Health(string Status);
 public sealed record TokenizeResult(int[] Tokens);
 public sealed record DetokenizeResult(string Content);
 
+/// <summary>GET/POST /budget: the memory budget now, the one asked for, where it comes from, and the adaptations so far (the last one's line).</summary>
+public sealed record BudgetState(long BudgetBytes, long RequestedBytes, string Source, int Adaptations, string? LastAdaptation, long RssBytes, string KvType);
+
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(ErrorBody))]
 [JsonSerializable(typeof(ChatCompletion))]
@@ -62,6 +65,7 @@ public sealed record DetokenizeResult(string Content);
 [JsonSerializable(typeof(Health))]
 [JsonSerializable(typeof(TokenizeResult))]
 [JsonSerializable(typeof(DetokenizeResult))]
+[JsonSerializable(typeof(BudgetState))]
 internal sealed partial class JsonContext : JsonSerializerContext
 {
     /// <summary>As Default, but leaves quotes, '+' and non-ASCII text unescaped: responses read as they are (still valid JSON, HTML-unsafe, never served as HTML).</summary>

@@ -2,6 +2,7 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using FitLM.Adaptation;
 using FitLM.Model;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -22,11 +23,16 @@ public sealed class FitLMServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly Scheduler _scheduler;
+    private IMemoryLever? _lever;
+    private LanguageModel? _model;
 
     public Uri Address { get; }
     public ServerMetrics Metrics { get; }
     public KvBudget Budget { get; }
     public Scheduler Scheduler => _scheduler;
+
+    /// <summary>Wakes the scheduler so a budget asked for is applied now rather than at its next pass or idle tick.</summary>
+    public void WakeScheduler() => _scheduler.Wake();
 
     private FitLMServer(WebApplication app, Scheduler scheduler, Uri address, ServerMetrics metrics, KvBudget budget)
     {
@@ -43,9 +49,11 @@ public sealed class FitLMServer : IAsyncDisposable
         options.Validate();
         var budget = new KvBudget(model, options.Parallel);
         var metrics = new ServerMetrics();
-        var scheduler = new Scheduler(model.Transformer, budget, metrics, options);
+        var scheduler = new Scheduler(model, budget, metrics, options);
+        var lever = new ServerBatchLever(budget, scheduler);
         try
         {
+            model.Governor.Add(lever); // the most expensive lever: after the model's own
             var state = new ServerState(model, options, scheduler, budget, metrics);
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
             builder.Logging.ClearProviders(); // the server logs one line per request itself
@@ -73,6 +81,9 @@ public sealed class FitLMServer : IAsyncDisposable
             app.MapGet("/metrics", info.MetricsAsync);
             app.MapPost("/tokenize", info.TokenizeAsync);
             app.MapPost("/detokenize", info.DetokenizeAsync);
+            var budgetEndpoints = new BudgetEndpoints(state);
+            app.MapGet("/budget", budgetEndpoints.GetAsync);
+            app.MapPost("/budget", budgetEndpoints.PostAsync);
             // "{**path}", not MapFallback's default "{*path:nonfile}", which skips paths that look like file names
             // (".../model.gguf") and left them an empty 404.
             app.MapFallback("{**path}", (HttpContext http) => NotFound(http));
@@ -85,10 +96,11 @@ public sealed class FitLMServer : IAsyncDisposable
                 throw new FitLMException($"cannot listen on {options.Host}:{options.Port}: {e.Message}");
             }
             var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-            return new FitLMServer(app, scheduler, new Uri(address.Replace("[::]", "localhost")), metrics, budget);
+            return new FitLMServer(app, scheduler, new Uri(address.Replace("[::]", "localhost")), metrics, budget) { _lever = lever, _model = model };
         }
         catch
         {
+            model.Governor.Remove(lever);
             scheduler.Dispose();
             throw;
         }
@@ -162,6 +174,7 @@ public sealed class FitLMServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (_lever != null) _model!.Governor.Remove(_lever);
         _scheduler.Dispose();
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
         await _app.StopAsync(timeout.Token);

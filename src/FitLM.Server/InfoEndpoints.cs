@@ -38,7 +38,7 @@ internal sealed class InfoEndpoints(ServerState state)
     public async Task MetricsAsync(HttpContext http)
     {
         http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-        await http.Response.WriteAsync(state.Metrics.Render(state.Scheduler, state.Budget, state.Model.Transformer.KvStores, state.Model.Plan.BudgetBytes), http.RequestAborted);
+        await http.Response.WriteAsync(state.Metrics.Render(state.Scheduler, state.Budget, state.Model.Transformer.KvStores, state.Model.Governor), http.RequestAborted);
     }
 
     /// <summary>{"content": TEXT, "add_special": false, "parse_special": true} → {"tokens": [...]}.</summary>

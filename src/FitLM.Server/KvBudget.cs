@@ -6,8 +6,9 @@ namespace FitLM.Server;
 
 /// <summary>
 /// How much KV memory the running sequences may hold, and what they have reserved. The planner sized the
-/// process for one sequence of the full context (plan.KvBytes, float32); whatever the budget leaves beyond
-/// the rest of the plan, the server's own overhead and the per-slot buffers is the pool every sequence shares.
+/// process for one sequence of the full context (plan.KvBytes = KvStoreFactory.PlanBytes: one sequence plus what
+/// the factory shares, in the loaded --kv type); whatever the budget leaves beyond the rest of the plan, the
+/// shared KV bytes, the server's own overhead and the per-slot buffers is the pool every sequence shares.
 /// Admission reserves a request's worst case (prompt + max_tokens, in the store's own bytes) so the pool can
 /// never outgrow its share: requests that do not fit wait in the queue.
 /// </summary>
@@ -20,34 +21,59 @@ public sealed class KvBudget
     /// </summary>
     public const long ServerOverheadBytes = 40L << 20;
 
+    private readonly LanguageModel _lm;
     private readonly ModelConfig _config;
-    private readonly KvCacheOptions _kv;
-    private long _reserved;
+    private readonly int _maxBatch, _parallel;
+    private long _reserved, _capacity;
 
-    /// <summary>Bytes all sequences' KV stores may hold together.</summary>
-    public long CapacityBytes { get; }
+    /// <summary>
+    /// Bytes all sequences' KV stores may hold together: set at start, lowered and raised with the memory budget
+    /// (<see cref="Resize"/>). Lowering it never touches a running request: new ones wait until enough is released.
+    /// </summary>
+    public long CapacityBytes => Interlocked.Read(ref _capacity);
     public long ReservedBytes => Interlocked.Read(ref _reserved);
     /// <summary>The context each sequence may use (prompt + completion).</summary>
     public int Context { get; }
 
     public KvBudget(LanguageModel lm, int parallel)
     {
+        _lm = lm;
         _config = lm.Config;
-        _kv = lm.Transformer.KvStores.Options;
+        _parallel = parallel;
         Context = lm.Transformer.MaxContext;
-        var plan = lm.Plan;
+        _maxBatch = lm.Transformer.MaxBatch;
+        long budget = lm.Plan.BudgetBytes;
+        long available = Available(budget);
         long oneSequence = BytesFor(Context);
-        long all = oneSequence * parallel;
-        long available = plan.BudgetBytes - (plan.TotalBytes - plan.KvBytes) - ServerOverheadBytes - parallel * SlotBytes(lm);
         if (available < oneSequence)
             throw new FitLMException(
-                $"a budget of {ProcessMemory.Format(plan.BudgetBytes)} leaves {ProcessMemory.Format(Math.Max(0, available))} for KV caches, less than one sequence of " +
+                $"a budget of {ProcessMemory.Format(budget)} leaves {ProcessMemory.Format(Math.Max(0, available))} for KV caches, less than one sequence of " +
                 $"{Context} tokens needs ({ProcessMemory.Format(oneSequence)}): give a larger --memory, a smaller --ctx, fewer --parallel or a smaller --kv type");
-        CapacityBytes = Math.Min(all, available);
+        _capacity = CapacityFor(budget);
     }
 
-    /// <summary>KV bytes of one sequence of <paramref name="tokens"/> tokens in this model's store type.</summary>
-    public long BytesFor(int tokens) => KvStoreFactory.Bytes(_config, _kv, Math.Clamp(tokens, 1, Context));
+    /// <summary>
+    /// What the sequences may hold under <paramref name="budget"/>: what it leaves beyond the rest of the model's plan as
+    /// it is now (placement, KV type), the shared KV bytes, the server's overhead and the slots; at most every slot's full context.
+    /// </summary>
+    public long CapacityFor(long budget) => Math.Clamp(Available(budget), 0, BytesFor(Context) * _parallel);
+
+    private long Available(long budget)
+    {
+        var plan = _lm.Plan;
+        // The same function the plan counted with: plan.KvBytes = shared + oneSequence, so the pool is what is left for sequences.
+        long shared = KvStoreFactory.PlanBytes(_config, Kv, Context, sequences: 0, _maxBatch);
+        return budget - (plan.TotalBytes - plan.KvBytes) - shared - ServerOverheadBytes - _parallel * SlotBytes(_lm);
+    }
+
+    /// <summary>Sets the capacity for a new memory budget; returns the old capacity.</summary>
+    public long Resize(long budget) => Interlocked.Exchange(ref _capacity, CapacityFor(budget));
+
+    /// <summary>The KV type the sequences hold now (it moves down and up the ladder with the budget).</summary>
+    private KvCacheOptions Kv => _lm.Transformer.KvStores.Options;
+
+    /// <summary>KV bytes of one sequence of <paramref name="tokens"/> tokens in this model's store type now (its pages and its store's arrays, as the plan counts them).</summary>
+    public long BytesFor(int tokens) => KvStoreFactory.SequenceBytes(_config, Kv, Math.Clamp(tokens, 1, Context), _maxBatch);
 
     /// <summary>Reserves a sequence's worst case; false when it does not fit now (it must wait).</summary>
     public bool TryReserve(long bytes)
@@ -62,12 +88,11 @@ public sealed class KvBudget
 
     public void Release(long bytes) => Interlocked.Add(ref _reserved, -bytes);
 
-    /// <summary>What each decode slot holds besides its KV pages: its row of logits, the sampler's two vocab-sized buffers, page tables, token history.</summary>
+    /// <summary>What each decode slot holds besides its KV store (pages and page tables: <see cref="BytesFor"/>): its row of logits, the sampler's two vocab-sized buffers, token history.</summary>
     private static long SlotBytes(LanguageModel lm)
     {
         var c = lm.Config;
         int ctx = lm.Transformer.MaxContext;
-        long pageTables = 2L * c.Layers * ((ctx + KvCacheOptions.Group - 1) / KvCacheOptions.Group) * sizeof(int);
-        return 3L * c.Vocab * sizeof(float) + pageTables + 2L * ctx * sizeof(int) + 64 * 1024;
+        return 3L * c.Vocab * sizeof(float) + 2L * ctx * sizeof(int) + 64 * 1024;
     }
 }

@@ -17,8 +17,9 @@ namespace FitLM.Server;
 /// same way whatever else is queued. <see cref="ServerOptions.BatchInvariant"/> off decodes with the
 /// matrix-matrix kernel instead (faster for large batches; greedy text may then change at near-ties).
 /// </summary>
-public sealed class Scheduler : IDisposable
+public sealed class Scheduler : IDisposable, Adaptation.IKvStoreOwner
 {
+    private readonly LanguageModel _lm;
     private readonly Transformer _tf;
     private readonly KvBudget _budget;
     private readonly ServerMetrics _metrics;
@@ -34,9 +35,10 @@ public sealed class Scheduler : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _thread;
 
-    public Scheduler(Transformer tf, KvBudget budget, ServerMetrics metrics, ServerOptions o)
+    public Scheduler(LanguageModel lm, KvBudget budget, ServerMetrics metrics, ServerOptions o)
     {
-        _tf = tf;
+        _lm = lm;
+        var tf = _tf = lm.Transformer;
         _budget = budget;
         _metrics = metrics;
         // Decode passes and prefill passes are separate: each holds at most one batch.
@@ -47,11 +49,30 @@ public sealed class Scheduler : IDisposable
         _slices = new SequenceSlice[_parallel];
         _sliceOwner = new Sequence[_parallel];
         _logits = new float[_parallel * tf.Config.Vocab];
+        // A smaller KV type (memory short) converts every running sequence's store, between passes.
+        lm.Kv.AddOwner(this);
         _thread = new Thread(Loop) { IsBackground = true, Name = "fitlm-scheduler" };
         _thread.Start();
     }
 
     public int QueueDepth { get { lock (_queue) return _queue.Count; } }
+
+    /// <summary>The sequences in the running batch (scheduler thread only: the KV lever converts their stores between passes).</summary>
+    internal IReadOnlyList<Sequence> Active => _active;
+
+    IReadOnlyList<KvCache.IKvStore> Adaptation.IKvStoreOwner.Stores => SequencesWithKv().Select(s => s.Kv!).ToArray();
+
+    void Adaptation.IKvStoreOwner.Replace(IReadOnlyList<KvCache.IKvStore> converted)
+    {
+        var owners = SequencesWithKv();
+        for (int i = 0; i < converted.Count; i++) owners[i].Kv = converted[i];
+    }
+
+    /// <summary>Sequences with a KV store, in the order <see cref="Adaptation.IKvStoreOwner.Stores"/> gives them (under the model's step lock, which guards the batch).</summary>
+    private List<Sequence> SequencesWithKv() => _active.Where(s => s.Kv != null).ToList();
+
+    /// <summary>Wakes the scheduler thread now (a new memory budget waits to be applied).</summary>
+    public void Wake() => _wake.Release();
     public int ActiveCount => Volatile.Read(ref _activeCount);
     private int _activeCount;
 
@@ -84,26 +105,38 @@ public sealed class Scheduler : IDisposable
         {
             try
             {
-                Retire();
-                Admit();
+                // The batch changes only under the model's step lock: an adaptation (here, or LanguageModel.SetBudget on
+                // another thread) converts its sequences' KV stores. A new budget applies before anyone is admitted.
+                lock (_lm.StepLock)
+                {
+                    Retire();
+                    _lm.AdaptBetweenSteps();
+                    Admit();
+                }
                 if (_active.Count == 0)
                 {
                     _wake.Wait(TimeSpan.FromSeconds(1), ct);
                     continue;
                 }
-                Step(ct);
+                lock (_lm.StepLock) Step(ct);
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested) { break; }
             catch (Exception e)
             {
                 // A failed pass fails the sequences in it, not the server.
                 string message = e is FitLMException ? e.Message : $"internal error ({e.GetType().Name}): {e.Message}";
-                foreach (var s in _active) s.Finish(FinishReason.Error, message);
-                Retire();
+                lock (_lm.StepLock)
+                {
+                    foreach (var s in _active) s.Finish(FinishReason.Error, message);
+                    Retire();
+                }
             }
         }
-        foreach (var s in _active) s.Finish(FinishReason.Cancelled);
-        Retire();
+        lock (_lm.StepLock)
+        {
+            foreach (var s in _active) s.Finish(FinishReason.Cancelled);
+            Retire();
+        }
         lock (_queue)
         {
             foreach (var s in _queue) s.Finish(FinishReason.Cancelled);
@@ -242,6 +275,7 @@ public sealed class Scheduler : IDisposable
 
     public void Dispose()
     {
+        _lm.Kv.RemoveOwner(this);
         _stop.Cancel();
         _wake.Release();
         _thread.Join(TimeSpan.FromSeconds(10));

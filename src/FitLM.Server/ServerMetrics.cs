@@ -34,7 +34,7 @@ public sealed class ServerMetrics
         }
     }
 
-    public string Render(Scheduler scheduler, KvBudget budget, FitLM.KvCache.KvStoreFactory kv, long memoryBudget)
+    public string Render(Scheduler scheduler, KvBudget budget, FitLM.KvCache.KvStoreFactory kv, Adaptation.MemoryGovernor governor)
     {
         var sb = new StringBuilder();
         void Metric(string name, string type, string help, double value)
@@ -64,9 +64,19 @@ public sealed class ServerMetrics
         Metric("fitlm_kv_bytes_pool", "gauge", "Bytes the KV page pools hold (in use or free).", kv.Pool.BytesReserved + (kv.SecondPool?.BytesReserved ?? 0));
         Metric("fitlm_kv_bytes_reserved", "gauge", "KV bytes reserved by admitted requests (their worst case).", budget.ReservedBytes);
         Metric("fitlm_kv_bytes_capacity", "gauge", "KV bytes all sequences may hold together.", budget.CapacityBytes);
-        Metric("fitlm_memory_budget_bytes", "gauge", "The memory budget of the process.", memoryBudget);
+        Metric("fitlm_memory_budget_bytes", "gauge", "The memory budget the process is adapted to now.", governor.Budget);
+        Metric("fitlm_memory_budget_requested_bytes", "gauge", "The latest budget asked for (a watcher, POST /budget); equals the budget once applied.", governor.Requested);
+        Metric("fitlm_memory_adaptations_total", "counter", "Times the model adapted to a new budget (docs/variable-memory.md).", governor.Count);
+        Metric("fitlm_kv_bits_per_element", "gauge", "Bits per element of the KV cache's type now (32, 16, or the quantized width).", KvBits(kv.Options));
         Metric("fitlm_process_resident_memory_bytes", "gauge", "Resident set size.", ProcessMemory.RssBytes());
         Metric("fitlm_process_peak_resident_memory_bytes", "gauge", "Peak resident set size.", ProcessMemory.PeakRssBytes());
         return sb.ToString();
     }
+
+    private static int KvBits(FitLM.KvCache.KvCacheOptions o) => o.Type switch
+    {
+        FitLM.KvCache.KvType.F32 => 32,
+        FitLM.KvCache.KvType.F16 => 16,
+        _ => o.Bits,
+    };
 }

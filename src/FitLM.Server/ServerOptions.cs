@@ -27,6 +27,11 @@ public sealed record ServerOptions
     /// the last bits, so greedy text may change at near-ties depending on load.
     /// </summary>
     public bool BatchInvariant { get; init; } = true;
+    /// <summary>
+    /// Where a moving budget comes from (--memory auto, cgroup, cgroup:PATH): its changes reach the model's governor, and
+    /// POST /budget overrides it. Null: the budget stays as loaded unless POST /budget changes it.
+    /// </summary>
+    public Memory.MemoryWatcher? Watcher { get; init; }
     /// <summary>Where the one-line-per-request log goes (stderr when null).</summary>
     public TextWriter? Log { get; init; }
     /// <summary>Runs before every endpoint: the tests make it throw, to see a server fault answered as a 500 with a message, logged and counted.</summary>

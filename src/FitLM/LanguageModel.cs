@@ -1,4 +1,5 @@
 using FitLM.Adapters;
+using FitLM.Adaptation;
 using FitLM.Model;
 using FitLM.Tokenization;
 using FitLM.Memory;
@@ -36,9 +37,36 @@ public sealed class LanguageModel : IDisposable
             if (Stacked is { Layout: { } layout } s && Source is GgufSource g &&
                 (p.Stack?.Entries != s.LoadedEntries || p.BudgetBytes != budget))
                 _plan = p = StackPlanner.Replan(p, g, layout, s.LoadedEntries, budget);
+            else if (p.BudgetBytes != budget)
+                _plan = p = p with { BudgetBytes = budget };
             return p;
         }
     }
+
+    /// <summary>
+    /// Keeps the model within a budget that may move while it runs (docs/variable-memory.md): <see cref="SetBudget"/>,
+    /// a memory watcher or the server ask it for a budget, and it adapts between forward passes.
+    /// </summary>
+    public MemoryGovernor Governor { get; }
+
+    /// <summary>Held while a forward pass runs (by <see cref="Generation.Generator"/> and the server): adaptations never run inside one.</summary>
+    public object StepLock { get; } = new();
+
+    /// <summary>
+    /// A new memory budget for the whole process, in bytes: the model gives memory back (BitStack blocks, a smaller KV
+    /// type, layers streamed instead of resident) or takes it again, cheapest first. Applied now when no forward pass
+    /// runs, else before the next one. Returns the adaptation when it was applied now.
+    /// </summary>
+    public BudgetAdaptation? SetBudget(long bytes)
+    {
+        Governor.Request(bytes);
+        if (!Monitor.TryEnter(StepLock)) return null;
+        try { return Governor.Apply(); }
+        finally { Monitor.Exit(StepLock); }
+    }
+
+    /// <summary>Applies a budget asked for since the last pass (callers of the transformer call it between passes, holding <see cref="StepLock"/>).</summary>
+    public BudgetAdaptation? AdaptBetweenSteps() => Governor.Pending ? Governor.Apply() : null;
 
     private LanguageModel(IModelSource source, IWeightProvider weights, Transformer transformer, Memory.MemoryPlan plan)
     {
@@ -48,7 +76,28 @@ public sealed class LanguageModel : IDisposable
         Weights = weights;
         Stacked = weights as StackedWeights;
         Transformer = transformer;
+        Governor = new MemoryGovernor(plan.BudgetBytes, Fits);
+        Governor.Adapted += a => BudgetChanged(a.NewBudget);
+        // Cheapest first (docs/variable-memory.md): BitStack blocks, the KV cache's type, then whole layers.
+        if (Stacked is { Layout: not null } stacked) Governor.Add(new StackLever(stacked));
+        Kv = new KvLever(transformer, () => Plan, p => _plan = p);
+        Governor.Add(Kv);
+        if (weights is StreamingWeights streaming) Governor.Add(new LayerLever(streaming, source, () => Plan, p => _plan = p));
     }
+
+    /// <summary>The KV cache's lever: the server registers the stores of its sequences with it so they are requantized too.</summary>
+    public KvLever Kv { get; }
+
+    /// <summary>
+    /// Whether the process fits <paramref name="budget"/> now: its resident set as the kernel counts it, and for a model
+    /// that is not stacked the plan's promise too (which counts the KV cache at its full context, so a fit holds as the
+    /// sequence grows); for a stacked model, that the blocks it holds fit beside the rest with the stack planner's margin
+    /// (<see cref="StackPlanner.EntriesForBudget"/>).
+    /// </summary>
+    private bool Fits(long budget) =>
+        Runtime.ProcessMemory.RssBytes() <= budget && (Stacked is { Layout: not null } s
+            ? StackPlanner.EntriesForBudget(s, budget, out _) >= s.LoadedEntries
+            : _plan.TotalBytes <= budget);
 
     /// <summary>Opens a .gguf file or Hugging Face folder and loads its weights for a context of <paramref name="contextLength"/> tokens.</summary>
     public static LanguageModel Load(string path, int contextLength = 0, int maxBatch = 256) =>
@@ -81,7 +130,8 @@ public sealed class LanguageModel : IDisposable
                 throw new FitLMException($"{path}: neuron predictors and their recall need a prepared model (fitlm prepare -m MODEL -o MODEL.flash.gguf)");
             var (plan, flash) = PlanLoad(path, source, options, ctx, adapterBytes: LoraWeights.BytesFor(adapters));
             ctx = plan.Context;
-            weights = plan.Streams ? new StreamingWeights(source, plan.Tensors, plan.Mode) : new ResidentWeights(source);
+            // A budget that may move: layers must be able to move between resident and streamed, even all resident now.
+            weights = plan.Streams || options.MovableWeights ? new StreamingWeights(source, plan.Tensors, plan.Mode) : new ResidentWeights(source);
             if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens, options.FfnAudit);
             // LoRA (--lora): the adapted matrices multiply through the adapters; the base weights stay as planned.
             if (adapters.Count > 0) weights = new LoraWeights(weights, adapters);
@@ -138,6 +188,7 @@ public sealed class LanguageModel : IDisposable
                     Mode = options.Stream,
                     StreamEverything = options.Stream == StreamMode.Naive,
                     Storage = storage,
+                    Kv = options.Kv,
                 }), flash);
             }
             catch (BudgetTooSmallException) when (options.ContextLength == 0 && options.MemoryBudget > 0 && context > 256)

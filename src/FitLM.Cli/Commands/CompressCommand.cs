@@ -243,7 +243,7 @@ internal static class CompressCommand
             GC.Collect();
             GC.WaitForPendingFinalizers();
             GC.Collect();
-            StackedWeights.TrimNativeHeap();
+            HeapTrim.Native();
             return ProcessMemory.RssBytes();
         }
         var o = Console.Out;

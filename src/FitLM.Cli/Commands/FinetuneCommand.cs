@@ -74,7 +74,7 @@ internal static class FinetuneCommand
         string? text = textPath != null ? TextInput.Read(textPath, "training text") : null;
         string? ids = idsPath != null ? TextInput.Read(idsPath, "training batch") : null;
         string? evalText = evalPath != null ? TextInput.Read(evalPath, "evaluation text") : null;
-        long memory = r.GetValue(f.Memory) is { } m ? MemorySize.Parse(m) : 0;
+        long memory = r.GetValue(f.Memory) is { } m ? BudgetSpec.Parse(m).Read() : 0; // auto/cgroup: read once, at start
 
         FinetuneData data;
         FinetunePlanRequest request;

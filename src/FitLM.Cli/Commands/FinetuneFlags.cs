@@ -17,7 +17,7 @@ internal sealed class FinetuneFlags
     public readonly Option<int> EvalWindows = new("--eval-windows") { Description = "evaluate on at most N windows of the --eval text", DefaultValueFactory = _ => 16 };
     public readonly Option<string?> Output = new("--output", "-o") { Description = "folder for the adapter (PEFT files, adapter.gguf), checkpoints and the training log", HelpName = "OUT_DIR" };
     public readonly Option<string> Method = new("--method") { Description = "lora (backpropagation, AdamW) or mezo (forward passes only: the memory of inference)", DefaultValueFactory = _ => "lora" };
-    public readonly Option<string?> Memory = new("--memory") { Description = "memory budget for the whole process, e.g. 1GiB: the planner picks micro-batch, checkpointing and weight streaming" };
+    public readonly Option<string?> Memory = new("--memory") { Description = "memory budget for the whole process, e.g. 1GiB (or auto, cgroup, cgroup:PATH: read once at start): the planner picks micro-batch, checkpointing and weight streaming" };
     public readonly Option<int> Context = new("--ctx", "--ctx-size", "-c") { Description = "tokens per training window", DefaultValueFactory = _ => 256 };
     public readonly Option<int> Batch = new("--batch", "-b") { Description = "sequences per optimizer step", DefaultValueFactory = _ => 4 };
     public readonly Option<int> MicroBatch = new("--micro-batch") { Description = "sequences per forward/backward pass (gradient accumulation; default: the planner's choice)", DefaultValueFactory = _ => 0 };

@@ -55,8 +55,8 @@ internal static class InfoCommand
             o.WriteLine();
             var tok = src.Tokenizer;
             o.WriteLine($"tokenizer:      {tok.Kind} (pre-tokenizer {tok.PreTokenizer}), {tok.VocabSize} tokens, BOS {tok.BosId}{(tok.AddBos ? " (added)" : "")}, EOS {tok.EosId}");
-            long kv = 2L * c.Layers * n * c.KvDim * sizeof(float);
             int batch = 256;
+            long kv = KvCache.KvStoreFactory.PlanBytes(c, new KvCache.KvCacheOptions(), n, 1, batch); // f32, as plan counts it with its attention scratch
             long scratch = Footprint.ScratchBytes(c, n, batch) + 4L * c.Vocab; // as the planner counts them
             o.WriteLine();
             long caches = layout != null ? StackedWeights.CacheBytesFor(layout, StackedWeights.DefaultCache) : 0;

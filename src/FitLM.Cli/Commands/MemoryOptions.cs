@@ -10,7 +10,10 @@ internal sealed class MemoryOptions
 {
     public readonly Option<string?> Memory = new("--memory")
     {
-        Description = "memory budget for the whole process, e.g. 512MiB or 2GiB (default: what the machine has free)",
+        Description = "memory budget for the whole process: a size (512MiB, 2GiB); auto (what the machine has available for this process: " +
+            "MemAvailable plus what it holds, less 1/16 of the machine's memory (128 MiB to 2 GiB), re-read as it changes); cgroup (the enclosing cgroup's memory.max/memory.high, or " +
+            "v1 memory.limit_in_bytes/soft_limit_in_bytes, the lowest; only read); or cgroup:PATH (a file in memory.max format: bytes or max). " +
+            "run and serve follow a moving budget; other commands read it once at start (default: what the machine has free)",
     };
 
     public readonly Option<string> Stream = new("--stream")
@@ -67,11 +70,16 @@ internal sealed class MemoryOptions
     /// <summary>What --runtime-memory gives in bytes, or 0 (measure at load).</summary>
     public long RuntimeBytes(ParseResult r) => r.GetValue(RuntimeMemory) is { } s ? MemorySize.Parse(s) : 0;
 
-    /// <summary>The budget in bytes (0 when not given) and the stream mode, validated.</summary>
+    /// <summary>
+    /// What --memory says (a size, auto, cgroup or cgroup:PATH), checked readable; null when not given. Start a
+    /// <see cref="MemoryWatcher"/> on it to follow a budget that moves.
+    /// </summary>
+    public BudgetSpec? ReadSpec(ParseResult r) => r.GetValue(Memory) is { } m ? BudgetSpec.Parse(m) : null;
+
+    /// <summary>The budget in bytes now (0 when not given: auto, cgroup and cgroup:PATH are read once, here) and the stream mode, validated.</summary>
     public (long Budget, StreamMode Mode) Read(ParseResult r)
     {
-        string? m = r.GetValue(Memory);
-        long budget = m == null ? 0 : MemorySize.Parse(m);
+        long budget = ReadSpec(r)?.Read() ?? 0;
         var mode = r.GetValue(Stream) switch
         {
             "prefetch" => StreamMode.Prefetch,

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using FitLM.Compression;
+using FitLM.KvCache;
 using FitLM.Memory;
 using FitLM.Model;
 using FitLM.Runtime;
@@ -33,8 +34,8 @@ internal static class PlanCommand
                 var layout = StackLayout.Read(gguf);
                 var stackPlan = StackPlanner.Plan(gguf, layout, load, n);
                 if (!r.GetValue(noProbe)) stackPlan = StackCostModel.Predict(stackPlan, gguf, layout, ct);
-                if (r.GetValue(json)) WriteJson(stackPlan);
-                else StackPlanReport.Write(Console.Out, gguf, stackPlan, load.MemoryBudget == 0);
+                if (r.GetValue(json)) WriteJson(stackPlan, src.Config, load.Kv);
+                else StackPlanReport.Write(Console.Out, gguf, stackPlan, load.MemoryBudget == 0, load.Kv);
                 return 0;
             }
             StorageProfile? storage = null;
@@ -51,7 +52,7 @@ internal static class PlanCommand
             }
             if (r.GetValue(json))
             {
-                WriteJson(plan);
+                WriteJson(plan, src.Config, load.Kv);
                 return 0;
             }
 
@@ -72,7 +73,7 @@ internal static class PlanCommand
             o.WriteLine($"  resident weights            {ProcessMemory.Format(plan.ResidentWeightBytes),12}");
             if (plan.AdapterBytes > 0) o.WriteLine($"  LoRA adapters (--lora)      {ProcessMemory.Format(plan.AdapterBytes),12}");
             o.WriteLine($"  stream buffers              {ProcessMemory.Format(plan.StreamBufferBytes),12}");
-            o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({ProcessMemory.Format(plan.KvBytes / plan.Context)} per token)");
+            o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({KvText(src.Config, load.Kv, plan.Context)})");
             o.WriteLine($"  activations and scratch     {ProcessMemory.Format(plan.ScratchBytes),12}");
             o.WriteLine($"  total                       {ProcessMemory.Format(plan.TotalBytes),12}  of {ProcessMemory.Format(plan.BudgetBytes)}");
             o.WriteLine();
@@ -108,7 +109,15 @@ internal static class PlanCommand
         return (inFile.Key, (first, end - first));
     }
 
-    private static void WriteJson(MemoryPlan plan)
+    /// <summary>The KV line's note: the type and its bytes per token at the plan's context ("kivi2 (R=128), 30.1 bytes per token").</summary>
+    internal static string KvText(ModelConfig c, KvCacheOptions kv, int context) =>
+        $"{kv}, {KvBytesPerToken(c, kv, context):F1} bytes per token";
+
+    /// <summary>What one more token of context costs a sequence's cache in this type, averaged over the plan's context.</summary>
+    internal static double KvBytesPerToken(ModelConfig c, KvCacheOptions kv, int context) =>
+        KvStoreFactory.PageBytesFor(c, kv, context) / (double)Math.Max(1, context);
+
+    private static void WriteJson(MemoryPlan plan, ModelConfig c, KvCacheOptions kv)
     {
         var fields = new Dictionary<string, object?>
         {
@@ -118,7 +127,9 @@ internal static class PlanCommand
             ["total_bytes"] = plan.TotalBytes,
             ["runtime_bytes"] = plan.RuntimeBytes,
             ["kv_bytes"] = plan.KvBytes,
-            ["kv_bytes_per_token"] = plan.KvBytes / (double)plan.Context,
+            ["kv_type"] = kv.Spec,
+            ["kv_evict"] = kv.Evict == KvEviction.H2O ? "h2o" : "none",
+            ["kv_bytes_per_token"] = KvBytesPerToken(c, kv, plan.Context),
             ["scratch_bytes"] = plan.ScratchBytes,
             ["stream_buffer_bytes"] = plan.StreamBufferBytes,
             ["resident_weight_bytes"] = plan.ResidentWeightBytes,

@@ -17,6 +17,7 @@ internal static class RunCommand
         var stop = new Option<string[]>("--stop") { Description = "stop when this text is generated (repeatable)", AllowMultipleArgumentsPerToken = false };
         var ids = new Option<bool>("--ids") { Description = "print the generated token ids, space-separated, instead of text" };
         var noWarmup = new Option<bool>("--no-warmup") { Description = "skip the warm-up pass at load (then prompt eval includes compiling the kernels)" };
+        var moving = new MovingBudget();
 
         var cmd = new Command("run", "generate text from a prompt")
         {
@@ -24,6 +25,7 @@ internal static class RunCommand
         };
         sampling.AddTo(cmd);
         load.AddTo(cmd);
+        moving.AddTo(cmd);
         var conversation = new Option<bool>("--conversation", "-cnv") { Description = "chat in the terminal instead, as fitlm chat does (-p: the system prompt)" };
         cmd.Add(conversation);
         cmd.SetAction(r => Common.Guard(ct =>
@@ -33,10 +35,12 @@ internal static class RunCommand
             var options = sampling.Read(r);
             int predict = r.GetValue(n);
             if (predict < -1) throw new FitLMException($"--n-predict {predict} is out of range (-1 or more)");
-            var loadOptions = load.Read(r);
+            using var watcher = MovingBudget.Start(r, load);
+            var loadOptions = load.Read(r) with { MovableWeights = watcher != null };
 
             var total = Stopwatch.StartNew();
             using var lm = load.Load(r, loadOptions);
+            moving.Attach(r, watcher, lm);
             if (!r.GetValue(noWarmup)) Warmup.Run(lm, ct);
             var loadTime = total.Elapsed;
             var tokens = lm.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);

@@ -13,6 +13,7 @@ internal sealed class SamplingFlags
     public readonly Option<float> RepeatPenalty = new("--repeat-penalty") { Description = "penalize repeated tokens (1.0: off)", DefaultValueFactory = _ => 1.0f };
     public readonly Option<int> RepeatLastN = new("--repeat-last-n") { Description = "tokens the repeat penalty looks back over", DefaultValueFactory = _ => 64 };
     public readonly Option<int> Seed = new("--seed", "-s") { Description = "random seed (-1: random)", DefaultValueFactory = _ => -1 };
+    public readonly Option<bool> IgnoreEos = new("--ignore-eos") { Description = "never sample the end-of-generation tokens: generate all -n tokens (benchmarks)" };
 
     public void AddTo(Command command)
     {
@@ -23,6 +24,7 @@ internal sealed class SamplingFlags
         command.Add(RepeatPenalty);
         command.Add(RepeatLastN);
         command.Add(Seed);
+        command.Add(IgnoreEos);
     }
 
     /// <summary>The options the flags give, validated.</summary>
@@ -37,6 +39,7 @@ internal sealed class SamplingFlags
             RepeatPenalty = r.GetValue(RepeatPenalty),
             RepeatLastN = r.GetValue(RepeatLastN),
             Seed = r.GetValue(Seed),
+            IgnoreEos = r.GetValue(IgnoreEos),
         };
         options.Validate();
         return options;

@@ -29,8 +29,11 @@ internal static class ServeCommand
             host, port, parallel, queue, apiKey, invariant,
         };
         load.AddTo(cmd);
+        var moving = new MovingBudget();
+        moving.AddTo(cmd);
         cmd.SetAction(r => Common.Guard(ct =>
         {
+            using var watcher = MovingBudget.Start(r, load);
             var options = new ServerOptions
             {
                 Host = r.GetValue(host)!,
@@ -39,11 +42,13 @@ internal static class ServeCommand
                 QueueCapacity = r.GetValue(queue),
                 ApiKey = r.GetValue(apiKey),
                 BatchInvariant = r.GetValue(invariant),
+                Watcher = watcher,
             };
             options.Validate();
             // Every slot keeps a row of logits: the planner counts them with the rest of the process.
-            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel }));
+            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = watcher != null });
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
+            moving.Attach(r, watcher, lm, server.WakeScheduler);
             try
             {
                 var b = server.Budget;

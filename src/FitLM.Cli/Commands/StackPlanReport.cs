@@ -10,7 +10,7 @@ namespace FitLM.Cli.Commands;
 /// <summary>`fitlm plan` on a stacked (BitStack) file: how much of the stack a budget holds, and what the rest of the process takes.</summary>
 internal static class StackPlanReport
 {
-    public static void Write(TextWriter o, GgufSource src, MemoryPlan plan, bool freeMemory)
+    public static void Write(TextWriter o, GgufSource src, MemoryPlan plan, bool freeMemory, KvCache.KvCacheOptions kv)
     {
         var st = plan.Stack ?? throw new ArgumentException("not the plan of a stacked model", nameof(plan));
         o.WriteLine($"plan for {src.Path} (stacked, BitStack), budget {ProcessMemory.Format(plan.BudgetBytes)}{(freeMemory ? " (free memory)" : "")}, context {plan.Context}");
@@ -22,7 +22,7 @@ internal static class StackPlanReport
         o.WriteLine($"  weights                     {ProcessMemory.Format(st.WeightBytes),12}  ({st.WeightBytes:N0} bytes: embeddings, head, norms and {st.Entries} blocks)");
         o.WriteLine($"  matrix caches               {ProcessMemory.Format(st.CacheBytes),12}  ({(st.CacheType is { } t ? $"{GgmlTypes.Name(t)}, one per stacked matrix" : "none: the direct kernel multiplies the blocks")})");
         o.WriteLine($"  kernel and resize buffers   {ProcessMemory.Format(st.TransientBytes),12}");
-        o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({ProcessMemory.Format(plan.KvBytes / plan.Context)} per token)");
+        o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({PlanCommand.KvText(src.Config, kv, plan.Context)})");
         o.WriteLine($"  activations and scratch     {ProcessMemory.Format(plan.ScratchBytes),12}");
         o.WriteLine($"  total                       {ProcessMemory.Format(plan.TotalBytes),12}  of {ProcessMemory.Format(plan.BudgetBytes)}");
         o.WriteLine();

@@ -41,7 +41,8 @@ public sealed class ChatSession
     // The tokens whose keys and values the transformer's KV cache holds, in order: the previous prompt and reply.
     private int[] _cached = [];
     // Only the float stores rewind to any position; quantized (KIVI, XQuant) and evicting (H2O) ones re-prefill.
-    private readonly bool _canReuse;
+    // Asked each turn: Transformer.ChangeKv may have moved the cache to another type between turns.
+    private bool CanReuse => _model.Transformer.Kv is PagedKvStore;
 
     public ChatTemplate Template { get; }
     public string? SystemPrompt { get; }
@@ -54,7 +55,6 @@ public sealed class ChatSession
         _model = model;
         Template = template;
         SystemPrompt = string.IsNullOrEmpty(systemPrompt) ? null : systemPrompt;
-        _canReuse = model.Transformer.Kv is PagedKvStore;
     }
 
     /// <summary>Forgets the conversation (the system prompt stays).</summary>
@@ -89,7 +89,7 @@ public sealed class ChatSession
 
         var (text, prompt, dropped) = Fit(userMessage, context, room);
         int reused = 0;
-        if (_canReuse)
+        if (CanReuse)
         {
             int limit = Math.Min(Math.Min(_cached.Length, prompt.Length - 1), tf.Kv.Length);
             while (reused < limit && _cached[reused] == prompt[reused]) reused++;

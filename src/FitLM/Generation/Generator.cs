@@ -44,7 +44,7 @@ public sealed class Generator
         if (stream.Done) yield break;
         var logits = new float[_model.Config.Vocab];
         long prefillStart = System.Diagnostics.Stopwatch.GetTimestamp();
-        tf.Forward(stream.History.AsSpan(from, stream.Position - from), from, logits, stream.Position - from - 1, ct);
+        Forward(stream.History.AsSpan(from, stream.Position - from), from, logits, stream.Position - from - 1, ct);
         LastPromptEvalTime = System.Diagnostics.Stopwatch.GetElapsedTime(prefillStart);
         while (true)
         {
@@ -53,7 +53,20 @@ public sealed class Generator
             if (step.Done) LastStopReason = stream.StopReason;
             if (step.Id >= 0 || step.Text.Length > 0) yield return new GeneratedToken(step.Id, step.Text);
             if (step.Done) break;
-            tf.Forward(stream.History.AsSpan(stream.Position - 1, 1), stream.Position - 1, logits, 0, ct);
+            Forward(stream.History.AsSpan(stream.Position - 1, 1), stream.Position - 1, logits, 0, ct);
+        }
+    }
+
+    /// <summary>
+    /// One forward pass, after applying any memory budget asked for since the last one (docs/variable-memory.md): the
+    /// budget moves between passes, never inside one.
+    /// </summary>
+    private void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct)
+    {
+        lock (_model.StepLock)
+        {
+            _model.AdaptBetweenSteps();
+            _model.Transformer.Forward(tokens, pos, logits, logitsFrom, ct);
         }
     }
 }

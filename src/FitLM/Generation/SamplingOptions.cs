@@ -17,6 +17,8 @@ public sealed record SamplingOptions
     /// <summary>OpenAI's logit_bias: added to the logits of these token ids before anything else.</summary>
     public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
     public int Seed { get; init; } = -1;
+    /// <summary>llama.cpp's --ignore-eos: end-of-generation tokens are never sampled, so generation runs to its token limit (benchmarks).</summary>
+    public bool IgnoreEos { get; init; }
 
     public static SamplingOptions Greedy => new() { Temperature = 0 };
 

@@ -22,6 +22,7 @@ public sealed class TokenStream
     private readonly string[] _stops;
     private readonly int _context, _topLogprobs;
     private readonly List<TokenLogprob>? _held;
+    private readonly int[] _masked; // end-of-generation ids never sampled (--ignore-eos), else empty
     private char[] _chars = new char[64];
     private int _decodedChars, _emittedChars;
     private float _logSumExp;
@@ -50,6 +51,7 @@ public sealed class TokenStream
         _context = context;
         _topLogprobs = logprobs;
         _held = logprobs >= 0 ? new List<TokenLogprob>() : null;
+        _masked = sampling.IgnoreEos ? Enumerable.Range(0, vocab).Where(tokenizer.IsEndOfGeneration).ToArray() : [];
         PromptLength = prompt.Count;
         MaxTokens = maxTokens;
         // Generation ends at the context, so a limit past it (int.MaxValue from a library caller) holds no more than that.
@@ -63,6 +65,7 @@ public sealed class TokenStream
     {
         if (Done) throw new InvalidOperationException("the sequence has ended");
         _sampler.Penalize(logits, History.AsSpan(0, Position), Generated);
+        foreach (int id in _masked) logits[id] = float.NegativeInfinity;
         var top = _held != null ? TopAlternatives(logits) : null;
         int next = _sampler.Pick(logits);
         if (_tokenizer.IsEndOfGeneration(next)) return End(StopReason.EndOfGeneration, "", -1);

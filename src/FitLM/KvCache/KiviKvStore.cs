@@ -15,7 +15,7 @@ namespace FitLM.KvCache;
 /// batch's attention is done, and queries that precede the quantization still read it.
 /// </para>
 /// </summary>
-internal sealed unsafe class KiviKvStore : IKvStore, IKvTiles
+internal sealed unsafe class KiviKvStore : IKvStore, IKvLayers
 {
     private const int G = KvCacheOptions.Group;
     private readonly IKvModel _model;
@@ -113,24 +113,71 @@ internal sealed unsafe class KiviKvStore : IKvStore, IKvTiles
         _length[layer] = pos + rows.Count;
         // Quantize every group now wholly outside the full-precision window (float pages kept until Attend).
         int target = QuantizedTiles(_length[layer], _residual);
-        for (int tile = _quantized[layer]; tile < target; tile++) Quantize(layer, tile);
+        for (int tile = _quantized[layer]; tile < target; tile++) Quantize(layer, tile, _tileBuf, _gather);
         _quantized[layer] = target;
     }
 
-    private void Quantize(int layer, int tile)
+    public void BeginLayer(int layer, int length)
+    {
+        if (_length[layer] != 0) throw new InvalidOperationException($"layer {layer} is not empty");
+        int quantized = QuantizedTiles(length, _residual);
+        for (int t = 0; t * G < length; t++)
+        {
+            Ensure(_fPages[layer], t, _fPool);
+            if (t < quantized) Ensure(_qPages[layer], t, _qPool);
+        }
+        _length[layer] = length;
+        _quantized[layer] = quantized;
+    }
+
+    public int ScratchFloats => G * _c.HeadDim + G;
+
+    public void WriteTile(int layer, int tile, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int rows, Span<float> scratch)
+    {
+        byte* page = _fPool.Page(_fPages[layer][tile]);
+        int kvDim = _c.KvDim;
+        for (int j = 0; j < rows; j++)
+        {
+            FloatPage.WriteRow(page, _half, _c, 0, j, keys.Slice(j * kvDim, kvDim));
+            FloatPage.WriteRow(page, _half, _c, 1, j, values.Slice(j * kvDim, kvDim));
+        }
+        // Quantized from the float16 window as Append would have: the same codes as a cache filled from the start.
+        if (tile < _quantized[layer]) Quantize(layer, tile, scratch.Slice(0, G * _c.HeadDim), scratch.Slice(G * _c.HeadDim, G));
+    }
+
+    /// <summary>No attention of a batch reads the float pages of the tiles just quantized: they go back at once.</summary>
+    public void EndLayer(int layer)
+    {
+        for (int t = 0; t < _quantized[layer]; t++) Release(_fPages[layer], t, _fPool);
+    }
+
+    public void ReleaseLayer(int layer)
+    {
+        for (int t = 0; t < _qPages[layer].Length; t++)
+        {
+            Release(_qPages[layer], t, _qPool);
+            Release(_fPages[layer], t, _fPool);
+        }
+        _length[layer] = 0;
+        _quantized[layer] = 0;
+        _qPool.Trim();
+        _fPool.Trim();
+    }
+
+    /// <summary>Quantizes a tile from its float page into its quantized page (rented if new); tileBuf [32 × HeadDim] and gather [32] are scratch.</summary>
+    private void Quantize(int layer, int tile, Span<float> tileBuf, Span<float> gather)
     {
         int hd = _c.HeadDim, kvDim = _c.KvDim;
         byte* src = _fPool.Page(_fPages[layer][tile]);
         byte* dst = _qPool.Page(Ensure(_qPages[layer], tile, _qPool));
-        var tileBuf = _tileBuf;
         // Keys: per channel, the 32 tokens of the tile.
         for (int h = 0; h < _c.KvHeads; h++)
         {
             var keys = FloatPage.Read(src, _half, _c, 0, h, 0, G, tileBuf);
             for (int d = 0; d < hd; d++)
             {
-                for (int j = 0; j < G; j++) _gather[j] = keys[j * hd + d];
-                GroupQuant.Quantize(_gather, _bits, new Span<byte>(dst + (long)(h * hd + d) * _block, _block));
+                for (int j = 0; j < G; j++) gather[j] = keys[j * hd + d];
+                GroupQuant.Quantize(gather, _bits, new Span<byte>(dst + (long)(h * hd + d) * _block, _block));
             }
         }
         // Values: per token, each head's channels in groups of 32.

@@ -14,7 +14,8 @@ public sealed unsafe class KvPagePool : IDisposable
     public int PagesPerSlab { get; }
 
     private byte*[] _slabs = new byte*[64];
-    private int _slabCount;
+    private int _slabCount;     // slots used, freed ones included
+    private int _liveSlabs;     // slots holding memory
     private int[] _free = new int[256];
     private int _freeCount;
     private int _inUse;
@@ -35,7 +36,7 @@ public sealed unsafe class KvPagePool : IDisposable
     /// <summary>Pages handed out and not yet returned.</summary>
     public int PagesInUse => Volatile.Read(ref _inUse);
     /// <summary>Pages the pool holds (in use or free).</summary>
-    public int PagesReserved => Volatile.Read(ref _slabCount) * PagesPerSlab;
+    public int PagesReserved => Volatile.Read(ref _liveSlabs) * PagesPerSlab;
     public long BytesReserved => (long)PagesReserved * PageBytes;
     public long BytesInUse => (long)PagesInUse * PageBytes;
 
@@ -67,6 +68,12 @@ public sealed unsafe class KvPagePool : IDisposable
 
     private void Grow()
     {
+        for (int s = 0; s < _slabCount; s++)
+            if (_slabs[s] == null)
+            {
+                Allocate(s);
+                return;
+            }
         if (_slabCount == _slabs.Length)
         {
             var bigger = new byte*[_slabs.Length * 2];
@@ -75,28 +82,42 @@ public sealed unsafe class KvPagePool : IDisposable
         }
         int total = (_slabCount + 1) * PagesPerSlab;
         if (_free.Length < total) Array.Resize(ref _free, Math.Max(total, _free.Length * 2));
-        _slabs[_slabCount] = (byte*)NativeMemory.AlignedAlloc((nuint)((long)PagesPerSlab * PageBytes), 64);
-        // Hand out the new slab's pages lowest id first.
-        for (int i = PagesPerSlab - 1; i >= 0; i--) _free[_freeCount++] = _slabCount * PagesPerSlab + i;
+        Allocate(_slabCount);
         Volatile.Write(ref _slabCount, _slabCount + 1);
     }
 
-    /// <summary>Frees trailing slabs whose pages are all free (memory goes back to the system).</summary>
+    /// <summary>Allocates slab slot s (new, or one <see cref="Trim"/> freed) and puts its pages on the free list.</summary>
+    private void Allocate(int s)
+    {
+        _slabs[s] = (byte*)NativeMemory.AlignedAlloc((nuint)((long)PagesPerSlab * PageBytes), 64);
+        _liveSlabs++;
+        // Hand out the new slab's pages lowest id first.
+        for (int i = PagesPerSlab - 1; i >= 0; i--) _free[_freeCount++] = s * PagesPerSlab + i;
+    }
+
+    /// <summary>
+    /// Frees every slab whose pages are all free (memory goes back to the system), wherever it lies: a store
+    /// converted layer by layer returns pages spread over the pool, and the slabs they empty must go back while the
+    /// conversion runs, not only those at the end. A freed slab's slot is reused by the next growth.
+    /// </summary>
     public void Trim()
     {
         lock (_lock)
         {
-            while (_slabCount > 0)
+            if (_freeCount < PagesPerSlab) return;
+            var freeInSlab = new int[_slabCount];
+            for (int i = 0; i < _freeCount; i++) freeInSlab[_free[i] / PagesPerSlab]++;
+            int w = 0;
+            for (int i = 0; i < _freeCount; i++) if (freeInSlab[_free[i] / PagesPerSlab] < PagesPerSlab) _free[w++] = _free[i];
+            _freeCount = w;
+            for (int s = 0; s < _slabCount; s++)
             {
-                int first = (_slabCount - 1) * PagesPerSlab, freeInSlab = 0;
-                for (int i = 0; i < _freeCount; i++) if (_free[i] >= first) freeInSlab++;
-                if (freeInSlab < PagesPerSlab) break;
-                int w = 0;
-                for (int i = 0; i < _freeCount; i++) if (_free[i] < first) _free[w++] = _free[i];
-                _freeCount = w;
-                NativeMemory.AlignedFree(_slabs[--_slabCount]);
-                _slabs[_slabCount] = null;
+                if (freeInSlab[s] < PagesPerSlab) continue;
+                NativeMemory.AlignedFree(_slabs[s]);
+                _slabs[s] = null;
+                _liveSlabs--;
             }
+            while (_slabCount > 0 && _slabs[_slabCount - 1] == null) _slabCount--;
         }
     }
 
@@ -106,6 +127,7 @@ public sealed unsafe class KvPagePool : IDisposable
         {
             for (int i = 0; i < _slabCount; i++) NativeMemory.AlignedFree(_slabs[i]);
             _slabCount = 0;
+            _liveSlabs = 0;
             _freeCount = 0;
             _slabs = [];
         }

@@ -6,7 +6,7 @@ namespace FitLM.KvCache;
 /// shared <see cref="KvPagePool"/> as the sequence grows. A page holds K then V, each [KvHeads × 32 × HeadDim],
 /// so a tile of one KV head is contiguous: float32 tiles are read in place, float16 ones converted.
 /// </summary>
-internal sealed unsafe class PagedKvStore : IKvStore, IKvTiles
+internal sealed unsafe class PagedKvStore : IKvStore, IKvLayers
 {
     private const int Tile = KvCacheOptions.Group;
     private readonly IKvModel _model;
@@ -68,6 +68,41 @@ internal sealed unsafe class PagedKvStore : IKvStore, IKvTiles
             Write(layer, p, 1, _row);
         }
         _length[layer] = pos + rows.Count;
+    }
+
+    public void BeginLayer(int layer, int length)
+    {
+        if (_length[layer] != 0) throw new InvalidOperationException($"layer {layer} is not empty");
+        for (int t = 0; t * Tile < length; t++) { _pages[layer][t] = _pool.Rent(); _held++; }
+        _length[layer] = length;
+    }
+
+    public int ScratchFloats => 0;
+
+    public void WriteTile(int layer, int tile, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int rows, Span<float> scratch)
+    {
+        byte* page = _pool.Page(_pages[layer][tile]);
+        int kvDim = _c.KvDim;
+        for (int j = 0; j < rows; j++)
+        {
+            FloatPage.WriteRow(page, _half, _c, 0, j, keys.Slice(j * kvDim, kvDim));
+            FloatPage.WriteRow(page, _half, _c, 1, j, values.Slice(j * kvDim, kvDim));
+        }
+    }
+
+    public void EndLayer(int layer) { }
+
+    public void ReleaseLayer(int layer)
+    {
+        var pages = _pages[layer];
+        for (int t = 0; t < pages.Length && pages[t] >= 0; t++)
+        {
+            _pool.Return(pages[t]);
+            pages[t] = -1;
+            _held--;
+        }
+        _length[layer] = 0;
+        _pool.Trim();
     }
 
     /// <summary>Writes a finished key (which 0) or value (1) row of position p into its page, renting it if new.</summary>

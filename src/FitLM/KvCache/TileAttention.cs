@@ -54,6 +54,22 @@ internal sealed unsafe class TileAttention : IParallelJob
         _partAcc = new float[items * _group * _hd];
     }
 
+    /// <summary>
+    /// Bytes of the split partials that attention over <paramref name="maxContext"/> positions can write: the
+    /// constructor allocates room for the most splits (untouched pages of a large array are never resident), a
+    /// batch of n &lt; 8 tokens writes n·KvHeads·splits items, and a context under 16 tiles never splits.
+    /// </summary>
+    public static long PartialBytes(KvShape c, int maxContext)
+    {
+        int tiles = (maxContext + Tile - 1) / Tile, splits = Math.Clamp(tiles / MinSplitTiles, 1, MaxSplits);
+        if (splits == 1) return 0;
+        long items = (long)(SplitBelow - 1) * c.KvHeads * splits, group = c.Heads / c.KvHeads;
+        return 4 * items * group * (2L + c.HeadDim);
+    }
+
+    /// <summary>Bytes of one worker thread's scores and tile scratch for a context (allocated at its first attention, kept).</summary>
+    public static long ThreadScratchBytes(KvShape c, int maxContext) => 4L * ((long)(c.Heads / c.KvHeads) * maxContext + (long)Tile * c.HeadDim);
+
     /// <summary>out[t] = attention of q[t] (position pos + t) over positions [0, pos + t].</summary>
     public void Run(IKvTiles src, int layer, int pos, int n, ReadOnlySpan<float> q, Span<float> output)
     {

@@ -25,6 +25,11 @@ public sealed record LoadOptions
     // Memory budget and weight streaming (the planner).
     /// <summary>Bytes the whole process may hold; 0 = what the machine (or its cgroup) has free.</summary>
     public long MemoryBudget { get; init; }
+    /// <summary>
+    /// The budget may move while the model runs (--memory auto, cgroup; LanguageModel.SetBudget): weights are loaded so
+    /// whole layers can move between resident and streamed, even when all of them fit now (docs/variable-memory.md).
+    /// </summary>
+    public bool MovableWeights { get; init; }
     /// <summary>How streamed weights are read; Naive also streams every weight, whatever the budget.</summary>
     public StreamMode Stream { get; init; } = StreamMode.Prefetch;
     /// <summary>Whether the user chose <see cref="Stream"/>; if not, a plan priced by a storage probe takes the mode its cost model predicts faster.</summary>

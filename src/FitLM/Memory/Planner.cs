@@ -1,3 +1,4 @@
+using FitLM.KvCache;
 using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Storage;
@@ -40,6 +41,10 @@ public static class Planner
         public long AdapterBytes { get; init; }
         /// <summary>For prepared (FFN-bundled) models: which neurons each token gets and the window length.</summary>
         public FlashOptions? Flash { get; init; }
+        /// <summary>How the KV cache is held (--kv): its bytes are counted in this type (KvStoreFactory.PlanBytes), so a smaller type buys weights or context.</summary>
+        public KvCacheOptions Kv { get; init; } = new();
+        /// <summary>Sequences whose KV caches the plan holds at the full context.</summary>
+        public int Sequences { get; init; } = 1;
     }
 
     public sealed record FlashOptions(INeuronSelector Selector, int WindowTokens);
@@ -49,7 +54,7 @@ public static class Planner
         var c = source.Config;
         // A fixed, measured footprint rather than the RSS now: the same inputs give the same plan whatever ran before.
         long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : RuntimeFootprint.Bytes(source)) + o.HostBytes;
-        long kv = Footprint.KvBytes(c, o.Context);
+        long kv = KvStoreFactory.PlanBytes(c, o.Kv, o.Context, o.Sequences, o.MaxBatch);
         long scratch = Footprint.ScratchBytes(c, o.Context, o.MaxBatch) + 4L * c.Vocab * Math.Max(1, o.LogitRows);
         long fixedBytes = runtime + kv + scratch + o.AdapterBytes;
 
@@ -96,9 +101,9 @@ public static class Planner
             if (minimum > o.BudgetBytes)
                 throw new BudgetTooSmallException(
                     $"a budget of {ProcessMemory.Format(o.BudgetBytes)} cannot run this model with context {o.Context}: " +
-                    $"the smallest plan needs {ProcessMemory.Format(minimum)} (runtime {ProcessMemory.Format(runtime)}, KV cache {ProcessMemory.Format(kv)}, " +
+                    $"the smallest plan needs {ProcessMemory.Format(minimum)} (runtime {ProcessMemory.Format(runtime)}, KV cache {ProcessMemory.Format(kv)} ({o.Kv}), " +
                     $"activations {ProcessMemory.Format(scratch)}, two stream buffers of {ProcessMemory.Format(Aligned(maxUnit))}); " +
-                    $"give --memory {Math.Ceiling(minimum / (double)(1 << 20))}MiB or more, or a smaller context", minimum);
+                    $"give --memory {Math.Ceiling(minimum / (double)(1 << 20))}MiB or more, a smaller context or a smaller --kv type", minimum);
             if (!o.StreamEverything)
             {
                 // Keep the head, then whole layers, resident while the budget allows; the stream buffers
@@ -187,5 +192,51 @@ public static class Planner
         public TensorDesc[] Tensors { get; } = tensors;
         public long Bytes { get; } = tensors.Sum(t => t.ByteSize);
         public bool Resident { get; set; }
+    }
+
+    /// <summary>
+    /// The placement for a new budget while the model runs, everything else as in <paramref name="current"/> (context,
+    /// KV cache, scratch, runtime, adapters, stream mode): <see cref="Plan"/>'s own choice of resident units, with the
+    /// fixed parts made to equal the current plan's. A budget below the smallest plan gives the smallest plan (every
+    /// unit streamed) and <c>BelowSmallest</c>, never an exception: the caller keeps running there and says so once.
+    /// StreamingWeights.ApplyPlacement carries the result out.
+    /// </summary>
+    public static (MemoryPlan Plan, bool BelowSmallest) Replace(MemoryPlan current, IModelSource source, long newBudget)
+    {
+        if (current.Stack != null) throw new FitLMException($"{source.Path}: a stacked (BitStack) model is resized by its blocks (StackPlanner), not by moving layers");
+        var o = new Options
+        {
+            Context = current.Context,
+            RuntimeBytes = current.RuntimeBytes,
+            AdapterBytes = current.AdapterBytes,
+            Mode = current.Mode,
+            StreamEverything = current.Mode == StreamMode.Naive,
+        };
+        // Plan counts KV, scratch and flash windows from its options; HostBytes makes up the difference so the fixed
+        // bytes are exactly the current plan's, whatever options it was made with.
+        var probe = Plan(source, o with { BudgetBytes = long.MaxValue / 4, StreamEverything = false });
+        long difference = current.KvBytes + current.ScratchBytes + current.FlashBytes - (probe.KvBytes + probe.ScratchBytes + probe.FlashBytes);
+        o = o with { HostBytes = difference };
+        MemoryPlan fresh;
+        bool below = false;
+        try
+        {
+            fresh = Plan(source, o with { BudgetBytes = newBudget });
+        }
+        catch (BudgetTooSmallException e)
+        {
+            fresh = Plan(source, o with { BudgetBytes = e.MinimumBytes, StreamEverything = true });
+            below = true;
+        }
+        var plan = current with
+        {
+            BudgetBytes = newBudget,
+            Tensors = fresh.Tensors,
+            StreamBufferBytes = fresh.StreamBufferBytes,
+            StreamedBytesPerToken = fresh.StreamedBytesPerToken - fresh.FlashBytesPerToken + current.FlashBytesPerToken,
+            PredictedTokensPerSecond = 0, // the cost model's prediction was for the old placement
+            CostModelNote = null,
+        };
+        return (plan, below);
     }
 }

@@ -48,7 +48,7 @@ public static class StackPlanner
         long budget = options.MemoryBudget > 0 ? options.MemoryBudget : SystemMemory.AvailableBytes();
         long runtime = (options.RuntimeBytes > 0 ? options.RuntimeBytes : RuntimeFootprint.Bytes(source)) + options.HostBytes;
         var c = source.Config;
-        long kv = Footprint.KvBytes(c, context);
+        long kv = KvCache.KvStoreFactory.PlanBytes(c, options.Kv, context, 1, options.MaxBatch);
         long scratch = Footprint.ScratchBytes(c, context, options.MaxBatch) + 4L * c.Vocab * Math.Max(1, options.LogitRows);
 
         var cache = so.CacheType;
@@ -69,9 +69,9 @@ public static class StackPlanner
                 $"{ProcessMemory.Format(layout.BytesAt(layout.BaseEntries))} ({layout.BytesAt(layout.BaseEntries):N0} bytes: embeddings, head, norms and one block per matrix)");
         if (k < layout.BaseEntries)
             throw new FitLMException($"a budget of {ProcessMemory.Format(budget)} cannot run {layout.Path} with context {context}: the smallest whole model " +
-                $"(one block per matrix) needs {ProcessMemory.Format(need)} (runtime {ProcessMemory.Format(runtime)}, KV cache {ProcessMemory.Format(kv)}, " +
+                $"(one block per matrix) needs {ProcessMemory.Format(need)} (runtime {ProcessMemory.Format(runtime)}, KV cache {ProcessMemory.Format(kv)} ({options.Kv}), " +
                 $"activations {ProcessMemory.Format(scratch)}, weights {ProcessMemory.Format(layout.BytesAt(layout.BaseEntries))}); " +
-                $"give --memory {SmallestBudgetMiB(need)}MiB or more, or a smaller context");
+                $"give --memory {SmallestBudgetMiB(need)}MiB or more, a smaller context or a smaller --kv type");
         return PlanOf(source, layout, k, cache, budget, context, runtime, kv, scratch);
     }
 
@@ -149,23 +149,27 @@ public static class StackPlanner
         };
     }
 
-    /// <summary>
-    /// Resizes a running stacked model to a new memory budget for the whole process: the weights that fit
-    /// beside what the process holds now (measured RSS, less the blocks and caches it already has).
-    /// Returns the weight bytes loaded.
-    /// </summary>
     /// <summary>Room for the GC and compiled code to grow after a resize measured against the live RSS.</summary>
     private const long ResizeMargin = 24L << 20;
 
-    public static long ResizeToBudget(StackedWeights w, long budgetBytes)
+    /// <summary>
+    /// The stack positions a running stacked model may hold under a new budget for the whole process: the weights that
+    /// fit beside what the process holds now (measured RSS, less the blocks and caches it already has, plus a margin).
+    /// Below <see cref="StackLayout.BaseEntries"/> when even the smallest whole model does not fit.
+    /// </summary>
+    public static int EntriesForBudget(StackedWeights w, long budgetBytes, out long others)
     {
         var layout = w.Layout ?? throw new FitLMException("an in-memory stack has no layout to resize by");
-        // What the process holds besides this model's weights and caches, plus room for runtime growth.
-        long others = Math.Max(0, ProcessMemory.RssBytes() - w.ResidentBytes) + ResizeMargin;
-        long room = budgetBytes - others - w.CacheBytes;
-        int k = layout.EntriesFor(room);
-        if (k < layout.BaseEntries)
-            throw new FitLMException($"a budget of {ProcessMemory.Format(budgetBytes)} cannot hold the smallest whole model of {layout.Path} besides what the process holds ({ProcessMemory.Format(others)})");
+        others = Math.Max(0, ProcessMemory.RssBytes() - w.ResidentBytes) + ResizeMargin;
+        return layout.EntriesFor(budgetBytes - others - w.CacheBytes);
+    }
+
+    /// <summary>Resizes a running stacked model to a new memory budget (<see cref="EntriesForBudget"/>); returns the weight bytes loaded.</summary>
+    public static long ResizeToBudget(StackedWeights w, long budgetBytes)
+    {
+        int k = EntriesForBudget(w, budgetBytes, out long others);
+        if (k < w.Layout!.BaseEntries)
+            throw new FitLMException($"a budget of {ProcessMemory.Format(budgetBytes)} cannot hold the smallest whole model of {w.Layout.Path} besides what the process holds ({ProcessMemory.Format(others)})");
         w.ResizeEntries(k);
         return w.WeightBytes;
     }

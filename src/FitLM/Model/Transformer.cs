@@ -26,10 +26,12 @@ public sealed class Transformer
     public ModelConfig Config { get; }
     public int MaxContext { get; }
     public int MaxBatch { get; }
-    /// <summary>The KV cache of the sequence this transformer runs (its type and eviction: <see cref="KvStores"/>.Options).</summary>
-    public IKvStore Kv { get; }
-    /// <summary>Makes KV stores for this model over shared page pools: the server's sequences each get one.</summary>
-    public KvStoreFactory KvStores { get; }
+    /// <summary>The KV cache of the sequence this transformer runs (its type and eviction: <see cref="KvStores"/>.Options).
+    /// Replaced by <see cref="ChangeKv"/>: read it again after one.</summary>
+    public IKvStore Kv { get; private set; }
+    /// <summary>Makes KV stores for this model over shared page pools: the server's sequences each get one.
+    /// Replaced by <see cref="ChangeKv"/>.</summary>
+    public KvStoreFactory KvStores { get; private set; }
 
     private readonly Layer[] _layers;
     private readonly IMatrix _tokenEmbedding, _output;
@@ -93,6 +95,31 @@ public sealed class Transformer
         _hb2 = new float[b * c.FfnDim];
         _tokens = new int[b];
         _segments = new Segment[b];
+    }
+
+    /// <summary>
+    /// Moves the KV cache to another type between forward passes (never during one), keeping every position: a new
+    /// <see cref="KvStores"/> of <paramref name="next"/>, <see cref="Kv"/> converted into it, then each of
+    /// <paramref name="others"/> (stores of the current factory the caller holds, the server's sequences), returned
+    /// converted in the same order; the old stores and factory are disposed, their memory freed as each layer moves.
+    /// f32, f16, kivi4 and kivi2 either way (<see cref="KvLadder"/>); anything else throws a FitLMException before
+    /// anything changes. Same context and batch: positions, <see cref="MaxContext"/> and the model's rows are as before.
+    /// </summary>
+    public IKvStore[] ChangeKv(KvCacheOptions next, IReadOnlyList<IKvStore>? others = null)
+    {
+        ArgumentNullException.ThrowIfNull(next);
+        others ??= [];
+        next.Validate();
+        foreach (var store in others.Prepend(Kv))
+            if (KvStoreFactory.ConversionProblem(store, next, MaxContext) is { } problem) throw new FitLMException(problem);
+        var factory = new KvStoreFactory(new KvModel(this), next, MaxContext, MaxBatch);
+        var old = KvStores;
+        Kv = factory.Convert(Kv);
+        var converted = new IKvStore[others.Count];
+        for (int i = 0; i < converted.Length; i++) converted[i] = factory.Convert(others[i]);
+        KvStores = factory;
+        old.Dispose();
+        return converted;
     }
 
     /// <summary>

@@ -1,5 +1,4 @@
 using FitLM.Model;
-using System.Runtime.InteropServices;
 using FitLM.Compression;
 using FitLM.Formats;
 using FitLM.Storage;
@@ -222,19 +221,8 @@ public sealed class StackedWeights : IWeightProvider
             changed = true;
         }
         // Dropped blocks and replaced caches are free now: hand the pages back (RSS falls on shrink, stays flat on grow).
-        if (changed && _ownsBlocks) TrimNativeHeap();
+        if (changed && _ownsBlocks) HeapTrim.Native();
     }
-
-    /// <summary>Asks the C library to give freed heap pages back to the OS, so RSS falls when the stack shrinks.</summary>
-    public static void TrimNativeHeap()
-    {
-        if (!OperatingSystem.IsLinux()) return;
-        try { _ = MallocTrim(0); } // 1 when memory was released, 0 when none could be: either is fine here
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
-    }
-
-    [DllImport("libc", EntryPoint = "malloc_trim")]
-    private static extern int MallocTrim(nuint pad);
 
     public void Dispose()
     {

@@ -1,5 +1,4 @@
 using FitLM.Model;
-using FitLM.Memory;
 using FitLM.Storage;
 using FitLM.Tensors;
 using FitLM.Runtime;
@@ -7,29 +6,38 @@ using FitLM.Runtime;
 namespace FitLM.Weights;
 
 /// <summary>
-/// Weights as the planner places them: resident ones in memory, streamed ones read from the
-/// file with direct I/O each time they are used. Streamed tensors are grouped in units (a layer, the output
-/// head) that the forward pass uses in a fixed cyclic order, so while one unit computes in one buffer the
-/// next is read into the other (prefetch), with several reads in flight. Adjacent tensors of a unit are read
-/// as one range in chunks of up to 4 MiB: large contiguous reads are what storage serves fastest.
+/// Weights as the planner places them: resident ones in memory, streamed ones read from the file with direct I/O
+/// each time they are used. Weights are grouped in units (a layer, the output head, an untied embedding) that the
+/// forward pass uses in a fixed cyclic order, so while one streamed unit computes in one buffer the next streamed
+/// one is read into the other (prefetch), with several reads in flight.
+///
+/// Placement can change while the model runs, between forward passes (<see cref="ApplyPlacement"/>): a unit moved
+/// out frees its memory at once, a unit moved in is read into memory. The matrices handed out stay valid across
+/// moves. The two stream slots exist only while some unit is streamed and are sized to the largest streamed unit.
 /// </summary>
 public sealed unsafe class StreamingWeights : IWeightProvider
 {
-    private const int ChunkBytes = 4 << 20;
-
     private readonly IModelSource _source;
-    private readonly IReadOnlyList<TensorPlan> _tensors;
-    private readonly HashSet<string> _streamedNames;
+    /// <summary>What never moves: norms, biases and any matrix outside the units.</summary>
     private readonly ResidentWeights _resident;
     private readonly IoQueue _io;
     private readonly Dictionary<string, DirectFile> _files = new();
+    /// <summary>Units that stream through the slots, in the forward pass's order (layers, then the head).</summary>
     private readonly List<StreamUnit> _units = new();
-    private readonly Dictionary<string, StreamedMatrix> _matrices = new();
-    private readonly NativeBuffer[] _slots = new NativeBuffer[2];
+    /// <summary>An untied embedding (read by rows only), or null.</summary>
+    private readonly StreamUnit? _embedding;
+    private readonly Dictionary<string, MovableMatrix> _matrices = new(StringComparer.Ordinal);
+    private readonly NativeBuffer?[] _slots = new NativeBuffer?[2];
     private readonly int[] _slotUnit = [-1, -1];
     private readonly ReadGroup[] _slotReads = [new(), new()];
     private int _currentSlot = -1;
-    private readonly NativeBuffer? _rowBuffer;
+    /// <summary>For each streamed unit, the next streamed unit in cyclic order (what prefetch reads next).</summary>
+    private int[] _nextStreamed;
+    private int _streamedCount;
+    /// <summary>Whether a placement was carried out (the constructor's first one sets up slots and order even when nothing moves).</summary>
+    private bool _placed;
+    private NativeBuffer? _rowBuffer;
+    private readonly long _rowBufferBytes;
 
     /// <summary>Bytes read from storage since load, and how long the compute thread waited for them.</summary>
     public long BytesRead { get; private set; }
@@ -38,24 +46,28 @@ public sealed unsafe class StreamingWeights : IWeightProvider
 
     public StreamMode Mode { get; }
 
-    /// <param name="tensors">every tensor with its placement, as the planner decided</param>
+    /// <param name="tensors">every tensor with its placement, as the planner decided; all resident is allowed (no
+    /// slots are allocated then), so a model loaded at a generous budget can shrink later</param>
     public StreamingWeights(IModelSource source, IReadOnlyList<TensorPlan> tensors, StreamMode mode)
     {
         _source = source;
-        _tensors = tensors;
-        _streamedNames = tensors.Where(t => t.Placement == Placement.Streamed).Select(t => t.Tensor.Name).ToHashSet();
         Mode = mode;
         _resident = new ResidentWeights(source);
         _io = new IoQueue(mode == StreamMode.Naive ? 1 : 4);
+        _nextStreamed = [];
         try
         {
-            BuildUnits();
-            long slotBytes = _units.Count == 0 ? 0 : _units.Max(u => u.SlotBytes);
-            for (int i = 0; i < 2 && slotBytes > 0; i++) _slots[i] = new NativeBuffer(slotBytes, DirectFile.Alignment);
-            BindDestinations();
             var embedding = source.Get("token_embd.weight");
-            if (_streamedNames.Contains(embedding.Name) || source.Find("output.weight") == null)
-                _rowBuffer = new NativeBuffer(DirectFile.AlignedRange(0, embedding.ByteSize / embedding.Rows).Length + 2 * DirectFile.Alignment, DirectFile.Alignment);
+            _rowBufferBytes = DirectFile.AlignedRange(0, embedding.ByteSize / embedding.Rows).Length + 2 * DirectFile.Alignment;
+            _embedding = BuildUnits(tensors);
+            try
+            {
+                ApplyPlacement(tensors);
+            }
+            catch (FitLMException e) when (e.InnerException is FitLMException read)
+            {
+                throw read; // at load the read's own message says it best
+            }
         }
         catch
         {
@@ -64,31 +76,101 @@ public sealed unsafe class StreamingWeights : IWeightProvider
         }
     }
 
-    public long ResidentBytes => _resident.ResidentBytes + _slots.Sum(s => s?.Length ?? 0) + (_rowBuffer?.Length ?? 0);
+    /// <summary>Weights in memory (fixed and resident units) plus the stream slots and the embedding's row buffer.</summary>
+    public long ResidentBytes => _resident.ResidentBytes + AllUnits().Where(u => u.Resident).Sum(u => u.Bytes)
+        + _slots.Sum(s => s?.Length ?? 0) + (_rowBuffer?.Length ?? 0);
+
+    /// <summary>Bytes of one stream slot (there are two), 0 while nothing is streamed.</summary>
+    public long SlotBytes => _slots[0]?.Length ?? 0;
+
+    /// <summary>Units streamed now (layers, head, untied embedding).</summary>
+    public int StreamedUnits => AllUnits().Count(u => !u.Resident);
+
+    /// <summary>Whether layer <paramref name="layer"/>'s matrices are in memory now.</summary>
+    public bool IsLayerResident(int layer) => _units.Any(u => u.Name == LayerName(layer) && u.Resident);
 
     public bool Has(string name) => _source.Find(name) != null;
 
     public float[] Vector(string name) => _resident.Vector(name);
 
-    public IMatrix Matrix(string name)
+    public IMatrix Matrix(string name) => _matrices.TryGetValue(name, out var m) ? m : _resident.Matrix(name);
+
+    /// <summary>
+    /// Moves units to the placement of <paramref name="plan"/> (a plan from <see cref="Memory.Planner"/>, e.g.
+    /// Planner.Replace for a new budget). Call it between forward passes, never during one. Units moved out free their
+    /// memory first (RSS drops), then the slots take the size of the largest unit left streamed, then units moved in
+    /// are read. A read error stops there: that unit and the ones not yet read stay streamed, everything stays usable,
+    /// and a FitLMException says which unit failed. Tensors the plan does not name keep their placement.
+    /// </summary>
+    public void ApplyPlacement(IReadOnlyList<TensorPlan> plan)
     {
-        if (_matrices.TryGetValue(name, out var m)) return m;
-        var t = _source.Get(name);
-        if (!_streamedNames.Contains(name)) return _resident.Matrix(name);
-        int unit = _units.FindIndex(u => u.Tensors.Any(x => x.Desc.Name == name));
-        if (unit < 0)
+        var placement = new Dictionary<string, Placement>(StringComparer.Ordinal);
+        foreach (var t in plan) placement[t.Tensor.Name] = t.Placement;
+        bool WantsResident(StreamUnit u)
         {
-            // A streamed tensor outside the units (the embedding): only row reads.
-            m = new StreamedMatrix(this, t, -1, 0);
+            bool known = false;
+            foreach (var m in u.Matrices)
+                if (placement.TryGetValue(m.Name, out var p))
+                {
+                    if (p == Placement.Streamed) return false;
+                    known = true;
+                }
+            return known || u.Resident;
         }
-        else
+        var all = AllUnits().ToList();
+        var wanted = all.ToDictionary(u => u, WantsResident);
+        if (_placed && all.All(u => u.Resident == wanted[u])) return; // nothing moves: keep what the slots hold
+        DiscardSlots();
+
+        // Out first: what a shrink frees is back with the OS before anything new is allocated.
+        bool freed = false;
+        foreach (var u in all.Where(u => u.Resident && !wanted[u]))
         {
-            var entry = _units[unit].Tensors.First(x => x.Desc.Name == name);
-            m = new StreamedMatrix(this, t, unit, entry.OffsetInSlot);
+            u.MoveOut();
+            freed = true;
         }
-        _matrices[name] = m;
-        return m;
+        ResizeSlots(_units.Where(u => !u.Resident && !wanted[u]).Select(u => u.SlotBytes).DefaultIfEmpty(0).Max());
+        if (freed) HeapTrim.Native();
+
+        FitLMException? failure = null;
+        foreach (var u in all.Where(u => !u.Resident && wanted[u]))
+        {
+            try
+            {
+                u.MoveIn(_source);
+            }
+            catch (FitLMException e)
+            {
+                failure = e;
+                break;
+            }
+        }
+        // The slots must hold every unit still streamed (one that failed to move in included).
+        ResizeSlots(_units.Where(u => !u.Resident).Select(u => u.SlotBytes).DefaultIfEmpty(0).Max());
+        UpdateStreamOrder();
+        bool embeddingStreamed = AllUnits().Any(u => !u.Resident && u.Matrices.Any(m => m.Name == "token_embd.weight"));
+        if (embeddingStreamed && _rowBuffer == null) _rowBuffer = new NativeBuffer(_rowBufferBytes, DirectFile.Alignment);
+        else if (!embeddingStreamed && _rowBuffer != null)
+        {
+            _rowBuffer.Dispose();
+            _rowBuffer = null;
+        }
+        _placed = true;
+        if (failure != null) throw failure;
     }
+
+    /// <summary>
+    /// <paramref name="plan"/>'s tensors with the placement each has now: after an <see cref="ApplyPlacement"/> that
+    /// failed part way, what the model's plan should say (the units that could not be read stay streamed).
+    /// </summary>
+    public IReadOnlyList<TensorPlan> PlacementNow(IReadOnlyList<TensorPlan> plan) =>
+        plan.Select(t => _matrices.TryGetValue(t.Tensor.Name, out var m)
+            ? t with { Placement = m.IsResident ? Placement.Resident : Placement.Streamed }
+            : t).ToList();
+
+    private IEnumerable<StreamUnit> AllUnits() => _embedding == null ? _units : _units.Append(_embedding);
+
+    private static string LayerName(int layer) => $"layer {layer}";
 
     private DirectFile FileOf(string path)
     {
@@ -96,24 +178,78 @@ public sealed unsafe class StreamingWeights : IWeightProvider
         return f;
     }
 
-    /// <summary>Groups streamed tensors into units in the order the forward pass uses them, and lays out each unit's reads.</summary>
-    private void BuildUnits()
+    /// <summary>
+    /// Groups every movable matrix into units in the order the forward pass uses them: each layer's matrices, then
+    /// the output head (a tied embedding is the head). An untied embedding is only ever read by rows: its own unit,
+    /// outside the cycle (returned). Vectors and any other tensor stay with the fixed resident weights.
+    /// </summary>
+    private StreamUnit? BuildUnits(IReadOnlyList<TensorPlan> tensors)
     {
-        // An untied embedding is only ever read by rows, so it belongs to no unit.
         bool tied = _source.Find("output.weight") == null;
-        var streamed = _tensors.Where(t => t.Placement == Placement.Streamed && (tied || t.Tensor.Name != "token_embd.weight")
-            && !t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal)).ToList();
-        var byLayer = streamed.Where(t => t.Layer >= 0).GroupBy(t => t.Layer).OrderBy(g => g.Key).Select(g => g.Select(x => x.Tensor).ToList()).ToList();
-        var head = streamed.Where(t => t.Layer < 0).Select(t => t.Tensor).ToList();
-        if (head.Count > 0) byLayer.Add(head);
-        foreach (var tensors in byLayer) _units.Add(StreamUnit.Build(tensors, _source, this));
+        var movable = tensors.Where(t => t.Tensor.Shape.Length == 2 && !t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal)).ToList();
+        var layers = movable.Where(t => t.Layer >= 0).GroupBy(t => t.Layer).OrderBy(g => g.Key);
+        foreach (var g in layers)
+            _units.Add(StreamUnit.Build(_units.Count, LayerName(g.Key), g.Select(x => x.Tensor).ToList(), _source, this, FileOf, _slotReads));
+        var head = movable.Where(t => t.Layer < 0 && (t.Tensor.Name == "output.weight" || (tied && t.Tensor.Name == "token_embd.weight")))
+            .Select(t => t.Tensor).ToList();
+        if (head.Count > 0) _units.Add(StreamUnit.Build(_units.Count, "the output head", head, _source, this, FileOf, _slotReads));
+        StreamUnit? embedding = null;
+        if (!tied && movable.FirstOrDefault(t => t.Tensor.Name == "token_embd.weight") is { } e)
+            embedding = StreamUnit.Build(-1, "the token embedding", [e.Tensor], _source, this, FileOf, _slotReads);
+        foreach (var u in _units.Append(embedding))
+            if (u != null)
+                foreach (var m in u.Matrices) _matrices[m.Name] = m;
+        return embedding;
     }
 
-    /// <summary>Makes unit <paramref name="u"/> ready in a slot and returns its base address; starts reading the next unit.</summary>
+    /// <summary>Waits for reads still landing in the slots and forgets what the slots hold (placement is about to change).</summary>
+    private void DiscardSlots()
+    {
+        for (int slot = 0; slot < 2; slot++)
+        {
+            try { _slotReads[slot].Wait(); }
+            catch (Exception) { } // a prefetch that failed is thrown away with its data; a later read reports the fault
+            _slotUnit[slot] = -1;
+        }
+        _currentSlot = -1;
+    }
+
+    /// <summary>Gives both slots <paramref name="bytes"/> (none for 0), freeing the old ones first, and points every unit's reads at them.</summary>
+    private void ResizeSlots(long bytes)
+    {
+        if ((_slots[0]?.Length ?? 0) == bytes) return;
+        for (int slot = 0; slot < 2; slot++)
+        {
+            _slots[slot]?.Dispose();
+            _slots[slot] = null;
+            _slotUnit[slot] = -1;
+        }
+        _currentSlot = -1;
+        if (bytes == 0) return;
+        for (int slot = 0; slot < 2; slot++)
+        {
+            var buffer = new NativeBuffer(bytes, DirectFile.Alignment);
+            _slots[slot] = buffer;
+            foreach (var u in _units) u.Bind(slot, buffer.Pointer);
+        }
+    }
+
+    /// <summary>The prefetch order: each streamed unit's successor is the next streamed unit in the cycle; resident ones are skipped.</summary>
+    private void UpdateStreamOrder()
+    {
+        var next = new int[_units.Count];
+        Array.Fill(next, -1);
+        var streamed = _units.Where(u => !u.Resident).Select(u => u.Index).ToList();
+        for (int i = 0; i < streamed.Count; i++) next[streamed[i]] = streamed[(i + 1) % streamed.Count];
+        _nextStreamed = next;
+        _streamedCount = streamed.Count;
+    }
+
+    /// <summary>Makes unit <paramref name="u"/> ready in a slot and returns its base address; starts reading the next streamed unit.</summary>
     internal byte* Acquire(int u)
     {
         // The matrices of one unit are used one after another: the unit in use stays where it is.
-        if (_currentSlot >= 0 && _slotUnit[_currentSlot] == u) return _slots[_currentSlot].Pointer;
+        if (_currentSlot >= 0 && _slotUnit[_currentSlot] == u) return _slots[_currentSlot]!.Pointer;
         int slot = Mode == StreamMode.Naive ? -1 : Array.IndexOf(_slotUnit, u);
         if (slot < 0)
         {
@@ -124,16 +260,16 @@ public sealed unsafe class StreamingWeights : IWeightProvider
         }
         WaitFor(slot);
         _currentSlot = slot;
-        if (Mode == StreamMode.Prefetch && _units.Count > 2)
+        if (Mode == StreamMode.Prefetch && _streamedCount > 2)
         {
-            int next = (u + 1) % _units.Count, other = 1 - slot;
+            int next = _nextStreamed[u], other = 1 - slot;
             if (_slotUnit[other] != next)
             {
                 if (!_slotReads[other].IsComplete) WaitFor(other);
                 StartRead(other, next);
             }
         }
-        return _slots[slot].Pointer;
+        return _slots[slot]!.Pointer;
     }
 
     private void WaitFor(int slot)
@@ -146,8 +282,7 @@ public sealed unsafe class StreamingWeights : IWeightProvider
     private void StartRead(int slot, int u)
     {
         _slotUnit[slot] = u;
-        var unit = _units[u];
-        foreach (var r in unit.Requests[slot])
+        foreach (var r in _units[u].Requests(slot))
         {
             _io.Submit(r);
             BytesRead += r.Length;
@@ -172,103 +307,12 @@ public sealed unsafe class StreamingWeights : IWeightProvider
 
     public void Dispose()
     {
+        DiscardSlots(); // no read may still be writing into a slot that is freed below
         _io.Dispose();
         foreach (var s in _slots) s?.Dispose();
         _rowBuffer?.Dispose();
         foreach (var f in _files.Values) f.Dispose();
+        foreach (var u in AllUnits()) u.MoveOut();
         _resident.Dispose();
-    }
-
-    /// <summary>A streamed unit: its tensors' places in a slot and the reads (per slot) that fill it.</summary>
-    private sealed class StreamUnit
-    {
-        public required List<(TensorDesc Desc, long OffsetInSlot)> Tensors { get; init; }
-        public required long SlotBytes { get; init; }
-        public required ReadRequest[][] Requests { get; init; }
-        /// <summary>Where each request's bytes go, relative to the slot start (same for both slots).</summary>
-        public required long[] RequestOffsets { get; init; }
-
-        public static StreamUnit Build(List<TensorDesc> tensors, IModelSource source, StreamingWeights owner)
-        {
-            // Sort by file position and merge ranges that are adjacent or nearly so into one read span.
-            var located = tensors.Select(t => (t, loc: source.Locate(t))).OrderBy(x => x.loc.File).ThenBy(x => x.loc.Offset).ToList();
-            var spans = new List<(string file, long start, long end)>();
-            foreach (var (t, loc) in located)
-            {
-                var (s, len) = DirectFile.AlignedRange(loc.Offset, t.ByteSize);
-                if (spans.Count > 0 && spans[^1].file == loc.File && s <= spans[^1].end + (64 << 10))
-                    spans[^1] = (loc.File, spans[^1].start, Math.Max(spans[^1].end, s + len));
-                else spans.Add((loc.File, s, s + len));
-            }
-            var spanOffset = new long[spans.Count];
-            long total = 0;
-            for (int i = 0; i < spans.Count; i++) { spanOffset[i] = total; total += spans[i].end - spans[i].start; }
-            var entries = new List<(TensorDesc, long)>();
-            foreach (var (t, loc) in located)
-            {
-                int i = spans.FindIndex(s => s.file == loc.File && loc.Offset >= s.start && loc.Offset + t.ByteSize <= s.end);
-                entries.Add((t, spanOffset[i] + loc.Offset - spans[i].start));
-            }
-            var requests = new ReadRequest[2][];
-            var offsets = new List<long>();
-            for (int i = 0; i < spans.Count; i++)
-                for (long off = spans[i].start; off < spans[i].end; off += ChunkBytes)
-                    offsets.Add(spanOffset[i] + off - spans[i].start);
-            for (int slot = 0; slot < 2; slot++)
-            {
-                var list = new List<ReadRequest>();
-                for (int i = 0; i < spans.Count; i++)
-                    for (long off = spans[i].start; off < spans[i].end; off += ChunkBytes)
-                        list.Add(new ReadRequest
-                        {
-                            File = owner.FileOf(spans[i].file),
-                            Offset = off,
-                            Length = (int)Math.Min(ChunkBytes, spans[i].end - off),
-                            Group = owner._slotReads[slot],
-                        });
-                requests[slot] = list.ToArray();
-            }
-            return new StreamUnit { Tensors = entries, SlotBytes = total, Requests = requests, RequestOffsets = offsets.ToArray() };
-        }
-    }
-
-    private void BindDestinations()
-    {
-        foreach (var u in _units)
-            for (int slot = 0; slot < 2; slot++)
-                for (int i = 0; i < u.Requests[slot].Length; i++)
-                    u.Requests[slot][i].Destination = _slots[slot].Pointer + u.RequestOffsets[i];
-    }
-
-    /// <summary>A matrix whose bytes are read into a stream slot when it is multiplied.</summary>
-    private sealed class StreamedMatrix(StreamingWeights owner, TensorDesc t, int unit, long offsetInSlot) : IMatrix
-    {
-        public string Name => t.Name;
-        public int Rows => t.Rows;
-        public int Cols => t.RowLength;
-        public GgmlType Type => t.Type;
-
-        public void Multiply(ReadOnlySpan<float> x, Span<float> y, int n)
-        {
-            if (unit < 0) throw new InvalidOperationException($"'{t.Name}' is streamed by rows only");
-            byte* p = owner.Acquire(unit) + offsetInSlot;
-            MatMul.MatMulBatch(t.Type, p, GgmlTypes.RowBytes(t.Type, t.RowLength), t.Rows, t.RowLength, x, y, n);
-        }
-
-        public void ReadRow(int row, Span<float> dst) => owner.ReadRow(t, row, dst);
-
-        public void ReadRows(int first, int count, Span<float> dst)
-        {
-            if (unit < 0 || (uint)first > (uint)t.Rows || count < 0 || first + count > t.Rows)
-            {
-                for (int i = 0; i < count; i++) owner.ReadRow(t, first + i, dst.Slice(i * Cols, Cols));
-                return;
-            }
-            // Training reads every row of a matrix in turn: one unit read (then memory), not one read per row.
-            long rowBytes = GgmlTypes.RowBytes(t.Type, t.RowLength);
-            byte* p = owner.Acquire(unit) + offsetInSlot;
-            for (int i = 0; i < count; i++)
-                Dequantize.Row(t.Type, new ReadOnlySpan<byte>(p + (first + i) * rowBytes, (int)rowBytes), dst.Slice(i * Cols, Cols));
-        }
     }
 }
