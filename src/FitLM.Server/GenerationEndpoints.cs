@@ -131,7 +131,7 @@ internal sealed class GenerationEndpoints(ServerState state)
         var sampling = new SamplingOptions
         {
             Temperature = p.Temperature, TopP = p.TopP, TopK = p.TopK, MinP = p.MinP, RepeatPenalty = p.RepeatPenalty, RepeatLastN = p.RepeatLastN,
-            FrequencyPenalty = p.FrequencyPenalty, PresencePenalty = p.PresencePenalty, LogitBias = p.LogitBias, Seed = p.Seed,
+            FrequencyPenalty = p.FrequencyPenalty, PresencePenalty = p.PresencePenalty, LogitBias = p.LogitBias, Seed = p.Seed, IgnoreEos = p.IgnoreEos,
         };
         string id = ServerState.NewRequestId(prefix);
         Sequence seq;

@@ -20,6 +20,8 @@ public sealed record GenerationParams
     public float PresencePenalty { get; init; }
     public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
     public int Seed { get; init; } = -1;
+    /// <summary>llama.cpp's ignore_eos: never sample an end-of-generation token.</summary>
+    public bool IgnoreEos { get; init; }
     public string[] Stop { get; init; } = [];
     public bool Stream { get; init; }
     public bool IncludeUsage { get; init; }
@@ -163,6 +165,8 @@ public static class RequestReader
             IncludeUsage = includeUsage,
             Logprobs = chat ? ReadChatLogprobs(root) : ReadTextLogprobs(root),
             Echo = !chat && (OptionalBool(root, "echo") ?? false),
+            // llama.cpp's server field: the end-of-generation tokens are never sampled (benchmarks, fixed-length runs).
+            IgnoreEos = OptionalBool(root, "ignore_eos") ?? false,
         };
     }
 
@@ -233,7 +237,6 @@ public static class RequestReader
         // llama.cpp sampler options this server does not have, at values that would change the draw.
         if (OptionalInt(root, "mirostat") is { } mi && mi != 0) Refuse("mirostat", "top_k, top_p, min_p and temperature only");
         if (OptionalFloat(root, "typical_p") is { } tp && tp != 1) Refuse("typical_p", "top_k, top_p, min_p and temperature only");
-        if (OptionalBool(root, "ignore_eos") == true) Refuse("ignore_eos", "generation always ends at the end-of-generation token");
         if (OptionalInt(root, "n_probs") is { } np && np != 0) Refuse("n_probs", "use logprobs (and top_logprobs in chat)");
     }
 

@@ -45,8 +45,9 @@ internal static class ServeCommand
                 Watcher = watcher,
             };
             options.Validate();
-            // Every slot keeps a row of logits: the planner counts them with the rest of the process.
-            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = watcher != null });
+            // Every slot keeps a row of logits: the planner counts them with the rest of the process. Layers are movable
+            // whatever --memory says: POST /budget may change the budget of any server started with --api-key.
+            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true });
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             moving.Attach(r, watcher, lm, server.WakeScheduler);
             try

@@ -16,4 +16,10 @@ public interface IMemoryLever
     /// <summary>Takes back what <paramref name="budget"/> now allows, by this lever's own accounting; what changed, or null.</summary>
     /// <exception cref="FitLMException">Growing failed (a read error); the lever stays at its current size.</exception>
     string? Grow(long budget);
+
+    /// <summary>
+    /// Called once every lever has moved, for a lever whose size follows the others' (the server's KV pool is what the
+    /// budget leaves beside the model as it now is); what changed, or null. Most levers have nothing to settle.
+    /// </summary>
+    string? Settle(long budget) => null;
 }

@@ -41,7 +41,9 @@ public sealed class KvLever(Transformer tf, Func<MemoryPlan> plan, Action<Memory
 
     public string? Grow(long budget)
     {
-        string? change = null;
+        var start = tf.KvStores.Options;
+        long held = HeldBytes();
+        bool changed = false;
         while (KvLadder.Larger(tf.KvStores.Options, _loaded) is { } larger)
         {
             // Both promises must hold at the larger type: the plan (the full context in it) and the process as it is
@@ -51,9 +53,10 @@ public sealed class KvLever(Transformer tf, Func<MemoryPlan> plan, Action<Memory
             double ratio = KvStoreFactory.BytesPerToken(tf.Config, larger) / KvStoreFactory.BytesPerToken(tf.Config, now);
             long growth = (long)(HeldBytes() * (ratio - 1));
             if (planned > budget || ProcessMemory.RssBytes() + growth > budget) break;
-            change = Change(larger);
+            Change(larger);
+            changed = true;
         }
-        return change;
+        return changed ? Describe(start, held) : null;
     }
 
     private string Change(KvCacheOptions next)
@@ -71,8 +74,11 @@ public sealed class KvLever(Transformer tf, Func<MemoryPlan> plan, Action<Memory
             at += stores[i].Count;
         }
         setPlan(plan() with { KvBytes = PlanBytes(next) });
-        return $"kv {from.Spec} -> {next.Spec} (held {ProcessMemory.Format(before)} -> {ProcessMemory.Format(HeldBytes())})";
+        return Describe(from, before);
     }
+
+    private string Describe(KvCacheOptions from, long heldBefore) =>
+        $"kv {from.Spec} -> {tf.KvStores.Options.Spec} (held {ProcessMemory.Format(heldBefore)} -> {ProcessMemory.Format(HeldBytes())})";
 
     /// <summary>The KV cache in <paramref name="o"/> as the plan counts it: one sequence at the full context, and what the factory shares.</summary>
     private long PlanBytes(KvCacheOptions o) => KvStoreFactory.PlanBytes(tf.Config, o, tf.MaxContext, 1, tf.MaxBatch);

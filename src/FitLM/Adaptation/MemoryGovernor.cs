@@ -94,6 +94,8 @@ public sealed class MemoryGovernor
                 }
             }
             note = Shrink(target, changes) ?? note;
+            foreach (var lever in _levers)
+                if (lever.Settle(target) is { } settled) changes.Add(settled);
             Interlocked.Exchange(ref _applied, target);
             var a = new BudgetAdaptation(at, old, target, changes, Stopwatch.GetElapsedTime(t0), rssBefore, ProcessMemory.RssBytes(), note);
             Last = a;

@@ -55,10 +55,10 @@ public sealed class ServerProcess : IDisposable
     }
 
     /// <summary>Streams a completion (raw SSE, usage included) and returns its text, the finish reason and the completion tokens.</summary>
-    public async Task<(string Text, string? Finish, int Tokens)> StreamChatAsync(string prompt, int maxTokens, CancellationToken ct = default)
+    public async Task<(string Text, string? Finish, int Tokens)> StreamChatAsync(string prompt, int maxTokens, CancellationToken ct = default, bool ignoreEos = false)
     {
         var body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = prompt } }, max_tokens = maxTokens, temperature = 0, stream = true,
-            stream_options = new { include_usage = true } });
+            stream_options = new { include_usage = true }, ignore_eos = ignoreEos });
         using var req = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") };
         using var resp = await Http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead, ct);
         Assert.Equal(200, (int)resp.StatusCode);
