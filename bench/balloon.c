@@ -3,6 +3,10 @@
  *
  *   cc -O2 -o /tmp/balloon bench/balloon.c
  *   balloon SIZE_MIB HOLD_SECONDS [STEP_MIB]
+ *   balloon leave:MIB HOLD_SECONDS [STEP_MIB]
+ *
+ * The second form takes memory until the machine has at most MIB MiB available (MemAvailable), then holds: the
+ * kernel's estimate moves as page cache is evicted, so a size computed in advance over- or undershoots.
  *
  * Maps SIZE_MIB MiB of anonymous memory and touches it STEP_MIB at a time (default: a twentieth), spread over
  * about 0.2 s so the other process sees memory go away gradually, as it would on a real machine. Prints
@@ -47,12 +51,31 @@ static int parse_positive(const char *text, long *out)
     return 1;
 }
 
+/* MemAvailable in MiB, or -1. */
+static long mem_available_mib(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %ld kB", &kb) == 1) break;
+    fclose(f);
+    return kb < 0 ? -1 : kb / 1024;
+}
+
 int main(int argc, char **argv)
 {
-    long size_mib, step_mib;
+    long size_mib, step_mib, leave_mib = -1;
     char *end;
-    if (argc < 3 || argc > 4 || !parse_positive(argv[1], &size_mib)) {
-        fprintf(stderr, "usage: balloon SIZE_MIB HOLD_SECONDS [STEP_MIB]\n");
+    if (argc >= 2 && strncmp(argv[1], "leave:", 6) == 0) {
+        if (!parse_positive(argv[1] + 6, &leave_mib) || (size_mib = mem_available_mib()) <= 0) {
+            fprintf(stderr, "balloon: '%s' needs a positive number of MiB and a readable /proc/meminfo\n", argv[1]);
+            return 2;
+        }
+    }
+    if (argc < 3 || argc > 4 || (leave_mib < 0 && !parse_positive(argv[1], &size_mib))) {
+        fprintf(stderr, "usage: balloon SIZE_MIB|leave:MIB HOLD_SECONDS [STEP_MIB]\n");
         return 2;
     }
     double hold = strtod(argv[2], &end);
@@ -60,7 +83,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "balloon: HOLD_SECONDS '%s' is not a number of seconds >= 0\n", argv[2]);
         return 2;
     }
-    step_mib = size_mib >= 20 ? size_mib / 20 : 1;
+    step_mib = leave_mib >= 0 ? 64 : size_mib >= 20 ? size_mib / 20 : 1;
     if (argc == 4 && !parse_positive(argv[3], &step_mib)) {
         fprintf(stderr, "balloon: STEP_MIB '%s' is not a positive number of MiB\n", argv[3]);
         return 2;
@@ -85,15 +108,16 @@ int main(int argc, char **argv)
     double pause = 0.2 / steps;
     size_t done = 0;
     for (long i = 0; i < steps && !stop_requested; i++) {
+        if (leave_mib >= 0 && mem_available_mib() <= leave_mib) break;
         size_t n = (size_t)step_mib << 20;
         if (n > bytes - done) n = bytes - done;
         memset(p + done, 0x5a, n); /* non-zero: every page is really written, none shared with the zero page */
         done += n;
-        if (i + 1 < steps) sleep_seconds(pause);
+        if (i + 1 < steps && leave_mib < 0) sleep_seconds(pause);
     }
 
     if (!stop_requested) {
-        printf("balloon: holding %ld MiB\n", (long)(done >> 20));
+        printf("balloon: holding %ld MiB (MemAvailable %ld MiB)\n", (long)(done >> 20), mem_available_mib());
         fflush(stdout);
         double until = now_seconds() + hold;
         while (!stop_requested) {

@@ -14,6 +14,7 @@ Writes OUT/NAME.json, OUT/NAME.svg (budget, RSS and tokens/s over time) and prin
 import argparse
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -75,14 +76,23 @@ class Run:
             self.events.append((self.now(), f"budget file -> {nbytes // MiB} MiB", nbytes))
 
     def auto_budget(self, pid):
-        # What `--memory auto` sees: available memory plus what the process holds, less the reserve it leaves.
-        return mem_available() + rss(pid) - self.args.auto_reserve
+        # What `--memory auto` sees (BudgetSpec): available memory plus the process's anonymous and shared pages (its
+        # file pages are page cache, already in MemAvailable), less the reserve it leaves the machine.
+        own = read_kb(f"/proc/{pid}/status", "RssAnon:") + read_kb(f"/proc/{pid}/status", "RssShmem:")
+        return mem_available() + own - self.args.auto_reserve
 
     def start_balloon(self, mib):
-        self.balloon = subprocess.Popen([self.args.balloon, str(mib), "3600"], stdout=subprocess.PIPE, text=True)
+        # mib 0: what leaves the machine --balloon-leave available now. A fixed size, not "until only that much is left":
+        # fitlm gives memory back while the balloon fills, and a balloon that took that too would chase it down.
+        if mib <= 0:
+            mib = max(64, (mem_available() - self.args.balloon_leave) // MiB)
+        size = str(mib)
+        with self.lock:
+            self.events.append((self.now(), f"balloon takes {mib} MiB", None))
+        self.balloon = subprocess.Popen([self.args.balloon, size, "3600"], stdout=subprocess.PIPE, text=True)
         line = self.balloon.stdout.readline().strip()  # "balloon: holding N MiB" once it holds all of it
         with self.lock:
-            self.events.append((self.now(), f"balloon holds {mib} MiB ({line})", None))
+            self.events.append((self.now(), f"({line})", None))
 
     def release_balloon(self):
         if self.balloon:
@@ -97,8 +107,8 @@ class Run:
         if kind == "budget":
             self.set_file_budget(value)
         elif kind == "balloon":
-            mib = value if value > 0 else max(64, (mem_available() - self.args.balloon_leave) // MiB)
-            threading.Thread(target=self.start_balloon, args=(mib,), daemon=True).start()
+            # Waits until it holds all of it (seconds for many GiB): fitlm keeps decoding meanwhile.
+            self.start_balloon(value)
         elif kind == "release":
             self.release_balloon()
 
@@ -136,23 +146,37 @@ class Run:
         threading.Thread(target=read_stderr, daemon=True).start()
         threading.Thread(target=sample, daemon=True).start()
         actions = sorted(a.actions, key=lambda x: x[0])
-        buf = b""
+        pending = queue.Queue()
         count = 0
-        while True:
-            ch = p.stdout.read(1)
-            if not ch:
-                break
-            buf += ch
-            # Token ids are space-separated and flushed one by one: a completed id is followed by a space.
-            if ch == b" " and buf.strip():
+
+        def read_tokens():
+            # Token ids are space-separated and flushed one by one: a completed id is followed by a space. Read on a
+            # thread of its own so that an action that takes seconds (a balloon filling) never delays a timestamp.
+            nonlocal count
+            buf = b""
+            while ch := p.stdout.read(1):
+                buf += ch
+                if ch == b" " and buf.strip():
+                    count += 1
+                    self.tokens.append(self.now())
+                    buf = b""
+                    while actions and actions[0][0] <= count:
+                        pending.put(actions.pop(0)[1])
+            if buf.strip():
                 count += 1
                 self.tokens.append(self.now())
-                buf = b""
-                while actions and actions[0][0] <= count:
-                    self.act(actions.pop(0)[1])
-        if buf.strip():
-            count += 1
-            self.tokens.append(self.now())
+            pending.put(None)
+
+        def run_actions():
+            while (action := pending.get()) is not None:
+                self.act(action)
+
+        reader = threading.Thread(target=read_tokens, daemon=True)
+        actor = threading.Thread(target=run_actions, daemon=True)
+        reader.start()
+        actor.start()
+        reader.join()
+        actor.join()
         code = p.wait()
         self.release_balloon()
         time.sleep(0.1)
@@ -161,7 +185,7 @@ class Run:
 
 def phases(run):
     """Spans between budget changes: [(start, end, label)]."""
-    marks = [e for e in run.events if e[1].startswith("budget file ->") or e[1].startswith("balloon")]
+    marks = [e for e in run.events if e[1].startswith("budget file ->") or e[1].startswith("balloon takes") or e[1] == "balloon released"]
     end = run.tokens[-1] if run.tokens else run.now()
     starts = [0.0] + [m[0] for m in marks]
     labels = ["start"] + [m[1] for m in marks]
@@ -178,12 +202,22 @@ def report(run, code, count, stderr_lines, name, out):
         budget = min(budgets) if budgets else None
         # Time from the change until the first sample at or under the budget in force then.
         under = next((x[0] - s for x in samples if x[2] and x[1] <= x[2]), None)
+        # The longest stretch over the budget in force (a balloon lowers it step by step as it fills): from the first
+        # sample over it to the first one under it again.
+        longest, since = 0.0, None
+        for x in samples:
+            if x[2] and x[1] > x[2]:
+                since = x[0] if since is None else since
+            elif since is not None:
+                longest, since = max(longest, x[0] - since), None
+        if since is not None:
+            longest = max(longest, e - since)
         # Settled peak: the highest RSS after it first got under the budget (should stay under).
         settled = max((x[1] for x in samples if under is not None and x[0] - s >= under), default=0)
         over = [x for x in samples if x[2] and x[1] > x[2] and under is not None and x[0] - s >= under]
         rate = (len(toks) - 1) / (toks[-1] - toks[0]) if len(toks) > 1 else 0
         rows.append(dict(phase=label, start_s=round(s, 2), end_s=round(e, 2), budget_mib=budget / MiB if budget else None,
-                         peak_rss_mib=peak / MiB, settled_peak_mib=settled / MiB, seconds_to_under=under,
+                         peak_rss_mib=peak / MiB, settled_peak_mib=settled / MiB, seconds_to_under=under, longest_over_s=longest,
                          samples_over_after=len(over), tokens=len(toks), tokens_per_s=rate))
     result = dict(name=name, exit_code=code, tokens=count, rows=rows, adaptations=run.adaptations,
                   events=run.events, samples=run.samples, token_times=run.tokens, stderr_tail=stderr_lines[-12:])
@@ -193,12 +227,12 @@ def report(run, code, count, stderr_lines, name, out):
     os.replace(os.path.join(out, name + ".json.tmp"), os.path.join(out, name + ".json"))
     svg(run, os.path.join(out, name + ".svg"), name)
     print(f"\n### {name}: exit {code}, {count} tokens generated" + (" (killed!)" if code < 0 else ""))
-    print("| phase | budget (min, MiB) | peak RSS (MiB) | back under budget after | peak RSS once under (MiB) | samples over budget after | tokens | tok/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| phase | budget (min, MiB) | peak RSS (MiB) | under budget after | longest over budget | peak RSS once under (MiB) | samples over after that | tokens | tok/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         under = "n/a" if r["seconds_to_under"] is None else f"{r['seconds_to_under']:.2f} s"
         b = "—" if r["budget_mib"] is None else f"{r['budget_mib']:.1f}"
-        print(f"| {r['phase']} | {b} | {r['peak_rss_mib']:.1f} | {under} | {r['settled_peak_mib']:.1f} | {r['samples_over_after']} | {r['tokens']} | {r['tokens_per_s']:.1f} |")
+        print(f"| {r['phase']} | {b} | {r['peak_rss_mib']:.1f} | {under} | {r['longest_over_s']:.2f} s | {r['settled_peak_mib']:.1f} | {r['samples_over_after']} | {r['tokens']} | {r['tokens_per_s']:.1f} |")
     for t, line in run.adaptations:
         print(f"    {line}")
     return result

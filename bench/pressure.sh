@@ -2,7 +2,9 @@
 # Issue 17's acceptance 1 (docs/variable-memory.md): `fitlm run` decoding 400 tokens while its memory budget moves,
 # RSS sampled from outside every 50 ms by bench/pressure.py. Four scenarios:
 #   stacked-cgroup  a BitStack pycoder-29m, --memory cgroup:FILE, the file rewritten 512 MiB -> 90 MiB -> 512 MiB
-#   stacked-auto    the same model, --memory auto, a balloon process takes the machine's memory and gives it back
+#                   at tokens 100 and 250 of 400
+#   stacked-auto    the same model, --memory auto, a balloon process takes the machine's memory at token 400 and gives it
+#                   back at 1200 of 2000 (it decodes ~300 tokens/s, and a balloon of ~22 GiB takes seconds to fill)
 #   0.8b-cgroup     fitlm synth --shape llama-0.8b --type q4_0, --memory cgroup:FILE: 1 GiB -> 400 MiB -> 1 GiB
 #   0.8b-auto       the same with a balloon
 # The machine's own cgroups are never created or changed: the cgroup mode reads a file this script rewrites.
@@ -36,7 +38,7 @@ reserve=$($FITLM run -m "$STACK" --memory auto --verbose -n 1 -p x 2>&1 >/dev/nu
 reserve=${reserve:-0}
 echo "auto reserve: $reserve bytes"
 
-run() { python3 bench/pressure.py --fitlm "$FITLM" --out "$OUT" --tokens "$TOKENS" --balloon "$WORK/balloon" --auto-reserve "$reserve" "$@"; }
+run() { python3 bench/pressure.py --fitlm "$FITLM" --out "$OUT" --tokens "${TOKENS}" --balloon "$WORK/balloon" --auto-reserve "$reserve" "$@"; }
 mib() { echo $(( $1 * 1024 * 1024 )); }
 # Leave the machine the reserve less SHRINK_MIB: auto's budget falls by about that much below what the process holds.
 leave() { echo $(( reserve - $(mib "$1") )); }
@@ -49,12 +51,12 @@ for s in $scenarios; do
         run --name "$s" --model "$STACK" --memory "cgroup:$WORK/limit" --cgroup-file "$WORK/limit" --start-budget 512MiB \
             --at 100:budget:90MiB --at 250:budget:512MiB -- --kv f16 || status=1 ;;
     stacked-auto)
-        run --name "$s" --model "$STACK" --memory auto --balloon-leave "$(leave 60)" --at 100:balloon:0 --at 250:release -- --kv f16 || status=1 ;;
+        TOKENS=2000 run --name "$s" --model "$STACK" --memory auto --balloon-leave "$(leave 60)" --at 400:balloon:0 --at 1200:release -- --kv f16 -c 2048 || status=1 ;;
     0.8b-cgroup)
         run --name "$s" --model "$L08" --memory "cgroup:$WORK/limit" --cgroup-file "$WORK/limit" --start-budget 1GiB \
             --at 100:budget:400MiB --at 250:budget:1GiB -- --kv f16 -c 1024 || status=1 ;;
     0.8b-auto)
-        run --name "$s" --model "$L08" --memory auto --balloon-leave "$(leave 250)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
+        run --name "$s" --model "$L08" --memory auto --balloon-leave "$(leave 100)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
     *) echo "unknown scenario $s"; status=1 ;;
     esac
 done

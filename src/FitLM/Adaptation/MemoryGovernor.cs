@@ -15,6 +15,10 @@ namespace FitLM.Adaptation;
 /// </summary>
 public sealed class MemoryGovernor
 {
+    /// <summary>The least a growing lever leaves free below a rising budget (or 5% of it, if more), by default.</summary>
+    public const long DefaultGrowHeadroomBytes = 8L << 20;
+    private readonly long _growHeadroom;
+
     private readonly List<IMemoryLever> _levers = [];
     private readonly Func<long, bool> _fits;
     private readonly Stopwatch _clock = Stopwatch.StartNew();
@@ -25,13 +29,15 @@ public sealed class MemoryGovernor
 
     /// <param name="budget">The budget the model was loaded for.</param>
     /// <param name="fits">Whether the process fits a budget now: the measured resident set and the plan's promise.</param>
-    public MemoryGovernor(long budget, Func<long, bool> fits)
+    /// <param name="growHeadroom">What growing levers leave free below a rising budget, at least (5% of it if more).</param>
+    public MemoryGovernor(long budget, Func<long, bool> fits, long growHeadroom = DefaultGrowHeadroomBytes)
     {
+        _growHeadroom = growHeadroom;
         _requested = _applied = budget;
         _fits = fits;
     }
 
-    /// <summary>A new adaptation happened (on the thread that called <see cref="Apply"/>).</summary>
+    /// <summary>An adaptation changed something, or warned (on the thread that called <see cref="Apply"/>).</summary>
     public event Action<BudgetAdaptation>? Adapted;
 
     /// <summary>The budget the model is adapted to now.</summary>
@@ -39,7 +45,7 @@ public sealed class MemoryGovernor
     /// <summary>The latest budget asked for (equal to <see cref="Budget"/> once applied).</summary>
     public long Requested => Interlocked.Read(ref _requested);
     public bool Pending => Requested != Budget;
-    /// <summary>Adaptations made since load.</summary>
+    /// <summary>Adaptations since load that changed something or warned.</summary>
     public int Count => Volatile.Read(ref _count);
     /// <summary>The last adaptation, or null.</summary>
     public BudgetAdaptation? Last { get; private set; }
@@ -78,12 +84,15 @@ public sealed class MemoryGovernor
             HeapTrim.FollowBudget(target);
             if (target > old)
             {
-                // Reverse order: the most expensive lever was pulled last, so it is the first to come back.
+                // Reverse order: the most expensive lever was pulled last, so it is the first to come back. Levers grow
+                // into the budget less a headroom, so a budget that wobbles (auto follows every process on the machine)
+                // does not requantize or re-read at every wobble: the shrink below needs the budget itself.
+                long growTo = target - Math.Max(target / 20, _growHeadroom);
                 for (int i = _levers.Count - 1; i >= 0; i--)
                 {
                     try
                     {
-                        if (_levers[i].Grow(target) is { } change) changes.Add(change);
+                        if (_levers[i].Grow(growTo) is { } change) changes.Add(change);
                     }
                     catch (Exception e) when (e is FitLMException or IOException)
                     {
@@ -98,6 +107,9 @@ public sealed class MemoryGovernor
                 if (lever.Settle(target) is { } settled) changes.Add(settled);
             Interlocked.Exchange(ref _applied, target);
             var a = new BudgetAdaptation(at, old, target, changes, Stopwatch.GetElapsedTime(t0), rssBefore, ProcessMemory.RssBytes(), note);
+            // A budget that moved but still fits what the model holds changes nothing: not an adaptation (with
+            // --memory auto the budget moves with every other process on the machine).
+            if (changes.Count == 0 && note == null) return a;
             Last = a;
             Interlocked.Increment(ref _count);
             Adapted?.Invoke(a);

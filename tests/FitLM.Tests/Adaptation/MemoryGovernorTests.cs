@@ -48,7 +48,7 @@ public class MemoryGovernorTests
         var a = new CountingLever("a", 100, 10, 50, m);
         var b = new CountingLever("b", 100, 25, 0, m);
         m.Levers.AddRange([a, b]);
-        var g = new MemoryGovernor(300, m.Fits);
+        var g = new MemoryGovernor(300, m.Fits, growHeadroom: 0);
         g.Add(a);
         g.Add(b);
         return (g, m, a, b);
@@ -131,6 +131,40 @@ public class MemoryGovernorTests
         g.Apply();
         g.Request(900);
         Assert.Null(g.Apply()!.Note); // warned once
+    }
+
+    [Fact]
+    public void ABudgetThatStillFitsIsNoAdaptation()
+    {
+        var (g, m, _, _) = Make();
+        int events = 0;
+        g.Adapted += _ => events++;
+        g.Request(280); // the model holds 100 + 100 + 100 = 300: this one adapts
+        Assert.NotEmpty(g.Apply()!.Changes);
+        g.Request(285); // it holds 280 now: fits, and no lever can take a step of 10 back
+        var a = g.Apply()!;
+        Assert.Empty(a.Changes);
+        Assert.Equal(285, g.Budget);
+        Assert.Equal((1, 1), (events, g.Count));
+    }
+
+    [Fact]
+    public void GrowingLeavesAHeadroomSoAWobbleDoesNotUndoAShrink()
+    {
+        var m = new Model();
+        var a = new CountingLever("a", 1000, 100, 0, m);
+        m.Levers.Add(a);
+        var g = new MemoryGovernor(1100, m.Fits, growHeadroom: 0);
+        g.Add(a);
+        g.Request(1000); // holds 1100: one step down
+        g.Apply();
+        Assert.Equal(900, a.Held);
+        g.Request(1040); // 4% more: the step back would leave less than 5% free
+        g.Apply();
+        Assert.Equal(900, a.Held);
+        g.Request(1300);
+        g.Apply();
+        Assert.Equal(1000, a.Held); // back to the top, 1100 of 1300
     }
 
     [Fact]
