@@ -6,7 +6,8 @@
 #   stacked-auto    the same model, --memory auto, a balloon process takes the machine's memory at token 400 and gives it
 #                   back at 1200 of 2000 (it decodes ~300 tokens/s, and a balloon of ~22 GiB takes seconds to fill)
 #   0.8b-cgroup     fitlm synth --shape llama-0.8b --type q4_0, --memory cgroup:FILE: 1 GiB -> 400 MiB -> 1 GiB
-#   0.8b-auto       the same with a balloon
+#   0.8b-auto       the same with a balloon that leaves the machine 100 MiB more than auto reserves (a moderate cut)
+#   0.8b-auto-deep  a balloon that leaves 100 MiB less than the reserve: a cut below the smallest plan on this machine
 # The machine's own cgroups are never created or changed: the cgroup mode reads a file this script rewrites.
 # The balloon leaves the machine no less than BALLOON_LEAVE (default: what auto reserves, less 40% of the process).
 # Usage: bench/pressure.sh [SCENARIO...]   (env: FITLM=..., OUT=bench/out/pressure, SYNTH=/tmp/synth, WORK=/tmp/fitlm-pressure)
@@ -43,7 +44,7 @@ mib() { echo $(( $1 * 1024 * 1024 )); }
 # Leave the machine the reserve less SHRINK_MIB: auto's budget falls by about that much below what the process holds.
 leave() { echo $(( reserve - $(mib "$1") )); }
 
-scenarios=${*:-stacked-cgroup stacked-auto 0.8b-cgroup 0.8b-auto}
+scenarios=${*:-stacked-cgroup stacked-auto 0.8b-cgroup 0.8b-auto 0.8b-auto-deep}
 status=0
 for s in $scenarios; do
     case $s in
@@ -56,6 +57,8 @@ for s in $scenarios; do
         run --name "$s" --model "$L08" --memory "cgroup:$WORK/limit" --cgroup-file "$WORK/limit" --start-budget 1GiB \
             --at 100:budget:400MiB --at 250:budget:1GiB -- --kv f16 -c 1024 || status=1 ;;
     0.8b-auto)
+        run --name "$s" --model "$L08" --memory auto --balloon-leave "$(leave -100)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
+    0.8b-auto-deep)
         run --name "$s" --model "$L08" --memory auto --balloon-leave "$(leave 100)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
     *) echo "unknown scenario $s"; status=1 ;;
     esac
