@@ -114,6 +114,21 @@ class Run:
 
     def execute(self):
         a = self.args
+        pre = None
+        if a.pre_leave:
+            # Most of the machine's memory taken before fitlm starts (filling ~20 GiB takes seconds here), so that the
+            # balloon of the measurement is small and quick: while a balloon fills, what fitlm gives back is taken too.
+            pre = subprocess.Popen([a.balloon, f"leave:{a.pre_leave // MiB}", "3600"], stdout=subprocess.PIPE, text=True)
+            print(f"pre-balloon: {pre.stdout.readline().strip()}", flush=True)
+        try:
+            return self.measure()
+        finally:
+            if pre:
+                pre.send_signal(signal.SIGTERM)
+                pre.wait()
+
+    def measure(self):
+        a = self.args
         self.t0 = time.monotonic()
         if a.cgroup_file:
             self.set_file_budget(a.start_budget)
@@ -313,12 +328,14 @@ def main():
     ap.add_argument("--balloon", default="/tmp/balloon")
     ap.add_argument("--balloon-leave", default="1GiB", help="memory the balloon leaves available (size 0 = take all but this)")
     ap.add_argument("--auto-reserve", default="0", help="the reserve `--memory auto` keeps (for the sampled budget)")
+    ap.add_argument("--pre-leave", default="0", help="before fitlm starts, a balloon takes all but this much of the machine's available memory")
     ap.add_argument("--at", action="append", default=[], help="TOKENS:budget:SIZE | TOKENS:balloon:MIB(0: all but --balloon-leave) | TOKENS:release")
     ap.add_argument("extra", nargs="*", help="more fitlm run flags (after --)")
     a = ap.parse_args()
     a.start_budget = parse_size(a.start_budget)
     a.balloon_leave = parse_size(a.balloon_leave)
     a.auto_reserve = parse_size(a.auto_reserve)
+    a.pre_leave = parse_size(a.pre_leave)
     a.actions = []
     for spec in a.at:
         parts = spec.split(":")

@@ -6,10 +6,12 @@
 #   stacked-auto    the same model, --memory auto, a balloon process takes the machine's memory at token 400 and gives it
 #                   back at 1200 of 2000 (it decodes ~300 tokens/s, and a balloon of ~22 GiB takes seconds to fill)
 #   0.8b-cgroup     fitlm synth --shape llama-0.8b --type q4_0, --memory cgroup:FILE: 1 GiB -> 400 MiB -> 1 GiB
-#   0.8b-auto       the same with a balloon that leaves the machine 100 MiB more than auto reserves (a moderate cut)
-#   0.8b-auto-deep  a balloon that leaves 100 MiB less than the reserve: a cut below the smallest plan on this machine
+#   0.8b-auto       the same with a balloon: a cut of about 200 MiB
+#   0.8b-auto-deep  a cut of about 400 MiB, below the smallest plan (~210 MiB at this context) on this machine
 # The machine's own cgroups are never created or changed: the cgroup mode reads a file this script rewrites.
-# The balloon leaves the machine no less than BALLOON_LEAVE (default: what auto reserves, less 40% of the process).
+# In the auto scenarios a first balloon takes all but 1-2 GiB more than auto's reserve before fitlm starts (filling
+# ~20 GiB takes ~10 s here, and while a balloon fills it also takes what fitlm gives back), then a second one, at the
+# given token, takes what leaves the machine the reserve less a cut (the process's budget falls by about the cut).
 # Usage: bench/pressure.sh [SCENARIO...]   (env: FITLM=..., OUT=bench/out/pressure, SYNTH=/tmp/synth, WORK=/tmp/fitlm-pressure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,14 +54,14 @@ for s in $scenarios; do
         run --name "$s" --model "$STACK" --memory "cgroup:$WORK/limit" --cgroup-file "$WORK/limit" --start-budget 512MiB \
             --at 100:budget:90MiB --at 250:budget:512MiB -- --kv f16 || status=1 ;;
     stacked-auto)
-        TOKENS=2000 run --name "$s" --model "$STACK" --memory auto --balloon-leave "$(leave 60)" --at 400:balloon:0 --at 1200:release -- --kv f16 -c 2048 || status=1 ;;
+        TOKENS=2000 run --name "$s" --model "$STACK" --memory auto --pre-leave "$(leave -1024)" --balloon-leave "$(leave 60)" --at 400:balloon:0 --at 1200:release -- --kv f16 -c 2048 || status=1 ;;
     0.8b-cgroup)
         run --name "$s" --model "$L08" --memory "cgroup:$WORK/limit" --cgroup-file "$WORK/limit" --start-budget 1GiB \
             --at 100:budget:400MiB --at 250:budget:1GiB -- --kv f16 -c 1024 || status=1 ;;
     0.8b-auto)
-        run --name "$s" --model "$L08" --memory auto --balloon-leave "$(leave -100)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
+        run --name "$s" --model "$L08" --memory auto --pre-leave "$(leave -2048)" --balloon-leave "$(leave 200)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
     0.8b-auto-deep)
-        run --name "$s" --model "$L08" --memory auto --balloon-leave "$(leave 100)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
+        run --name "$s" --model "$L08" --memory auto --pre-leave "$(leave -2048)" --balloon-leave "$(leave 400)" --at 100:balloon:0 --at 250:release -- --kv f16 -c 1024 || status=1 ;;
     *) echo "unknown scenario $s"; status=1 ;;
     esac
 done

@@ -23,8 +23,7 @@ public sealed class LayerLever(StreamingWeights weights, IModelSource source, Fu
         var (next, _) = Planner.Replace(current, source, budget);
         long before = current.ResidentWeightBytes, after = next.ResidentWeightBytes;
         if (shrink ? after >= before : after <= before) return null;
-        int layers = source.Config.Layers;
-        int residentBefore = ResidentLayers();
+        string residentBefore = Resident();
         try
         {
             weights.ApplyPlacement(next.Tensors);
@@ -36,9 +35,11 @@ public sealed class LayerLever(StreamingWeights weights, IModelSource source, Fu
             throw;
         }
         setPlan(next);
-        return $"layers resident {residentBefore} -> {ResidentLayers()} of {layers} (weights resident {ProcessMemory.Format(before)} -> {ProcessMemory.Format(after)}, " +
+        return $"resident {residentBefore} -> {Resident()} (weights {ProcessMemory.Format(before)} -> {ProcessMemory.Format(after)}, " +
             $"{ProcessMemory.Format(next.StreamedBytesPerToken)} read per token)";
     }
 
-    private int ResidentLayers() => Enumerable.Range(0, source.Config.Layers).Count(weights.IsLayerResident);
+    /// <summary>"8 of 16 layers + head": what is in memory now.</summary>
+    private string Resident() =>
+        $"{Enumerable.Range(0, source.Config.Layers).Count(weights.IsLayerResident)} of {source.Config.Layers} layers" + (weights.IsHeadResident ? " + head" : "");
 }

@@ -23,6 +23,17 @@ internal static unsafe class FloatPage
         for (int h = 0; h < c.KvHeads; h++) WriteHeadRow(page, half, c, which, h, r, row.Slice(h * c.HeadDim, c.HeadDim));
     }
 
+    /// <summary>Rows [0, rows) of a page from finished keys and values, each [rows × KvDim] (a converted cache's tile).</summary>
+    public static void WriteRows(byte* page, bool half, KvShape c, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int rows)
+    {
+        int kvDim = c.KvDim;
+        for (int j = 0; j < rows; j++)
+        {
+            WriteRow(page, half, c, 0, j, keys.Slice(j * kvDim, kvDim));
+            WriteRow(page, half, c, 1, j, values.Slice(j * kvDim, kvDim));
+        }
+    }
+
     public static void WriteHeadRow(byte* page, bool half, KvShape c, int which, int kvHead, int r, ReadOnlySpan<float> row)
     {
         long at = Offset(c, which, kvHead, r);

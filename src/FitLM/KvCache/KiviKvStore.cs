@@ -134,13 +134,7 @@ internal sealed unsafe class KiviKvStore : IKvStore, IKvLayers
 
     public void WriteTile(int layer, int tile, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int rows, Span<float> scratch)
     {
-        byte* page = _fPool.Page(_fPages[layer][tile]);
-        int kvDim = _c.KvDim;
-        for (int j = 0; j < rows; j++)
-        {
-            FloatPage.WriteRow(page, _half, _c, 0, j, keys.Slice(j * kvDim, kvDim));
-            FloatPage.WriteRow(page, _half, _c, 1, j, values.Slice(j * kvDim, kvDim));
-        }
+        FloatPage.WriteRows(_fPool.Page(_fPages[layer][tile]), _half, _c, keys, values, rows);
         // Quantized from the float16 window as Append would have: the same codes as a cache filled from the start.
         if (tile < _quantized[layer]) Quantize(layer, tile, scratch.Slice(0, G * _c.HeadDim), scratch.Slice(G * _c.HeadDim, G));
     }

@@ -81,13 +81,7 @@ internal sealed unsafe class PagedKvStore : IKvStore, IKvLayers
 
     public void WriteTile(int layer, int tile, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int rows, Span<float> scratch)
     {
-        byte* page = _pool.Page(_pages[layer][tile]);
-        int kvDim = _c.KvDim;
-        for (int j = 0; j < rows; j++)
-        {
-            FloatPage.WriteRow(page, _half, _c, 0, j, keys.Slice(j * kvDim, kvDim));
-            FloatPage.WriteRow(page, _half, _c, 1, j, values.Slice(j * kvDim, kvDim));
-        }
+        FloatPage.WriteRows(_pool.Page(_pages[layer][tile]), _half, _c, keys, values, rows);
     }
 
     public void EndLayer(int layer) { }

@@ -96,7 +96,7 @@ public sealed class BudgetSpec
     public long Read() => Source switch
     {
         BudgetSource.Fixed => FixedBytes,
-        BudgetSource.Available => AtLeastMinimum(AvailableForThisProcess() - AutoReserveBytes),
+        BudgetSource.Available => AtLeastMinimum(AvailableBytes() - AutoReserveBytes),
         BudgetSource.Cgroup => AtLeastMinimum(OrMachine(Cgroup!.LimitBytes())),
         _ => AtLeastMinimum(OrMachine(Memory.LimitFile.Read(LimitPath!))),
     };
@@ -106,7 +106,7 @@ public sealed class BudgetSpec
     /// page cache, which MemAvailable already counts), lowered to the room the cgroup's limit leaves besides
     /// the cgroup's other working set.
     /// </summary>
-    private long AvailableForThisProcess()
+    public long AvailableBytes()
     {
         long available = Files.MeminfoBytes("MemAvailable");
         if (available < 0) throw new FitLMException($"cannot read MemAvailable from {Files.ProcPath("meminfo")}");

@@ -3,39 +3,20 @@ namespace FitLM.Memory;
 /// <summary>Memory the process may use when the user gives no budget: free memory, within any cgroup limit.</summary>
 public static class SystemMemory
 {
-    /// <summary>MemAvailable from /proc/meminfo, lowered to the cgroup's remaining allowance if there is one.</summary>
+    /// <summary>
+    /// What `--memory auto` starts from, without its reserve (<see cref="BudgetSpec.AvailableBytes"/>: MemAvailable plus
+    /// what this process holds, within the enclosing cgroup's limit, v1 or v2); where /proc cannot be read, what the
+    /// runtime reports.
+    /// </summary>
     public static long AvailableBytes()
     {
-        long available = ReadMeminfoKb("MemAvailable:") * 1024;
-        if (available <= 0) available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        long limit = ReadCgroupNumber("/sys/fs/cgroup/memory.max");
-        if (limit > 0)
-        {
-            long used = Math.Max(0, ReadCgroupNumber("/sys/fs/cgroup/memory.current"));
-            available = Math.Min(available, Math.Max(0, limit - used) + Runtime.ProcessMemory.RssBytes());
-        }
-        return available;
-    }
-
-    private static long ReadMeminfoKb(string key)
-    {
         try
         {
-            foreach (var line in File.ReadLines("/proc/meminfo"))
-                if (line.StartsWith(key, StringComparison.Ordinal))
-                    return long.Parse(line.AsSpan(key.Length).Trim().TrimEnd("kB").Trim());
+            return BudgetSpec.Parse("auto").AvailableBytes();
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException) { }
-        return 0;
-    }
-
-    private static long ReadCgroupNumber(string path)
-    {
-        try
+        catch (FitLMException)
         {
-            string s = File.ReadAllText(path).Trim();
-            return s == "max" ? 0 : long.Parse(s);
+            return GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException) { return 0; }
     }
 }

@@ -89,6 +89,11 @@ public sealed unsafe class StreamingWeights : IWeightProvider
     /// <summary>Whether layer <paramref name="layer"/>'s matrices are in memory now.</summary>
     public bool IsLayerResident(int layer) => _units.Any(u => u.Name == LayerName(layer) && u.Resident);
 
+    /// <summary>Whether the output head (the tied embedding, when it is the head) is in memory.</summary>
+    public bool IsHeadResident => _units.Any(u => u.Name == HeadName && u.Resident);
+
+    private const string HeadName = "the output head";
+
     public bool Has(string name) => _source.Find(name) != null;
 
     public float[] Vector(string name) => _resident.Vector(name);
@@ -192,7 +197,7 @@ public sealed unsafe class StreamingWeights : IWeightProvider
             _units.Add(StreamUnit.Build(_units.Count, LayerName(g.Key), g.Select(x => x.Tensor).ToList(), _source, this, FileOf, _slotReads));
         var head = movable.Where(t => t.Layer < 0 && (t.Tensor.Name == "output.weight" || (tied && t.Tensor.Name == "token_embd.weight")))
             .Select(t => t.Tensor).ToList();
-        if (head.Count > 0) _units.Add(StreamUnit.Build(_units.Count, "the output head", head, _source, this, FileOf, _slotReads));
+        if (head.Count > 0) _units.Add(StreamUnit.Build(_units.Count, HeadName, head, _source, this, FileOf, _slotReads));
         StreamUnit? embedding = null;
         if (!tied && movable.FirstOrDefault(t => t.Tensor.Name == "token_embd.weight") is { } e)
             embedding = StreamUnit.Build(-1, "the token embedding", [e.Tensor], _source, this, FileOf, _slotReads);

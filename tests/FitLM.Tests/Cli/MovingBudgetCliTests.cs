@@ -69,9 +69,9 @@ public class MovingBudgetCliTests
             Assert.Equal(Tokens, tokens + 1); // ids are space-separated: the last one has no space after it
             Assert.Contains("memory: following cgroup:", string.Join("\n", err));
             Assert.Contains("kv f16 -> kivi4", down);
-            Assert.Contains("layers resident 8 -> 0 of 8", down);
+            Assert.Contains("-> 0 of 8 layers", down);
             Assert.Contains("below the smallest plan", down);
-            Assert.Contains("layers resident 0 -> 8 of 8", up);
+            Assert.Contains("-> 8 of 8 layers", up);
             Assert.Contains("kv kivi2 -> f16", up);
             Assert.Contains("stopped: token limit", string.Join("\n", err));
         }

@@ -54,7 +54,7 @@ public class ServerBudgetTests
         Assert.Equal(64L << 20, low.GetProperty("budget_bytes").GetInt64());
         string line = low.GetProperty("last_adaptation").GetString()!;
         Assert.Contains("kv f32 -> f16", line);
-        Assert.Contains("layers resident 8 -> 0 of 8", line);
+        Assert.Contains("-> 0 of 8 layers", line);
         Assert.Contains("2 running keep theirs", line);
         Assert.Equal("kivi2", low.GetProperty("kv_type").GetString());
         var c = server.StreamChatAsync("def fibonacci(n):", 8);

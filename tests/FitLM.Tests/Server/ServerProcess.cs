@@ -55,7 +55,7 @@ public sealed class ServerProcess : IDisposable
     }
 
     /// <summary>Streams a completion (raw SSE, usage included) and returns its text, the finish reason and the completion tokens.</summary>
-    public async Task<(string Text, string? Finish, int Tokens)> StreamChatAsync(string prompt, int maxTokens, CancellationToken ct = default, bool ignoreEos = false)
+    public async Task<(string Text, string? Finish, int Tokens)> StreamChatAsync(string prompt, int maxTokens, bool ignoreEos = false, CancellationToken ct = default)
     {
         var body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = prompt } }, max_tokens = maxTokens, temperature = 0, stream = true,
             stream_options = new { include_usage = true }, ignore_eos = ignoreEos });
