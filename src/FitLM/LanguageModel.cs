@@ -82,7 +82,9 @@ public sealed class LanguageModel : IDisposable
         if (Stacked is { Layout: not null } stacked) Governor.Add(new StackLever(stacked));
         Kv = new KvLever(transformer, () => Plan, p => _plan = p);
         Governor.Add(Kv);
-        if (weights is StreamingWeights streaming) Governor.Add(new LayerLever(streaming, source, () => Plan, p => _plan = p));
+        // LoRA's matrices wrap the base ones, which stay the same objects wherever their bytes move.
+        if ((weights as StreamingWeights ?? (weights as LoraWeights)?.Inner as StreamingWeights) is { } streaming)
+            Governor.Add(new LayerLever(streaming, source, () => Plan, p => _plan = p));
     }
 
     /// <summary>The KV cache's lever: the server registers the stores of its sequences with it so they are requantized too.</summary>

@@ -58,6 +58,9 @@ public sealed class LoraWeights : IWeightProvider
         return _terms.TryGetValue(name, out var terms) ? new LoraMatrix(m, terms) : m;
     }
 
+    /// <summary>The base weights the adapters apply to (their placement may move while the model runs).</summary>
+    public IWeightProvider Inner => _inner;
+
     public float[] Vector(string name) => _inner.Vector(name);
     public bool Has(string name) => _inner.Has(name);
     public long ResidentBytes => _inner.ResidentBytes + AdapterBytes;

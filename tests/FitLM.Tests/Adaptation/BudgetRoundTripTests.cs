@@ -86,4 +86,24 @@ public class BudgetRoundTripTests
         lm.Transformer.Kv.Truncate(0);
         Assert.Equal(StackFixture.Logits(resident.Transformer, resident.Config.Vocab), StackFixture.Logits(lm.Transformer, lm.Config.Vocab));
     }
+
+    [Fact]
+    public void LayersUnderALoraAdapterMoveToo()
+    {
+        if (TestPaths.Shared is not { } shared) { Console.WriteLine("skipped: ../shared is absent"); return; }
+        var options = new LoadOptions
+        {
+            ContextLength = 256, MemoryBudget = Generous, MovableWeights = true, Kv = new() { Type = FitLM.KvCache.KvType.F16 },
+            Adapters = [new FitLM.Adapters.LoraRequest(Path.Combine(shared, "finetune"))],
+        };
+        using var lm = LanguageModel.Load(TestPaths.DemoModel, options);
+        var weights = Assert.IsType<StreamingWeights>(Assert.IsType<FitLM.Adapters.LoraWeights>(lm.Weights).Inner);
+        var down = lm.SetBudget(lm.Plan.TotalBytes - lm.Plan.ResidentWeightBytes / 2)!;
+        Assert.Contains(" layers", down.ToString());
+        Assert.True(Enumerable.Range(0, lm.Config.Layers).Count(weights.IsLayerResident) < lm.Config.Layers);
+        lm.SetBudget(Generous);
+        lm.Transformer.Kv.Truncate(0);
+        using var fresh = LanguageModel.Load(TestPaths.DemoModel, options with { MovableWeights = false });
+        Assert.Equal(StackFixture.Logits(fresh.Transformer, fresh.Config.Vocab), StackFixture.Logits(lm.Transformer, lm.Config.Vocab));
+    }
 }
