@@ -36,7 +36,7 @@ internal sealed class MovingBudget
             lm.Governor.Request(c.NewBytes);
             wake?.Invoke();
         };
-        watcher.ReadFailed += message => Console.Error.WriteLine($"warning: {message}; the budget stays at {ProcessMemory.Format(lm.Governor.Budget)}");
+        watcher.ReadFailed += message => Console.Error.WriteLine($"warning: {message}"); // it says the budget is kept
         // Whatever moved while the model loaded.
         if (watcher.Current != lm.Governor.Budget) lm.Governor.Request(watcher.Current);
         if (verbose)
