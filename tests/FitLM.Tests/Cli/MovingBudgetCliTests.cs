@@ -65,15 +65,19 @@ public class MovingBudgetCliTests
                 }
             }
             Assert.True(p.WaitForExit(TimeSpan.FromMinutes(3)));
-            Assert.Equal(0, p.ExitCode);
-            Assert.Equal(Tokens, tokens + 1); // ids are space-separated: the last one has no space after it
-            Assert.Contains("memory: following cgroup:", string.Join("\n", err));
-            Assert.Contains("kv f16 -> kivi4", down);
-            Assert.Contains("-> 0 of 8 layers", down);
-            Assert.Contains("below the smallest plan", down);
-            Assert.Contains("-> 8 of 8 layers", up);
-            Assert.Contains("kv kivi2 -> f16", up);
-            Assert.Contains("stopped: token limit", string.Join("\n", err));
+            p.WaitForExit(); // the stderr reader has delivered every line
+            string log = string.Join("\n", err);
+            // Every check names what it looked for and shows the whole stderr: a failure says what happened.
+            void Check(bool ok, string what) => Assert.True(ok, $"{what}; {tokens + 1} tokens, exit {p.ExitCode}; stderr:\n{log}");
+            Check(p.ExitCode == 0, "exit code 0");
+            Check(tokens + 1 == Tokens, $"{Tokens} ids"); // space-separated: the last one has no space after it
+            Check(log.Contains("memory: following cgroup:", StringComparison.Ordinal), "the watcher's line");
+            Check(down.Contains("kv f16 -> kivi4", StringComparison.Ordinal), "the KV type stepped down");
+            Check(down.Contains("-> 0 of 8 layers", StringComparison.Ordinal), "every layer streamed");
+            Check(down.Contains("below the smallest plan", StringComparison.Ordinal), "below the smallest plan, said");
+            Check(up.Contains("-> 8 of 8 layers", StringComparison.Ordinal), "every layer back");
+            Check(up.Contains("kv kivi2 -> f16", StringComparison.Ordinal), "the KV type back");
+            Check(log.Contains("stopped: token limit", StringComparison.Ordinal), "stopped at the token limit");
         }
         finally
         {
