@@ -28,17 +28,20 @@ public static class HeapTrim
     }
 
     /// <summary>
-    /// Makes the GC's memory limit the process's budget (<c>GCHeapHardLimit</c>, re-read by <see cref="GC.RefreshMemoryLimit"/>):
-    /// the managed heap is a small part of the process, so this only bounds it, and its collections grow more eager as
-    /// the heap nears the limit. A limit below what the heap has committed is refused by the runtime; then the old
-    /// one stays (returns false).
+    /// Makes the GC's memory limit follow the process's budget (<c>GCHeapHardLimit</c>, re-read by
+    /// <see cref="GC.RefreshMemoryLimit"/>): its collections grow more eager as the managed heap nears the limit. The
+    /// managed heap is a small part of the process (weights, KV pages and activations are native), and a hard limit is
+    /// a cap whose breach is an OutOfMemoryException, so the limit is never below what the heap has committed plus
+    /// <see cref="ManagedSlackBytes"/>: a budget the process cannot meet makes it run over (and say so), not crash.
+    /// A limit the runtime refuses leaves the old one (returns false).
     /// </summary>
     public static bool FollowBudget(long budgetBytes)
     {
         if (budgetBytes <= 0) return false;
+        long limit = Math.Max(budgetBytes, GC.GetGCMemoryInfo().TotalCommittedBytes + ManagedSlackBytes);
         try
         {
-            AppContext.SetData("GCHeapHardLimit", (ulong)budgetBytes);
+            AppContext.SetData("GCHeapHardLimit", (ulong)limit);
             GC.RefreshMemoryLimit();
             return true;
         }
@@ -47,6 +50,9 @@ public static class HeapTrim
             return false;
         }
     }
+
+    /// <summary>Room the managed heap keeps above what it has committed, whatever the budget (see <see cref="FollowBudget"/>).</summary>
+    public const long ManagedSlackBytes = 64L << 20;
 
     [DllImport("libc", EntryPoint = "malloc_trim")]
     private static extern int MallocTrim(nuint pad);
