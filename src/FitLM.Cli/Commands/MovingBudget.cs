@@ -29,6 +29,7 @@ internal sealed class MovingBudget
     public void Attach(ParseResult r, MemoryWatcher? watcher, LanguageModel lm, Action? wake = null)
     {
         bool verbose = r.GetValue(Verbose);
+        lm.Governor.LimitsGcHeap = true; // this process is fitlm alone: its GC may follow the budget
         if (verbose) lm.Governor.Adapted += a => Console.Error.WriteLine(a);
         if (watcher == null) return;
         watcher.Changed += c =>

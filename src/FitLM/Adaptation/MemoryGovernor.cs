@@ -45,6 +45,13 @@ public sealed class MemoryGovernor
     /// <summary>The latest budget asked for (equal to <see cref="Budget"/> once applied).</summary>
     public long Requested => Interlocked.Read(ref _requested);
     public bool Pending => Requested != Budget;
+    /// <summary>
+    /// Whether the GC's hard limit follows the budget (<see cref="HeapTrim.FollowBudget"/>). It is process-wide, so only a
+    /// process that is FitLM alone sets it (`fitlm run` and `serve` do); a library call in someone else's application
+    /// leaves their GC alone. Off by default.
+    /// </summary>
+    public bool LimitsGcHeap { get; set; }
+
     /// <summary>Adaptations since load that changed something or warned.</summary>
     public int Count => Volatile.Read(ref _count);
     /// <summary>The last adaptation, or null.</summary>
@@ -81,7 +88,7 @@ public sealed class MemoryGovernor
             long rssBefore = ProcessMemory.RssBytes();
             var changes = new List<string>();
             string? note = null;
-            HeapTrim.FollowBudget(target);
+            if (LimitsGcHeap) HeapTrim.FollowBudget(target);
             if (target > old)
             {
                 // Reverse order: the most expensive lever was pulled last, so it is the first to come back. Levers grow

@@ -34,8 +34,12 @@ public class BudgetRoundTripTests
         HeapTrim.All();
         long others = Math.Max(0, ProcessMemory.RssBytes() - stacked.ResidentBytes) + (24L << 20);
         long small = others + stacked.CacheBytes + layout.BytesAt(layout.BaseEntries);
+        long gcLimit = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         var down = lm.SetBudget(small)!;
         Assert.True(stacked.LoadedEntries < full, $"entries {stacked.LoadedEntries} of {full} after {down}");
+        // A library caller's budget leaves the process's GC alone (the limit is process-wide; the governor collected since).
+        Assert.False(lm.Governor.LimitsGcHeap);
+        Assert.Equal(gcLimit, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
         Assert.Contains("stack", down.ToString());
         Assert.Equal(small, lm.Plan.BudgetBytes);
         // The sequence goes on at the smaller size.
