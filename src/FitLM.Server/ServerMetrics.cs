@@ -45,7 +45,7 @@ public sealed class ServerMetrics
         }
         double decodeSeconds = DecodeSeconds;
         long pages = kv.Pool.PagesInUse + (kv.SecondPool?.PagesInUse ?? 0);
-        long pageBytes = kv.Pool.BytesInUse + (kv.SecondPool?.BytesInUse ?? 0);
+        long pageBytes = kv.BytesInUse;
         Metric("fitlm_requests_total", "counter", "Generation requests accepted.", Requests);
         Metric("fitlm_requests_rejected_total", "counter", "Requests refused (bad input, auth, queue full).", Interlocked.Read(ref _rejected));
         Metric("fitlm_requests_failed_total", "counter", "Accepted requests that ended in an error.", Interlocked.Read(ref _failed));
@@ -61,7 +61,7 @@ public sealed class ServerMetrics
         Metric("fitlm_active_sequences", "gauge", "Sequences in the running batch.", scheduler.ActiveCount);
         Metric("fitlm_kv_pages_in_use", "gauge", "KV pages held by sequences.", pages);
         Metric("fitlm_kv_bytes_in_use", "gauge", "Bytes of the KV pages held by sequences.", pageBytes);
-        Metric("fitlm_kv_bytes_pool", "gauge", "Bytes the KV page pools hold (in use or free).", kv.Pool.BytesReserved + (kv.SecondPool?.BytesReserved ?? 0));
+        Metric("fitlm_kv_bytes_pool", "gauge", "Bytes the KV page pools hold (in use or free).", kv.BytesReserved);
         Metric("fitlm_kv_bytes_reserved", "gauge", "KV bytes reserved by admitted requests (their worst case).", budget.ReservedBytes);
         Metric("fitlm_kv_bytes_capacity", "gauge", "KV bytes all sequences may hold together.", budget.CapacityBytes);
         Metric("fitlm_memory_budget_bytes", "gauge", "The memory budget the process is adapted to now.", governor.Budget);

@@ -49,7 +49,8 @@ public sealed class KvLever(Transformer tf, Func<MemoryPlan> plan, Action<Memory
             // Both promises must hold at the larger type: the plan (the full context in it) and the process as it is
             // now plus what converting what it holds would add.
             var now = tf.KvStores.Options;
-            long planned = plan().TotalBytes - plan().KvBytes + PlanBytes(larger);
+            var current = plan();
+            long planned = current.TotalBytes - current.KvBytes + PlanBytes(larger);
             double ratio = KvStoreFactory.BytesPerToken(tf.Config, larger) / KvStoreFactory.BytesPerToken(tf.Config, now);
             long growth = (long)(HeldBytes() * (ratio - 1));
             if (planned > budget || ProcessMemory.RssBytes() + growth > budget) break;
@@ -84,5 +85,5 @@ public sealed class KvLever(Transformer tf, Func<MemoryPlan> plan, Action<Memory
     private long PlanBytes(KvCacheOptions o) => KvStoreFactory.PlanBytes(tf.Config, o, tf.MaxContext, 1, tf.MaxBatch);
 
     /// <summary>Bytes the KV pools hold in pages now.</summary>
-    private long HeldBytes() => tf.KvStores.Pool.BytesInUse + (tf.KvStores.SecondPool?.BytesInUse ?? 0);
+    private long HeldBytes() => tf.KvStores.BytesInUse;
 }

@@ -18,7 +18,7 @@ internal static class KvConversion
     /// <summary>Why <paramref name="from"/> cannot move to <paramref name="to"/>'s type, or null when it can.</summary>
     public static string? Problem(IKvStore from, KvCacheOptions to, int maxContext)
     {
-        if (!Convertible(to))
+        if (!KvLadder.OnLadder(to))
             return $"KV cache: cannot convert to {to}: only f32, f16, kivi4 and kivi2 without eviction can be converted to";
         if (from is not IKvLayers)
             return $"KV cache: cannot convert {Describe(from)} store to {to}: only f32, f16, kivi4 and kivi2 stores can be converted";
@@ -26,10 +26,6 @@ internal static class KvConversion
             return $"KV cache: cannot convert {from.Length} positions into a context of {maxContext}";
         return null;
     }
-
-    /// <summary>The types a store can be converted to (and, as stores, from).</summary>
-    public static bool Convertible(KvCacheOptions o) =>
-        o.Evict == KvEviction.None && o.Type is KvType.F32 or KvType.F16 or KvType.Kivi4 or KvType.Kivi2;
 
     private static string Describe(IKvStore s) => s switch
     {

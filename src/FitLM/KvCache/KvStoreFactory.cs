@@ -53,6 +53,12 @@ public sealed class KvStoreFactory : IDisposable
         };
     }
 
+    /// <summary>Bytes of the pages every store of this factory holds now (both pools).</summary>
+    public long BytesInUse => Pool.BytesInUse + (SecondPool?.BytesInUse ?? 0);
+
+    /// <summary>Bytes the pools hold, in use or free.</summary>
+    public long BytesReserved => Pool.BytesReserved + (SecondPool?.BytesReserved ?? 0);
+
     /// <summary>Bytes held once per model whatever the number of sequences (XQuant's basis).</summary>
     public long FixedBytes => Basis?.Bytes ?? 0;
 

@@ -17,10 +17,10 @@ public sealed class MachineMemoryFiles(string root)
     public string CgroupMount => Path.Combine(Root, "sys", "fs", "cgroup");
 
     /// <summary>A field of /proc/meminfo in bytes (e.g. "MemAvailable"), or -1 when absent or unreadable.</summary>
-    public long MeminfoBytes(string field) => KbField(ProcPath("meminfo"), field);
+    public long MeminfoBytes(string field) => Runtime.ProcessMemory.KbField(ProcPath("meminfo"), field);
 
     /// <summary>A field of /proc/self/status in bytes (e.g. "RssAnon"), or 0 when absent or unreadable.</summary>
-    public long SelfStatusBytes(string field) => Math.Max(0, KbField(ProcPath(Path.Combine("self", "status")), field));
+    public long SelfStatusBytes(string field) => Math.Max(0, Runtime.ProcessMemory.KbField(ProcPath(Path.Combine("self", "status")), field));
 
     /// <summary>The machine's memory: MemTotal, or what the runtime reports where there is no /proc.</summary>
     public long TotalBytes()
@@ -48,21 +48,5 @@ public sealed class MachineMemoryFiles(string root)
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         return 0;
-    }
-
-    private static long KbField(string file, string field)
-    {
-        try
-        {
-            foreach (var line in File.ReadLines(file))
-            {
-                if (line.Length <= field.Length || !line.StartsWith(field, StringComparison.Ordinal) || line[field.Length] != ':') continue;
-                var value = line.AsSpan(field.Length + 1).Trim();
-                if (value.EndsWith("kB", StringComparison.Ordinal)) value = value[..^2].TrimEnd();
-                return long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out long kb) ? kb * 1024 : -1;
-            }
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
-        return -1;
     }
 }

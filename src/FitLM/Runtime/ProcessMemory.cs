@@ -4,21 +4,29 @@ namespace FitLM.Runtime;
 public static class ProcessMemory
 {
     /// <summary>Peak resident set size (VmHWM) in bytes, or 0 where the platform does not tell.</summary>
-    public static long PeakRssBytes() => ReadStatusKb("VmHWM:") * 1024;
+    public static long PeakRssBytes() => Math.Max(0, KbField("/proc/self/status", "VmHWM"));
 
     /// <summary>Current resident set size (VmRSS) in bytes, or 0 where the platform does not tell.</summary>
-    public static long RssBytes() => ReadStatusKb("VmRSS:") * 1024;
+    public static long RssBytes() => Math.Max(0, KbField("/proc/self/status", "VmRSS"));
 
-    private static long ReadStatusKb(string key)
+    /// <summary>
+    /// A "Field:   N kB" line of a /proc file (status, meminfo) in bytes, or -1 when the field is absent or the file
+    /// cannot be read.
+    /// </summary>
+    public static long KbField(string file, string field)
     {
         try
         {
-            foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith(key, StringComparison.Ordinal))
-                    return long.Parse(line.AsSpan(key.Length).Trim().TrimEnd("kB").Trim());
+            foreach (var line in File.ReadLines(file))
+            {
+                if (line.Length <= field.Length || !line.StartsWith(field, StringComparison.Ordinal) || line[field.Length] != ':') continue;
+                var value = line.AsSpan(field.Length + 1).Trim();
+                if (value.EndsWith("kB", StringComparison.Ordinal)) value = value[..^2].TrimEnd();
+                return long.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long kb) ? kb * 1024 : -1;
+            }
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException) { }
-        return 0;
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        return -1;
     }
 
     public static string Format(long bytes) => bytes switch
