@@ -84,6 +84,9 @@ public sealed class GgufValue
         _ => throw new FitLMException("metadata value is not an integer array"),
     };
 
+    /// <summary>A bool array, or an integer array read as flags (non-zero: true).</summary>
+    public bool[] AsBoolArray() => Value is bool[] b ? b : Array.ConvertAll(AsInt32Array(), x => x != 0);
+
     public int ArrayLength => Value is Array a ? a.Length : 0;
 
     public override string ToString() => Value switch

@@ -53,7 +53,7 @@ internal sealed unsafe class H2OKvStore : IKvStore, IParallelJob
         _recent = (_keep - _sinks) / 2;
         _capacity = _keep + f.MaxBatch;
         _group = _c.Heads / _c.KvHeads;
-        _scale = 1f / MathF.Sqrt(_c.HeadDim);
+        _scale = _c.Scale;
         _pages = new int[_c.Layers][];
         for (int l = 0; l < _c.Layers; l++) { _pages[l] = new int[(_capacity + G - 1) / G]; _pages[l].AsSpan().Fill(-1); }
         int lists = _c.Layers * _c.KvHeads;
@@ -175,15 +175,16 @@ internal sealed unsafe class H2OKvStore : IKvStore, IParallelJob
         var idx = _slots.AsSpan(head * _capacity, _capacity);
         var q = new ReadOnlySpan<float>(_q + head * hd, hd);
         var row = Scratch(hd);
-        int m = 0;
+        int m = 0, first = _c.FirstVisible(_layer, _qp);
         for (int s = 0; s < end; s++)
         {
-            if (pos[s] < 0 || pos[s] > _qp) continue;
+            if (pos[s] < first || pos[s] > _qp) continue;
             var k = FloatPage.Read(_pool.Page(_pages[_layer][s / G]), _half, _c, 0, kvh, s % G, 1, row);
             att[m] = TensorPrimitives.Dot(q, k) * _scale;
             idx[m++] = s;
         }
         _visible[head] = m;
+        _c.Cap(att.Slice(0, m));
         TensorPrimitives.SoftMax(att.Slice(0, m), att.Slice(0, m));
         var o = new Span<float>(_out + head * hd, hd);
         o.Clear();

@@ -10,4 +10,27 @@ public sealed record KvShape(int Layers, int Dim, int Heads, int KvHeads, int He
     public int KvDim => KvHeads * HeadDim;
     /// <summary>Width of one query row over all heads.</summary>
     public int QDim => Heads * HeadDim;
+
+    /// <summary>Scale of q·k; 0 for 1/√HeadDim.</summary>
+    public float ScoreScale { get; init; }
+    /// <summary>Scores become c·tanh(s/c) before the softmax (Gemma 2); 0 for none.</summary>
+    public float Softcap { get; init; }
+    /// <summary>Positions a sliding-window layer's query sees, itself included; 0 when no layer slides.</summary>
+    public int SlidingWindow { get; init; }
+    /// <summary>Layer l slides when l % SlidingPeriod &lt; SlidingPeriod - 1 (1: every layer).</summary>
+    public int SlidingPeriod { get; init; } = 1;
+
+    /// <summary>The scale attention applies to q·k.</summary>
+    public float Scale => ScoreScale > 0 ? ScoreScale : 1f / MathF.Sqrt(HeadDim);
+    /// <summary>The first position a query at <paramref name="queryPos"/> of <paramref name="layer"/> sees.</summary>
+    public int FirstVisible(int layer, int queryPos) =>
+        SlidingWindow > 0 && (SlidingPeriod <= 1 || layer % SlidingPeriod < SlidingPeriod - 1) ? Math.Max(0, queryPos - SlidingWindow + 1) : 0;
+    /// <summary>Scores of one query over its visible keys, capped in place when the model soft-caps them.</summary>
+    public void Cap(Span<float> scores)
+    {
+        if (Softcap <= 0) return;
+        System.Numerics.Tensors.TensorPrimitives.Multiply(scores, 1f / Softcap, scores);
+        System.Numerics.Tensors.TensorPrimitives.Tanh(scores, scores);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(scores, Softcap, scores);
+    }
 }

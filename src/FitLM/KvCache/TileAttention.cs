@@ -47,7 +47,7 @@ internal sealed unsafe class TileAttention : IParallelJob
         _maxContext = maxContext;
         _hd = c.HeadDim;
         _group = c.Heads / c.KvHeads;
-        _scale = 1f / MathF.Sqrt(c.HeadDim);
+        _scale = c.Scale;
         int items = SplitBelow * c.KvHeads * MaxSplits;
         _partMax = new float[items * _group];
         _partSum = new float[items * _group];
@@ -98,7 +98,9 @@ internal sealed unsafe class TileAttention : IParallelJob
         int kvHeads = _c.KvHeads, hd = _hd, group = _group;
         int s = item % _splits, kvh = item / _splits % kvHeads, t = item / (_splits * kvHeads);
         int qp = _pos + t, len = qp + 1;
-        int from = s * _splitTiles * Tile, to = Math.Min(len, (s + 1) * _splitTiles * Tile);
+        // A sliding-window layer skips the tiles wholly before its window and masks the rest of it below.
+        int first = _c.FirstVisible(_layer, qp);
+        int from = Math.Max(s * _splitTiles * Tile, first / Tile * Tile), to = Math.Min(len, (s + 1) * _splitTiles * Tile);
         if (from >= to)
         {
             for (int g = 0; g < group; g++) { _partMax[item * group + g] = float.NegativeInfinity; _partSum[item * group + g] = 0; }
@@ -133,9 +135,13 @@ internal sealed unsafe class TileAttention : IParallelJob
             }
         }
         // Softmax: normalized in place when this item covers the whole context, else kept with its max and sum.
+        // Soft-capping (Gemma 2) first, then positions before the window out (from is tile-aligned, so at most
+        // 31 of them; the span always holds visible ones, since from < to and qp itself is visible).
         for (int g = 0; g < group; g++)
         {
             var sc = scores.Slice(g * span, span);
+            _c.Cap(sc);
+            if (first > from) sc[..Math.Min(span, first - from)].Fill(float.NegativeInfinity);
             if (_splits == 1) TensorPrimitives.SoftMax(sc, sc);
             else
             {

@@ -14,6 +14,29 @@ public interface IFeedForward
     void Forward(ReadOnlySpan<float> x, Span<float> y, int n, Span<float> hb, Span<float> hb2);
 }
 
+/// <summary>The feed-forward block a layer of a model has, from a weight provider's matrices: dense, fused (Phi-3) or a mixture of experts.</summary>
+public static class FeedForwards
+{
+    public static IFeedForward Create(IWeightProvider weights, int layer, ModelConfig c)
+    {
+        string p = $"blk.{layer}.";
+        if (c.IsMoe)
+        {
+            DenseFeedForward? shared = null;
+            float[]? sharedGate = null;
+            if (c.SharedExpertFfnDim > 0)
+            {
+                shared = new DenseFeedForward(weights.Matrix(p + "ffn_gate_shexp.weight"), weights.Matrix(p + "ffn_up_shexp.weight"),
+                    weights.Matrix(p + "ffn_down_shexp.weight"), c.Activation);
+                sharedGate = weights.Vector(p + "ffn_gate_inp_shexp.weight");
+            }
+            return new MoeFeedForward(layer, c, weights.Matrix(p + "ffn_gate_inp.weight"), weights.Experts(layer, c), shared, sharedGate);
+        }
+        if (c.FusedGateUp) return new FusedGateUpFeedForward(weights.Matrix(p + "ffn_up.weight"), weights.Matrix(p + "ffn_down.weight"), c.Activation);
+        return new DenseFeedForward(weights.Matrix(p + "ffn_gate.weight"), weights.Matrix(p + "ffn_up.weight"), weights.Matrix(p + "ffn_down.weight"), c.Activation);
+    }
+}
+
 /// <summary>The dense feed-forward block: three matrix products.</summary>
 public sealed class DenseFeedForward(IMatrix gate, IMatrix up, IMatrix down, FfnActivation activation) : IFeedForward
 {
@@ -26,6 +49,28 @@ public sealed class DenseFeedForward(IMatrix gate, IMatrix up, IMatrix down, Ffn
         Activations.Apply(h, activation);
         TensorPrimitives.Multiply(h, hb2[..(n * ffn)], h);
         down.Multiply(h, y, n);
+    }
+}
+
+/// <summary>
+/// Phi-3's feed-forward block: gate and up are one matrix [2·FFN rows, the gate's first]; one product, then
+/// act(gate) ⊙ up packed in place into the first FFN columns of each row. hb must hold n × 2·FFN floats.
+/// </summary>
+public sealed class FusedGateUpFeedForward(IMatrix gateUp, IMatrix down, FfnActivation activation) : IFeedForward
+{
+    public void Forward(ReadOnlySpan<float> x, Span<float> y, int n, Span<float> hb, Span<float> hb2)
+    {
+        int ffn = gateUp.Rows / 2;
+        gateUp.Multiply(x, hb, n);
+        // Row t's output [t·ffn, (t+1)·ffn) never overlaps an unread input: row 0 reads ahead of its writes, and
+        // for t ≥ 1 (t+1)·ffn ≤ 2t·ffn.
+        for (int t = 0; t < n; t++)
+        {
+            var g = hb.Slice(2 * t * ffn, ffn);
+            Activations.Apply(g, activation);
+            TensorPrimitives.Multiply(g, hb.Slice((2 * t + 1) * ffn, ffn), hb.Slice(t * ffn, ffn));
+        }
+        down.Multiply(hb[..(n * ffn)], y, n);
     }
 }
 

@@ -75,18 +75,40 @@ public sealed class GgufSource : IModelSource
         // Optional tensor groups the family leaves to the model: a GGUF file has them or not.
         bool Has(TensorOption option, TensorPresence group) => option == TensorOption.Always ||
             option == TensorOption.FromModel && family.Tensors.Any(t => t.Presence == group && src.Find(t.GgufName(0)) != null);
+        int ffn = Int(k.FeedForwardLength);
+        int layers = Int(k.BlockCount);
+        int experts = IntOr(k.ExpertCount, 0);
+        bool moe = experts > 0 && family.Tensors.Any(t => t.Experts);
+        // Gemma: the window, which layers slide (a period, or one flag per layer), the sliding layers' RoPE base.
+        int window = family.GemmaAttention ? IntOr(k.SlidingWindow, 0) : 0, period = 1;
+        if (window > 0)
+        {
+            var pattern = f.Find(Key(k.SlidingWindowPattern));
+            if (pattern == null) period = family.GgufSlidingPeriod;
+            else if (pattern.Type == GgufValueType.Array)
+            {
+                var flags = pattern.AsBoolArray();
+                if (flags.Length != layers) throw new FitLMException($"{f.Path}: {Key(k.SlidingWindowPattern)} has {flags.Length} entries for {layers} layers");
+                period = HuggingFaceSource.PeriodOf(flags) ?? throw new FitLMException($"{f.Path}: {Key(k.SlidingWindowPattern)} does not repeat one pattern of sliding layers followed by a global one");
+                if (!flags.Any(x => x)) window = 0;
+            }
+            else period = ModelValidation.ToInt(f.GetInt(Key(k.SlidingWindowPattern)), k.SlidingWindowPattern.Gguf, f.Path);
+        }
+        float theta = (float)f.GetDouble(Key(k.RopeFreqBase), 10000.0);
+        float thetaSliding = window > 0 ? (float)f.GetDouble(Key(k.RopeFreqBaseSliding), family.GgufRopeThetaSliding) : 0f;
+        if (thetaSliding == theta) thetaSliding = 0;
         var cfg = new ModelConfig
         {
             Architecture = family.Name,
             Dim = dim,
-            Layers = Int(k.BlockCount),
+            Layers = layers,
             Heads = heads,
             KvHeads = kvHeads,
             HeadDim = headDim,
-            FfnDim = Int(k.FeedForwardLength),
+            FfnDim = ffn,
             Vocab = vocab,
             RmsEps = (float)f.GetDouble(Key(k.NormEpsilon), family.GgufDefaultNormEpsilon),
-            RopeTheta = (float)f.GetDouble(Key(k.RopeFreqBase), 10000.0),
+            RopeTheta = theta,
             RopeDims = IntOr(k.RopeDimensionCount, headDim),
             RopeStyle = family.GgufRopeStyle,
             RopeLinearFactor = linear,
@@ -94,6 +116,21 @@ public sealed class GgufSource : IModelSource
             QkvBias = Has(family.QkvBias, TensorPresence.WithQkvBias),
             QkNorm = Has(family.QkNorm, TensorPresence.WithQkNorm),
             ContextLength = IntOr(k.ContextLength, 2048),
+            QkNormWholeRow = family.QkNormWholeRow,
+            EmbeddingScale = family.ScalesEmbedding ? MathF.Sqrt(dim) : 1f,
+            PostNorms = family.PostNorms,
+            AttentionSoftcap = family.GemmaAttention ? (float)f.GetDouble(Key(k.AttentionSoftcap), 0) : 0,
+            FinalSoftcap = family.GemmaAttention ? (float)f.GetDouble(Key(k.FinalSoftcap), 0) : 0,
+            SlidingWindow = window,
+            SlidingPeriod = period,
+            RopeThetaSliding = thetaSliding,
+            FusedQkv = family.FusedQkv,
+            FusedGateUp = family.FusedGateUp,
+            ExpertCount = moe ? experts : 0,
+            ExpertsUsed = moe ? Int(k.ExpertsUsed) : 0,
+            ExpertFfnDim = moe ? IntOr(k.ExpertFeedForwardLength, ffn) : 0,
+            SharedExpertFfnDim = moe && src.Find("blk.0.ffn_gate_shexp.weight") != null ? IntOr(k.SharedExpertFeedForwardLength, ffn) : 0,
+            ExpertWeightsNorm = moe && f.GetBool(Key(k.ExpertWeightsNorm), family.DefaultExpertWeightsNorm),
         };
         cfg.Validate(f.Path);
         return cfg;

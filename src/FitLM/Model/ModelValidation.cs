@@ -17,7 +17,9 @@ public static class ModelValidation
         void Expect(string name, params long[] shape)
         {
             var t = src.Find(name) ?? throw new FitLMException($"{src.Path}: tensor '{name}' is missing");
-            if (!t.Shape.SequenceEqual(shape))
+            // Trailing dimensions of 1 are the same shape (Qwen2-MoE's shared-expert gate is [1, Dim] in safetensors, [Dim] in GGUF).
+            static IEnumerable<long> Trim(long[] s) => s.Reverse().SkipWhile(n => n == 1).Reverse();
+            if (!Trim(t.Shape).SequenceEqual(Trim(shape)))
                 throw new FitLMException($"{src.Path}: tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", shape)}]");
         }
         void Optional(string name, params long[] shape)

@@ -6,21 +6,26 @@ using FitLM.Tensors;
 namespace FitLM.Model;
 
 /// <summary>
-/// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3): embedding, then per layer RMSNorm →
-/// grouped-query attention with RoPE over a KV store (KvCache/, docs/kv-cache.md) → residual → RMSNorm →
-/// gated FFN → residual, then the final norm and output head. Tokens are processed in batches (prefill) or one at a time (decode);
-/// all arithmetic accumulates in float32. Weights come from an <see cref="IWeightProvider"/>. What differs between
-/// families (Q/K/V biases, Q/K norms, the RoPE layout, the FFN activation) arrives in the configuration, which the
-/// model source fills from the family's <see cref="Architectures.ArchitectureFamily"/> description.
+/// The decoder of every family FitLM runs (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, and the mixtures of
+/// experts Mixtral, Qwen2/3-MoE, OLMoE): embedding, then per layer RMSNorm → grouped-query attention with RoPE
+/// over a KV store (KvCache/, docs/kv-cache.md) → residual → RMSNorm → FFN (gated, or a mixture of experts) →
+/// residual, then the final norm and output head. Tokens are processed in batches (prefill) or one at a time
+/// (decode); all arithmetic accumulates in float32. Weights come from an <see cref="IWeightProvider"/>. What
+/// differs between families (Q/K/V biases or fused QKV, Q/K norms, post-norms, scaled embeddings, soft-capping,
+/// sliding windows, the RoPE layout and bases, the FFN) arrives in the configuration, which the model source
+/// fills from the family's <see cref="Architectures.ArchitectureFamily"/> description.
 /// </summary>
 public sealed class Transformer
 {
     private sealed class Layer
     {
         public required float[] AttnNorm, FfnNorm;
-        public required IMatrix Wq, Wk, Wv, Wo;
+        public required IMatrix Wo;
+        /// <summary>Separate projections, or null where one fused matrix holds all three (Phi-3's <see cref="Wqkv"/>).</summary>
+        public IMatrix? Wq, Wk, Wv, Wqkv;
         public required IFeedForward Ffn;
-        public float[]? Bq, Bk, Bv, QNorm, KNorm;
+        public required Rope Rope;
+        public float[]? Bq, Bk, Bv, QNorm, KNorm, PostAttnNorm, PostFfnNorm;
     }
 
     public ModelConfig Config { get; }
@@ -37,9 +42,13 @@ public sealed class Transformer
     private readonly IMatrix _tokenEmbedding, _output;
     private readonly float[] _outputNorm;
     private readonly Rope _rope;
+    /// <summary>The sliding-window layers' RoPE where their base differs (Gemma 3), else <see cref="_rope"/>.</summary>
+    private readonly Rope _ropeSliding;
 
     // Activations for a batch of up to MaxBatch tokens, row-major [token × width], named as the math does.
     private readonly float[] _x, _xb, _xb2, _q, _k, _v, _hb, _hb2;
+    /// <summary>The fused Q|K|V product of a Phi-3 layer [n × (QDim + 2·KvDim)], before it is split; empty otherwise.</summary>
+    private readonly float[] _qkv;
     // The rows of one pass: their token ids, and which run of rows belongs to which sequence (its KV store and
     // first position). Preallocated so neither forward allocates per call.
     private readonly int[] _tokens;
@@ -57,30 +66,44 @@ public sealed class Transformer
         var c = config;
         MaxContext = Math.Max(1, maxContext);
         MaxBatch = Math.Clamp(maxBatch, 1, MaxContext);
+        _rope = new Rope(c, MaxContext, weights.Has("rope_freqs.weight") ? weights.Vector("rope_freqs.weight") : null);
+        _ropeSliding = c.RopeThetaSliding > 0 ? new Rope(c with { RopeTheta = c.RopeThetaSliding }, MaxContext) : _rope;
+        // Norm weights as the math uses them: Gemma's Hugging Face files store w for (1 + w).
+        float[] Norm(string name)
+        {
+            var w = weights.Vector(name);
+            if (c.NormWeightOffset == 0) return w;
+            var shifted = (float[])w.Clone();
+            TensorPrimitives.Add(shifted, c.NormWeightOffset, shifted);
+            return shifted;
+        }
         _layers = new Layer[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"blk.{l}.";
             _layers[l] = new Layer
             {
-                AttnNorm = weights.Vector(p + "attn_norm.weight"),
-                FfnNorm = weights.Vector(p + "ffn_norm.weight"),
-                Wq = weights.Matrix(p + "attn_q.weight"),
-                Wk = weights.Matrix(p + "attn_k.weight"),
-                Wv = weights.Matrix(p + "attn_v.weight"),
+                AttnNorm = Norm(p + "attn_norm.weight"),
+                FfnNorm = Norm(p + "ffn_norm.weight"),
+                Wq = c.FusedQkv ? null : weights.Matrix(p + "attn_q.weight"),
+                Wk = c.FusedQkv ? null : weights.Matrix(p + "attn_k.weight"),
+                Wv = c.FusedQkv ? null : weights.Matrix(p + "attn_v.weight"),
+                Wqkv = c.FusedQkv ? weights.Matrix(p + "attn_qkv.weight") : null,
                 Wo = weights.Matrix(p + "attn_output.weight"),
                 Ffn = weights.FeedForward(l, c),
+                Rope = c.IsSliding(l) ? _ropeSliding : _rope,
                 Bq = c.QkvBias ? weights.Vector(p + "attn_q.bias") : null,
                 Bk = c.QkvBias ? weights.Vector(p + "attn_k.bias") : null,
                 Bv = c.QkvBias ? weights.Vector(p + "attn_v.bias") : null,
-                QNorm = c.QkNorm ? weights.Vector(p + "attn_q_norm.weight") : null,
-                KNorm = c.QkNorm ? weights.Vector(p + "attn_k_norm.weight") : null,
+                QNorm = c.QkNorm ? Norm(p + "attn_q_norm.weight") : null,
+                KNorm = c.QkNorm ? Norm(p + "attn_k_norm.weight") : null,
+                PostAttnNorm = c.PostNorms ? Norm(p + "post_attention_norm.weight") : null,
+                PostFfnNorm = c.PostNorms ? Norm(p + "post_ffw_norm.weight") : null,
             };
         }
         _tokenEmbedding = weights.Matrix("token_embd.weight");
         _output = weights.Has("output.weight") ? weights.Matrix("output.weight") : _tokenEmbedding;
-        _outputNorm = weights.Vector("output_norm.weight");
-        _rope = new Rope(c, MaxContext, weights.Has("rope_freqs.weight") ? weights.Vector("rope_freqs.weight") : null);
+        _outputNorm = Norm("output_norm.weight");
         KvStores = new KvStoreFactory(new KvModel(this), kv ?? new KvCacheOptions(), MaxContext, MaxBatch);
         Kv = KvStores.Create();
 
@@ -91,8 +114,9 @@ public sealed class Transformer
         _q = new float[b * c.QDim];
         _k = new float[b * c.KvDim];
         _v = new float[b * c.KvDim];
-        _hb = new float[b * c.FfnDim];
-        _hb2 = new float[b * c.FfnDim];
+        _hb = new float[b * c.ScratchFfnDim];
+        _hb2 = new float[b * c.ScratchFfnDim];
+        _qkv = c.FusedQkv ? new float[b * (c.QDim + 2 * c.KvDim)] : [];
         _tokens = new int[b];
         _segments = new Segment[b];
     }
@@ -244,7 +268,11 @@ public sealed class Transformer
             RmsNorm(_x.AsSpan(last * dim, dim), _outputNorm, _xb.AsSpan(k * dim, dim));
             k++;
         }
-        if (k > 0) _output.Multiply(_xb.AsSpan(0, k * dim), logits, k);
+        if (k > 0)
+        {
+            _output.Multiply(_xb.AsSpan(0, k * dim), logits, k);
+            CapLogits(logits[..(k * Config.Vocab)]);
+        }
     }
 
     /// <summary>
@@ -256,7 +284,7 @@ public sealed class Transformer
         var c = Config;
         int dim = c.Dim;
         long ts = PhaseTimes.Start();
-        for (int t = 0; t < n; t++) _tokenEmbedding.ReadRow(_tokens[t], _x.AsSpan(t * dim, dim));
+        for (int t = 0; t < n; t++) Embed(_tokens[t], _x.AsSpan(t * dim, dim));
         ts = PhaseTimes.Stop(PhaseTimes.Phase.Embed, ts);
 
         for (int l = 0; l < c.Layers; l++)
@@ -265,9 +293,7 @@ public sealed class Transformer
             // Attention block.
             RmsNormRows(_x, L.AttnNorm, _xb, n, dim);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Norm, ts);
-            L.Wq.Multiply(_xb.AsSpan(0, n * dim), _q, n);
-            L.Wk.Multiply(_xb.AsSpan(0, n * dim), _k, n);
-            L.Wv.Multiply(_xb.AsSpan(0, n * dim), _v, n);
+            ProjectQkv(L, _xb.AsSpan(0, n * dim), _q, _k, _v, n);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Qkv, ts);
             for (int s = 0; s < segments; s++)
             {
@@ -276,9 +302,8 @@ public sealed class Transformer
                 {
                     var q = _q.AsSpan(t * c.QDim, c.QDim);
                     if (L.Bq != null) TensorPrimitives.Add(q, L.Bq, q);
-                    if (L.QNorm != null)
-                        for (int h = 0; h < c.Heads; h++) RmsNorm(q.Slice(h * c.HeadDim, c.HeadDim), L.QNorm, q.Slice(h * c.HeadDim, c.HeadDim));
-                    _rope.Apply(q, c.Heads, c.HeadDim, seg.Pos + t - seg.Row);
+                    if (L.QNorm != null) QkNorm(q, L.QNorm, c.Heads);
+                    L.Rope.Apply(q, c.Heads, c.HeadDim, seg.Pos + t - seg.Row);
                 }
             }
             // Each sequence's KV store keeps this layer's new keys and values in its own form (it finishes the
@@ -297,16 +322,69 @@ public sealed class Transformer
             }
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Attention, ts);
             L.Wo.Multiply(_xb.AsSpan(0, n * c.QDim), _xb2, n);
+            if (L.PostAttnNorm != null) RmsNormRows(_xb2, L.PostAttnNorm, _xb2, n, dim);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Wo, ts);
             TensorPrimitives.Add(_x.AsSpan(0, n * dim), _xb2.AsSpan(0, n * dim), _x.AsSpan(0, n * dim));
 
-            // Feed-forward block: down(act(gate(x)) * up(x)).
+            // Feed-forward block: down(act(gate(x)) * up(x)), or the experts the router picks.
             RmsNormRows(_x, L.FfnNorm, _xb, n, dim);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Norm, ts);
             L.Ffn.Forward(_xb.AsSpan(0, n * dim), _xb2, n, _hb, _hb2);
+            if (L.PostFfnNorm != null) RmsNormRows(_xb2, L.PostFfnNorm, _xb2, n, dim);
             TensorPrimitives.Add(_x.AsSpan(0, n * dim), _xb2.AsSpan(0, n * dim), _x.AsSpan(0, n * dim));
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Ffn, ts);
         }
+    }
+
+    /// <summary>A token's row of the residual stream entering layer 0: its embedding, scaled where the family scales it (Gemma: √Dim).</summary>
+    private void Embed(int token, Span<float> x)
+    {
+        _tokenEmbedding.ReadRow(token, x);
+        if (Config.EmbeddingScale != 1f) TensorPrimitives.Multiply(x, Config.EmbeddingScale, x);
+    }
+
+    /// <summary>q, k, v = the layer's projections of n rows of x; a fused Q|K|V matrix (Phi-3) is split row by row.</summary>
+    private void ProjectQkv(Layer L, ReadOnlySpan<float> x, Span<float> q, Span<float> k, Span<float> v, int n)
+    {
+        var c = Config;
+        if (L.Wqkv == null)
+        {
+            L.Wq!.Multiply(x, q, n);
+            L.Wk!.Multiply(x, k, n);
+            L.Wv!.Multiply(x, v, n);
+            return;
+        }
+        int width = c.QDim + 2 * c.KvDim;
+        L.Wqkv.Multiply(x, _qkv, n);
+        for (int t = 0; t < n; t++)
+        {
+            var row = _qkv.AsSpan(t * width, width);
+            if (!q.IsEmpty) row[..c.QDim].CopyTo(q.Slice(t * c.QDim, c.QDim));
+            row.Slice(c.QDim, c.KvDim).CopyTo(k.Slice(t * c.KvDim, c.KvDim));
+            row.Slice(c.QDim + c.KvDim, c.KvDim).CopyTo(v.Slice(t * c.KvDim, c.KvDim));
+        }
+    }
+
+    /// <summary>A Q or K row's norm in place: per head (Qwen3, Gemma 3), or over the whole row (OLMoE).</summary>
+    private void QkNorm(Span<float> row, float[] w, int heads)
+    {
+        if (Config.QkNormWholeRow)
+        {
+            RmsNorm(row, w, row);
+            return;
+        }
+        int hd = Config.HeadDim;
+        for (int h = 0; h < heads; h++) RmsNorm(row.Slice(h * hd, hd), w, row.Slice(h * hd, hd));
+    }
+
+    /// <summary>Output logits soft-capped in place where the family caps them (Gemma 2: c·tanh(z/c)).</summary>
+    private void CapLogits(Span<float> logits)
+    {
+        float cap = Config.FinalSoftcap;
+        if (cap <= 0) return;
+        TensorPrimitives.Multiply(logits, 1f / cap, logits);
+        TensorPrimitives.Tanh(logits, logits);
+        TensorPrimitives.Multiply(logits, cap, logits);
     }
 
     /// <summary>Keys and values from the raw projections: what a KV store asks of the model (see <see cref="IKvModel"/>).</summary>
@@ -317,8 +395,20 @@ public sealed class Transformer
 
         public void Project(int layer, ReadOnlySpan<float> x, Span<float> kRaw, Span<float> vRaw, int n)
         {
-            m._layers[layer].Wk.Multiply(x.Slice(0, n * m.Config.Dim), kRaw, n);
-            m._layers[layer].Wv.Multiply(x.Slice(0, n * m.Config.Dim), vRaw, n);
+            var L = m._layers[layer];
+            if (L.Wqkv == null)
+            {
+                L.Wk!.Multiply(x.Slice(0, n * m.Config.Dim), kRaw, n);
+                L.Wv!.Multiply(x.Slice(0, n * m.Config.Dim), vRaw, n);
+                return;
+            }
+            // Fused: the whole product, in rows the batch scratch holds (n ≤ MaxBatch per call from the stores).
+            for (int t0 = 0; t0 < n; t0 += m.MaxBatch)
+            {
+                int cnt = Math.Min(m.MaxBatch, n - t0);
+                m.ProjectQkv(L, x.Slice(t0 * m.Config.Dim, cnt * m.Config.Dim), Span<float>.Empty,
+                    kRaw.Slice(t0 * m.Config.KvDim, cnt * m.Config.KvDim), vRaw.Slice(t0 * m.Config.KvDim, cnt * m.Config.KvDim), cnt);
+            }
         }
 
         public void FinishKey(int layer, Span<float> k, int pos)
@@ -326,9 +416,8 @@ public sealed class Transformer
             var c = m.Config;
             var L = m._layers[layer];
             if (L.Bk != null) TensorPrimitives.Add(k, L.Bk, k);
-            if (L.KNorm != null)
-                for (int h = 0; h < c.KvHeads; h++) m.RmsNorm(k.Slice(h * c.HeadDim, c.HeadDim), L.KNorm, k.Slice(h * c.HeadDim, c.HeadDim));
-            m._rope.Apply(k, c.KvHeads, c.HeadDim, pos);
+            if (L.KNorm != null) m.QkNorm(k, L.KNorm, c.KvHeads);
+            L.Rope.Apply(k, c.KvHeads, c.HeadDim, pos);
         }
 
         public void FinishValue(int layer, Span<float> v)
@@ -337,9 +426,10 @@ public sealed class Transformer
         }
 
         public void Normalize(int layer, ReadOnlySpan<float> residual, Span<float> x) => m.RmsNorm(residual, m._layers[layer].AttnNorm, x);
-        public void Embed(int token, Span<float> x) => m._tokenEmbedding.ReadRow(token, x);
-        public IMatrix KeyWeights(int layer) => m._layers[layer].Wk;
-        public IMatrix ValueWeights(int layer) => m._layers[layer].Wv;
+        public void Embed(int token, Span<float> x) => m.Embed(token, x);
+        public IMatrix KeyWeights(int layer) => m._layers[layer].Wk ?? throw Fused();
+        public IMatrix ValueWeights(int layer) => m._layers[layer].Wv ?? throw Fused();
+        private FitLMException Fused() => new($"{m.Config.Architecture} fuses Q, K and V into one matrix; --kv xquant needs K and V apart (use f16, q8_0, kivi4 or h2o)");
     }
 
     private void ComputeLogits(int from, int count, Span<float> logits)
@@ -348,6 +438,7 @@ public sealed class Transformer
         long ts = PhaseTimes.Start();
         RmsNormRows(_x.AsSpan(from * dim), _outputNorm, _xb, rows, dim);
         _output.Multiply(_xb.AsSpan(0, rows * dim), logits, rows);
+        CapLogits(logits[..(rows * Config.Vocab)]);
         PhaseTimes.Stop(PhaseTimes.Phase.Logits, ts);
     }
 

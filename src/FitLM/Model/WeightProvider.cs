@@ -12,9 +12,12 @@ public interface IWeightProvider : IDisposable
     /// <summary>Bytes of weights this provider holds in memory.</summary>
     long ResidentBytes { get; }
 
-    /// <summary>Layer <paramref name="layer"/>'s feed-forward block: dense unless the provider bundles neurons.</summary>
-    IFeedForward FeedForward(int layer, ModelConfig config) => new DenseFeedForward(
-        Matrix($"blk.{layer}.ffn_gate.weight"), Matrix($"blk.{layer}.ffn_up.weight"), Matrix($"blk.{layer}.ffn_down.weight"), config.Activation);
+    /// <summary>Layer <paramref name="layer"/>'s feed-forward block: dense (fused for Phi-3) or a mixture of experts, unless the provider bundles neurons.</summary>
+    IFeedForward FeedForward(int layer, ModelConfig config) => FeedForwards.Create(this, layer, config);
+
+    /// <summary>Layer <paramref name="layer"/>'s routed experts: rows of the stacked tensors in memory, unless the provider caches experts.</summary>
+    IExpertWeights Experts(int layer, ModelConfig config) => new StackedExperts(
+        Matrix($"blk.{layer}.ffn_gate_exps.weight"), Matrix($"blk.{layer}.ffn_up_exps.weight"), Matrix($"blk.{layer}.ffn_down_exps.weight"), config);
 
     /// <summary>
     /// Parameters the weights stand for, or null to count the source's tensors: a stacked model's are its

@@ -23,4 +23,11 @@ public interface IMatrix
     {
         for (int i = 0; i < count; i++) ReadRow(first + i, dst.Slice(i * Cols, Cols));
     }
+
+    /// <summary>
+    /// Rows [first, first + count) as a matrix of their own, sharing these bytes: one expert of a stacked
+    /// [experts × rows] tensor. Only matrices whose bytes are in memory can be cut this way.
+    /// </summary>
+    IMatrix RowSlice(int first, int count) =>
+        throw new FitLMException($"tensor '{Name}': this weight provider cannot split it into experts (load the model resident or with an expert cache)");
 }

@@ -22,7 +22,8 @@ public sealed class ResidentWeights : IWeightProvider
     {
         if (_matrices.TryGetValue(name, out var m)) return m;
         var t = _source.Get(name);
-        if (t.Shape.Length != 2) throw new FitLMException($"{_source.Path}: tensor '{name}' is not a matrix");
+        // A stack of experts [cols, rows, experts] is held as one matrix of experts × rows rows (RowSlice cuts one out).
+        if (t.Shape.Length is not (2 or 3)) throw new FitLMException($"{_source.Path}: tensor '{name}' is not a matrix");
         var buf = new NativeBuffer(t.ByteSize);
         try
         {
@@ -61,13 +62,15 @@ public sealed class ResidentWeights : IWeightProvider
 /// <summary>A matrix whose bytes are all in memory.</summary>
 public sealed unsafe class ResidentMatrix : IMatrix, IDisposable
 {
-    private readonly NativeBuffer _data;
+    private readonly NativeBuffer? _data;
+    private readonly byte* _pointer;
+    private readonly long _bytes;
     public string Name { get; }
     public GgmlType Type { get; }
     public int Rows { get; }
     public int Cols { get; }
     public long RowBytes { get; }
-    public long Bytes => _data.Length;
+    public long Bytes => _bytes;
 
     public ResidentMatrix(string name, GgmlType type, int rows, int cols, NativeBuffer data)
     {
@@ -78,22 +81,43 @@ public sealed unsafe class ResidentMatrix : IMatrix, IDisposable
         RowBytes = GgmlTypes.RowBytes(type, cols);
         if (RowBytes * rows != data.Length) throw new FitLMException($"tensor '{name}': {data.Length} bytes do not hold {rows}×{cols} {type}");
         _data = data;
+        _pointer = data.Pointer;
+        _bytes = data.Length;
+    }
+
+    /// <summary>A view of rows of another resident matrix (it owns the bytes; this one never frees them).</summary>
+    private ResidentMatrix(ResidentMatrix whole, int first, int count)
+    {
+        Name = $"{whole.Name}[{first}..{first + count})";
+        Type = whole.Type;
+        Rows = count;
+        Cols = whole.Cols;
+        RowBytes = whole.RowBytes;
+        _pointer = whole._pointer + first * whole.RowBytes;
+        _bytes = count * RowBytes;
+    }
+
+    public IMatrix RowSlice(int first, int count)
+    {
+        if (first < 0 || count <= 0 || (long)first + count > Rows) throw new ArgumentOutOfRangeException(nameof(first));
+        return new ResidentMatrix(this, first, count);
     }
 
     public void Multiply(ReadOnlySpan<float> x, Span<float> y, int n) =>
-        MatMul.MatMulBatch(Type, _data.Pointer, RowBytes, Rows, Cols, x, y, n);
+        MatMul.MatMulBatch(Type, _pointer, RowBytes, Rows, Cols, x, y, n);
 
     public void ReadRow(int row, Span<float> dst)
     {
         if ((uint)row >= (uint)Rows) throw new FitLMException($"row {row} is outside tensor '{Name}' ({Rows} rows)");
-        Dequantize.Row(Type, new ReadOnlySpan<byte>(_data.Pointer + row * RowBytes, (int)RowBytes), dst[..Cols]);
+        Dequantize.Row(Type, new ReadOnlySpan<byte>(_pointer + row * RowBytes, (int)RowBytes), dst[..Cols]);
     }
 
     /// <summary>
     /// Bytes [<paramref name="offset"/>, offset + <paramref name="length"/>) of the matrix, writable: full-weight MeZO
     /// perturbs F32/F16/BF16 weights in place here (a window, since one matrix may hold more than 2 GiB).
     /// </summary>
-    internal Span<byte> WritableBytes(long offset, int length) => _data.Slice(offset, length);
+    internal Span<byte> WritableBytes(long offset, int length) =>
+        (_data ?? throw new InvalidOperationException("a row view has no bytes of its own")).Slice(offset, length);
 
-    public void Dispose() => _data.Dispose();
+    public void Dispose() => _data?.Dispose();
 }

@@ -63,7 +63,11 @@ public sealed class ZooTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(reference.Greedy, GreedyContinuation.Ids(lm.Transformer, last, n, reference.Greedy.Length));
     }
 
-    public static TheoryData<string> Supported => new() { "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3" };
+    public static TheoryData<string> Supported => new()
+    {
+        "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3", "tiny-gemma2", "tiny-gemma3",
+        "tiny-mixtral", "tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe",
+    };
 
     [Theory]
     [MemberData(nameof(Supported))]

@@ -57,6 +57,27 @@ public sealed partial class ArchitectureFamily
     public TensorOption QkNorm { get; init; } = TensorOption.Never;
     /// <summary>Whether the output head may be tied to token_embd (no output.weight).</summary>
     public bool OutputMayBeTied { get; init; } = true;
+    /// <summary>Q/K norms over the whole projection rather than per head (OLMoE).</summary>
+    public bool QkNormWholeRow { get; init; }
+
+    /// <summary>Gemma: embeddings times √Dim, a norm after attention and after the FFN, (1 + w) norms.</summary>
+    public bool ScalesEmbedding { get; init; }
+    public bool PostNorms { get; init; }
+    /// <summary>Added to every norm weight of a Hugging Face file (Gemma's (1 + w)); llama.cpp's converter adds it to the GGUF's.</summary>
+    public float HfNormOffset { get; init; }
+    /// <summary>Whether the family reads soft-capping and sliding-window settings (llama.cpp ignores them for Mistral and Qwen).</summary>
+    public bool GemmaAttention { get; init; }
+    /// <summary>The sliding-window period of a GGUF file that does not give one (llama.cpp's set_swa_pattern: Gemma 2 is 2, Gemma 3 is 6).</summary>
+    public int GgufSlidingPeriod { get; init; } = 1;
+    /// <summary>The RoPE base of sliding layers in a GGUF file that does not give one (llama.cpp: 10000 for Gemma 3); 0: the global base.</summary>
+    public float GgufRopeThetaSliding { get; init; }
+
+    /// <summary>Phi-3: Q/K/V fused into attn_qkv, gate and up into ffn_up.</summary>
+    public bool FusedQkv { get; init; }
+    public bool FusedGateUp { get; init; }
+
+    /// <summary>Whether the chosen experts' weights are renormalized when the model does not say (llama.cpp's per-architecture choice).</summary>
+    public bool DefaultExpertWeightsNorm { get; init; }
 
     /// <summary>The family's tensors under both names (the engine's names are the GGUF ones).</summary>
     public IReadOnlyList<TensorSpec> Tensors { get; init; } = DecoderTensors.Llama;
@@ -70,6 +91,7 @@ public sealed partial class ArchitectureFamily
     {
         if (_byGguf != null) return;
         _byHfGlobal = Tensors.Where(t => !t.PerLayer && t.Hf != null).ToDictionary(t => t.Hf!);
+        // An expert's tensor is found by its name with the expert's number replaced by the mark.
         _byHfLayer = Tensors.Where(t => t.PerLayer && t.Hf != null).ToDictionary(t => t.Hf!);
         _byGguf = Tensors.ToDictionary(t => t.Gguf);
     }
@@ -86,16 +108,31 @@ public sealed partial class ArchitectureFamily
         return _byGguf!.TryGetValue(ggufName, out var g) && !g.PerLayer ? g : null;
     }
 
-    /// <summary>Hugging Face tensor name → GGUF tensor name; null for tensors the engine does not use (rotary_emb.inv_freq).</summary>
-    public string? GgufTensorName(string hfName)
+    /// <summary>Hugging Face tensor name → GGUF tensor name; null for tensors the engine does not use (rotary_emb.inv_freq).
+    /// One expert's tensor maps to its stack's name (see <see cref="MapHfTensor"/> for the expert's number).</summary>
+    public string? GgufTensorName(string hfName) => MapHfTensor(hfName)?.Gguf;
+
+    [GeneratedRegex(@"\.experts\.(\d+)\.")]
+    private static partial Regex ExpertNumber();
+
+    /// <summary>
+    /// Hugging Face tensor name → the GGUF tensor it is (or is part of), the expert it holds (-1 unless it is one
+    /// expert of a stack) and its spec; null for tensors the engine does not use.
+    /// </summary>
+    public (string Gguf, int Expert, TensorSpec Spec)? MapHfTensor(string hfName)
     {
         Index();
-        if (_byHfGlobal!.TryGetValue(hfName, out var g)) return g.Gguf;
+        if (_byHfGlobal!.TryGetValue(hfName, out var g)) return (g.Gguf, -1, g);
         if (!hfName.StartsWith(HfLayerPrefix, StringComparison.Ordinal)) return null;
         var rest = hfName.AsSpan(HfLayerPrefix.Length);
         int dot = rest.IndexOf('.');
         if (dot <= 0 || !int.TryParse(rest[..dot], System.Globalization.NumberStyles.None, null, out int layer)) return null;
-        return _byHfLayer!.TryGetValue(rest[(dot + 1)..].ToString(), out var s) ? s.GgufName(layer) : null;
+        string key = rest[(dot + 1)..].ToString();
+        int expert = -1;
+        if (ExpertNumber().Match("." + key) is { Success: true } m && int.TryParse(m.Groups[1].ValueSpan, out expert))
+            key = ExpertNumber().Replace("." + key, $".experts.{TensorSpec.ExpertMark}.", 1)[1..];
+        if (!_byHfLayer!.TryGetValue(key, out var s)) return null;
+        return (s.GgufName(layer), s.Experts ? expert : -1, s);
     }
 
     /// <summary>The GGUF key of a configuration value for this family's files: <c>{arch}.context_length</c>.</summary>

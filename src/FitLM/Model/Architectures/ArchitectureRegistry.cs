@@ -10,6 +10,13 @@ public static class ArchitectureRegistry
         MistralFamily.Description,
         Qwen2Family.Description,
         Qwen3Family.Description,
+        Phi3Family.Description,
+        Gemma2Family.Description,
+        Gemma3Family.Description,
+        MixtralFamily.Description,
+        Qwen2MoeFamily.Description,
+        Qwen3MoeFamily.Description,
+        OlmoeFamily.Description,
     ];
 
     /// <summary>The supported families' names, for messages: "llama, mistral, qwen2, qwen3".</summary>

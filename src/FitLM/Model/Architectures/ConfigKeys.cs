@@ -28,6 +28,28 @@ public sealed record ConfigKeys
     public ConfigKey RopeScalingFactor { get; init; } = new("rope.scaling.factor", null);
     public ConfigKey VocabSize { get; init; } = new("vocab_size", "vocab_size");
 
+    // Mixture of experts (llama.cpp's LLM_KV_EXPERT_*; transformers' MoE configs).
+    public ConfigKey ExpertCount { get; init; } = new("expert_count", "num_experts");
+    /// <summary>Mixtral's (and transformers 5's Qwen3-MoE's) name for the expert count.</summary>
+    public string HfExpertCountAlternative { get; init; } = "num_local_experts";
+    public ConfigKey ExpertsUsed { get; init; } = new("expert_used_count", "num_experts_per_tok");
+    /// <summary>Routed experts' width; configs without it (Mixtral, OLMoE) use intermediate_size.</summary>
+    public ConfigKey ExpertFeedForwardLength { get; init; } = new("expert_feed_forward_length", "moe_intermediate_size");
+    public ConfigKey SharedExpertFeedForwardLength { get; init; } = new("expert_shared_feed_forward_length", "shared_expert_intermediate_size");
+    public ConfigKey ExpertWeightsNorm { get; init; } = new("expert_weights_norm", "norm_topk_prob");
+
+    // Gemma.
+    public ConfigKey AttentionSoftcap { get; init; } = new("attn_logit_softcapping", "attn_logit_softcapping");
+    public ConfigKey FinalSoftcap { get; init; } = new("final_logit_softcapping", "final_logit_softcapping");
+    public ConfigKey SlidingWindow { get; init; } = new("attention.sliding_window", "sliding_window");
+    /// <summary>Which layers slide: a period, or one flag per layer (llama.cpp's LLM_KV_ATTENTION_SLIDING_WINDOW_PATTERN).</summary>
+    public ConfigKey SlidingWindowPattern { get; init; } = new("attention.sliding_window_pattern", "sliding_window_pattern");
+    public ConfigKey RopeFreqBaseSliding { get; init; } = new("rope.freq_base_swa", "rope_local_base_freq");
+    /// <summary>config.json: q·k is scaled by this to the power -½ (Gemma).</summary>
+    public string HfQueryPreAttentionScalar { get; init; } = "query_pre_attn_scalar";
+    /// <summary>config.json: "sliding_attention" / "full_attention" per layer (transformers 5).</summary>
+    public string HfLayerTypes { get; init; } = "layer_types";
+
     /// <summary>config.json: whether Q/K/V projections have biases (for families where that is optional).</summary>
     public string HfAttentionBias { get; init; } = "attention_bias";
     /// <summary>config.json: the FFN activation's name.</summary>

@@ -11,6 +11,12 @@ public enum TensorPresence
     WithQkvBias,
     /// <summary>There when the configuration has per-head Q/K RMS norms (<see cref="ModelConfig.QkNorm"/>).</summary>
     WithQkNorm,
+    /// <summary>There in a dense model: the FFN a mixture of experts replaces.</summary>
+    Dense,
+    /// <summary>There in a mixture of experts (<see cref="ModelConfig.IsMoe"/>): the router and the stacked experts.</summary>
+    WithExperts,
+    /// <summary>There when the mixture has a shared expert (<see cref="ModelConfig.SharedExpertFfnDim"/> &gt; 0).</summary>
+    WithSharedExpert,
 }
 
 /// <summary>Which heads split a tensor's rows, for the converter's rotate-half → interleaved RoPE permutation.</summary>
@@ -24,10 +30,15 @@ public enum RopeRows { None, QueryHeads, KeyHeads }
 /// <param name="Gguf">GGUF name (after "blk.N." for a per-layer tensor).</param>
 /// <param name="Hf">Hugging Face name (after the family's layer prefix for a per-layer tensor); null for a tensor the converter computes.</param>
 /// <param name="FeedForward">One of the gate/up/down matrices that `fitlm prepare` bundles per neuron.</param>
+/// <param name="Experts">A stack of routed experts: one tensor [.., .., ExpertCount] in GGUF, one tensor per expert in
+/// Hugging Face files, whose name holds the expert's number where <see cref="ExpertMark"/> stands.</param>
 public sealed record TensorSpec(
     string Gguf, string? Hf, bool PerLayer, Func<ModelConfig, long[]> Shape,
-    TensorPresence Presence = TensorPresence.Required, RopeRows Rope = RopeRows.None, bool FeedForward = false)
+    TensorPresence Presence = TensorPresence.Required, RopeRows Rope = RopeRows.None, bool FeedForward = false, bool Experts = false)
 {
+    /// <summary>Where an expert's number stands in the Hugging Face name of a stacked-expert tensor.</summary>
+    public const string ExpertMark = "{e}";
+
     /// <summary>The GGUF name of this tensor in layer <paramref name="layer"/> (ignored for a global tensor).</summary>
     public string GgufName(int layer) => PerLayer ? $"blk.{layer}.{Gguf}" : Gguf;
 
@@ -37,6 +48,9 @@ public sealed record TensorSpec(
         TensorPresence.Required => true,
         TensorPresence.WithQkvBias => c.QkvBias,
         TensorPresence.WithQkNorm => c.QkNorm,
+        TensorPresence.Dense => !c.IsMoe,
+        TensorPresence.WithExperts => c.IsMoe,
+        TensorPresence.WithSharedExpert => c.SharedExpertFfnDim > 0,
         _ => false,
     };
 
