@@ -52,6 +52,10 @@ public sealed record LoadOptions
     public MachineProfile? Machine { get; init; }
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>
     public int LogitRows { get; init; } = 1;
+    /// <summary>Mixtures of experts: which experts the expert cache keeps and reads ahead (--expert-policy; docs/moe.md).</summary>
+    public ExpertPolicy ExpertPolicy { get; init; } = ExpertPolicy.PredictLru;
+    /// <summary>Mixtures of experts: bytes for the expert cache (--expert-cache); 0: the planner sizes it from the budget, or keeps every expert resident when they fit.</summary>
+    public long ExpertCacheBytes { get; init; }
     /// <summary>BitStack: how a stacked file is loaded (--weights, matrix cache); null = defaults (docs/bitstack.md).</summary>
     public StackLoadOptions? Stack { get; init; }
 

@@ -36,15 +36,27 @@ public sealed record MemoryPlan
     public StackPlan? Stack { get; init; }
     /// <summary>LoRA adapters applied at inference (--lora): their matrices, float32, resident beside the weights.</summary>
     public long AdapterBytes { get; init; }
+    /// <summary>Mixtures of experts whose routed experts do not all stay resident: the expert cache (docs/moe.md); null otherwise.</summary>
+    public ExpertPlan? Experts { get; init; }
 
     public long ResidentWeightBytes => Tensors.Where(t => t.Placement == Placement.Resident).Sum(t => t.Tensor.ByteSize);
     public bool Bundled => Tensors.Any(t => t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal));
     public long StreamedWeightBytes => Tensors.Where(t => t.Placement == Placement.Streamed).Sum(t => t.Tensor.ByteSize);
     /// <summary>Everything counted against the budget (a stacked model's working memory for its kernels and resizing included).</summary>
-    public long TotalBytes => RuntimeBytes + KvBytes + ScratchBytes + StreamBufferBytes + FlashBytes + ResidentWeightBytes + AdapterBytes + (Stack?.TransientBytes ?? 0);
+    public long TotalBytes => RuntimeBytes + KvBytes + ScratchBytes + StreamBufferBytes + FlashBytes + ResidentWeightBytes + AdapterBytes + (Stack?.TransientBytes ?? 0) + (Experts?.CacheBytes ?? 0);
     /// <summary>Whether any unit (layer part, head, embedding) is streamed; bundled FFNs are handled by their windows.</summary>
     public bool Streams => Tensors.Any(t => t.Placement == Placement.Streamed && !t.Tensor.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal));
 
     public Placement PlacementOf(string name) =>
         Tensors.FirstOrDefault(t => t.Tensor.Name == name)?.Placement ?? Placement.Resident;
 }
+
+/// <summary>
+/// The expert cache of a mixture of experts under a budget: every tensor but the routed experts resident (attention,
+/// norms, routers, shared experts), and <see cref="SlotsPerLayer"/> experts of each layer held at a time in
+/// <see cref="CacheBytes"/> (slots of <see cref="ExpertBytes"/>: one expert's gate, up and down).
+/// </summary>
+/// <param name="PredictedHitRate">The share of routed experts the cache is expected to hold when asked (the estimate says how it was made in <paramref name="HitRateNote"/>).</param>
+/// <param name="ReadBytesPerToken">Expected bytes read from storage per generated token: misses × expert bytes.</param>
+public sealed record ExpertPlan(long CacheBytes, int SlotsPerLayer, long ExpertBytes, ExpertPolicy Policy,
+    double PredictedHitRate, string HitRateNote, long ReadBytesPerToken);
