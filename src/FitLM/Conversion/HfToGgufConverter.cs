@@ -16,18 +16,21 @@ public sealed record GgufConversionResult(
 /// <summary>One tensor of the output file: where its data comes from and how it is stored.</summary>
 /// <param name="Source">The source tensor, or null for a tensor the converter computes (<paramref name="Data"/>).</param>
 /// <param name="PermuteHeads">Heads to permute the rows of for llama.cpp's interleaved RoPE (0: none).</param>
-public sealed record PlannedTensor(string Name, TensorDesc? Source, long[] Shape, GgmlType Type, int PermuteHeads, float[]? Data)
+/// <param name="AddOffset">Added to every value as it is written (Gemma's norms: w in transformers, 1 + w in GGUF).</param>
+public sealed record PlannedTensor(string Name, TensorDesc? Source, long[] Shape, GgmlType Type, int PermuteHeads, float[]? Data, float AddOffset = 0)
 {
     public long Elements => Shape.Aggregate(1L, (a, b) => a * b);
 }
 
 /// <summary>
-/// Hugging Face folder → GGUF, as llama.cpp's convert_hf_to_gguf.py writes it for llama, mistral, qwen2
-/// and qwen3: llama.cpp's tensor names, metadata keys and tokenizer arrays; 1-D tensors and norms in F32,
-/// 2-D weights in the chosen type (F16 where a row does not fill whole Q8_0 blocks); where the family's
-/// GGUF RoPE layout is interleaved (llama, mistral) the Q and K rows of each head permuted from rotate-half
-/// pairs (convert_hf_to_gguf's LlamaModel.permute). Names, keys and the permutation come from the family's
-/// <see cref="ArchitectureFamily"/> description. Tensors stream through one chunk of rows at a time.
+/// Hugging Face folder → GGUF, as llama.cpp's convert_hf_to_gguf.py writes it for every family FitLM runs:
+/// llama.cpp's tensor names, metadata keys and tokenizer arrays; 1-D tensors, norms and MoE routers in F32,
+/// other weights in the chosen type (F16 where a row does not fill whole Q8_0 blocks); where the family's
+/// GGUF RoPE layout is interleaved (llama, mistral, mixtral) the Q and K rows of each head permuted from
+/// rotate-half pairs (convert_hf_to_gguf's LlamaModel.permute); experts stacked into one tensor per layer and
+/// matrix (the source stacks them); Gemma's norms written as 1 + w; Phi-3's fused QKV and gate-up kept fused.
+/// Names, keys and the permutation come from the family's <see cref="ArchitectureFamily"/> description.
+/// Tensors stream through one chunk of rows at a time.
 /// </summary>
 public static class HfToGgufConverter
 {
@@ -135,7 +138,8 @@ public static class HfToGgufConverter
                 if (rows % (2L * heads) != 0)
                     throw new FitLMException($"{src.Path}: tensor '{t.Name}' has {rows} rows, which {heads} heads of rotate-half pairs cannot split");
             }
-            list.Add(new PlannedTensor(t.Name, t, shape, TensorType(t.Name, shape, type), heads, null));
+            float offset = family.HfNormOffset != 0 && t.Name.EndsWith("norm.weight", StringComparison.Ordinal) ? family.HfNormOffset : 0;
+            list.Add(new PlannedTensor(t.Name, t, shape, TensorType(t.Name, shape, type), heads, null, offset));
         }
         if (c.RopeLlama3 is { } l3 && src.Find("rope_freqs.weight") == null)
         {
@@ -150,10 +154,11 @@ public static class HfToGgufConverter
         return list;
     }
 
-    /// <summary>convert_hf_to_gguf's choice: F32 for 1-D tensors and norms, the output type for the rest (F16 where blocks do not fit).</summary>
+    /// <summary>convert_hf_to_gguf's choice: F32 for 1-D tensors, norms and MoE routers, the output type for the rest (F16 where blocks do not fit).</summary>
     public static GgmlType TensorType(string name, long[] shape, GgmlType type)
     {
-        if (shape.Length <= 1 || name.EndsWith("_norm.weight", StringComparison.Ordinal) || type == GgmlType.F32) return GgmlType.F32;
+        if (shape.Length <= 1 || name.EndsWith("_norm.weight", StringComparison.Ordinal) || type == GgmlType.F32 ||
+            name.EndsWith(".ffn_gate_inp.weight", StringComparison.Ordinal) || name.EndsWith(".ffn_gate_inp_shexp.weight", StringComparison.Ordinal)) return GgmlType.F32;
         // gguf-py raises QuantError for a row that is not whole blocks; the converter then falls back to F16.
         return shape[0] % GgmlTypes.BlockSize(type) == 0 ? type : GgmlType.F16;
     }
@@ -239,6 +244,7 @@ public static class HfToGgufConverter
             src.Read(s, e0 * esz, raw);
             var f = ReusedArray.AtLeast(ref b.F, n);
             Dequantize.Row(s.Type, raw, f.AsSpan(0, n));
+            if (p.AddOffset != 0) System.Numerics.Tensors.TensorPrimitives.Add(f.AsSpan(0, n), p.AddOffset, f.AsSpan(0, n));
             if (headRows > 0)
             {
                 var perm = ReusedArray.AtLeast(ref b.P, n);
@@ -308,6 +314,33 @@ public static class HfToGgufConverter
             w.AddFloat32(Key(k.RopeScalingFactor), c.RopeLinearFactor);
         }
         w.AddUInt32(Key(k.VocabSize), (uint)c.Vocab);
+        if (c.IsMoe)
+        {
+            w.AddUInt32(Key(k.ExpertCount), (uint)c.ExpertCount);
+            w.AddUInt32(Key(k.ExpertsUsed), (uint)c.ExpertsUsed);
+            if (c.ExpertFfnDim != c.FfnDim || family.Tensors.Any(t => t.Presence == TensorPresence.WithSharedExpert))
+                w.AddUInt32(Key(k.ExpertFeedForwardLength), (uint)c.ExpertFfnDim);
+            if (c.SharedExpertFfnDim > 0) w.AddUInt32(Key(k.SharedExpertFeedForwardLength), (uint)c.SharedExpertFfnDim);
+            // llama.cpp decides renormalization per architecture; say it only where this model differs from that.
+            if (c.ExpertWeightsNorm != family.DefaultExpertWeightsNorm) w.AddBool(Key(k.ExpertWeightsNorm), c.ExpertWeightsNorm);
+        }
+        if (family.GemmaAttention)
+        {
+            if (c.AttentionSoftcap > 0) w.AddFloat32(Key(k.AttentionSoftcap), c.AttentionSoftcap);
+            if (c.FinalSoftcap > 0) w.AddFloat32(Key(k.FinalSoftcap), c.FinalSoftcap);
+            if (c.SlidingWindow > 0)
+            {
+                w.AddUInt32(Key(k.SlidingWindow), (uint)c.SlidingWindow);
+                // Which layers slide, as a period, where the model's is not the family's: llama.cpp's Gemma 3 loader reads
+                // this key as a number (a per-layer bool array there was misread: tiny-gemma3's perplexity came out 4.6%
+                // off, 11468 against 12002; with the period both give 12001.7). The sliding layers' RoPE base likewise.
+                if (c.SlidingPeriod != family.GgufSlidingPeriod)
+                    w.AddUInt32(Key(k.SlidingWindowPattern), (uint)c.SlidingPeriod);
+                float slidingTheta = c.RopeThetaSliding > 0 ? c.RopeThetaSliding : c.RopeTheta;
+                if (family.GgufRopeThetaSliding > 0 ? slidingTheta != family.GgufRopeThetaSliding : c.RopeThetaSliding > 0)
+                    w.AddFloat32(Key(k.RopeFreqBaseSliding), slidingTheta);
+            }
+        }
         // llama.cpp's llama architecture has no ReLU/GELU variant; FitLM's GgufSource reads this key.
         if (c.Activation != family.DefaultActivation) w.AddString(k.GgufActivation, c.Activation.ToString().ToLowerInvariant());
         AddTokenizer(w, src);

@@ -51,11 +51,38 @@ public class ReferenceTests(ITestOutputHelper output)
     [Theory]
     [InlineData("pycoder-29m")]
     [InlineData("pycoder-reglu-31m")]
+    [InlineData("pycoder-moe")]
     public void HuggingFaceFolderMatchesTransformers(string name)
     {
         if (TestPaths.Shared is not { } shared) { output.WriteLine("../shared is absent; nothing to compare"); return; }
         string folder = Path.Combine(shared, "models", name);
         using var lm = LanguageModel.Load(folder, 256);
         AssertMatchesReference(lm, Reference.Load(Path.Combine(folder, "reference.json")), output);
+    }
+
+    /// <summary>
+    /// The trained mixture of experts (Qwen3-MoE, 32 experts, top-4) after `fitlm convert`: the GGUF still gives
+    /// transformers' logits and greedy ids (its stacked expert tensors are the folder's per-expert ones).
+    /// </summary>
+    [Fact]
+    public void ConvertedMixtureOfExpertsMatchesTransformers()
+    {
+        if (TestPaths.Shared is not { } shared) { output.WriteLine("../shared is absent; nothing to compare"); return; }
+        string folder = Path.Combine(shared, "models", "pycoder-moe");
+        var dir = Directory.CreateTempSubdirectory("fitlm-moe-");
+        try
+        {
+            string gguf = Path.Combine(dir.FullName, "pycoder-moe.f16.gguf");
+            var r = Cli.CliRunner.Run("convert", "-m", folder, "-o", gguf, "--type", "f16");
+            Assert.True(r.ExitCode == 0, r.StdErr);
+            using var lm = LanguageModel.Load(gguf, 256);
+            Assert.Equal(32, lm.Config.ExpertCount);
+            Assert.Equal(4, lm.Config.ExpertsUsed);
+            AssertMatchesReference(lm, Reference.Load(Path.Combine(folder, "reference.json")), output);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
     }
 }

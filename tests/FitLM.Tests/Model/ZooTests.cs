@@ -125,7 +125,8 @@ public sealed class ZooTests(ITestOutputHelper output) : IDisposable
             using (var src = HuggingFaceSource.Open(folder)) hf = src.Config;
             using var converted = GgufSource.Open(gguf);
             var written = ArchitectureRegistry.GetGguf(family.GgufNameWritten, gguf);
-            var expected = hf with { Architecture = written.Name, RopeStyle = written.GgufRopeStyle, RopeLlama3 = null };
+            // Gemma's norms are written as 1 + w, so the GGUF's need no offset.
+            var expected = hf with { Architecture = written.Name, RopeStyle = written.GgufRopeStyle, RopeLlama3 = null, NormWeightOffset = 0 };
             Assert.Equal(expected, converted.Config);
             Assert.Equal(hf.RopeLlama3 != null, converted.Find("rope_freqs.weight") != null);
             Assert.Equal(family.GgufNameWritten, converted.File.GetString("general.architecture"));
