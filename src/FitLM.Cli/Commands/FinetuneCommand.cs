@@ -85,6 +85,8 @@ internal static class FinetuneCommand
         {
             var c = src.Config;
             if (options.MezoFull) FullModelWeights.CheckSource(src); // before tokenizing: a quantized model fails at once
+            // A family the method cannot train fails at once too (an --adapter-init adapter is checked when it loads).
+            if (cp == null) TrainingSupport.Check(src, options, initialAdapter: adapterInit != null);
             var sw = Stopwatch.StartNew();
             var train = ids != null
                 ? TrainingData.FromIdsJson(ids, c.Vocab, idsPath!)

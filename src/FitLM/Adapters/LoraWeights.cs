@@ -76,7 +76,7 @@ public sealed class LoraWeights : IWeightProvider
     {
         string gate = $"blk.{layer}.ffn_gate.weight", up = $"blk.{layer}.ffn_up.weight", down = $"blk.{layer}.ffn_down.weight";
         if (!_terms.ContainsKey(gate) && !_terms.ContainsKey(up) && !_terms.ContainsKey(down)) return _inner.FeedForward(layer, config);
-        return new DenseFeedForward(Matrix(gate), Matrix(up), Matrix(down), config.Activation);
+        return FeedForwards.Create(this, layer, config); // this provider's matrices: the adapted ones where adapters are
     }
 
     public void Dispose() => _inner.Dispose();

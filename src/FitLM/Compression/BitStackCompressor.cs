@@ -71,6 +71,11 @@ public static class BitStackCompressor
         using var source = ModelSource.Open(modelPath);
         if (StackLayout.IsStacked(source)) throw new FitLMException($"{modelPath}: is already a stacked model");
         var c = source.Config;
+        // The stack holds the seven projections of a plain decoder, and activation scaling folds into the norms as stored.
+        if (c.IsMoe || c.FusedQkv || c.FusedGateUp)
+            throw new FitLMException($"{modelPath}: {c.Architecture} has {(c.IsMoe ? "a mixture of experts" : "fused projections")}; BitStack compresses the separate q, k, v, o, gate, up and down of dense models");
+        if (c.NormWeightOffset != 0)
+            throw new FitLMException($"{modelPath}: {c.Architecture}'s norms are stored as w for (1 + w) here; convert the folder to GGUF first (fitlm convert)");
         var report = progress ?? ((_, _) => { });
 
         // Tokens: calibration windows (statistics) and scoring windows (ordering).

@@ -24,6 +24,10 @@ public static class FlashPrepare
             throw new FitLMException($"{modelPath}: prepare reads a GGUF file; convert the folder first (fitlm convert -m FOLDER -o MODEL.gguf)");
         if (ModelValidation.IsBundled(src)) throw new FitLMException($"{modelPath}: already prepared (its FFN is bundled)");
         var c = src.Config;
+        // Bundles are rows of a dense gate, up and down: a mixture of experts has none (its experts go to the expert
+        // cache, sized by --memory), and Phi-3 keeps gate and up in one matrix.
+        if (c.IsMoe) throw new FitLMException($"{modelPath}: {c.Architecture} is a mixture of experts; prepare bundles dense FFN neurons (run it with --memory: routed experts are cached and read on demand)");
+        if (c.FusedGateUp) throw new FitLMException($"{modelPath}: {c.Architecture} keeps gate and up in one matrix; prepare does not bundle its FFN");
         using var w = new GgufWriter(outPath, (int)gguf.File.Alignment, ct);
         foreach (var key in gguf.File.MetadataKeys)
             if (key != "general.alignment") w.Add(key, gguf.File.Metadata[key]);

@@ -98,6 +98,7 @@ public sealed class FinetuneRun
         LoraAdapter? initialAdapter = null, IProgress<FinetuneProgress>? progress = null, CancellationToken ct = default)
     {
         options.Validate();
+        TrainingSupport.Check(source, options, initialAdapter != null);
         PrepareOutput(outputDir);
         if (TrainingCheckpoint.Find(outputDir) != null)
             throw new FitLMException($"{outputDir}: holds the checkpoint of an earlier run; continue it with --resume {outputDir}, or choose another -o");
