@@ -134,6 +134,7 @@ public sealed class LanguageModel : IDisposable
             ctx = plan.Context;
             // A budget that may move: layers must be able to move between resident and streamed, even all resident now.
             weights = plan.Streams || options.MovableWeights ? new StreamingWeights(source, plan.Tensors, plan.Mode) : new ResidentWeights(source);
+            weights = WithExpertCache(weights, source, plan, options);
             if (flash != null) weights = new FlashWeights(weights, source, flash.Selector, flash.WindowTokens, options.FfnAudit);
             // LoRA (--lora): the adapted matrices multiply through the adapters; the base weights stay as planned.
             if (adapters.Count > 0) weights = new LoraWeights(weights, adapters);
@@ -147,6 +148,24 @@ public sealed class LanguageModel : IDisposable
             source.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// A mixture of experts whose experts the plan puts in an expert cache, or whose options ask for one (--expert-cache,
+    /// or --expert-policy none: every routed expert read each time): the experts pass through <see cref="ExpertCachedWeights"/>,
+    /// with the plan's slots per layer, else as many as the cache bytes hold in every layer (at least k); the naive
+    /// policy keeps only a batch's experts.
+    /// </summary>
+    private static IWeightProvider WithExpertCache(IWeightProvider weights, IModelSource source, Memory.MemoryPlan plan, LoadOptions options)
+    {
+        bool asked = options.ExpertCacheBytes > 0 || options.ExpertPolicy == ExpertPolicy.None;
+        if (plan.Experts == null && !asked) return weights;
+        var c = source.Config;
+        if (!c.IsMoe) throw new FitLMException($"{source.Path}: the expert cache (--expert-cache, --expert-policy) needs a mixture of experts, and this model has none");
+        var policy = plan.Experts?.Policy ?? options.ExpertPolicy;
+        int slots = policy == ExpertPolicy.None ? c.ExpertsUsed
+            : plan.Experts?.SlotsPerLayer ?? ExpertCachedWeights.SlotsFor(options.ExpertCacheBytes, source);
+        return new ExpertCachedWeights(weights, source, slots, policy, options.ExpertPredictMargin);
     }
 
     /// <summary>
@@ -191,6 +210,8 @@ public sealed class LanguageModel : IDisposable
                     StreamEverything = options.Stream == StreamMode.Naive,
                     Storage = storage,
                     Kv = options.Kv,
+                    ExpertPolicy = options.ExpertPolicy,
+                    ExpertCacheBytes = options.ExpertCacheBytes,
                 }), flash);
             }
             catch (BudgetTooSmallException) when (options.ContextLength == 0 && options.MemoryBudget > 0 && context > 256)

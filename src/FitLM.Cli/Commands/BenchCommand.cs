@@ -52,6 +52,7 @@ internal static class BenchCommand
                 if (PhaseTimes.Enabled) PrintProfile(result);
             }
             if (np > 0) Profiled(() => Benchmark.Prompt(lm, np, nr, ct));
+            Weights.ExpertCachedWeights.Of(lm.Weights)?.Statistics.Reset(); // the expert cache's line describes decoding (tg)
             if (ng > 0) Profiled(() => Benchmark.Generate(lm, ng, nr, ct));
             if (ng > 0 && npar > 1) Profiled(() => Benchmark.GenerateParallel(lm, ng, npar, nr, r.GetValue(batchInvariant), ct));
             PhaseTimes.Enabled = false;

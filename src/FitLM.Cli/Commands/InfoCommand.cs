@@ -34,7 +34,8 @@ internal static class InfoCommand
             o.WriteLine($"rope:           base {c.RopeTheta}, {c.RopeDims} dims, {c.RopeStyle.ToString().ToLowerInvariant()}" +
                 (c.RopeLlama3 != null ? $", llama3 scaling x{c.RopeLlama3.Factor}" : "") + (c.RopeLinearFactor != 1 ? $", linear x{c.RopeLinearFactor}" : ""));
             o.WriteLine($"rms norm eps:   {c.RmsEps}");
-            o.WriteLine($"qkv bias:       {(c.QkvBias ? "yes" : "no")}, q/k norm: {(c.QkNorm ? "yes" : "no")}, output: {(src.Find("output.weight") != null ? "separate" : "tied to embeddings")}");
+            o.WriteLine($"qkv bias:       {(c.QkvBias ? "yes" : "no")}, q/k norm: {(c.QkNorm ? c.QkNormWholeRow ? "yes (whole projection)" : "yes (per head)" : "no")}, output: {(src.Find("output.weight") != null ? "separate" : "tied to embeddings")}");
+            ModelOptionsReport.Write(o, c);
             // BitStack: a stacked file's parameters are its matrices' logical shapes, and its weights a range of sizes.
             var layout = src is GgufSource gs && StackLayout.IsStacked(gs.File) ? StackLayout.Read(gs) : null;
             long parameters = layout?.Parameters ?? src.Tensors.Sum(t => t.Elements);

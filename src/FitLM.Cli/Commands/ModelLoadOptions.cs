@@ -8,7 +8,8 @@ namespace FitLM.Cli.Commands;
 /// <summary>
 /// The flags that load a model, one group for run, perplexity, bench, serve and plan, so every command
 /// accepts the same ones: the model, context, threads, memory and streaming (<see cref="MemoryOptions"/>),
-/// stacked models (<see cref="StackOptions"/>), the KV cache (<see cref="KvOptions"/>) and LoRA adapters (<see cref="LoraOptions"/>).
+/// stacked models (<see cref="StackOptions"/>), the KV cache (<see cref="KvOptions"/>), LoRA adapters (<see cref="LoraOptions"/>)
+/// and a mixture's expert cache (<see cref="ExpertOptions"/>).
 /// </summary>
 internal sealed class ModelLoadOptions
 {
@@ -19,6 +20,7 @@ internal sealed class ModelLoadOptions
     public StackOptions Stack { get; } = new();
     public KvOptions Kv { get; } = new();
     public LoraOptions Lora { get; } = new();
+    public ExpertOptions Experts { get; } = new();
 
     /// <param name="defaultContext">0: the model's trained context, at most <see cref="LoadOptions.DefaultContextCap"/> (run, serve, plan); perplexity's is 512.</param>
     public ModelLoadOptions(int defaultContext = 0)
@@ -41,6 +43,7 @@ internal sealed class ModelLoadOptions
         Stack.AddTo(command);
         Kv.AddTo(command);
         Lora.AddTo(command);
+        Experts.AddTo(command);
     }
 
     public string ModelPath(ParseResult r) => r.GetValue(Model)!;
@@ -64,7 +67,7 @@ internal sealed class ModelLoadOptions
         var o = start ?? new LoadOptions();
         int ctx = ContextSize(r);
         if (ctx > 0 || o.ContextLength == 0) o = o with { ContextLength = ctx };
-        return Lora.Apply(r, Kv.Apply(r, Stack.Apply(r, Memory.Apply(r, o))));
+        return Experts.Apply(r, Lora.Apply(r, Kv.Apply(r, Stack.Apply(r, Memory.Apply(r, o)))));
     }
 
     /// <summary>Loads the model as <paramref name="options"/> (from <see cref="Read"/>) say; refuses stack flags on a model that is not stacked; warns once past the trained context.</summary>

@@ -46,9 +46,11 @@ internal static class PlanCommand
             else if (!r.GetValue(noProbe))
             {
                 // Probe where this plan streams (its largest file's streamed span), then price the plan with it.
-                var (file, region) = StreamedRegion(src, plan);
-                storage = StorageProbe.Measure(file, ct: ct, region: region, unitBytes: plan.StreamBufferBytes / 2, maxBufferBytes: probeRoom);
-                plan = LanguageModel.PlanLoad(path, src, load, n, storage).Plan;
+                if (Located(() => StreamedRegion(src, plan)) is var (file, region))
+                {
+                    storage = StorageProbe.Measure(file, ct: ct, region: region, unitBytes: plan.StreamBufferBytes / 2, maxBufferBytes: probeRoom);
+                    plan = LanguageModel.PlanLoad(path, src, load, n, storage).Plan;
+                }
             }
             if (r.GetValue(json))
             {
@@ -59,25 +61,30 @@ internal static class PlanCommand
             var o = Console.Out;
             o.WriteLine($"plan for {src.Path}, budget {ProcessMemory.Format(plan.BudgetBytes)}{(load.MemoryBudget == 0 ? " (free memory)" : "")}, context {plan.Context}{(plan.Context < n ? " (the most this budget holds)" : "")}, {plan.Mode.ToString().ToLowerInvariant()} streaming");
             o.WriteLine();
-            o.WriteLine($"{"unit",-12} {"placement",-10} {"tensors",7} {"bytes",12}");
+            o.WriteLine($"{"unit",-12} {"placement",-16} {"tensors",7} {"bytes",12}");
             foreach (var g in plan.Tensors.GroupBy(t => t.Layer >= 0 ? $"layer {t.Layer}" : t.Tensor.Name.Replace(".weight", "")))
             {
                 // Norms and biases are always resident; a unit's placement is that of its matrices.
                 var matrices = g.Where(t => t.Tensor.Shape.Length >= 2).ToList();
                 if (matrices.Count == 0) continue;
-                string placement = matrices.Select(t => t.Placement).Distinct().Count() > 1 ? "mixed" : matrices[0].Placement.ToString().ToLowerInvariant();
-                o.WriteLine($"{g.Key,-12} {placement,-10} {g.Count(),7} {ProcessMemory.Format(g.Sum(t => t.Tensor.ByteSize)),12}");
+                var placements = matrices.Select(t => t.Placement).Distinct().Order().ToList();
+                // A mixture's layer under an expert cache: resident attention and router, routed experts in the cache.
+                string placement = placements.Count == 1 ? placements[0].ToString().ToLowerInvariant()
+                    : placements.Contains(Placement.Experts) ? string.Join("+", placements.Select(p => p.ToString().ToLowerInvariant())) : "mixed";
+                o.WriteLine($"{g.Key,-12} {placement,-16} {g.Count(),7} {ProcessMemory.Format(g.Sum(t => t.Tensor.ByteSize)),12}");
             }
             o.WriteLine();
             o.WriteLine($"  runtime (fixed, measured)   {ProcessMemory.Format(plan.RuntimeBytes),12}");
             o.WriteLine($"  resident weights            {ProcessMemory.Format(plan.ResidentWeightBytes),12}");
             if (plan.AdapterBytes > 0) o.WriteLine($"  LoRA adapters (--lora)      {ProcessMemory.Format(plan.AdapterBytes),12}");
+            if (plan.Experts is { } cache) o.WriteLine($"  expert cache                {ProcessMemory.Format(cache.CacheBytes),12}  ({cache.SlotsPerLayer} of {src.Config.ExpertCount} experts a layer)");
             o.WriteLine($"  stream buffers              {ProcessMemory.Format(plan.StreamBufferBytes),12}");
             o.WriteLine($"  KV cache                    {ProcessMemory.Format(plan.KvBytes),12}  ({KvText(src.Config, load.Kv, plan.Context)})");
             o.WriteLine($"  activations and scratch     {ProcessMemory.Format(plan.ScratchBytes),12}");
             o.WriteLine($"  total                       {ProcessMemory.Format(plan.TotalBytes),12}  of {ProcessMemory.Format(plan.BudgetBytes)}");
             o.WriteLine();
             o.WriteLine($"streamed weights: {ProcessMemory.Format(plan.StreamedWeightBytes)}; read from storage per token: {ProcessMemory.Format(plan.StreamedBytesPerToken)}");
+            if (plan.Experts is { } experts) ExpertPlanReport.Write(o, experts, src.Config);
             if (storage != null)
             {
                 o.WriteLine();
@@ -98,10 +105,25 @@ internal static class PlanCommand
         return cmd;
     }
 
+    /// <summary>
+    /// Where to probe, or null with the reason on stderr: a Hugging Face folder stores experts one tensor each, which
+    /// cannot be read as one stack (run converts it to GGUF first), so there is nothing to price.
+    /// </summary>
+    private static (string File, (long Offset, long Length)? Region)? Located(Func<(string, (long, long)?)> where)
+    {
+        try { return where(); }
+        catch (FitLMException e)
+        {
+            Console.Error.WriteLine($"no speed prediction: {e.Message}");
+            return null;
+        }
+    }
+
     /// <summary>The file holding most streamed bytes and the span [first, last byte) of its streamed tensors (none: the largest tensor's file, whole).</summary>
     private static (string File, (long Offset, long Length)? Region) StreamedRegion(IModelSource src, Memory.MemoryPlan plan)
     {
-        var streamed = plan.Tensors.Where(t => t.Placement == Placement.Streamed)
+        // An expert cache reads its misses from the expert stacks: probe there.
+        var streamed = plan.Tensors.Where(t => t.Placement is Placement.Streamed or Placement.Experts)
             .Select(t => (Location: src.Locate(t.Tensor), Bytes: t.Tensor.ByteSize)).ToList();
         if (streamed.Count == 0) return (src.Locate(src.Tensors.MaxBy(t => t.ByteSize)!).File, null);
         var inFile = streamed.GroupBy(l => l.Location.File).MaxBy(g => g.Sum(l => l.Bytes))!;
@@ -138,6 +160,7 @@ internal static class PlanCommand
             ["predicted_tokens_per_second"] = plan.PredictedTokensPerSecond,
             ["tensors"] = plan.Tensors.Select(t => new PlanTensorJson(t.Tensor.Name, t.Tensor.ByteSize, t.Placement.ToString().ToLowerInvariant())).ToArray(),
         };
+        if (plan.Experts is { } ex) fields["experts"] = ExpertPlanReport.Json(ex, c);
         if (plan.Stack is { } st)
             fields["stack"] = new Dictionary<string, object?>
             {

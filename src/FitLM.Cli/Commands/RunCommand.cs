@@ -42,6 +42,7 @@ internal static class RunCommand
             using var lm = load.Load(r, loadOptions);
             moving.Attach(r, watcher, lm);
             if (!r.GetValue(noWarmup)) Warmup.Run(lm, ct);
+            Weights.ExpertCachedWeights.Of(lm.Weights)?.Statistics.Reset(); // the report counts the run, not the warm-up
             var loadTime = total.Elapsed;
             var tokens = lm.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
             // Checked before the prompt is echoed: a prompt that cannot run prints one error line, not itself first.

@@ -15,7 +15,7 @@ internal static class SynthCommand
         var output = new Option<string>("--output", "-o") { Description = "GGUF file to write", Required = true };
         var shape = new Option<string>("--shape")
         {
-            Description = "model shape: " + string.Join(", ", SyntheticShape.Known.Select(s => $"{s.Name} (hidden {s.Dim}, {s.Layers} layers, {s.Heads} heads, {s.KvHeads} KV heads, FFN {s.FfnDim})")),
+            Description = "model shape: " + string.Join(", ", SyntheticShape.Known.Select(s => s.Description)),
             DefaultValueFactory = _ => "llama-0.8b",
         };
         var type = new Option<string>("--type")

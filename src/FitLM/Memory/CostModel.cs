@@ -13,6 +13,8 @@ namespace FitLM.Memory;
 /// streamed tensors at the probe's sequential throughput for the streamer's 4 MiB reads and queue depth, fresh
 /// FFN neurons of a prepared model at its random-read throughput for one bundle per read at the flash queue's
 /// depth. Prefetching overlaps compute and I/O; the naive mode adds them, reading with one request in flight.
+/// A mixture of experts computes only the experts a token runs, and reads the ones its expert cache misses at
+/// the random-read throughput for one expert's rows, not overlapped with compute.
 /// </summary>
 public static class CostModel
 {
@@ -29,6 +31,7 @@ public static class CostModel
     public static MemoryPlan Predict(MemoryPlan plan, IModelSource source, StorageProfile storage, MachineProfile? machine = null, long probeRoomBytes = long.MaxValue)
     {
         machine ??= MachineProfile.Measured;
+        // Of routed experts only the k a token runs (Footprint counts them so).
         long computeBytes = Footprint.WeightBytesPerToken(source, plan.FlashNeuronFraction);
         // The probe's matrix is as large as what a token multiplies (up to the probe's 96 MiB): a small model's weights
         // stay in cache from token to token, and a 96 MiB probe priced the demo model's 16 MB at memory speed.
@@ -38,7 +41,8 @@ public static class CostModel
         int calls = MatrixCallsPerToken(source);
         double dispatch = calls * machine.DispatchSeconds;
         double compute = computeBytes / computeBytesPerSecond + dispatch;
-        long streamedLayers = plan.StreamedBytesPerToken - plan.FlashBytesPerToken;
+        long expertReads = plan.Experts?.ReadBytesPerToken ?? 0;
+        long streamedLayers = plan.StreamedBytesPerToken - plan.FlashBytesPerToken - expertReads;
         bool embeddingStreamed = plan.PlacementOf("token_embd.weight") == Placement.Streamed && source.Find("output.weight") != null;
         double rowRead = 0;
         if (embeddingStreamed)
@@ -53,9 +57,13 @@ public static class CostModel
         io += rowRead;
         double flashIo = plan.FlashBytesPerToken > 0 ? plan.FlashBytesPerToken / storage.BytesPerSecond(plan.FlashReadBytes, FlashQueueDepth) : 0;
         io += flashIo;
-        // Streamed tensors are prefetched while the previous layer computes; fresh neurons cannot be: which ones a
-        // layer needs is known only from its input, so their reads always add to the step.
-        double seconds = (plan.Mode == StreamMode.Naive ? compute + io - flashIo : Math.Max(compute, io - flashIo)) + flashIo;
+        var (expertIo, expertRead, expertDepth) = plan.Experts is { } ex ? ExpertSeconds(ex, source.Config, storage) : (0, 0L, 0);
+        io += expertIo;
+        // Streamed tensors are prefetched while the previous layer computes; fresh neurons and missed experts cannot
+        // be: which ones a layer needs is known only from its input (the predicting expert policies read some ahead,
+        // which this does not price), so their reads always add to the step.
+        double unhidden = flashIo + expertIo;
+        double seconds = (plan.Mode == StreamMode.Naive ? compute + io - unhidden : Math.Max(compute, io - unhidden)) + unhidden;
         return plan with
         {
             PredictedTokensPerSecond = 1 / seconds,
@@ -64,20 +72,37 @@ public static class CostModel
                 $"I/O {io * 1e3:F1} ms/token ({plan.StreamedBytesPerToken / 1e6:F0} MB at {(io > 0 ? plan.StreamedBytesPerToken / io / 1e9 : 0):F2} GB/s, " +
                 $"{ProcessMemory(StreamReadBytes)} sequential reads, queue depth {depth}" +
                 (flashIo > 0 ? $"; of it FFN neurons {plan.FlashBytesPerToken / 1e6:F0} MB in {ProcessMemory(plan.FlashReadBytes)} random reads, queue depth {FlashQueueDepth}, {flashIo * 1e3:F1} ms" : "") +
+                (expertIo > 0 ? $"; of it missed experts {expertReads / 1e6:F1} MB in {ProcessMemory(expertRead)} random reads, queue depth {expertDepth}, {expertIo * 1e3:F1} ms" : "") +
                 "), " + (plan.Mode == StreamMode.Naive ? "not overlapped" : "overlapped"),
         };
     }
 
     private static string ProcessMemory(long b) => Runtime.ProcessMemory.Format(b);
 
+    /// <summary>
+    /// Seconds a token spends reading the experts the cache misses: each miss is three random reads (the expert's rows of
+    /// the gate, up and down stacks, rounded out to pages), a layer's misses issued together, one layer after another.
+    /// </summary>
+    private static (double Seconds, long ReadBytes, int Depth) ExpertSeconds(ExpertPlan ex, ModelConfig c, StorageProfile storage)
+    {
+        if (ex.ReadBytesPerToken <= 0) return (0, 0, 0);
+        long read = ex.ExpertBytes / 3 + 2 * DirectFile.Alignment;
+        double missesPerLayer = (1 - ex.PredictedHitRate) * c.ExpertsUsed;
+        int depth = Math.Max(1, (int)Math.Ceiling(3 * missesPerLayer));
+        double reads = ex.ReadBytesPerToken / (ex.ExpertBytes / 3.0);
+        return (reads * read / storage.BytesPerSecond(read, depth), read, depth);
+    }
+
     private static GgmlType DominantType(IModelSource src) =>
         src.Tensors.GroupBy(t => t.Type).OrderByDescending(g => g.Sum(t => t.ByteSize)).First().Key;
 
-    /// <summary>Matrix-vector products one decode step runs: every matrix but a looked-up embedding.</summary>
+    /// <summary>Matrix-vector products one decode step runs: every matrix but a looked-up embedding; a stack of routed experts one per expert a token runs.</summary>
     public static int MatrixCallsPerToken(IModelSource source)
     {
         bool separateHead = source.Find("output.weight") != null;
-        return source.Tensors.Count(t => t.Shape.Length >= 2 && !(t.Name == "token_embd.weight" && separateHead));
+        int experts = Math.Max(1, source.Config.ExpertsUsed);
+        return source.Tensors.Where(t => t.Shape.Length >= 2 && !(t.Name == "token_embd.weight" && separateHead))
+            .Sum(t => ExpertPlanner.IsExpertStack(t.Name) ? experts : 1);
     }
 
     /// <summary>The compute probe's matrix: larger than the caches (a 4096 × 4096 matrix alone would sit in a large L3 and read faster than DRAM).</summary>

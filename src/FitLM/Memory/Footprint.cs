@@ -12,23 +12,28 @@ public static class Footprint
     /// </summary>
     public static long ScratchBytes(ModelConfig c, int context, int maxBatch)
     {
-        long perToken = 3L * c.Dim + Math.Max(c.Dim, c.QDim) + c.QDim + 2L * c.KvDim + 2L * c.FfnDim;
+        // hb, hb2 are as wide as the widest FFN a layer runs (an expert's, not a MoE config's unused intermediate_size);
+        // a fused QKV product has its own rows; a MoE block keeps router logits, choices and gathered rows in and out.
+        long perToken = 3L * c.Dim + Math.Max(c.Dim, c.QDim) + c.QDim + 2L * c.KvDim + 2L * c.ScratchFfnDim
+            + (c.FusedQkv ? c.QDim + 2L * c.KvDim : 0) + (c.IsMoe ? c.ExpertCount + 2L * c.Dim + 4L * c.ExpertsUsed : 0);
         long batch = 4L * Math.Min(maxBatch, context) * perToken;
         int threads = Tensors.MatMul.Threads;
-        long perThread = 4L * 16 * Math.Max(c.FfnDim, Math.Max(c.Dim, c.QDim)) + 64L * 1024;
+        long perThread = 4L * 16 * Math.Max(c.ScratchFfnDim, Math.Max(c.Dim, c.QDim)) + 64L * 1024;
         long rope = 2L * 4 * context * (c.RopeDims / 2);
         // A batch's matrix products pack its tokens once (floats, or int8 with a scale per 32) on the calling thread.
-        long widest = Math.Max(c.FfnDim, Math.Max(c.Dim, c.QDim));
+        long widest = Math.Max(c.ScratchFfnDim, Math.Max(c.Dim, c.QDim));
         long packed = maxBatch > 1 ? Math.Min(maxBatch, context) * widest * (4L + 2) : 0;
         return batch + threads * perThread + rope + packed;
     }
 
     /// <summary>
     /// Bytes of weights one decode step reads: every matrix once (the embedding only one row); of a prepared model's
-    /// bundled FFNs only the <paramref name="ffnFraction"/> of neurons it computes.
+    /// bundled FFNs only the <paramref name="ffnFraction"/> of neurons it computes; of routed experts only the ones a
+    /// token runs (ExpertsUsed of ExpertCount).
     /// </summary>
     public static long WeightBytesPerToken(IModelSource source, double ffnFraction = 1)
     {
+        var c = source.Config;
         long total = 0;
         foreach (var t in source.Tensors)
         {
@@ -36,6 +41,8 @@ public static class Footprint
                 total += source.Find("output.weight") == null ? t.ByteSize : t.ByteSize / t.Rows;
             else if (t.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal))
                 total += (long)(t.ByteSize * Math.Clamp(ffnFraction, 0, 1));
+            else if (c.IsMoe && t.Name.EndsWith("_exps.weight", StringComparison.Ordinal))
+                total += t.ByteSize / c.ExpertCount * c.ExpertsUsed;
             else total += t.ByteSize;
         }
         return total;

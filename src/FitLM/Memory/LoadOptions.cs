@@ -53,9 +53,11 @@ public sealed record LoadOptions
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>
     public int LogitRows { get; init; } = 1;
     /// <summary>Mixtures of experts: which experts the expert cache keeps and reads ahead (--expert-policy; docs/moe.md).</summary>
-    public ExpertPolicy ExpertPolicy { get; init; } = ExpertPolicy.PredictLru;
+    public ExpertPolicy ExpertPolicy { get; init; } = ExpertPolicy.Predict;
     /// <summary>Mixtures of experts: bytes for the expert cache (--expert-cache); 0: the planner sizes it from the budget, or keeps every expert resident when they fit.</summary>
     public long ExpertCacheBytes { get; init; }
+    /// <summary>Mixtures of experts, predicting policies: experts read ahead per token beyond the k the router picks (--expert-margin).</summary>
+    public int ExpertPredictMargin { get; init; } = ExpertCachedWeights.DefaultPredictMargin;
     /// <summary>BitStack: how a stacked file is loaded (--weights, matrix cache); null = defaults (docs/bitstack.md).</summary>
     public StackLoadOptions? Stack { get; init; }
 

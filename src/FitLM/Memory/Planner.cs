@@ -17,6 +17,10 @@ namespace FitLM.Memory;
 /// output head and then whole layers resident while the budget allows, and streams the rest through two
 /// buffers of the largest streamed unit (one being computed, the next being read). The embedding is only
 /// read one row per token, so it is the first thing to stream.
+///
+/// A mixture of experts that does not fit whole keeps everything but its routed experts resident and holds
+/// the experts in an expert cache (<see cref="ExpertPlanner"/>): a token reads only the experts its router
+/// picks and the cache lacks, not every expert of every streamed layer.
 /// </summary>
 public static class Planner
 {
@@ -45,6 +49,12 @@ public static class Planner
         public KvCacheOptions Kv { get; init; } = new();
         /// <summary>Sequences whose KV caches the plan holds at the full context.</summary>
         public int Sequences { get; init; } = 1;
+        /// <summary>Mixtures of experts: which experts the expert cache keeps and reads ahead (--expert-policy).</summary>
+        public ExpertPolicy ExpertPolicy { get; init; } = ExpertPolicy.Predict;
+        /// <summary>Mixtures of experts: the expert cache's bytes (--expert-cache; it then holds the experts even where all fit); 0: sized from the budget.</summary>
+        public long ExpertCacheBytes { get; init; }
+        /// <summary>Mixtures of experts that do not fit whole may hold their routed experts in an expert cache; false: whole layers stream, as a dense model's do.</summary>
+        public bool ExpertCache { get; init; } = true;
     }
 
     public sealed record FlashOptions(INeuronSelector Selector, int WindowTokens);
@@ -86,8 +96,17 @@ public static class Planner
         long embeddingBytes = tied ? 0 : embedding.ByteSize;
         long allWeights = units.Sum(u => u.Bytes) + smallBytes + embeddingBytes;
 
+        bool fitsWhole = !o.StreamEverything && fixedBytes + allWeights <= o.BudgetBytes;
+        // Mixtures of experts: the routed experts in an expert cache, every other weight resident (ExpertPlanner);
+        // where the budget holds less than that, whole layers stream as a dense model's do.
+        long expertMinimum = long.MaxValue;
+        long expertStacks = ExpertPlanner.StackBytes(source);
+        if (ExpertPlanner.Applies(source, o, fitsWhole, bundles.Count > 0) &&
+            ExpertPlanner.Plan(source, o, fixedBytes + allWeights - expertStacks, out expertMinimum) is { } experts)
+            return WithExperts(source, o, experts, runtime, kv, scratch);
+
         bool embeddingResident;
-        if (!o.StreamEverything && fixedBytes + allWeights <= o.BudgetBytes)
+        if (fitsWhole)
         {
             foreach (var u in units) u.Resident = true;
             embeddingResident = true;
@@ -98,6 +117,12 @@ public static class Planner
             long maxUnit = units.Max(u => u.Bytes);
             long embeddingRowBuffer = tied ? 0 : EmbeddingRowBufferBytes(embedding);
             long minimum = fixedBytes + smallBytes + 2 * Aligned(maxUnit) + embeddingRowBuffer;
+            // Streaming whole layers would read every expert of a layer where a token runs k of them, and the expert
+            // stacks cannot be cut into experts from a stream slot: a mixture of experts below its expert cache's
+            // minimum is refused with that minimum.
+            if ((minimum > o.BudgetBytes && expertMinimum < minimum) || (expertMinimum != long.MaxValue && ExpertPlanner.Applies(source, o, fitsWhole, bundles.Count > 0)))
+                throw new BudgetTooSmallException(ExpertPlanner.TooSmall(o.BudgetBytes, o.Context, expertMinimum, runtime, kv, scratch,
+                    allWeights - expertStacks, expertMinimum - (fixedBytes + allWeights - expertStacks), c.ExpertsUsed, o.Kv.ToString()), expertMinimum);
             if (minimum > o.BudgetBytes)
                 throw new BudgetTooSmallException(
                     $"a budget of {ProcessMemory.Format(o.BudgetBytes)} cannot run this model with context {o.Context}: " +
@@ -166,6 +191,32 @@ public static class Planner
     }
 
     /// <summary>
+    /// The plan of a mixture of experts whose routed experts live in the expert cache: every other tensor resident,
+    /// nothing streamed by layers, the misses read per token.
+    /// </summary>
+    private static MemoryPlan WithExperts(IModelSource source, Options o, ExpertPlan experts, long runtime, long kv, long scratch)
+    {
+        var plans = source.Tensors
+            .Select(t => new TensorPlan(t, ExpertPlanner.IsExpertStack(t.Name) ? Placement.Experts : Placement.Resident, TensorNames.LayerOf(t.Name)))
+            .ToList();
+        var plan = new MemoryPlan
+        {
+            BudgetBytes = o.BudgetBytes,
+            Context = o.Context,
+            Tensors = plans,
+            Mode = o.Mode,
+            RuntimeBytes = runtime,
+            KvBytes = kv,
+            ScratchBytes = scratch,
+            StreamBufferBytes = 0,
+            StreamedBytesPerToken = experts.ReadBytesPerToken,
+            AdapterBytes = o.AdapterBytes,
+            Experts = experts,
+        };
+        return o.Storage is { } storage ? CostModel.Predict(plan, source, storage, o.Machine, StorageProbe.RoomWithin(o.BudgetBytes)) : plan;
+    }
+
+    /// <summary>
     /// Expected bytes a layer's window reads per token: neurons chosen now but by none of the previous k
     /// tokens (for independent choices of a fraction F: F·(1−F)^k of the neurons; all neurons with a window
     /// keep everything cached after the first token), each one read rounded out to pages.
@@ -211,6 +262,9 @@ public static class Planner
             AdapterBytes = current.AdapterBytes,
             Mode = current.Mode,
             StreamEverything = current.Mode == StreamMode.Naive,
+            // A model loaded with layers that move keeps moving layers; one with an expert cache keeps its cache.
+            ExpertCache = current.Experts != null,
+            ExpertPolicy = current.Experts?.Policy ?? ExpertPolicy.Predict,
         };
         // Plan counts KV, scratch and flash windows from its options; HostBytes makes up the difference so the fixed
         // bytes are exactly the current plan's, whatever options it was made with.
@@ -234,6 +288,7 @@ public static class Planner
             Tensors = fresh.Tensors,
             StreamBufferBytes = fresh.StreamBufferBytes,
             StreamedBytesPerToken = fresh.StreamedBytesPerToken - fresh.FlashBytesPerToken + current.FlashBytesPerToken,
+            Experts = fresh.Experts,
             PredictedTokensPerSecond = 0, // the cost model's prediction was for the old placement
             CostModelNote = null,
         };

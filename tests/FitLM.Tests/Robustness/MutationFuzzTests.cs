@@ -169,6 +169,55 @@ public class MutationFuzzTests(ITestOutputHelper output)
         finally { Directory.Delete(dir, true); }
     }
 
+    /// <summary>
+    /// A mixture of experts (synthesized tiny-moe: qwen3moe, 2 layers, 8 experts of 128, top-2): mutations weighted
+    /// towards the expert metadata (expert_count, expert_used_count, expert_feed_forward_length) and the tensor
+    /// directory, where the 3-D expert stacks and routers are declared.
+    /// </summary>
+    [Fact]
+    public void MutatedMoeGgufFailsCleanly()
+    {
+        string dir = Directory.CreateTempSubdirectory("fitlm-fuzz-moe-").FullName;
+        try
+        {
+            string file = Path.Combine(dir, "model.gguf");
+            FitLM.Conversion.SyntheticModel.Write(file, FitLM.Conversion.SyntheticShape.Parse("tiny-moe"), "q4_0", TestPaths.DemoModel, seed: 4);
+            long dataOffset, infoStart;
+            using (var g = GgufFile.Open(file))
+            {
+                dataOffset = g.DataOffset;
+                long infoBytes = g.Tensors.Sum(t => 8 + System.Text.Encoding.UTF8.GetByteCount(t.Name) + 4 + 8 * t.Shape.Length + 4 + 8);
+                infoStart = dataOffset - infoBytes - g.Alignment;
+            }
+            long length = new FileInfo(file).Length;
+            var header = File.ReadAllBytes(file).AsSpan(0, (int)Math.Min(length, 4096)).ToArray();
+            var regions = new List<(long, long, int)>
+            {
+                (0, 24, 2),                          // magic, version, counts
+                (24, 2048, 2),                       // first metadata keys, types, lengths
+                (2048, infoStart, 1),                // tokenizer arrays
+                (infoStart, dataOffset, 4),          // tensor directory: names, dims (3-D stacks), types, offsets
+                (dataOffset, length, 1),             // tensor data
+            };
+            // Each expert key's type and value (the 12 bytes after its name).
+            foreach (var key in new[] { "qwen3moe.expert_count", "qwen3moe.expert_used_count", "qwen3moe.expert_feed_forward_length" })
+            {
+                int at = header.AsSpan().IndexOf(System.Text.Encoding.UTF8.GetBytes(key));
+                Assert.True(at > 0, key);
+                regions.Add((at + key.Length, at + key.Length + 12, 3));
+            }
+            var gen = MutationsOf(file, regions.ToArray());
+            var outcomes = new Dictionary<string, int>();
+            var property = Prop.ForAll(Arb.From(gen), m => Apply(m, () => LoadOrCleanError(file, m, outcomes)));
+            Check.One(Config.QuickThrowOnFailure.WithMaxTest(1000).WithQuietOnSuccess(true), property);
+            Report(outcomes);
+            Assert.True(outcomes.Values.Sum() >= 1000);
+            Assert.True(outcomes.Keys.Count(k => k.StartsWith("error")) >= 5, "mutations should hit several distinct checks");
+            Assert.Contains(outcomes.Keys, k => k.Contains("expert"));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Fact]
     public void MutatedHuggingFaceFolderFailsCleanly()
     {
