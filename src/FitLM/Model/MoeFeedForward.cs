@@ -173,27 +173,37 @@ public sealed class MoeFeedForward : IFeedForward
             TensorPrimitives.SoftMax(p, p);
             var chosen = _chosen.AsSpan(t * k, k);
             var w = _weights.AsSpan(t * k, k);
-            // Top k by insertion: k is small (2–8); strict > keeps the lower number first among equals.
-            int have = 0;
-            for (int j = 0; j < e; j++)
-            {
-                float v = p[j];
-                if (have == k && v <= w[k - 1]) continue;
-                int at = have < k ? have++ : k - 1;
-                while (at > 0 && v > w[at - 1])
-                {
-                    w[at] = w[at - 1];
-                    chosen[at] = chosen[at - 1];
-                    at--;
-                }
-                w[at] = v;
-                chosen[at] = j;
-            }
+            TopK(p, w, chosen);
             if (_c.ExpertWeightsNorm)
             {
                 float sum = TensorPrimitives.Sum(w);
                 if (sum > 0) TensorPrimitives.Divide(w, sum, w);
             }
         }
+    }
+
+    /// <summary>
+    /// The k = <paramref name="values"/>.Length largest of <paramref name="scores"/> (best first) and their indices, by
+    /// insertion: k is small (2–8); strict &gt; keeps the lower index first among equals. Returns how many were found
+    /// (fewer than k only when there are fewer scores).
+    /// </summary>
+    public static int TopK(ReadOnlySpan<float> scores, Span<float> values, Span<int> indices)
+    {
+        int k = values.Length, have = 0;
+        for (int j = 0; j < scores.Length; j++)
+        {
+            float v = scores[j];
+            if (have == k && v <= values[k - 1]) continue;
+            int at = have < k ? have++ : k - 1;
+            while (at > 0 && v > values[at - 1])
+            {
+                values[at] = values[at - 1];
+                indices[at] = indices[at - 1];
+                at--;
+            }
+            values[at] = v;
+            indices[at] = j;
+        }
+        return have;
     }
 }

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using FitLM.Model;
 using FitLM.Tensors;
 
 namespace FitLM.Weights;
@@ -64,7 +65,7 @@ public sealed class ExpertPredictor
         int count = 0;
         for (int t = 0; t < n && count < into.Length; t++)
         {
-            int have = TopK(logits.Slice(t * e, e));
+            int have = MoeFeedForward.TopK(logits.Slice(t * e, e), _top.AsSpan(0, _k), _topIds.AsSpan(0, _k));
             for (int i = 0; i < have && count < into.Length; i++)
             {
                 int j = _topIds[i];
@@ -74,26 +75,5 @@ public sealed class ExpertPredictor
             }
         }
         return count;
-    }
-
-    /// <summary>The k largest logits' experts into _topIds, best first (the softmax keeps the order; ties to the lower number).</summary>
-    private int TopK(ReadOnlySpan<float> p)
-    {
-        int have = 0;
-        for (int j = 0; j < p.Length; j++)
-        {
-            float v = p[j];
-            if (have == _k && v <= _top[_k - 1]) continue;
-            int at = have < _k ? have++ : _k - 1;
-            while (at > 0 && v > _top[at - 1])
-            {
-                _top[at] = _top[at - 1];
-                _topIds[at] = _topIds[at - 1];
-                at--;
-            }
-            _top[at] = v;
-            _topIds[at] = j;
-        }
-        return have;
     }
 }

@@ -8,24 +8,30 @@ namespace FitLM.Model.Architectures;
 /// </summary>
 public static class Gemma2Family
 {
-    public static ArchitectureFamily Description { get; } = new()
+    public static ArchitectureFamily Description { get; } = Gemma("gemma2", "Gemma2ForCausalLM", "gemma2", TensorOption.Never, slidingPeriod: 2, ropeThetaSliding: 0);
+
+    /// <summary>What Gemma 2 and 3 share; they differ in their names, Q/K norms and sliding layers.</summary>
+    internal static ArchitectureFamily Gemma(string name, string hfArchitecture, string hfModelType, TensorOption qkNorm,
+        int slidingPeriod, float ropeThetaSliding) => new()
     {
-        Name = "gemma2",
-        GgufNames = ["gemma2"],
-        GgufNameWritten = "gemma2",
-        HfArchitectures = ["Gemma2ForCausalLM"],
-        HfModelTypes = ["gemma2"],
+        Name = name,
+        GgufNames = [name],
+        GgufNameWritten = name,
+        HfArchitectures = [hfArchitecture],
+        HfModelTypes = [hfModelType],
         GgufRopeStyle = RopeStyle.Neox,
         HfDefaultNormEpsilon = 1e-6f,
         GgufDefaultNormEpsilon = 1e-6f,
         DefaultActivation = FfnActivation.Gelu,
         QkvBias = TensorOption.Never,
+        QkNorm = qkNorm,
         Tensors = DecoderTensors.Gemma,
         Keys = ConfigKeys.Standard with { HfActivation = "hidden_activation" },
         ScalesEmbedding = true,
         PostNorms = true,
         HfNormOffset = 1f,
         GemmaAttention = true,
-        GgufSlidingPeriod = 2,
+        GgufSlidingPeriod = slidingPeriod,
+        GgufRopeThetaSliding = ropeThetaSliding,
     };
 }
