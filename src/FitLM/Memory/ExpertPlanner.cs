@@ -34,6 +34,18 @@ public static class ExpertPlanner
         return bytes;
     }
 
+    /// <summary>
+    /// What the expert readers hold besides the slots: for a GGUF file (read with direct I/O) each reader thread's
+    /// page-aligned staging buffer for one expert's largest matrix.
+    /// </summary>
+    public static long ReaderBytes(IModelSource source)
+    {
+        var c = source.Config;
+        if (source is not GgufSource || !c.IsMoe) return 0;
+        long largest = source.Tensors.Where(t => IsExpertStack(t.Name)).Select(t => t.ByteSize / c.ExpertCount).DefaultIfEmpty(0).Max();
+        return ExpertReader.DefaultThreads * ExpertReader.BounceBytes(largest);
+    }
+
     /// <summary>Bytes of all routed expert stacks.</summary>
     public static long StackBytes(IModelSource source) =>
         source.Tensors.Where(t => IsExpertStack(t.Name)).Sum(t => t.ByteSize);

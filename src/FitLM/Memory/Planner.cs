@@ -102,8 +102,8 @@ public static class Planner
         long expertMinimum = long.MaxValue;
         long expertStacks = ExpertPlanner.StackBytes(source);
         if (ExpertPlanner.Applies(source, o, fitsWhole, bundles.Count > 0) &&
-            ExpertPlanner.Plan(source, o, fixedBytes + allWeights - expertStacks, out expertMinimum) is { } experts)
-            return WithExperts(source, o, experts, runtime, kv, scratch);
+            ExpertPlanner.Plan(source, o, fixedBytes + allWeights - expertStacks + ExpertPlanner.ReaderBytes(source), out expertMinimum) is { } experts)
+            return WithExperts(source, o, experts, runtime, kv, scratch + ExpertPlanner.ReaderBytes(source));
 
         bool embeddingResident;
         if (fitsWhole)

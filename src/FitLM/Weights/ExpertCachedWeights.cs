@@ -30,6 +30,8 @@ public sealed class ExpertCachedWeights : IWeightProvider
     public int SlotsPerLayer { get; }
     public ExpertPolicy Policy { get; }
     public ExpertStatistics Statistics { get; }
+    /// <summary>Whether experts are read with direct I/O (a GGUF file on storage that takes O_DIRECT).</summary>
+    public bool ReadsDirect => _reader.Direct;
 
     /// <param name="slotsPerLayer">experts of a layer held at a time (at least the model's k, at most its expert count)</param>
     /// <param name="predictMargin">predicting policies: experts read ahead per token beyond the model's k</param>
@@ -89,7 +91,7 @@ public sealed class ExpertCachedWeights : IWeightProvider
     public long Resize(long weightBytes) => _inner.Resize(weightBytes);
 
     /// <summary>The inner provider's weights plus every layer's slots.</summary>
-    public long ResidentBytes => _inner.ResidentBytes + CacheBytes;
+    public long ResidentBytes => _inner.ResidentBytes + CacheBytes + _reader.ScratchBytes;
 
     /// <summary>Bytes of all the slots of the layers built so far.</summary>
     public long CacheBytes => _layers.Values.Sum(l => l.SlotBytes);

@@ -50,9 +50,9 @@ public sealed class ExpertCacheTests(ITestOutputHelper output)
             .GetProperty("prompt_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
 
     /// <summary>Every policy at <paramref name="cacheBytes"/> against the resident run; returns the resident trace.</summary>
-    private Trace AssertEveryPolicyMatchesResident(string folder, long cacheBytes, int steps)
+    private Trace AssertEveryPolicyMatchesResident(string folder, long cacheBytes, int steps, int[]? promptIds = null)
     {
-        var prompt = PromptIds(folder);
+        var prompt = promptIds ?? PromptIds(folder);
         Trace resident;
         using (var lm = LanguageModel.Load(folder, 256))
         {
@@ -97,6 +97,33 @@ public sealed class ExpertCacheTests(ITestOutputHelper output)
         var resident = AssertEveryPolicyMatchesResident(folder, 4608 << 10, reference.Count);
         Assert.Equal(reference, resident.Ids);
         AssertEveryPolicyMatchesResident(folder, Smallest(folder), 16);
+    }
+
+    /// <summary>
+    /// A GGUF file is read with direct I/O: page-aligned reads of the pages around each expert's rows into a staging
+    /// buffer (Q8_0 rows of 256 are 272 bytes, so experts start mid-page). Same logits as resident, every policy.
+    /// </summary>
+    [Fact]
+    public void PycoderMoe_gguf_read_with_direct_io_is_bit_identical_to_resident()
+    {
+        if (TestPaths.Shared is not { } shared) { output.WriteLine("../shared is absent; nothing to compare"); return; }
+        string folder = Path.Combine(shared, "models", "pycoder-moe");
+        var dir = Directory.CreateTempSubdirectory("fitlm-experts-direct-");
+        try
+        {
+            string gguf = Path.Combine(dir.FullName, "pycoder-moe.q8_0.gguf");
+            FitLM.Conversion.HfToGgufConverter.Convert(folder, gguf, GgmlType.Q8_0);
+            bool storageTakesDirect;
+            using (var probe = FitLM.Storage.DirectFile.Open(gguf, direct: true)) storageTakesDirect = probe.IsDirect;
+            using (var lm = LanguageModel.Load(gguf, new LoadOptions { ContextLength = 256, ExpertCacheBytes = Smallest(gguf) }))
+                Assert.Equal(storageTakesDirect, Assert.IsType<ExpertCachedWeights>(lm.Weights).ReadsDirect);
+            output.WriteLine(storageTakesDirect ? "direct I/O" : $"{dir.FullName} does not take O_DIRECT: buffered reads");
+            AssertEveryPolicyMatchesResident(gguf, Smallest(gguf), 16, PromptIds(folder));
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
     }
 
     [Theory]
