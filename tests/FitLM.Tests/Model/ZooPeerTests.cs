@@ -12,9 +12,9 @@ namespace FitLM.Tests.Model;
 /// `fitlm perplexity` on the same GGUF and text agree within 0.1% (measured: 0.000–0.012%). Two folders llama.cpp
 /// cannot load are left out: tiny-olmoe (its loader sizes k_norm by the embedding, so grouped KV heads are refused)
 /// and tiny-qwen2moe (its loader requires output.weight, so a tied head is refused). tiny-phi3 runs with
-/// general.name overridden: while the name contains "phi3", llama.cpp's vocabulary loader throws an uncaught
-/// out_of_range on this 8192-token BPE vocabulary (likely its name-keyed Phi-3 token attributes looking up tokens
-/// such as "&lt;/s&gt;", which a real Phi-3 vocabulary has); the name says nothing about the arithmetic. Skipped without ../shared or its llama.cpp peer.
+/// general.name overridden: named "tiny-phi3", it makes llama.cpp's vocabulary loader throw an uncaught out_of_range
+/// on this 8192-token BPE vocabulary (likely its name-keyed Phi-3 token attributes looking up tokens such as
+/// "&lt;/s&gt;", which a real Phi-3 vocabulary has); renamed, it loads. The name says nothing about the arithmetic. Skipped without ../shared or its llama.cpp peer.
 /// </summary>
 public sealed partial class ZooPeerTests(ITestOutputHelper output) : IDisposable
 {
