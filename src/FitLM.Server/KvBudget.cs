@@ -63,7 +63,8 @@ public sealed class KvBudget
         var plan = _lm.Plan;
         // The same function the plan counted with: plan.KvBytes = shared + oneSequence, so the pool is what is left for sequences.
         long shared = KvStoreFactory.PlanBytes(_config, Kv, Context, sequences: 0, _maxBatch);
-        return budget - (plan.TotalBytes - plan.KvBytes) - shared - ServerOverheadBytes - _parallel * SlotBytes(_lm);
+        // A plan made by `fitlm serve` already reserved the overhead and slots (ServerReserveBytes): count them once.
+        return budget - (plan.TotalBytes - plan.KvBytes - plan.ServerReserveBytes) - shared - ServerOverheadBytes - _parallel * SlotBytes(_lm);
     }
 
     /// <summary>Sets the capacity for a new memory budget; returns the old capacity.</summary>
@@ -88,11 +89,15 @@ public sealed class KvBudget
 
     public void Release(long bytes) => Interlocked.Add(ref _reserved, -bytes);
 
+    /// <summary>
+    /// What `fitlm serve` reserves in the model's plan (<see cref="LoadOptions.ServerReserveBytes"/>): the overhead and every
+    /// slot, for a context of at most <paramref name="context"/>; the plan then leaves the KV pool room even when the model
+    /// does not fit whole (layers streamed, experts cached) instead of giving the weights every byte.
+    /// </summary>
+    public static long PlanReserveBytes(int parallel, int vocab, int context) => ServerOverheadBytes + (long)parallel * SlotBytes(vocab, context);
+
     /// <summary>What each decode slot holds besides its KV store (pages and page tables: <see cref="BytesFor"/>): its row of logits, the sampler's two vocab-sized buffers, token history.</summary>
-    private static long SlotBytes(LanguageModel lm)
-    {
-        var c = lm.Config;
-        int ctx = lm.Transformer.MaxContext;
-        return 3L * c.Vocab * sizeof(float) + 2L * ctx * sizeof(int) + 64 * 1024;
-    }
+    private static long SlotBytes(LanguageModel lm) => SlotBytes(lm.Config.Vocab, lm.Transformer.MaxContext);
+
+    private static long SlotBytes(int vocab, int context) => 3L * vocab * sizeof(float) + 2L * context * sizeof(int) + 64 * 1024;
 }

@@ -48,6 +48,11 @@ public sealed record LoadOptions
     public long RuntimeBytes { get; init; }
     /// <summary>What the caller holds besides the runtime footprint (perplexity: its input text and tokens, <see cref="Footprint.TextBytes"/>).</summary>
     public long HostBytes { get; init; }
+    /// <summary>
+    /// `fitlm serve`: what the server holds besides the model's plan (its overhead, every decode slot), reserved in the plan
+    /// so a model that does not fit whole leaves room for the KV pool (the server's KvBudget takes it back out).
+    /// </summary>
+    public long ServerReserveBytes { get; init; }
     /// <summary>The speeds a plan's predicted decode rate is priced with; null: this machine, probed once per process.</summary>
     public MachineProfile? Machine { get; init; }
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>

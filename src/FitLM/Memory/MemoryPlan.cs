@@ -15,6 +15,8 @@ public sealed record MemoryPlan
     public required StreamMode Mode { get; init; }
     /// <summary>The .NET runtime, code, thread stacks and tokenizer: what the process holds before weights.</summary>
     public required long RuntimeBytes { get; init; }
+    /// <summary>Of <see cref="RuntimeBytes"/>, what `fitlm serve` reserved for itself (overhead and decode slots; 0 elsewhere).</summary>
+    public long ServerReserveBytes { get; init; }
     public required long KvBytes { get; init; }
     public required long ScratchBytes { get; init; }
     /// <summary>Buffers streamed tensors are read into: two slots of the largest streamed unit (double buffering).</summary>

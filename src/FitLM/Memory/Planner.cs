@@ -41,6 +41,8 @@ public static class Planner
         public MachineProfile? Machine { get; init; }
         /// <summary>What the caller holds besides the runtime footprint (perplexity: its input text and tokens).</summary>
         public long HostBytes { get; init; }
+        /// <summary>What a server holds beside the plan (<see cref="LoadOptions.ServerReserveBytes"/>): counted with the runtime, and recorded in the plan.</summary>
+        public long ServerReserveBytes { get; init; }
         /// <summary>LoRA adapters applied at inference (--lora): their A and B matrices, float32, held beside the weights.</summary>
         public long AdapterBytes { get; init; }
         /// <summary>For prepared (FFN-bundled) models: which neurons each token gets and the window length.</summary>
@@ -63,7 +65,7 @@ public static class Planner
     {
         var c = source.Config;
         // A fixed, measured footprint rather than the RSS now: the same inputs give the same plan whatever ran before.
-        long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : RuntimeFootprint.Bytes(source)) + o.HostBytes;
+        long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : RuntimeFootprint.Bytes(source)) + o.HostBytes + o.ServerReserveBytes;
         long kv = KvStoreFactory.PlanBytes(c, o.Kv, o.Context, o.Sequences, o.MaxBatch);
         long scratch = Footprint.ScratchBytes(c, o.Context, o.MaxBatch) + 4L * c.Vocab * Math.Max(1, o.LogitRows);
         long fixedBytes = runtime + kv + scratch + o.AdapterBytes;
@@ -180,6 +182,7 @@ public static class Planner
             Tensors = plans,
             Mode = o.Mode,
             RuntimeBytes = runtime,
+            ServerReserveBytes = o.ServerReserveBytes,
             KvBytes = kv,
             ScratchBytes = scratch,
             StreamBufferBytes = streamBuffers,
@@ -206,6 +209,7 @@ public static class Planner
             Tensors = plans,
             Mode = o.Mode,
             RuntimeBytes = runtime,
+            ServerReserveBytes = o.ServerReserveBytes,
             KvBytes = kv,
             ScratchBytes = scratch,
             StreamBufferBytes = 0,

@@ -124,6 +124,51 @@ public sealed partial class BudgetTests(ITestOutputHelper output)
         Assert.True(r.SampledPeakBytes > 0 && r.SampledPeakBytes <= budget, $"serve: peak {r.SampledPeakBytes / (double)MiB:F1} MiB exceeds {mib} MiB");
     }
 
+    /// <summary>
+    /// A mixture of experts served below its size: the plan reserves the server's overhead and slots
+    /// (LoadOptions.ServerReserveBytes), so the expert cache leaves the KV pool room; before, the cache took every byte
+    /// and the server stopped with "leaves 0 B for KV caches".
+    /// </summary>
+    [Fact]
+    public void ServeAMixtureOfExpertsWhoseExpertsAreCached_StaysUnderItsBudget()
+    {
+        if (!PeakRssRunner.Supported) { output.WriteLine("skipped: no /proc"); return; }
+        if (TestPaths.Shared is not { } shared) { output.WriteLine("../shared is absent"); return; }
+        var dir = Directory.CreateTempSubdirectory("fitlm-serve-moe-");
+        try
+        {
+            string gguf = Path.Combine(dir.FullName, "pycoder-moe.q8_0.gguf");
+            FitLM.Conversion.HfToGgufConverter.Convert(Path.Combine(shared, "models", "pycoder-moe"), gguf, FitLM.Tensors.GgmlType.Q8_0);
+            const int mib = 112;
+            long budget = mib * MiB;
+            using (var lm = LanguageModel.Load(gguf, new LoadOptions
+            {
+                MemoryBudget = budget, ContextLength = 256, LogitRows = 2, MovableWeights = true,
+                ServerReserveBytes = FitLM.Server.KvBudget.PlanReserveBytes(2, 8192, 256),
+            }))
+                Assert.NotNull(lm.Plan.Experts); // the experts are cached at this budget: the model does not fit whole
+            string? reply = null;
+            var r = PeakRssRunner.Run(p =>
+            {
+                var line = p.StandardOutput.ReadLine() ?? throw new InvalidOperationException("serve printed nothing (see its standard error)");
+                var address = ListeningOn().Match(line);
+                Assert.True(address.Success, line);
+                using var http = new HttpClient { BaseAddress = new Uri(address.Groups[1].Value), Timeout = TimeSpan.FromMinutes(2) };
+                var response = http.PostAsJsonAsync("/v1/completions", new { prompt = "def fibonacci(n):", max_tokens = 16, temperature = 0 }).GetAwaiter().GetResult();
+                reply = response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
+                Thread.Sleep(20);
+                p.Kill();
+            }, "serve", "-m", gguf, "--port", "0", "--parallel", "2", "--ctx", "256", "--memory", $"{mib}MiB");
+            output.WriteLine($"serve (pycoder-moe q8_0, experts cached): budget {mib} MiB, sampled peak {r.SampledPeakBytes / (double)MiB:F1} MiB");
+            Assert.Contains("\"choices\"", reply);
+            Assert.True(r.SampledPeakBytes > 0 && r.SampledPeakBytes <= budget, $"serve: peak {r.SampledPeakBytes / (double)MiB:F1} MiB exceeds {mib} MiB");
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
     [GeneratedRegex(@"listening on (\S+)")]
     private static partial Regex ListeningOn();
 
