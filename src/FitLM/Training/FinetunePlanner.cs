@@ -173,10 +173,13 @@ public static class FinetunePlanner
     /// checkpoints (the peak comes while the adapter and checkpoint are written). Measured with /usr/bin/time -v and
     /// /proc against the arrays the plan counts: +1.7 MiB (pycoder-29m, resident, 130 MiB), +6.0 to +10.3 MiB
     /// (pycoder-29m streamed, 92–100 MiB, varying run to run), +10.0 MiB (llama-0.8b q4_0, 1 GiB, 210 MiB of
-    /// training arrays); 12 MiB plus 2% of the training arrays covers all of them, and 2 MiB more the run-to-run
-    /// variation of the same run's peak (101.5–103.4 MiB over repeated runs at one budget).
+    /// training arrays); 12 MiB plus 2% of the training arrays covers all of them, and 4 MiB more the run-to-run
+    /// variation of the same run's peak: at the demo model's smallest budget (106 MiB with 2 MiB here) repeated runs
+    /// peaked at 101.5–103.4 MiB, and later at 101.9–102.1 with one run of 105.7 (e7c47c7) and 102.3–102.6 with runs of
+    /// 106.2 and 106.3 (issue 15's head, whose code adds ~0.4 MiB): about one run in four lands ~4 MiB higher, cause
+    /// not found; 2 MiB more keeps that run under the budget it names.
     /// </summary>
-    public static long OverheadBytes(long trainingArrayBytes) => (14L << 20) + trainingArrayBytes / 50;
+    public static long OverheadBytes(long trainingArrayBytes) => (16L << 20) + trainingArrayBytes / 50;
 
     /// <summary>The load options that give the base weights what the training parts leave of the budget.</summary>
     public static LoadOptions LoadOptionsFor(LoadOptions load, FinetunePlanRequest r, long trainingBytes) => load with
