@@ -1,4 +1,5 @@
 using FitLM.KvCache;
+using FitLM.Memory;
 using FitLM.Model;
 using FitLM.Runtime;
 
@@ -14,12 +15,8 @@ namespace FitLM.Server;
 /// </summary>
 public sealed class KvBudget
 {
-    /// <summary>
-    /// ASP.NET Core's own heap, the JIT of its endpoints, connection buffers and thread stacks. Measured on the demo
-    /// model: a server after a thousand requests peaks at about 120 MiB, `fitlm run` at 70 MiB, of which the
-    /// difference up to 28 MiB was KV pages: 20-50 MiB.
-    /// </summary>
-    public const long ServerOverheadBytes = 40L << 20;
+    /// <summary>ASP.NET Core's own heap, its endpoints' code, connections and threads (<see cref="Footprint.ServerOverheadBytes"/>).</summary>
+    public const long ServerOverheadBytes = Footprint.ServerOverheadBytes;
 
     private readonly LanguageModel _lm;
     private readonly ModelConfig _config;
@@ -89,15 +86,6 @@ public sealed class KvBudget
 
     public void Release(long bytes) => Interlocked.Add(ref _reserved, -bytes);
 
-    /// <summary>
-    /// What `fitlm serve` reserves in the model's plan (<see cref="LoadOptions.ServerReserveBytes"/>): the overhead and every
-    /// slot, for a context of at most <paramref name="context"/>; the plan then leaves the KV pool room even when the model
-    /// does not fit whole (layers streamed, experts cached) instead of giving the weights every byte.
-    /// </summary>
-    public static long PlanReserveBytes(int parallel, int vocab, int context) => ServerOverheadBytes + (long)parallel * SlotBytes(vocab, context);
-
     /// <summary>What each decode slot holds besides its KV store (pages and page tables: <see cref="BytesFor"/>): its row of logits, the sampler's two vocab-sized buffers, token history.</summary>
-    private static long SlotBytes(LanguageModel lm) => SlotBytes(lm.Config.Vocab, lm.Transformer.MaxContext);
-
-    private static long SlotBytes(int vocab, int context) => 3L * vocab * sizeof(float) + 2L * context * sizeof(int) + 64 * 1024;
+    private static long SlotBytes(LanguageModel lm) => Footprint.ServerSlotBytes(lm.Config.Vocab, lm.Transformer.MaxContext);
 }

@@ -204,7 +204,7 @@ public sealed class LanguageModel : IDisposable
                     LogitRows = options.LogitRows,
                     RuntimeBytes = options.RuntimeBytes,
                     HostBytes = options.HostBytes,
-                    ServerReserveBytes = options.ServerReserveBytes,
+                    ServerSlots = options.ServerSlots,
                     AdapterBytes = adapterBytes,
                     Machine = options.Machine,
                     Mode = options.Stream,

@@ -47,13 +47,9 @@ internal static class ServeCommand
             options.Validate();
             // Every slot keeps a row of logits: the planner counts them with the rest of the process. Layers are movable
             // whatever --memory says: POST /budget may change the budget of any server started with --api-key.
-            var loadOptions = load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true };
-            // The plan keeps room for the server's overhead and slots, so a model that does not fit whole streams a little
-            // more (or caches fewer experts) rather than leaving the KV pool nothing.
-            int vocab;
-            using (var src = ModelSource.Open(load.ModelPath(r))) vocab = src.Config.Vocab;
-            int contextBound = loadOptions.ContextLength > 0 ? loadOptions.ContextLength : LoadOptions.DefaultContextCap;
-            using var lm = load.Load(r, loadOptions with { ServerReserveBytes = KvBudget.PlanReserveBytes(options.Parallel, vocab, contextBound) });
+            // The plan keeps room for the server's overhead and slots (ServerSlots), so a model that does not fit whole
+            // streams a little more (or caches fewer experts) rather than leaving the KV pool nothing.
+            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true, ServerSlots = options.Parallel });
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             moving.Attach(r, watcher, lm, server.WakeScheduler);
             try

@@ -22,15 +22,22 @@ public sealed record KvShape(int Layers, int Dim, int Heads, int KvHeads, int He
 
     /// <summary>The scale attention applies to q·k.</summary>
     public float Scale => ScoreScale > 0 ? ScoreScale : 1f / MathF.Sqrt(HeadDim);
+    /// <summary>Whether layer <paramref name="layer"/> attends through a window of <paramref name="window"/> positions when layers slide with <paramref name="period"/> (llama.cpp's swa pattern).</summary>
+    public static bool Slides(int layer, int window, int period) => window > 0 && (period <= 1 || layer % period < period - 1);
+
     /// <summary>The first position a query at <paramref name="queryPos"/> of <paramref name="layer"/> sees.</summary>
     public int FirstVisible(int layer, int queryPos) =>
-        SlidingWindow > 0 && (SlidingPeriod <= 1 || layer % SlidingPeriod < SlidingPeriod - 1) ? Math.Max(0, queryPos - SlidingWindow + 1) : 0;
+        Slides(layer, SlidingWindow, SlidingPeriod) ? Math.Max(0, queryPos - SlidingWindow + 1) : 0;
+
     /// <summary>Scores of one query over its visible keys, capped in place when the model soft-caps them.</summary>
-    public void Cap(Span<float> scores)
+    public void Cap(Span<float> scores) => CapInPlace(scores, Softcap);
+
+    /// <summary>x = c·tanh(x/c) in place (Gemma 2's attention and final soft-capping); nothing for c ≤ 0.</summary>
+    public static void CapInPlace(Span<float> x, float c)
     {
-        if (Softcap <= 0) return;
-        System.Numerics.Tensors.TensorPrimitives.Multiply(scores, 1f / Softcap, scores);
-        System.Numerics.Tensors.TensorPrimitives.Tanh(scores, scores);
-        System.Numerics.Tensors.TensorPrimitives.Multiply(scores, Softcap, scores);
+        if (c <= 0) return;
+        System.Numerics.Tensors.TensorPrimitives.Multiply(x, 1f / c, x);
+        System.Numerics.Tensors.TensorPrimitives.Tanh(x, x);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(x, c, x);
     }
 }

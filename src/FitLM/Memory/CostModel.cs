@@ -102,7 +102,7 @@ public static class CostModel
         bool separateHead = source.Find("output.weight") != null;
         int experts = Math.Max(1, source.Config.ExpertsUsed);
         return source.Tensors.Where(t => t.Shape.Length >= 2 && !(t.Name == "token_embd.weight" && separateHead))
-            .Sum(t => ExpertPlanner.IsExpertStack(t.Name) ? experts : 1);
+            .Sum(t => TensorNames.IsExpertStack(t.Name) ? experts : 1);
     }
 
     /// <summary>The compute probe's matrix: larger than the caches (a 4096 × 4096 matrix alone would sit in a large L3 and read faster than DRAM).</summary>

@@ -13,12 +13,6 @@ namespace FitLM.Memory;
 /// </summary>
 public static class ExpertPlanner
 {
-    /// <summary>Whether <paramref name="name"/> is a stack of routed experts (blk.N.ffn_{gate,up,down}_exps.weight).</summary>
-    public static bool IsExpertStack(string name) =>
-        name.EndsWith(".ffn_gate_exps.weight", StringComparison.Ordinal) ||
-        name.EndsWith(".ffn_up_exps.weight", StringComparison.Ordinal) ||
-        name.EndsWith(".ffn_down_exps.weight", StringComparison.Ordinal);
-
     /// <summary>
     /// One expert's gate, up and down bytes in each layer (the stacks' bytes over ExpertCount); the layers of a
     /// k-quant mix differ (Q4_K_M gives some layers' ffn_down_exps Q6_K).
@@ -29,7 +23,7 @@ public static class ExpertPlanner
         var bytes = new long[c.Layers];
         if (!c.IsMoe) return bytes;
         foreach (var t in source.Tensors)
-            if (IsExpertStack(t.Name) && TensorNames.LayerOf(t.Name) is var l && l >= 0 && l < c.Layers)
+            if (TensorNames.IsExpertStack(t.Name) && TensorNames.LayerOf(t.Name) is var l && l >= 0 && l < c.Layers)
                 bytes[l] += t.ByteSize / c.ExpertCount;
         return bytes;
     }
@@ -40,15 +34,13 @@ public static class ExpertPlanner
     /// </summary>
     public static long ReaderBytes(IModelSource source)
     {
-        var c = source.Config;
-        if (source is not GgufSource || !c.IsMoe) return 0;
-        long largest = source.Tensors.Where(t => IsExpertStack(t.Name)).Select(t => t.ByteSize / c.ExpertCount).DefaultIfEmpty(0).Max();
-        return ExpertReader.DefaultThreads * ExpertReader.BounceBytes(largest);
+        if (source is not GgufSource || !source.Config.IsMoe) return 0;
+        return ExpertReader.DefaultThreads * ExpertReader.BounceBytes(ExpertReader.LargestExpertMatrixBytes(source));
     }
 
     /// <summary>Bytes of all routed expert stacks.</summary>
     public static long StackBytes(IModelSource source) =>
-        source.Tensors.Where(t => IsExpertStack(t.Name)).Sum(t => t.ByteSize);
+        source.Tensors.Where(t => TensorNames.IsExpertStack(t.Name)).Sum(t => t.ByteSize);
 
     /// <summary>
     /// Whether the branch plans this model: a mixture of experts, not bundled (fitlm prepare), and either too big for

@@ -27,6 +27,20 @@ public static class Footprint
     }
 
     /// <summary>
+    /// A server's own memory beside the model (`fitlm serve`, KvBudget): ASP.NET Core's heap, the JIT of its endpoints,
+    /// connection buffers and thread stacks. Measured on the demo model: a server after a thousand requests peaks at about
+    /// 120 MiB, `fitlm run` at 70 MiB, of which the difference up to 28 MiB was KV pages: 20-50 MiB.
+    /// </summary>
+    public const long ServerOverheadBytes = 40L << 20;
+
+    /// <summary>What each decode slot of a server holds besides its KV store: its row of logits, the sampler's two vocab-sized buffers, token history.</summary>
+    public static long ServerSlotBytes(int vocab, int context) => 3L * vocab * sizeof(float) + 2L * context * sizeof(int) + 64 * 1024;
+
+    /// <summary>What a server with <paramref name="slots"/> decode slots holds beside the model's plan (0 slots: not a server).</summary>
+    public static long ServerBytes(ModelConfig c, int slots, int context) =>
+        slots > 0 ? ServerOverheadBytes + slots * ServerSlotBytes(c.Vocab, context) : 0;
+
+    /// <summary>
     /// Bytes of weights one decode step reads: every matrix once (the embedding only one row); of a prepared model's
     /// bundled FFNs only the <paramref name="ffnFraction"/> of neurons it computes; of routed experts only the ones a
     /// token runs (ExpertsUsed of ExpertCount).
@@ -41,7 +55,7 @@ public static class Footprint
                 total += source.Find("output.weight") == null ? t.ByteSize : t.ByteSize / t.Rows;
             else if (t.Name.EndsWith(".ffn_bundle.weight", StringComparison.Ordinal))
                 total += (long)(t.ByteSize * Math.Clamp(ffnFraction, 0, 1));
-            else if (c.IsMoe && t.Name.EndsWith("_exps.weight", StringComparison.Ordinal))
+            else if (c.IsMoe && TensorNames.IsExpertStack(t.Name))
                 total += t.ByteSize / c.ExpertCount * c.ExpertsUsed;
             else total += t.ByteSize;
         }

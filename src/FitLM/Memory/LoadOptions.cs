@@ -49,10 +49,10 @@ public sealed record LoadOptions
     /// <summary>What the caller holds besides the runtime footprint (perplexity: its input text and tokens, <see cref="Footprint.TextBytes"/>).</summary>
     public long HostBytes { get; init; }
     /// <summary>
-    /// `fitlm serve`: what the server holds besides the model's plan (its overhead, every decode slot), reserved in the plan
-    /// so a model that does not fit whole leaves room for the KV pool (the server's KvBudget takes it back out).
+    /// `fitlm serve`: its decode slots (--parallel; 0: not a server). The plan reserves what the server holds besides the
+    /// model (<see cref="Footprint.ServerBytes"/>), so a model that does not fit whole leaves room for the KV pool.
     /// </summary>
-    public long ServerReserveBytes { get; init; }
+    public int ServerSlots { get; init; }
     /// <summary>The speeds a plan's predicted decode rate is priced with; null: this machine, probed once per process.</summary>
     public MachineProfile? Machine { get; init; }
     /// <summary>Rows of logits the caller keeps at once (perplexity keeps half a chunk), for the accounting.</summary>

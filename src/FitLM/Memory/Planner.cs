@@ -41,8 +41,8 @@ public static class Planner
         public MachineProfile? Machine { get; init; }
         /// <summary>What the caller holds besides the runtime footprint (perplexity: its input text and tokens).</summary>
         public long HostBytes { get; init; }
-        /// <summary>What a server holds beside the plan (<see cref="LoadOptions.ServerReserveBytes"/>): counted with the runtime, and recorded in the plan.</summary>
-        public long ServerReserveBytes { get; init; }
+        /// <summary>A server's decode slots (<see cref="LoadOptions.ServerSlots"/>): what it holds is counted with the runtime and recorded in the plan.</summary>
+        public int ServerSlots { get; init; }
         /// <summary>LoRA adapters applied at inference (--lora): their A and B matrices, float32, held beside the weights.</summary>
         public long AdapterBytes { get; init; }
         /// <summary>For prepared (FFN-bundled) models: which neurons each token gets and the window length.</summary>
@@ -65,7 +65,8 @@ public static class Planner
     {
         var c = source.Config;
         // A fixed, measured footprint rather than the RSS now: the same inputs give the same plan whatever ran before.
-        long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : RuntimeFootprint.Bytes(source)) + o.HostBytes + o.ServerReserveBytes;
+        long server = Footprint.ServerBytes(c, o.ServerSlots, o.Context);
+        long runtime = (o.RuntimeBytes > 0 ? o.RuntimeBytes : RuntimeFootprint.Bytes(source)) + o.HostBytes + server;
         long kv = KvStoreFactory.PlanBytes(c, o.Kv, o.Context, o.Sequences, o.MaxBatch);
         long scratch = Footprint.ScratchBytes(c, o.Context, o.MaxBatch) + 4L * c.Vocab * Math.Max(1, o.LogitRows);
         long fixedBytes = runtime + kv + scratch + o.AdapterBytes;
@@ -99,13 +100,15 @@ public static class Planner
         long allWeights = units.Sum(u => u.Bytes) + smallBytes + embeddingBytes;
 
         bool fitsWhole = !o.StreamEverything && fixedBytes + allWeights <= o.BudgetBytes;
-        // Mixtures of experts: the routed experts in an expert cache, every other weight resident (ExpertPlanner);
-        // where the budget holds less than that, whole layers stream as a dense model's do.
+        // Mixtures of experts: the routed experts in an expert cache, every other weight resident (ExpertPlanner); a
+        // budget that holds less than that is refused below with its minimum.
         long expertMinimum = long.MaxValue;
         long expertStacks = ExpertPlanner.StackBytes(source);
+        // The expert readers' staging buffers count as scratch (only a plan with an expert cache has them).
+        long readers = ExpertPlanner.ReaderBytes(source);
         if (ExpertPlanner.Applies(source, o, fitsWhole, bundles.Count > 0) &&
-            ExpertPlanner.Plan(source, o, fixedBytes + allWeights - expertStacks + ExpertPlanner.ReaderBytes(source), out expertMinimum) is { } experts)
-            return WithExperts(source, o, experts, runtime, kv, scratch + ExpertPlanner.ReaderBytes(source));
+            ExpertPlanner.Plan(source, o, fixedBytes + allWeights - expertStacks + readers, out expertMinimum) is { } experts)
+            return WithExperts(source, o, experts, runtime, server, kv, scratch + readers);
 
         bool embeddingResident;
         if (fitsWhole)
@@ -121,10 +124,10 @@ public static class Planner
             long minimum = fixedBytes + smallBytes + 2 * Aligned(maxUnit) + embeddingRowBuffer;
             // Streaming whole layers would read every expert of a layer where a token runs k of them, and the expert
             // stacks cannot be cut into experts from a stream slot: a mixture of experts below its expert cache's
-            // minimum is refused with that minimum.
-            if ((minimum > o.BudgetBytes && expertMinimum < minimum) || (expertMinimum != long.MaxValue && ExpertPlanner.Applies(source, o, fitsWhole, bundles.Count > 0)))
-                throw new BudgetTooSmallException(ExpertPlanner.TooSmall(o.BudgetBytes, o.Context, expertMinimum, runtime, kv, scratch,
-                    allWeights - expertStacks, expertMinimum - (fixedBytes + allWeights - expertStacks), c.ExpertsUsed, o.Kv.ToString()), expertMinimum);
+            // minimum is refused with that minimum (set only where the branch applied and its plan did not fit).
+            if (expertMinimum != long.MaxValue)
+                throw new BudgetTooSmallException(ExpertPlanner.TooSmall(o.BudgetBytes, o.Context, expertMinimum, runtime, kv, scratch + readers,
+                    allWeights - expertStacks, expertMinimum - (fixedBytes + allWeights - expertStacks + readers), c.ExpertsUsed, o.Kv.ToString()), expertMinimum);
             if (minimum > o.BudgetBytes)
                 throw new BudgetTooSmallException(
                     $"a budget of {ProcessMemory.Format(o.BudgetBytes)} cannot run this model with context {o.Context}: " +
@@ -182,7 +185,7 @@ public static class Planner
             Tensors = plans,
             Mode = o.Mode,
             RuntimeBytes = runtime,
-            ServerReserveBytes = o.ServerReserveBytes,
+            ServerReserveBytes = server,
             KvBytes = kv,
             ScratchBytes = scratch,
             StreamBufferBytes = streamBuffers,
@@ -197,10 +200,10 @@ public static class Planner
     /// The plan of a mixture of experts whose routed experts live in the expert cache: every other tensor resident,
     /// nothing streamed by layers, the misses read per token.
     /// </summary>
-    private static MemoryPlan WithExperts(IModelSource source, Options o, ExpertPlan experts, long runtime, long kv, long scratch)
+    private static MemoryPlan WithExperts(IModelSource source, Options o, ExpertPlan experts, long runtime, long server, long kv, long scratch)
     {
         var plans = source.Tensors
-            .Select(t => new TensorPlan(t, ExpertPlanner.IsExpertStack(t.Name) ? Placement.Experts : Placement.Resident, TensorNames.LayerOf(t.Name)))
+            .Select(t => new TensorPlan(t, TensorNames.IsExpertStack(t.Name) ? Placement.Experts : Placement.Resident, TensorNames.LayerOf(t.Name)))
             .ToList();
         var plan = new MemoryPlan
         {
@@ -209,7 +212,7 @@ public static class Planner
             Tensors = plans,
             Mode = o.Mode,
             RuntimeBytes = runtime,
-            ServerReserveBytes = o.ServerReserveBytes,
+            ServerReserveBytes = server,
             KvBytes = kv,
             ScratchBytes = scratch,
             StreamBufferBytes = 0,

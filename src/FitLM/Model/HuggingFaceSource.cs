@@ -230,7 +230,7 @@ public sealed class HuggingFaceSource : IModelSource
     {
         int layers = sliding.Count;
         for (int p = 1; p <= layers + 1; p++)
-            if (Enumerable.Range(0, layers).All(l => sliding[l] == (p <= 1 || l % p < p - 1))) return p;
+            if (Enumerable.Range(0, layers).All(l => sliding[l] == KvCache.KvShape.Slides(l, 1, p))) return p;
         return null;
     }
 

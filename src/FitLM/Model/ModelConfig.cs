@@ -102,7 +102,7 @@ public sealed record ModelConfig
     /// <summary>The widest FFN a layer runs: scratch for the FFN's hidden rows.</summary>
     public int ScratchFfnDim => Math.Max(IsMoe ? Math.Max(ExpertFfnDim, SharedExpertFfnDim) : FfnDim, 1) * (FusedGateUp ? 2 : 1);
     /// <summary>Whether layer <paramref name="layer"/> attends through a sliding window.</summary>
-    public bool IsSliding(int layer) => SlidingWindow > 0 && (SlidingPeriod <= 1 || layer % SlidingPeriod < SlidingPeriod - 1);
+    public bool IsSliding(int layer) => KvCache.KvShape.Slides(layer, SlidingWindow, SlidingPeriod);
     /// <summary>The window of a layer: tokens it sees, itself included; 0 for the whole context.</summary>
     public int WindowOf(int layer) => IsSliding(layer) ? SlidingWindow : 0;
 

@@ -32,7 +32,7 @@ public static class ModelValidation
                 throw new FitLMException($"{src.Path}: tensor '{t.Name}' is for layer {l}, but the model has {c.Layers} layers");
         // Expert stacks in a model configured without experts (expert count 0 or missing) would be read by nobody:
         // name the setting rather than the dense FFN tensor found missing next.
-        if (!c.IsMoe && src.Tensors.FirstOrDefault(t => t.Name.EndsWith("_exps.weight", StringComparison.Ordinal)) is { } stack)
+        if (!c.IsMoe && src.Tensors.FirstOrDefault(t => TensorNames.IsExpertStack(t.Name)) is { } stack)
             throw new FitLMException($"{src.Path}: tensor '{stack.Name}' holds routed experts, but the model's expert count is 0 or missing");
         // The family's table says which tensors a model of this configuration has and their shapes:
         // the tensors outside the blocks first, then block by block.

@@ -378,14 +378,7 @@ public sealed class Transformer
     }
 
     /// <summary>Output logits soft-capped in place where the family caps them (Gemma 2: c·tanh(z/c)).</summary>
-    private void CapLogits(Span<float> logits)
-    {
-        float cap = Config.FinalSoftcap;
-        if (cap <= 0) return;
-        TensorPrimitives.Multiply(logits, 1f / cap, logits);
-        TensorPrimitives.Tanh(logits, logits);
-        TensorPrimitives.Multiply(logits, cap, logits);
-    }
+    private void CapLogits(Span<float> logits) => KvShape.CapInPlace(logits, Config.FinalSoftcap);
 
     /// <summary>Keys and values from the raw projections: what a KV store asks of the model (see <see cref="IKvModel"/>).</summary>
     private sealed class KvModel(Transformer m) : IKvModel

@@ -79,9 +79,8 @@ public sealed class ExpertCachedWeights : IWeightProvider
     };
 
     /// <summary>The expert stacks are this provider's: reading one through the inner provider would hold it whole.</summary>
-    private static bool IsExpertStack(string name) => name.EndsWith("_exps.weight", StringComparison.Ordinal) && name.Contains(".ffn_", StringComparison.Ordinal);
 
-    public IMatrix Matrix(string name) => IsExpertStack(name)
+    public IMatrix Matrix(string name) => TensorNames.IsExpertStack(name)
         ? throw new InvalidOperationException($"'{name}' is held by the expert cache, an expert at a time")
         : _inner.Matrix(name);
 

@@ -81,8 +81,7 @@ internal sealed class ExpertReader : IDisposable
             if (file.IsDirect)
             {
                 _direct = file;
-                long largest = source.Tensors.Where(t => t.Name.EndsWith("_exps.weight", StringComparison.Ordinal))
-                    .Max(t => t.ByteSize / source.Config.ExpertCount);
+                long largest = LargestExpertMatrixBytes(source);
                 _bounce = new NativeBuffer[threads];
                 for (int i = 0; i < threads; i++) _bounce[i] = new NativeBuffer(BounceBytes(largest), DirectFile.Alignment);
             }
@@ -96,6 +95,10 @@ internal sealed class ExpertReader : IDisposable
             _threads[i].Start();
         }
     }
+
+    /// <summary>One expert's largest matrix (gate, up or down, of any layer): what a staging buffer must cover.</summary>
+    public static long LargestExpertMatrixBytes(IModelSource source) =>
+        source.Tensors.Where(t => TensorNames.IsExpertStack(t.Name)).Select(t => t.ByteSize / source.Config.ExpertCount).DefaultIfEmpty(0).Max();
 
     /// <summary>The aligned pages that can cover <paramref name="matrixBytes"/> at any offset.</summary>
     public static long BounceBytes(long matrixBytes) => (matrixBytes + 2L * DirectFile.Alignment + DirectFile.Alignment - 1) / DirectFile.Alignment * DirectFile.Alignment;

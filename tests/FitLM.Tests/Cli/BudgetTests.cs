@@ -126,7 +126,7 @@ public sealed partial class BudgetTests(ITestOutputHelper output)
 
     /// <summary>
     /// A mixture of experts served below its size: the plan reserves the server's overhead and slots
-    /// (LoadOptions.ServerReserveBytes), so the expert cache leaves the KV pool room; before, the cache took every byte
+    /// (LoadOptions.ServerSlots), so the expert cache leaves the KV pool room; before, the cache took every byte
     /// and the server stopped with "leaves 0 B for KV caches".
     /// </summary>
     [Fact]
@@ -143,8 +143,7 @@ public sealed partial class BudgetTests(ITestOutputHelper output)
             long budget = mib * MiB;
             using (var lm = LanguageModel.Load(gguf, new LoadOptions
             {
-                MemoryBudget = budget, ContextLength = 256, LogitRows = 2, MovableWeights = true,
-                ServerReserveBytes = FitLM.Server.KvBudget.PlanReserveBytes(2, 8192, 256),
+                MemoryBudget = budget, ContextLength = 256, LogitRows = 2, MovableWeights = true, ServerSlots = 2,
             }))
                 Assert.NotNull(lm.Plan.Experts); // the experts are cached at this budget: the model does not fit whole
             string? reply = null;
