@@ -176,12 +176,42 @@ internal sealed unsafe class H2OKvStore : IKvStore, IParallelJob
         var q = new ReadOnlySpan<float>(_q + head * hd, hd);
         var row = Scratch(hd);
         int m = 0, first = _c.FirstVisible(_layer, _qp);
-        for (int s = 0; s < end; s++)
+        bool vector = AttentionKernels.VectorSupported(hd);
+        if (vector)
         {
-            if (pos[s] < first || pos[s] > _qp) continue;
-            var k = FloatPage.Read(_pool.Page(_pages[_layer][s / G]), _half, _c, 0, kvh, s % G, 1, row);
-            att[m] = TensorPrimitives.Dot(q, k) * _scale;
-            idx[m++] = s;
+            // The visible keys gathered 16 at a time, scored by the kernel every other store's attention uses, so
+            // that with nothing evicted the result equals theirs bit for bit.
+            var keys = Gathered(16 * hd);
+            float* scores = stackalloc float[16];
+            int pending = 0;
+            fixed (float* pk = keys, pq = q)
+            {
+                for (int s = 0; s <= end; s++)
+                {
+                    if (s < end)
+                    {
+                        if (pos[s] < first || pos[s] > _qp) continue;
+                        FloatPage.Read(_pool.Page(_pages[_layer][s / G]), _half, _c, 0, kvh, s % G, 1, row).CopyTo(keys.Slice(pending * hd, hd));
+                        idx[m + pending++] = s;
+                        if (pending < 16) continue;
+                    }
+                    if (pending == 0) continue;
+                    AttentionKernels.Scores(pk, hd, 16, pq, scores, _scale, vector: true);
+                    new ReadOnlySpan<float>(scores, pending).CopyTo(att.Slice(m));
+                    m += pending;
+                    pending = 0;
+                }
+            }
+        }
+        else
+        {
+            for (int s = 0; s < end; s++)
+            {
+                if (pos[s] < first || pos[s] > _qp) continue;
+                var k = FloatPage.Read(_pool.Page(_pages[_layer][s / G]), _half, _c, 0, kvh, s % G, 1, row);
+                att[m] = TensorPrimitives.Dot(q, k) * _scale;
+                idx[m++] = s;
+            }
         }
         _visible[head] = m;
         _c.Cap(att.Slice(0, m));
@@ -192,11 +222,15 @@ internal sealed unsafe class H2OKvStore : IKvStore, IParallelJob
         {
             int s = idx[i];
             var v = FloatPage.Read(_pool.Page(_pages[_layer][s / G]), _half, _c, 1, kvh, s % G, 1, row);
-            TensorPrimitives.MultiplyAdd(v, att[i], o, o);
+            if (vector)
+                fixed (float* pv = v, pw = &att[i], po = o) AttentionKernels.AccumulateValues(pv, hd, pw, 0, 1, po, vector: true);
+            else
+                TensorPrimitives.MultiplyAdd(v, att[i], o, o);
         }
     }
 
-    [ThreadStatic] private static float[]? t_row;
+    [ThreadStatic] private static float[]? t_row, t_gathered;
+    private static Span<float> Gathered(int n) => (t_gathered is { } a && a.Length >= n ? a : t_gathered = new float[n]).AsSpan(0, n);
     private static Span<float> Scratch(int n) => (t_row is { } a && a.Length >= n ? a : t_row = new float[n]).AsSpan(0, n);
 
     /// <summary>Adds the current query's attention to the scores, then evicts down to the budget.</summary>

@@ -119,6 +119,8 @@ internal sealed unsafe class PagedKvStore : IKvStore, IKvLayers
     public ReadOnlySpan<float> Values(int layer, int tile, int kvHead, int queryPos, Span<float> scratch) =>
         Read(layer, tile, kvHead, 1, scratch);
 
+    public bool SameTilesForEveryQuery => true;
+
     private ReadOnlySpan<float> Read(int layer, int tile, int kvHead, int which, Span<float> scratch) =>
         FloatPage.Read(_pool.Page(_pages[layer][tile]), _half, _c, which, kvHead, 0, Tile, scratch);
 

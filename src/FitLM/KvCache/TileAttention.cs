@@ -14,6 +14,8 @@ internal interface IKvTiles
     ReadOnlySpan<float> Keys(int layer, int tile, int kvHead, int queryPos, Span<float> scratch, out bool channelMajor);
     /// <summary>Values of a tile for one KV head, token-major [32 × HeadDim].</summary>
     ReadOnlySpan<float> Values(int layer, int tile, int kvHead, int queryPos, Span<float> scratch);
+    /// <summary>Whether a tile reads the same whatever the query position (KIVI and XQuant's tiles depend on it), so a block of queries may share one read.</summary>
+    bool SameTilesForEveryQuery => false;
 }
 
 /// <summary>
@@ -36,6 +38,7 @@ internal sealed unsafe class TileAttention : IParallelJob
     private readonly int _group, _hd, _maxContext;
     // Partial results of split items: per (item, query head of the group): max, sum, acc[hd].
     private readonly float[] _partMax, _partSum, _partAcc;
+    private readonly PrefillAttention _prefill;
 
     private IKvTiles _src = null!;
     private int _layer, _pos, _n, _splits, _splitTiles;
@@ -52,6 +55,7 @@ internal sealed unsafe class TileAttention : IParallelJob
         _partMax = new float[items * _group];
         _partSum = new float[items * _group];
         _partAcc = new float[items * _group * _hd];
+        _prefill = new PrefillAttention(c);
     }
 
     /// <summary>
@@ -68,7 +72,7 @@ internal sealed unsafe class TileAttention : IParallelJob
     }
 
     /// <summary>Bytes of one worker thread's scores and tile scratch for a context (allocated at its first attention, kept).</summary>
-    public static long ThreadScratchBytes(KvShape c, int maxContext) => 4L * ((long)(c.Heads / c.KvHeads) * maxContext + (long)Tile * c.HeadDim);
+    public static long ThreadScratchBytes(KvShape c, int maxContext) => 4L * (PrefillAttention.ScoreFloatsFor(c, maxContext) + (long)Tile * c.HeadDim);
 
     /// <summary>out[t] = attention of q[t] (position pos + t) over positions [0, pos + t].</summary>
     public void Run(IKvTiles src, int layer, int pos, int n, ReadOnlySpan<float> q, Span<float> output)
@@ -85,12 +89,50 @@ internal sealed unsafe class TileAttention : IParallelJob
 
     private void RunPinned()
     {
+        if (_n > 1 && MatMul.RowWise)
+        {
+            RunQueryByQuery();
+            return;
+        }
         int pos = _pos, n = _n;
+        if (PrefillAttention.Applies(_c, _src, n))
+        {
+            _prefill.Run(_src, _layer, pos, n, _q, _out);
+            return;
+        }
         int tiles = (pos + n + Tile - 1) / Tile;
         _splits = n >= SplitBelow ? 1 : Math.Clamp(tiles / MinSplitTiles, 1, MaxSplits);
         _splitTiles = (tiles + _splits - 1) / _splits;
         WorkerPool.Shared.Run(this, n * _c.KvHeads * _splits);
         if (_splits > 1) Merge();
+    }
+
+    /// <summary>
+    /// Under <see cref="MatMul.RowWise"/> (each row of a batch exactly as alone: speculative verification), every
+    /// query runs as a one-query call at its own position would: a decode step splits a context of 16+ tiles into
+    /// spans merged by their softmax maxima, which a batch of 8+ queries does not, and the split of a shorter batch
+    /// depends on its last position, so the sums differ in the last bits (and, after the next layer's activation
+    /// quantization, sometimes in the greedy token). One parallel run per query instead of one per batch.
+    /// </summary>
+    private void RunQueryByQuery()
+    {
+        int pos = _pos, n = _n, width = _c.QDim;
+        float* q = _q, o = _out;
+        try
+        {
+            for (int t = 0; t < n; t++)
+            {
+                _pos = pos + t;
+                _n = 1;
+                _q = q + (long)t * width;
+                _out = o + (long)t * width;
+                RunPinned();
+            }
+        }
+        finally
+        {
+            _pos = pos; _n = n; _q = q; _out = o;
+        }
     }
 
     public void Execute(int item)
@@ -113,7 +155,9 @@ internal sealed unsafe class TileAttention : IParallelJob
         var tileBuf = scratch.Tile.AsSpan(0, Tile * hd);
         var q = new ReadOnlySpan<float>(_q + t * _c.QDim + kvh * group * hd, group * hd);
 
-        // Scores q·k for every query head of the group.
+        // Scores q·k for every query head of the group (AttentionKernels, as PrefillAttention computes them).
+        bool vector = AttentionKernels.VectorSupported(hd);
+        float* tileScores = stackalloc float[Tile];
         for (int p0 = from; p0 < to; p0 += Tile)
         {
             int cnt = Math.Min(Tile, to - p0), j0 = p0 - from;
@@ -127,6 +171,11 @@ internal sealed unsafe class TileAttention : IParallelJob
                     sc.Clear();
                     for (int d = 0; d < hd; d++) TensorPrimitives.MultiplyAdd(keys.Slice(d * Tile, cnt), qg[d], sc, sc);
                     TensorPrimitives.Multiply(sc, _scale, sc);
+                }
+                else if (vector && keys.Length >= Tile * hd)
+                {
+                    fixed (float* pk = keys, pq = qg) AttentionKernels.Scores(pk, hd, cnt <= 16 ? 16 : Tile, pq, tileScores, _scale, vector: true);
+                    new ReadOnlySpan<float>(tileScores, cnt).CopyTo(sc);
                 }
                 else
                 {
@@ -165,7 +214,10 @@ internal sealed unsafe class TileAttention : IParallelJob
             {
                 var o = acc.Slice(g * hd, hd);
                 var w = scores.Slice(g * span + j0, cnt);
-                for (int j = 0; j < cnt; j++) TensorPrimitives.MultiplyAdd(values.Slice(j * hd, hd), w[j], o, o);
+                if (vector)
+                    fixed (float* pv = values, pw = w, po = o) AttentionKernels.AccumulateValues(pv, hd, pw, 0, cnt, po, vector: true);
+                else
+                    for (int j = 0; j < cnt; j++) TensorPrimitives.MultiplyAdd(values.Slice(j * hd, hd), w[j], o, o);
             }
         }
     }
@@ -197,7 +249,7 @@ internal sealed unsafe class TileAttention : IParallelJob
     }
 
     /// <summary>Per-thread buffers: scores of a group over a span, and one decoded tile.</summary>
-    private sealed class Scratch
+    internal sealed class Scratch
     {
         public float[] Scores = [], Tile = [];
         [ThreadStatic] private static Scratch? t_scratch;

@@ -70,7 +70,7 @@ public class KvStoreBehaviourTests(ITestOutputHelper output)
             var q = Enumerable.Range(0, 50 * c.QDim).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
             var got = new float[q.Length];
             store.Attend(0, pos, 50, q, got);
-            // The transformer's attention before KV stores: contiguous keys, SoftMax, MultiplyAdd in order.
+            // Attention over contiguous keys (no pages): the same score and accumulate kernels, SoftMax, in position order.
             var keys = (float[])r.K.Clone();
             var values = (float[])r.V.Clone();
             for (int t = 0; t < n; t++) { model.FinishKey(0, keys.AsSpan(t * kvDim, kvDim), t); model.FinishValue(0, values.AsSpan(t * kvDim, kvDim)); }
@@ -81,14 +81,35 @@ public class KvStoreBehaviourTests(ITestOutputHelper output)
                     var att = new float[len];
                     var qh = q.AsSpan(t * c.QDim + h * hd, hd);
                     for (int j = 0; j < len; j++)
-                        att[j] = System.Numerics.Tensors.TensorPrimitives.Dot(qh, keys.AsSpan(j * kvDim + kvh * hd, hd)) * (1f / MathF.Sqrt(hd));
+                        att[j] = ReferenceScore(qh, keys.AsSpan(j * kvDim + kvh * hd, hd), 1f / MathF.Sqrt(hd));
                     System.Numerics.Tensors.TensorPrimitives.SoftMax(att, att);
                     var o = new float[hd];
                     for (int j = 0; j < len; j++)
-                        System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(values.AsSpan(j * kvDim + kvh * hd, hd), att[j], o, o);
+                        ReferenceAccumulate(values.AsSpan(j * kvDim + kvh * hd, hd), att[j], o);
                     Assert.Equal(o, got.AsSpan(t * c.QDim + h * hd, hd).ToArray());
                 }
         }
+    }
+
+    /// <summary>
+    /// One score as every attention path computes it: <see cref="Tensors.AttentionKernels"/> where it runs (a key's
+    /// score depends only on that key, so it is scored alone in a 16-row group), else a dot product.
+    /// </summary>
+    private static unsafe float ReferenceScore(ReadOnlySpan<float> q, ReadOnlySpan<float> key, float scale)
+    {
+        int hd = q.Length;
+        if (!Tensors.AttentionKernels.VectorSupported(hd)) return System.Numerics.Tensors.TensorPrimitives.Dot(q, key) * scale;
+        var group = new float[16 * hd];
+        key.CopyTo(group);
+        float* s = stackalloc float[16];
+        fixed (float* pk = group, pq = q) Tensors.AttentionKernels.Scores(pk, hd, 16, pq, s, scale, vector: true);
+        return s[0];
+    }
+
+    private static unsafe void ReferenceAccumulate(ReadOnlySpan<float> v, float w, Span<float> o)
+    {
+        if (!Tensors.AttentionKernels.VectorSupported(v.Length)) { System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(v, w, o, o); return; }
+        fixed (float* pv = v, po = o) Tensors.AttentionKernels.AccumulateValues(pv, v.Length, &w, 0, 1, po, vector: true);
     }
 
     public static TheoryData<string> AllTypes => new() { "f32", "f16", "kivi2", "kivi4", "xquant4", "xquant3", "xquant2", "xquant-cl", "f16+h2o" };
