@@ -6,7 +6,7 @@
 # Usage: bench/cpu-speed.sh   (env: FITLM=path/to/fitlm, LLAMA_BENCH=../shared/peers/llama.cpp/llama-bench,
 #        DIR=/tmp/synth, OUT=bench/out/cpu-speed, VOCAB=../shared/tokenizer-tests/ggml-vocab-llama-spm.gguf,
 #        FILES="llama-0.8b-q8_0 llama-0.8b-q4_0 llama-0.8b-q4_k_m llama-0.8b-f16 llama-7b-q4_0", ROUNDS=3,
-#        THREADS=2, PROMPTS="128 512", GEN=64, PIN="taskset -c 0,1" to pin to two cores on a larger machine,
+#        THREADS="2" (a list: "1 2 4" measures each count), PROMPTS="128 512", GEN=64, PIN="taskset -c 0,1" to pin to two cores on a larger machine,
 #        FITLM_ARGS="" extra flags for fitlm bench)
 # Missing files are synthesized (`fitlm synth`, random weights of the named shape and type): the 7B one takes a few
 # minutes and 3.6 GiB of disk. The files are read through the page cache, as llama-bench reads them (mmap).
@@ -43,15 +43,17 @@ for r in $(seq 1 "$ROUNDS"); do
     for f in $FILES; do
         path=$DIR/$f.gguf
         cat "$path" > /dev/null   # in the page cache for both
-        echo "round $r: $f" >&2
-        $PIN "$LLAMA_BENCH" -m "$path" -p "$plist" -n "$GEN" -t "$THREADS" -r 1 -o json > "$OUT/$f.llama.$r.json" 2>/dev/null
-        bw=--no-bandwidth; [ "$r" = 1 ] && bw=""
-        first=1
-        for p in $PROMPTS; do
-            n=0; [ "$first" = 1 ] && n=$GEN
-            # shellcheck disable=SC2086
-            $PIN $FITLM bench -m "$path" -p "$p" -n "$n" -t "$THREADS" -r 1 --json $bw ${FITLM_ARGS:-} > "$OUT/$f.fitlm.$r.p$p.json"
-            bw=--no-bandwidth; first=0
+        for t in $THREADS; do
+            echo "round $r: $f, $t thread(s)" >&2
+            $PIN "$LLAMA_BENCH" -m "$path" -p "$plist" -n "$GEN" -t "$t" -r 1 -o json > "$OUT/$f.llama.t$t.$r.json" 2>/dev/null
+            bw=--no-bandwidth; [ "$r" = 1 ] && bw=""
+            first=1
+            for p in $PROMPTS; do
+                n=0; [ "$first" = 1 ] && n=$GEN
+                # shellcheck disable=SC2086
+                $PIN $FITLM bench -m "$path" -p "$p" -n "$n" -t "$t" -r 1 --json $bw ${FITLM_ARGS:-} > "$OUT/$f.fitlm.t$t.$r.p$p.json"
+                bw=--no-bandwidth; first=0
+            done
         done
     done
 done

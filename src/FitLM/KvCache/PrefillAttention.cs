@@ -39,7 +39,11 @@ internal sealed unsafe class PrefillAttention : IParallelJob
         n >= MinBatch && !MatMul.RowWise && src.SameTilesForEveryQuery && AttentionKernels.VectorSupported(c.HeadDim);
 
     /// <summary>Score floats one thread may need for a context (with its tile scratch: <see cref="TileAttention.ThreadScratchBytes"/>).</summary>
-    public static long ScoreFloatsFor(KvShape c, int maxContext) => Math.Max(ScoreFloats, (long)(c.Heads / c.KvHeads) * RoundUp(maxContext));
+    public static long ScoreFloatsFor(KvShape c, int maxContext)
+    {
+        long row = (long)(c.Heads / c.KvHeads) * RoundUp(maxContext);   // one query's group over the whole context
+        return Math.Max(row, Math.Min(ScoreFloats, MaxBlock * row));
+    }
 
     /// <summary>out[t] = attention of q[t] (position pos + t) over positions [0, pos + t]; q and out pinned.</summary>
     public void Run(IKvTiles src, int layer, int pos, int n, float* q, float* output)

@@ -576,7 +576,7 @@ internal static unsafe class IntGemm
     }
 
     /// <summary>Pointers to one token group's packed activations.</summary>
-    private readonly struct Act
+    internal readonly struct Act
     {
         public readonly sbyte* Q;
         public readonly int* C;
@@ -724,7 +724,7 @@ internal static unsafe class IntGemm
 
     /// <summary>Writes rows' lanes (lane i = token i) to y[i·ys + row], for the valid rows and tokens only.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(Vector256<float> f0, Vector256<float> f1, Vector256<float> f2, Vector256<float> f3,
+    internal static void Store(Vector256<float> f0, Vector256<float> f1, Vector256<float> f2, Vector256<float> f3,
         float* y, long ys, int nr, int nt)
     {
         float* tmp = stackalloc float[4 * G];

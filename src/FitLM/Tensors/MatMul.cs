@@ -289,6 +289,13 @@ internal static unsafe class MatMul
         public void Execute(int chunk)
         {
             int r0 = chunk * GemmRowsPerChunk, nr = Math.Min(_rows, r0 + GemmRowsPerChunk) - r0;
+            if (IntGemmDirect.Supports(_type, _isa, _n))
+            {
+                // Short batches of q8_0/q4_0 read in place (no packing): the same results, bit for bit.
+                for (int t0 = 0; t0 < _n; t0 += TokenBlock)
+                    IntGemmDirect.Tile(_type, _w + r0 * _rowBytes, _rowBytes, nr, _act!, t0 / IntGemm.G, Math.Min(TokenBlock, _n - t0), _y + (long)t0 * _rows + r0, _rows);
+                return;
+            }
             var pw = t_weights ??= new IntGemm.PackedWeights();
             IntGemm.PackWeights(_type, _w + r0 * _rowBytes, _rowBytes, nr, _cols, pw, vector: true);
             for (int t0 = 0; t0 < _n; t0 += TokenBlock)
