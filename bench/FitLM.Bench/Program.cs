@@ -2,11 +2,12 @@ using System.Diagnostics;
 using FitLM.Runtime;
 using FitLM.Tensors;
 
-// Usage: dotnet run -c Release --project bench/FitLM.Bench -- [decode|prefill|bandwidth|all] [--legacy]
+// Usage: dotnet run -c Release --project bench/FitLM.Bench -- [decode|prefill|bandwidth|kernel|peak|all] [--legacy]
 //        [--types Q8_0,Q4_0,...] [--threads 1,2] [--rows 5632] [--cols 2048] [--tokens 128]
 // decode: GB/s of weight bytes for y = W·x, cycling through enough matrices (≥ 512 MiB) that each call reads
 //         from DRAM, not the 260 MiB L3. prefill: GFLOP/s (2·rows·cols·tokens per call) on one matrix.
 // --rowwise runs prefill's batches as the server decodes them (MatMul.RowWise).
+// peak: the instruction-throughput ceilings prefill is measured against (int8 vpdpbusd, f32 FMA), per thread count.
 // --legacy runs the float-activation code this replaced (QuantDot per row; dequantize + Gemm for batches).
 var argList = args.ToList();
 string mode = argList.Count > 0 && !argList[0].StartsWith("--") ? argList[0] : "all";
@@ -30,6 +31,8 @@ if (mode is "decode" or "all")
 }
 if (mode is "kernel")
     foreach (var type in types) Bench.Kernel(type, cols);
+if (mode is "peak" or "all")
+    foreach (int t in threads) Peak.Print(t);
 if (mode is "prefill" or "all")
 {
     Console.WriteLine($"prefill {rows}x{cols} x {tokens} tokens: GFLOP/s");
