@@ -23,6 +23,10 @@ internal static class BenchCommand
         var batchInvariant = new Option<bool>("--batch-invariant") { Description = "with --parallel: each sequence's rows computed as alone (the server's default)", DefaultValueFactory = _ => true };
         var cmd = new Command("bench", "measure prompt processing and generation speed (llama-bench style)") { prompt, gen, reps, json, noBandwidth, profile, parallel, batchInvariant };
         load.AddTo(cmd);
+        var speculative = new SpeculativeOptions();
+        speculative.AddTo(cmd);
+        var specPrompt = new Option<string?>("--spec-prompt") { Description = "with --lookup/--draft: the prompt of the speculative test (a file; default: -p random tokens)" };
+        cmd.Add(specPrompt);
         cmd.SetAction(r => Common.Guard(ct =>
         {
             int t = r.GetValue(load.Threads);
@@ -33,7 +37,12 @@ internal static class BenchCommand
             if (npar < 1 || npar > 256) throw new FitLMException($"--parallel {npar} is out of range (1..256)");
             string path = load.ModelPath(r);
             int needed = Math.Max(np, ng) + 1;
+            bool spec = speculative.Enabled(r);
+            if (spec && ng == 0) throw new FitLMException("--lookup and --draft measure generation: give -n greater than 0");
+            if (spec) needed = Math.Max(needed, ng + speculative.DraftMaxFor(r) + 1 + Math.Max(np, 512)); // room for the prompt
             var options = load.Read(r, new LoadOptions { ContextLength = needed, MaxBatch = Math.Max(npar, Math.Max(1, np)) });
+            using var draft = speculative.LoadDraft(r, options);
+            options = speculative.ForTarget(r, options, draft);
             if (options.ContextLength < needed) throw new FitLMException($"--ctx-size {options.ContextLength} is too small for the tests (at least {needed})");
             using var lm = load.Load(r, options);
             // BitStack: a stacked model's size is the prefix loaded, its parameters the matrices' logical shapes.
@@ -55,6 +64,18 @@ internal static class BenchCommand
             Weights.ExpertCachedWeights.Of(lm.Weights)?.Statistics.Reset(); // the expert cache's line describes decoding (tg)
             if (ng > 0) Profiled(() => Benchmark.Generate(lm, ng, nr, ct));
             if (ng > 0 && npar > 1) Profiled(() => Benchmark.GenerateParallel(lm, ng, npar, nr, r.GetValue(batchInvariant), ct));
+            SpeculativeBench.Outcome? specOutcome = null;
+            if (spec)
+            {
+                using var drafter = speculative.CreateDrafter(r, lm, draft)!;
+                var tokens = SpeculativeBench.Prompt(lm, r.GetValue(specPrompt), np, lm.Transformer.MaxContext - ng - speculative.DraftMaxFor(r) - 1);
+                specOutcome = SpeculativeBench.Run(lm, drafter, speculative.DraftMaxFor(r), drafter.Name, tokens, ng, nr, ct) with
+                {
+                    PassCost = SpeculativeBench.PassCost(lm, tokens, speculative.DraftMaxFor(r), nr, ct),
+                };
+                results.Add(specOutcome.Plain);
+                results.Add(specOutcome.Speculative);
+            }
             PhaseTimes.Enabled = false;
             long bytesPerToken = Benchmark.WeightBytesPerToken(lm); // a stacked model: its caches (or blocks) at the loaded size
             // The bandwidth probe's buffer stays within the budget beside the loaded model; too little room: no probe.
@@ -87,6 +108,7 @@ internal static class BenchCommand
                     ["memory_bandwidth_bytes_per_s"] = bandwidth,
                 }).ToArray();
                 Console.Out.WriteLine(CliJson.Indented(rows));
+                if (specOutcome != null) SpeculativeBench.Print(Console.Error, speculative.Describe(r), specOutcome);
                 return 0;
             }
 
@@ -103,6 +125,7 @@ internal static class BenchCommand
                 o.WriteLine($"decode reads {ProcessMemory.Format(bytesPerToken)} of weights per token: {achieved / 1e9:F2} GB/s achieved" +
                     (bandwidth > 0 ? $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F1} GB/s this machine reads with {t} thread(s)" : ""));
             }
+            if (specOutcome != null) SpeculativeBench.Print(o, speculative.Describe(r), specOutcome);
             Common.ReportWeights(lm);
             o.WriteLine($"peak RSS: {ProcessMemory.Format(Math.Max(peak, ProcessMemory.PeakRssBytes()))}"); // read again: the table's printing included
             return 0;

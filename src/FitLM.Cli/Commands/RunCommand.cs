@@ -18,6 +18,7 @@ internal static class RunCommand
         var ids = new Option<bool>("--ids") { Description = "print the generated token ids, space-separated, instead of text" };
         var noWarmup = new Option<bool>("--no-warmup") { Description = "skip the warm-up pass at load (then prompt eval includes compiling the kernels)" };
         var moving = new MovingBudget();
+        var speculative = new SpeculativeOptions();
 
         var cmd = new Command("run", "generate text from a prompt")
         {
@@ -26,10 +27,12 @@ internal static class RunCommand
         sampling.AddTo(cmd);
         load.AddTo(cmd);
         moving.AddTo(cmd);
+        speculative.AddTo(cmd);
         var conversation = new Option<bool>("--conversation", "-cnv") { Description = "chat in the terminal instead, as fitlm chat does (-p: the system prompt)" };
         cmd.Add(conversation);
         cmd.SetAction(r => Common.Guard(ct =>
         {
+            if (r.GetValue(conversation) && speculative.Enabled(r)) throw new FitLMException("--draft and --lookup apply to run, not to -cnv (chat)");
             if (r.GetValue(conversation)) return ChatCommand.FromRun(r, load, sampling);
             string text = ReadPrompt(r.GetValue(prompt), r.GetValue(file));
             var options = sampling.Read(r);
@@ -39,9 +42,12 @@ internal static class RunCommand
             var loadOptions = load.Read(r) with { MovableWeights = watcher != null };
 
             var total = Stopwatch.StartNew();
-            using var lm = load.Load(r, loadOptions);
+            using var draft = speculative.LoadDraft(r, loadOptions); // first: the target's plan counts its bytes
+            using var lm = load.Load(r, speculative.ForTarget(r, loadOptions, draft));
+            using var drafter = speculative.CreateDrafter(r, lm, draft);
             moving.Attach(r, watcher, lm);
             if (!r.GetValue(noWarmup)) Warmup.Run(lm, ct);
+            if (!r.GetValue(noWarmup) && drafter != null) SpeculativeOptions.Warm(lm, draft, ct);
             Weights.ExpertCachedWeights.Of(lm.Weights)?.Statistics.Reset(); // the report counts the run, not the warm-up
             var loadTime = total.Elapsed;
             var tokens = lm.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
@@ -51,6 +57,7 @@ internal static class RunCommand
             // -1: one more than fits, so generation ends at the end of the context and says so ("context full").
             int max = predict < 0 ? lm.Transformer.MaxContext - tokens.Length + 1 : predict;
             var gen = new Generator(lm);
+            var spec = drafter != null ? new SpeculativeGenerator(lm, drafter, speculative.DraftMaxFor(r)) : null;
             bool printIds = r.GetValue(ids);
             var stdout = Console.Out;
             if (!printIds) stdout.Write(text);
@@ -58,7 +65,7 @@ internal static class RunCommand
 
             var generation = Stopwatch.StartNew();
             int count = 0;
-            foreach (var t in gen.Generate(tokens, max, options, r.GetValue(stop), ct: ct))
+            foreach (var t in spec?.Generate(tokens, max, options, r.GetValue(stop), ct) ?? gen.Generate(tokens, max, options, r.GetValue(stop), ct: ct))
             {
                 if (t.Id >= 0) count++;
                 if (printIds)
@@ -74,8 +81,10 @@ internal static class RunCommand
             generation.Stop();
             total.Stop();
             stdout.WriteLine();
-            RunStatistics.Print(Console.Error, new RunStatistics(loadTime, tokens.Length, gen.LastPromptEvalTime,
-                DecodeForwards(count, gen.LastStopReason), generation.Elapsed - gen.LastPromptEvalTime, total.Elapsed, gen.LastStopReason));
+            var (promptTime, stopReason) = spec != null ? (spec.LastPromptEvalTime, spec.LastStopReason) : (gen.LastPromptEvalTime, gen.LastStopReason);
+            RunStatistics.Print(Console.Error, new RunStatistics(loadTime, tokens.Length, promptTime,
+                spec?.Statistics.Steps ?? DecodeForwards(count, stopReason), generation.Elapsed - promptTime, total.Elapsed, stopReason));
+            if (spec != null) SpeculativeOptions.Print(Console.Error, speculative.Describe(r), spec.Statistics, count, generation.Elapsed - promptTime);
             bool peakPrinted = MemoryOptions.Report(lm);
             Common.ReportWeights(lm);
             if (!peakPrinted) Common.PrintPeakRss();

@@ -89,7 +89,7 @@ internal sealed unsafe class TileAttention : IParallelJob
 
     private void RunPinned()
     {
-        if (_n > 1 && MatMul.RowWise)
+        if (_n > 1 && MatMul.RowWise && Math.Clamp((_pos + _n + Tile - 1) / Tile / MinSplitTiles, 1, MaxSplits) > 1)
         {
             RunQueryByQuery();
             return;
@@ -112,7 +112,8 @@ internal sealed unsafe class TileAttention : IParallelJob
     /// query runs as a one-query call at its own position would: a decode step splits a context of 16+ tiles into
     /// spans merged by their softmax maxima, which a batch of 8+ queries does not, and the split of a shorter batch
     /// depends on its last position, so the sums differ in the last bits (and, after the next layer's activation
-    /// quantization, sometimes in the greedy token). One parallel run per query instead of one per batch.
+    /// quantization, sometimes in the greedy token). One parallel run per query instead of one per batch. Below 16
+    /// tiles no query splits and the batch already computes each query as alone (one parallel run: fewer barriers).
     /// </summary>
     private void RunQueryByQuery()
     {

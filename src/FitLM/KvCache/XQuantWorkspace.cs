@@ -103,33 +103,60 @@ internal sealed unsafe class XQuantWorkspace : IKvTiles
         FloatPage.Read(Page(tile, UseAlt(tile, queryPos)), false, _c, 1, kvHead, 0, G, scratch);
 
     /// <summary>
-    /// Rematerializes rows [0, count) through the model's own projections, in chunks of MaxBatch rows:
+    /// Rematerializes rows [0, count) through the model's own projections, in chunks of MaxBatch rows, always with
+    /// the matrix-matrix kernel (never <see cref="MatMul.RowWise"/>, which a verification or server pass may have set):
+    /// the cached rows' keys and values must not depend on what kind of pass attends them.
     /// <paramref name="fill"/> writes rows [from, from + n) of X (after the attention norm) into <see cref="X"/>.
     /// </summary>
     public void ProjectAndWrite(IKvModel model, int layer, int count, Action<int, int> fill)
     {
         int kvDim = _c.KvDim;
         Prepare();
-        for (int from = 0; from < count; from += MaxBatch)
+        bool rowWise = MatMul.RowWise;
+        MatMul.RowWise = false;
+        try
         {
-            int n = Math.Min(MaxBatch, count - from);
-            fill(from, n);
-            model.Project(layer, X, KRaw, VRaw, n);
-            for (int t = 0; t < n; t++)
+            for (int from = 0; from < count; from += MaxBatch)
             {
-                var k = KRaw.AsSpan(t * kvDim, kvDim);
-                var v = VRaw.AsSpan(t * kvDim, kvDim);
-                model.FinishKey(layer, k, from + t);
-                model.FinishValue(layer, v);
-                Write(from + t, k, v);
+                int n = Math.Min(MaxBatch, count - from);
+                fill(from, n);
+                model.Project(layer, X, KRaw, VRaw, n);
+                for (int t = 0; t < n; t++)
+                {
+                    var k = KRaw.AsSpan(t * kvDim, kvDim);
+                    var v = VRaw.AsSpan(t * kvDim, kvDim);
+                    model.FinishKey(layer, k, from + t);
+                    model.FinishValue(layer, v);
+                    Write(from + t, k, v);
+                }
             }
+        }
+        finally { MatMul.RowWise = rowWise; }
+    }
+
+    /// <summary>
+    /// y[t] = B · x[t] for n rows of width r (B is the loaded basis, [r × r]). Every row is computed by the 4-token
+    /// tile kernel, the last n mod 4 through a padded copy: <see cref="Gemm.Tile"/> sums its tail rows in another order
+    /// (one dot per row), so a row's latent would depend on how many rows it was projected with — one when decoding,
+    /// several in a speculative verification batch — and its greedy token could change. Padding costs at most 3
+    /// extra rows of r² multiply-adds per call.
+    /// </summary>
+    public static void Multiply(float[] basis, int r, ReadOnlySpan<float> x, Span<float> y, int n)
+    {
+        int whole = n & ~3, rest = n - whole;
+        fixed (float* pb = basis, px = x, py = y)
+        {
+            if (whole > 0) Gemm.Tile(pb, r, px, whole, r, py, r, Gemm.Best);
+            if (rest == 0) return;
+            var padIn = t_padIn is { } a && a.Length >= 4 * r ? a : t_padIn = new float[4 * r];
+            var padOut = t_padOut is { } b && b.Length >= 4 * r ? b : t_padOut = new float[4 * r];
+            x.Slice(whole * r, rest * r).CopyTo(padIn);
+            padIn.AsSpan(rest * r, (4 - rest) * r).Clear();
+            fixed (float* pi = padIn, po = padOut)
+                Gemm.Tile(pb, r, pi, 4, r, po, r, Gemm.Best);
+            padOut.AsSpan(0, rest * r).CopyTo(y.Slice(whole * r, rest * r));
         }
     }
 
-    /// <summary>y[t] = B · x[t] for n rows of width r (B is the loaded basis, [r × r]).</summary>
-    public static void Multiply(float[] basis, int r, ReadOnlySpan<float> x, Span<float> y, int n)
-    {
-        fixed (float* pb = basis, px = x, py = y)
-            Gemm.Tile(pb, r, px, n, r, py, r, Gemm.Best);
-    }
+    [ThreadStatic] private static float[]? t_padIn, t_padOut;
 }
