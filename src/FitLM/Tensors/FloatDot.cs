@@ -28,12 +28,17 @@ internal static unsafe class FloatDot
 
     public static bool Supports(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16;
 
-    /// <summary>y[r] = dot(W[r], x) for r in [0, rows), W[r] at w + r·rowBytes.</summary>
-    internal static delegate*<byte*, long, int, float*, int, float*, void> Kernel(GgmlType type, Isa isa)
+    /// <summary>
+    /// y[r] = dot(W[r], x) for r in [0, rows), W[r] at w + r·rowBytes. With <paramref name="generated"/> (the default)
+    /// F16 on Vector512 runs the kernel generated at load when there is one (Jit/GeneratedKernels.cs: vcvtph2ps, the
+    /// same sums bit for bit); false forces the managed kernel (tests).
+    /// </summary>
+    internal static delegate*<byte*, long, int, float*, int, float*, void> Kernel(GgmlType type, Isa isa, bool generated = true)
     {
         if (!IsSupported(isa)) throw new PlatformNotSupportedException($"{isa} is not supported on this machine");
         return (type, isa) switch
         {
+            (GgmlType.F16, Isa.Vector512) when generated && Jit.GeneratedKernels.IsAvailable => &Jit.GeneratedKernels.F16Rows,
             (GgmlType.F32, Isa.Vector512) => &Rows<F32K, V512>,
             (GgmlType.F32, Isa.Vector256) => &Rows<F32K, V256>,
             (GgmlType.F32, _) => &Rows<F32K, Sc>,
@@ -148,15 +153,15 @@ internal static unsafe class FloatDot
     }
 
     /// <summary>The dot product of one row with x (tests and tools).</summary>
-    public static float Dot(GgmlType type, byte* row, float* x, int n, Isa isa)
+    public static float Dot(GgmlType type, byte* row, float* x, int n, Isa isa, bool generated = true)
     {
         float y;
-        Kernel(type, isa)(row, 0, 1, x, n, &y);
+        Kernel(type, isa, generated)(row, 0, 1, x, n, &y);
         return y;
     }
 
-    /// <summary>Converts n elements of an F32/F16/BF16 row to float.</summary>
-    public static void ToFloat(GgmlType type, byte* src, float* dst, int n, Isa isa)
+    /// <summary>Converts n elements of an F32/F16/BF16 row to float (F16 on Vector512: generated code, unless <paramref name="generated"/> is false).</summary>
+    public static void ToFloat(GgmlType type, byte* src, float* dst, int n, Isa isa, bool generated = true)
     {
         switch (type)
         {
@@ -165,6 +170,11 @@ internal static unsafe class FloatDot
                 return;
             case GgmlType.F16:
             {
+                if (isa == Isa.Vector512 && generated && Jit.GeneratedKernels.IsAvailable)
+                {
+                    Jit.GeneratedKernels.F16ToFloat(src, dst, n);
+                    return;
+                }
                 short* h = (short*)src;
                 int i = 0;
                 if (isa == Isa.Vector512)
