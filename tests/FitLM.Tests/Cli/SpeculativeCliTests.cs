@@ -64,11 +64,7 @@ public sealed class SpeculativeCliTests(ITestOutputHelper output) : IDisposable
     public void ADraftWithAnotherTokenizerIsRefused()
     {
         if (TestPaths.Shared is not { } shared) { output.WriteLine("skipped: ../shared is absent"); return; }
-        string src = Path.Combine(shared, "models", "zoo", "tiny-llama3"), copy = Path.Combine(_dir, "other-vocab");
-        Directory.CreateDirectory(copy);
-        foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)));
-        string tok = Path.Combine(copy, "tokenizer.json");
-        File.WriteAllText(tok, File.ReadAllText(tok).Replace("<|pad|>", "<|padding|>", StringComparison.Ordinal));
+        string copy = Generation.SpeculativeTests.OtherTokenizerCopy(shared, _dir);
         var r = Generate("--draft", copy);
         Assert.NotEqual(0, r.ExitCode);
         var lines = r.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries);

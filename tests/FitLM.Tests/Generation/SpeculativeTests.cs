@@ -226,12 +226,7 @@ public sealed class SpeculativeTests(ITestOutputHelper output) : IDisposable
     public void ADraftWithAnotherTokenizerIsRefused()
     {
         if (TestPaths.Shared is not { } shared) { output.WriteLine("skipped: ../shared is absent"); return; }
-        // tiny-llama3 shares pycoder's tokenizer (its random weights make a draft that is always wrong); renaming one token makes it another one.
-        string src = Path.Combine(shared, "models", "zoo", "tiny-llama3"), copy = Path.Combine(_dir, "other-vocab");
-        Directory.CreateDirectory(copy);
-        foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)));
-        string tok = Path.Combine(copy, "tokenizer.json");
-        File.WriteAllText(tok, File.ReadAllText(tok).Replace("<|pad|>", "<|padding|>", StringComparison.Ordinal));
+        string src = Path.Combine(shared, "models", "zoo", "tiny-llama3"), copy = OtherTokenizerCopy(shared, _dir);
         var lm = Demo.Value;
         using var same = LanguageModel.Load(src, new LoadOptions { ContextLength = 256 });
         using (new ModelDrafter(same, lm, ownsModel: false)) { }
@@ -268,5 +263,19 @@ public sealed class SpeculativeTests(ITestOutputHelper output) : IDisposable
         using var lm = LanguageModel.Load(TestPaths.DemoModel, new LoadOptions { ContextLength = 128, Kv = new KvCacheOptions { Evict = KvEviction.H2O, Keep = 64 } });
         var e = Assert.Throws<FitLMException>(() => new SpeculativeGenerator(lm, new LookupDrafter(2), 8));
         Assert.Contains("h2o", e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A copy of zoo/tiny-llama3 (which shares pycoder's tokenizer; its random weights make a draft that is always wrong)
+    /// in <paramref name="dir"/>/other-vocab with one token renamed, so its tokenizer is another one.
+    /// </summary>
+    internal static string OtherTokenizerCopy(string shared, string dir)
+    {
+        string src = Path.Combine(shared, "models", "zoo", "tiny-llama3"), copy = Path.Combine(dir, "other-vocab");
+        Directory.CreateDirectory(copy);
+        foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)));
+        string tok = Path.Combine(copy, "tokenizer.json");
+        File.WriteAllText(tok, File.ReadAllText(tok).Replace("<|pad|>", "<|padding|>", StringComparison.Ordinal));
+        return copy;
     }
 }
