@@ -24,13 +24,15 @@ internal sealed unsafe class PrefillAttention : IParallelJob
 
     private readonly KvShape _c;
     private readonly int _hd, _group;
+    private readonly long _scoreFloats;
     private IKvTiles _src = null!;
     private int _layer, _pos, _n, _block, _blocks;
     private float* _q, _out;
 
-    public PrefillAttention(KvShape c)
+    public PrefillAttention(KvShape c, int maxContext)
     {
         _c = c;
+        _scoreFloats = ScoreFloatsFor(c, maxContext);
         _hd = c.HeadDim;
         _group = c.Heads / c.KvHeads;
     }
@@ -39,17 +41,25 @@ internal sealed unsafe class PrefillAttention : IParallelJob
         n >= MinBatch && !MatMul.RowWise && src.SameTilesForEveryQuery && AttentionKernels.VectorSupported(c.HeadDim);
 
     /// <summary>Score floats one thread may need for a context (with its tile scratch: <see cref="TileAttention.ThreadScratchBytes"/>).</summary>
+    /// <remarks>
+    /// Below <see cref="BlockScratchFrom"/> positions the blocks get no scratch beyond one query's (group × context):
+    /// attention is a small part of such a prompt, and the smallest budgets the planner names (the demo model at 76
+    /// MiB with 256 positions) have no room for it; blocks there are as long as that scratch allows.
+    /// </remarks>
     public static long ScoreFloatsFor(KvShape c, int maxContext)
     {
         long row = (long)(c.Heads / c.KvHeads) * RoundUp(maxContext);   // one query's group over the whole context
-        return Math.Max(row, Math.Min(ScoreFloats, MaxBlock * row));
+        return maxContext < BlockScratchFrom ? row : Math.Max(row, Math.Min(ScoreFloats, MaxBlock * row));
     }
+
+    /// <summary>Contexts of at least this many positions get block scratch of their own (<see cref="ScoreFloatsFor"/>).</summary>
+    public const int BlockScratchFrom = 512;
 
     /// <summary>out[t] = attention of q[t] (position pos + t) over positions [0, pos + t]; q and out pinned.</summary>
     public void Run(IKvTiles src, int layer, int pos, int n, float* q, float* output)
     {
         _src = src; _layer = layer; _pos = pos; _n = n; _q = q; _out = output;
-        _block = Math.Clamp(ScoreFloats / (_group * RoundUp(pos + n)), 1, MaxBlock);
+        _block = (int)Math.Clamp(_scoreFloats / ((long)_group * RoundUp(pos + n)), 1, MaxBlock);
         _blocks = (n + _block - 1) / _block;
         try { WorkerPool.Shared.Run(this, _blocks * _c.KvHeads); }
         finally { _src = null!; _q = _out = null; }

@@ -55,7 +55,7 @@ internal sealed unsafe class TileAttention : IParallelJob
         _partMax = new float[items * _group];
         _partSum = new float[items * _group];
         _partAcc = new float[items * _group * _hd];
-        _prefill = new PrefillAttention(c);
+        _prefill = new PrefillAttention(c, maxContext);
     }
 
     /// <summary>
