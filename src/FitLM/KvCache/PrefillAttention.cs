@@ -75,7 +75,9 @@ internal sealed unsafe class PrefillAttention : IParallelJob
         int last = _pos + t1 - 1;
         int from = _c.FirstVisible(_layer, _pos + t0) / Tile * Tile, to = last + 1;
         int stride = RoundUp(to - from), rows = (t1 - t0) * group;
-        var scratch = TileAttention.Scratch.Get(rows * stride, Tile * hd);
+        // The most any block may use, at once: growing the thread's array block by block would leave a large-object
+        // array behind at each step (a server's prompts of every length), RSS the budget does not count.
+        var scratch = TileAttention.Scratch.Get((int)Math.Max(_scoreFloats, (long)rows * stride), Tile * hd);
         fixed (float* scores = scratch.Scores, buf = scratch.Tile)
         {
             var tileBuf = new Span<float>(buf, Tile * hd);
