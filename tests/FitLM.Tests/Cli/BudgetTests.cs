@@ -107,18 +107,7 @@ public sealed partial class BudgetTests(ITestOutputHelper output)
         // The server keeps its own overhead out of the KV pool (KvBudget.ServerOverheadBytes), then two sequences of 512.
         int mib = DemoMinimumMiB + (int)(FitLM.Server.KvBudget.ServerOverheadBytes / MiB) + 20;
         long budget = mib * MiB;
-        string? reply = null;
-        var r = PeakRssRunner.Run(p =>
-        {
-            var line = p.StandardOutput.ReadLine() ?? throw new InvalidOperationException("serve printed nothing (see its standard error)");
-            var address = ListeningOn().Match(line);
-            Assert.True(address.Success, line);
-            using var http = new HttpClient { BaseAddress = new Uri(address.Groups[1].Value), Timeout = TimeSpan.FromMinutes(2) };
-            var response = http.PostAsJsonAsync("/v1/completions", new { prompt = "def fibonacci(n):", max_tokens = 16, temperature = 0 }).GetAwaiter().GetResult();
-            reply = response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
-            Thread.Sleep(20); // one more VmHWM sample after the answer
-            p.Kill(); // the server's own exit path is another test's; here only its peak while serving matters
-        }, "serve", "-m", TestPaths.DemoModel, "--port", "0", "--parallel", "2", "--ctx", "512", "--memory", $"{mib}MiB");
+        var (r, reply) = ServeOneCompletion("-m", TestPaths.DemoModel, "--port", "0", "--parallel", "2", "--ctx", "512", "--memory", $"{mib}MiB");
         output.WriteLine($"serve: budget {mib} MiB, sampled peak {r.SampledPeakBytes / (double)MiB:F1} MiB");
         Assert.Contains("\"choices\"", reply);
         Assert.True(r.SampledPeakBytes > 0 && r.SampledPeakBytes <= budget, $"serve: peak {r.SampledPeakBytes / (double)MiB:F1} MiB exceeds {mib} MiB");
@@ -146,18 +135,7 @@ public sealed partial class BudgetTests(ITestOutputHelper output)
                 MemoryBudget = budget, ContextLength = 256, LogitRows = 2, MovableWeights = true, ServerSlots = 2,
             }))
                 Assert.NotNull(lm.Plan.Experts); // the experts are cached at this budget: the model does not fit whole
-            string? reply = null;
-            var r = PeakRssRunner.Run(p =>
-            {
-                var line = p.StandardOutput.ReadLine() ?? throw new InvalidOperationException("serve printed nothing (see its standard error)");
-                var address = ListeningOn().Match(line);
-                Assert.True(address.Success, line);
-                using var http = new HttpClient { BaseAddress = new Uri(address.Groups[1].Value), Timeout = TimeSpan.FromMinutes(2) };
-                var response = http.PostAsJsonAsync("/v1/completions", new { prompt = "def fibonacci(n):", max_tokens = 16, temperature = 0 }).GetAwaiter().GetResult();
-                reply = response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
-                Thread.Sleep(20);
-                p.Kill();
-            }, "serve", "-m", gguf, "--port", "0", "--parallel", "2", "--ctx", "256", "--memory", $"{mib}MiB");
+            var (r, reply) = ServeOneCompletion("-m", gguf, "--port", "0", "--parallel", "2", "--ctx", "256", "--memory", $"{mib}MiB");
             output.WriteLine($"serve (pycoder-moe q8_0, experts cached): budget {mib} MiB, sampled peak {r.SampledPeakBytes / (double)MiB:F1} MiB");
             Assert.Contains("\"choices\"", reply);
             Assert.True(r.SampledPeakBytes > 0 && r.SampledPeakBytes <= budget, $"serve: peak {r.SampledPeakBytes / (double)MiB:F1} MiB exceeds {mib} MiB");
@@ -166,6 +144,27 @@ public sealed partial class BudgetTests(ITestOutputHelper output)
         {
             dir.Delete(recursive: true);
         }
+    }
+
+    /// <summary>
+    /// Runs `fitlm serve ARGS` under the peak-RSS sampler, asks it for one 16-token completion, and kills it: its own
+    /// exit path is another test's, here only its peak while serving matters.
+    /// </summary>
+    private static (PeakRssRunner.Result Result, string? Reply) ServeOneCompletion(params string[] args)
+    {
+        string? reply = null;
+        var r = PeakRssRunner.Run(p =>
+        {
+            var line = p.StandardOutput.ReadLine() ?? throw new InvalidOperationException("serve printed nothing (see its standard error)");
+            var address = ListeningOn().Match(line);
+            Assert.True(address.Success, line);
+            using var http = new HttpClient { BaseAddress = new Uri(address.Groups[1].Value), Timeout = TimeSpan.FromMinutes(2) };
+            var response = http.PostAsJsonAsync("/v1/completions", new { prompt = "def fibonacci(n):", max_tokens = 16, temperature = 0 }).GetAwaiter().GetResult();
+            reply = response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
+            Thread.Sleep(20); // one more VmHWM sample after the answer
+            p.Kill();
+        }, ["serve", .. args]);
+        return (r, reply);
     }
 
     [GeneratedRegex(@"listening on (\S+)")]
