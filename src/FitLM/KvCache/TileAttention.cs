@@ -65,7 +65,7 @@ internal sealed unsafe class TileAttention : IParallelJob
     /// </summary>
     public static long PartialBytes(KvShape c, int maxContext)
     {
-        int tiles = (maxContext + Tile - 1) / Tile, splits = Math.Clamp(tiles / MinSplitTiles, 1, MaxSplits);
+        int splits = DecodeSplits(maxContext);
         if (splits == 1) return 0;
         long items = (long)(SplitBelow - 1) * c.KvHeads * splits, group = c.Heads / c.KvHeads;
         return 4 * items * group * (2L + c.HeadDim);
@@ -87,9 +87,12 @@ internal sealed unsafe class TileAttention : IParallelJob
         }
     }
 
+    /// <summary>Spans a short batch (decode) splits a context of <paramref name="positions"/> into: one per 8 tiles, 1..16.</summary>
+    private static int DecodeSplits(int positions) => Math.Clamp((positions + Tile - 1) / Tile / MinSplitTiles, 1, MaxSplits);
+
     private void RunPinned()
     {
-        if (_n > 1 && MatMul.RowWise && Math.Clamp((_pos + _n + Tile - 1) / Tile / MinSplitTiles, 1, MaxSplits) > 1)
+        if (_n > 1 && MatMul.RowWise && DecodeSplits(_pos + _n) > 1)
         {
             RunQueryByQuery();
             return;
@@ -101,7 +104,7 @@ internal sealed unsafe class TileAttention : IParallelJob
             return;
         }
         int tiles = (pos + n + Tile - 1) / Tile;
-        _splits = n >= SplitBelow ? 1 : Math.Clamp(tiles / MinSplitTiles, 1, MaxSplits);
+        _splits = n >= SplitBelow ? 1 : DecodeSplits(pos + n);
         _splitTiles = (tiles + _splits - 1) / _splits;
         WorkerPool.Shared.Run(this, n * _c.KvHeads * _splits);
         if (_splits > 1) Merge();
