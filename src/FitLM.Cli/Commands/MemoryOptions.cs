@@ -98,7 +98,7 @@ internal sealed class MemoryOptions
         if (window is < 0 or > 1024) throw new FitLMException($"--ffn-window {window} is out of range (0..1024)");
         return o with
         {
-            MemoryBudget = budget, Stream = mode, StreamChosen = r.GetResult(Stream) is { Implicit: false }, FfnFraction = f >= 1 ? 0 : f, FfnWindow = window, RuntimeBytes = RuntimeBytes(r),
+            MemoryBudget = budget, Stream = mode, FfnFraction = f >= 1 ? 0 : f, FfnWindow = window, RuntimeBytes = RuntimeBytes(r),
             PredictorPath = r.GetValue(Predictor), RandomNeurons = r.GetValue(RandomNeurons), FfnAudit = r.GetValue(FfnRecall),
         };
     }

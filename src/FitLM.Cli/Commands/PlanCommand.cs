@@ -91,13 +91,13 @@ internal static class PlanCommand
                 o.WriteLine(StorageProbe.Describe(storage));
                 o.WriteLine();
                 o.WriteLine($"predicted decode: {plan.PredictedTokensPerSecond:F2} tok/s — {plan.CostModelNote}");
-                if (!load.StreamChosen && plan.Streams)
+                if (plan.Streams)
                 {
-                    // The planner took the mode its model predicts faster; show the other one's prediction too.
+                    // The plan is run's (run does not probe); the other mode's prediction is advice.
                     var other = plan.Mode == StreamMode.Naive ? StreamMode.Prefetch : StreamMode.Naive;
-                    var alt = LanguageModel.PlanLoad(path, src, load with { Stream = other, StreamChosen = true }, n, storage).Plan;
-                    o.WriteLine($"mode: {plan.Mode.ToString().ToLowerInvariant()} (predicted faster than {other.ToString().ToLowerInvariant()}: " +
-                        $"{alt.PredictedTokensPerSecond:F2} tok/s); --stream chooses one");
+                    var alt = LanguageModel.PlanLoad(path, src, load with { Stream = other }, n, storage).Plan;
+                    o.WriteLine($"mode: {plan.Mode.ToString().ToLowerInvariant()}; {other.ToString().ToLowerInvariant()} is predicted at {alt.PredictedTokensPerSecond:F2} tok/s" +
+                        (alt.PredictedTokensPerSecond > plan.PredictedTokensPerSecond ? $" (faster: --stream {other.ToString().ToLowerInvariant()} chooses it)" : ""));
                 }
             }
             return 0;

@@ -32,8 +32,6 @@ public sealed record LoadOptions
     public bool MovableWeights { get; init; }
     /// <summary>How streamed weights are read; Naive also streams every weight, whatever the budget.</summary>
     public StreamMode Stream { get; init; } = StreamMode.Prefetch;
-    /// <summary>Whether the user chose <see cref="Stream"/>; if not, a plan priced by a storage probe takes the mode its cost model predicts faster.</summary>
-    public bool StreamChosen { get; init; }
     /// <summary>Prepared models: fraction of FFN neurons fetched per token, chosen at random (0 = all neurons).</summary>
     public double FfnFraction { get; init; }
     /// <summary>Prepared models: choose the fraction at random even when calibrated predictors exist (I/O measurements).</summary>

@@ -33,7 +33,7 @@ public sealed class PlanStabilityTests
         using var src = ModelSource.Open(TestPaths.DemoModel);
         var storage = new StorageProfile("x", true, [new(4 << 20, 1, 1e9, 0, Sequential: true), new(4 << 20, 4, 2e9, 0, Sequential: true), new(4 << 10, 1, 20e6, 0)]);
         var machine = MachineProfile.Fixed(4e9, 10e-6);
-        var options = new LoadOptions { ContextLength = 256, MemoryBudget = 80L << 20, RuntimeBytes = 54L << 20, Machine = machine, StreamChosen = true };
+        var options = new LoadOptions { ContextLength = 256, MemoryBudget = 80L << 20, RuntimeBytes = 54L << 20, Machine = machine };
         var a = LanguageModel.PlanLoad(TestPaths.DemoModel, src, options, 256, storage).Plan;
         var b = LanguageModel.PlanLoad(TestPaths.DemoModel, src, options, 256, storage).Plan;
         Assert.Equal(a.PredictedTokensPerSecond, b.PredictedTokensPerSecond);
