@@ -100,49 +100,55 @@ internal static unsafe class IntGemm
     /// <summary>Repacks <paramref name="a"/> (quantized for <paramref name="type"/>) into the kernel layout.</summary>
     public static void PackActivations(GgmlType type, QuantizedActivations a, PackedActivations p)
     {
-        int sb = SubBlock(type), cols = a.Cols, n = a.Count, nsb = cols / sb;
-        int groups = (n + G - 1) / G;
-        p.Reshape(groups, cols, sb);
+        ShapeActivations(type, a, p);
+        for (int g = 0; g < p.Groups; g++) PackGroup(a, p, g);
+    }
+
+    /// <summary>Sizes <paramref name="p"/> for <paramref name="a"/>'s tokens; then <see cref="PackGroup"/> fills each group (in any order, on any thread).</summary>
+    internal static void ShapeActivations(GgmlType type, QuantizedActivations a, PackedActivations p) =>
+        p.Reshape((a.Count + G - 1) / G, a.Cols, SubBlock(type));
+
+    /// <summary>Packs token group <paramref name="g"/> (tokens 8g to 8g+7) of <paramref name="a"/>; padding tokens are zero.</summary>
+    internal static void PackGroup(QuantizedActivations a, PackedActivations p, int g)
+    {
+        int sb = p.SubBlockSize, cols = p.Cols, n = a.Count, nsb = cols / sb;
         bool k = a.Format == ActFormat.Q8_K;
-        for (int g = 0; g < groups; g++)
+        int* qd = (int*)(p.Q + g * p.GroupStride);
+        int* c = p.C + (long)g * nsb * G;
+        float* d = p.D + (long)g * nsb * G;
+        float* m = p.M + (long)g * nsb * G;
+        for (int i = 0; i < G; i++)
         {
-            int* qd = (int*)(p.Q + g * p.GroupStride);
-            int* c = p.C + (long)g * nsb * G;
-            float* d = p.D + (long)g * nsb * G;
-            float* m = p.M + (long)g * nsb * G;
-            for (int i = 0; i < G; i++)
+            int t = g * G + i;
+            if (t >= n)
             {
-                int t = g * G + i;
-                if (t >= n)
+                for (int q = 0; q < cols / 4; q++) qd[q * G + i] = 0;
+                for (int s = 0; s < nsb; s++) { c[s * G + i] = 0; d[s * G + i] = 0; m[s * G + i] = 0; }
+                continue;
+            }
+            var r = a.Row(t);
+            int* src = (int*)r.Q;
+            // Dword q of the token goes to [q][i]: sub-block s, quad k is q = s·SB/4 + k.
+            for (int q = 0; q < cols / 4; q++) qd[q * G + i] = src[q];
+            for (int s = 0; s < nsb; s++)
+            {
+                int sum;
+                float da, ms;
+                if (k)
                 {
-                    for (int q = 0; q < cols / 4; q++) qd[q * G + i] = 0;
-                    for (int s = 0; s < nsb; s++) { c[s * G + i] = 0; d[s * G + i] = 0; m[s * G + i] = 0; }
-                    continue;
+                    sum = sb == 16 ? r.BSums[s] : r.BSums[2 * s] + r.BSums[2 * s + 1];
+                    da = r.D[s * sb / 256];
+                    ms = da * sum;
                 }
-                var r = a.Row(t);
-                int* src = (int*)r.Q;
-                // Dword q of the token goes to [q][i]: sub-block s, quad k is q = s·SB/4 + k.
-                for (int q = 0; q < cols / 4; q++) qd[q * G + i] = src[q];
-                for (int s = 0; s < nsb; s++)
+                else
                 {
-                    int sum;
-                    float da, ms;
-                    if (k)
-                    {
-                        sum = sb == 16 ? r.BSums[s] : r.BSums[2 * s] + r.BSums[2 * s + 1];
-                        da = r.D[s * sb / 256];
-                        ms = da * sum;
-                    }
-                    else
-                    {
-                        sum = r.Sum[s];
-                        da = r.D[s];
-                        ms = r.S[s];
-                    }
-                    c[s * G + i] = -128 * sum;
-                    d[s * G + i] = da;
-                    m[s * G + i] = ms;
+                    sum = r.Sum[s];
+                    da = r.D[s];
+                    ms = r.S[s];
                 }
+                c[s * G + i] = -128 * sum;
+                d[s * G + i] = da;
+                m[s * G + i] = ms;
             }
         }
     }
