@@ -27,6 +27,7 @@ public static class Program
             PrepareCommand.Create(),
             CalibrateCommand.Create(),
             ServeCommand.Create(),
+            DevicesCommand.Create(),
         };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))

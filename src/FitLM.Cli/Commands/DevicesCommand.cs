@@ -1,0 +1,198 @@
+using System.CommandLine;
+using FitLM.Backends.Cuda;
+using FitLM.Runtime;
+using FitLM.Tensors;
+
+namespace FitLM.Cli.Commands;
+
+/// <summary>
+/// `fitlm devices`: the CUDA devices this machine has, or one line saying why there are none (exit 0: a machine
+/// without a GPU is not an error for a listing). `--check`: the GPU decode kernels against the CPU on device 0
+/// (docs/cuda.md); a check that cannot run fails.
+/// </summary>
+internal static class DevicesCommand
+{
+    /// <summary>Largest error allowed, relative to Σ|w·x| of the row.</summary>
+    private const double Tolerance = 1e-4;
+
+    /// <summary>
+    /// Against MatMul.MatVec for the quantized types: the CPU quantizes x to 8 bits per block first (llama.cpp's
+    /// numerics), which moves a row's dot by up to about 1e-3 of Σ|w·x| on short rows; the GPU keeps x in float.
+    /// </summary>
+    private const double QuantizedCpuTolerance = 1e-2;
+
+    public static Command Create()
+    {
+        var check = new Option<bool>("--check") { Description = "check the GPU kernels against the CPU on device 0 and measure their bandwidth" };
+        var cmd = new Command("devices", "list CUDA devices (--check: verify the GPU kernels)") { check };
+        cmd.SetAction(r => r.GetValue(check) ? Common.Guard(_ => Check()) : Common.Guard(_ => List()));
+        return cmd;
+    }
+
+    private static int List()
+    {
+        int count;
+        try { count = CudaDevice.Count(); }
+        catch (FitLMException e)
+        {
+            Console.WriteLine(e.Message);
+            return 0;
+        }
+        for (int i = 0; i < count; i++)
+        {
+            using var d = CudaDevice.Open(i);
+            Console.WriteLine(Describe(d));
+        }
+        return 0;
+    }
+
+    private static string Describe(CudaDevice d) =>
+        $"cuda:{d.Ordinal}  {d.Name}  compute {d.Major}.{d.Minor}  {d.Multiprocessors} SMs  memory {ProcessMemory.Format(d.TotalMemory)} " +
+        $"({ProcessMemory.Format(d.FreeMemory())} free)  bandwidth {(d.TheoreticalBandwidth > 0 ? $"{d.TheoreticalBandwidth / 1e9:F0} GB/s" : "n/a")} " +
+        $"({d.BusWidthBits}-bit bus, {d.MemoryClockKHz / 1000} MHz memory clock)";
+
+    private static readonly (int Rows, int Cols)[] SmallShapes = [(1, 256), (37, 768), (333, 2816), (101, 4352)];
+    private static readonly (int Rows, int Cols)[] LlamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)];
+
+    private static int Check()
+    {
+        using var dev = CudaDevice.Open(0);
+        Console.WriteLine(Describe(dev));
+        var mv = new CudaMatVec(dev, m => Console.Error.WriteLine(m));
+        double copy = CopyBandwidth(dev);
+        Console.WriteLine($"device-to-device copy of 1 GiB: {copy / 1e9:F0} GB/s (read + write bytes)");
+        Console.WriteLine();
+        Console.WriteLine($"{"type",-5} {"rows x cols",-13} {"err/exact",10} {"err/MatVec",10} {"kernel us",10} {"GB/s",7} {"of copy",7}  result");
+        // Flushing 2 x 256 MiB through the L2 (50-60 MiB on H100/H200) before each timed launch: otherwise a matrix
+        // that fits in L2 is read from there and the number is not the DRAM bandwidth a model decode sees.
+        using var flushA = dev.Allocate(256L << 20);
+        using var flushB = dev.Allocate(256L << 20);
+        int failures = 0, checks = 0;
+        foreach (var (rows, colsWanted) in SmallShapes.Concat(LlamaShapes))
+        {
+            float[] x = Gaussian(colsWanted + 7, 12345, 1f);
+            float[] wf = WeightRows(rows, colsWanted + 7, 17 + rows);
+            foreach (var type in CudaMatVec.Types)
+            {
+                int bs = GgmlTypes.BlockSize(type);
+                // Float types also take a row length that is not a multiple of 4 (rows not 16-byte aligned).
+                int cols = bs == 1 && rows == 37 ? colsWanted + 7 : colsWanted;
+                var r = CheckOne(dev, mv, type, rows, cols, wf, colsWanted + 7, x, flushA, flushB);
+                double cpuTol = bs == 1 ? Tolerance : QuantizedCpuTolerance;
+                bool ok = r.ErrExact <= Tolerance && r.ErrCpu <= cpuTol;
+                checks++;
+                if (!ok) failures++;
+                string speed = r.Micros > 0
+                    ? $"{r.Micros,10:F1} {r.Bytes / (r.Micros * 1e-6) / 1e9,7:F0} {r.Bytes / (r.Micros * 1e-6) / copy,7:P0}"
+                    : $"{"-",10} {"-",7} {"-",7}";
+                Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {r.ErrExact,10:E1} {r.ErrCpu,10:E1} {speed}  {(ok ? "ok" : "MISMATCH")}");
+            }
+        }
+        Console.WriteLine();
+        Console.WriteLine(failures == 0 ? $"check passed: {checks} kernels and shapes" : $"check failed: {failures} of {checks} kernels and shapes");
+        return failures == 0 ? 0 : 1;
+    }
+
+    private sealed record Result(double ErrExact, double ErrCpu, double Micros, long Bytes);
+
+    private static unsafe Result CheckOne(CudaDevice dev, CudaMatVec mv, GgmlType type, int rows, int cols, float[] wf, int stride,
+        float[] xAll, DeviceBuffer flushA, DeviceBuffer flushB)
+    {
+        long rowBytes = GgmlTypes.RowBytes(type, cols);
+        var w = new byte[rowBytes * rows];
+        var x = xAll.AsSpan(0, cols).ToArray();
+        var exact = new double[rows];
+        var absSum = new double[rows];
+        Parallel.For(0, rows, r =>
+        {
+            var row = w.AsSpan((int)(r * rowBytes), (int)rowBytes);
+            Quantize.Row(type, wf.AsSpan(r * stride, cols), row);
+            var deq = new float[cols];
+            Dequantize.Row(type, row, deq);
+            double s = 0, a = 0;
+            for (int i = 0; i < cols; i++) { double p = (double)deq[i] * x[i]; s += p; a += Math.Abs(p); }
+            exact[r] = s;
+            absSum[r] = a;
+        });
+        var cpu = new float[rows];
+        fixed (byte* pw = w) MatMul.MatVec(type, pw, rowBytes, rows, cols, x, cpu);
+
+        using var dw = dev.Allocate(w.Length);
+        using var dx = dev.Allocate(cols * 4L);
+        using var dy = dev.Allocate(rows * 4L);
+        dev.Upload<byte>(dw, w);
+        dev.Upload<float>(dx, x);
+        mv.Run(type, dw, rowBytes, rows, cols, dx, dy);
+        dev.Synchronize();
+        var gpu = new float[rows];
+        dev.Download<float>(dy, gpu);
+        double errExact = 0, errCpu = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            double scale = absSum[r] > 0 ? absSum[r] : 1;
+            double e1 = Math.Abs(gpu[r] - exact[r]) / scale, e2 = Math.Abs(gpu[r] - (double)cpu[r]) / scale;
+            if (!(e1 <= errExact)) errExact = double.IsNaN(e1) ? double.PositiveInfinity : e1;
+            if (!(e2 <= errCpu)) errCpu = double.IsNaN(e2) ? double.PositiveInfinity : e2;
+        }
+
+        double micros = 0;
+        if ((long)rows * cols >= 1 << 20)
+        {
+            var times = new List<float>();
+            for (int i = 0; i < 23; i++)
+            {
+                dev.Copy(flushB, flushA, flushA.Bytes);
+                float ms = dev.Time(() => mv.Run(type, dw, rowBytes, rows, cols, dx, dy));
+                if (i >= 3) times.Add(ms); // the first launches warm up clocks and caches of code
+            }
+            times.Sort();
+            micros = times[times.Count / 2] * 1000.0;
+        }
+        return new Result(errExact, errCpu, micros, w.Length);
+    }
+
+    /// <summary>The card's achievable bandwidth: the median of 5 device-to-device copies of 1 GiB, read + write bytes.</summary>
+    private static double CopyBandwidth(CudaDevice dev)
+    {
+        const long bytes = 1L << 30;
+        using var a = dev.Allocate(bytes);
+        using var b = dev.Allocate(bytes);
+        dev.Copy(b, a, bytes);
+        dev.Synchronize();
+        var times = new List<float>();
+        for (int i = 0; i < 5; i++) times.Add(dev.Time(() => dev.Copy(b, a, bytes)));
+        times.Sort();
+        return 2.0 * bytes / (times[2] * 1e-3);
+    }
+
+    private static float[] Gaussian(int n, int seed, float scale)
+    {
+        var rng = new Random(seed);
+        var a = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+            a[i] = scale * (float)(Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+        }
+        return a;
+    }
+
+    /// <summary>Weight-like rows (as the kernel tests make them): Gaussian, a per-row scale from 1e-3 to 10, a few outliers.</summary>
+    private static float[] WeightRows(int rows, int cols, int seed)
+    {
+        var w = new float[(long)rows * cols];
+        Parallel.For(0, rows, r =>
+        {
+            var rng = new Random(seed * 1000 + r);
+            float scale = (float)Math.Pow(10, -3 + 4 * rng.NextDouble());
+            var row = w.AsSpan(r * cols, cols);
+            for (int i = 0; i < cols; i++)
+            {
+                double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+                row[i] = scale * (float)(Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+            }
+            for (int k = 0; k < cols / 97; k++) row[rng.Next(cols)] *= 4;
+        });
+        return w;
+    }
+}

@@ -1,0 +1,168 @@
+using System.Runtime.InteropServices;
+
+namespace FitLM.Backends.Cuda;
+
+/// <summary>
+/// One CUDA device: its primary context (made current on the opening thread; use the device from that thread), a
+/// stream, loaded modules, buffers, launches and event timing.
+/// </summary>
+internal sealed unsafe class CudaDevice : IDisposable
+{
+    private readonly List<nint> _modules = [];
+    private nint _context, _stream;
+
+    public int Ordinal { get; }
+    public string Name { get; }
+    public int Major { get; }
+    public int Minor { get; }
+    public int Multiprocessors { get; }
+    /// <summary>Memory bus width in bits and memory clock in kHz (0 where the driver does not report them).</summary>
+    public int BusWidthBits { get; }
+    public int MemoryClockKHz { get; }
+    public long TotalMemory { get; }
+    public nint Stream => _stream;
+
+    /// <summary>"sm_90" for compute capability 9.0: the architecture NVRTC compiles for.</summary>
+    public string Arch => $"sm_{Major}{Minor}";
+
+    /// <summary>Bytes per second the memory interface can move: two transfers per clock (DDR) × bus width.</summary>
+    public double TheoreticalBandwidth => 2.0 * MemoryClockKHz * 1000 * BusWidthBits / 8;
+
+    /// <summary>The number of CUDA devices; throws one actionable line when there is no driver or no device.</summary>
+    public static int Count()
+    {
+        CudaLibraries.LoadDriver();
+        int r = CudaDriver.cuInit(0);
+        if (r == CudaDriver.ErrorNoDevice) throw new FitLMException("no CUDA device: the NVIDIA driver found no GPU");
+        CudaDriver.Check(r, "cuInit");
+        int count;
+        CudaDriver.Check(CudaDriver.cuDeviceGetCount(&count));
+        if (count == 0) throw new FitLMException("no CUDA device: the NVIDIA driver found no GPU");
+        return count;
+    }
+
+    private CudaDevice(int ordinal)
+    {
+        Ordinal = ordinal;
+        int dev;
+        CudaDriver.Check(CudaDriver.cuDeviceGet(&dev, ordinal));
+        var name = stackalloc byte[256];
+        CudaDriver.Check(CudaDriver.cuDeviceGetName(name, 256, dev));
+        Name = Marshal.PtrToStringUTF8((nint)name) ?? "?";
+        Major = Attribute(dev, CudaDriver.AttrComputeCapabilityMajor);
+        Minor = Attribute(dev, CudaDriver.AttrComputeCapabilityMinor);
+        Multiprocessors = Attribute(dev, CudaDriver.AttrMultiprocessorCount);
+        BusWidthBits = Attribute(dev, CudaDriver.AttrGlobalMemoryBusWidth);
+        MemoryClockKHz = Attribute(dev, CudaDriver.AttrMemoryClockRate);
+        nuint total;
+        CudaDriver.Check(CudaDriver.cuDeviceTotalMem_v2(&total, dev));
+        TotalMemory = (long)total;
+        nint ctx;
+        CudaDriver.Check(CudaDriver.cuDevicePrimaryCtxRetain(&ctx, dev));
+        _context = ctx;
+        CudaDriver.Check(CudaDriver.cuCtxSetCurrent(ctx));
+        nint stream;
+        CudaDriver.Check(CudaDriver.cuStreamCreate(&stream, 0));
+        _stream = stream;
+    }
+
+    /// <summary>Opens device <paramref name="ordinal"/> (cuInit first, through <see cref="Count"/>).</summary>
+    public static CudaDevice Open(int ordinal)
+    {
+        int count = Count();
+        if (ordinal < 0 || ordinal >= count) throw new FitLMException($"no CUDA device {ordinal}: this machine has {count}");
+        return new CudaDevice(ordinal);
+    }
+
+    private static int Attribute(int dev, int attribute)
+    {
+        int v;
+        return CudaDriver.cuDeviceGetAttribute(&v, attribute, dev) == 0 ? v : 0;
+    }
+
+    /// <summary>Free device memory now (cuMemGetInfo).</summary>
+    public long FreeMemory()
+    {
+        nuint free, total;
+        CudaDriver.Check(CudaDriver.cuMemGetInfo_v2(&free, &total));
+        return (long)free;
+    }
+
+    public DeviceBuffer Allocate(long bytes) => new(bytes);
+
+    public void Upload<T>(DeviceBuffer dst, ReadOnlySpan<T> src) where T : unmanaged
+    {
+        long bytes = (long)src.Length * sizeof(T);
+        if (bytes > dst.Bytes) throw new ArgumentException("upload larger than the buffer");
+        fixed (T* p = src) CudaDriver.Check(CudaDriver.cuMemcpyHtoD_v2(dst.Pointer, p, (nuint)bytes));
+    }
+
+    public void Download<T>(DeviceBuffer src, Span<T> dst) where T : unmanaged
+    {
+        long bytes = (long)dst.Length * sizeof(T);
+        if (bytes > src.Bytes) throw new ArgumentException("download larger than the buffer");
+        fixed (T* p = dst) CudaDriver.Check(CudaDriver.cuMemcpyDtoH_v2(p, src.Pointer, (nuint)bytes));
+    }
+
+    /// <summary>Device-to-device copy (the card's bandwidth yardstick, and cache flushing between timed launches).</summary>
+    public void Copy(DeviceBuffer dst, DeviceBuffer src, long bytes) =>
+        CudaDriver.Check(CudaDriver.cuMemcpyDtoD_v2(dst.Pointer, src.Pointer, (nuint)bytes));
+
+    /// <summary>Loads a CUBIN; the module lives as long as the device.</summary>
+    public nint LoadModule(byte[] cubin)
+    {
+        nint module;
+        fixed (byte* p = cubin) CudaDriver.Check(CudaDriver.cuModuleLoadData(&module, p));
+        _modules.Add(module);
+        return module;
+    }
+
+    public static nint Function(nint module, string name)
+    {
+        var bytes = System.Text.Encoding.ASCII.GetBytes(name + "\0");
+        nint f;
+        fixed (byte* p = bytes) CudaDriver.Check(CudaDriver.cuModuleGetFunction(&f, module, p));
+        return f;
+    }
+
+    /// <summary>Launches on this device's stream; <paramref name="args"/> point at each kernel parameter's value.</summary>
+    public void Launch(nint function, uint gridX, uint blockX, uint sharedBytes, void** args) =>
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(function, gridX, 1, 1, blockX, 1, 1, sharedBytes, _stream, args, null));
+
+    public void Synchronize() => CudaDriver.Check(CudaDriver.cuStreamSynchronize(_stream));
+
+    /// <summary>Milliseconds the GPU spent on what <paramref name="body"/> queues on the stream (events around it).</summary>
+    public float Time(Action body)
+    {
+        nint start, end;
+        CudaDriver.Check(CudaDriver.cuEventCreate(&start, 0));
+        CudaDriver.Check(CudaDriver.cuEventCreate(&end, 0));
+        try
+        {
+            CudaDriver.Check(CudaDriver.cuEventRecord(start, _stream));
+            body();
+            CudaDriver.Check(CudaDriver.cuEventRecord(end, _stream));
+            CudaDriver.Check(CudaDriver.cuEventSynchronize(end));
+            float ms;
+            CudaDriver.Check(CudaDriver.cuEventElapsedTime(&ms, start, end));
+            return ms;
+        }
+        finally
+        {
+            _ = CudaDriver.cuEventDestroy_v2(start);
+            _ = CudaDriver.cuEventDestroy_v2(end);
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_context == 0) return;
+        foreach (nint m in _modules) _ = CudaDriver.cuModuleUnload(m);
+        _modules.Clear();
+        if (_stream != 0) _ = CudaDriver.cuStreamDestroy_v2(_stream);
+        _stream = 0;
+        int dev;
+        if (CudaDriver.cuDeviceGet(&dev, Ordinal) == 0) _ = CudaDriver.cuDevicePrimaryCtxRelease_v2(dev);
+        _context = 0;
+    }
+}

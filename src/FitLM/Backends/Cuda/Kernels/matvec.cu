@@ -1,0 +1,256 @@
+// Decode matrix-vector kernels: y[r] = dot(W[r], x) for one token, W in GGUF's block layouts exactly as the file
+// stores them (src/FitLM/Tensors/BlockLayout.cs), x and y float32. Compiled at first use by NVRTC (Nvrtc.cs), so
+// nothing is #included (no header is guaranteed to be there): fixed-width types and fp16 conversion are spelled
+// out here. Each element is decoded as Dequantize.cs decodes it (same float operations), then multiplied with x.
+//
+// Shape of every kernel: one warp per row, WARPS rows per thread block. A warp walks its row tile by tile: a tile
+// is a whole number of blocks whose size is a multiple of 16 bytes. GGUF blocks are not 16-byte aligned inside a
+// row (q4_0 is 18 bytes, q8_0 34, q6_K 210), so a thread cannot read its own block with wide loads; instead the
+// warp copies the tile into shared memory with 16-byte loads (a warp instruction then reads 512 contiguous bytes,
+// the widest and fewest memory instructions there are), and each lane decodes its part of the tile from shared
+// memory, where any alignment is cheap. When the row does not start 16-byte aligned (rows of odd byte length) the
+// copy falls back to 4-byte or 1-byte loads: correct, slower, and not the layout of real models.
+// The lanes' partial sums are added with warp shuffles; lane 0 writes y[r].
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+struct alignas(16) v4 { u32 a, b, c, d; };
+struct alignas(16) f4 { float x, y, z, w; };
+
+#define WARPS 8           // rows per thread block (256 threads)
+#define TILE_MAX 1792     // bytes of the largest tile (q6_K: 8 blocks = 1680), a multiple of 16
+#define LOADS ((TILE_MAX / 16 + 31) / 32) // 16-byte loads per lane for the largest tile (4)
+
+// Each warp's tile; declared as 16-byte vectors so that it is 16-byte aligned.
+__shared__ v4 tiles[WARPS][TILE_MAX / 16];
+
+// IEEE half to float with the hardware conversion (exact for every half, as Dequantize.HalfToSingle).
+__device__ __forceinline__ float half_to_float(u16 h)
+{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// bfloat16 is the upper half of a float32.
+__device__ __forceinline__ float bf16_to_float(u16 h)
+{
+    float f;
+    u32 bits = (u32)h << 16;
+    asm("mov.b32 %0, %1;" : "=f"(f) : "r"(bits));
+    return f;
+}
+
+__device__ __forceinline__ u16 ld16(const u8* p) { return *(const u16*)p; }
+__device__ __forceinline__ u32 ld32(const u8* p) { return *(const u32*)p; }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Copies n bytes of the row into this warp's tile. All 16-byte loads are issued before the first store, so a lane
+// has up to LOADS loads in flight (latency hiding comes from that and from the other warps of the SM).
+__device__ __forceinline__ void stage(u8* dst, const u8* __restrict__ src, int n, int lane)
+{
+    if ((((u64)src) & 15) == 0)
+    {
+        int n16 = n >> 4;
+        const v4* s = (const v4*)src;
+        v4* d = (v4*)dst;
+        v4 r[LOADS];
+#pragma unroll
+        for (int k = 0; k < LOADS; k++) { int i = lane + 32 * k; if (i < n16) r[k] = s[i]; }
+#pragma unroll
+        for (int k = 0; k < LOADS; k++) { int i = lane + 32 * k; if (i < n16) d[i] = r[k]; }
+        for (int i = (n16 << 4) + lane; i < n; i += 32) dst[i] = src[i];
+    }
+    else if ((((u64)src) & 3) == 0)
+    {
+        int n4 = n >> 2;
+        for (int i = lane; i < n4; i += 32) ((u32*)dst)[i] = ((const u32*)src)[i];
+        for (int i = (n4 << 2) + lane; i < n; i += 32) dst[i] = src[i];
+    }
+    else
+    {
+        for (int i = lane; i < n; i += 32) dst[i] = src[i];
+    }
+    __syncwarp();
+}
+
+// The loop every kernel shares. T gives the block size in elements and bytes, the blocks per tile, and
+// decode4(tile, e, w): elements e..e+3 (e a multiple of 4) of the tile as floats, decoded as Dequantize.cs does.
+// Lane l takes elements 4l..4l+3 of every 128, so a warp's x loads are 512 contiguous bytes (4 L1 wavefronts). The
+// first version gave each lane whole blocks: its x loads touched 32 lines per instruction, and the quantized
+// kernels reached only 13-31% of the copy bandwidth on an H100 (F32, whose lanes read x nearly contiguously: 92%).
+template <typename T>
+__device__ __forceinline__ void matvec(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
+                                       const float* __restrict__ x, float* __restrict__ y)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * WARPS + warp;
+    if (row >= rows) return; // the whole warp leaves together; warps do not synchronize with each other
+    const u8* w = W + (long long)row * row_bytes;
+    u8* tile = (u8*)tiles[warp];
+    int blocks = cols / T::ELEMS;
+    float acc = 0.f;
+    for (int b0 = 0; b0 < blocks; b0 += T::TILE)
+    {
+        int nb = blocks - b0 < T::TILE ? blocks - b0 : T::TILE;
+        stage(tile, w + (long long)b0 * T::BYTES, nb * T::BYTES, lane);
+        const float* xt = x + (long long)b0 * T::ELEMS;
+        int n = nb * T::ELEMS; // a multiple of 32 for the block types; any length for f32/f16/bf16
+        for (int e = 4 * lane; e < n; e += 128)
+        {
+            if constexpr (T::ELEMS == 1)
+            {
+                if (e + 4 > n) // the last elements of a float row whose length is not a multiple of 4
+                {
+                    for (int i = e; i < n; i++) acc += T::decode1(tile, i) * xt[i];
+                    continue;
+                }
+            }
+            float v[4];
+            T::decode4(tile, e, v);
+            f4 xv = *(const f4*)(xt + e);
+            acc += v[0] * xv.x + v[1] * xv.y + v[2] * xv.z + v[3] * xv.w;
+        }
+        __syncwarp(); // every lane is done with the tile before the next copy overwrites it
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[row] = acc;
+}
+
+// Four bytes at a 2-byte aligned address (GGUF blocks of even size put every field there).
+__device__ __forceinline__ u32 ld4x2(const u8* p) { return ld16(p) | ((u32)ld16(p + 2) << 16); }
+
+// ------------------------------------------------------------------------------------------------ q4_0
+// block_q4_0 (18 bytes): half d; u8 qs[16]. x[j] = d*(lo(qs[j]) - 8), x[j+16] = d*(hi(qs[j]) - 8).
+// Tile: 64 blocks = 1152 bytes = 72 16-byte loads.
+struct Q4_0
+{
+    static const int ELEMS = 32, BYTES = 18, TILE = 64;
+    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
+    {
+        const u8* blk = t + (e >> 5) * BYTES;
+        int j = e & 31;
+        float d = half_to_float(ld16(blk));
+        u32 q = ld4x2(blk + 2 + (j & 15));
+        if (j >= 16) q >>= 4; // elements 16..31 are the high nibbles of the same bytes
+#pragma unroll
+        for (int i = 0; i < 4; i++) w[i] = (float)((int)((q >> (8 * i)) & 15) - 8) * d;
+    }
+};
+
+// ------------------------------------------------------------------------------------------------ q8_0
+// block_q8_0 (34 bytes): half d; i8 qs[32]. x = d*q. Tile: 32 blocks = 1088 bytes.
+struct Q8_0
+{
+    static const int ELEMS = 32, BYTES = 34, TILE = 32;
+    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
+    {
+        const u8* blk = t + (e >> 5) * BYTES;
+        float d = half_to_float(ld16(blk));
+        u32 q = ld4x2(blk + 2 + (e & 31));
+#pragma unroll
+        for (int i = 0; i < 4; i++) w[i] = (float)(i8)((q >> (8 * i)) & 0xFF) * d;
+    }
+};
+
+// ------------------------------------------------------------------------------------------------ q4_K
+// block_q4_K (144 bytes): half d; half dmin; u8 scales[12] (eight 6-bit scale/min pairs); u8 qs[128].
+// Chunk c (64 elements) uses qs[32c..32c+31]: low nibbles are sub-block 2c, high nibbles sub-block 2c+1;
+// x = d*sc*q - dmin*m. Tile: 8 blocks = 1152 bytes. 144 is a multiple of 16, so qs is 4-byte aligned: one load.
+struct Q4_K
+{
+    static const int ELEMS = 256, BYTES = 144, TILE = 8;
+    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
+    {
+        const u8* blk = t + (e >> 8) * BYTES;
+        int within = e & 255, c = within >> 6, hi = (within >> 5) & 1, l = within & 31, s = 2 * c + hi;
+        // BlockDecode.ScalesMinsK4, one sub-block: scales/mins 0-3 are the low 6 bits of bytes 0-3 / 4-7; 4-7 take
+        // their low 4 bits from byte 8+j's nibbles and their top 2 bits from the top of bytes j / 4+j.
+        const u8* sc = blk + 4;
+        int scale, min;
+        if (s < 4) { scale = sc[s] & 63; min = sc[4 + s] & 63; }
+        else { scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4); min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4); }
+        float d1 = half_to_float(ld16(blk)) * (float)scale, m1 = half_to_float(ld16(blk + 2)) * (float)min;
+        u32 q = ld32(blk + 16 + 32 * c + l);
+        if (hi) q >>= 4;
+#pragma unroll
+        for (int i = 0; i < 4; i++) w[i] = d1 * (float)((q >> (8 * i)) & 15) - m1;
+    }
+};
+
+// ------------------------------------------------------------------------------------------------ q6_K
+// block_q6_K (210 bytes): u8 ql[128]; u8 qh[64]; i8 scales[16]; half d. Element e = 128h + 32k + l has
+// q = nibble (k >= 2: high) of ql[64h + 32(k&1) + l] | bits 2k..2k+1 of qh[32h + l] << 4, x = d*scales[e/16]*(q - 32).
+// Tile: 8 blocks = 1680 bytes (210 is even but not a multiple of 16: 8 blocks are).
+struct Q6_K
+{
+    static const int ELEMS = 256, BYTES = 210, TILE = 8;
+    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
+    {
+        const u8* blk = t + (e >> 8) * BYTES;
+        int within = e & 255, h = within >> 7, k = (within >> 5) & 3, l = within & 31;
+        // Dequantize.Q6_K: dl = d * scales[s] (float), then x = dl * (q - 32).
+        float dl = half_to_float(ld16(blk + 208)) * (float)(i8)blk[192 + (within >> 4)];
+        u32 lo = ld4x2(blk + 64 * h + 32 * (k & 1) + l);
+        if (k >= 2) lo >>= 4;
+        u32 hb = ld4x2(blk + 128 + 32 * h + l) >> (2 * k);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+        {
+            int q = (int)(((lo >> (8 * i)) & 15) | (((hb >> (8 * i)) & 3) << 4));
+            w[i] = dl * (float)(q - 32);
+        }
+    }
+};
+
+// ------------------------------------------------------------------------------------------------ f16, bf16, f32
+// "Blocks" of one element; a tile is 1024 bytes. Rows of any length (decode1 for the last elements).
+struct F32
+{
+    static const int ELEMS = 1, BYTES = 4, TILE = 256;
+    static __device__ __forceinline__ float decode1(const u8* t, int i) { return ((const float*)t)[i]; }
+    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
+    {
+        f4 v = *(const f4*)(t + 4 * e);
+        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+    }
+};
+
+template <bool BF>
+struct Half16
+{
+    static const int ELEMS = 1, BYTES = 2, TILE = 512;
+    static __device__ __forceinline__ float convert(u16 h) { return BF ? bf16_to_float(h) : half_to_float(h); }
+    static __device__ __forceinline__ float decode1(const u8* t, int i) { return convert(((const u16*)t)[i]); }
+    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
+    {
+        u32 a = ld32(t + 2 * e), b = ld32(t + 2 * e + 4); // 8-byte aligned in the tile
+        w[0] = convert((u16)(a & 0xFFFF)); w[1] = convert((u16)(a >> 16));
+        w[2] = convert((u16)(b & 0xFFFF)); w[3] = convert((u16)(b >> 16));
+    }
+};
+
+// ------------------------------------------------------------------------------------------------ entry points
+// Launch: grid ceil(rows / WARPS), block 32 * WARPS threads, no dynamic shared memory (CudaMatVec.cs).
+#define ENTRY(name, T) \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) name(const u8* __restrict__ W, long long row_bytes, \
+        int rows, int cols, const float* __restrict__ x, float* __restrict__ y) \
+    { matvec<T>(W, row_bytes, rows, cols, x, y); }
+
+ENTRY(matvec_q4_0, Q4_0)
+ENTRY(matvec_q8_0, Q8_0)
+ENTRY(matvec_q4_k, Q4_K)
+ENTRY(matvec_q6_k, Q6_K)
+ENTRY(matvec_f32, F32)
+ENTRY(matvec_f16, Half16<false>)
+ENTRY(matvec_bf16, Half16<true>)

@@ -1,0 +1,53 @@
+using System.Runtime.InteropServices;
+using FitLM.Backends.Cuda;
+using FitLM.Tests.Cli;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace FitLM.Tests.Backends.Cuda;
+
+/// <summary>`fitlm devices` on a machine without CUDA (CI, this project's build machines): one line, and the right exit code.</summary>
+public sealed class DevicesCommandTests(ITestOutputHelper output)
+{
+    internal static bool HasDriver()
+    {
+        if (!NativeLibrary.TryLoad("libcuda.so.1", out nint h)) return false;
+        NativeLibrary.Free(h);
+        return true;
+    }
+
+    [Fact]
+    public void Listing_WithoutDriver_PrintsOneLineAndSucceeds()
+    {
+        if (HasDriver()) { output.WriteLine("skipped: this machine has libcuda.so.1 (tests/gpu.sh covers it)"); return; }
+        var r = CliRunner.Run("devices");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Equal(CudaLibraries.NoDriver, r.StdOut.Trim());
+        Assert.Equal("", r.StdErr.Trim());
+    }
+
+    [Fact]
+    public void Check_WithoutDriver_FailsWithOneLine()
+    {
+        if (HasDriver()) { output.WriteLine("skipped: this machine has libcuda.so.1 (tests/gpu.sh covers it)"); return; }
+        var r = CliRunner.Run("devices", "--check");
+        Assert.NotEqual(0, r.ExitCode); // a check that could not run must not pass
+        Assert.Equal("", r.StdOut.Trim());
+        Assert.Equal($"error: {CudaLibraries.NoDriver}", r.StdErr.Trim());
+    }
+
+    [Fact]
+    public void DriverCalls_WithoutDriver_ThrowFitLMException_NotDllNotFound()
+    {
+        if (HasDriver()) { output.WriteLine("skipped: this machine has libcuda.so.1"); return; }
+        var e = Assert.Throws<FitLMException>(() => CudaDevice.Count());
+        Assert.Equal(CudaLibraries.NoDriver, e.Message);
+    }
+
+    [Fact]
+    public void CallName_IsTheDriverFunction()
+    {
+        Assert.Equal("cuMemAlloc_v2", CudaDriver.CallName("CudaDriver.cuMemAlloc_v2(&p, (nuint)n)"));
+        Assert.Equal("cuInit", CudaDriver.CallName("cuInit(0)"));
+    }
+}

@@ -1,0 +1,106 @@
+using FitLM.Backends.Cuda;
+using Xunit;
+
+namespace FitLM.Tests.Backends.Cuda;
+
+/// <summary>The CUBIN cache, with a fake compiler: no GPU or NVRTC needed.</summary>
+public sealed class KernelCacheTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "fitlm-kcache-" + Guid.NewGuid().ToString("N"));
+    private int _compiles;
+
+    private KernelCache Cache() => new(_dir, (source, options) =>
+    {
+        _compiles++;
+        return System.Text.Encoding.UTF8.GetBytes($"cubin of {source} with {string.Join(' ', options)}");
+    });
+
+    public void Dispose()
+    {
+        if (Directory.Exists(_dir)) Directory.Delete(_dir, true);
+    }
+
+    [Fact]
+    public void Key_ChangesWithSourceOptionsVersionAndArch()
+    {
+        string[] o = ["--gpu-architecture=sm_90", "-default-device"];
+        string k = KernelCache.Key("src", o, "13.0", "sm_90");
+        Assert.Equal(k, KernelCache.Key("src", [.. o], "13.0", "sm_90"));
+        Assert.NotEqual(k, KernelCache.Key("src2", o, "13.0", "sm_90"));
+        Assert.NotEqual(k, KernelCache.Key("src", ["--gpu-architecture=sm_90"], "13.0", "sm_90"));
+        Assert.NotEqual(k, KernelCache.Key("src", o, "12.8", "sm_90"));
+        Assert.NotEqual(k, KernelCache.Key("src", o, "13.0", "sm_89"));
+        Assert.StartsWith("sm_90-", k, StringComparison.Ordinal);
+        // Length-prefixed parts: moving text from one part to the next is another key.
+        Assert.NotEqual(KernelCache.Key("ab", ["c"], "v", "a"), KernelCache.Key("a", ["bc"], "v", "a"));
+    }
+
+    [Fact]
+    public void SecondUse_ReadsTheCache_AndLogsOnlyTheCompile()
+    {
+        var log = new List<string>();
+        byte[] first = Cache().GetOrCompile("src", ["-x"], "13.0", "sm_90", log.Add);
+        byte[] second = Cache().GetOrCompile("src", ["-x"], "13.0", "sm_90", log.Add);
+        Assert.Equal(first, second);
+        Assert.Equal(1, _compiles);
+        Assert.Equal($"compiling CUDA kernels for sm_90 (first use; cached in {_dir})", Assert.Single(log));
+        Assert.Empty(Directory.GetFiles(_dir, "*.tmp"));
+        Cache().GetOrCompile("src", ["-x"], "13.0", "sm_80");
+        Assert.Equal(2, _compiles);
+    }
+
+    [Theory]
+    [InlineData("flip")]
+    [InlineData("truncate")]
+    [InlineData("empty")]
+    [InlineData("garbage")]
+    public void CorruptEntry_IsRecompiledAndReplaced(string damage)
+    {
+        byte[] good = Cache().GetOrCompile("src", ["-x"], "13.0", "sm_90");
+        string path = Assert.Single(Directory.GetFiles(_dir));
+        byte[] file = File.ReadAllBytes(path);
+        switch (damage)
+        {
+            case "flip": file[^1] ^= 0x40; break;
+            case "truncate": file = file[..(file.Length - 3)]; break;
+            case "empty": file = []; break;
+            default: file = System.Text.Encoding.ASCII.GetBytes("not a cache entry at all, just some text"); break;
+        }
+        File.WriteAllBytes(path, file);
+        byte[] again = Cache().GetOrCompile("src", ["-x"], "13.0", "sm_90");
+        Assert.Equal(good, again);
+        Assert.Equal(2, _compiles);
+        Cache().GetOrCompile("src", ["-x"], "13.0", "sm_90"); // the bad entry was replaced
+        Assert.Equal(2, _compiles);
+    }
+
+    [Fact]
+    public void UnwritableDirectory_StillCompiles()
+    {
+        File.WriteAllText(_dir, "a file where the cache folder should be");
+        try
+        {
+            byte[] cubin = Cache().GetOrCompile("src", ["-x"], "13.0", "sm_90");
+            Assert.NotEmpty(cubin);
+        }
+        finally
+        {
+            File.Delete(_dir);
+        }
+    }
+
+    [Fact]
+    public void DefaultDirectory_IsUnderTheUserCache()
+    {
+        Assert.EndsWith(Path.Combine("fitlm", "cuda"), KernelCache.DefaultDirectory(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void KernelSource_IsEmbedded_AndIncludesNothing()
+    {
+        string source = CudaMatVec.Source();
+        Assert.DoesNotMatch(@"(?m)^\s*#\s*include", source);
+        foreach (var t in CudaMatVec.Types)
+            Assert.Contains($"matvec_{FitLM.Tensors.GgmlTypes.Name(t).ToLowerInvariant()}", source, StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU test run (docs/cuda.md). CI has no GPU; this runs on a machine that has one, with the NVIDIA driver and
+# NVRTC (the CUDA toolkit or pip's nvidia-cuda-nvrtc) but no .NET. Two halves:
+#
+#   tests/gpu.sh --publish [DIR]   on a machine with the .NET SDK: publish a self-contained fitlm into DIR
+#                                  (default gpu-out/, git-ignored): Native AOT, one file, checked under 60 MiB.
+#   tests/gpu.sh [FITLM]           on the GPU machine: `fitlm devices`, then `fitlm devices --check` (every GPU
+#                                  kernel against the CPU, and its bandwidth against a measured copy). FITLM is the
+#                                  published binary (default: $FITLM, else gpu-out/fitlm). Exits non-zero on failure.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+if [[ "${1:-}" == "--publish" ]]; then
+    out=${2:-$root/gpu-out}
+    rm -rf "$out"
+    mkdir -p "$out"
+    # Native AOT links with clang, or gcc where clang is missing (the ILCompiler targets pick it).
+    dotnet publish "$root/src/FitLM.Cli" -c Release -r linux-x64 -p:PublishAot=true -o "$out/publish"
+    cp "$out/publish/fitlm" "$out/fitlm"
+    rm -rf "$out/publish"
+    size=$(stat -c %s "$out/fitlm")
+    echo "published $out/fitlm: $((size / 1024 / 1024)) MiB"
+    if (( size >= 60 * 1024 * 1024 )); then
+        echo "error: $out/fitlm is $((size / 1024 / 1024)) MiB, over the 60 MiB a device run can carry" >&2
+        exit 1
+    fi
+    exit 0
+fi
+
+fitlm=${1:-${FITLM:-$root/gpu-out/fitlm}}
+if [[ ! -x "$fitlm" ]]; then
+    echo "error: no fitlm at $fitlm (run tests/gpu.sh --publish on a machine with the .NET SDK, carry gpu-out/)" >&2
+    exit 2
+fi
+
+echo "== fitlm devices"
+"$fitlm" devices
+echo "== fitlm devices --check"
+"$fitlm" devices --check
+echo "== GPU test run passed"
