@@ -167,13 +167,9 @@ internal static class DevicesCommand
 
     private static float[] Gaussian(int n, int seed, float scale)
     {
-        var rng = new Random(seed);
+        var rng = new SplitMixNormal((ulong)seed);
         var a = new float[n];
-        for (int i = 0; i < n; i++)
-        {
-            double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
-            a[i] = scale * (float)(Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
-        }
+        for (int i = 0; i < n; i++) a[i] = scale * rng.NextNormal();
         return a;
     }
 
@@ -183,15 +179,11 @@ internal static class DevicesCommand
         var w = new float[(long)rows * cols];
         Parallel.For(0, rows, r =>
         {
-            var rng = new Random(seed * 1000 + r);
-            float scale = (float)Math.Pow(10, -3 + 4 * rng.NextDouble());
+            var rng = SplitMixNormal.Keyed((ulong)seed, 0, (ulong)r);
+            float scale = (float)Math.Pow(10, -3 + 4 * ((rng.NextU64() >> 11) * (1.0 / 9007199254740992.0)));
             var row = w.AsSpan(r * cols, cols);
-            for (int i = 0; i < cols; i++)
-            {
-                double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
-                row[i] = scale * (float)(Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
-            }
-            for (int k = 0; k < cols / 97; k++) row[rng.Next(cols)] *= 4;
+            for (int i = 0; i < cols; i++) row[i] = scale * rng.NextNormal();
+            for (int k = 0; k < cols / 97; k++) row[(int)(rng.NextU64() % (ulong)cols)] *= 4;
         });
         return w;
     }

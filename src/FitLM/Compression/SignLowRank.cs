@@ -1,3 +1,4 @@
+using FitLM.Runtime;
 using System.Numerics.Tensors;
 using FitLM.Weights;
 
@@ -112,18 +113,18 @@ public static class SignLowRank
         int l = Math.Min(rank + Math.Max(0, o.Oversample), Math.Min(rows, cols));
         var omega = new float[l * cols];   // l vectors of length cols (rows of Ωᵀ)
         var y = new float[l * rows];       // l vectors of length rows
-        var rng = new SplitMix(seed);
+        var rng = new SplitMixNormal(seed);
         for (int i = 0; i < omega.Length; i++) omega[i] = rng.NextNormal();
-        Orthonormalize(omega, l, cols, rng);
+        Orthonormalize(omega, l, cols, ref rng);
         for (int it = 0; it < o.Iterations; it++)
         {
             Products(a, rows, cols, omega, l, y, o.Threads);   // y_k = A ω_k
-            Orthonormalize(y, l, rows, rng);
+            Orthonormalize(y, l, rows, ref rng);
             Products(at, cols, rows, y, l, omega, o.Threads);  // ω_k = Aᵀ y_k
-            Orthonormalize(omega, l, cols, rng);
+            Orthonormalize(omega, l, cols, ref rng);
         }
         Products(a, rows, cols, omega, l, y, o.Threads);
-        Orthonormalize(y, l, rows, rng);                       // Q: orthonormal basis of A's range, l × rows
+        Orthonormalize(y, l, rows, ref rng);                       // Q: orthonormal basis of A's range, l × rows
         var b = new float[l * cols];
         Products(at, cols, rows, y, l, b, o.Threads);          // B = Qᵀ A (row k = Aᵀ q_k)
 
@@ -188,7 +189,7 @@ public static class SignLowRank
     }
 
     /// <summary>Gram–Schmidt, twice (CGS2), on l vectors of length n; a vector that vanishes is replaced by a random one.</summary>
-    private static void Orthonormalize(float[] v, int l, int n, SplitMix rng)
+    private static void Orthonormalize(float[] v, int l, int n, ref SplitMixNormal rng)
     {
         for (int k = 0; k < l; k++)
         {
@@ -268,32 +269,5 @@ public static class SignLowRank
         for (int j = 0; j < n; j++)
             for (int i = 0; i < n; i++) sortedVectors[i, j] = v[i, order[j]];
         return (sortedValues, sortedVectors);
-    }
-
-    /// <summary>SplitMix64 with Box–Muller normals: reproducible everywhere.</summary>
-    internal sealed class SplitMix(ulong seed)
-    {
-        private ulong _s = seed;
-        private bool _has;
-        private float _spare;
-
-        public ulong Next()
-        {
-            ulong z = _s += 0x9E3779B97F4A7C15UL;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-            return z ^ (z >> 31);
-        }
-
-        public float NextNormal()
-        {
-            if (_has) { _has = false; return _spare; }
-            double u1 = ((Next() >> 11) + 1) * (1.0 / 9007199254740993.0);
-            double u2 = (Next() >> 11) * (1.0 / 9007199254740992.0);
-            double r = Math.Sqrt(-2 * Math.Log(u1));
-            _spare = (float)(r * Math.Sin(2 * Math.PI * u2));
-            _has = true;
-            return (float)(r * Math.Cos(2 * Math.PI * u2));
-        }
     }
 }

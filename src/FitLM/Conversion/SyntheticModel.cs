@@ -1,3 +1,4 @@
+using FitLM.Runtime;
 using FitLM.Model;
 using FitLM.Formats;
 using FitLM.Tensors;
@@ -150,8 +151,8 @@ public static class SyntheticModel
                 int count = Math.Min(slabRows, rows - r0);
                 Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = MatMul.Threads, CancellationToken = ct }, () => new float[cols], (i, _, row) =>
                 {
-                    var rng = new CounterNormal(seed, (ulong)ti, (ulong)(r0 + i));
-                    for (int c = 0; c < cols; c++) row[c] = norm ? 1f + 0.02f * rng.Next() : 0.02f * rng.Next();
+                    var rng = SplitMixNormal.Keyed(seed, (ulong)ti, (ulong)(r0 + i));
+                    for (int c = 0; c < cols; c++) row[c] = norm ? 1f + 0.02f * rng.NextNormal() : 0.02f * rng.NextNormal();
                     Quantize.Row(type, row, slab.AsSpan(i * rowBytes, rowBytes));
                     return row;
                 }, _ => { });
@@ -223,32 +224,5 @@ public static class SyntheticModel
             }
         }
         return list;
-    }
-
-    /// <summary>Standard normal samples from a SplitMix64 stream keyed by (seed, tensor, row), via Box–Muller.</summary>
-    private struct CounterNormal(ulong seed, ulong tensor, ulong row)
-    {
-        private ulong _state = seed * 0x9E3779B97F4A7C15UL ^ (tensor + 1) * 0xBF58476D1CE4E5B9UL ^ (row + 1) * 0x94D049BB133111EBUL;
-        private float _spare;
-        private bool _hasSpare;
-
-        private ulong NextU64()
-        {
-            ulong z = _state += 0x9E3779B97F4A7C15UL;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-            return z ^ (z >> 31);
-        }
-
-        public float Next()
-        {
-            if (_hasSpare) { _hasSpare = false; return _spare; }
-            double u1 = ((NextU64() >> 11) + 1) * (1.0 / 9007199254740993.0); // (0, 1]
-            double u2 = (NextU64() >> 11) * (1.0 / 9007199254740992.0);
-            double r = Math.Sqrt(-2 * Math.Log(u1));
-            _spare = (float)(r * Math.Sin(2 * Math.PI * u2));
-            _hasSpare = true;
-            return (float)(r * Math.Cos(2 * Math.PI * u2));
-        }
     }
 }
