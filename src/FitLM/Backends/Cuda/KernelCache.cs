@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text;
+using FitLM.Storage;
 
 namespace FitLM.Backends.Cuda;
 
@@ -62,24 +63,23 @@ internal sealed class KernelCache(string directory, Func<string, IReadOnlyList<s
         }
     }
 
-    /// <summary>Best effort: a cache that cannot be written (read-only home) costs a compile per run, not the run.</summary>
+    /// <summary>
+    /// Best effort: a cache that cannot be written (read-only home) costs a compile per run, not the run. Written as
+    /// every output is (<see cref="OutputFile.WriteAtomically"/>: a temp file beside it, then renamed).
+    /// </summary>
     private static void TryWrite(string path, byte[] cubin)
     {
-        string temp = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         try
         {
             System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            using (var f = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+            OutputFile.WriteAtomically(path, temp =>
             {
+                using var f = new FileStream(temp, FileMode.CreateNew, FileAccess.Write);
                 f.Write(Magic);
                 f.Write(SHA256.HashData(cubin));
                 f.Write(cubin);
-            }
-            File.Move(temp, path, overwrite: true);
+            });
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            try { File.Delete(temp); } catch (Exception e2) when (e2 is IOException or UnauthorizedAccessException) { }
-        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FitLMException) { }
     }
 }
