@@ -119,7 +119,7 @@ internal sealed unsafe class CudaDevice : IDisposable
 
     public static nint Function(nint module, string name)
     {
-        var bytes = System.Text.Encoding.ASCII.GetBytes(name + "\0");
+        var bytes = Nvrtc.Utf8Z(name);
         nint f;
         fixed (byte* p = bytes) CudaDriver.Check(CudaDriver.cuModuleGetFunction(&f, module, p));
         return f;

@@ -81,7 +81,8 @@ internal static unsafe partial class Nvrtc
         return Encoding.UTF8.GetString(log, 0, log.Length - 1);
     }
 
-    private static byte[] Utf8Z(string s)
+    /// <summary>A NUL-terminated UTF-8 copy of <paramref name="s"/>, as the C APIs take strings.</summary>
+    internal static byte[] Utf8Z(string s)
     {
         var bytes = new byte[Encoding.UTF8.GetByteCount(s) + 1];
         Encoding.UTF8.GetBytes(s, bytes);
