@@ -116,6 +116,7 @@ public sealed class LanguageModel : IDisposable
             int ctx = options.ContextLength > 0 ? options.ContextLength : defaultCtx;
             if (ctx > LoadOptions.MaxContext) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
+            if (options.Device == ComputeDevice.Cuda) return LoadOnGpu(source, options, ctx);
             var adapters = LoadAdapters(source, options);
             // BitStack (docs/bitstack.md): a stacked file loads the longest prefix of its block stack that fits.
             if (source is GgufSource stackedSource && StackLayout.IsStacked(stackedSource.File))
@@ -146,6 +147,44 @@ public sealed class LanguageModel : IDisposable
         {
             weights?.Dispose();
             source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The model on CUDA device 0 (--device cuda, docs/cuda.md): weights and KV cache in GPU memory, nothing of the weights
+    /// held on the host. What the GPU path does not run yet is refused here with one line: LoRA, stacked and prepared
+    /// files, H2O eviction and the quantized KV types (the mixtures of experts: <see cref="Backends.Cuda.CudaForward.Unsupported"/>).
+    /// </summary>
+    private static LanguageModel LoadOnGpu(IModelSource source, LoadOptions options, int ctx)
+    {
+        string NotYet(string what) => $"{source.Path}: {what} does not run on the GPU yet; use --device cpu";
+        if (options.Adapters.Count > 0) throw new FitLMException(NotYet("--lora"));
+        if (source is GgufSource g && StackLayout.IsStacked(g.File)) throw new FitLMException(NotYet("a stacked (BitStack) model"));
+        if (ModelValidation.IsBundled(source)) throw new FitLMException(NotYet("a prepared (LLM in a flash) model"));
+        if (options.Kv.Evict != KvCache.KvEviction.None) throw new FitLMException(NotYet("H2O eviction (--kv-evict)"));
+        var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv.Type, ordinal: 0, log: m => Console.Error.WriteLine(m));
+        try
+        {
+            var plan = new Memory.MemoryPlan
+            {
+                BudgetBytes = options.MemoryBudget > 0 ? options.MemoryBudget : SystemMemory.AvailableBytes(),
+                Context = ctx,
+                Tensors = [], // every weight is in GPU memory: the host holds none
+                Mode = options.Stream,
+                RuntimeBytes = options.RuntimeBytes > 0 ? options.RuntimeBytes : RuntimeFootprint.Bytes(source),
+                KvBytes = 0,
+                ScratchBytes = 0,
+                StreamBufferBytes = 0,
+                StreamedBytesPerToken = 0,
+                CostModelNote = device.Description,
+            };
+            var transformer = new Transformer(source.Config, device, ctx, options.MaxBatch);
+            return new LanguageModel(source, new ResidentWeights(source), transformer, plan);
+        }
+        catch
+        {
+            device.Dispose();
             throw;
         }
     }
@@ -274,6 +313,7 @@ public sealed class LanguageModel : IDisposable
 
     public void Dispose()
     {
+        Transformer.Device?.Dispose();
         Weights.Dispose();
         Source.Dispose();
     }

@@ -79,9 +79,12 @@ internal static class BenchCommand
             PhaseTimes.Enabled = false;
             long bytesPerToken = Benchmark.WeightBytesPerToken(lm); // a stacked model: its caches (or blocks) at the loaded size
             // The bandwidth probe's buffer stays within the budget beside the loaded model; too little room: no probe.
-            long probeBytes = r.GetValue(noBandwidth) ? 0 : MemoryBandwidth.ProbeBytesWithin(lm.Plan.BudgetBytes);
-            double bandwidth = probeBytes > 0 ? MemoryBandwidth.Measure(t, probeBytes) : 0;
-            if (probeBytes == 0 && !r.GetValue(noBandwidth))
+            // On a GPU the yardstick is the card's own copy bandwidth, measured the same way `fitlm devices --check` does.
+            var device = lm.Transformer.Device;
+            long probeBytes = r.GetValue(noBandwidth) || device != null ? 0 : MemoryBandwidth.ProbeBytesWithin(lm.Plan.BudgetBytes);
+            double bandwidth = device != null ? (r.GetValue(noBandwidth) ? 0 : device.MemoryBandwidth())
+                : probeBytes > 0 ? MemoryBandwidth.Measure(t, probeBytes) : 0;
+            if (device == null && probeBytes == 0 && !r.GetValue(noBandwidth))
                 Console.Error.WriteLine($"memory bandwidth: not measured (the probe needs {ProcessMemory.Format(MemoryBandwidth.MinProbeBytes)} beside the model, more than the budget leaves)");
             long peak = ProcessMemory.PeakRssBytes(); // after every probe: the process's real peak
 
@@ -116,14 +119,16 @@ internal static class BenchCommand
             o.WriteLine($"| {"model",-24} | {"size",10} | {"params",10} | {"backend",7} | {"threads",7} | {"test",6} | {"t/s",20} |");
             o.WriteLine($"| {new string('-', 24)} | {new string('-', 9)}: | {new string('-', 9)}: | {new string('-', 7)} | {new string('-', 6)}: | {new string('-', 6)} | {new string('-', 19)}: |");
             foreach (var x in results)
-                o.WriteLine($"| {modelDesc,-24} | {ProcessMemory.Format(size),10} | {parameters / 1e6,8:F2} M | {"CPU",7} | {t,7} | {x.Test,6} | {$"{x.Mean:F2} ± {x.StdDev:F2}",20} |");
+                o.WriteLine($"| {modelDesc,-24} | {ProcessMemory.Format(size),10} | {parameters / 1e6,8:F2} M | {(device != null ? "CUDA" : "CPU"),7} | {t,7} | {x.Test,6} | {$"{x.Mean:F2} ± {x.StdDev:F2}",20} |");
             o.WriteLine();
             var tg = results.FirstOrDefault(x => x.Test.StartsWith("tg"));
             if (tg != null)
             {
                 double achieved = bytesPerToken * tg.Mean;
                 o.WriteLine($"decode reads {ProcessMemory.Format(bytesPerToken)} of weights per token: {achieved / 1e9:F2} GB/s achieved" +
-                    (bandwidth > 0 ? $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F1} GB/s this machine reads with {t} thread(s)" : ""));
+                    (bandwidth <= 0 ? "" : device != null
+                        ? $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F0} GB/s the GPU copies (read + write)"
+                        : $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F1} GB/s this machine reads with {t} thread(s)"));
             }
             if (specOutcome != null) SpeculativeBench.Print(o, speculative.Describe(r), specOutcome);
             Common.ReportWeights(lm);

@@ -24,8 +24,18 @@ internal static class DevicesCommand
     public static Command Create()
     {
         var check = new Option<bool>("--check") { Description = "check the GPU kernels against the CPU on device 0 and measure their bandwidth" };
-        var cmd = new Command("devices", "list CUDA devices (--check: verify the GPU kernels)") { check };
-        cmd.SetAction(r => r.GetValue(check) ? Common.Guard(_ => Check()) : Common.Guard(_ => List()));
+        var models = new Option<string[]>("--model", "-m")
+        {
+            Description = "with --check: also run each model's whole forward pass on the GPU against the CPU (repeatable)",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var cmd = new Command("devices", "list CUDA devices (--check: verify the GPU kernels)") { check, models };
+        cmd.SetAction(r =>
+        {
+            var paths = r.GetValue(models) ?? [];
+            if (paths.Length > 0 && !r.GetValue(check)) return Common.Guard(_ => throw new FitLMException("--model goes with --check"));
+            return r.GetValue(check) ? Common.Guard(_ => Check(paths)) : Common.Guard(_ => List());
+        });
         return cmd;
     }
 
@@ -54,12 +64,12 @@ internal static class DevicesCommand
     private static readonly (int Rows, int Cols)[] SmallShapes = [(1, 256), (37, 768), (333, 2816), (101, 4352)];
     private static readonly (int Rows, int Cols)[] LlamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)];
 
-    private static int Check()
+    private static int Check(string[] models)
     {
         using var dev = CudaDevice.Open(0);
         Console.WriteLine(Describe(dev));
         var mv = new CudaMatVec(dev, m => Console.Error.WriteLine(m));
-        double copy = CopyBandwidth(dev);
+        double copy = dev.CopyBandwidth();
         Console.WriteLine($"device-to-device copy of 1 GiB: {copy / 1e9:F0} GB/s (read + write bytes)");
         Console.WriteLine();
         Console.WriteLine($"{"type",-5} {"rows x cols",-13} {"err/exact",10} {"err/MatVec",10} {"kernel us",10} {"GB/s",7} {"of copy",7}  result");
@@ -90,7 +100,16 @@ internal static class DevicesCommand
         }
         Console.WriteLine();
         Console.WriteLine(failures == 0 ? $"check passed: {checks} kernels and shapes" : $"check failed: {failures} of {checks} kernels and shapes");
-        return failures == 0 ? 0 : 1;
+        int modelFailures = 0;
+        if (models.Length > 0)
+        {
+            Console.WriteLine();
+            Console.WriteLine("whole forward pass, GPU against CPU:");
+            foreach (string path in models)
+                if (!DeviceModelCheck.Run(path, Console.Out)) modelFailures++;
+            Console.WriteLine(modelFailures == 0 ? $"models passed: {models.Length}" : $"models failed: {modelFailures} of {models.Length}");
+        }
+        return failures == 0 && modelFailures == 0 ? 0 : 1;
     }
 
     private sealed record Result(double ErrExact, double ErrCpu, double Micros, long Bytes);
@@ -152,19 +171,6 @@ internal static class DevicesCommand
     }
 
     /// <summary>The card's achievable bandwidth: the median of 5 device-to-device copies of 1 GiB, read + write bytes.</summary>
-    private static double CopyBandwidth(CudaDevice dev)
-    {
-        const long bytes = 1L << 30;
-        using var a = dev.Allocate(bytes);
-        using var b = dev.Allocate(bytes);
-        dev.Copy(b, a, bytes);
-        dev.Synchronize();
-        var times = new List<float>();
-        for (int i = 0; i < 5; i++) times.Add(dev.Time(() => dev.Copy(b, a, bytes)));
-        times.Sort();
-        return 2.0 * bytes / (times[2] * 1e-3);
-    }
-
     private static float[] Gaussian(int n, int seed, float scale)
     {
         var rng = new SplitMixNormal((ulong)seed);

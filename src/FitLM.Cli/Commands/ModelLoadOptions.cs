@@ -21,6 +21,18 @@ internal sealed class ModelLoadOptions
     public KvOptions Kv { get; } = new();
     public LoraOptions Lora { get; } = new();
     public ExpertOptions Experts { get; } = new();
+    public Option<string> Device { get; } = DeviceOption();
+
+    private static Option<string> DeviceOption()
+    {
+        var o = new Option<string>("--device")
+        {
+            Description = "where the model runs: cpu, or cuda (GPU 0 holds the weights and KV cache; docs/cuda.md)",
+            DefaultValueFactory = _ => "cpu",
+        };
+        o.AcceptOnlyFromAmong("cpu", "cuda");
+        return o;
+    }
 
     /// <param name="defaultContext">0: the model's trained context, at most <see cref="LoadOptions.DefaultContextCap"/> (run, serve, plan); perplexity's is 512.</param>
     public ModelLoadOptions(int defaultContext = 0)
@@ -44,6 +56,7 @@ internal sealed class ModelLoadOptions
         Kv.AddTo(command);
         Lora.AddTo(command);
         Experts.AddTo(command);
+        command.Add(Device);
     }
 
     public string ModelPath(ParseResult r) => r.GetValue(Model)!;
@@ -67,6 +80,7 @@ internal sealed class ModelLoadOptions
         var o = start ?? new LoadOptions();
         int ctx = ContextSize(r);
         if (ctx > 0 || o.ContextLength == 0) o = o with { ContextLength = ctx };
+        o = o with { Device = r.GetValue(Device) == "cuda" ? ComputeDevice.Cuda : ComputeDevice.Cpu };
         return Experts.Apply(r, Lora.Apply(r, Kv.Apply(r, Stack.Apply(r, Memory.Apply(r, o)))));
     }
 
@@ -76,6 +90,7 @@ internal sealed class ModelLoadOptions
         string path = ModelPath(r);
         EnsureStackFlagsApply(r, path);
         var lm = LanguageModel.Load(path, options);
+        if (lm.Transformer.Device is { } device) Console.Error.WriteLine($"device: {device.Description}");
         WarnPastTrainedContext(lm.Transformer.MaxContext, lm.Config.ContextLength);
         return lm;
     }

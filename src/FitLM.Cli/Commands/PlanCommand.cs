@@ -24,6 +24,8 @@ internal static class PlanCommand
         {
             string path = group.ModelPath(r);
             var load = group.Read(r);
+            if (load.Device != ComputeDevice.Cpu)
+                throw new FitLMException("fitlm plan does not plan GPU memory yet (--gpu-memory is not built); `fitlm run --device cuda` prints what the GPU holds");
             group.EnsureStackFlagsApply(r, path);
             using var src = ModelSource.Open(path);
             int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(src.Config.ContextLength); // as run loads it

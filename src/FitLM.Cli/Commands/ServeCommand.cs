@@ -49,7 +49,10 @@ internal static class ServeCommand
             // whatever --memory says: POST /budget may change the budget of any server started with --api-key.
             // The plan keeps room for the server's overhead and slots (ServerSlots), so a model that does not fit whole
             // streams a little more (or caches fewer experts) rather than leaving the KV pool nothing.
-            using var lm = load.Load(r, load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true, ServerSlots = options.Parallel });
+            var loadOptions = load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true, ServerSlots = options.Parallel };
+            if (loadOptions.Device != ComputeDevice.Cpu)
+                throw new FitLMException("fitlm serve does not run on the GPU yet (its batched decode of several sequences is CPU-only); use --device cpu");
+            using var lm = load.Load(r, loadOptions);
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             moving.Attach(r, watcher, lm, server.WakeScheduler);
             try

@@ -3,6 +3,14 @@ using FitLM.Model;
 using FitLM.Weights;
 namespace FitLM.Memory;
 
+/// <summary>Where a model's forward pass runs.</summary>
+public enum ComputeDevice
+{
+    Cpu,
+    /// <summary>CUDA device 0, weights and KV cache in its memory (Backends/Cuda/CudaForward.cs).</summary>
+    Cuda,
+}
+
 /// <summary>
 /// How to load a model: context, batch, and (as the planner grows) memory budget, weight streaming and KV
 /// cache choices. One record so every command and the server pass the same settings the same way.
@@ -66,6 +74,9 @@ public sealed record LoadOptions
 
     /// <summary>LoRA adapters applied at inference (--lora, --lora-scale): PEFT folders or GGUF LoRA files, each with its scale.</summary>
     public IReadOnlyList<LoraRequest> Adapters { get; init; } = [];
+
+    /// <summary>Where the forward pass runs (--device): the CPU, or a CUDA GPU that holds the whole model (docs/cuda.md).</summary>
+    public ComputeDevice Device { get; init; }
 
     // KV cache (docs/kv-cache.md).
     /// <summary>How keys and values are held: type (f32, f16, kivi2/4, xquant4/3/2, xquant-cl) and H2O eviction.</summary>

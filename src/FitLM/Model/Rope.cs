@@ -8,6 +8,10 @@ public sealed class Rope
     public RopeStyle Style { get; }
     public int Dims { get; }
     public int MaxPositions { get; }
+    /// <summary>cos of every position's angles, [position × Dims/2] (what a GPU backend uploads).</summary>
+    internal ReadOnlySpan<float> CosTable => _cos;
+    /// <summary>sin of every position's angles, [position × Dims/2].</summary>
+    internal ReadOnlySpan<float> SinTable => _sin;
 
     /// <param name="freqFactors">Optional per-frequency divisors (GGUF rope_freqs.weight, Llama 3.1 scaling).</param>
     public Rope(ModelConfig c, int maxPositions, float[]? freqFactors = null)

@@ -37,6 +37,8 @@ public sealed class Transformer
     /// <summary>Makes KV stores for this model over shared page pools: the server's sequences each get one.
     /// Replaced by <see cref="ChangeKv"/>.</summary>
     public KvStoreFactory KvStores { get; private set; }
+    /// <summary>The accelerator this transformer's passes run on (weights and KV cache in its memory), or null on the CPU.</summary>
+    public IDeviceForward? Device { get; }
 
     private readonly Layer[] _layers;
     private readonly IMatrix _tokenEmbedding, _output;
@@ -122,6 +124,31 @@ public sealed class Transformer
     }
 
     /// <summary>
+    /// A transformer whose passes run on <paramref name="device"/>, which holds the weights and the KV cache: nothing of
+    /// the model is loaded here. One sequence at a time (<see cref="Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>);
+    /// the batched and hidden-state passes and <see cref="ChangeKv"/> refuse with a line naming --device cpu.
+    /// </summary>
+    public Transformer(ModelConfig config, IDeviceForward device, int maxContext, int maxBatch = 256)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        Config = config;
+        Device = device;
+        MaxContext = Math.Max(1, maxContext);
+        MaxBatch = Math.Clamp(maxBatch, 1, MaxContext);
+        _layers = [];
+        _tokenEmbedding = _output = null!; // never read: every pass goes to the device
+        _rope = _ropeSliding = null!;
+        _outputNorm = _x = _xb = _xb2 = _q = _k = _v = _hb = _hb2 = _qkv = [];
+        _tokens = [];
+        _segments = [];
+        // An empty CPU store keeps Kv meaningful for callers that truncate it; it never holds a position.
+        KvStores = new KvStoreFactory(new KvModel(this), new KvCacheOptions(), MaxContext, MaxBatch);
+        Kv = KvStores.Create();
+    }
+
+    private FitLMException NotOnDevice(string what) => new($"{what} does not run on the GPU yet ({Device!.Description}); use --device cpu");
+
+    /// <summary>
     /// Moves the KV cache to another type between forward passes (never during one), keeping every position: a new
     /// <see cref="KvStores"/> of <paramref name="next"/>, <see cref="Kv"/> converted into it, then each of
     /// <paramref name="others"/> (stores of the current factory the caller holds, the server's sequences), returned
@@ -132,6 +159,7 @@ public sealed class Transformer
     public IKvStore[] ChangeKv(KvCacheOptions next, IReadOnlyList<IKvStore>? others = null)
     {
         ArgumentNullException.ThrowIfNull(next);
+        if (Device != null) throw NotOnDevice("changing the KV cache's type");
         others ??= [];
         next.Validate();
         foreach (var store in others.Prepend(Kv))
@@ -158,6 +186,11 @@ public sealed class Transformer
         CheckTokens(tokens, pos);
         if (logitsFrom < 0 || logitsFrom > n) throw new ArgumentOutOfRangeException(nameof(logitsFrom));
         if (logits.Length < (long)(n - logitsFrom) * Config.Vocab) throw new ArgumentException("logits buffer too small");
+        if (Device != null)
+        {
+            Device.Forward(tokens, pos, logits, logitsFrom, ct);
+            return;
+        }
         if (pos != Kv.Length) Kv.Truncate(pos); // a new sequence (pos 0) or a rewind
 
         for (int start = 0; start < n;)
@@ -183,6 +216,7 @@ public sealed class Transformer
     public void ForwardHidden(IKvStore kv, ReadOnlySpan<int> tokens, int pos, Span<float> hidden, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(kv);
+        if (Device != null) throw NotOnDevice("hidden states (embeddings)");
         int n = tokens.Length, dim = Config.Dim;
         CheckTokens(tokens, pos);
         if (hidden.Length < (long)n * dim) throw new ArgumentException("hidden buffer too small");
@@ -227,6 +261,7 @@ public sealed class Transformer
     public void Forward(ReadOnlySpan<SequenceSlice> slices, Span<float> logits, CancellationToken ct = default)
     {
         if (slices.Length == 0) return;
+        if (Device != null) throw NotOnDevice("decoding several sequences in one batch (fitlm serve)");
         int rows = 0, wanted = 0;
         for (int s = 0; s < slices.Length; s++)
         {

@@ -104,9 +104,64 @@ internal sealed unsafe class CudaDevice : IDisposable
         fixed (T* p = dst) CudaDriver.Check(CudaDriver.cuMemcpyDtoH_v2(p, src.Pointer, (nuint)bytes));
     }
 
+    /// <summary>Copies host bytes to a device address (inside a buffer the caller sized).</summary>
+    public static void UploadTo<T>(ulong dst, ReadOnlySpan<T> src) where T : unmanaged
+    {
+        fixed (T* p = src) CudaDriver.Check(CudaDriver.cuMemcpyHtoD_v2(dst, p, (nuint)((long)src.Length * sizeof(T))));
+    }
+
+    /// <summary>Copies from a device address into host memory, after the work queued before it (the copy waits for the stream).</summary>
+    public static void DownloadFrom<T>(ulong src, Span<T> dst) where T : unmanaged
+    {
+        fixed (T* p = dst) CudaDriver.Check(CudaDriver.cuMemcpyDtoH_v2(p, src, (nuint)((long)dst.Length * sizeof(T))));
+    }
+
+    /// <summary>Makes this device's context current on the calling thread (a model may be driven from another thread than the one that opened it).</summary>
+    public void MakeCurrent() => CudaDriver.Check(CudaDriver.cuCtxSetCurrent(_context));
+
+    /// <summary>
+    /// Records what <paramref name="body"/> queues on the stream as a CUDA graph, instantiated: replaying it launches the
+    /// same kernels with the same arguments at the cost of one launch (the decode step; kernels read what changes from
+    /// device memory). Nothing runs while capturing.
+    /// </summary>
+    public CudaGraph Capture(Action body)
+    {
+        CudaDriver.Check(CudaDriver.cuStreamBeginCapture_v2(_stream, CudaDriver.CaptureModeRelaxed));
+        nint graph = 0;
+        try { body(); }
+        finally
+        {
+            int r = CudaDriver.cuStreamEndCapture(_stream, &graph);
+            if (r != 0 && graph == 0) CudaDriver.Check(r, "cuStreamEndCapture");
+        }
+        try
+        {
+            nint exec;
+            CudaDriver.Check(CudaDriver.cuGraphInstantiateWithFlags(&exec, graph, 0));
+            return new CudaGraph(exec, _stream);
+        }
+        finally { _ = CudaDriver.cuGraphDestroy(graph); }
+    }
+
     /// <summary>Device-to-device copy (the card's bandwidth yardstick, and cache flushing between timed launches).</summary>
     public void Copy(DeviceBuffer dst, DeviceBuffer src, long bytes) =>
         CudaDriver.Check(CudaDriver.cuMemcpyDtoD_v2(dst.Pointer, src.Pointer, (nuint)bytes));
+
+    /// <summary>
+    /// The card's measured memory bandwidth, read + write bytes per second of a device-to-device copy of
+    /// <paramref name="bytes"/> (median of 5, after one warm-up): the yardstick the kernels' speeds are given against.
+    /// </summary>
+    public double CopyBandwidth(long bytes = 1L << 30)
+    {
+        using var a = Allocate(bytes);
+        using var b = Allocate(bytes);
+        Copy(b, a, bytes);
+        Synchronize();
+        var times = new List<float>();
+        for (int i = 0; i < 5; i++) times.Add(Time(() => Copy(b, a, bytes)));
+        times.Sort();
+        return 2.0 * bytes / (times[2] * 1e-3);
+    }
 
     /// <summary>Loads a CUBIN; the module lives as long as the device.</summary>
     public nint LoadModule(byte[] cubin)
@@ -164,5 +219,19 @@ internal sealed unsafe class CudaDevice : IDisposable
         int dev;
         if (CudaDriver.cuDeviceGet(&dev, Ordinal) == 0) _ = CudaDriver.cuDevicePrimaryCtxRelease_v2(dev);
         _context = 0;
+    }
+}
+
+/// <summary>An instantiated CUDA graph (<see cref="CudaDevice.Capture"/>), launched on the stream it was captured from.</summary>
+internal sealed class CudaGraph(nint exec, nint stream) : IDisposable
+{
+    private nint _exec = exec;
+
+    public void Launch() => CudaDriver.Check(CudaDriver.cuGraphLaunch(_exec, stream));
+
+    public void Dispose()
+    {
+        if (_exec != 0) _ = CudaDriver.cuGraphExecDestroy(_exec);
+        _exec = 0;
     }
 }

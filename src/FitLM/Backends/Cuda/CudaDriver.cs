@@ -17,6 +17,8 @@ internal static unsafe partial class CudaDriver
     public const int AttrComputeCapabilityMajor = 75;
     public const int AttrComputeCapabilityMinor = 76;
     public const int ErrorNoDevice = 100;
+    /// <summary>CU_STREAM_CAPTURE_MODE_RELAXED: capture does not forbid other threads' unsafe calls (FitLM runs a device from one thread).</summary>
+    public const int CaptureModeRelaxed = 2;
 
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuInit(uint flags);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuDeviceGetCount(int* count);
@@ -50,6 +52,12 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver)]
     public static partial int cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, nint stream, void** parameters, void** extra);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamBeginCapture_v2(nint stream, int mode);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamEndCapture(nint stream, nint* graph);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphInstantiateWithFlags(nint* exec, nint graph, ulong flags);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphLaunch(nint exec, nint stream);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphExecDestroy(nint exec);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphDestroy(nint graph);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGetErrorName(int result, byte** name);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGetErrorString(int result, byte** text);
 

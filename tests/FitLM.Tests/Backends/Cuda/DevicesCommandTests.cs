@@ -45,6 +45,43 @@ public sealed class DevicesCommandTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void RunOnCuda_WithoutDriver_FailsWithOneLine()
+    {
+        if (HasDriver()) { output.WriteLine("skipped: this machine has libcuda.so.1 (tests/gpu.sh covers it)"); return; }
+        var r = CliRunner.Run("run", "-m", TestPaths.DemoModel, "-p", "def", "-n", "2", "--device", "cuda");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Equal($"error: {CudaLibraries.NoDriver}", r.StdErr.Trim());
+        Assert.Equal("", r.StdOut.Trim());
+    }
+
+    [Theory]
+    [InlineData("serve")]
+    [InlineData("plan")]
+    public void CommandsNotBuiltForTheGpu_RefuseBeforeLoading(string command)
+    {
+        var r = CliRunner.Run(command, "-m", TestPaths.DemoModel, "--device", "cuda");
+        Assert.Equal(1, r.ExitCode);
+        string line = Assert.Single(r.StdErr.Trim().Split('\n'));
+        Assert.StartsWith($"error: fitlm {command} does not", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void UnknownDevice_IsAUsageError()
+    {
+        var r = CliRunner.Run("run", "-m", TestPaths.DemoModel, "-p", "def", "--device", "gpu");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("'gpu' not recognized", r.StdErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ModelWithoutCheck_IsRefused()
+    {
+        var r = CliRunner.Run("devices", "-m", TestPaths.DemoModel);
+        Assert.Equal(1, r.ExitCode);
+        Assert.Equal("error: --model goes with --check", r.StdErr.Trim());
+    }
+
+    [Fact]
     public void CallName_IsTheDriverFunction()
     {
         Assert.Equal("cuMemAlloc_v2", CudaDriver.CallName("CudaDriver.cuMemAlloc_v2(&p, (nuint)n)"));

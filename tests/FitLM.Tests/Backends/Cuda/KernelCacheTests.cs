@@ -100,7 +100,15 @@ public sealed class KernelCacheTests : IDisposable
     {
         string source = CudaMatVec.Source();
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", source);
+        // ENTRY(name, T) defines matvec_name and matmul8_name: the names CudaMatVec looks up.
         foreach (var t in CudaMatVec.Types)
-            Assert.Contains($"matvec_{FitLM.Tensors.GgmlTypes.Name(t).ToLowerInvariant()}", source, StringComparison.Ordinal);
+            Assert.Contains($"ENTRY({FitLM.Tensors.GgmlTypes.Name(t).ToLowerInvariant()}, ", source, StringComparison.Ordinal);
+        string forward = KernelModule.Source("forward.cu");
+        Assert.DoesNotMatch(@"(?m)^\s*#\s*include", forward);
+        foreach (string kernel in new[] { "rmsnorm", "add_bias", "add", "softcap", "gate_act", "rope", "copy_columns" })
+            Assert.Matches($@"extern ""C"" __global__ void {kernel}\(", forward);
+        Assert.Contains("KV_ENTRIES(f32, KvF32)", forward, StringComparison.Ordinal);
+        Assert.Contains("KV_ENTRIES(f16, KvF16)", forward, StringComparison.Ordinal);
+        Assert.Throws<FitLMException>(() => KernelModule.Source("missing.cu"));
     }
 }

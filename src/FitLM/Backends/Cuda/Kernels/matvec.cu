@@ -89,9 +89,14 @@ __device__ __forceinline__ void stage(u8* dst, const u8* __restrict__ src, int n
 // Lane l takes elements 4l..4l+3 of every 128, so a warp's x loads are 512 contiguous bytes (4 L1 wavefronts). The
 // first version gave each lane whole blocks: its x loads touched 32 lines per instruction, and the quantized
 // kernels reached only 13-31% of the copy bandwidth on an H100 (F32, whose lanes read x nearly contiguously: 92%).
-template <typename T>
+//
+// NB > 1 is the same walk for up to NB tokens at once (n of them, n <= NB): x is [n x cols] and y [n x rows], and each
+// decoded weight is multiplied with every token's x, so a batch of prefill reads the weights once per NB tokens
+// instead of once per token (llama.cpp's mul_mat_vec for small batches does the same). cols must be a multiple of 4
+// when n > 1 (every row of x then starts 16-byte aligned); CudaMatVec checks.
+template <typename T, int NB>
 __device__ __forceinline__ void matvec(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
-                                       const float* __restrict__ x, float* __restrict__ y)
+                                       const float* __restrict__ x, float* __restrict__ y, int n)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * WARPS + warp;
@@ -99,32 +104,54 @@ __device__ __forceinline__ void matvec(const u8* __restrict__ W, long long row_b
     const u8* w = W + (long long)row * row_bytes;
     u8* tile = (u8*)tiles[warp];
     int blocks = cols / T::ELEMS;
-    float acc = 0.f;
+    float acc[NB];
+#pragma unroll
+    for (int t = 0; t < NB; t++) acc[t] = 0.f;
     for (int b0 = 0; b0 < blocks; b0 += T::TILE)
     {
         int nb = blocks - b0 < T::TILE ? blocks - b0 : T::TILE;
         stage(tile, w + (long long)b0 * T::BYTES, nb * T::BYTES, lane);
         const float* xt = x + (long long)b0 * T::ELEMS;
-        int n = nb * T::ELEMS; // a multiple of 32 for the block types; any length for f32/f16/bf16
-        for (int e = 4 * lane; e < n; e += 128)
+        int m = nb * T::ELEMS; // a multiple of 32 for the block types; any length for f32/f16/bf16
+        for (int e = 4 * lane; e < m; e += 128)
         {
             if constexpr (T::ELEMS == 1)
             {
-                if (e + 4 > n) // the last elements of a float row whose length is not a multiple of 4
+                if (e + 4 > m) // the last elements of a float row whose length is not a multiple of 4
                 {
-                    for (int i = e; i < n; i++) acc += T::decode1(tile, i) * xt[i];
+                    for (int i = e; i < m; i++)
+                    {
+                        float wi = T::decode1(tile, i);
+#pragma unroll
+                        for (int t = 0; t < NB; t++)
+                            if (t < n) acc[t] += wi * xt[(long long)t * cols + i];
+                    }
                     continue;
                 }
             }
             float v[4];
             T::decode4(tile, e, v);
-            f4 xv = *(const f4*)(xt + e);
-            acc += v[0] * xv.x + v[1] * xv.y + v[2] * xv.z + v[3] * xv.w;
+#pragma unroll
+            for (int t = 0; t < NB; t++)
+            {
+                if (t < n)
+                {
+                    f4 xv = *(const f4*)(xt + (long long)t * cols + e);
+                    acc[t] += v[0] * xv.x + v[1] * xv.y + v[2] * xv.z + v[3] * xv.w;
+                }
+            }
         }
         __syncwarp(); // every lane is done with the tile before the next copy overwrites it
     }
-    acc = warp_sum(acc);
-    if (lane == 0) y[row] = acc;
+#pragma unroll
+    for (int t = 0; t < NB; t++)
+    {
+        if (t < n)
+        {
+            float sum = warp_sum(acc[t]);
+            if (lane == 0) y[(long long)t * rows + row] = sum;
+        }
+    }
 }
 
 // Four bytes at a 2-byte aligned address (GGUF blocks of even size put every field there).
@@ -241,16 +268,20 @@ struct Half16
 };
 
 // ------------------------------------------------------------------------------------------------ entry points
-// Launch: grid ceil(rows / WARPS), block 32 * WARPS threads, no dynamic shared memory (CudaMatVec.cs).
+// Launch: grid ceil(rows / WARPS), block 32 * WARPS threads, no dynamic shared memory (CudaMatVec.cs). matvec_* is
+// one token; matmul8_* up to 8 (n), the prefill batch's tokens eight at a time.
 #define ENTRY(name, T) \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS) name(const u8* __restrict__ W, long long row_bytes, \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_##name(const u8* __restrict__ W, long long row_bytes, \
         int rows, int cols, const float* __restrict__ x, float* __restrict__ y) \
-    { matvec<T>(W, row_bytes, rows, cols, x, y); }
+    { matvec<T, 1>(W, row_bytes, rows, cols, x, y, 1); } \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) matmul8_##name(const u8* __restrict__ W, long long row_bytes, \
+        int rows, int cols, const float* __restrict__ x, float* __restrict__ y, int n) \
+    { matvec<T, 8>(W, row_bytes, rows, cols, x, y, n); }
 
-ENTRY(matvec_q4_0, Q4_0)
-ENTRY(matvec_q8_0, Q8_0)
-ENTRY(matvec_q4_k, Q4_K)
-ENTRY(matvec_q6_k, Q6_K)
-ENTRY(matvec_f32, F32)
-ENTRY(matvec_f16, Half16<false>)
-ENTRY(matvec_bf16, Half16<true>)
+ENTRY(q4_0, Q4_0)
+ENTRY(q8_0, Q8_0)
+ENTRY(q4_k, Q4_K)
+ENTRY(q6_k, Q6_K)
+ENTRY(f32, F32)
+ENTRY(f16, Half16<false>)
+ENTRY(bf16, Half16<true>)

@@ -1,0 +1,104 @@
+using FitLM.KvCache;
+using FitLM.Memory;
+using FitLM.Tensors;
+
+namespace FitLM.Cli.Commands;
+
+/// <summary>
+/// `fitlm devices --check --model PATH`: the whole forward pass on the GPU against the CPU's on one model. The same
+/// tokens go through both: a prompt of <see cref="PromptTokens"/> tokens (in batches smaller than the prompt, so a
+/// batch boundary is crossed), then <see cref="DecodeTokens"/> decode steps fed the CPU's greedy choice, with the KV
+/// cache in f32 and again in f16. Each row's error is max|gpu - cpu| over the row relative to max|cpu|; the check
+/// passes when the largest is within the tolerance (float weights: 1e-3; quantized weights 5e-2, since the CPU
+/// quantizes activations to 8 bits before a quantized product, llama.cpp's numerics, and the GPU keeps them float).
+/// </summary>
+internal static class DeviceModelCheck
+{
+    private const int PromptTokens = 100, DecodeTokens = 24, Batch = 64, Context = 256;
+
+    private const string Text = """
+        def fibonacci(n: int) -> list[int]:
+            # the first n Fibonacci numbers, iteratively
+            result = [0, 1]
+            while len(result) < n:
+                result.append(result[-1] + result[-2])
+            return result[:n]
+
+        class Stack:
+            def __init__(self):
+                self.items = []
+            def push(self, item):
+                self.items.append(item)
+            def pop(self):
+                return self.items.pop()
+        """;
+
+    /// <summary>Checks <paramref name="path"/>; writes one line per KV type; returns whether all passed.</summary>
+    public static bool Run(string path, TextWriter o)
+    {
+        bool ok = true;
+        foreach (var kv in new[] { KvType.F32, KvType.F16 })
+        {
+            var options = new LoadOptions { ContextLength = Context, MaxBatch = Batch, Kv = new KvCacheOptions { Type = kv } };
+            using var cpu = LanguageModel.Load(path, options);
+            using var gpu = LanguageModel.Load(path, options with { Device = ComputeDevice.Cuda });
+            int vocab = cpu.Config.Vocab;
+            var tokens = cpu.Tokenizer.Encode(Text).Take(PromptTokens).ToList();
+            for (int i = 0; tokens.Count < PromptTokens; i++) tokens.Add(i * 7919 % vocab); // a tokenizer that made fewer
+
+            var a = new float[tokens.Count * vocab];
+            var b = new float[tokens.Count * vocab];
+            cpu.Transformer.Forward(tokens.ToArray(), 0, a, 0);
+            gpu.Transformer.Forward(tokens.ToArray(), 0, b, 0);
+            var (prefillErr, prefillSame) = Compare(a, b, tokens.Count, vocab);
+
+            double decodeErr = 0;
+            int decodeSame = 0;
+            var one = new float[vocab];
+            var two = new float[vocab];
+            int next = Argmax(a.AsSpan((tokens.Count - 1) * vocab, vocab));
+            for (int s = 0; s < DecodeTokens; s++)
+            {
+                int pos = tokens.Count + s;
+                cpu.Transformer.Forward([next], pos, one, 0);
+                gpu.Transformer.Forward([next], pos, two, 0);
+                var (err, same) = Compare(one, two, 1, vocab);
+                decodeErr = Math.Max(decodeErr, err);
+                decodeSame += same;
+                next = Argmax(one);
+            }
+            bool floats = cpu.Source.Tensors.Where(t => t.Shape.Length >= 2).All(t => t.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
+            double tolerance = floats ? 1e-3 : 5e-2;
+            bool pass = prefillErr <= tolerance && decodeErr <= tolerance;
+            ok &= pass;
+            o.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(path)),-28} kv {kv.ToString().ToLowerInvariant(),-3}  " +
+                $"prefill {tokens.Count} err {prefillErr:E2} top-1 {prefillSame}/{tokens.Count}  decode {DecodeTokens} err {decodeErr:E2} " +
+                $"top-1 {decodeSame}/{DecodeTokens}  (tolerance {tolerance:E0})  {(pass ? "ok" : "MISMATCH")}");
+        }
+        return ok;
+    }
+
+    /// <summary>The largest row error (max |b - a| / max |a|) and how many rows agree on the top token.</summary>
+    private static (double Error, int SameTop) Compare(float[] a, float[] b, int rows, int vocab)
+    {
+        double worst = 0;
+        int same = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            var x = a.AsSpan(r * vocab, vocab);
+            var y = b.AsSpan(r * vocab, vocab);
+            double scale = 0, diff = 0;
+            for (int i = 0; i < vocab; i++)
+            {
+                scale = Math.Max(scale, Math.Abs(x[i]));
+                double d = Math.Abs(x[i] - y[i]);
+                if (!(d <= diff)) diff = d; // NaN counts as the worst
+            }
+            worst = Math.Max(worst, double.IsNaN(diff) ? double.PositiveInfinity : diff / Math.Max(scale, 1e-30));
+            if (Argmax(x) == Argmax(y)) same++;
+        }
+        return (worst, same);
+    }
+
+    private static int Argmax(ReadOnlySpan<float> x) => System.Numerics.Tensors.TensorPrimitives.IndexOfMax(x);
+}

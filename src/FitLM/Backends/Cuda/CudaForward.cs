@@ -1,0 +1,363 @@
+using FitLM.KvCache;
+using FitLM.Model;
+using FitLM.Runtime;
+using FitLM.Tensors;
+
+namespace FitLM.Backends.Cuda;
+
+/// <summary>
+/// The decoder's forward pass on a CUDA device, every weight and the KV cache in its memory: the same layers as
+/// <see cref="Transformer"/> (read that first; this is its ForwardBatch with device addresses), for the dense families
+/// — Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3 — with their biases, Q/K norms, post-norms, soft-capping and sliding
+/// windows. Tokens run in batches of up to MaxBatch; the matrix products take them eight at a time
+/// (<see cref="CudaMatVec"/>). A decode step (one token) is captured once as a CUDA graph and replayed: the step's
+/// ~16 launches per layer then cost one launch, and what changes between tokens (the position, the embedding) is
+/// uploaded before it. The embedding row is looked up on the host (one row read from the file per token).
+/// </summary>
+internal sealed class CudaForward : IDeviceForward
+{
+    private sealed class Layer
+    {
+        public required DeviceBuffer AttnNorm, FfnNorm, KCache, VCache;
+        public required DeviceMatrix Wo, Down;
+        public DeviceMatrix? Wq, Wk, Wv, Wqkv, Gate, Up, GateUp;
+        public DeviceBuffer? Bq, Bk, Bv, QNorm, KNorm, PostAttnNorm, PostFfnNorm;
+        public required RopeTables Rope;
+        public int Window;
+    }
+
+    private sealed record RopeTables(DeviceBuffer Cos, DeviceBuffer Sin, int Half, bool Neox);
+
+    private readonly CudaDevice _device;
+    private readonly CudaMatVec _mv;
+    private readonly ForwardKernels _kernels;
+    private readonly ModelConfig _c;
+    private readonly IModelSource _source;
+    private readonly TensorDesc _embedding;
+    private readonly Layer[] _layers;
+    private readonly DeviceMatrix _output;
+    private readonly DeviceBuffer _outputNorm;
+    private readonly List<IDisposable> _owned = [];
+    // Activations for a batch [token × width], as Transformer names them; _pos holds the batch's first position.
+    private readonly DeviceBuffer _x, _xb, _xb2, _q, _k, _v, _hb, _hb2, _logits, _pos;
+    private readonly DeviceBuffer? _qkv;
+    private readonly float[] _embedRows;
+    private readonly byte[] _embedBytes;
+    private readonly bool _halfKv;
+    private readonly int _batch;
+    private CudaGraph? _decodeGraph;
+    private bool _graphs = Environment.GetEnvironmentVariable("FITLM_CUDA_GRAPHS") != "0";
+
+    public string Description { get; }
+    public long DeviceBytes { get; }
+
+    /// <summary>
+    /// Why <paramref name="c"/> cannot run on the GPU, or null when it can: mixtures of experts and heads wider than
+    /// the attention kernel are not built yet.
+    /// </summary>
+    public static string? Unsupported(ModelConfig c)
+    {
+        if (c.IsMoe) return $"{c.Architecture} is a mixture of experts, which the CUDA backend does not run yet";
+        if (c.HeadDim > ForwardKernels.MaxHeadDim) return $"heads of {c.HeadDim} dimensions are wider than the CUDA attention kernel's {ForwardKernels.MaxHeadDim}";
+        return null;
+    }
+
+    /// <summary>
+    /// Opens CUDA device <paramref name="ordinal"/>, compiles (or loads from the cache) the kernels and uploads the model
+    /// for a context of <paramref name="maxContext"/> and batches of <paramref name="maxBatch"/>, the KV cache in
+    /// float32 or float16. Refuses, before allocating anything large, a model that does not fit the device's free memory.
+    /// </summary>
+    public CudaForward(IModelSource source, int maxContext, int maxBatch, KvType kv, int ordinal = 0, Action<string>? log = null)
+    {
+        _c = source.Config;
+        if (Unsupported(_c) is { } why) throw new FitLMException($"{source.Path}: {why}; use --device cpu");
+        if (kv is not (KvType.F32 or KvType.F16)) throw new FitLMException($"--kv {kv.ToString().ToLowerInvariant()} is not built for the GPU yet: use f32 or f16 with --device cuda");
+        _source = source;
+        _halfKv = kv == KvType.F16;
+        _batch = Math.Clamp(maxBatch, 1, maxContext);
+        _device = CudaDevice.Open(ordinal);
+        try
+        {
+            _mv = new CudaMatVec(_device, log);
+            _kernels = new ForwardKernels(_device, log);
+            var c = _c;
+            _embedding = source.Get("token_embd.weight");
+            var output = source.Find("output.weight") ?? _embedding;
+            DeviceBytes = PlanBytes(source, maxContext, _batch, _halfKv);
+            long free = _device.FreeMemory();
+            if (DeviceBytes > free - Headroom)
+                throw new FitLMException($"the model needs {ProcessMemory.Format(DeviceBytes)} of GPU memory at context {maxContext} and {_device.Name} has " +
+                    $"{ProcessMemory.Format(free)} free; streaming layers into a smaller GPU (--gpu-memory) is not built yet: lower -c, or use --device cpu");
+
+            float[]? freqFactors = source.Find("rope_freqs.weight") is { } rf ? source.ReadFloats(rf) : null;
+            var rope = Tables(new Rope(c, maxContext, freqFactors));
+            var ropeSliding = c.RopeThetaSliding > 0 ? Tables(new Rope(c with { RopeTheta = c.RopeThetaSliding }, maxContext)) : rope;
+            long kvLayerBytes = (long)maxContext * c.KvDim * (_halfKv ? 2 : 4);
+            _layers = new Layer[c.Layers];
+            for (int l = 0; l < c.Layers; l++)
+            {
+                string p = $"blk.{l}.";
+                _layers[l] = new Layer
+                {
+                    AttnNorm = Norm(p + "attn_norm.weight"),
+                    FfnNorm = Norm(p + "ffn_norm.weight"),
+                    Wq = c.FusedQkv ? null : Matrix(p + "attn_q.weight"),
+                    Wk = c.FusedQkv ? null : Matrix(p + "attn_k.weight"),
+                    Wv = c.FusedQkv ? null : Matrix(p + "attn_v.weight"),
+                    Wqkv = c.FusedQkv ? Matrix(p + "attn_qkv.weight") : null,
+                    Wo = Matrix(p + "attn_output.weight"),
+                    Gate = c.FusedGateUp ? null : Matrix(p + "ffn_gate.weight"),
+                    Up = c.FusedGateUp ? null : Matrix(p + "ffn_up.weight"),
+                    GateUp = c.FusedGateUp ? Matrix(p + "ffn_up.weight") : null,
+                    Down = Matrix(p + "ffn_down.weight"),
+                    Bq = c.QkvBias ? Vector(p + "attn_q.bias") : null,
+                    Bk = c.QkvBias ? Vector(p + "attn_k.bias") : null,
+                    Bv = c.QkvBias ? Vector(p + "attn_v.bias") : null,
+                    QNorm = c.QkNorm ? Norm(p + "attn_q_norm.weight") : null,
+                    KNorm = c.QkNorm ? Norm(p + "attn_k_norm.weight") : null,
+                    PostAttnNorm = c.PostNorms ? Norm(p + "post_attention_norm.weight") : null,
+                    PostFfnNorm = c.PostNorms ? Norm(p + "post_ffw_norm.weight") : null,
+                    KCache = Own(_device.Allocate(kvLayerBytes)),
+                    VCache = Own(_device.Allocate(kvLayerBytes)),
+                    Rope = c.IsSliding(l) ? ropeSliding : rope,
+                    Window = c.WindowOf(l),
+                };
+            }
+            _output = Own(DeviceMatrix.Upload(_device, source, output));
+            _outputNorm = Norm("output_norm.weight");
+
+            int b = _batch;
+            _x = Floats((long)b * c.Dim);
+            _xb = Floats((long)b * Math.Max(c.Dim, c.QDim));
+            _xb2 = Floats((long)b * c.Dim);
+            _q = Floats((long)b * c.QDim);
+            _k = Floats((long)b * c.KvDim);
+            _v = Floats((long)b * c.KvDim);
+            _hb = Floats((long)b * c.ScratchFfnDim);
+            _hb2 = Floats((long)b * c.ScratchFfnDim);
+            _qkv = c.FusedQkv ? Floats((long)b * (c.QDim + 2 * c.KvDim)) : null;
+            _logits = Floats((long)b * c.Vocab);
+            _pos = Own(_device.Allocate(sizeof(int)));
+            _embedRows = new float[b * c.Dim];
+            _embedBytes = new byte[GgmlTypes.RowBytes(_embedding.Type, _embedding.RowLength)];
+            Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory " +
+                $"(weights {ProcessMemory.Format(WeightBytes(source))}, KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)})";
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Device memory kept free beside the model: the CUDA context's own allocations and the kernels' modules.</summary>
+    private const long Headroom = 256L << 20;
+
+    /// <summary>Device memory the model takes: weights as uploaded, the KV cache at full context, activations and logits for a batch.</summary>
+    public static long PlanBytes(IModelSource source, int maxContext, int batch, bool halfKv)
+    {
+        var c = source.Config;
+        long kv = 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4);
+        long activations = 4L * batch * (3L * c.Dim + Math.Max(c.Dim, c.QDim) + c.QDim + 2L * c.KvDim + 2L * c.ScratchFfnDim
+            + (c.FusedQkv ? c.QDim + 2L * c.KvDim : 0) + c.Vocab);
+        long rope = 2L * 4 * maxContext * (c.RopeDims / 2) * (c.RopeThetaSliding > 0 ? 2 : 1);
+        return WeightBytes(source) + kv + activations + rope;
+    }
+
+    private static long WeightBytes(IModelSource source)
+    {
+        long bytes = source.Tensors.Where(t => t.Shape.Length == 2 && t.Name != "token_embd.weight").Sum(DeviceMatrix.DeviceBytes);
+        bytes += source.Tensors.Where(t => t.Shape.Length == 1).Sum(t => t.Elements * 4);
+        // The embedding is read on the host; it is uploaded only as the output head of a model that ties them.
+        if (source.Find("output.weight") == null) bytes += DeviceMatrix.DeviceBytes(source.Get("token_embd.weight"));
+        return bytes;
+    }
+
+    private T Own<T>(T d) where T : IDisposable
+    {
+        _owned.Add(d);
+        return d;
+    }
+
+    private DeviceBuffer Floats(long count) => Own(_device.Allocate(count * sizeof(float)));
+
+    private DeviceMatrix Matrix(string name) => Own(DeviceMatrix.Upload(_device, _source, _source.Get(name)));
+
+    private DeviceBuffer Upload(float[] values)
+    {
+        var d = Floats(values.Length);
+        CudaDevice.UploadTo<float>(d.Pointer, values);
+        return d;
+    }
+
+    private DeviceBuffer Vector(string name) => Upload(_source.ReadFloats(_source.Get(name)));
+
+    /// <summary>A norm's weights as the math uses them: Gemma's Hugging Face files store w for (1 + w) (Transformer does the same).</summary>
+    private DeviceBuffer Norm(string name)
+    {
+        var w = _source.ReadFloats(_source.Get(name));
+        if (_c.NormWeightOffset != 0)
+            for (int i = 0; i < w.Length; i++) w[i] += _c.NormWeightOffset;
+        return Upload(w);
+    }
+
+    private RopeTables Tables(Rope rope) =>
+        new(Upload(rope.CosTable.ToArray()), Upload(rope.SinTable.ToArray()), rope.Dims / 2, rope.Style == RopeStyle.Neox);
+
+    public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct)
+    {
+        _device.MakeCurrent();
+        int n = tokens.Length, vocab = _c.Vocab;
+        for (int start = 0; start < n;)
+        {
+            ct.ThrowIfCancellationRequested();
+            int count = Math.Min(_batch, n - start);
+            Embed(tokens.Slice(start, count));
+            int first = pos + start;
+            CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in first));
+            int from = Math.Max(logitsFrom, start) - start;
+            if (count == 1 && _graphs) DecodeStep();
+            else
+            {
+                Layers(count);
+                if (from < count) Logits(from, count);
+            }
+            if (from < count)
+                CudaDevice.DownloadFrom(_logits.Pointer, logits.Slice((start + from - logitsFrom) * vocab, (count - from) * vocab));
+            start += count;
+        }
+    }
+
+    /// <summary>One token through every layer and the output head, as the graph captured at the first decode step.</summary>
+    private void DecodeStep()
+    {
+        if (_decodeGraph == null)
+        {
+            try { _decodeGraph = _device.Capture(() => { Layers(1); Logits(0, 1); }); }
+            catch (FitLMException e)
+            {
+                // A driver that cannot capture still runs the same launches one by one.
+                Console.Error.WriteLine($"warning: CUDA graph capture failed ({e.Message}); decoding without graphs");
+                _graphs = false;
+                Layers(1);
+                Logits(0, 1);
+                return;
+            }
+        }
+        _decodeGraph.Launch();
+    }
+
+    /// <summary>The rows' embeddings (scaled where the family scales them), read and dequantized on the host, uploaded to x.</summary>
+    private void Embed(ReadOnlySpan<int> tokens)
+    {
+        int dim = _c.Dim;
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            _source.Read(_embedding, tokens[t] * (long)_embedBytes.Length, _embedBytes);
+            var row = _embedRows.AsSpan(t * dim, dim);
+            Dequantize.Row(_embedding.Type, _embedBytes, row);
+            if (_c.EmbeddingScale != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(row, _c.EmbeddingScale, row);
+        }
+        CudaDevice.UploadTo<float>(_x.Pointer, _embedRows.AsSpan(0, tokens.Length * dim));
+    }
+
+    private void Multiply(DeviceMatrix w, ulong x, ulong y, int n) =>
+        _mv.Multiply(w.Type, w.Data.Pointer, w.RowBytes, w.Rows, w.Cols, x, y, n);
+
+    private static ulong At(DeviceBuffer b, long floats) => b.Pointer + (ulong)(floats * sizeof(float));
+
+    /// <summary>The layers over the batch's n rows of x (Transformer.ForwardBatch, one segment).</summary>
+    private void Layers(int n)
+    {
+        var c = _c;
+        var k = _kernels;
+        int dim = c.Dim;
+        ulong x = _x.Pointer, xb = _xb.Pointer, xb2 = _xb2.Pointer, q = _q.Pointer, kk = _k.Pointer, v = _v.Pointer, pos = _pos.Pointer;
+        float scale = c.KvShape.Scale;
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var L = _layers[l];
+            // Attention block.
+            k.RmsNorm(x, L.AttnNorm.Pointer, xb, n, dim, c.RmsEps);
+            if (L.Wqkv != null)
+            {
+                int width = c.QDim + 2 * c.KvDim;
+                Multiply(L.Wqkv, xb, _qkv!.Pointer, n);
+                k.CopyColumns(_qkv.Pointer, width, 0, q, c.QDim, n);
+                k.CopyColumns(_qkv.Pointer, width, c.QDim, kk, c.KvDim, n);
+                k.CopyColumns(_qkv.Pointer, width, c.QDim + c.KvDim, v, c.KvDim, n);
+            }
+            else
+            {
+                Multiply(L.Wq!, xb, q, n);
+                Multiply(L.Wk!, xb, kk, n);
+                Multiply(L.Wv!, xb, v, n);
+            }
+            if (L.Bq != null) k.AddBias(q, L.Bq.Pointer, c.QDim, n * c.QDim);
+            if (L.Bk != null) k.AddBias(kk, L.Bk.Pointer, c.KvDim, n * c.KvDim);
+            if (L.Bv != null) k.AddBias(v, L.Bv.Pointer, c.KvDim, n * c.KvDim);
+            if (L.QNorm != null) QkNorm(q, L.QNorm, c.Heads, n);
+            if (L.KNorm != null) QkNorm(kk, L.KNorm, c.KvHeads, n);
+            var r = L.Rope;
+            k.Rope(q, r.Cos.Pointer, r.Sin.Pointer, n, c.Heads, c.HeadDim, r.Half, r.Neox, pos);
+            k.Rope(kk, r.Cos.Pointer, r.Sin.Pointer, n, c.KvHeads, c.HeadDim, r.Half, r.Neox, pos);
+            k.KvStore(_halfKv, kk, v, L.KCache.Pointer, L.VCache.Pointer, n, c.KvDim, pos);
+            k.Attend(_halfKv, q, L.KCache.Pointer, L.VCache.Pointer, xb, n, c.Heads, c.KvHeads, c.HeadDim, scale, c.AttentionSoftcap, L.Window, pos);
+            Multiply(L.Wo, xb, xb2, n);
+            if (L.PostAttnNorm != null) k.RmsNorm(xb2, L.PostAttnNorm.Pointer, xb2, n, dim, c.RmsEps);
+            k.Add(x, xb2, n * dim);
+
+            // Feed-forward block: down(act(gate(x)) * up(x)).
+            k.RmsNorm(x, L.FfnNorm.Pointer, xb, n, dim, c.RmsEps);
+            if (L.GateUp != null)
+            {
+                int ffn = L.GateUp.Rows / 2;
+                Multiply(L.GateUp, xb, _hb.Pointer, n);
+                k.GateAct(_hb.Pointer, 2 * ffn, At(_hb, ffn), 2 * ffn, _hb2.Pointer, ffn, ffn, n, (int)c.Activation);
+                Multiply(L.Down, _hb2.Pointer, xb2, n);
+            }
+            else
+            {
+                int ffn = L.Gate!.Rows;
+                Multiply(L.Gate, xb, _hb.Pointer, n);
+                Multiply(L.Up!, xb, _hb2.Pointer, n);
+                k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation);
+                Multiply(L.Down, _hb.Pointer, xb2, n);
+            }
+            if (L.PostFfnNorm != null) k.RmsNorm(xb2, L.PostFfnNorm.Pointer, xb2, n, dim, c.RmsEps);
+            k.Add(x, xb2, n * dim);
+        }
+    }
+
+    /// <summary>Per-head norm of n rows of q or k (Qwen3, Gemma 3), or over each whole row (OLMoE).</summary>
+    private void QkNorm(ulong rows, DeviceBuffer w, int heads, int n)
+    {
+        if (_c.QkNormWholeRow) _kernels.RmsNorm(rows, w.Pointer, rows, n, heads * _c.HeadDim, _c.RmsEps);
+        else _kernels.RmsNorm(rows, w.Pointer, rows, n * heads, _c.HeadDim, _c.RmsEps);
+    }
+
+    /// <summary>Logits of rows [from, count) of the batch into the first rows of the logits buffer.</summary>
+    private void Logits(int from, int count)
+    {
+        int rows = count - from, dim = _c.Dim;
+        _kernels.RmsNorm(At(_x, (long)from * dim), _outputNorm.Pointer, _xb.Pointer, rows, dim, _c.RmsEps);
+        Multiply(_output, _xb.Pointer, _logits.Pointer, rows);
+        if (_c.FinalSoftcap > 0) _kernels.Softcap(_logits.Pointer, _c.FinalSoftcap, rows * _c.Vocab);
+    }
+
+    public double MemoryBandwidth()
+    {
+        _device.MakeCurrent();
+        try { return _device.CopyBandwidth(512L << 20); } // 512 MiB: past any L2 (H100: 50 MiB), and room beside most models
+        catch (FitLMException) { return 0; } // no room for the two buffers beside the model
+    }
+
+    public void Dispose()
+    {
+        _decodeGraph?.Dispose();
+        _decodeGraph = null;
+        foreach (var d in _owned) d.Dispose();
+        _owned.Clear();
+        _device?.Dispose();
+    }
+}

@@ -1,0 +1,109 @@
+namespace FitLM.Backends.Cuda;
+
+/// <summary>
+/// Launches of Kernels/forward.cu on the device's stream: RMSNorm, biases, residual adds, soft-capping, the gated
+/// activation, RoPE, the KV cache's writes and attention. Arguments are device addresses the caller sized; positions
+/// come from the int at <c>pos0</c> in device memory (so a decode step can be replayed as a CUDA graph).
+/// </summary>
+internal sealed unsafe class ForwardKernels
+{
+    private const uint Threads = 256;
+    /// <summary>Threads of an attention block: ATTN_WARPS warps in forward.cu.</summary>
+    private const uint AttentionThreads = 128;
+    /// <summary>The widest head attend_* handles: MAX_HEAD_DIM in forward.cu.</summary>
+    public const int MaxHeadDim = 256;
+
+    private readonly CudaDevice _device;
+    private readonly nint _rmsNorm, _addBias, _add, _softcap, _gateAct, _rope, _copyColumns;
+    private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16;
+
+    public ForwardKernels(CudaDevice device, Action<string>? log = null)
+    {
+        _device = device;
+        var m = new KernelModule(device, "forward.cu", log);
+        _rmsNorm = m.Function("rmsnorm");
+        _addBias = m.Function("add_bias");
+        _add = m.Function("add");
+        _softcap = m.Function("softcap");
+        _gateAct = m.Function("gate_act");
+        _rope = m.Function("rope");
+        _copyColumns = m.Function("copy_columns");
+        _kvStoreF32 = m.Function("kv_store_f32");
+        _kvStoreF16 = m.Function("kv_store_f16");
+        _attendF32 = m.Function("attend_f32");
+        _attendF16 = m.Function("attend_f16");
+    }
+
+    private static uint Blocks(long total) => (uint)((total + Threads - 1) / Threads);
+
+    /// <summary>o = RMSNorm(x) ⊙ w over <paramref name="rows"/> rows of <paramref name="dim"/> (o may be x).</summary>
+    public void RmsNorm(ulong x, ulong w, ulong o, int rows, int dim, float eps)
+    {
+        int d = dim;
+        float e = eps;
+        void** args = stackalloc void*[] { &x, &w, &o, &d, &e };
+        _device.Launch(_rmsNorm, (uint)rows, Threads, 0, args);
+    }
+
+    /// <summary>x[i] += b[i mod cols] over <paramref name="total"/> elements.</summary>
+    public void AddBias(ulong x, ulong b, int cols, int total)
+    {
+        void** args = stackalloc void*[] { &x, &b, &cols, &total };
+        _device.Launch(_addBias, Blocks(total), Threads, 0, args);
+    }
+
+    /// <summary>x += y over <paramref name="total"/> elements.</summary>
+    public void Add(ulong x, ulong y, int total)
+    {
+        void** args = stackalloc void*[] { &x, &y, &total };
+        _device.Launch(_add, Blocks(total), Threads, 0, args);
+    }
+
+    /// <summary>x = c·tanh(x/c) over <paramref name="total"/> elements.</summary>
+    public void Softcap(ulong x, float c, int total)
+    {
+        void** args = stackalloc void*[] { &x, &c, &total };
+        _device.Launch(_softcap, Blocks(total), Threads, 0, args);
+    }
+
+    /// <summary>o[t] = act(g[t]) ⊙ u[t] for n rows of cols, each operand with its own row stride (in floats).</summary>
+    public void GateAct(ulong g, long gStride, ulong u, long uStride, ulong o, long oStride, int cols, int n, int activation)
+    {
+        void** args = stackalloc void*[] { &g, &gStride, &u, &uStride, &o, &oStride, &cols, &n, &activation };
+        _device.Launch(_gateAct, Blocks((long)cols * n), Threads, 0, args);
+    }
+
+    /// <summary>
+    /// Rotates n rows of <paramref name="heads"/> heads in place for positions *pos0 + t: tables [position × half],
+    /// NEOX pairs (i, i + half) or interleaved (2i, 2i + 1).
+    /// </summary>
+    public void Rope(ulong x, ulong cos, ulong sin, int n, int heads, int headDim, int half, bool neox, ulong pos0)
+    {
+        int nx = neox ? 1 : 0;
+        void** args = stackalloc void*[] { &x, &cos, &sin, &n, &heads, &headDim, &half, &nx, &pos0 };
+        _device.Launch(_rope, Blocks((long)n * heads * half), Threads, 0, args);
+    }
+
+    /// <summary>dst[t][0..width) = src[t][offset..offset + width) for n rows (src rows srcWidth apart): Phi-3's fused Q|K|V split.</summary>
+    public void CopyColumns(ulong src, int srcWidth, int offset, ulong dst, int width, int n)
+    {
+        void** args = stackalloc void*[] { &src, &srcWidth, &offset, &dst, &width, &n };
+        _device.Launch(_copyColumns, Blocks((long)width * n), Threads, 0, args);
+    }
+
+    /// <summary>Writes n rows of keys and values into one layer's cache at positions *pos0 + t.</summary>
+    public void KvStore(bool half, ulong k, ulong v, ulong kCache, ulong vCache, int n, int kvDim, ulong pos0)
+    {
+        void** args = stackalloc void*[] { &k, &v, &kCache, &vCache, &n, &kvDim, &pos0 };
+        _device.Launch(half ? _kvStoreF16 : _kvStoreF32, Blocks((long)n * kvDim), Threads, 0, args);
+    }
+
+    /// <summary>Attention of n query rows (positions *pos0 + t) over one layer's cache into out [n × heads·headDim].</summary>
+    public void Attend(bool half, ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads, int kvHeads, int headDim,
+        float scale, float cap, int window, ulong pos0)
+    {
+        void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0 };
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(half ? _attendF16 : _attendF32, (uint)heads, (uint)n, 1, AttentionThreads, 1, 1, 0,
+            _device.Stream, args, null));
+    }
+}

@@ -1,0 +1,250 @@
+// The element-wise and attention kernels of the forward pass on the GPU (CudaForward.cs), beside matvec.cu's matrix
+// products. Activations are float32 rows [token × width], as on the CPU (Model/Transformer.cs); each kernel does what
+// the CPU code it names does, in the same order of float operations where that is cheap (RMSNorm's sum and the
+// softmax are reduced in another order, so results differ from the CPU's in the last bits).
+//
+// Positions are read from device memory (*pos0: the position of the batch's first token) rather than passed by
+// value, so one decode step can be captured as a CUDA graph and replayed for every token with only that integer
+// and the embedding uploaded before it. Nothing is #included (NVRTC at first use; no header is guaranteed).
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+#define ATTN_WARPS 4      // warps per attention block; each takes every ATTN_WARPS-th position
+#define MAX_HEAD_DIM 256  // the widest head attention supports (Gemma's 256): 8 dims per lane
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float half_to_float(u16 h)
+{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 float_to_half(float f)
+{
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The sum of v over the thread block (blockDim.x a multiple of 32); every thread gets it.
+__device__ __forceinline__ float block_sum(float v)
+{
+    __shared__ float partial[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partial[lane] : 0.f;
+    v = warp_sum(v);
+    __syncthreads(); // partial is free again for the next call
+    return v;
+}
+
+// ------------------------------------------------------------------------------------------------ RMSNorm
+// Transformer.RmsNorm over each row: o = x * (1 / sqrt(mean(x²) + eps)) * w. One block per row; rows `dim` apart;
+// o may be x. The Q/K norms use it too: rows of one head (dim = head size, the same w for every head).
+extern "C" __global__ void rmsnorm(const float* x, const float* __restrict__ w, float* o, int dim, float eps)
+{
+    const float* xr = x + (long long)blockIdx.x * dim;
+    float* orow = o + (long long)blockIdx.x * dim;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss);
+    float scale = 1.f / sqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = xr[i] * scale * w[i];
+}
+
+// ------------------------------------------------------------------------------------------------ element-wise
+// x[i] += b[i % cols] over total elements: the Q/K/V biases of Qwen2 and Phi-3 (one row of b per token).
+extern "C" __global__ void add_bias(float* x, const float* __restrict__ b, int cols, int total)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) x[i] += b[i % cols];
+}
+
+// x[i] += y[i]: the residual adds.
+extern "C" __global__ void add(float* x, const float* __restrict__ y, int total)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) x[i] += y[i];
+}
+
+// x[i] = c * tanh(x[i] * (1/c)): Gemma 2's final soft-capping (KvShape.CapInPlace).
+extern "C" __global__ void softcap(float* x, float c, int total)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) x[i] = tanhf(x[i] * (1.f / c)) * c;
+}
+
+// o[t][c] = act(g[t][c]) * u[t][c] for n rows of cols: the gated FFN (FeedForward.cs, Activations.Apply). Rows are
+// given strides so Phi-3's fused [gate | up] rows work as they are; o may be g (each element is read, then written).
+// act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
+extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
+                                    long long o_stride, int cols, int n, int act)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)cols * n) return;
+    int t = (int)(i / cols), c = (int)(i % cols);
+    float x = g[t * g_stride + c], a;
+    if (act == 0) a = x / (1.f + expf(-x));
+    else if (act == 1) a = fmaxf(x, 0.f);
+    else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+    o[t * o_stride + c] = a * u[t * u_stride + c];
+}
+
+// ------------------------------------------------------------------------------------------------ RoPE
+// Rope.Apply on n rows of `heads` heads: token t is at position *pos0 + t; cos/sin tables are [position × half].
+// Interleaved pairs (2i, 2i+1), or NEOX pairs (i, i + half); dimensions past 2·half pass through (partial rotary).
+extern "C" __global__ void rope(float* x, const float* __restrict__ cos_t, const float* __restrict__ sin_t, int n,
+                                int heads, int head_dim, int half, int neox, const int* __restrict__ pos0)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * heads * half) return;
+    int p = i % half, h = (i / half) % heads, t = i / (half * heads);
+    long long pos = *pos0 + t;
+    float c = cos_t[pos * half + p], s = sin_t[pos * half + p];
+    float* v = x + (long long)t * heads * head_dim + (long long)h * head_dim;
+    int ia = neox ? p : 2 * p, ib = neox ? p + half : 2 * p + 1;
+    float a = v[ia], b = v[ib];
+    v[ia] = a * c - b * s;
+    v[ib] = b * c + a * s;
+}
+
+// ------------------------------------------------------------------------------------------------ KV cache
+// One layer's cache is [position × kv_dim] for keys and the same for values, float32 or float16 (--kv f32|f16).
+struct KvF32
+{
+    typedef float T;
+    static __device__ __forceinline__ float load(const float* p) { return *p; }
+    static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
+};
+struct KvF16
+{
+    typedef u16 T;
+    static __device__ __forceinline__ float load(const u16* p) { return half_to_float(*p); }
+    static __device__ __forceinline__ void store(u16* p, float v) { *p = float_to_half(v); }
+};
+
+// Writes n rows of keys and values (after bias, norm and RoPE) at positions *pos0 .. *pos0 + n - 1.
+template <typename KV>
+__device__ __forceinline__ void kv_store(const float* __restrict__ k, const float* __restrict__ v, typename KV::T* kc,
+                                         typename KV::T* vc, int n, int kv_dim, const int* __restrict__ pos0)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * kv_dim) return;
+    long long at = (long long)*pos0 * kv_dim + i; // row t of the batch lands at position pos0 + t
+    KV::store(kc + at, k[i]);
+    KV::store(vc + at, v[i]);
+}
+
+// Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
+// head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
+// of KV head h / (heads / kv_heads); scores s = scale·q·k, capped c·tanh(s/c) where the model caps them, softmax,
+// then the weighted sum of values into out[t][h]. One block per (head, query); its warps split the positions and
+// keep an online softmax (running max m, sum l, accumulator) each, merged at the end: one pass over K and V.
+// Lane l holds dimensions l, l + 32, ... of the head (up to MAX_HEAD_DIM / 32 of them).
+template <typename KV>
+__device__ __forceinline__ void attend(const float* __restrict__ q, const typename KV::T* __restrict__ kc,
+                                       const typename KV::T* __restrict__ vc, float* __restrict__ out, int heads,
+                                       int kv_heads, int head_dim, float scale, float cap, int window,
+                                       const int* __restrict__ pos0)
+{
+    const int PER = MAX_HEAD_DIM / 32;
+    __shared__ float wm[ATTN_WARPS], wl[ATTN_WARPS];
+    __shared__ float wacc[ATTN_WARPS][MAX_HEAD_DIM];
+    int h = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int p = *pos0 + t;
+    int first = window > 0 ? max(0, p - window + 1) : 0;
+    int kvh = h / (heads / kv_heads);
+    long long kv_dim = (long long)kv_heads * head_dim;
+    const float* qh = q + ((long long)t * heads + h) * head_dim;
+    float qr[PER], acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+    {
+        int d = lane + 32 * i;
+        qr[i] = d < head_dim ? qh[d] : 0.f;
+        acc[i] = 0.f;
+    }
+    float m = NEG_INF, l = 0.f;
+    for (int j = first + warp; j <= p; j += ATTN_WARPS)
+    {
+        const typename KV::T* kr = kc + j * kv_dim + (long long)kvh * head_dim;
+        const typename KV::T* vr = vc + j * kv_dim + (long long)kvh * head_dim;
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < PER; i++)
+        {
+            int d = lane + 32 * i;
+            if (d < head_dim) s += qr[i] * KV::load(kr + d);
+        }
+        s = warp_sum(s) * scale;
+        if (cap > 0.f) s = tanhf(s * (1.f / cap)) * cap;
+        float m2 = fmaxf(m, s), correction = expf(m - m2), e = expf(s - m2);
+        l = l * correction + e;
+#pragma unroll
+        for (int i = 0; i < PER; i++)
+        {
+            int d = lane + 32 * i;
+            acc[i] = acc[i] * correction + (d < head_dim ? e * KV::load(vr + d) : 0.f);
+        }
+        m = m2;
+    }
+    if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+    {
+        int d = lane + 32 * i;
+        if (d < head_dim) wacc[warp][d] = acc[i];
+    }
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int w = 0; w < ATTN_WARPS; w++) mx = fmaxf(mx, wm[w]);
+    float total = 0.f;
+    for (int w = 0; w < ATTN_WARPS; w++) total += wl[w] * expf(wm[w] - mx); // a warp with no positions: l = 0
+    float* o = out + ((long long)t * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    {
+        float sum = 0.f;
+        for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * expf(wm[w] - mx);
+        o[d] = sum / total;
+    }
+}
+
+#define KV_ENTRIES(suffix, KV) \
+    extern "C" __global__ void kv_store_##suffix(const float* k, const float* v, KV::T* kc, KV::T* vc, int n, \
+        int kv_dim, const int* pos0) \
+    { kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_##suffix(const float* q, const KV::T* kc, \
+        const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
+        const int* pos0) \
+    { attend<KV>(q, kc, vc, out, heads, kv_heads, head_dim, scale, cap, window, pos0); }
+
+KV_ENTRIES(f32, KvF32)
+KV_ENTRIES(f16, KvF16)
+
+// dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.
+extern "C" __global__ void copy_columns(const float* __restrict__ src, int src_width, int offset, float* __restrict__ dst,
+                                        int width, int n)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)width * n) return;
+    long long t = i / width;
+    dst[i] = src[t * src_width + offset + (i % width)];
+}

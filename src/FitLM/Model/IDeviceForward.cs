@@ -1,0 +1,21 @@
+namespace FitLM.Model;
+
+/// <summary>
+/// The forward pass of one sequence on an accelerator that holds the weights and the KV cache itself (Backends/Cuda):
+/// a <see cref="Transformer"/> made with one hands its passes over whole. Tokens and positions arrive checked; the
+/// device keeps positions [0, pos) from earlier calls and overwrites from <c>pos</c> on (a rewind needs nothing else).
+/// </summary>
+public interface IDeviceForward : IDisposable
+{
+    /// <summary>One line for the user: the device, and what of the model it holds.</summary>
+    string Description { get; }
+
+    /// <summary>Bytes of device memory the weights, KV cache and activations take.</summary>
+    long DeviceBytes { get; }
+
+    /// <summary>Bytes per second the device's memory moves, measured now (read + write of a copy); 0 where it cannot be measured.</summary>
+    double MemoryBandwidth();
+
+    /// <summary>As <see cref="Transformer.Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>: runs tokens at [pos, pos + n), writes the logits of rows [logitsFrom, n).</summary>
+    void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct);
+}
