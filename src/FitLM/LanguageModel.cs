@@ -163,7 +163,8 @@ public sealed class LanguageModel : IDisposable
         if (source is GgufSource g && StackLayout.IsStacked(g.File)) throw new FitLMException(NotYet("a stacked (BitStack) model"));
         if (ModelValidation.IsBundled(source)) throw new FitLMException(NotYet("a prepared (LLM in a flash) model"));
         if (options.Kv.Evict != KvCache.KvEviction.None) throw new FitLMException(NotYet("H2O eviction (--kv-evict)"));
-        var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv.Type, ordinal: 0, log: m => Console.Error.WriteLine(m));
+        var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv.Type, options.GpuMemoryBudget,
+            naiveStreaming: options.Stream == StreamMode.Naive, ordinal: 0, log: m => Console.Error.WriteLine(m));
         try
         {
             var plan = new Memory.MemoryPlan

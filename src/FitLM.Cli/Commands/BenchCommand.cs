@@ -130,6 +130,14 @@ internal static class BenchCommand
                         ? $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F0} GB/s the GPU copies (read + write)"
                         : $", {100 * achieved / bandwidth:F0}% of the {bandwidth / 1e9:F1} GB/s this machine reads with {t} thread(s)"));
             }
+            if (tg != null && device is { StreamedBytesPerToken: > 0 } streaming)
+            {
+                // Streamed layers: the bound is the host-to-device copy of every streamed byte once per token.
+                double h2d = r.GetValue(noBandwidth) ? 0 : streaming.HostToDeviceBandwidth();
+                double copied = streaming.StreamedBytesPerToken * tg.Mean;
+                o.WriteLine($"decode streams {ProcessMemory.Format(streaming.StreamedBytesPerToken)} of layers to the GPU per token: {copied / 1e9:F2} GB/s" +
+                    (h2d > 0 ? $", {100 * copied / h2d:F0}% of the {h2d / 1e9:F1} GB/s host-to-device copy (bound: {h2d / streaming.StreamedBytesPerToken:F2} tokens/s)" : ""));
+            }
             if (specOutcome != null) SpeculativeBench.Print(o, speculative.Describe(r), specOutcome);
             Common.ReportWeights(lm);
             o.WriteLine($"peak RSS: {ProcessMemory.Format(Math.Max(peak, ProcessMemory.PeakRssBytes()))}"); // read again: the table's printing included

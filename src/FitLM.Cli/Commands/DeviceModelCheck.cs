@@ -1,6 +1,8 @@
 using FitLM.KvCache;
 using FitLM.Memory;
+using FitLM.Runtime;
 using FitLM.Tensors;
+using FitLM.Weights;
 
 namespace FitLM.Cli.Commands;
 
@@ -74,6 +76,61 @@ internal static class DeviceModelCheck
             o.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(path)),-28} kv {kv.ToString().ToLowerInvariant(),-3}  " +
                 $"prefill {tokens.Count} err {prefillErr:E2} top-1 {prefillSame}/{tokens.Count}  decode {DecodeTokens} err {decodeErr:E2} " +
                 $"top-1 {decodeSame}/{DecodeTokens}  (tolerance {tolerance:E0})  {(pass ? "ok" : "MISMATCH")}");
+        }
+        return ok;
+    }
+
+    /// <summary>
+    /// The streaming path against the resident one on the GPU: the same greedy run (the prompt, then
+    /// <see cref="DecodeTokens"/> steps) with every layer resident, then under a --gpu-memory budget that streams some
+    /// layers (from pinned memory, and naively from the file). The kernels and their order are the same, so the logits
+    /// must be identical, bit for bit.
+    /// </summary>
+    public static bool RunStreamed(string path, TextWriter o)
+    {
+        var options = new LoadOptions { ContextLength = Context, MaxBatch = Batch, Device = ComputeDevice.Cuda };
+        float[] Greedy(LanguageModel lm)
+        {
+            int vocab = lm.Config.Vocab;
+            var tokens = lm.Tokenizer.Encode(Text).Take(PromptTokens).ToArray();
+            var all = new float[(DecodeTokens + 1) * vocab];
+            lm.Transformer.Forward(tokens, 0, all.AsSpan(0, vocab), tokens.Length - 1);
+            for (int s = 0; s < DecodeTokens; s++)
+            {
+                int next = Argmax(all.AsSpan(s * vocab, vocab));
+                lm.Transformer.Forward([next], tokens.Length + s, all.AsSpan((s + 1) * vocab, vocab), 0);
+            }
+            return all;
+        }
+        using var resident = LanguageModel.Load(path, options);
+        long full = resident.Transformer.Device!.DeviceBytes;
+        var expected = Greedy(resident);
+        bool ok = true;
+        foreach (var mode in new[] { StreamMode.Prefetch, StreamMode.Naive })
+        {
+            LanguageModel? lm = null;
+            // The smallest budget that still loads: as many layers streamed as the slots allow.
+            for (double f = 0.3; f < 1 && lm == null; f += 0.05)
+            {
+                try { lm = LanguageModel.Load(path, options with { GpuMemoryBudget = (long)(full * f), Stream = mode }); }
+                catch (FitLMException) { continue; }
+                if (lm.Transformer.Device!.StreamedBytesPerToken == 0) { lm.Dispose(); lm = null; break; }
+            }
+            string name = $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(path)),-28} streamed ({mode.ToString().ToLowerInvariant()})";
+            if (lm == null)
+            {
+                o.WriteLine($"{name}: no budget below {ProcessMemory.Format(full)} streams a layer  MISMATCH");
+                ok = false;
+                continue;
+            }
+            using (lm)
+            {
+                var got = Greedy(lm);
+                bool same = got.AsSpan().SequenceEqual(expected);
+                ok &= same;
+                o.WriteLine($"{name}: {lm.Transformer.Device!.Description}");
+                o.WriteLine($"{"",28} prefill + {DecodeTokens} decode steps: logits {(same ? "identical to the resident run  ok" : "differ from the resident run  MISMATCH")}");
+            }
         }
         return ok;
     }

@@ -107,6 +107,9 @@ internal static class DevicesCommand
             Console.WriteLine("whole forward pass, GPU against CPU:");
             foreach (string path in models)
                 if (!DeviceModelCheck.Run(path, Console.Out)) modelFailures++;
+            Console.WriteLine();
+            Console.WriteLine("streamed layers against resident ones, on the GPU:");
+            if (!DeviceModelCheck.RunStreamed(models[0], Console.Out)) modelFailures++;
             Console.WriteLine(modelFailures == 0 ? $"models passed: {models.Length}" : $"models failed: {modelFailures} of {models.Length}");
         }
         return failures == 0 && modelFailures == 0 ? 0 : 1;

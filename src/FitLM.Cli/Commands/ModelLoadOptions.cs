@@ -22,6 +22,10 @@ internal sealed class ModelLoadOptions
     public LoraOptions Lora { get; } = new();
     public ExpertOptions Experts { get; } = new();
     public Option<string> Device { get; } = DeviceOption();
+    public Option<string> GpuMemory { get; } = new("--gpu-memory")
+    {
+        Description = "with --device cuda: GPU memory the model may take (e.g. 2GiB; default: what the GPU has free); layers beyond it stream from host memory (--stream naive: from the file, no overlap)",
+    };
 
     private static Option<string> DeviceOption()
     {
@@ -57,6 +61,7 @@ internal sealed class ModelLoadOptions
         Lora.AddTo(command);
         Experts.AddTo(command);
         command.Add(Device);
+        command.Add(GpuMemory);
     }
 
     public string ModelPath(ParseResult r) => r.GetValue(Model)!;
@@ -81,6 +86,13 @@ internal sealed class ModelLoadOptions
         int ctx = ContextSize(r);
         if (ctx > 0 || o.ContextLength == 0) o = o with { ContextLength = ctx };
         o = o with { Device = r.GetValue(Device) == "cuda" ? ComputeDevice.Cuda : ComputeDevice.Cpu };
+        if (r.GetValue(GpuMemory) is { } gpu)
+        {
+            if (o.Device != ComputeDevice.Cuda) throw new FitLMException("--gpu-memory goes with --device cuda");
+            long bytes = MemorySize.Parse(gpu);
+            if (bytes <= 0) throw new FitLMException($"--gpu-memory {gpu} is not a size (e.g. 2GiB)");
+            o = o with { GpuMemoryBudget = bytes };
+        }
         return Experts.Apply(r, Lora.Apply(r, Kv.Apply(r, Stack.Apply(r, Memory.Apply(r, o)))));
     }
 

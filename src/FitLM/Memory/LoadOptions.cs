@@ -77,6 +77,8 @@ public sealed record LoadOptions
 
     /// <summary>Where the forward pass runs (--device): the CPU, or a CUDA GPU that holds the whole model (docs/cuda.md).</summary>
     public ComputeDevice Device { get; init; }
+    /// <summary>--gpu-memory: bytes of GPU memory the model may take (0: what the device has free); layers that do not fit are streamed from host memory.</summary>
+    public long GpuMemoryBudget { get; init; }
 
     // KV cache (docs/kv-cache.md).
     /// <summary>How keys and values are held: type (f32, f16, kivi2/4, xquant4/3/2, xquant-cl) and H2O eviction.</summary>

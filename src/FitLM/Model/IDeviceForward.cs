@@ -13,6 +13,12 @@ public interface IDeviceForward : IDisposable
     /// <summary>Bytes of device memory the weights, KV cache and activations take.</summary>
     long DeviceBytes { get; }
 
+    /// <summary>Weight bytes copied to the device per forward pass (layers streamed from the host); 0 when every layer is resident.</summary>
+    long StreamedBytesPerToken { get; }
+
+    /// <summary>Bytes per second the host can copy to the device (what bounds streamed layers), measured now; 0 where it cannot be measured.</summary>
+    double HostToDeviceBandwidth();
+
     /// <summary>Bytes per second the device's memory moves, measured now (read + write of a copy); 0 where it cannot be measured.</summary>
     double MemoryBandwidth();
 

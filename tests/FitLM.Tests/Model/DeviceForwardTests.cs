@@ -17,6 +17,8 @@ public class DeviceForwardTests
         public string Description => "fake device";
         public long DeviceBytes => 0;
         public double MemoryBandwidth() => 0;
+        public long StreamedBytesPerToken => 0;
+        public double HostToDeviceBandwidth() => 0;
         public bool Disposed;
 
         public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct)

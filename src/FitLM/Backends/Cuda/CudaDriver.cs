@@ -19,6 +19,10 @@ internal static unsafe partial class CudaDriver
     public const int ErrorNoDevice = 100;
     /// <summary>CU_STREAM_CAPTURE_MODE_RELAXED: capture does not forbid other threads' unsafe calls (FitLM runs a device from one thread).</summary>
     public const int CaptureModeRelaxed = 2;
+    /// <summary>CU_STREAM_NON_BLOCKING: the stream does not synchronize with the legacy default stream.</summary>
+    public const uint StreamNonBlocking = 1;
+    /// <summary>CU_EVENT_DISABLE_TIMING: an event only for ordering (cheaper to record and wait on).</summary>
+    public const uint EventDisableTiming = 2;
 
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuInit(uint flags);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuDeviceGetCount(int* count);
@@ -58,6 +62,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphLaunch(nint exec, nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphExecDestroy(nint exec);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphDestroy(nint graph);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamWaitEvent(nint stream, nint e, uint flags);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGetErrorName(int result, byte** name);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGetErrorString(int result, byte** text);
 

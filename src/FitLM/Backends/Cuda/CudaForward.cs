@@ -19,6 +19,11 @@ internal sealed class CudaForward : IDeviceForward
     private sealed class Layer
     {
         public required DeviceBuffer AttnNorm, FfnNorm, KCache, VCache;
+        /// <summary>The layer's matrices; where their bytes are now: <see cref="Resident"/>, else a streaming slot.</summary>
+        public required WeightBlock Block;
+        public DeviceBuffer? Resident;
+        /// <summary>The layer's place among the streamed ones (<see cref="LayerStreamer"/>), or -1 when resident.</summary>
+        public int StreamIndex;
         public required DeviceMatrix Wo, Down;
         public DeviceMatrix? Wq, Wk, Wv, Wqkv, Gate, Up, GateUp;
         public DeviceBuffer? Bq, Bk, Bv, QNorm, KNorm, PostAttnNorm, PostFfnNorm;
@@ -35,8 +40,11 @@ internal sealed class CudaForward : IDeviceForward
     private readonly IModelSource _source;
     private readonly TensorDesc _embedding;
     private readonly Layer[] _layers;
-    private readonly DeviceMatrix _output;
+    private readonly WeightBlock _head;
+    private readonly DeviceBuffer _headBytes;
+    private readonly DeviceMatrix _headMatrix;
     private readonly DeviceBuffer _outputNorm;
+    private readonly LayerStreamer? _streamer;
     private readonly List<IDisposable> _owned = [];
     // Activations for a batch [token × width], as Transformer names them; _pos holds the batch's first position.
     private readonly DeviceBuffer _x, _xb, _xb2, _q, _k, _v, _hb, _hb2, _logits, _pos;
@@ -50,6 +58,7 @@ internal sealed class CudaForward : IDeviceForward
 
     public string Description { get; }
     public long DeviceBytes { get; }
+    public long StreamedBytesPerToken => _streamer?.BytesPerPass ?? 0;
 
     /// <summary>
     /// Why <paramref name="c"/> cannot run on the GPU, or null when it can: mixtures of experts and heads wider than
@@ -62,12 +71,26 @@ internal sealed class CudaForward : IDeviceForward
         return null;
     }
 
+    /// <summary>Names of layer <paramref name="l"/>'s matrices for <paramref name="c"/>, in block order.</summary>
+    private static string[] LayerMatrices(ModelConfig c, int l)
+    {
+        string p = $"blk.{l}.";
+        string[] attention = c.FusedQkv ? [p + "attn_qkv.weight"] : [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"];
+        string[] ffn = c.FusedGateUp ? [p + "ffn_up.weight"] : [p + "ffn_gate.weight", p + "ffn_up.weight"];
+        return [.. attention, p + "attn_output.weight", .. ffn, p + "ffn_down.weight"];
+    }
+
     /// <summary>
-    /// Opens CUDA device <paramref name="ordinal"/>, compiles (or loads from the cache) the kernels and uploads the model
-    /// for a context of <paramref name="maxContext"/> and batches of <paramref name="maxBatch"/>, the KV cache in
-    /// float32 or float16. Refuses, before allocating anything large, a model that does not fit the device's free memory.
+    /// Opens CUDA device <paramref name="ordinal"/>, compiles (or loads from the cache) the kernels and places the model
+    /// for a context of <paramref name="maxContext"/> and batches of <paramref name="maxBatch"/>, the KV cache in float32
+    /// or float16, within <paramref name="gpuMemory"/> bytes of device memory (0: what the device has free, less a
+    /// margin). The KV cache, activations, norms and output head always stay on the device; layers stay too, first to
+    /// last, while they fit beside two streaming slots; the rest are streamed (<see cref="LayerStreamer"/>), or read from
+    /// the file for every use when <paramref name="naiveStreaming"/>. Refuses, before allocating anything large, a
+    /// budget that cannot hold even the fixed part and the slots.
     /// </summary>
-    public CudaForward(IModelSource source, int maxContext, int maxBatch, KvType kv, int ordinal = 0, Action<string>? log = null)
+    public CudaForward(IModelSource source, int maxContext, int maxBatch, KvType kv, long gpuMemory = 0, bool naiveStreaming = false,
+        int ordinal = 0, Action<string>? log = null)
     {
         _c = source.Config;
         if (Unsupported(_c) is { } why) throw new FitLMException($"{source.Path}: {why}; use --device cpu");
@@ -82,12 +105,31 @@ internal sealed class CudaForward : IDeviceForward
             _kernels = new ForwardKernels(_device, log);
             var c = _c;
             _embedding = source.Get("token_embd.weight");
-            var output = source.Find("output.weight") ?? _embedding;
-            DeviceBytes = PlanBytes(source, maxContext, _batch, _halfKv);
-            long free = _device.FreeMemory();
-            if (DeviceBytes > free - Headroom)
-                throw new FitLMException($"the model needs {ProcessMemory.Format(DeviceBytes)} of GPU memory at context {maxContext} and {_device.Name} has " +
-                    $"{ProcessMemory.Format(free)} free; streaming layers into a smaller GPU (--gpu-memory) is not built yet: lower -c, or use --device cpu");
+            var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
+            _head = new WeightBlock([source.Find("output.weight") ?? _embedding]);
+            _headMatrix = _head.Matrices.Single();
+
+            // The budget: fixed part, then whole layers in order while they fit beside the slots.
+            long free = _device.FreeMemory() - Headroom;
+            long budget = gpuMemory > 0 ? gpuMemory : free;
+            if (budget > free)
+                throw new FitLMException($"--gpu-memory {ProcessMemory.Format(gpuMemory)} is more than {_device.Name} has free ({ProcessMemory.Format(free)} beside a {ProcessMemory.Format(Headroom)} margin)");
+            long fixedBytes = FixedBytes(source, maxContext, _batch, _halfKv) + _head.Bytes;
+            long all = blocks.Sum(b => b.Bytes);
+            int resident = c.Layers;
+            if (fixedBytes + all > budget)
+            {
+                resident = 0;
+                long used = fixedBytes;
+                while (resident < c.Layers && used + blocks[resident].Bytes + LayerStreamer.SlotMemory(blocks[(resident + 1)..], naiveStreaming) <= budget)
+                    used += blocks[resident++].Bytes;
+                long minimum = fixedBytes + LayerStreamer.SlotMemory(blocks, naiveStreaming);
+                if (minimum > budget)
+                    throw new FitLMException($"the model needs at least {ProcessMemory.Format(minimum)} of GPU memory at context {maxContext} (KV cache, activations, " +
+                        $"output head and {(naiveStreaming ? "one slot" : "two slots")} for streamed layers) and the budget is {ProcessMemory.Format(budget)}: lower -c, or use --device cpu");
+            }
+            var streamed = blocks[resident..];
+            DeviceBytes = fixedBytes + blocks[..resident].Sum(b => b.Bytes) + (streamed.Length > 0 ? LayerStreamer.SlotMemory(streamed, naiveStreaming) : 0);
 
             float[]? freqFactors = source.Find("rope_freqs.weight") is { } rf ? source.ReadFloats(rf) : null;
             var rope = Tables(new Rope(c, maxContext, freqFactors));
@@ -97,19 +139,24 @@ internal sealed class CudaForward : IDeviceForward
             for (int l = 0; l < c.Layers; l++)
             {
                 string p = $"blk.{l}.";
+                var b = blocks[l];
+                DeviceMatrix? M(bool present, string name) => present ? b[p + name] : null;
                 _layers[l] = new Layer
                 {
+                    Block = b,
+                    Resident = l < resident ? UploadBlock(b) : null,
+                    StreamIndex = l < resident ? -1 : l - resident,
                     AttnNorm = Norm(p + "attn_norm.weight"),
                     FfnNorm = Norm(p + "ffn_norm.weight"),
-                    Wq = c.FusedQkv ? null : Matrix(p + "attn_q.weight"),
-                    Wk = c.FusedQkv ? null : Matrix(p + "attn_k.weight"),
-                    Wv = c.FusedQkv ? null : Matrix(p + "attn_v.weight"),
-                    Wqkv = c.FusedQkv ? Matrix(p + "attn_qkv.weight") : null,
-                    Wo = Matrix(p + "attn_output.weight"),
-                    Gate = c.FusedGateUp ? null : Matrix(p + "ffn_gate.weight"),
-                    Up = c.FusedGateUp ? null : Matrix(p + "ffn_up.weight"),
-                    GateUp = c.FusedGateUp ? Matrix(p + "ffn_up.weight") : null,
-                    Down = Matrix(p + "ffn_down.weight"),
+                    Wq = M(!c.FusedQkv, "attn_q.weight"),
+                    Wk = M(!c.FusedQkv, "attn_k.weight"),
+                    Wv = M(!c.FusedQkv, "attn_v.weight"),
+                    Wqkv = M(c.FusedQkv, "attn_qkv.weight"),
+                    Wo = b[p + "attn_output.weight"],
+                    Gate = M(!c.FusedGateUp, "ffn_gate.weight"),
+                    Up = M(!c.FusedGateUp, "ffn_up.weight"),
+                    GateUp = M(c.FusedGateUp, "ffn_up.weight"),
+                    Down = b[p + "ffn_down.weight"],
                     Bq = c.QkvBias ? Vector(p + "attn_q.bias") : null,
                     Bk = c.QkvBias ? Vector(p + "attn_k.bias") : null,
                     Bv = c.QkvBias ? Vector(p + "attn_v.bias") : null,
@@ -123,25 +170,35 @@ internal sealed class CudaForward : IDeviceForward
                     Window = c.WindowOf(l),
                 };
             }
-            _output = Own(DeviceMatrix.Upload(_device, source, output));
+            _headBytes = UploadBlock(_head);
             _outputNorm = Norm("output_norm.weight");
+            if (streamed.Length > 0)
+            {
+                _streamer = Own(new LayerStreamer(_device, source, streamed, naiveStreaming));
+                _graphs = false; // a step that waits on copies between layers is not one fixed graph
+            }
 
-            int b = _batch;
-            _x = Floats((long)b * c.Dim);
-            _xb = Floats((long)b * Math.Max(c.Dim, c.QDim));
-            _xb2 = Floats((long)b * c.Dim);
-            _q = Floats((long)b * c.QDim);
-            _k = Floats((long)b * c.KvDim);
-            _v = Floats((long)b * c.KvDim);
-            _hb = Floats((long)b * c.ScratchFfnDim);
-            _hb2 = Floats((long)b * c.ScratchFfnDim);
-            _qkv = c.FusedQkv ? Floats((long)b * (c.QDim + 2 * c.KvDim)) : null;
-            _logits = Floats((long)b * c.Vocab);
+            int bt = _batch;
+            _x = Floats((long)bt * c.Dim);
+            _xb = Floats((long)bt * Math.Max(c.Dim, c.QDim));
+            _xb2 = Floats((long)bt * c.Dim);
+            _q = Floats((long)bt * c.QDim);
+            _k = Floats((long)bt * c.KvDim);
+            _v = Floats((long)bt * c.KvDim);
+            _hb = Floats((long)bt * c.ScratchFfnDim);
+            _hb2 = Floats((long)bt * c.ScratchFfnDim);
+            _qkv = c.FusedQkv ? Floats((long)bt * (c.QDim + 2 * c.KvDim)) : null;
+            _logits = Floats((long)bt * c.Vocab);
             _pos = Own(_device.Allocate(sizeof(int)));
-            _embedRows = new float[b * c.Dim];
+            _embedRows = new float[bt * c.Dim];
             _embedBytes = new byte[GgmlTypes.RowBytes(_embedding.Type, _embedding.RowLength)];
-            Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory " +
-                $"(weights {ProcessMemory.Format(WeightBytes(source))}, KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)})";
+            string placement = _streamer == null ? "every layer"
+                : $"layers 0-{resident - 1} resident, {resident}-{c.Layers - 1} streamed " +
+                  (naiveStreaming ? "from the model file through one slot (--stream naive)" : $"from pinned host memory ({ProcessMemory.Format(_streamer.PinnedBytes)}) through two slots") +
+                  $" of {ProcessMemory.Format(_streamer.SlotBytes)}";
+            if (resident == 0 && _streamer != null) placement = placement.Replace("layers 0--1 resident, ", "", StringComparison.Ordinal);
+            Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory ({placement}; " +
+                $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)})";
         }
         catch
         {
@@ -153,24 +210,16 @@ internal sealed class CudaForward : IDeviceForward
     /// <summary>Device memory kept free beside the model: the CUDA context's own allocations and the kernels' modules.</summary>
     private const long Headroom = 256L << 20;
 
-    /// <summary>Device memory the model takes: weights as uploaded, the KV cache at full context, activations and logits for a batch.</summary>
-    public static long PlanBytes(IModelSource source, int maxContext, int batch, bool halfKv)
+    /// <summary>What stays on the device whatever the budget: the KV cache at full context, activations and logits for a batch, RoPE tables, norms and biases.</summary>
+    private static long FixedBytes(IModelSource source, int maxContext, int batch, bool halfKv)
     {
         var c = source.Config;
         long kv = 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4);
         long activations = 4L * batch * (3L * c.Dim + Math.Max(c.Dim, c.QDim) + c.QDim + 2L * c.KvDim + 2L * c.ScratchFfnDim
             + (c.FusedQkv ? c.QDim + 2L * c.KvDim : 0) + c.Vocab);
         long rope = 2L * 4 * maxContext * (c.RopeDims / 2) * (c.RopeThetaSliding > 0 ? 2 : 1);
-        return WeightBytes(source) + kv + activations + rope;
-    }
-
-    private static long WeightBytes(IModelSource source)
-    {
-        long bytes = source.Tensors.Where(t => t.Shape.Length == 2 && t.Name != "token_embd.weight").Sum(DeviceMatrix.DeviceBytes);
-        bytes += source.Tensors.Where(t => t.Shape.Length == 1).Sum(t => t.Elements * 4);
-        // The embedding is read on the host; it is uploaded only as the output head of a model that ties them.
-        if (source.Find("output.weight") == null) bytes += DeviceMatrix.DeviceBytes(source.Get("token_embd.weight"));
-        return bytes;
+        long vectors = source.Tensors.Where(t => t.Shape.Length == 1).Sum(t => t.Elements * 4);
+        return kv + activations + rope + vectors;
     }
 
     private T Own<T>(T d) where T : IDisposable
@@ -181,7 +230,12 @@ internal sealed class CudaForward : IDeviceForward
 
     private DeviceBuffer Floats(long count) => Own(_device.Allocate(count * sizeof(float)));
 
-    private DeviceMatrix Matrix(string name) => Own(DeviceMatrix.Upload(_device, _source, _source.Get(name)));
+    private DeviceBuffer UploadBlock(WeightBlock block)
+    {
+        var d = Own(_device.Allocate(block.Bytes));
+        block.Write(_source, (offset, bytes) => CudaDevice.UploadTo(d.Pointer + (ulong)offset, bytes));
+        return d;
+    }
 
     private DeviceBuffer Upload(float[] values)
     {
@@ -261,8 +315,9 @@ internal sealed class CudaForward : IDeviceForward
         CudaDevice.UploadTo<float>(_x.Pointer, _embedRows.AsSpan(0, tokens.Length * dim));
     }
 
-    private void Multiply(DeviceMatrix w, ulong x, ulong y, int n) =>
-        _mv.Multiply(w.Type, w.Data.Pointer, w.RowBytes, w.Rows, w.Cols, x, y, n);
+    /// <summary>Y = W·X for n rows, W at its offset in the block at <paramref name="block"/> (resident, or a slot).</summary>
+    private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n) =>
+        _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
 
     private static ulong At(DeviceBuffer b, long floats) => b.Pointer + (ulong)(floats * sizeof(float));
 
@@ -277,21 +332,22 @@ internal sealed class CudaForward : IDeviceForward
         for (int l = 0; l < c.Layers; l++)
         {
             var L = _layers[l];
+            ulong wb = L.StreamIndex < 0 ? L.Resident!.Pointer : _streamer!.Begin(L.StreamIndex);
             // Attention block.
             k.RmsNorm(x, L.AttnNorm.Pointer, xb, n, dim, c.RmsEps);
             if (L.Wqkv != null)
             {
                 int width = c.QDim + 2 * c.KvDim;
-                Multiply(L.Wqkv, xb, _qkv!.Pointer, n);
+                Multiply(wb, L.Wqkv, xb, _qkv!.Pointer, n);
                 k.CopyColumns(_qkv.Pointer, width, 0, q, c.QDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim, kk, c.KvDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim + c.KvDim, v, c.KvDim, n);
             }
             else
             {
-                Multiply(L.Wq!, xb, q, n);
-                Multiply(L.Wk!, xb, kk, n);
-                Multiply(L.Wv!, xb, v, n);
+                Multiply(wb, L.Wq!, xb, q, n);
+                Multiply(wb, L.Wk!, xb, kk, n);
+                Multiply(wb, L.Wv!, xb, v, n);
             }
             if (L.Bq != null) k.AddBias(q, L.Bq.Pointer, c.QDim, n * c.QDim);
             if (L.Bk != null) k.AddBias(kk, L.Bk.Pointer, c.KvDim, n * c.KvDim);
@@ -303,7 +359,7 @@ internal sealed class CudaForward : IDeviceForward
             k.Rope(kk, r.Cos.Pointer, r.Sin.Pointer, n, c.KvHeads, c.HeadDim, r.Half, r.Neox, pos);
             k.KvStore(_halfKv, kk, v, L.KCache.Pointer, L.VCache.Pointer, n, c.KvDim, pos);
             k.Attend(_halfKv, q, L.KCache.Pointer, L.VCache.Pointer, xb, n, c.Heads, c.KvHeads, c.HeadDim, scale, c.AttentionSoftcap, L.Window, pos);
-            Multiply(L.Wo, xb, xb2, n);
+            Multiply(wb, L.Wo, xb, xb2, n);
             if (L.PostAttnNorm != null) k.RmsNorm(xb2, L.PostAttnNorm.Pointer, xb2, n, dim, c.RmsEps);
             k.Add(x, xb2, n * dim);
 
@@ -312,20 +368,21 @@ internal sealed class CudaForward : IDeviceForward
             if (L.GateUp != null)
             {
                 int ffn = L.GateUp.Rows / 2;
-                Multiply(L.GateUp, xb, _hb.Pointer, n);
+                Multiply(wb, L.GateUp, xb, _hb.Pointer, n);
                 k.GateAct(_hb.Pointer, 2 * ffn, At(_hb, ffn), 2 * ffn, _hb2.Pointer, ffn, ffn, n, (int)c.Activation);
-                Multiply(L.Down, _hb2.Pointer, xb2, n);
+                Multiply(wb, L.Down, _hb2.Pointer, xb2, n);
             }
             else
             {
                 int ffn = L.Gate!.Rows;
-                Multiply(L.Gate, xb, _hb.Pointer, n);
-                Multiply(L.Up!, xb, _hb2.Pointer, n);
+                Multiply(wb, L.Gate, xb, _hb.Pointer, n);
+                Multiply(wb, L.Up!, xb, _hb2.Pointer, n);
                 k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation);
-                Multiply(L.Down, _hb.Pointer, xb2, n);
+                Multiply(wb, L.Down, _hb.Pointer, xb2, n);
             }
             if (L.PostFfnNorm != null) k.RmsNorm(xb2, L.PostFfnNorm.Pointer, xb2, n, dim, c.RmsEps);
             k.Add(x, xb2, n * dim);
+            if (L.StreamIndex >= 0) _streamer!.End(L.StreamIndex);
         }
     }
 
@@ -341,8 +398,15 @@ internal sealed class CudaForward : IDeviceForward
     {
         int rows = count - from, dim = _c.Dim;
         _kernels.RmsNorm(At(_x, (long)from * dim), _outputNorm.Pointer, _xb.Pointer, rows, dim, _c.RmsEps);
-        Multiply(_output, _xb.Pointer, _logits.Pointer, rows);
+        Multiply(_headBytes.Pointer, _headMatrix, _xb.Pointer, _logits.Pointer, rows);
         if (_c.FinalSoftcap > 0) _kernels.Softcap(_logits.Pointer, _c.FinalSoftcap, rows * _c.Vocab);
+    }
+
+    public double HostToDeviceBandwidth()
+    {
+        _device.MakeCurrent();
+        try { return _device.HostToDeviceBandwidth(); }
+        catch (FitLMException) { return 0; }
     }
 
     public double MemoryBandwidth()

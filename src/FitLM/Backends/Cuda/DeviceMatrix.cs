@@ -4,61 +4,83 @@ using FitLM.Tensors;
 namespace FitLM.Backends.Cuda;
 
 /// <summary>
-/// A weight matrix in device memory, in its GGUF block layout where a kernel reads that type (<see cref="CudaMatVec.Types"/>),
-/// else dequantized to float32 as it uploads (exact, four bytes a weight: the K-quants Q2_K..Q5_K and the legacy
-/// Q4_1/Q5_x have no GPU kernel yet).
+/// A weight matrix as the GPU kernels read it: in its GGUF block layout where a kernel reads that type
+/// (<see cref="CudaMatVec.Types"/>), else dequantized to float32 (exact, four bytes a weight: the K-quants Q2_K..Q5_K
+/// and the legacy Q4_1/Q5_x have no GPU kernel yet), at <see cref="Offset"/> bytes into its <see cref="WeightBlock"/>.
 /// </summary>
-internal sealed class DeviceMatrix : IDisposable
+internal sealed record DeviceMatrix(TensorDesc Tensor, GgmlType Type, int Rows, int Cols, long RowBytes, long Offset)
 {
-    /// <summary>Host bytes read per upload step: whole rows, about this much.</summary>
-    private const long ChunkBytes = 16 << 20;
-
-    public required DeviceBuffer Data { get; init; }
-    public required GgmlType Type { get; init; }
-    public required int Rows { get; init; }
-    public required int Cols { get; init; }
-    public required long RowBytes { get; init; }
+    public long Bytes => RowBytes * Rows;
 
     /// <summary>What <paramref name="t"/> takes on the device.</summary>
     public static long DeviceBytes(TensorDesc t) =>
         CudaMatVec.Supports(t.Type) ? t.ByteSize : (long)t.Rows * t.RowLength * sizeof(float);
+}
 
-    /// <summary>Reads <paramref name="t"/> from <paramref name="source"/> in chunks of whole rows and uploads it.</summary>
-    public static DeviceMatrix Upload(CudaDevice device, IModelSource source, TensorDesc t)
+/// <summary>
+/// The matrices of one layer (or of the output head) laid out back to back in one block of device-format bytes,
+/// each 256-byte aligned: a resident block is one device allocation; a streamed block is the same bytes in pinned
+/// host memory, copied whole into a device slot before the layer runs (one copy per layer, not one per matrix).
+/// </summary>
+internal sealed class WeightBlock
+{
+    /// <summary>Host bytes read per step while writing a block: whole rows, about this much.</summary>
+    private const long ChunkBytes = 16 << 20;
+    private const long Alignment = 256;
+
+    private readonly Dictionary<string, DeviceMatrix> _matrices = [];
+
+    public long Bytes { get; }
+    public IEnumerable<DeviceMatrix> Matrices => _matrices.Values;
+
+    public WeightBlock(IEnumerable<TensorDesc> tensors)
     {
-        if (t.Shape.Length != 2) throw new FitLMException($"{source.Path}: tensor '{t.Name}' is not a matrix");
-        bool raw = CudaMatVec.Supports(t.Type);
-        long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
-        long rowBytes = raw ? sourceRow : (long)t.RowLength * sizeof(float);
-        var data = device.Allocate(rowBytes * t.Rows);
-        try
+        long offset = 0;
+        foreach (var t in tensors)
         {
+            if (t.Shape.Length != 2) throw new FitLMException($"tensor '{t.Name}' is not a matrix");
+            bool raw = CudaMatVec.Supports(t.Type);
+            long rowBytes = raw ? GgmlTypes.RowBytes(t.Type, t.RowLength) : (long)t.RowLength * sizeof(float);
+            var m = new DeviceMatrix(t, raw ? t.Type : GgmlType.F32, t.Rows, t.RowLength, rowBytes, offset);
+            _matrices[t.Name] = m;
+            offset += (m.Bytes + Alignment - 1) / Alignment * Alignment;
+        }
+        Bytes = offset;
+    }
+
+    public DeviceMatrix this[string name] => _matrices[name];
+
+    /// <summary>
+    /// Produces the block's bytes from <paramref name="source"/> in chunks of whole rows: <paramref name="sink"/> gets each
+    /// chunk with its offset in the block (an upload to the device, or a copy into pinned memory).
+    /// </summary>
+    public void Write(IModelSource source, Action<long, ReadOnlySpan<byte>> sink)
+    {
+        byte[] bytes = [];
+        float[] floats = [];
+        foreach (var m in _matrices.Values)
+        {
+            var t = m.Tensor;
+            long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
             int rowsPerChunk = (int)Math.Clamp(ChunkBytes / sourceRow, 1, t.Rows);
-            var bytes = new byte[rowsPerChunk * sourceRow];
-            var floats = raw ? [] : new float[(long)rowsPerChunk * t.RowLength];
+            if (bytes.Length < rowsPerChunk * sourceRow) bytes = new byte[rowsPerChunk * sourceRow];
+            bool raw = m.Type == t.Type;
+            if (!raw && floats.Length < (long)rowsPerChunk * t.RowLength) floats = new float[(long)rowsPerChunk * t.RowLength];
             for (int r0 = 0; r0 < t.Rows; r0 += rowsPerChunk)
             {
                 int rows = Math.Min(rowsPerChunk, t.Rows - r0);
                 var chunk = bytes.AsSpan(0, (int)(rows * sourceRow));
                 source.Read(t, r0 * sourceRow, chunk);
-                ulong dst = data.Pointer + (ulong)(r0 * rowBytes);
+                long at = m.Offset + r0 * m.RowBytes;
                 if (raw)
                 {
-                    CudaDevice.UploadTo<byte>(dst, chunk);
+                    sink(at, chunk);
                     continue;
                 }
                 for (int r = 0; r < rows; r++)
                     Dequantize.Row(t.Type, chunk.Slice((int)(r * sourceRow), (int)sourceRow), floats.AsSpan(r * t.RowLength, t.RowLength));
-                CudaDevice.UploadTo<float>(dst, floats.AsSpan(0, rows * t.RowLength));
+                sink(at, System.Runtime.InteropServices.MemoryMarshal.AsBytes(floats.AsSpan(0, rows * t.RowLength)));
             }
         }
-        catch
-        {
-            data.Dispose();
-            throw;
-        }
-        return new DeviceMatrix { Data = data, Type = raw ? t.Type : GgmlType.F32, Rows = t.Rows, Cols = t.RowLength, RowBytes = rowBytes };
     }
-
-    public void Dispose() => Data.Dispose();
 }

@@ -1,7 +1,7 @@
 namespace FitLM.Backends.Cuda;
 
 /// <summary>
-/// One kernel source of Kernels/ (embedded in the assembly), compiled for the device through <see cref="KernelCache"/>
+/// One kernel source of Kernels/ (embedded in the assembly), after Kernels/common.cuh, compiled for the device through <see cref="KernelCache"/>
 /// at first use and loaded; its entry points are looked up by name.
 /// </summary>
 internal sealed class KernelModule
@@ -10,7 +10,7 @@ internal sealed class KernelModule
 
     public KernelModule(CudaDevice device, string file, Action<string>? log = null)
     {
-        string source = Source(file);
+        string source = Source("common.cuh") + "\n" + Source(file);
         string arch = device.Arch;
         var cache = new KernelCache(KernelCache.DefaultDirectory(), (s, o) => Nvrtc.Compile(s, file, o));
         byte[] cubin = cache.GetOrCompile(source, Nvrtc.Options(arch), Nvrtc.Version(), arch, log);

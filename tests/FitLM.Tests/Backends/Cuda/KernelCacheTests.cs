@@ -109,6 +109,7 @@ public sealed class KernelCacheTests : IDisposable
             Assert.Matches($@"extern ""C"" __global__ void {kernel}\(", forward);
         Assert.Contains("KV_ENTRIES(f32, KvF32)", forward, StringComparison.Ordinal);
         Assert.Contains("KV_ENTRIES(f16, KvF16)", forward, StringComparison.Ordinal);
+        Assert.DoesNotMatch(@"(?m)^\s*#\s*include", KernelModule.Source("common.cuh"));
         Assert.Throws<FitLMException>(() => KernelModule.Source("missing.cu"));
     }
 }

@@ -5,42 +5,11 @@
 //
 // Positions are read from device memory (*pos0: the position of the batch's first token) rather than passed by
 // value, so one decode step can be captured as a CUDA graph and replayed for every token with only that integer
-// and the embedding uploaded before it. Nothing is #included (NVRTC at first use; no header is guaranteed).
-
-typedef unsigned short u16;
-typedef unsigned int u32;
+// and the embedding uploaded before it. Compiled by NVRTC at first use, after common.cuh.
 
 #define ATTN_WARPS 4      // warps per attention block; each takes every ATTN_WARPS-th position
 #define MAX_HEAD_DIM 256  // the widest head attention supports (Gemma's 256): 8 dims per lane
 #define NEG_INF __int_as_float(0xff800000)
-
-__device__ __forceinline__ float half_to_float(u16 h)
-{
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-
-__device__ __forceinline__ u16 float_to_half(float f)
-{
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 
 // The sum of v over the thread block (blockDim.x a multiple of 32); every thread gets it.
 __device__ __forceinline__ float block_sum(float v)

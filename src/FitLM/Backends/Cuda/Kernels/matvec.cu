@@ -1,7 +1,6 @@
 // Decode matrix-vector kernels: y[r] = dot(W[r], x) for one token, W in GGUF's block layouts exactly as the file
-// stores them (src/FitLM/Tensors/BlockLayout.cs), x and y float32. Compiled at first use by NVRTC (Nvrtc.cs), so
-// nothing is #included (no header is guaranteed to be there): fixed-width types and fp16 conversion are spelled
-// out here. Each element is decoded as Dequantize.cs decodes it (same float operations), then multiplied with x.
+// stores them (src/FitLM/Tensors/BlockLayout.cs), x and y float32. Compiled at first use by NVRTC (Nvrtc.cs) after
+// common.cuh (types, fp16 conversion, warp sums). Each element is decoded as Dequantize.cs decodes it (same float operations), then multiplied with x.
 //
 // Shape of every kernel: one warp per row, WARPS rows per thread block. A warp walks its row tile by tile: a tile
 // is a whole number of blocks whose size is a multiple of 16 bytes. GGUF blocks are not 16-byte aligned inside a
@@ -11,12 +10,6 @@
 // memory, where any alignment is cheap. When the row does not start 16-byte aligned (rows of odd byte length) the
 // copy falls back to 4-byte or 1-byte loads: correct, slower, and not the layout of real models.
 // The lanes' partial sums are added with warp shuffles; lane 0 writes y[r].
-
-typedef unsigned char u8;
-typedef signed char i8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
 
 struct alignas(16) v4 { u32 a, b, c, d; };
 struct alignas(16) f4 { float x, y, z, w; };
@@ -28,32 +21,8 @@ struct alignas(16) f4 { float x, y, z, w; };
 // Each warp's tile; declared as 16-byte vectors so that it is 16-byte aligned.
 __shared__ v4 tiles[WARPS][TILE_MAX / 16];
 
-// IEEE half to float with the hardware conversion (exact for every half, as Dequantize.HalfToSingle).
-__device__ __forceinline__ float half_to_float(u16 h)
-{
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-
-// bfloat16 is the upper half of a float32.
-__device__ __forceinline__ float bf16_to_float(u16 h)
-{
-    float f;
-    u32 bits = (u32)h << 16;
-    asm("mov.b32 %0, %1;" : "=f"(f) : "r"(bits));
-    return f;
-}
-
 __device__ __forceinline__ u16 ld16(const u8* p) { return *(const u16*)p; }
 __device__ __forceinline__ u32 ld32(const u8* p) { return *(const u32*)p; }
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Copies n bytes of the row into this warp's tile. All 16-byte loads are issued before the first store, so a lane
 // has up to LOADS loads in flight (latency hiding comes from that and from the other warps of the SM).
