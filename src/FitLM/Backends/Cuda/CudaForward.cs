@@ -45,6 +45,7 @@ internal sealed class CudaForward : IDeviceForward
     private readonly DeviceMatrix _headMatrix;
     private readonly DeviceBuffer _outputNorm;
     private readonly LayerStreamer? _streamer;
+    private readonly CudaGemm? _gemm;
     private readonly List<IDisposable> _owned = [];
     // Activations for a batch [token × width], as Transformer names them; _pos holds the batch's first position.
     private readonly DeviceBuffer _x, _xb, _xb2, _q, _k, _v, _hb, _hb2, _logits, _pos;
@@ -104,6 +105,8 @@ internal sealed class CudaForward : IDeviceForward
             _mv = new CudaMatVec(_device, log);
             _kernels = new ForwardKernels(_device, log);
             var c = _c;
+            int widest = Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim);
+            long gemmBytes = _batch >= CudaGemm.MinTokens ? CudaGemm.WeightScratchBytes + CudaGemm.ActivationScratchBytes(_batch, widest) : 0;
             _embedding = source.Get("token_embd.weight");
             var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
             _head = new WeightBlock([source.Find("output.weight") ?? _embedding]);
@@ -114,7 +117,7 @@ internal sealed class CudaForward : IDeviceForward
             long budget = gpuMemory > 0 ? gpuMemory : free;
             if (budget > free)
                 throw new FitLMException($"--gpu-memory {ProcessMemory.Format(gpuMemory)} is more than {_device.Name} has free ({ProcessMemory.Format(free)} beside a {ProcessMemory.Format(Headroom)} margin)");
-            long fixedBytes = FixedBytes(source, maxContext, _batch, _halfKv) + _head.Bytes;
+            long fixedBytes = FixedBytes(source, maxContext, _batch, _halfKv) + _head.Bytes + gemmBytes;
             long all = blocks.Sum(b => b.Bytes);
             int resident = c.Layers;
             if (fixedBytes + all > budget)
@@ -171,6 +174,7 @@ internal sealed class CudaForward : IDeviceForward
                 };
             }
             _headBytes = UploadBlock(_head);
+            if (gemmBytes > 0) _gemm = CudaGemm.TryCreate(_device, _batch, widest, log);
             _outputNorm = Norm("output_norm.weight");
             if (streamed.Length > 0)
             {
@@ -198,7 +202,7 @@ internal sealed class CudaForward : IDeviceForward
                   $" of {ProcessMemory.Format(_streamer.SlotBytes)}";
             if (resident == 0 && _streamer != null) placement = placement.Replace("layers 0--1 resident, ", "", StringComparison.Ordinal);
             Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory ({placement}; " +
-                $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)})";
+                $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)}; prefill {(_gemm != null ? "through cuBLAS" : "with FitLM's kernels")})";
         }
         catch
         {
@@ -316,8 +320,12 @@ internal sealed class CudaForward : IDeviceForward
     }
 
     /// <summary>Y = W·X for n rows, W at its offset in the block at <paramref name="block"/> (resident, or a slot).</summary>
-    private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n) =>
-        _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
+    private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n)
+    {
+        if (_gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type))
+            _gemm.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
+        else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
+    }
 
     private static ulong At(DeviceBuffer b, long floats) => b.Pointer + (ulong)(floats * sizeof(float));
 
@@ -418,6 +426,7 @@ internal sealed class CudaForward : IDeviceForward
 
     public void Dispose()
     {
+        _gemm?.Dispose();
         _decodeGraph?.Dispose();
         _decodeGraph = null;
         foreach (var d in _owned) d.Dispose();

@@ -15,10 +15,11 @@ internal static class CudaLibraries
 {
     public const string Driver = "fitlm-libcuda";
     public const string NvrtcName = "fitlm-libnvrtc";
+    public const string CublasName = "fitlm-libcublas";
 
     private static readonly Lock s_lock = new();
     private static bool s_registered;
-    private static nint s_driver, s_nvrtc;
+    private static nint s_driver, s_nvrtc, s_cublas;
     private static string? s_nvrtcPath;
 
     /// <summary>The sentence a machine without the driver gets.</summary>
@@ -53,10 +54,31 @@ internal static class CudaLibraries
         }
     }
 
-    /// <summary>Where NVRTC is looked for, in order: the loader's own search, then the usual toolkit and pip folders.</summary>
-    public static IEnumerable<string> NvrtcCandidates()
+    /// <summary>
+    /// Loads cuBLAS (the first of its candidates that loads, as NVRTC's); false where there is none: the prefill then
+    /// multiplies with FitLM's own kernels.
+    /// </summary>
+    public static bool TryLoadCublas()
     {
-        string[] names = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+        lock (s_lock)
+        {
+            if (s_cublas != 0) return true;
+            foreach (string candidate in Candidates(["libcublas.so.13", "libcublas.so.12", "libcublas.so"], "cublas"))
+            {
+                if (!NativeLibrary.TryLoad(candidate, out s_cublas)) continue;
+                Register();
+                return true;
+            }
+            return false;
+        }
+    }
+
+    /// <summary>Where NVRTC is looked for, in order: the loader's own search, then the usual toolkit and pip folders.</summary>
+    public static IEnumerable<string> NvrtcCandidates() => Candidates(["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"], "cuda_nvrtc");
+
+    /// <summary><paramref name="names"/> for the loader's own search, then in the toolkit folders and pip's nvidia/<paramref name="pipPackage"/>/lib and nvidia/cu13/lib.</summary>
+    private static IEnumerable<string> Candidates(string[] names, string pipPackage)
+    {
         foreach (string n in names) yield return n;
         var dirs = new List<string>();
         foreach (string v in new[] { "CUDA_HOME", "CUDA_PATH" })
@@ -69,7 +91,7 @@ internal static class CudaLibraries
             foreach (string python in SafeDirectories(parent, "python3*"))
                 foreach (string packages in SafeDirectories(python, "*-packages"))
                 {
-                    dirs.Add(Path.Combine(packages, "nvidia", "cuda_nvrtc", "lib"));
+                    dirs.Add(Path.Combine(packages, "nvidia", pipPackage, "lib"));
                     dirs.Add(Path.Combine(packages, "nvidia", "cu13", "lib"));
                 }
         }
@@ -98,6 +120,7 @@ internal static class CudaLibraries
     {
         Driver => s_driver,
         NvrtcName => s_nvrtc,
+        CublasName => s_cublas,
         _ => 0,
     };
 }

@@ -123,6 +123,44 @@ __device__ __forceinline__ void matvec(const u8* __restrict__ W, long long row_b
     }
 }
 
+// The same tile walk writing each decoded weight as fp16 instead of multiplying it: rows [0, rows) of W into
+// out [rows × cols], for the prefill's cuBLAS products (CudaGemm.cs). One warp per row, as above.
+template <typename T>
+__device__ __forceinline__ void dequant_f16(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
+                                            u16* __restrict__ out)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * WARPS + warp;
+    if (row >= rows) return;
+    const u8* w = W + (long long)row * row_bytes;
+    u8* tile = (u8*)tiles[warp];
+    u16* o = out + (long long)row * cols;
+    int blocks = cols / T::ELEMS;
+    for (int b0 = 0; b0 < blocks; b0 += T::TILE)
+    {
+        int nb = blocks - b0 < T::TILE ? blocks - b0 : T::TILE;
+        stage(tile, w + (long long)b0 * T::BYTES, nb * T::BYTES, lane);
+        u16* ot = o + (long long)b0 * T::ELEMS;
+        int m = nb * T::ELEMS;
+        for (int e = 4 * lane; e < m; e += 128)
+        {
+            if constexpr (T::ELEMS == 1)
+            {
+                if (e + 4 > m)
+                {
+                    for (int i = e; i < m; i++) ot[i] = float_to_half(T::decode1(tile, i));
+                    continue;
+                }
+            }
+            float v[4];
+            T::decode4(tile, e, v);
+#pragma unroll
+            for (int i = 0; i < 4; i++) ot[e + i] = float_to_half(v[i]);
+        }
+        __syncwarp();
+    }
+}
+
 // Four bytes at a 2-byte aligned address (GGUF blocks of even size put every field there).
 __device__ __forceinline__ u32 ld4x2(const u8* p) { return ld16(p) | ((u32)ld16(p + 2) << 16); }
 
@@ -238,14 +276,17 @@ struct Half16
 
 // ------------------------------------------------------------------------------------------------ entry points
 // Launch: grid ceil(rows / WARPS), block 32 * WARPS threads, no dynamic shared memory (CudaMatVec.cs). matvec_* is
-// one token; matmul8_* up to 8 (n), the prefill batch's tokens eight at a time.
+// one token; matmul8_* up to 8 (n), the prefill batch's tokens eight at a time; dequant_f16_* the rows as fp16.
 #define ENTRY(name, T) \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_##name(const u8* __restrict__ W, long long row_bytes, \
         int rows, int cols, const float* __restrict__ x, float* __restrict__ y) \
     { matvec<T, 1>(W, row_bytes, rows, cols, x, y, 1); } \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) matmul8_##name(const u8* __restrict__ W, long long row_bytes, \
         int rows, int cols, const float* __restrict__ x, float* __restrict__ y, int n) \
-    { matvec<T, 8>(W, row_bytes, rows, cols, x, y, n); }
+    { matvec<T, 8>(W, row_bytes, rows, cols, x, y, n); } \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) dequant_f16_##name(const u8* __restrict__ W, long long row_bytes, \
+        int rows, int cols, u16* __restrict__ out) \
+    { dequant_f16<T>(W, row_bytes, rows, cols, out); }
 
 ENTRY(q4_0, Q4_0)
 ENTRY(q8_0, Q8_0)
@@ -254,3 +295,10 @@ ENTRY(q6_k, Q6_K)
 ENTRY(f32, F32)
 ENTRY(f16, Half16<false>)
 ENTRY(bf16, Half16<true>)
+
+// x as fp16 (round to nearest even): the activations' side of a cuBLAS product.
+extern "C" __global__ void to_f16(const float* __restrict__ x, u16* __restrict__ out, long long total)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total) out[i] = float_to_half(x[i]);
+}

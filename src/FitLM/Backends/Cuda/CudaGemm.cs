@@ -1,0 +1,105 @@
+using FitLM.Tensors;
+
+namespace FitLM.Backends.Cuda;
+
+/// <summary>
+/// The prefill's matrix products on tensor cores: W is decoded to fp16 by Kernels/matvec.cu's dequant_f16_* (a slice
+/// of rows at a time, into a fixed scratch), X rounded to fp16, and cuBLAS multiplies them with float32 accumulation
+/// (llama.cpp's CUDA prefill does the same for batches past a few tokens). For a batch of n tokens the weights are
+/// read once, where the matvec kernels read them once per 8 tokens; and the arithmetic runs on tensor cores instead of
+/// float32 FMAs. Used for the quantized types and F16 (float32 and bf16 weights keep the exact kernels: rounding them
+/// to fp16 would move the logits of float models more than the GPU test run allows).
+/// </summary>
+internal sealed unsafe class CudaGemm : IDisposable
+{
+    /// <summary>Fewer tokens than this multiply with the matvec kernels (decode, small batches).</summary>
+    public const int MinTokens = 32;
+    /// <summary>The fp16 scratch for a slice of W's rows: 64 MiB (llama-7b's 32000-row output head goes in 3 slices).</summary>
+    public const long WeightScratchBytes = 64L << 20;
+    private const int Warps = 8;
+
+    private readonly CudaDevice _device;
+    private readonly Dictionary<GgmlType, nint> _dequant = [];
+    private readonly nint _toF16;
+    private readonly DeviceBuffer _w, _x;
+    private nint _handle;
+
+    /// <summary>The scratch for X: <paramref name="maxTokens"/> rows of the widest input.</summary>
+    public static long ActivationScratchBytes(int maxTokens, int maxCols) => 2L * maxTokens * maxCols;
+
+    public static bool Supports(GgmlType type) => type is not (GgmlType.F32 or GgmlType.BF16) && CudaMatVec.Supports(type);
+
+    /// <summary>cuBLAS on <paramref name="device"/>'s stream, or null where cuBLAS cannot be loaded or started (one line on stderr says so).</summary>
+    public static CudaGemm? TryCreate(CudaDevice device, int maxTokens, int maxCols, Action<string>? log)
+    {
+        if (Environment.GetEnvironmentVariable("FITLM_CUDA_BLAS") == "0") return null;
+        if (!CudaLibraries.TryLoadCublas())
+        {
+            log?.Invoke("cuBLAS not found (libcublas.so.13/.12): prefill multiplies with FitLM's own kernels");
+            return null;
+        }
+        try { return new CudaGemm(device, maxTokens, maxCols, log); }
+        catch (FitLMException e)
+        {
+            log?.Invoke($"cuBLAS did not start ({e.Message}): prefill multiplies with FitLM's own kernels");
+            return null;
+        }
+    }
+
+    private CudaGemm(CudaDevice device, int maxTokens, int maxCols, Action<string>? log)
+    {
+        _device = device;
+        var module = new KernelModule(device, "matvec.cu", log);
+        foreach (var t in CudaMatVec.Types.Where(Supports))
+            _dequant[t] = module.Function("dequant_f16_" + GgmlTypes.Name(t).ToLowerInvariant());
+        _toF16 = module.Function("to_f16");
+        nint h;
+        Cublas.Check(Cublas.cublasCreate_v2(&h));
+        _handle = h;
+        try
+        {
+            Cublas.Check(Cublas.cublasSetStream_v2(_handle, device.Stream));
+            _w = device.Allocate(WeightScratchBytes);
+            _x = device.Allocate(ActivationScratchBytes(maxTokens, maxCols));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Queues Y [n × rows] = X [n × cols] · Wᵀ, W at <paramref name="w"/> in its block layout.</summary>
+    public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n)
+    {
+        long total = (long)n * cols;
+        ulong px = x, pxh = _x.Pointer;
+        void** conv = stackalloc void*[] { &px, &pxh, &total };
+        _device.Launch(_toF16, (uint)((total + 255) / 256), 256, 0, conv);
+        var dequant = _dequant[type];
+        int sliceRows = (int)Math.Min(rows, WeightScratchBytes / (2L * cols));
+        float alpha = 1f, beta = 0f;
+        ulong pw = 0, pwh = _w.Pointer;
+        long rb = rowBytes;
+        int m = 0, c = cols;
+        void** args = stackalloc void*[] { &pw, &rb, &m, &c, &pwh };
+        for (int r0 = 0; r0 < rows; r0 += sliceRows)
+        {
+            m = Math.Min(sliceRows, rows - r0);
+            pw = w + (ulong)(r0 * rowBytes);
+            _device.Launch(dequant, (uint)((m + Warps - 1) / Warps), 32 * Warps, 0, args);
+            // Column-major view: W's slice is [cols × m] (Wᵀ with OpT), X is [cols × n], Y is [rows × n] with ldc = rows;
+            // this slice writes Y's rows r0..r0+m of every column.
+            Cublas.Check(Cublas.cublasGemmEx(_handle, Cublas.OpT, Cublas.OpN, m, n, cols, &alpha, _w.Pointer, Cublas.R16F, cols,
+                _x.Pointer, Cublas.R16F, cols, &beta, y + (ulong)(r0 * 4L), Cublas.R32F, rows, Cublas.Compute32F, Cublas.GemmDefault));
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_handle != 0) _ = Cublas.cublasDestroy_v2(_handle);
+        _handle = 0;
+        _w?.Dispose();
+        _x?.Dispose();
+    }
+}
