@@ -42,7 +42,7 @@ public sealed class ChatSession
     private int[] _cached = [];
     // Only the float stores rewind to any position; quantized (KIVI, XQuant) and evicting (H2O) ones re-prefill.
     // Asked each turn: Transformer.ChangeKv may have moved the cache to another type between turns.
-    private bool CanReuse => _model.Transformer.Kv is PagedKvStore;
+    private bool CanReuse => _model.Transformer.Device != null || _model.Transformer.Kv is PagedKvStore;
 
     public ChatTemplate Template { get; }
     public string? SystemPrompt { get; }
@@ -91,7 +91,7 @@ public sealed class ChatSession
         int reused = 0;
         if (CanReuse)
         {
-            int limit = Math.Min(Math.Min(_cached.Length, prompt.Length - 1), tf.Kv.Length);
+            int limit = Math.Min(Math.Min(_cached.Length, prompt.Length - 1), tf.CachedPositions);
             while (reused < limit && _cached[reused] == prompt[reused]) reused++;
         }
         onPrompt?.Invoke(new ChatPrompt(text, prompt.Length, reused, dropped));
@@ -126,7 +126,7 @@ public sealed class ChatSession
         if (ids.Count == 0) first = clock.Elapsed;
         _history.Add(new ChatTurn("user", userMessage));
         _history.Add(new ChatTurn("assistant", reply.ToString()));
-        if (!cancelled) _cached = [.. prompt, .. ids.Take(Math.Max(0, tf.Kv.Length - prompt.Length))];
+        if (!cancelled) _cached = [.. prompt, .. ids.Take(Math.Max(0, tf.CachedPositions - prompt.Length))];
         var stop = cancelled ? StopReason.Length : generator.LastStopReason;
         return new ChatReply(reply.ToString(), ids.Count, stop, cancelled, first, clock.Elapsed - first);
     }

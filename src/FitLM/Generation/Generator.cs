@@ -33,7 +33,7 @@ public sealed class Generator
         if (prompt.Count == 0) throw new FitLMException("the prompt is empty (no tokens)");
         if (prompt.Count >= tf.MaxContext)
             throw new FitLMException($"the prompt has {prompt.Count} tokens; the context holds {tf.MaxContext} (raise -c)");
-        return Run(prompt, Math.Max(0, maxTokens), options, stop, Math.Clamp(Math.Min(cachedPrefix, tf.Kv.Length), 0, prompt.Count - 1), ct);
+        return Run(prompt, Math.Max(0, maxTokens), options, stop, Math.Clamp(Math.Min(cachedPrefix, tf.CachedPositions), 0, prompt.Count - 1), ct);
     }
 
     private IEnumerable<GeneratedToken> Run(IReadOnlyList<int> prompt, int maxTokens, SamplingOptions options, IReadOnlyList<string>? stop, int from, CancellationToken ct)

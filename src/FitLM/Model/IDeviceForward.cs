@@ -10,6 +10,9 @@ public interface IDeviceForward : IDisposable
     /// <summary>One line for the user: the device, and what of the model it holds.</summary>
     string Description { get; }
 
+    /// <summary>Positions the device's KV cache holds: those of the last pass's end (a rewind keeps the ones before it).</summary>
+    int Length { get; }
+
     /// <summary>Bytes of device memory the weights, KV cache and activations take.</summary>
     long DeviceBytes { get; }
 

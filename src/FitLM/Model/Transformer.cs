@@ -37,6 +37,9 @@ public sealed class Transformer
     /// <summary>Makes KV stores for this model over shared page pools: the server's sequences each get one.
     /// Replaced by <see cref="ChangeKv"/>.</summary>
     public KvStoreFactory KvStores { get; private set; }
+    /// <summary>Positions the KV cache of the sequence holds now: <see cref="Kv"/>'s, or the device's when the passes run on one.</summary>
+    public int CachedPositions => Device?.Length ?? Kv.Length;
+
     /// <summary>The accelerator this transformer's passes run on (weights and KV cache in its memory), or null on the CPU.</summary>
     public IDeviceForward? Device { get; }
 

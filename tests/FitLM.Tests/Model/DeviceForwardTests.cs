@@ -18,12 +18,14 @@ public class DeviceForwardTests
         public long DeviceBytes => 0;
         public double MemoryBandwidth() => 0;
         public long StreamedBytesPerToken => 0;
+        public int Length { get; private set; }
         public double HostToDeviceBandwidth() => 0;
         public bool Disposed;
 
         public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct)
         {
             Calls.Add((tokens.ToArray(), pos, logitsFrom));
+            Length = pos + tokens.Length;
             for (int i = 0; i < logits.Length; i++) logits[i] = pos + i; // recognizable: the device wrote them
         }
 
@@ -49,6 +51,7 @@ public class DeviceForwardTests
         Assert.Equal(5f, logits[0]);
         Assert.Same(device, tf.Device);
         Assert.Equal(0, tf.Kv.Length); // the CPU store holds nothing
+        Assert.Equal(8, tf.CachedPositions); // the device's: what a chat's next turn reuses
     }
 
     [Fact]

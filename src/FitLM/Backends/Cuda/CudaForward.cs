@@ -59,6 +59,7 @@ internal sealed class CudaForward : IDeviceForward
 
     public string Description { get; }
     public long DeviceBytes { get; }
+    public int Length { get; private set; }
     public long StreamedBytesPerToken => _streamer?.BytesPerPass ?? 0;
 
     /// <summary>
@@ -102,10 +103,10 @@ internal sealed class CudaForward : IDeviceForward
         _device = CudaDevice.Open(ordinal);
         try
         {
-            _mv = new CudaMatVec(_device, log);
-            _kernels = new ForwardKernels(_device, log);
             var c = _c;
             int widest = Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim);
+            _mv = new CudaMatVec(_device, log, widest);
+            _kernels = new ForwardKernels(_device, log);
             long gemmBytes = _batch >= CudaGemm.MinTokens ? CudaGemm.WeightScratchBytes + CudaGemm.ActivationScratchBytes(_batch, widest) : 0;
             _embedding = source.Get("token_embd.weight");
             var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
@@ -266,6 +267,7 @@ internal sealed class CudaForward : IDeviceForward
     {
         _device.MakeCurrent();
         int n = tokens.Length, vocab = _c.Vocab;
+        Length = Math.Min(Length, pos); // positions from pos on are overwritten (a rewind, or a new sequence at 0)
         for (int start = 0; start < n;)
         {
             ct.ThrowIfCancellationRequested();
@@ -283,6 +285,7 @@ internal sealed class CudaForward : IDeviceForward
             if (from < count)
                 CudaDevice.DownloadFrom(_logits.Pointer, logits.Slice((start + from - logitsFrom) * vocab, (count - from) * vocab));
             start += count;
+            Length = pos + start;
         }
     }
 
@@ -322,8 +325,8 @@ internal sealed class CudaForward : IDeviceForward
     /// <summary>Y = W·X for n rows, W at its offset in the block at <paramref name="block"/> (resident, or a slot).</summary>
     private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n)
     {
-        if (_gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type))
-            _gemm.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
+        if (_gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type))
+            _gemm.Multiply(w.Type, w.Tensor.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
         else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
     }
 
@@ -427,6 +430,7 @@ internal sealed class CudaForward : IDeviceForward
     public void Dispose()
     {
         _gemm?.Dispose();
+        _mv?.Dispose();
         _decodeGraph?.Dispose();
         _decodeGraph = null;
         foreach (var d in _owned) d.Dispose();

@@ -27,7 +27,15 @@ internal sealed unsafe class CudaGemm : IDisposable
     /// <summary>The scratch for X: <paramref name="maxTokens"/> rows of the widest input.</summary>
     public static long ActivationScratchBytes(int maxTokens, int maxCols) => 2L * maxTokens * maxCols;
 
-    public static bool Supports(GgmlType type) => type is not (GgmlType.F32 or GgmlType.BF16) && CudaMatVec.Supports(type);
+    /// <summary>
+    /// Whether a matrix stored on the device as <paramref name="deviceType"/>, from a file's <paramref name="sourceType"/>,
+    /// multiplies here: quantized and F16 weights (and quantized ones the upload dequantized to float32), not float32 or
+    /// bf16 weights of float models.
+    /// </summary>
+    public static bool Supports(GgmlType deviceType, GgmlType sourceType) =>
+        CudaMatVec.Supports(deviceType) && (deviceType is not (GgmlType.F32 or GgmlType.BF16) || IsQuantized(sourceType));
+
+    private static bool IsQuantized(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
 
     /// <summary>cuBLAS on <paramref name="device"/>'s stream, or null where cuBLAS cannot be loaded or started (one line on stderr says so).</summary>
     public static CudaGemm? TryCreate(CudaDevice device, int maxTokens, int maxCols, Action<string>? log)
@@ -50,9 +58,9 @@ internal sealed unsafe class CudaGemm : IDisposable
     {
         _device = device;
         var module = new KernelModule(device, "matvec.cu", log);
-        foreach (var t in CudaMatVec.Types.Where(Supports))
+        foreach (var t in CudaMatVec.Types.Where(t => t != GgmlType.BF16))
             _dequant[t] = module.Function("dequant_f16_" + GgmlTypes.Name(t).ToLowerInvariant());
-        _toF16 = module.Function("to_f16");
+        _toF16 = module.Function("quantize_to_f16");
         nint h;
         Cublas.Check(Cublas.cublasCreate_v2(&h));
         _handle = h;
@@ -69,13 +77,24 @@ internal sealed unsafe class CudaGemm : IDisposable
         }
     }
 
-    /// <summary>Queues Y [n × rows] = X [n × cols] · Wᵀ, W at <paramref name="w"/> in its block layout.</summary>
-    public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n)
+    /// <summary>
+    /// Queues Y [n × rows] = X [n × cols] · Wᵀ, W at <paramref name="w"/> in its device layout <paramref name="type"/>; X is
+    /// first quantized as the CPU quantizes activations for the file's <paramref name="sourceType"/> (q8_0, q8_K, or
+    /// not at all), so the prefill's perplexity follows the CPU's.
+    /// </summary>
+    public void Multiply(GgmlType type, GgmlType sourceType, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n)
     {
         long total = (long)n * cols;
         ulong px = x, pxh = _x.Pointer;
-        void** conv = stackalloc void*[] { &px, &pxh, &total };
-        _device.Launch(_toF16, (uint)((total + 255) / 256), 256, 0, conv);
+        int format = ActivationQuant.FormatFor(sourceType) switch
+        {
+            ActFormat.Q8_0 or ActFormat.Q8_1 => 1,
+            ActFormat.Q8_K => 2,
+            _ => 0,
+        };
+        long threads = format switch { 1 => total / 32, 2 => total / 256, _ => total };
+        void** conv = stackalloc void*[] { &px, &pxh, &total, &format };
+        _device.Launch(_toF16, (uint)((threads + 255) / 256), 256, 0, conv);
         var dequant = _dequant[type];
         int sliceRows = (int)Math.Min(rows, WeightScratchBytes / (2L * cols));
         float alpha = 1f, beta = 0f;

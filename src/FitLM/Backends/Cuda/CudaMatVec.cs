@@ -7,7 +7,7 @@ namespace FitLM.Backends.Cuda;
 /// (Kernels/matvec.cu): y = W·x for one token (decode), and for up to eight at a time (prefill's batches, the
 /// weights read once per eight tokens).
 /// </summary>
-internal sealed unsafe class CudaMatVec
+internal sealed unsafe class CudaMatVec : IDisposable
 {
     /// <summary>Rows per thread block (one warp each): WARPS in matvec.cu.</summary>
     private const int Warps = 8;
@@ -16,13 +16,28 @@ internal sealed unsafe class CudaMatVec
 
     private readonly CudaDevice _device;
     private readonly Dictionary<GgmlType, (nint One, nint Eight)> _functions = [];
+    private readonly Dictionary<GgmlType, nint> _integer = [];
+    private readonly nint _quantize;
+    // x quantized to q8_0 for the integer kernels: the int8 values, the blocks' scales and sums (MaxCols wide).
+    private readonly DeviceBuffer? _xq, _xd, _xs;
+
+    /// <summary>The widest x the integer kernels take (0: none; every type multiplies in float).</summary>
+    public int MaxCols { get; }
+
+    /// <summary>
+    /// Whether a one-token product of <paramref name="type"/> quantizes x to q8_0 and multiplies in integers (the CPU's
+    /// numerics: its result then equals MatMul.MatVec's up to the order of the float sums).
+    /// </summary>
+    public bool QuantizesActivations(GgmlType type) => MaxCols > 0 && _integer.ContainsKey(type);
 
     public static readonly GgmlType[] Types =
         [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     public static bool Supports(GgmlType type) => Array.IndexOf(Types, type) >= 0;
 
-    public CudaMatVec(CudaDevice device, Action<string>? log = null)
+    /// <param name="maxCols">The widest x a one-token Q4_0/Q8_0 product gets (its q8_0 scratch is allocated now: a
+    /// decode step is captured as a graph, where nothing may be allocated); 0 keeps those types in float.</param>
+    public CudaMatVec(CudaDevice device, Action<string>? log = null, int maxCols = 0)
     {
         _device = device;
         var module = new KernelModule(device, "matvec.cu", log);
@@ -30,6 +45,16 @@ internal sealed unsafe class CudaMatVec
         {
             string name = GgmlTypes.Name(t).ToLowerInvariant();
             _functions[t] = (module.Function("matvec_" + name), module.Function("matmul8_" + name));
+        }
+        _integer[GgmlType.Q4_0] = module.Function("matvec_q4_0_q8");
+        _integer[GgmlType.Q8_0] = module.Function("matvec_q8_0_q8");
+        _quantize = module.Function("quantize_q8_0");
+        MaxCols = maxCols / 32 * 32;
+        if (MaxCols > 0)
+        {
+            _xq = device.Allocate(MaxCols);
+            _xd = device.Allocate(MaxCols / 32 * 4L);
+            _xs = device.Allocate(MaxCols / 32 * 4L);
         }
     }
 
@@ -69,10 +94,35 @@ internal sealed unsafe class CudaMatVec
 
     private void Launch(GgmlType type, ulong pw, long rowBytes, int rows, int cols, ulong px, ulong py, int n)
     {
+        if (n == 1 && cols % 32 == 0 && cols <= MaxCols && _integer.TryGetValue(type, out nint integer))
+        {
+            LaunchInteger(integer, pw, rowBytes, rows, cols, px, py);
+            return;
+        }
         var (one, eight) = _functions[type];
         long rb = rowBytes;
         int r = rows, c = cols, count = n;
         void** args = stackalloc void*[] { &pw, &rb, &r, &c, &px, &py, &count };
         _device.Launch(n == 1 ? one : eight, (uint)((rows + Warps - 1) / Warps), 32 * Warps, 0, args);
+    }
+
+    /// <summary>x to q8_0 in the scratch (one warp per 32-block), then the integer kernel.</summary>
+    private void LaunchInteger(nint function, ulong pw, long rowBytes, int rows, int cols, ulong px, ulong py)
+    {
+        long blocks = cols / 32;
+        ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
+        void** quantize = stackalloc void*[] { &px, &blocks, &q, &d, &s };
+        _device.Launch(_quantize, (uint)((blocks * 32 + 255) / 256), 256, 0, quantize);
+        long rb = rowBytes;
+        int r = rows, c = cols;
+        void** args = stackalloc void*[] { &pw, &rb, &r, &c, &q, &d, &s, &py };
+        _device.Launch(function, (uint)((rows + Warps - 1) / Warps), 32 * Warps, 0, args);
+    }
+
+    public void Dispose()
+    {
+        _xq?.Dispose();
+        _xd?.Dispose();
+        _xs?.Dispose();
     }
 }

@@ -296,9 +296,159 @@ ENTRY(f32, F32)
 ENTRY(f16, Half16<false>)
 ENTRY(bf16, Half16<true>)
 
-// x as fp16 (round to nearest even): the activations' side of a cuBLAS product.
-extern "C" __global__ void to_f16(const float* __restrict__ x, u16* __restrict__ out, long long total)
+
+// ------------------------------------------------------------------------------------------------ int8 decode
+// Q4_0 and Q8_0 rows against x quantized to q8_0 (ActivationQuant.Q8_0Scalar: per 32-block d = amax/127 rounded to
+// fp16, q = round-to-even(x·127/amax)), with integer dot products (dp4a: four int8 products and their sum in one
+// instruction): y[r] = Σ_b d_w·d_x·Σ_j w_j·q_j, the CPU's numerics for these types (IntDot), and a quarter of the
+// float kernels' arithmetic: decoding 4-bit weights to floats kept those kernels at 19-37% of the copy bandwidth on
+// an H100 (fitlm devices --check), bound by the ALU rather than by memory.
+
+__device__ __forceinline__ int dp4a(int a, int b, int c)
+{
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+__device__ __forceinline__ float warp_max_abs(float v)
+{
+    v = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// x [n × cols] to q8_0: one warp per 32-block, lane j takes element j. q [n × cols] int8, d [n × cols/32] the
+// fp16-rounded scales as floats, s [n × cols/32] the blocks' sums of q (Q4_0's -8 offset: Σ(w-8)q = Σwq - 8Σq).
+extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, long long blocks, i8* __restrict__ q,
+                                         float* __restrict__ d, int* __restrict__ s)
+{
+    long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (b >= blocks) return;
+    float v = x[b * 32 + lane];
+    float amax = warp_max_abs(v);
+    float id = amax != 0.f ? 127.f / amax : 0.f;
+    int qi = __float2int_rn(v * id);
+    q[b * 32 + lane] = (i8)qi;
+    int sum = qi;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0)
+    {
+        d[b] = half_to_float(float_to_half(amax / 127.f));
+        s[b] = sum;
+    }
+}
+
+// One row per warp, the row staged tile by tile as in matvec above; lane l takes blocks l and l + 32 of a tile.
+template <bool Q4>
+__device__ __forceinline__ void matvec_q8x(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
+                                           const i8* __restrict__ xq, const float* __restrict__ xd,
+                                           const int* __restrict__ xs, float* __restrict__ y)
+{
+    const int BYTES = Q4 ? 18 : 34, TILE = Q4 ? 64 : 32;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * WARPS + warp;
+    if (row >= rows) return;
+    const u8* w = W + (long long)row * row_bytes;
+    u8* tile = (u8*)tiles[warp];
+    int blocks = cols / 32;
+    float acc = 0.f;
+    for (int b0 = 0; b0 < blocks; b0 += TILE)
+    {
+        int nb = blocks - b0 < TILE ? blocks - b0 : TILE;
+        stage(tile, w + (long long)b0 * BYTES, nb * BYTES, lane);
+        for (int i = lane; i < nb; i += 32)
+        {
+            const u8* blk = tile + i * BYTES;
+            long long b = b0 + i;
+            const int4* xv = (const int4*)(xq + b * 32); // 32 bytes, 16-byte aligned
+            int4 x0 = xv[0], x1 = xv[1];
+            int sumi;
+            if (Q4)
+            {
+                // Byte k of qs holds element k (low nibble) and element k + 16 (high nibble).
+                int q0 = (int)ld4x2(blk + 2), q1 = (int)ld4x2(blk + 6), q2 = (int)ld4x2(blk + 10), q3 = (int)ld4x2(blk + 14);
+                const int m = 0x0F0F0F0F;
+                sumi = dp4a(q0 & m, x0.x, 0);
+                sumi = dp4a(q1 & m, x0.y, sumi);
+                sumi = dp4a(q2 & m, x0.z, sumi);
+                sumi = dp4a(q3 & m, x0.w, sumi);
+                sumi = dp4a((q0 >> 4) & m, x1.x, sumi);
+                sumi = dp4a((q1 >> 4) & m, x1.y, sumi);
+                sumi = dp4a((q2 >> 4) & m, x1.z, sumi);
+                sumi = dp4a((q3 >> 4) & m, x1.w, sumi);
+                sumi -= 8 * xs[b];
+            }
+            else
+            {
+                const u8* qs = blk + 2;
+                sumi = dp4a((int)ld4x2(qs), x0.x, 0);
+                sumi = dp4a((int)ld4x2(qs + 4), x0.y, sumi);
+                sumi = dp4a((int)ld4x2(qs + 8), x0.z, sumi);
+                sumi = dp4a((int)ld4x2(qs + 12), x0.w, sumi);
+                sumi = dp4a((int)ld4x2(qs + 16), x1.x, sumi);
+                sumi = dp4a((int)ld4x2(qs + 20), x1.y, sumi);
+                sumi = dp4a((int)ld4x2(qs + 24), x1.z, sumi);
+                sumi = dp4a((int)ld4x2(qs + 28), x1.w, sumi);
+            }
+            acc += half_to_float(ld16(blk)) * xd[b] * (float)sumi;
+        }
+        __syncwarp();
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[row] = acc;
+}
+
+extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_q4_0_q8(const u8* __restrict__ W, long long row_bytes,
+    int rows, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y)
+{ matvec_q8x<true>(W, row_bytes, rows, cols, xq, xd, xs, y); }
+
+extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_q8_0_q8(const u8* __restrict__ W, long long row_bytes,
+    int rows, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y)
+{ matvec_q8x<false>(W, row_bytes, rows, cols, xq, xd, xs, y); }
+
+// ------------------------------------------------------------------------------------------------ prefill activations
+// x [total] as fp16 after the CPU's activation quantization for the weight type (CudaGemm: the prefill's numerics then
+// follow the CPU's, whose perplexity matches llama.cpp's): format 0 leaves x as it is (float weights), 1 is q8_0
+// (32-blocks, as quantize_q8_0), 2 is q8_K (ActivationQuant.Q8_KScalar: 256-blocks, iscale = -127/max where max is the
+// value of largest magnitude, q = min(127, round(iscale·x)), d = 1/iscale). One thread per block (cols is a
+// multiple of the block); the fp16 of q·d rounds, which moves a value by at most 2^-11 of itself.
+extern "C" __global__ void quantize_to_f16(const float* __restrict__ x, u16* __restrict__ out, long long total, int format)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < total) out[i] = float_to_half(x[i]);
+    if (format == 0)
+    {
+        if (i < total) out[i] = float_to_half(x[i]);
+        return;
+    }
+    int bs = format == 1 ? 32 : 256;
+    long long start = i * bs;
+    if (start >= total) return;
+    const float* xb = x + start;
+    u16* ob = out + start;
+    if (format == 1)
+    {
+        float amax = 0.f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        float d = half_to_float(float_to_half(amax / 127.f));
+        float id = amax != 0.f ? 127.f / amax : 0.f;
+        for (int j = 0; j < 32; j++) ob[j] = float_to_half((float)__float2int_rn(xb[j] * id) * d);
+        return;
+    }
+    float amax = 0.f, max = 0.f;
+    for (int j = 0; j < 256; j++)
+    {
+        float ax = fabsf(xb[j]);
+        if (ax > amax) { amax = ax; max = xb[j]; }
+    }
+    if (amax == 0.f)
+    {
+        for (int j = 0; j < 256; j++) ob[j] = 0;
+        return;
+    }
+    float iscale = -127.f / max, d = 1.f / iscale;
+    for (int j = 0; j < 256; j++) ob[j] = float_to_half((float)min(127, __float2int_rn(iscale * xb[j])) * d);
 }
