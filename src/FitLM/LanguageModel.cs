@@ -17,6 +17,8 @@ public sealed class LanguageModel : IDisposable
     public StackedWeights? Stacked { get; }
     /// <summary>No context length was asked for and the default did not fit the memory budget: a shorter one was chosen.</summary>
     public bool ContextChosenByBudget { get; private init; }
+    /// <summary>With <see cref="ComputeDevice.Auto"/>: why the model runs on the CPU (no driver, no GPU, a model the GPU path does not run); null otherwise.</summary>
+    public string? DeviceFallback { get; private init; }
     public ModelConfig Config => Source.Config;
     public Tokenizer Tokenizer => Source.Tokenizer;
 
@@ -117,13 +119,19 @@ public sealed class LanguageModel : IDisposable
             if (ctx > LoadOptions.MaxContext) throw new FitLMException($"context length {ctx} is too large");
             if (options.MaxBatch < 1) throw new FitLMException($"batch size {options.MaxBatch} is out of range");
             if (options.Device == ComputeDevice.Cuda) return LoadOnGpu(source, options, ctx);
+            string? fallback = null;
+            if (options.Device == ComputeDevice.Auto)
+            {
+                try { return LoadOnGpu(source, options, ctx); }
+                catch (FitLMException e) { fallback = e.Message; } // the CPU then loads it as usual; a broken file fails there too
+            }
             var adapters = LoadAdapters(source, options);
             // BitStack (docs/bitstack.md): a stacked file loads the longest prefix of its block stack that fits.
             if (source is GgufSource stackedSource && StackLayout.IsStacked(stackedSource.File))
             {
                 var (stacked, stackPlan) = StackPlanner.Load(stackedSource, options, ctx);
                 weights = stacked;
-                return new LanguageModel(source, stacked, new Transformer(source.Config, stacked, ctx, options.MaxBatch, options.Kv), stackPlan);
+                return new LanguageModel(source, stacked, new Transformer(source.Config, stacked, ctx, options.MaxBatch, options.Kv), stackPlan) { DeviceFallback = fallback };
             }
             bool bundled = ModelValidation.IsBundled(source);
             if (options.FfnFraction is < 0 or > 1) throw new FitLMException($"FFN fraction {options.FfnFraction} is out of range [0, 1]");
@@ -141,7 +149,11 @@ public sealed class LanguageModel : IDisposable
             if (adapters.Count > 0) weights = new LoraWeights(weights, adapters);
             var transformer = new Transformer(source.Config, weights, ctx, options.MaxBatch, options.Kv);
             if (plan.Streams) Storage.PageCache.Drop(source);
-            return new LanguageModel(source, weights, transformer, plan) { ContextChosenByBudget = options.ContextLength == 0 && ctx < defaultCtx };
+            return new LanguageModel(source, weights, transformer, plan)
+            {
+                ContextChosenByBudget = options.ContextLength == 0 && ctx < defaultCtx,
+                DeviceFallback = fallback,
+            };
         }
         catch
         {

@@ -31,10 +31,10 @@ internal sealed class ModelLoadOptions
     {
         var o = new Option<string>("--device")
         {
-            Description = "where the model runs: cpu, or cuda (GPU 0 holds the weights and KV cache; docs/cuda.md)",
+            Description = "where the model runs: cpu, cuda (GPU 0 holds the weights and KV cache; docs/cuda.md), or auto (cuda where it can run the model, else cpu, saying why)",
             DefaultValueFactory = _ => "cpu",
         };
-        o.AcceptOnlyFromAmong("cpu", "cuda");
+        o.AcceptOnlyFromAmong("cpu", "cuda", "auto");
         return o;
     }
 
@@ -85,10 +85,13 @@ internal sealed class ModelLoadOptions
         var o = start ?? new LoadOptions();
         int ctx = ContextSize(r);
         if (ctx > 0 || o.ContextLength == 0) o = o with { ContextLength = ctx };
-        o = o with { Device = r.GetValue(Device) == "cuda" ? ComputeDevice.Cuda : ComputeDevice.Cpu };
+        o = o with
+        {
+            Device = r.GetValue(Device) switch { "cuda" => ComputeDevice.Cuda, "auto" => ComputeDevice.Auto, _ => ComputeDevice.Cpu },
+        };
         if (r.GetValue(GpuMemory) is { } gpu)
         {
-            if (o.Device != ComputeDevice.Cuda) throw new FitLMException("--gpu-memory goes with --device cuda");
+            if (o.Device == ComputeDevice.Cpu) throw new FitLMException("--gpu-memory goes with --device cuda (or auto)");
             long bytes = MemorySize.Parse(gpu);
             if (bytes <= 0) throw new FitLMException($"--gpu-memory {gpu} is not a size (e.g. 2GiB)");
             o = o with { GpuMemoryBudget = bytes };
@@ -103,6 +106,7 @@ internal sealed class ModelLoadOptions
         EnsureStackFlagsApply(r, path);
         var lm = LanguageModel.Load(path, options);
         if (lm.Transformer.Device is { } device) Console.Error.WriteLine($"device: {device.Description}");
+        else if (lm.DeviceFallback is { } why) Console.Error.WriteLine($"device: cpu ({why})");
         WarnPastTrainedContext(lm.Transformer.MaxContext, lm.Config.ContextLength);
         return lm;
     }

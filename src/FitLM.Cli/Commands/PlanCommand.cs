@@ -24,7 +24,7 @@ internal static class PlanCommand
         {
             string path = group.ModelPath(r);
             var load = group.Read(r);
-            if (load.Device != ComputeDevice.Cpu)
+            if (load.Device == ComputeDevice.Cuda)
                 throw new FitLMException("fitlm plan does not plan GPU memory yet (--gpu-memory is not built); `fitlm run --device cuda` prints what the GPU holds");
             group.EnsureStackFlagsApply(r, path);
             using var src = ModelSource.Open(path);

@@ -50,8 +50,13 @@ internal static class ServeCommand
             // The plan keeps room for the server's overhead and slots (ServerSlots), so a model that does not fit whole
             // streams a little more (or caches fewer experts) rather than leaving the KV pool nothing.
             var loadOptions = load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true, ServerSlots = options.Parallel };
-            if (loadOptions.Device != ComputeDevice.Cpu)
+            if (loadOptions.Device == ComputeDevice.Cuda)
                 throw new FitLMException("fitlm serve does not run on the GPU yet (its batched decode of several sequences is CPU-only); use --device cpu");
+            if (loadOptions.Device == ComputeDevice.Auto)
+            {
+                Console.Error.WriteLine("device: cpu (fitlm serve's batched decode of several sequences runs on the CPU only)");
+                loadOptions = loadOptions with { Device = ComputeDevice.Cpu };
+            }
             using var lm = load.Load(r, loadOptions);
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             moving.Attach(r, watcher, lm, server.WakeScheduler);

@@ -54,6 +54,18 @@ public sealed class DevicesCommandTests(ITestOutputHelper output)
         Assert.Equal("", r.StdOut.Trim());
     }
 
+    [Fact]
+    public void RunOnAuto_WithoutDriver_RunsOnTheCpuAndSaysWhy()
+    {
+        if (HasDriver()) { output.WriteLine("skipped: this machine has libcuda.so.1 (tests/gpu.sh covers it)"); return; }
+        var cpu = CliRunner.Run("run", "-m", TestPaths.DemoModel, "-p", "def", "-n", "8", "--temp", "0", "--device", "cpu");
+        var auto = CliRunner.Run("run", "-m", TestPaths.DemoModel, "-p", "def", "-n", "8", "--temp", "0", "--device", "auto");
+        Assert.Equal(0, auto.ExitCode);
+        Assert.Equal(cpu.StdOut, auto.StdOut); // the same text: it ran on the CPU
+        Assert.Contains($"device: cpu ({CudaLibraries.NoDriver})", auto.StdErr, StringComparison.Ordinal);
+        Assert.DoesNotContain("device:", cpu.StdErr, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("serve")]
     [InlineData("plan")]
