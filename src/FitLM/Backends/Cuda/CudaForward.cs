@@ -119,19 +119,11 @@ internal sealed class CudaForward : IDeviceForward
             if (budget > free)
                 throw new FitLMException($"--gpu-memory {ProcessMemory.Format(gpuMemory)} is more than {_device.Name} has free ({ProcessMemory.Format(free)} beside a {ProcessMemory.Format(Headroom)} margin)");
             long fixedBytes = FixedBytes(source, maxContext, _batch, _halfKv) + _head.Bytes + gemmBytes;
-            long all = blocks.Sum(b => b.Bytes);
-            int resident = c.Layers;
-            if (fixedBytes + all > budget)
-            {
-                resident = 0;
-                long used = fixedBytes;
-                while (resident < c.Layers && used + blocks[resident].Bytes + LayerStreamer.SlotMemory(blocks[(resident + 1)..], naiveStreaming) <= budget)
-                    used += blocks[resident++].Bytes;
-                long minimum = fixedBytes + LayerStreamer.SlotMemory(blocks, naiveStreaming);
-                if (minimum > budget)
-                    throw new FitLMException($"the model needs at least {ProcessMemory.Format(minimum)} of GPU memory at context {maxContext} (KV cache, activations, " +
-                        $"output head and {(naiveStreaming ? "one slot" : "two slots")} for streamed layers) and the budget is {ProcessMemory.Format(budget)}: lower -c, or use --device cpu");
-            }
+            int resident = ResidentLayers(fixedBytes, blocks.Select(b => b.Bytes).ToArray(), budget, naiveStreaming);
+            if (resident < 0)
+                throw new FitLMException($"the model needs at least {ProcessMemory.Format(fixedBytes + LayerStreamer.SlotMemory(blocks, naiveStreaming))} of GPU memory " +
+                    $"at context {maxContext} (KV cache, activations, output head and {(naiveStreaming ? "one slot" : "two slots")} for streamed layers) " +
+                    $"and the budget is {ProcessMemory.Format(budget)}: lower -c, or use --device cpu");
             var streamed = blocks[resident..];
             DeviceBytes = fixedBytes + blocks[..resident].Sum(b => b.Bytes) + (streamed.Length > 0 ? LayerStreamer.SlotMemory(streamed, naiveStreaming) : 0);
 
@@ -210,6 +202,23 @@ internal sealed class CudaForward : IDeviceForward
             Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// How many layers, first to last, stay resident in <paramref name="budget"/> bytes beside <paramref name="fixedBytes"/>:
+    /// all of them when everything fits; otherwise as many as fit beside the streaming slots of the rest (two of the
+    /// largest streamed layer, one when naive); -1 when not even the fixed part and the slots fit.
+    /// </summary>
+    internal static int ResidentLayers(long fixedBytes, long[] layerBytes, long budget, bool naive)
+    {
+        if (fixedBytes + layerBytes.Sum() <= budget) return layerBytes.Length;
+        long Slots(int from) => (naive ? 1 : 2) * layerBytes.Skip(from).DefaultIfEmpty(0).Max();
+        if (fixedBytes + Slots(0) > budget) return -1;
+        int resident = 0;
+        long used = fixedBytes;
+        while (resident < layerBytes.Length && used + layerBytes[resident] + Slots(resident + 1) <= budget)
+            used += layerBytes[resident++];
+        return resident;
     }
 
     /// <summary>Device memory kept free beside the model: the CUDA context's own allocations and the kernels' modules.</summary>

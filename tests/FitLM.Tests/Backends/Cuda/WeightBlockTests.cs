@@ -1,0 +1,76 @@
+using FitLM.Backends.Cuda;
+using FitLM.Model;
+using FitLM.Tensors;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace FitLM.Tests.Backends.Cuda;
+
+/// <summary>
+/// The host side of the GPU's weights, which needs no GPU: how a layer's matrices are laid out in one block (what a
+/// streamed layer's single copy moves), the bytes written for it, and how many layers a --gpu-memory budget keeps.
+/// </summary>
+public sealed class WeightBlockTests(ITestOutputHelper output)
+{
+    private static string[] Layer0 =>
+        ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight",
+         "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight", "blk.0.ffn_down.weight"];
+
+    /// <summary>The block's bytes as the sink receives them.</summary>
+    private static byte[] Written(IModelSource source, WeightBlock block)
+    {
+        var bytes = new byte[block.Bytes];
+        block.Write(source, (offset, chunk) => chunk.CopyTo(bytes.AsSpan((int)offset)));
+        return bytes;
+    }
+
+    [Fact]
+    public void KernelTypes_AreCopiedAsStored_At256ByteOffsets()
+    {
+        using var source = ModelSource.Open(TestPaths.DemoModel); // Q4_K and Q6_K: both have GPU kernels
+        var block = new WeightBlock(Layer0.Select(source.Get));
+        var bytes = Written(source, block);
+        long end = 0;
+        foreach (var m in block.Matrices)
+        {
+            Assert.Equal(0, m.Offset % 256);
+            Assert.True(m.Offset >= end, $"{m.Tensor.Name} overlaps the matrix before it");
+            Assert.Equal(m.Tensor.Type, m.Type);
+            var stored = new byte[m.Tensor.ByteSize];
+            source.Read(m.Tensor, 0, stored);
+            Assert.True(stored.AsSpan().SequenceEqual(bytes.AsSpan((int)m.Offset, stored.Length)), m.Tensor.Name);
+            end = m.Offset + m.Bytes;
+        }
+        Assert.True(block.Bytes >= end && block.Bytes - end < 256);
+    }
+
+    [Fact]
+    public void TypesWithoutAKernel_AreDequantizedToFloat32()
+    {
+        if (TestPaths.Shared is not { } shared) { output.WriteLine("skipped: ../shared is absent"); return; }
+        using var source = ModelSource.Open(Path.Combine(shared, "models", "pycoder-29m-gguf", "pycoder-29m-q3_k_m.gguf"));
+        var block = new WeightBlock(Layer0.Select(source.Get));
+        var bytes = Written(source, block);
+        var q = block["blk.0.attn_q.weight"];
+        Assert.Equal(GgmlType.Q3_K, q.Tensor.Type);
+        Assert.Equal(GgmlType.F32, q.Type);
+        Assert.Equal(q.Cols * 4L, q.RowBytes);
+        var expected = source.ReadFloats(q.Tensor);
+        var got = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan((int)q.Offset, (int)q.Bytes));
+        Assert.True(got.SequenceEqual(expected));
+        Assert.Equal(GgmlType.Q4_K, block["blk.0.attn_output.weight"].Type); // a kernel type beside it stays as stored
+        Assert.Equal(DeviceMatrix.DeviceBytes(q.Tensor), q.Bytes);
+    }
+
+    [Theory]
+    [InlineData(100, 900, false, 4)]   // everything fits: every layer resident, no slots
+    [InlineData(100, 899, false, 1)]   // 100 + 1 layer + two slots of 200 = 700; a second layer: 900 > 899
+    [InlineData(100, 500, false, 0)]   // the fixed part and the slots only
+    [InlineData(100, 499, false, -1)]  // not even that
+    [InlineData(100, 700, true, 2)]    // naive: one slot; 100 + 2 layers + 200 = 700
+    public void ResidentLayers_KeepsWholeLayersBesideTheSlots(long fixedBytes, long budget, bool naive, int expected)
+    {
+        long[] layers = [200, 200, 200, 200];
+        Assert.Equal(expected, CudaForward.ResidentLayers(fixedBytes, layers, budget, naive));
+    }
+}
