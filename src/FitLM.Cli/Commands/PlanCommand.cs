@@ -25,7 +25,10 @@ internal static class PlanCommand
             string path = group.ModelPath(r);
             var load = group.Read(r);
             if (load.Device == ComputeDevice.Cuda)
-                throw new FitLMException("fitlm plan does not plan GPU memory yet (--gpu-memory is not built); `fitlm run --device cuda` prints what the GPU holds");
+            {
+                if (r.GetValue(json)) throw new FitLMException("--json is not built for the GPU plan yet (give --device cuda without --json)");
+                return GpuPlan.Write(Console.Out, path, load);
+            }
             group.EnsureStackFlagsApply(r, path);
             using var src = ModelSource.Open(path);
             int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(src.Config.ContextLength); // as run loads it

@@ -107,25 +107,20 @@ internal sealed class CudaForward : IDeviceForward
             int widest = Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim);
             _mv = new CudaMatVec(_device, log, widest);
             _kernels = new ForwardKernels(_device, log);
-            long gemmBytes = _batch >= CudaGemm.MinTokens ? CudaGemm.WeightScratchBytes + CudaGemm.ActivationScratchBytes(_batch, widest) : 0;
             _embedding = source.Get("token_embd.weight");
             var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
             _head = new WeightBlock([source.Find("output.weight") ?? _embedding]);
             _headMatrix = _head.Matrices.Single();
 
-            // The budget: fixed part, then whole layers in order while they fit beside the slots.
+            // The budget: fixed part, then whole layers in order while they fit beside the slots (Plan, as `fitlm plan` shows it).
             long free = _device.FreeMemory() - Headroom;
             long budget = gpuMemory > 0 ? gpuMemory : free;
             if (budget > free)
                 throw new FitLMException($"--gpu-memory {ProcessMemory.Format(gpuMemory)} is more than {_device.Name} has free ({ProcessMemory.Format(free)} beside a {ProcessMemory.Format(Headroom)} margin)");
-            long fixedBytes = FixedBytes(source, maxContext, _batch, _halfKv) + _head.Bytes + gemmBytes;
-            int resident = ResidentLayers(fixedBytes, blocks.Select(b => b.Bytes).ToArray(), budget, naiveStreaming);
-            if (resident < 0)
-                throw new FitLMException($"the model needs at least {ProcessMemory.Format(fixedBytes + LayerStreamer.SlotMemory(blocks, naiveStreaming))} of GPU memory " +
-                    $"at context {maxContext} (KV cache, activations, output head and {(naiveStreaming ? "one slot" : "two slots")} for streamed layers) " +
-                    $"and the budget is {ProcessMemory.Format(budget)}: lower -c, or use --device cpu");
+            var placement = Plan(source, maxContext, maxBatch, _halfKv, budget, naiveStreaming);
+            int resident = placement.Resident;
             var streamed = blocks[resident..];
-            DeviceBytes = fixedBytes + blocks[..resident].Sum(b => b.Bytes) + (streamed.Length > 0 ? LayerStreamer.SlotMemory(streamed, naiveStreaming) : 0);
+            DeviceBytes = placement.DeviceBytes;
 
             float[]? freqFactors = source.Find("rope_freqs.weight") is { } rf ? source.ReadFloats(rf) : null;
             var rope = Tables(new Rope(c, maxContext, freqFactors));
@@ -167,7 +162,7 @@ internal sealed class CudaForward : IDeviceForward
                 };
             }
             _headBytes = UploadBlock(_head);
-            if (gemmBytes > 0) _gemm = CudaGemm.TryCreate(_device, _batch, widest, log);
+            if (_batch >= CudaGemm.MinTokens) _gemm = CudaGemm.TryCreate(_device, _batch, widest, log);
             _outputNorm = Norm("output_norm.weight");
             if (streamed.Length > 0)
             {
@@ -189,12 +184,12 @@ internal sealed class CudaForward : IDeviceForward
             _pos = Own(_device.Allocate(sizeof(int)));
             _embedRows = new float[bt * c.Dim];
             _embedBytes = new byte[GgmlTypes.RowBytes(_embedding.Type, _embedding.RowLength)];
-            string placement = _streamer == null ? "every layer"
+            string where = _streamer == null ? "every layer"
                 : $"layers 0-{resident - 1} resident, {resident}-{c.Layers - 1} streamed " +
                   (naiveStreaming ? "from the model file through one slot (--stream naive)" : $"from pinned host memory ({ProcessMemory.Format(_streamer.PinnedBytes)}) through two slots") +
                   $" of {ProcessMemory.Format(_streamer.SlotBytes)}";
-            if (resident == 0 && _streamer != null) placement = placement.Replace("layers 0--1 resident, ", "", StringComparison.Ordinal);
-            Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory ({placement}; " +
+            if (resident == 0 && _streamer != null) where = where.Replace("layers 0--1 resident, ", "", StringComparison.Ordinal);
+            Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory ({where}; " +
                 $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)}; prefill {(_gemm != null ? "through cuBLAS" : "with FitLM's kernels")})";
         }
         catch
@@ -221,11 +216,39 @@ internal sealed class CudaForward : IDeviceForward
         return resident;
     }
 
+    /// <summary>What <see cref="CudaForward"/> would place where, computed without a GPU (`fitlm plan --device cuda`).</summary>
+    internal sealed record Placement(int Layers, int Resident, long DeviceBytes, long StreamedBytes, long SlotBytes, long KvBytes);
+
+    /// <summary>
+    /// The placement the constructor makes for these arguments and a budget of <paramref name="budget"/> bytes (the same
+    /// blocks, fixed part and <see cref="ResidentLayers"/>), or a FitLMException with the minimum when nothing fits.
+    /// </summary>
+    internal static Placement Plan(IModelSource source, int maxContext, int maxBatch, bool halfKv, long budget, bool naive)
+    {
+        var c = source.Config;
+        if (Unsupported(c) is { } why) throw new FitLMException($"{source.Path}: {why}");
+        int batch = Math.Clamp(maxBatch, 1, maxContext);
+        int widest = Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim);
+        long gemm = batch >= CudaGemm.MinTokens ? CudaGemm.WeightScratchBytes + CudaGemm.ActivationScratchBytes(batch, widest) : 0;
+        var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
+        var head = new WeightBlock([source.Find("output.weight") ?? source.Get("token_embd.weight")]);
+        long fixedBytes = FixedBytes(source, maxContext, batch, halfKv) + head.Bytes + gemm;
+        int resident = ResidentLayers(fixedBytes, blocks.Select(b => b.Bytes).ToArray(), budget, naive);
+        if (resident < 0)
+            throw new FitLMException($"the model needs at least {ProcessMemory.Format(fixedBytes + LayerStreamer.SlotMemory(blocks, naive))} of GPU memory " +
+                $"at context {maxContext} (KV cache, activations, output head and {(naive ? "one slot" : "two slots")} for streamed layers) " +
+                $"and the budget is {ProcessMemory.Format(budget)}: lower -c, or use --device cpu");
+        var streamed = blocks[resident..];
+        long slots = streamed.Length > 0 ? LayerStreamer.SlotMemory(streamed, naive) : 0;
+        return new Placement(c.Layers, resident, fixedBytes + blocks[..resident].Sum(b => b.Bytes) + slots, streamed.Sum(b => b.Bytes),
+            slots, 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4));
+    }
+
     /// <summary>Device memory kept free beside the model: the CUDA context's own allocations and the kernels' modules.</summary>
-    private const long Headroom = 256L << 20;
+    internal const long Headroom = 256L << 20;
 
     /// <summary>What stays on the device whatever the budget: the KV cache at full context, activations and logits for a batch, RoPE tables, norms and biases.</summary>
-    private static long FixedBytes(IModelSource source, int maxContext, int batch, bool halfKv)
+    internal static long FixedBytes(IModelSource source, int maxContext, int batch, bool halfKv)
     {
         var c = source.Config;
         long kv = 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4);

@@ -66,15 +66,34 @@ public sealed class DevicesCommandTests(ITestOutputHelper output)
         Assert.DoesNotContain("device:", cpu.StdErr, StringComparison.Ordinal);
     }
 
-    [Theory]
-    [InlineData("serve")]
-    [InlineData("plan")]
-    public void CommandsNotBuiltForTheGpu_RefuseBeforeLoading(string command)
+    [Fact]
+    public void ServeOnCuda_RefusesBeforeLoading()
     {
-        var r = CliRunner.Run(command, "-m", TestPaths.DemoModel, "--device", "cuda");
+        var r = CliRunner.Run("serve", "-m", TestPaths.DemoModel, "--device", "cuda");
         Assert.Equal(1, r.ExitCode);
         string line = Assert.Single(r.StdErr.Trim().Split('\n'));
-        Assert.StartsWith($"error: fitlm {command} does not", line, StringComparison.Ordinal);
+        Assert.StartsWith("error: fitlm serve does not", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void PlanOnCuda_PlacesLayersWithoutAGpu()
+    {
+        // 104 MiB at the default context: the fixed part (KV, logits, cuBLAS scratch, head) and two layers beside two slots.
+        var r = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda", "--gpu-memory", "104MiB");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("in GPU memory", r.StdOut, StringComparison.Ordinal);
+        Assert.Contains("layers 0-1 of 8", r.StdOut, StringComparison.Ordinal);
+        Assert.Contains("(layers 2-7 from pinned host memory", r.StdOut, StringComparison.Ordinal);
+        var all = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda", "--gpu-memory", "1GiB");
+        Assert.Contains("every layer of 8", all.StdOut, StringComparison.Ordinal);
+        var tooSmall = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda", "--gpu-memory", "20MiB");
+        Assert.Equal(1, tooSmall.ExitCode);
+        Assert.StartsWith("error: the model needs at least", tooSmall.StdErr.Trim(), StringComparison.Ordinal);
+        if (HasDriver()) return;
+        Assert.Contains("predicted decode     not measured (no GPU here", r.StdOut, StringComparison.Ordinal);
+        var noBudget = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda");
+        Assert.Equal(1, noBudget.ExitCode);
+        Assert.StartsWith("error: give --gpu-memory SIZE: there is no GPU", noBudget.StdErr.Trim(), StringComparison.Ordinal);
     }
 
     [Fact]
