@@ -25,6 +25,9 @@ public interface IDeviceForward : IDisposable
     /// <summary>Bytes per second the device's memory moves, measured now (read + write of a copy); 0 where it cannot be measured.</summary>
     double MemoryBandwidth();
 
-    /// <summary>As <see cref="Transformer.Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>: runs tokens at [pos, pos + n), writes the logits of rows [logitsFrom, n).</summary>
-    void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct);
+    /// <summary>
+    /// One batch of the sequence (at most the transformer's MaxBatch tokens; <see cref="Transformer"/> splits longer
+    /// inputs): runs tokens at [pos, pos + n) and writes the logits of rows [logitsFrom, n) to <paramref name="logits"/>.
+    /// </summary>
+    void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom);
 }

@@ -189,23 +189,20 @@ public sealed class Transformer
         CheckTokens(tokens, pos);
         if (logitsFrom < 0 || logitsFrom > n) throw new ArgumentOutOfRangeException(nameof(logitsFrom));
         if (logits.Length < (long)(n - logitsFrom) * Config.Vocab) throw new ArgumentException("logits buffer too small");
-        if (Device != null)
-        {
-            Device.Forward(tokens, pos, logits, logitsFrom, ct);
-            return;
-        }
-        if (pos != Kv.Length) Kv.Truncate(pos); // a new sequence (pos 0) or a rewind
+        if (Device == null && pos != Kv.Length) Kv.Truncate(pos); // a new sequence (pos 0) or a rewind
 
         for (int start = 0; start < n;)
         {
             ct.ThrowIfCancellationRequested();
-            int count = RunBatch(Kv, tokens, pos, start);
+            int count = Math.Min(MaxBatch, n - start);
             // Logits for the rows of this batch that were asked for.
             int from = Math.Max(logitsFrom, start) - start;
-            if (from < count)
+            var rows = from < count ? logits.Slice((start + from - logitsFrom) * Config.Vocab, (count - from) * Config.Vocab) : Span<float>.Empty;
+            if (Device != null) Device.Forward(tokens.Slice(start, count), pos + start, rows, Math.Min(from, count));
+            else
             {
-                long outOffset = (long)(start + from - logitsFrom) * Config.Vocab;
-                ComputeLogits(from, count, logits.Slice((int)outOffset, (count - from) * Config.Vocab));
+                RunBatch(Kv, tokens, pos, start);
+                if (from < count) ComputeLogits(from, count, rows);
             }
             start += count;
         }

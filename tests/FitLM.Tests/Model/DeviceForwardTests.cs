@@ -22,7 +22,7 @@ public class DeviceForwardTests
         public double HostToDeviceBandwidth() => 0;
         public bool Disposed;
 
-        public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct)
+        public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom)
         {
             Calls.Add((tokens.ToArray(), pos, logitsFrom));
             Length = pos + tokens.Length;
@@ -52,6 +52,20 @@ public class DeviceForwardTests
         Assert.Same(device, tf.Device);
         Assert.Equal(0, tf.Kv.Length); // the CPU store holds nothing
         Assert.Equal(8, tf.CachedPositions); // the device's: what a chat's next turn reuses
+    }
+
+    [Fact]
+    public void LongInputs_ReachTheDeviceInBatches_WithTheirPositionsAndLogitRows()
+    {
+        var device = new RecordingDevice();
+        var tf = new Transformer(Config(), device, maxContext: 32, maxBatch: 8);
+        var logits = new float[10 * 50];
+        tf.Forward(Enumerable.Range(1, 20).ToArray(), 5, logits, 10); // logits of rows 10..19
+        Assert.Equal([(0, 5, 8), (8, 13, 2), (16, 21, 0)], device.Calls.Select(c => (c.Tokens[0] - 1, c.Pos, c.LogitsFrom)));
+        Assert.Equal([8, 8, 4], device.Calls.Select(c => c.Tokens.Length));
+        Assert.Equal(13f + 0, logits[0]);       // row 10 = the second batch's row 2: its span starts there
+        Assert.Equal(21f + 0, logits[6 * 50]);  // row 16 = the third batch's row 0
+        Assert.Equal(25, tf.CachedPositions);
     }
 
     [Fact]

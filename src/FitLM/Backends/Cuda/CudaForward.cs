@@ -295,30 +295,21 @@ internal sealed class CudaForward : IDeviceForward
     private RopeTables Tables(Rope rope) =>
         new(Upload(rope.CosTable.ToArray()), Upload(rope.SinTable.ToArray()), rope.Dims / 2, rope.Style == RopeStyle.Neox);
 
-    public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom, CancellationToken ct)
+    public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom)
     {
+        int count = tokens.Length;
+        if (count > _batch) throw new ArgumentException($"{count} tokens do not fit a batch of {_batch}");
         _device.MakeCurrent();
-        int n = tokens.Length, vocab = _c.Vocab;
-        Length = Math.Min(Length, pos); // positions from pos on are overwritten (a rewind, or a new sequence at 0)
-        for (int start = 0; start < n;)
+        Embed(tokens);
+        CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in pos));
+        if (count == 1 && _graphs) DecodeStep();
+        else
         {
-            ct.ThrowIfCancellationRequested();
-            int count = Math.Min(_batch, n - start);
-            Embed(tokens.Slice(start, count));
-            int first = pos + start;
-            CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in first));
-            int from = Math.Max(logitsFrom, start) - start;
-            if (count == 1 && _graphs) DecodeStep();
-            else
-            {
-                Layers(count);
-                if (from < count) Logits(from, count);
-            }
-            if (from < count)
-                CudaDevice.DownloadFrom(_logits.Pointer, logits.Slice((start + from - logitsFrom) * vocab, (count - from) * vocab));
-            start += count;
-            Length = pos + start;
+            Layers(count);
+            if (logitsFrom < count) Logits(logitsFrom, count);
         }
+        if (logitsFrom < count) CudaDevice.DownloadFrom(_logits.Pointer, logits[..((count - logitsFrom) * _c.Vocab)]);
+        Length = pos + count; // positions from pos on were overwritten (a rewind, or a new sequence at 0)
     }
 
     /// <summary>One token through every layer and the output head, as the graph captured at the first decode step.</summary>
