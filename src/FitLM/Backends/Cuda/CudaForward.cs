@@ -108,9 +108,6 @@ internal sealed class CudaForward : IDeviceForward
             _mv = new CudaMatVec(_device, log, widest);
             _kernels = new ForwardKernels(_device, log);
             _embedding = source.Get("token_embd.weight");
-            var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
-            _head = new WeightBlock([source.Find("output.weight") ?? _embedding]);
-            _headMatrix = _head.Matrices.Single();
 
             // The budget: fixed part, then whole layers in order while they fit beside the slots (Plan, as `fitlm plan` shows it).
             long free = _device.FreeMemory() - Headroom;
@@ -118,6 +115,9 @@ internal sealed class CudaForward : IDeviceForward
             if (budget > free)
                 throw new FitLMException($"--gpu-memory {ProcessMemory.Format(gpuMemory)} is more than {_device.Name} has free ({ProcessMemory.Format(free)} beside a {ProcessMemory.Format(Headroom)} margin)");
             var placement = Plan(source, maxContext, maxBatch, _halfKv, budget, naiveStreaming);
+            var blocks = placement.Blocks;
+            _head = placement.Head;
+            _headMatrix = _head.Matrices.Single();
             int resident = placement.Resident;
             var streamed = blocks[resident..];
             DeviceBytes = placement.DeviceBytes;
@@ -162,7 +162,7 @@ internal sealed class CudaForward : IDeviceForward
                 };
             }
             _headBytes = UploadBlock(_head);
-            if (_batch >= CudaGemm.MinTokens) _gemm = CudaGemm.TryCreate(_device, _batch, widest, log);
+            if (_batch >= CudaGemm.MinTokens) _gemm = CudaGemm.TryCreate(_device, _mv.Module, _batch, widest, log);
             _outputNorm = Norm("output_norm.weight");
             if (streamed.Length > 0)
             {
@@ -185,10 +185,9 @@ internal sealed class CudaForward : IDeviceForward
             _embedRows = new float[bt * c.Dim];
             _embedBytes = new byte[GgmlTypes.RowBytes(_embedding.Type, _embedding.RowLength)];
             string where = _streamer == null ? "every layer"
-                : $"layers 0-{resident - 1} resident, {resident}-{c.Layers - 1} streamed " +
+                : (resident > 0 ? $"layers 0-{resident - 1} resident, {resident}-{c.Layers - 1}" : $"layers 0-{c.Layers - 1}") + " streamed " +
                   (naiveStreaming ? "from the model file through one slot (--stream naive)" : $"from pinned host memory ({ProcessMemory.Format(_streamer.PinnedBytes)}) through two slots") +
                   $" of {ProcessMemory.Format(_streamer.SlotBytes)}";
-            if (resident == 0 && _streamer != null) where = where.Replace("layers 0--1 resident, ", "", StringComparison.Ordinal);
             Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory ({where}; " +
                 $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)}; prefill {(_gemm != null ? "through cuBLAS" : "with FitLM's kernels")})";
         }
@@ -216,8 +215,11 @@ internal sealed class CudaForward : IDeviceForward
         return resident;
     }
 
-    /// <summary>What <see cref="CudaForward"/> would place where, computed without a GPU (`fitlm plan --device cuda`).</summary>
-    internal sealed record Placement(int Layers, int Resident, long DeviceBytes, long StreamedBytes, long SlotBytes, long KvBytes);
+    /// <summary>What <see cref="CudaForward"/> places where (its constructor uploads these blocks), computed without a GPU too (`fitlm plan --device cuda`).</summary>
+    internal sealed record Placement(WeightBlock[] Blocks, WeightBlock Head, int Resident, long DeviceBytes, long StreamedBytes, long SlotBytes, long KvBytes)
+    {
+        public int Layers => Blocks.Length;
+    }
 
     /// <summary>
     /// The placement the constructor makes for these arguments and a budget of <paramref name="budget"/> bytes (the same
@@ -240,7 +242,7 @@ internal sealed class CudaForward : IDeviceForward
                 $"and the budget is {ProcessMemory.Format(budget)}: lower -c, or use --device cpu");
         var streamed = blocks[resident..];
         long slots = streamed.Length > 0 ? LayerStreamer.SlotMemory(streamed, naive) : 0;
-        return new Placement(c.Layers, resident, fixedBytes + blocks[..resident].Sum(b => b.Bytes) + slots, streamed.Sum(b => b.Bytes),
+        return new Placement(blocks, head, resident, fixedBytes + blocks[..resident].Sum(b => b.Bytes) + slots, streamed.Sum(b => b.Bytes),
             slots, 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4));
     }
 

@@ -37,8 +37,11 @@ internal sealed unsafe class CudaGemm : IDisposable
 
     private static bool IsQuantized(GgmlType t) => t is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
 
-    /// <summary>cuBLAS on <paramref name="device"/>'s stream, or null where cuBLAS cannot be loaded or started (one line on stderr says so).</summary>
-    public static CudaGemm? TryCreate(CudaDevice device, int maxTokens, int maxCols, Action<string>? log)
+    /// <summary>
+    /// cuBLAS on <paramref name="device"/>'s stream, with the dequantizers of <paramref name="matvec"/>'s module (matvec.cu,
+    /// loaded once), or null where cuBLAS cannot be loaded or started (one line on stderr says so).
+    /// </summary>
+    public static CudaGemm? TryCreate(CudaDevice device, KernelModule matvec, int maxTokens, int maxCols, Action<string>? log)
     {
         if (Environment.GetEnvironmentVariable("FITLM_CUDA_BLAS") == "0") return null;
         if (!CudaLibraries.TryLoadCublas())
@@ -46,7 +49,7 @@ internal sealed unsafe class CudaGemm : IDisposable
             log?.Invoke("cuBLAS not found (libcublas.so.13/.12): prefill multiplies with FitLM's own kernels");
             return null;
         }
-        try { return new CudaGemm(device, maxTokens, maxCols, log); }
+        try { return new CudaGemm(device, matvec, maxTokens, maxCols); }
         catch (FitLMException e)
         {
             log?.Invoke($"cuBLAS did not start ({e.Message}): prefill multiplies with FitLM's own kernels");
@@ -54,10 +57,9 @@ internal sealed unsafe class CudaGemm : IDisposable
         }
     }
 
-    private CudaGemm(CudaDevice device, int maxTokens, int maxCols, Action<string>? log)
+    private CudaGemm(CudaDevice device, KernelModule module, int maxTokens, int maxCols)
     {
         _device = device;
-        var module = new KernelModule(device, "matvec.cu", log);
         foreach (var t in CudaMatVec.Types.Where(t => t != GgmlType.BF16))
             _dequant[t] = module.Function("dequant_f16_" + GgmlTypes.Name(t).ToLowerInvariant());
         _toF16 = module.Function("quantize_to_f16");

@@ -21,6 +21,9 @@ internal sealed unsafe class CudaMatVec : IDisposable
     // x quantized to q8_0 for the integer kernels: the int8 values, the blocks' scales and sums (MaxCols wide).
     private readonly DeviceBuffer? _xq, _xd, _xs;
 
+    /// <summary>matvec.cu as loaded: its other entry points (the prefill's dequantizers) come from here too.</summary>
+    public KernelModule Module { get; }
+
     /// <summary>The widest x the integer kernels take (0: none; every type multiplies in float).</summary>
     public int MaxCols { get; }
 
@@ -40,7 +43,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
     public CudaMatVec(CudaDevice device, Action<string>? log = null, int maxCols = 0)
     {
         _device = device;
-        var module = new KernelModule(device, "matvec.cu", log);
+        var module = Module = new KernelModule(device, "matvec.cu", log);
         foreach (var t in Types)
         {
             string name = GgmlTypes.Name(t).ToLowerInvariant();
