@@ -11,10 +11,6 @@ namespace FitLM.Backends.Cuda;
 internal sealed record DeviceMatrix(TensorDesc Tensor, GgmlType Type, int Rows, int Cols, long RowBytes, long Offset)
 {
     public long Bytes => RowBytes * Rows;
-
-    /// <summary>What <paramref name="t"/> takes on the device.</summary>
-    public static long DeviceBytes(TensorDesc t) =>
-        CudaMatVec.Supports(t.Type) ? t.ByteSize : (long)t.Rows * t.RowLength * sizeof(float);
 }
 
 /// <summary>
