@@ -45,23 +45,22 @@ internal static class DeviceModelCheck
             using var cpu = LanguageModel.Load(path, options);
             using var gpu = LanguageModel.Load(path, options with { Device = ComputeDevice.Cuda });
             int vocab = cpu.Config.Vocab;
-            var tokens = cpu.Tokenizer.Encode(Text).Take(PromptTokens).ToList();
-            for (int i = 0; tokens.Count < PromptTokens; i++) tokens.Add(i * 7919 % vocab); // a tokenizer that made fewer
+            var tokens = Prompt(cpu);
 
-            var a = new float[tokens.Count * vocab];
-            var b = new float[tokens.Count * vocab];
-            cpu.Transformer.Forward(tokens.ToArray(), 0, a, 0);
-            gpu.Transformer.Forward(tokens.ToArray(), 0, b, 0);
-            var (prefillErr, prefillSame) = Compare(a, b, tokens.Count, vocab);
+            var a = new float[tokens.Length * vocab];
+            var b = new float[tokens.Length * vocab];
+            cpu.Transformer.Forward(tokens, 0, a, 0);
+            gpu.Transformer.Forward(tokens, 0, b, 0);
+            var (prefillErr, prefillSame) = Compare(a, b, tokens.Length, vocab);
 
             double decodeErr = 0;
             int decodeSame = 0;
             var one = new float[vocab];
             var two = new float[vocab];
-            int next = Argmax(a.AsSpan((tokens.Count - 1) * vocab, vocab));
+            int next = Argmax(a.AsSpan((tokens.Length - 1) * vocab, vocab));
             for (int s = 0; s < DecodeTokens; s++)
             {
-                int pos = tokens.Count + s;
+                int pos = tokens.Length + s;
                 cpu.Transformer.Forward([next], pos, one, 0);
                 gpu.Transformer.Forward([next], pos, two, 0);
                 var (err, same) = Compare(one, two, 1, vocab);
@@ -74,7 +73,7 @@ internal static class DeviceModelCheck
             bool pass = prefillErr <= tolerance && decodeErr <= tolerance;
             ok &= pass;
             o.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(path)),-28} kv {kv.ToString().ToLowerInvariant(),-3}  " +
-                $"prefill {tokens.Count} err {prefillErr:E2} top-1 {prefillSame}/{tokens.Count}  decode {DecodeTokens} err {decodeErr:E2} " +
+                $"prefill {tokens.Length} err {prefillErr:E2} top-1 {prefillSame}/{tokens.Length}  decode {DecodeTokens} err {decodeErr:E2} " +
                 $"top-1 {decodeSame}/{DecodeTokens}  (tolerance {tolerance:E0})  {(pass ? "ok" : "MISMATCH")}");
         }
         return ok;
@@ -92,7 +91,7 @@ internal static class DeviceModelCheck
         float[] Greedy(LanguageModel lm)
         {
             int vocab = lm.Config.Vocab;
-            var tokens = lm.Tokenizer.Encode(Text).Take(PromptTokens).ToArray();
+            var tokens = Prompt(lm);
             var all = new float[(DecodeTokens + 1) * vocab];
             lm.Transformer.Forward(tokens, 0, all.AsSpan(0, vocab), tokens.Length - 1);
             for (int s = 0; s < DecodeTokens; s++)
@@ -133,6 +132,14 @@ internal static class DeviceModelCheck
             }
         }
         return ok;
+    }
+
+    /// <summary>The prompt both checks run: <see cref="Text"/>'s first <see cref="PromptTokens"/> tokens, padded with ids where a tokenizer makes fewer.</summary>
+    private static int[] Prompt(LanguageModel lm)
+    {
+        var tokens = lm.Tokenizer.Encode(Text).Take(PromptTokens).ToList();
+        for (int i = 0; tokens.Count < PromptTokens; i++) tokens.Add(i * 7919 % lm.Config.Vocab);
+        return [.. tokens];
     }
 
     /// <summary>The largest row error (max |b - a| / max |a|) and how many rows agree on the top token.</summary>
