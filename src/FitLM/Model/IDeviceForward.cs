@@ -2,7 +2,7 @@ namespace FitLM.Model;
 
 /// <summary>
 /// The forward pass of one sequence on an accelerator that holds the weights and the KV cache itself (Backends/Cuda):
-/// a <see cref="Transformer"/> made with one hands its passes over whole. Tokens and positions arrive checked; the
+/// a <see cref="Transformer"/> made with one hands it each batch of a pass (its own loop splits the input). Tokens and positions arrive checked; the
 /// device keeps positions [0, pos) from earlier calls and overwrites from <c>pos</c> on (a rewind needs nothing else).
 /// </summary>
 public interface IDeviceForward : IDisposable
