@@ -348,11 +348,12 @@ internal sealed class CudaForward : IDeviceForward
     }
 
     /// <summary>Y = W·X for n rows, W at its offset in the block at <paramref name="block"/> (resident, or a slot).</summary>
-    private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n)
+    /// <remarks><paramref name="sameInput"/>: x is the previous product's input, unchanged (K and V after Q, up after gate).</remarks>
+    private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n, bool sameInput = false)
     {
         if (_gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type))
             _gemm.Multiply(w.Type, w.Tensor.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
-        else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
+        else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n, sameInput);
     }
 
     private static ulong At(DeviceBuffer b, long floats) => b.Pointer + (ulong)(floats * sizeof(float));
@@ -382,8 +383,8 @@ internal sealed class CudaForward : IDeviceForward
             else
             {
                 Multiply(wb, L.Wq!, xb, q, n);
-                Multiply(wb, L.Wk!, xb, kk, n);
-                Multiply(wb, L.Wv!, xb, v, n);
+                Multiply(wb, L.Wk!, xb, kk, n, sameInput: true);
+                Multiply(wb, L.Wv!, xb, v, n, sameInput: true);
             }
             if (L.Bq != null) k.AddBias(q, L.Bq.Pointer, c.QDim, n * c.QDim);
             if (L.Bk != null) k.AddBias(kk, L.Bk.Pointer, c.KvDim, n * c.KvDim);
@@ -412,7 +413,7 @@ internal sealed class CudaForward : IDeviceForward
             {
                 int ffn = L.Gate!.Rows;
                 Multiply(wb, L.Gate, xb, _hb.Pointer, n);
-                Multiply(wb, L.Up!, xb, _hb2.Pointer, n);
+                Multiply(wb, L.Up!, xb, _hb2.Pointer, n, sameInput: true);
                 k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation);
                 Multiply(wb, L.Down, _hb.Pointer, xb2, n);
             }

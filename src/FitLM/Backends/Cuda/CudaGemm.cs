@@ -94,7 +94,7 @@ internal sealed unsafe class CudaGemm : IDisposable
             ActFormat.Q8_K => 2,
             _ => 0,
         };
-        long threads = format switch { 1 => total / 32, 2 => total / 256, _ => total };
+        long threads = format switch { 1 => total, 2 => total / 256 * 32, _ => total }; // formats 1, 2: a warp per block
         void** conv = stackalloc void*[] { &px, &pxh, &total, &format };
         _device.Launch(_toF16, (uint)((threads + 255) / 256), 256, 0, conv);
         var dequant = _dequant[type];

@@ -11,6 +11,8 @@ internal sealed unsafe class CudaMatVec : IDisposable
 {
     /// <summary>Rows per thread block (one warp each): WARPS in matvec.cu.</summary>
     private const int Warps = 8;
+    /// <summary>Threads per row of the integer kernels: ROW_THREADS in matvec.cu.</summary>
+    private const uint RowThreads = 128;
     /// <summary>Tokens one matmul8 launch takes.</summary>
     public const int BatchTokens = 8;
 
@@ -20,6 +22,9 @@ internal sealed unsafe class CudaMatVec : IDisposable
     private readonly nint _quantize;
     // x quantized to q8_0 for the integer kernels: the int8 values, the blocks' scales and sums (MaxCols wide).
     private readonly DeviceBuffer? _xq, _xd, _xs;
+    private ulong _quantizedX;
+    private int _quantizedCols;
+    private bool _sameInput;
 
     /// <summary>matvec.cu as loaded: its other entry points (the prefill's dequantizers) come from here too.</summary>
     public KernelModule Module { get; }
@@ -70,6 +75,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
         Validate(type, rowBytes, cols);
         if (rowBytes * rows > w.Bytes || (long)cols * 4 > x.Bytes || (long)rows * 4 > y.Bytes)
             throw new ArgumentException("cuda matvec: buffers smaller than the shape");
+        _sameInput = false;
         Launch(type, w.Pointer, rowBytes, rows, cols, x.Pointer, y.Pointer, 1);
     }
 
@@ -77,9 +83,12 @@ internal sealed unsafe class CudaMatVec : IDisposable
     /// Queues Y[t] = W·X[t] for n tokens: X [n × cols] at <paramref name="x"/>, Y [n × rows] at <paramref name="y"/>
     /// (device addresses; the caller sized them), eight tokens per launch where the rows of X are 16-byte aligned.
     /// </summary>
-    public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n)
+    /// <param name="sameInput">x has not changed since the previous call quantized it (K and V after Q, up after gate):
+    /// its q8_0 form in the scratch is reused instead of quantized again.</param>
+    public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n, bool sameInput = false)
     {
         Validate(type, rowBytes, cols);
+        _sameInput = sameInput;
         int step = cols % 4 == 0 ? BatchTokens : 1;
         for (int t = 0; t < n; t += step)
         {
@@ -114,12 +123,18 @@ internal sealed unsafe class CudaMatVec : IDisposable
     {
         long blocks = cols / 32;
         ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
-        void** quantize = stackalloc void*[] { &px, &blocks, &q, &d, &s };
-        _device.Launch(_quantize, (uint)((blocks * 32 + 255) / 256), 256, 0, quantize);
+        // Reused only for the very row quantized last: a batch's rows each have their own address.
+        if (!(_sameInput && px == _quantizedX && cols == _quantizedCols))
+        {
+            void** quantize = stackalloc void*[] { &px, &blocks, &q, &d, &s };
+            _device.Launch(_quantize, (uint)((blocks * 32 + 255) / 256), 256, 0, quantize);
+            _quantizedX = px;
+            _quantizedCols = cols;
+        }
         long rb = rowBytes;
         int r = rows, c = cols;
         void** args = stackalloc void*[] { &pw, &rb, &r, &c, &q, &d, &s, &py };
-        _device.Launch(function, (uint)((rows + Warps - 1) / Warps), 32 * Warps, 0, args);
+        _device.Launch(function, (uint)rows, RowThreads, 0, args); // one row per block (ROW_THREADS in matvec.cu)
     }
 
     public void Dispose()

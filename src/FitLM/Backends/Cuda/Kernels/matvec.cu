@@ -342,71 +342,79 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, long long 
     }
 }
 
-// One row per warp, the row staged tile by tile as in matvec above; lane l takes blocks l and l + 32 of a tile.
+// One row per thread block of ROW_THREADS (4 warps); thread t takes blocks t, t + ROW_THREADS, ... of the row and
+// reads them straight from global memory: 2-byte loads (the blocks are 18 or 34 bytes, so only 2-byte aligned), all
+// independent, so a thread has a whole block's loads in flight and the grid (one block per row) has tens of thousands
+// of warps to hide latency with. The first version staged each row through shared memory one warp per row, like the
+// float kernels above: 23-56% (Q4_0) and 34-72% (Q8_0) of the copy bandwidth on an H100, against llama.cpp's 70-74%
+// with this direct layout (../shared/README.md, GPU anchor).
+#define ROW_THREADS 128
+
 template <bool Q4>
 __device__ __forceinline__ void matvec_q8x(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
                                            const i8* __restrict__ xq, const float* __restrict__ xd,
                                            const int* __restrict__ xs, float* __restrict__ y)
 {
-    const int BYTES = Q4 ? 18 : 34, TILE = Q4 ? 64 : 32;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x * WARPS + warp;
+    const int BYTES = Q4 ? 18 : 34;
+    __shared__ float partial[ROW_THREADS / 32];
+    int row = blockIdx.x;
     if (row >= rows) return;
     const u8* w = W + (long long)row * row_bytes;
-    u8* tile = (u8*)tiles[warp];
     int blocks = cols / 32;
     float acc = 0.f;
-    for (int b0 = 0; b0 < blocks; b0 += TILE)
+    for (int b = threadIdx.x; b < blocks; b += ROW_THREADS)
     {
-        int nb = blocks - b0 < TILE ? blocks - b0 : TILE;
-        stage(tile, w + (long long)b0 * BYTES, nb * BYTES, lane);
-        for (int i = lane; i < nb; i += 32)
+        const u8* blk = w + (long long)b * BYTES;
+        const int4* xv = (const int4*)(xq + (long long)b * 32); // 32 bytes, 16-byte aligned
+        int4 x0 = xv[0], x1 = xv[1];
+        int sumi;
+        if (Q4)
         {
-            const u8* blk = tile + i * BYTES;
-            long long b = b0 + i;
-            const int4* xv = (const int4*)(xq + b * 32); // 32 bytes, 16-byte aligned
-            int4 x0 = xv[0], x1 = xv[1];
-            int sumi;
-            if (Q4)
-            {
-                // Byte k of qs holds element k (low nibble) and element k + 16 (high nibble).
-                int q0 = (int)ld4x2(blk + 2), q1 = (int)ld4x2(blk + 6), q2 = (int)ld4x2(blk + 10), q3 = (int)ld4x2(blk + 14);
-                const int m = 0x0F0F0F0F;
-                sumi = dp4a(q0 & m, x0.x, 0);
-                sumi = dp4a(q1 & m, x0.y, sumi);
-                sumi = dp4a(q2 & m, x0.z, sumi);
-                sumi = dp4a(q3 & m, x0.w, sumi);
-                sumi = dp4a((q0 >> 4) & m, x1.x, sumi);
-                sumi = dp4a((q1 >> 4) & m, x1.y, sumi);
-                sumi = dp4a((q2 >> 4) & m, x1.z, sumi);
-                sumi = dp4a((q3 >> 4) & m, x1.w, sumi);
-                sumi -= 8 * xs[b];
-            }
-            else
-            {
-                const u8* qs = blk + 2;
-                sumi = dp4a((int)ld4x2(qs), x0.x, 0);
-                sumi = dp4a((int)ld4x2(qs + 4), x0.y, sumi);
-                sumi = dp4a((int)ld4x2(qs + 8), x0.z, sumi);
-                sumi = dp4a((int)ld4x2(qs + 12), x0.w, sumi);
-                sumi = dp4a((int)ld4x2(qs + 16), x1.x, sumi);
-                sumi = dp4a((int)ld4x2(qs + 20), x1.y, sumi);
-                sumi = dp4a((int)ld4x2(qs + 24), x1.z, sumi);
-                sumi = dp4a((int)ld4x2(qs + 28), x1.w, sumi);
-            }
-            acc += half_to_float(ld16(blk)) * xd[b] * (float)sumi;
+            // Byte k of qs holds element k (low nibble) and element k + 16 (high nibble).
+            int q0 = (int)ld4x2(blk + 2), q1 = (int)ld4x2(blk + 6), q2 = (int)ld4x2(blk + 10), q3 = (int)ld4x2(blk + 14);
+            const int m = 0x0F0F0F0F;
+            sumi = dp4a(q0 & m, x0.x, 0);
+            sumi = dp4a(q1 & m, x0.y, sumi);
+            sumi = dp4a(q2 & m, x0.z, sumi);
+            sumi = dp4a(q3 & m, x0.w, sumi);
+            sumi = dp4a((q0 >> 4) & m, x1.x, sumi);
+            sumi = dp4a((q1 >> 4) & m, x1.y, sumi);
+            sumi = dp4a((q2 >> 4) & m, x1.z, sumi);
+            sumi = dp4a((q3 >> 4) & m, x1.w, sumi);
+            sumi -= 8 * xs[b];
         }
-        __syncwarp();
+        else
+        {
+            const u8* qs = blk + 2;
+            sumi = dp4a((int)ld4x2(qs), x0.x, 0);
+            sumi = dp4a((int)ld4x2(qs + 4), x0.y, sumi);
+            sumi = dp4a((int)ld4x2(qs + 8), x0.z, sumi);
+            sumi = dp4a((int)ld4x2(qs + 12), x0.w, sumi);
+            sumi = dp4a((int)ld4x2(qs + 16), x1.x, sumi);
+            sumi = dp4a((int)ld4x2(qs + 20), x1.y, sumi);
+            sumi = dp4a((int)ld4x2(qs + 24), x1.z, sumi);
+            sumi = dp4a((int)ld4x2(qs + 28), x1.w, sumi);
+        }
+        acc += half_to_float(ld16(blk)) * xd[b] * (float)sumi;
     }
     acc = warp_sum(acc);
-    if (lane == 0) y[row] = acc;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) partial[warp] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < ROW_THREADS / 32; i++) sum += partial[i];
+        y[row] = sum;
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_q4_0_q8(const u8* __restrict__ W, long long row_bytes,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) matvec_q4_0_q8(const u8* __restrict__ W, long long row_bytes,
     int rows, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y)
 { matvec_q8x<true>(W, row_bytes, rows, cols, xq, xd, xs, y); }
 
-extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_q8_0_q8(const u8* __restrict__ W, long long row_bytes,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) matvec_q8_0_q8(const u8* __restrict__ W, long long row_bytes,
     int rows, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y)
 { matvec_q8x<false>(W, row_bytes, rows, cols, xq, xd, xs, y); }
 
@@ -414,8 +422,9 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_q8_0_q8(const u8
 // x [total] as fp16 after the CPU's activation quantization for the weight type (CudaGemm: the prefill's numerics then
 // follow the CPU's, whose perplexity matches llama.cpp's): format 0 leaves x as it is (float weights), 1 is q8_0
 // (32-blocks, as quantize_q8_0), 2 is q8_K (ActivationQuant.Q8_KScalar: 256-blocks, iscale = -127/max where max is the
-// value of largest magnitude, q = min(127, round(iscale·x)), d = 1/iscale). One thread per block (cols is a
-// multiple of the block); the fp16 of q·d rounds, which moves a value by at most 2^-11 of itself.
+// first value of largest magnitude, q = min(127, round(iscale·x)), d = 1/iscale). One warp per block (cols is a
+// multiple of the block), lane l taking elements l, l + 32, ...; the fp16 of q·d rounds, which moves a value by at
+// most 2^-11 of itself. (One thread per block, serially, took 15% of a llama-7b pp512.)
 extern "C" __global__ void quantize_to_f16(const float* __restrict__ x, u16* __restrict__ out, long long total, int format)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -424,31 +433,41 @@ extern "C" __global__ void quantize_to_f16(const float* __restrict__ x, u16* __r
         if (i < total) out[i] = float_to_half(x[i]);
         return;
     }
+    int lane = threadIdx.x & 31;
     int bs = format == 1 ? 32 : 256;
-    long long start = i * bs;
-    if (start >= total) return;
+    long long start = (i >> 5) * bs;
+    if (start >= total) return; // whole warps leave together: total is a multiple of the block
     const float* xb = x + start;
     u16* ob = out + start;
     if (format == 1)
     {
-        float amax = 0.f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        float v = xb[lane];
+        float amax = warp_max_abs(v);
         float d = half_to_float(float_to_half(amax / 127.f));
         float id = amax != 0.f ? 127.f / amax : 0.f;
-        for (int j = 0; j < 32; j++) ob[j] = float_to_half((float)__float2int_rn(xb[j] * id) * d);
+        ob[lane] = float_to_half((float)__float2int_rn(v * id) * d);
         return;
     }
-    float amax = 0.f, max = 0.f;
-    for (int j = 0; j < 256; j++)
+    // The first element of largest magnitude: reduce (|x|, index), larger |x| wins, ties go to the lower index.
+    float best = -1.f;
+    int at = 0;
+    for (int j = lane; j < 256; j += 32)
     {
-        float ax = fabsf(xb[j]);
-        if (ax > amax) { amax = ax; max = xb[j]; }
+        float a = fabsf(xb[j]);
+        if (a > best) { best = a; at = j; }
     }
-    if (amax == 0.f)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
     {
-        for (int j = 0; j < 256; j++) ob[j] = 0;
+        float b2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int a2 = __shfl_xor_sync(0xffffffffu, at, o);
+        if (b2 > best || (b2 == best && a2 < at)) { best = b2; at = a2; }
+    }
+    if (best == 0.f)
+    {
+        for (int j = lane; j < 256; j += 32) ob[j] = 0;
         return;
     }
-    float iscale = -127.f / max, d = 1.f / iscale;
-    for (int j = 0; j < 256; j++) ob[j] = float_to_half((float)min(127, __float2int_rn(iscale * xb[j])) * d);
+    float iscale = -127.f / xb[at], d = 1.f / iscale;
+    for (int j = lane; j < 256; j += 32) ob[j] = float_to_half((float)min(127, __float2int_rn(iscale * xb[j])) * d);
 }
