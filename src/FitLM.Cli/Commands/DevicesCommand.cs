@@ -90,7 +90,7 @@ internal static class DevicesCommand
                 int cols = bs == 1 && rows == 37 ? colsWanted + 7 : colsWanted;
                 var r = CheckOne(dev, mv, type, rows, cols, wf, colsWanted + 7, x, flushA, flushB);
                 // A kernel that quantizes x as the CPU does must equal the CPU's product; one that keeps x in float, the exact dot.
-                bool integer = mv.QuantizesActivations(type);
+                bool integer = CudaMatVec.QuantizesActivations(type);
                 double cpuTol = bs == 1 || integer ? Tolerance : QuantizedCpuTolerance;
                 bool ok = r.ErrExact <= (integer ? QuantizedCpuTolerance : Tolerance) && r.ErrCpu <= cpuTol;
                 checks++;
@@ -99,6 +99,14 @@ internal static class DevicesCommand
                     ? $"{r.Micros,10:F1} {r.Bytes / (r.Micros * 1e-6) / 1e9,7:F0} {r.Bytes / (r.Micros * 1e-6) / copy,7:P0}"
                     : $"{"-",10} {"-",7} {"-",7}";
                 Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {r.ErrExact,10:E1} {r.ErrCpu,10:E1} {speed}  {(ok ? "ok" : "MISMATCH")}");
+                if (SplitLayout.Applies(type) && SmallShapes.Contains((rows, colsWanted)))
+                {
+                    double err = CheckTogether(dev, mv, type, rows, cols);
+                    bool together = err <= Tolerance;
+                    checks++;
+                    if (!together) failures++;
+                    Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {"",10} {err,10:E1}  three matrices, {TogetherTokens} tokens, one launch  {(together ? "ok" : "MISMATCH")}");
+                }
             }
         }
         Console.WriteLine();
@@ -145,7 +153,7 @@ internal static class DevicesCommand
         using var dw = dev.Allocate(w.Length);
         using var dx = dev.Allocate(cols * 4L);
         using var dy = dev.Allocate(rows * 4L);
-        dev.Upload<byte>(dw, w);
+        dev.Upload<byte>(dw, SplitLayout.Applies(type) ? SplitLayout.FromGguf(type, rows, cols, w) : w);
         dev.Upload<float>(dx, x);
         mv.Run(type, dw, rowBytes, rows, cols, dx, dy);
         dev.Synchronize();
@@ -176,7 +184,66 @@ internal static class DevicesCommand
         return new Result(errExact, errCpu, micros, w.Length);
     }
 
-    /// <summary>The card's achievable bandwidth: the median of 5 device-to-device copies of 1 GiB, read + write bytes.</summary>
+    private const int TogetherTokens = 5;
+
+    /// <summary>
+    /// Q4_0/Q8_0: three matrices of different heights (as Q, K and V) multiplied with the same five tokens in one
+    /// launch (CudaMatVec.MultiplyTogether, the batch kernel), against the CPU's batch product of each; the largest
+    /// error relative to the largest |y| of its matrix.
+    /// </summary>
+    private static unsafe double CheckTogether(CudaDevice dev, CudaMatVec mv, GgmlType type, int rows, int cols)
+    {
+        const int n = TogetherTokens;
+        var x = Gaussian(n * cols, 777, 1f);
+        int[] heights = [rows, rows / 2 + 1, 3];
+        long rowBytes = GgmlTypes.RowBytes(type, cols);
+        var weights = new byte[3][];
+        var buffers = new List<DeviceBuffer>();
+        try
+        {
+            var products = new (ulong W, int Rows, ulong Y)[3];
+            for (int i = 0; i < 3; i++)
+            {
+                var wf = WeightRows(heights[i], cols, 100 + i);
+                weights[i] = new byte[rowBytes * heights[i]];
+                for (int r = 0; r < heights[i]; r++)
+                    Quantize.Row(type, wf.AsSpan(r * cols, cols), weights[i].AsSpan((int)(r * rowBytes), (int)rowBytes));
+                var dw = dev.Allocate(weights[i].Length);
+                buffers.Add(dw);
+                dev.Upload<byte>(dw, SplitLayout.FromGguf(type, heights[i], cols, weights[i]));
+                var dy = dev.Allocate(4L * n * heights[i]);
+                buffers.Add(dy);
+                products[i] = (dw.Pointer, heights[i], dy.Pointer);
+            }
+            var dx = dev.Allocate(4L * n * cols);
+            buffers.Add(dx);
+            dev.Upload<float>(dx, x);
+            if (!mv.MultiplyTogether(type, cols, dx.Pointer, n, products[0], products[1], products[2]))
+                return double.PositiveInfinity;
+            dev.Synchronize();
+            double worst = 0;
+            for (int i = 0; i < 3; i++)
+            {
+                var cpu = new float[n * heights[i]];
+                fixed (byte* pw = weights[i]) MatMul.MatMulBatch(type, pw, rowBytes, heights[i], cols, x, cpu, n);
+                var gpu = new float[cpu.Length];
+                dev.Download<float>(buffers[2 * i + 1], gpu);
+                double scale = Math.Max(1e-30, cpu.Max(v => Math.Abs((double)v)));
+                for (int j = 0; j < cpu.Length; j++)
+                {
+                    double e = Math.Abs(gpu[j] - (double)cpu[j]) / scale;
+                    if (!(e <= worst)) worst = double.IsNaN(e) ? double.PositiveInfinity : e;
+                }
+            }
+            return worst;
+        }
+        finally
+        {
+            foreach (var b in buffers) b.Dispose();
+        }
+    }
+
+    /// <summary>n values of a normal distribution with standard deviation <paramref name="scale"/>.</summary>
     private static float[] Gaussian(int n, int seed, float scale)
     {
         var rng = new SplitMixNormal((ulong)seed);

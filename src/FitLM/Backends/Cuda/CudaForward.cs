@@ -258,7 +258,8 @@ internal sealed class CudaForward : IDeviceForward
             + (c.FusedQkv ? c.QDim + 2L * c.KvDim : 0) + c.Vocab);
         long rope = 2L * 4 * maxContext * (c.RopeDims / 2) * (c.RopeThetaSliding > 0 ? 2 : 1);
         long vectors = source.Tensors.Where(t => t.Shape.Length == 1).Sum(t => t.Elements * 4);
-        return kv + activations + rope + vectors;
+        long quantizedX = CudaMatVec.ScratchBytes(Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim));
+        return kv + activations + rope + vectors + quantizedX;
     }
 
     private T Own<T>(T d) where T : IDisposable
@@ -356,6 +357,23 @@ internal sealed class CudaForward : IDeviceForward
         else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n, sameInput);
     }
 
+    /// <summary>
+    /// Two or three products of one input X (Q, K and V; gate and up): one launch where they share a type with
+    /// split-layout kernels (Q4_0, Q8_0) and the batch is not cuBLAS's, else one product each (the later ones reuse
+    /// the first one's quantized X).
+    /// </summary>
+    private void MultiplyTogether(ulong block, ulong x, int n, DeviceMatrix a, ulong ya, DeviceMatrix b, ulong yb, DeviceMatrix? c = null, ulong yc = 0)
+    {
+        bool gemm = _gemm != null && n >= CudaGemm.MinTokens;
+        if (!gemm && a.Type == b.Type && (c == null || c.Type == a.Type) &&
+            _mv.MultiplyTogether(a.Type, a.Cols, x, n, (block + (ulong)a.Offset, a.Rows, ya), (block + (ulong)b.Offset, b.Rows, yb),
+                c == null ? default : (block + (ulong)c.Offset, c.Rows, yc)))
+            return;
+        Multiply(block, a, x, ya, n);
+        Multiply(block, b, x, yb, n, sameInput: true);
+        if (c != null) Multiply(block, c, x, yc, n, sameInput: true);
+    }
+
     private static ulong At(DeviceBuffer b, long floats) => b.Pointer + (ulong)(floats * sizeof(float));
 
     /// <summary>The layers over the batch's n rows of x (Transformer.ForwardBatch, one segment).</summary>
@@ -382,9 +400,7 @@ internal sealed class CudaForward : IDeviceForward
             }
             else
             {
-                Multiply(wb, L.Wq!, xb, q, n);
-                Multiply(wb, L.Wk!, xb, kk, n, sameInput: true);
-                Multiply(wb, L.Wv!, xb, v, n, sameInput: true);
+                MultiplyTogether(wb, xb, n, L.Wq!, q, L.Wk!, kk, L.Wv!, v);
             }
             if (L.Bq != null) k.AddBias(q, L.Bq.Pointer, c.QDim, n * c.QDim);
             if (L.Bk != null) k.AddBias(kk, L.Bk.Pointer, c.KvDim, n * c.KvDim);
@@ -412,8 +428,7 @@ internal sealed class CudaForward : IDeviceForward
             else
             {
                 int ffn = L.Gate!.Rows;
-                Multiply(wb, L.Gate, xb, _hb.Pointer, n);
-                Multiply(wb, L.Up!, xb, _hb2.Pointer, n, sameInput: true);
+                MultiplyTogether(wb, xb, n, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
                 k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation);
                 Multiply(wb, L.Down, _hb.Pointer, xb2, n);
             }

@@ -100,20 +100,33 @@ internal sealed unsafe class CudaGemm : IDisposable
         var dequant = _dequant[type];
         int sliceRows = (int)Math.Min(rows, WeightScratchBytes / (2L * cols));
         float alpha = 1f, beta = 0f;
-        ulong pw = 0, pwh = _w.Pointer;
-        long rb = rowBytes;
-        int m = 0, c = cols;
-        void** args = stackalloc void*[] { &pw, &rb, &m, &c, &pwh };
         for (int r0 = 0; r0 < rows; r0 += sliceRows)
         {
-            m = Math.Min(sliceRows, rows - r0);
-            pw = w + (ulong)(r0 * rowBytes);
-            _device.Launch(dequant, (uint)((m + Warps - 1) / Warps), 32 * Warps, 0, args);
+            int m = Math.Min(sliceRows, rows - r0);
+            if (SplitLayout.Applies(type)) DequantizeSplit(dequant, w, rows, cols, r0, m);
+            else Dequantize(dequant, w + (ulong)(r0 * rowBytes), rowBytes, m, cols);
             // Column-major view: W's slice is [cols × m] (Wᵀ with OpT), X is [cols × n], Y is [rows × n] with ldc = rows;
             // this slice writes Y's rows r0..r0+m of every column.
             Cublas.Check(Cublas.cublasGemmEx(_handle, Cublas.OpT, Cublas.OpN, m, n, cols, &alpha, _w.Pointer, Cublas.R16F, cols,
                 _x.Pointer, Cublas.R16F, cols, &beta, y + (ulong)(r0 * 4L), Cublas.R32F, rows, Cublas.Compute32F, Cublas.GemmDefault));
         }
+    }
+
+    /// <summary>m rows of W from <paramref name="w"/> (GGUF block layout) to fp16 in the scratch: one warp per row.</summary>
+    private void Dequantize(nint function, ulong w, long rowBytes, int m, int cols)
+    {
+        ulong out16 = _w.Pointer;
+        void** args = stackalloc void*[] { &w, &rowBytes, &m, &cols, &out16 };
+        _device.Launch(function, (uint)((m + Warps - 1) / Warps), 32 * Warps, 0, args);
+    }
+
+    /// <summary>Rows [r0, r0 + m) of a split Q4_0/Q8_0 matrix (<see cref="SplitLayout"/>) to fp16 in the scratch: one thread per block.</summary>
+    private void DequantizeSplit(nint function, ulong w, int rows, int cols, int r0, int m)
+    {
+        ulong out16 = _w.Pointer;
+        long blocks = (long)m * (cols / 32);
+        void** args = stackalloc void*[] { &w, &rows, &cols, &r0, &m, &out16 };
+        _device.Launch(function, (uint)((blocks + 255) / 256), 256, 0, args);
     }
 
     public void Dispose()

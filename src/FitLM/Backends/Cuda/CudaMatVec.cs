@@ -3,48 +3,48 @@ using FitLM.Tensors;
 namespace FitLM.Backends.Cuda;
 
 /// <summary>
-/// Matrix products on a CUDA device with W in its GGUF block layout as uploaded from the file's bytes
-/// (Kernels/matvec.cu): y = W·x for one token (decode), and for up to eight at a time (prefill's batches, the
-/// weights read once per eight tokens).
+/// Matrix products on a CUDA device (Kernels/matvec.cu): y = W·x for one token (decode), and for up to eight at a
+/// time (prefill's small batches, the weights read once per eight tokens). W is in its GGUF block layout as uploaded
+/// from the file's bytes, except Q4_0 and Q8_0, which are in <see cref="SplitLayout"/> and multiply against x
+/// quantized to q8_0 in integers (the CPU's numerics), up to three matrices of one input in one launch.
 /// </summary>
 internal sealed unsafe class CudaMatVec : IDisposable
 {
     /// <summary>Rows per thread block (one warp each): WARPS in matvec.cu.</summary>
     private const int Warps = 8;
-    /// <summary>Threads per row of the integer kernels: ROW_THREADS in matvec.cu.</summary>
-    private const uint RowThreads = 128;
+    /// <summary>Rows per thread block of the split-layout kernels (one warp each): SPLIT_WARPS in matvec.cu.</summary>
+    private const int SplitWarps = 4;
     /// <summary>Tokens one matmul8 launch takes.</summary>
     public const int BatchTokens = 8;
 
     private readonly CudaDevice _device;
     private readonly Dictionary<GgmlType, (nint One, nint Eight)> _functions = [];
-    private readonly Dictionary<GgmlType, nint> _integer = [];
+    private readonly Dictionary<GgmlType, (nint One, nint Eight)> _integer = [];
     private readonly nint _quantize;
-    // x quantized to q8_0 for the integer kernels: the int8 values, the blocks' scales and sums (MaxCols wide).
+    // x quantized to q8_0 for the integer kernels: the int8 values, the blocks' scales and sums (BatchTokens × MaxCols).
     private readonly DeviceBuffer? _xq, _xd, _xs;
     private ulong _quantizedX;
-    private int _quantizedCols;
-    private bool _sameInput;
+    private int _quantizedCols, _quantizedTokens;
 
     /// <summary>matvec.cu as loaded: its other entry points (the prefill's dequantizers) come from here too.</summary>
     public KernelModule Module { get; }
 
-    /// <summary>The widest x the integer kernels take (0: none; every type multiplies in float).</summary>
+    /// <summary>The widest x the integer kernels take: Q4_0 and Q8_0 products of wider rows throw.</summary>
     public int MaxCols { get; }
 
     /// <summary>
-    /// Whether a one-token product of <paramref name="type"/> quantizes x to q8_0 and multiplies in integers (the CPU's
-    /// numerics: its result then equals MatMul.MatVec's up to the order of the float sums).
+    /// Whether a product of <paramref name="type"/> quantizes x to q8_0 and multiplies in integers (the CPU's numerics:
+    /// its result then equals MatMul's up to the order of the float sums). Q4_0 and Q8_0 always do.
     /// </summary>
-    public bool QuantizesActivations(GgmlType type) => MaxCols > 0 && _integer.ContainsKey(type);
+    public static bool QuantizesActivations(GgmlType type) => SplitLayout.Applies(type);
 
     public static readonly GgmlType[] Types =
         [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     public static bool Supports(GgmlType type) => Array.IndexOf(Types, type) >= 0;
 
-    /// <param name="maxCols">The widest x a one-token Q4_0/Q8_0 product gets (its q8_0 scratch is allocated now: a
-    /// decode step is captured as a graph, where nothing may be allocated); 0 keeps those types in float.</param>
+    /// <param name="maxCols">The widest x a Q4_0/Q8_0 product gets: its q8_0 scratch (eight tokens of it) is allocated
+    /// now, since a decode step is captured as a graph, where nothing may be allocated.</param>
     public CudaMatVec(CudaDevice device, Action<string>? log = null, int maxCols = 0)
     {
         _device = device;
@@ -52,49 +52,79 @@ internal sealed unsafe class CudaMatVec : IDisposable
         foreach (var t in Types)
         {
             string name = GgmlTypes.Name(t).ToLowerInvariant();
-            _functions[t] = (module.Function("matvec_" + name), module.Function("matmul8_" + name));
+            if (SplitLayout.Applies(t)) _integer[t] = (module.Function($"matvec_{name}_q8"), module.Function($"matmul8_{name}_q8"));
+            else _functions[t] = (module.Function("matvec_" + name), module.Function("matmul8_" + name));
         }
-        _integer[GgmlType.Q4_0] = module.Function("matvec_q4_0_q8");
-        _integer[GgmlType.Q8_0] = module.Function("matvec_q8_0_q8");
         _quantize = module.Function("quantize_q8_0");
-        MaxCols = maxCols / 32 * 32;
+        MaxCols = (maxCols + 31) / 32 * 32;
         if (MaxCols > 0)
         {
-            _xq = device.Allocate(MaxCols);
-            _xd = device.Allocate(MaxCols / 32 * 4L);
-            _xs = device.Allocate(MaxCols / 32 * 4L);
+            _xq = device.Allocate((long)BatchTokens * MaxCols);
+            _xd = device.Allocate((long)BatchTokens * MaxCols / 32 * 4);
+            _xs = device.Allocate((long)BatchTokens * MaxCols / 32 * 4);
         }
+    }
+
+    /// <summary>Device bytes of the q8_0 scratch for x up to <paramref name="maxCols"/> wide (eight tokens: int8 values, scales, sums).</summary>
+    public static long ScratchBytes(int maxCols)
+    {
+        long cols = (maxCols + 31) / 32 * 32;
+        return BatchTokens * (cols + 2 * (cols / 32 * 4));
     }
 
     /// <summary>The embedded kernel source (or FITLM_CUDA_SOURCE's, <see cref="KernelModule.Source"/>).</summary>
     public static string Source() => KernelModule.Source("matvec.cu");
 
-    /// <summary>Queues y = W·x on the device's stream: W rows of <paramref name="rowBytes"/> bytes, x cols floats, y rows floats.</summary>
+    /// <summary>Queues y = W·x on the device's stream: W rows of <paramref name="rowBytes"/> bytes (in its device layout), x cols floats, y rows floats.</summary>
     public void Run(GgmlType type, DeviceBuffer w, long rowBytes, int rows, int cols, DeviceBuffer x, DeviceBuffer y)
     {
         Validate(type, rowBytes, cols);
         if (rowBytes * rows > w.Bytes || (long)cols * 4 > x.Bytes || (long)rows * 4 > y.Bytes)
             throw new ArgumentException("cuda matvec: buffers smaller than the shape");
-        _sameInput = false;
-        Launch(type, w.Pointer, rowBytes, rows, cols, x.Pointer, y.Pointer, 1);
+        Multiply(type, w.Pointer, rowBytes, rows, cols, x.Pointer, y.Pointer, 1);
     }
 
     /// <summary>
     /// Queues Y[t] = W·X[t] for n tokens: X [n × cols] at <paramref name="x"/>, Y [n × rows] at <paramref name="y"/>
     /// (device addresses; the caller sized them), eight tokens per launch where the rows of X are 16-byte aligned.
     /// </summary>
-    /// <param name="sameInput">x has not changed since the previous call quantized it (K and V after Q, up after gate):
-    /// its q8_0 form in the scratch is reused instead of quantized again.</param>
+    /// <param name="sameInput">x has not changed since the previous call quantized it (K and V after Q, when their
+    /// types differ): its q8_0 form in the scratch is reused instead of quantized again.</param>
     public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n, bool sameInput = false)
     {
         Validate(type, rowBytes, cols);
-        _sameInput = sameInput;
+        if (SplitLayout.Applies(type))
+        {
+            MultiplySplit(type, cols, x, n, sameInput, (w, rows, y), default, default);
+            return;
+        }
+        var (one, eight) = _functions[type];
         int step = cols % 4 == 0 ? BatchTokens : 1;
         for (int t = 0; t < n; t += step)
         {
             int count = Math.Min(step, n - t);
-            Launch(type, w, rowBytes, rows, cols, x + (ulong)((long)t * cols * 4), y + (ulong)((long)t * rows * 4), count);
+            LaunchFloat(count == 1 ? one : eight, w, rowBytes, rows, cols, x + (ulong)((long)t * cols * 4), y + (ulong)((long)t * rows * 4), count);
         }
+    }
+
+    private void LaunchFloat(nint function, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n)
+    {
+        void** args = stackalloc void*[] { &w, &rowBytes, &rows, &cols, &x, &y, &n };
+        _device.Launch(function, (uint)((rows + Warps - 1) / Warps), 32 * Warps, 0, args);
+    }
+
+    /// <summary>
+    /// Queues the products of up to three matrices of one <paramref name="type"/> with the same input X [n × cols]
+    /// (Q, K and V; gate and up) as one launch per eight tokens, when the type has split-layout kernels; returns false
+    /// (nothing queued) for other types. A product with zero rows is absent.
+    /// </summary>
+    public bool MultiplyTogether(GgmlType type, int cols, ulong x, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
+        (ulong W, int Rows, ulong Y) c)
+    {
+        if (!SplitLayout.Applies(type)) return false;
+        Validate(type, GgmlTypes.RowBytes(type, cols), cols);
+        MultiplySplit(type, cols, x, n, false, a, b, c);
+        return true;
     }
 
     private static void Validate(GgmlType type, long rowBytes, int cols)
@@ -104,37 +134,43 @@ internal sealed unsafe class CudaMatVec : IDisposable
             throw new FitLMException($"cuda matvec: a {type} row of {cols} elements does not fit {rowBytes} bytes in whole blocks");
     }
 
-    private void Launch(GgmlType type, ulong pw, long rowBytes, int rows, int cols, ulong px, ulong py, int n)
+    /// <summary>Per eight tokens: X's rows to q8_0 in the scratch (one warp per 32-block), then one launch over all three matrices' rows.</summary>
+    private void MultiplySplit(GgmlType type, int cols, ulong x, int n, bool sameInput,
+        (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c)
     {
-        if (n == 1 && cols % 32 == 0 && cols <= MaxCols && _integer.TryGetValue(type, out nint integer))
+        if (cols > MaxCols) throw new FitLMException($"cuda matvec: a {type} row of {cols} elements is wider than the {MaxCols} the activation scratch holds");
+        var (one, eight) = _integer[type];
+        for (int t = 0; t < n; t += BatchTokens)
         {
-            LaunchInteger(integer, pw, rowBytes, rows, cols, px, py);
-            return;
+            int count = Math.Min(BatchTokens, n - t);
+            ulong px = x + (ulong)((long)t * cols * 4);
+            // Reused only for the very rows quantized last (K and V after Q): a batch's chunks each have their own address.
+            if (!(sameInput && px == _quantizedX && cols == _quantizedCols && count == _quantizedTokens))
+                Quantize(px, (long)count * cols / 32, cols, count);
+            long shift = (long)t * 4;
+            LaunchSplit(count == 1 ? one : eight, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
+                (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)));
         }
-        var (one, eight) = _functions[type];
-        long rb = rowBytes;
-        int r = rows, c = cols, count = n;
-        void** args = stackalloc void*[] { &pw, &rb, &r, &c, &px, &py, &count };
-        _device.Launch(n == 1 ? one : eight, (uint)((rows + Warps - 1) / Warps), 32 * Warps, 0, args);
     }
 
-    /// <summary>x to q8_0 in the scratch (one warp per 32-block), then the integer kernel.</summary>
-    private void LaunchInteger(nint function, ulong pw, long rowBytes, int rows, int cols, ulong px, ulong py)
+    private void Quantize(ulong x, long blocks, int cols, int tokens)
     {
-        long blocks = cols / 32;
         ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
-        // Reused only for the very row quantized last: a batch's rows each have their own address.
-        if (!(_sameInput && px == _quantizedX && cols == _quantizedCols))
-        {
-            void** quantize = stackalloc void*[] { &px, &blocks, &q, &d, &s };
-            _device.Launch(_quantize, (uint)((blocks * 32 + 255) / 256), 256, 0, quantize);
-            _quantizedX = px;
-            _quantizedCols = cols;
-        }
-        long rb = rowBytes;
-        int r = rows, c = cols;
-        void** args = stackalloc void*[] { &pw, &rb, &r, &c, &q, &d, &s, &py };
-        _device.Launch(function, (uint)rows, RowThreads, 0, args); // one row per block (ROW_THREADS in matvec.cu)
+        void** args = stackalloc void*[] { &x, &blocks, &q, &d, &s };
+        _device.Launch(_quantize, (uint)((blocks * 32 + 255) / 256), 256, 0, args);
+        _quantizedX = x;
+        _quantizedCols = cols;
+        _quantizedTokens = tokens;
+    }
+
+    private void LaunchSplit(nint function, int cols, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c)
+    {
+        ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
+        ulong w0 = a.W, w1 = b.W, w2 = c.W, y0 = a.Y, y1 = b.Y, y2 = c.Y;
+        int r0 = a.Rows, r1 = b.Rows, r2 = c.Rows;
+        uint grid = (uint)((r0 + SplitWarps - 1) / SplitWarps + (r1 + SplitWarps - 1) / SplitWarps + (r2 + SplitWarps - 1) / SplitWarps);
+        void** args = stackalloc void*[] { &w0, &w1, &w2, &y0, &y1, &y2, &r0, &r1, &r2, &cols, &q, &d, &s, &n };
+        _device.Launch(function, grid, 32 * SplitWarps, 0, args);
     }
 
     public void Dispose()

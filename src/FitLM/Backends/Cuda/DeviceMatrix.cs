@@ -5,7 +5,7 @@ namespace FitLM.Backends.Cuda;
 
 /// <summary>
 /// A weight matrix as the GPU kernels read it: in its GGUF block layout where a kernel reads that type
-/// (<see cref="CudaMatVec.Types"/>), else dequantized to float32 (exact, four bytes a weight: the K-quants Q2_K..Q5_K
+/// (<see cref="CudaMatVec.Types"/>; Q4_0 and Q8_0 rearranged, <see cref="SplitLayout"/>), else dequantized to float32 (exact, four bytes a weight: the K-quants Q2_K..Q5_K
 /// and the legacy Q4_1/Q5_x have no GPU kernel yet), at <see cref="Offset"/> bytes into its <see cref="WeightBlock"/>.
 /// </summary>
 internal sealed record DeviceMatrix(TensorDesc Tensor, GgmlType Type, int Rows, int Cols, long RowBytes, long Offset)
@@ -52,7 +52,7 @@ internal sealed class WeightBlock
     /// </summary>
     public void Write(IModelSource source, Action<long, ReadOnlySpan<byte>> sink)
     {
-        byte[] bytes = [];
+        byte[] bytes = [], split = [];
         float[] floats = [];
         foreach (var m in _matrices.Values)
         {
@@ -68,6 +68,12 @@ internal sealed class WeightBlock
                 var chunk = bytes.AsSpan(0, (int)(rows * sourceRow));
                 source.Read(t, r0 * sourceRow, chunk);
                 long at = m.Offset + r0 * m.RowBytes;
+                if (raw && SplitLayout.Applies(t.Type))
+                {
+                    if (split.Length < chunk.Length) split = new byte[chunk.Length];
+                    SplitLayout.Write(t.Type, t.Rows, t.RowLength, r0, rows, chunk, split, (offset, part) => sink(m.Offset + offset, part));
+                    continue;
+                }
                 if (raw)
                 {
                     sink(at, chunk);

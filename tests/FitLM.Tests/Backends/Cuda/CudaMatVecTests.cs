@@ -20,7 +20,7 @@ public sealed class CudaMatVecTests(ITestOutputHelper output)
         catch (FitLMException e) { output.WriteLine($"skipped: {e.Message}"); return; }
         using (dev)
         {
-            var mv = new CudaMatVec(dev, output.WriteLine);
+            using var mv = new CudaMatVec(dev, output.WriteLine, maxCols: 4096);
             foreach (var type in CudaMatVec.Types)
             {
                 var rows = KernelTestData.WeightRows(type, 37, 3, 5);
@@ -31,7 +31,7 @@ public sealed class CudaMatVecTests(ITestOutputHelper output)
                 using var dw = dev.Allocate(w.Length);
                 using var dx = dev.Allocate(cols * 4L);
                 using var dy = dev.Allocate(rows.Length * 4L);
-                dev.Upload<byte>(dw, w);
+                dev.Upload<byte>(dw, SplitLayout.Applies(type) ? SplitLayout.FromGguf(type, rows.Length, cols, w) : w);
                 dev.Upload<float>(dx, x);
                 mv.Run(type, dw, rowBytes, rows.Length, cols, dx, dy);
                 var y = new float[rows.Length];
@@ -40,7 +40,9 @@ public sealed class CudaMatVecTests(ITestOutputHelper output)
                 {
                     var deq = KernelTestData.DequantizeRow(type, w.AsSpan((int)(r * rowBytes), (int)rowBytes).ToArray(), cols);
                     var (dot, abs) = KernelTestData.ExactDot(deq, x);
-                    Assert.True(Math.Abs(y[r] - dot) <= 1e-4 * abs, $"{type} row {r}: {y[r]} vs {dot}");
+                    // Q4_0/Q8_0 quantize x to 8 bits first (the CPU's numerics): about 1e-3 of Σ|w·x| on short rows.
+                    double tolerance = CudaMatVec.QuantizesActivations(type) ? 1e-2 : 1e-4;
+                    Assert.True(Math.Abs(y[r] - dot) <= tolerance * abs, $"{type} row {r}: {y[r]} vs {dot}");
                 }
             }
         }

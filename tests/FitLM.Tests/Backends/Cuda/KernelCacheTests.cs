@@ -100,9 +100,19 @@ public sealed class KernelCacheTests : IDisposable
     {
         string source = CudaMatVec.Source();
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", source);
-        // ENTRY(name, T) defines matvec_name and matmul8_name: the names CudaMatVec looks up.
+        // ENTRY(name, T) defines matvec_name and matmul8_name, SPLIT_ENTRY the split-layout types' _q8 kernels, and each
+        // type has its prefill dequantizer: the names CudaMatVec and CudaGemm look up.
         foreach (var t in CudaMatVec.Types)
-            Assert.Contains($"ENTRY({FitLM.Tensors.GgmlTypes.Name(t).ToLowerInvariant()}, ", source, StringComparison.Ordinal);
+        {
+            string name = FitLM.Tensors.GgmlTypes.Name(t).ToLowerInvariant();
+            if (SplitLayout.Applies(t))
+            {
+                Assert.Contains($"SPLIT_ENTRY(matvec_{name}_q8, ", source, StringComparison.Ordinal);
+                Assert.Contains($"SPLIT_ENTRY(matmul8_{name}_q8, ", source, StringComparison.Ordinal);
+                Assert.Contains($"void dequant_f16_{name}(", source, StringComparison.Ordinal);
+            }
+            else Assert.Contains($"ENTRY({name}, ", source, StringComparison.Ordinal);
+        }
         string forward = KernelModule.Source("forward.cu");
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", forward);
         foreach (string kernel in new[] { "rmsnorm", "add_bias", "add", "softcap", "gate_act", "rope", "copy_columns" })

@@ -63,6 +63,54 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData("pycoder-29m-q4_0.gguf", GgmlType.Q4_0, 16)]
+    [InlineData("pycoder-29m-q8_0.gguf", GgmlType.Q8_0, 32)]
+    public void Q4_0AndQ8_0_AreSplitIntoQuantsThenScales(string file, GgmlType type, int quantBytes)
+    {
+        if (TestPaths.Shared is not { } shared) { output.WriteLine("skipped: ../shared is absent"); return; }
+        using var source = ModelSource.Open(Path.Combine(shared, "models", "pycoder-29m-gguf", file));
+        var block = new WeightBlock(Layer0.Select(source.Get));
+        var bytes = Written(source, block);
+        int split = 0;
+        foreach (var m in block.Matrices.Where(m => m.Tensor.Type == type))
+        {
+            Assert.Equal(type, m.Type);
+            var stored = new byte[m.Tensor.ByteSize];
+            source.Read(m.Tensor, 0, stored);
+            Assert.Equal(stored.Length, m.Bytes);
+            var got = bytes.AsSpan((int)m.Offset, (int)m.Bytes);
+            long blocks = (long)m.Rows * (m.Cols / 32), scales = blocks * quantBytes;
+            for (long b = 0; b < blocks; b++)
+            {
+                var gguf = stored.AsSpan((int)(b * (quantBytes + 2)), quantBytes + 2);
+                Assert.True(gguf[2..].SequenceEqual(got.Slice((int)(b * quantBytes), quantBytes)), $"{m.Tensor.Name} block {b}: quants");
+                Assert.True(gguf[..2].SequenceEqual(got.Slice((int)(scales + 2 * b), 2)), $"{m.Tensor.Name} block {b}: scale");
+            }
+            Assert.True(SplitLayout.FromGguf(type, m.Rows, m.Cols, stored).AsSpan().SequenceEqual(got));
+            split++;
+        }
+        Assert.True(split > 0, $"no {type} matrix in layer 0 of {file}");
+    }
+
+    [Fact]
+    public void SplitLayout_WritesRowChunksWhereTheWholeMatrixPutsThem()
+    {
+        const int rows = 5, cols = 96;
+        var gguf = new byte[rows * GgmlTypes.RowBytes(GgmlType.Q4_0, cols)];
+        new Random(7).NextBytes(gguf);
+        var whole = SplitLayout.FromGguf(GgmlType.Q4_0, rows, cols, gguf);
+        var chunked = new byte[gguf.Length];
+        int rowBytes = (int)GgmlTypes.RowBytes(GgmlType.Q4_0, cols);
+        for (int r0 = 0; r0 < rows; r0 += 2)
+        {
+            int n = Math.Min(2, rows - r0);
+            SplitLayout.Write(GgmlType.Q4_0, rows, cols, r0, n, gguf.AsSpan(r0 * rowBytes, n * rowBytes), new byte[n * rowBytes],
+                (offset, part) => part.CopyTo(chunked.AsSpan((int)offset)));
+        }
+        Assert.Equal(whole, chunked);
+    }
+
+    [Theory]
     [InlineData(100, 900, false, 4)]   // everything fits: every layer resident, no slots
     [InlineData(100, 899, false, 1)]   // 100 + 1 layer + two slots of 200 = 700; a second layer: 900 > 899
     [InlineData(100, 500, false, 0)]   // the fixed part and the slots only

@@ -1,15 +1,17 @@
-// Decode matrix-vector kernels: y[r] = dot(W[r], x) for one token, W in GGUF's block layouts exactly as the file
-// stores them (src/FitLM/Tensors/BlockLayout.cs), x and y float32. Compiled at first use by NVRTC (Nvrtc.cs) after
-// common.cuh (types, fp16 conversion, warp sums). Each element is decoded as Dequantize.cs decodes it (same float operations), then multiplied with x.
+// Decode matrix-vector kernels: y[r] = dot(W[r], x) for one token, x and y float32. Compiled at first use by NVRTC
+// (Nvrtc.cs) after common.cuh (types, fp16 conversion, warp sums). Two families:
+//  - Q4_K, Q6_K, F32, F16, BF16 in GGUF's block layouts exactly as the file stores them
+//    (src/FitLM/Tensors/BlockLayout.cs): each element decoded as Dequantize.cs decodes it, then multiplied with x.
+//  - Q4_0 and Q8_0 in a split layout (quants, then scales: see "int8 decode" below) against x quantized to q8_0,
+//    in integers: the CPU's numerics for those types.
 //
-// Shape of every kernel: one warp per row, WARPS rows per thread block. A warp walks its row tile by tile: a tile
-// is a whole number of blocks whose size is a multiple of 16 bytes. GGUF blocks are not 16-byte aligned inside a
-// row (q4_0 is 18 bytes, q8_0 34, q6_K 210), so a thread cannot read its own block with wide loads; instead the
-// warp copies the tile into shared memory with 16-byte loads (a warp instruction then reads 512 contiguous bytes,
-// the widest and fewest memory instructions there are), and each lane decodes its part of the tile from shared
-// memory, where any alignment is cheap. When the row does not start 16-byte aligned (rows of odd byte length) the
-// copy falls back to 4-byte or 1-byte loads: correct, slower, and not the layout of real models.
-// The lanes' partial sums are added with warp shuffles; lane 0 writes y[r].
+// Shape of the first family: one warp per row, WARPS rows per thread block. A warp walks its row tile by tile: a
+// tile is a whole number of blocks whose size is a multiple of 16 bytes. GGUF blocks are not 16-byte aligned inside
+// a row (q6_K is 210 bytes), so a thread cannot read its own block with wide loads; instead the warp copies the tile
+// into shared memory with 16-byte loads (a warp instruction then reads 512 contiguous bytes), and each lane decodes
+// its part of the tile from shared memory, where any alignment is cheap. When the row does not start 16-byte
+// aligned (rows of odd byte length) the copy falls back to 4-byte or 1-byte loads: correct, slower, and not the
+// layout of real models. The lanes' partial sums are added with warp shuffles; lane 0 writes y[r].
 
 struct alignas(16) v4 { u32 a, b, c, d; };
 struct alignas(16) f4 { float x, y, z, w; };
@@ -164,39 +166,6 @@ __device__ __forceinline__ void dequant_f16(const u8* __restrict__ W, long long 
 // Four bytes at a 2-byte aligned address (GGUF blocks of even size put every field there).
 __device__ __forceinline__ u32 ld4x2(const u8* p) { return ld16(p) | ((u32)ld16(p + 2) << 16); }
 
-// ------------------------------------------------------------------------------------------------ q4_0
-// block_q4_0 (18 bytes): half d; u8 qs[16]. x[j] = d*(lo(qs[j]) - 8), x[j+16] = d*(hi(qs[j]) - 8).
-// Tile: 64 blocks = 1152 bytes = 72 16-byte loads.
-struct Q4_0
-{
-    static const int ELEMS = 32, BYTES = 18, TILE = 64;
-    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
-    {
-        const u8* blk = t + (e >> 5) * BYTES;
-        int j = e & 31;
-        float d = half_to_float(ld16(blk));
-        u32 q = ld4x2(blk + 2 + (j & 15));
-        if (j >= 16) q >>= 4; // elements 16..31 are the high nibbles of the same bytes
-#pragma unroll
-        for (int i = 0; i < 4; i++) w[i] = (float)((int)((q >> (8 * i)) & 15) - 8) * d;
-    }
-};
-
-// ------------------------------------------------------------------------------------------------ q8_0
-// block_q8_0 (34 bytes): half d; i8 qs[32]. x = d*q. Tile: 32 blocks = 1088 bytes.
-struct Q8_0
-{
-    static const int ELEMS = 32, BYTES = 34, TILE = 32;
-    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
-    {
-        const u8* blk = t + (e >> 5) * BYTES;
-        float d = half_to_float(ld16(blk));
-        u32 q = ld4x2(blk + 2 + (e & 31));
-#pragma unroll
-        for (int i = 0; i < 4; i++) w[i] = (float)(i8)((q >> (8 * i)) & 0xFF) * d;
-    }
-};
-
 // ------------------------------------------------------------------------------------------------ q4_K
 // block_q4_K (144 bytes): half d; half dmin; u8 scales[12] (eight 6-bit scale/min pairs); u8 qs[128].
 // Chunk c (64 elements) uses qs[32c..32c+31]: low nibbles are sub-block 2c, high nibbles sub-block 2c+1;
@@ -288,8 +257,6 @@ struct Half16
         int rows, int cols, u16* __restrict__ out) \
     { dequant_f16<T>(W, row_bytes, rows, cols, out); }
 
-ENTRY(q4_0, Q4_0)
-ENTRY(q8_0, Q8_0)
 ENTRY(q4_k, Q4_K)
 ENTRY(q6_k, Q6_K)
 ENTRY(f32, F32)
@@ -342,81 +309,167 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, long long 
     }
 }
 
-// One row per thread block of ROW_THREADS (4 warps); thread t takes blocks t, t + ROW_THREADS, ... of the row and
-// reads them straight from global memory: 2-byte loads (the blocks are 18 or 34 bytes, so only 2-byte aligned), all
-// independent, so a thread has a whole block's loads in flight and the grid (one block per row) has tens of thousands
-// of warps to hide latency with. The first version staged each row through shared memory one warp per row, like the
-// float kernels above: 23-56% (Q4_0) and 34-72% (Q8_0) of the copy bandwidth on an H100, against llama.cpp's 70-74%
-// with this direct layout (../shared/README.md, GPU anchor).
-#define ROW_THREADS 128
+// Q4_0 and Q8_0 in the split layout the upload writes (DeviceLayout.cs): a matrix of R rows of B blocks is all its
+// quants first, [R·B × QB bytes] (QB = 16 for q4_0, 32 for q8_0; each block's bytes as GGUF orders them), then all
+// its scales, [R·B] fp16. The same bytes as the file's, but every block's quants start 16-byte aligned, so a lane
+// reads them with one or two 16-byte loads. Reading GGUF's 18- and 34-byte blocks in place takes 2-byte loads (the
+// only alignment they have): a warp's load instruction then spans ~5 L1 wavefronts for 64 useful bytes, about the
+// 13 bytes per cycle an SM needs from memory, and llama.cpp's kernels of that layout stop at 70-74% of the copy
+// bandwidth on an H100 (../shared/README.md, GPU anchor); so did this file's (one 128-thread block per row).
+//
+// One warp per row, SPLIT_WARPS rows per thread block; lane l takes blocks l, l + 32, ...: a warp's weight loads are
+// 512 (q4_0) or 1024 (q8_0) contiguous bytes and its scale loads 64. UNROLL groups of loads are issued before the
+// first dot product, so a lane has 64 bytes in flight. Up to NB tokens at once (n of them): every decoded weight
+// block meets each token's x, so a small batch reads the weights once.
+//
+// Up to three matrices of the same input and type in one launch (Q, K and V; gate and up): warps [0, s0) take the
+// first one's rows, the next s1 the second's, the rest the third's; launches of a few microseconds each cost more
+// than the tail of one longer one.
+#define SPLIT_WARPS 4
 
-template <bool Q4>
-__device__ __forceinline__ void matvec_q8x(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
-                                           const i8* __restrict__ xq, const float* __restrict__ xd,
-                                           const int* __restrict__ xs, float* __restrict__ y)
+template <bool Q4, int NB>
+__device__ __forceinline__ void split_row(const u8* __restrict__ W, int rows, int row, int cols,
+                                          const i8* __restrict__ xq, const float* __restrict__ xd,
+                                          const int* __restrict__ xs, float* __restrict__ y, int n, int lane)
 {
-    const int BYTES = Q4 ? 18 : 34;
-    __shared__ float partial[ROW_THREADS / 32];
-    int row = blockIdx.x;
-    if (row >= rows) return;
-    const u8* w = W + (long long)row * row_bytes;
-    int blocks = cols / 32;
-    float acc = 0.f;
-    for (int b = threadIdx.x; b < blocks; b += ROW_THREADS)
-    {
-        const u8* blk = w + (long long)b * BYTES;
-        const int4* xv = (const int4*)(xq + (long long)b * 32); // 32 bytes, 16-byte aligned
-        int4 x0 = xv[0], x1 = xv[1];
-        int sumi;
-        if (Q4)
-        {
-            // Byte k of qs holds element k (low nibble) and element k + 16 (high nibble).
-            int q0 = (int)ld4x2(blk + 2), q1 = (int)ld4x2(blk + 6), q2 = (int)ld4x2(blk + 10), q3 = (int)ld4x2(blk + 14);
-            const int m = 0x0F0F0F0F;
-            sumi = dp4a(q0 & m, x0.x, 0);
-            sumi = dp4a(q1 & m, x0.y, sumi);
-            sumi = dp4a(q2 & m, x0.z, sumi);
-            sumi = dp4a(q3 & m, x0.w, sumi);
-            sumi = dp4a((q0 >> 4) & m, x1.x, sumi);
-            sumi = dp4a((q1 >> 4) & m, x1.y, sumi);
-            sumi = dp4a((q2 >> 4) & m, x1.z, sumi);
-            sumi = dp4a((q3 >> 4) & m, x1.w, sumi);
-            sumi -= 8 * xs[b];
-        }
-        else
-        {
-            const u8* qs = blk + 2;
-            sumi = dp4a((int)ld4x2(qs), x0.x, 0);
-            sumi = dp4a((int)ld4x2(qs + 4), x0.y, sumi);
-            sumi = dp4a((int)ld4x2(qs + 8), x0.z, sumi);
-            sumi = dp4a((int)ld4x2(qs + 12), x0.w, sumi);
-            sumi = dp4a((int)ld4x2(qs + 16), x1.x, sumi);
-            sumi = dp4a((int)ld4x2(qs + 20), x1.y, sumi);
-            sumi = dp4a((int)ld4x2(qs + 24), x1.z, sumi);
-            sumi = dp4a((int)ld4x2(qs + 28), x1.w, sumi);
-        }
-        acc += half_to_float(ld16(blk)) * xd[b] * (float)sumi;
-    }
-    acc = warp_sum(acc);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) partial[warp] = acc;
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        float sum = 0.f;
+    const int QB = Q4 ? 16 : 32, UNROLL = Q4 ? 4 : 2;
+    int blocks = cols >> 5;
+    const int4* qs = (const int4*)(W + (long long)row * blocks * QB);
+    const u16* ds = (const u16*)(W + (long long)rows * blocks * QB) + (long long)row * blocks;
+    float acc[NB];
 #pragma unroll
-        for (int i = 0; i < ROW_THREADS / 32; i++) sum += partial[i];
-        y[row] = sum;
+    for (int t = 0; t < NB; t++) acc[t] = 0.f;
+    for (int b0 = lane; b0 < blocks; b0 += 32 * UNROLL)
+    {
+        int4 w0[UNROLL], w1[UNROLL];
+        float dw[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++)
+        {
+            int b = b0 + 32 * u;
+            if (b < blocks)
+            {
+                w0[u] = qs[(long long)b * (QB / 16)];
+                if (!Q4) w1[u] = qs[(long long)b * 2 + 1];
+                dw[u] = half_to_float(ds[b]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++)
+        {
+            int b = b0 + 32 * u;
+            if (b >= blocks) break;
+#pragma unroll
+            for (int t = 0; t < NB; t++)
+            {
+                if (t >= n) break;
+                const int4* xv = (const int4*)(xq + (long long)t * cols + b * 32); // 16-byte aligned: cols % 32 == 0
+                int4 x0 = xv[0], x1 = xv[1];
+                int sumi;
+                if (Q4)
+                {
+                    // Byte k of qs holds element k (low nibble) and element k + 16 (high nibble).
+                    const int m = 0x0F0F0F0F;
+                    sumi = dp4a(w0[u].x & m, x0.x, 0);
+                    sumi = dp4a(w0[u].y & m, x0.y, sumi);
+                    sumi = dp4a(w0[u].z & m, x0.z, sumi);
+                    sumi = dp4a(w0[u].w & m, x0.w, sumi);
+                    sumi = dp4a((w0[u].x >> 4) & m, x1.x, sumi);
+                    sumi = dp4a((w0[u].y >> 4) & m, x1.y, sumi);
+                    sumi = dp4a((w0[u].z >> 4) & m, x1.z, sumi);
+                    sumi = dp4a((w0[u].w >> 4) & m, x1.w, sumi);
+                    sumi -= 8 * xs[t * blocks + b]; // Σ(w - 8)·q = Σw·q - 8·Σq
+                }
+                else
+                {
+                    sumi = dp4a(w0[u].x, x0.x, 0);
+                    sumi = dp4a(w0[u].y, x0.y, sumi);
+                    sumi = dp4a(w0[u].z, x0.z, sumi);
+                    sumi = dp4a(w0[u].w, x0.w, sumi);
+                    sumi = dp4a(w1[u].x, x1.x, sumi);
+                    sumi = dp4a(w1[u].y, x1.y, sumi);
+                    sumi = dp4a(w1[u].z, x1.z, sumi);
+                    sumi = dp4a(w1[u].w, x1.w, sumi);
+                }
+                acc[t] += dw[u] * xd[t * blocks + b] * (float)sumi;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NB; t++)
+    {
+        if (t >= n) break;
+        float sum = warp_sum(acc[t]);
+        if (lane == 0) y[(long long)t * rows + row] = sum;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ROW_THREADS) matvec_q4_0_q8(const u8* __restrict__ W, long long row_bytes,
-    int rows, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y)
-{ matvec_q8x<true>(W, row_bytes, rows, cols, xq, xd, xs, y); }
+// Launch: grid ceil(rows0/SPLIT_WARPS) + ceil(rows1/SPLIT_WARPS) + ceil(rows2/SPLIT_WARPS) blocks of 32·SPLIT_WARPS
+// threads; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0; y_i is [n × rows_i].
+template <bool Q4, int NB>
+__device__ __forceinline__ void split_matmul(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
+    int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, int n)
+{
+    int warp = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int s0 = (rows0 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS, s1 = (rows1 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS;
+    if (warp < s0) { if (warp < rows0) split_row<Q4, NB>(W0, rows0, warp, cols, xq, xd, xs, y0, n, lane); return; }
+    warp -= s0;
+    if (warp < s1) { if (warp < rows1) split_row<Q4, NB>(W1, rows1, warp, cols, xq, xd, xs, y1, n, lane); return; }
+    warp -= s1;
+    if (warp < rows2) split_row<Q4, NB>(W2, rows2, warp, cols, xq, xd, xs, y2, n, lane);
+}
 
-extern "C" __global__ void __launch_bounds__(ROW_THREADS) matvec_q8_0_q8(const u8* __restrict__ W, long long row_bytes,
-    int rows, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y)
-{ matvec_q8x<false>(W, row_bytes, rows, cols, xq, xd, xs, y); }
+#define SPLIT_ENTRY(name, Q4, NB) \
+    extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS) name(const u8* __restrict__ W0, const u8* __restrict__ W1, \
+        const u8* __restrict__ W2, float* __restrict__ y0, float* __restrict__ y1, float* __restrict__ y2, int rows0, int rows1, \
+        int rows2, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, int n) \
+    { split_matmul<Q4, NB>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs, n); }
+
+SPLIT_ENTRY(matvec_q4_0_q8, true, 1)
+SPLIT_ENTRY(matmul8_q4_0_q8, true, 8)
+SPLIT_ENTRY(matvec_q8_0_q8, false, 1)
+SPLIT_ENTRY(matmul8_q8_0_q8, false, 8)
+
+// Rows [r0, r0 + m) of a split Q4_0/Q8_0 matrix of `rows` rows as fp16, into out [m × cols] (the prefill's cuBLAS
+// products): one thread per block, x = d·(q - 8) or d·q as Dequantize.cs computes it, written as four 16-byte stores.
+template <bool Q4>
+__device__ __forceinline__ void dequant_split(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
+{
+    const int QB = Q4 ? 16 : 32;
+    long long blocks = cols >> 5;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)m * blocks) return;
+    long long b = (long long)r0 * blocks + i;
+    const u8* q = W + b * QB;
+    float d = half_to_float(((const u16*)(W + (long long)rows * blocks * QB))[b]);
+    u16 h[32];
+#pragma unroll
+    for (int k = 0; k < 16; k++)
+    {
+        if (Q4)
+        {
+            int v = q[k];
+            h[k] = float_to_half((float)((v & 15) - 8) * d);
+            h[k + 16] = float_to_half((float)((v >> 4) - 8) * d);
+        }
+        else
+        {
+            h[k] = float_to_half((float)(i8)q[k] * d);
+            h[k + 16] = float_to_half((float)(i8)q[k + 16] * d);
+        }
+    }
+    v4* o = (v4*)(out + i * 32); // 64-byte aligned: out is, and each block is 32 halves
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        o[k] = v4{ (u32)h[8 * k] | ((u32)h[8 * k + 1] << 16), (u32)h[8 * k + 2] | ((u32)h[8 * k + 3] << 16),
+                   (u32)h[8 * k + 4] | ((u32)h[8 * k + 5] << 16), (u32)h[8 * k + 6] | ((u32)h[8 * k + 7] << 16) };
+}
+
+extern "C" __global__ void dequant_f16_q4_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
+{ dequant_split<true>(W, rows, cols, r0, m, out); }
+
+extern "C" __global__ void dequant_f16_q8_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
+{ dequant_split<false>(W, rows, cols, r0, m, out); }
 
 // ------------------------------------------------------------------------------------------------ prefill activations
 // x [total] as fp16 after the CPU's activation quantization for the weight type (CudaGemm: the prefill's numerics then
