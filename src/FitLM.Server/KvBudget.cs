@@ -21,6 +21,8 @@ public sealed class KvBudget
     private readonly LanguageModel _lm;
     private readonly ModelConfig _config;
     private readonly int _maxBatch, _parallel;
+    /// <summary>The GPU holding the sequences' KV caches, or null on the CPU.</summary>
+    private readonly IDeviceForward? _device;
     private long _reserved, _capacity;
 
     /// <summary>
@@ -39,6 +41,13 @@ public sealed class KvBudget
         _parallel = parallel;
         Context = lm.Transformer.MaxContext;
         _maxBatch = lm.Transformer.MaxBatch;
+        if (lm.Transformer.Device is { } device)
+        {
+            // On a GPU every slot's KV cache was allocated with the model, in device memory: a sequence takes a whole slot.
+            _device = device;
+            _capacity = device.Sequences * device.SequenceKvBytes;
+            return;
+        }
         long budget = lm.Plan.BudgetBytes;
         long available = Available(budget);
         long oneSequence = BytesFor(Context);
@@ -53,7 +62,8 @@ public sealed class KvBudget
     /// What the sequences may hold under <paramref name="budget"/>: what it leaves beyond the rest of the model's plan as
     /// it is now (placement, KV type), the shared KV bytes, the server's overhead and the slots; at most every slot's full context.
     /// </summary>
-    public long CapacityFor(long budget) => Math.Clamp(Available(budget), 0, BytesFor(Context) * _parallel);
+    public long CapacityFor(long budget) =>
+        _device != null ? _device.Sequences * _device.SequenceKvBytes : Math.Clamp(Available(budget), 0, BytesFor(Context) * _parallel);
 
     private long Available(long budget)
     {
@@ -71,7 +81,8 @@ public sealed class KvBudget
     private KvCacheOptions Kv => _lm.Transformer.KvStores.Options;
 
     /// <summary>KV bytes of one sequence of <paramref name="tokens"/> tokens in this model's store type now (its pages and its store's arrays, as the plan counts them).</summary>
-    public long BytesFor(int tokens) => KvStoreFactory.SequenceBytes(_config, Kv, Math.Clamp(tokens, 1, Context), _maxBatch);
+    public long BytesFor(int tokens) =>
+        _device?.SequenceKvBytes ?? KvStoreFactory.SequenceBytes(_config, Kv, Math.Clamp(tokens, 1, Context), _maxBatch);
 
     /// <summary>Reserves a sequence's worst case; false when it does not fit now (it must wait).</summary>
     public bool TryReserve(long bytes)

@@ -42,7 +42,7 @@ public sealed class Scheduler : IDisposable, Adaptation.IKvStoreOwner
         _budget = budget;
         _metrics = metrics;
         // Decode passes and prefill passes are separate: each holds at most one batch.
-        _parallel = Math.Max(1, Math.Min(o.Parallel, tf.MaxBatch));
+        _parallel = Math.Max(1, Math.Min(Math.Min(o.Parallel, tf.MaxBatch), tf.Device?.Sequences ?? int.MaxValue));
         _queueCapacity = o.QueueCapacity;
         _batchInvariant = o.BatchInvariant;
         _prefillChunk = Math.Max(1, Math.Min(o.PrefillChunk, tf.MaxBatch));
@@ -183,7 +183,7 @@ public sealed class Scheduler : IDisposable, Adaptation.IKvStoreOwner
             }
             if (!reserved) { s.Finish(FinishReason.Cancelled); continue; }
             // Admitted even if cancelled a moment ago: Retire then returns its reservation like any other's.
-            s.Kv = _tf.KvStores.Create();
+            s.Kv = _tf.CreateSequenceKv(); // a store of the shared pools, or a KV slot of the GPU
             _active.Add(s);
         }
         Volatile.Write(ref _activeCount, _active.Count);

@@ -176,7 +176,8 @@ public sealed class LanguageModel : IDisposable
         if (ModelValidation.IsBundled(source)) throw new FitLMException(NotYet("a prepared (LLM in a flash) model"));
         if (options.Kv.Evict != KvCache.KvEviction.None) throw new FitLMException(NotYet("H2O eviction (--kv-evict)"));
         var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv.Type, options.GpuMemoryBudget,
-            naiveStreaming: options.Stream == StreamMode.Naive, ordinal: 0, log: m => Console.Error.WriteLine(m));
+            naiveStreaming: options.Stream == StreamMode.Naive, ordinal: 0, log: m => Console.Error.WriteLine(m),
+            sequences: Math.Max(1, options.DeviceSequences));
         try
         {
             var plan = new Memory.MemoryPlan

@@ -40,7 +40,7 @@ internal static class BenchCommand
             bool spec = speculative.Enabled(r);
             if (spec && ng == 0) throw new FitLMException("--lookup and --draft measure generation: give -n greater than 0");
             if (spec) needed = Math.Max(needed, ng + speculative.DraftMaxFor(r) + 1 + Math.Max(np, 512)); // room for the prompt
-            var options = load.Read(r, new LoadOptions { ContextLength = needed, MaxBatch = Math.Max(npar, Math.Max(1, np)) });
+            var options = load.Read(r, new LoadOptions { ContextLength = needed, MaxBatch = Math.Max(npar, Math.Max(1, np)), DeviceSequences = npar });
             using var draft = speculative.LoadDraft(r, options);
             options = speculative.ForTarget(r, options, draft);
             if (options.ContextLength < needed) throw new FitLMException($"--ctx-size {options.ContextLength} is too small for the tests (at least {needed})");

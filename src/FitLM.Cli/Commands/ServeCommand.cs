@@ -49,14 +49,7 @@ internal static class ServeCommand
             // whatever --memory says: POST /budget may change the budget of any server started with --api-key.
             // The plan keeps room for the server's overhead and slots (ServerSlots), so a model that does not fit whole
             // streams a little more (or caches fewer experts) rather than leaving the KV pool nothing.
-            var loadOptions = load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true, ServerSlots = options.Parallel };
-            if (loadOptions.Device == ComputeDevice.Cuda)
-                throw new FitLMException("fitlm serve does not run on the GPU yet (its batched decode of several sequences is CPU-only); use --device cpu");
-            if (loadOptions.Device == ComputeDevice.Auto)
-            {
-                Console.Error.WriteLine("device: cpu (fitlm serve's batched decode of several sequences runs on the CPU only)");
-                loadOptions = loadOptions with { Device = ComputeDevice.Cpu };
-            }
+            var loadOptions = load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true, ServerSlots = options.Parallel, DeviceSequences = options.Parallel };
             using var lm = load.Load(r, loadOptions);
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             moving.Attach(r, watcher, lm, server.WakeScheduler);
@@ -64,7 +57,7 @@ internal static class ServeCommand
             {
                 var b = server.Budget;
                 Console.Out.WriteLine($"fitlm serve: listening on {server.Address.ToString().TrimEnd('/')} (model {Path.GetFileName(lm.Source.Path)}, parallel {options.Parallel}, " +
-                    $"context {b.Context}, KV {lm.Transformer.KvStores.Options} up to {ProcessMemory.Format(b.CapacityBytes)}, budget {ProcessMemory.Format(lm.Plan.BudgetBytes)})");
+                    $"context {b.Context}, KV {(lm.Transformer.Device != null ? $"{loadOptions.Kv.Type.ToString().ToLowerInvariant()} on the GPU" : lm.Transformer.KvStores.Options)} up to {ProcessMemory.Format(b.CapacityBytes)}, budget {ProcessMemory.Format(lm.Plan.BudgetBytes)})");
                 Console.Out.Flush();
                 server.WaitAsync(ct).GetAwaiter().GetResult();
             }

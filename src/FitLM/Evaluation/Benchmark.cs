@@ -57,7 +57,7 @@ public static class Benchmark
     {
         if (parallel > lm.Transformer.MaxBatch) throw new FitLMException($"{parallel} sequences do not fit a batch of {lm.Transformer.MaxBatch}");
         var tf = lm.Transformer;
-        var stores = Enumerable.Range(0, parallel).Select(_ => tf.KvStores.Create()).ToArray();
+        var stores = Enumerable.Range(0, parallel).Select(_ => tf.CreateSequenceKv()).ToArray(); // on a GPU: its KV slots
         var tokens = Enumerable.Range(0, parallel).Select(p => RandomTokens(lm, n, 3 + p)).ToArray();
         var slices = new SequenceSlice[parallel];
         var logits = new float[(long)parallel * lm.Config.Vocab];

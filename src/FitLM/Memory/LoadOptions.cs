@@ -81,6 +81,11 @@ public sealed record LoadOptions
     public ComputeDevice Device { get; init; }
     /// <summary>--gpu-memory: bytes of GPU memory the model may take (0: what the device has free); layers that do not fit are streamed from host memory.</summary>
     public long GpuMemoryBudget { get; init; }
+    /// <summary>
+    /// Sequences the GPU keeps a KV cache for at once (the server's --parallel, bench's --parallel), each of the full
+    /// context, allocated with the model; at least one.
+    /// </summary>
+    public int DeviceSequences { get; init; } = 1;
 
     // KV cache (docs/kv-cache.md).
     /// <summary>How keys and values are held: type (f32, f16, kivi2/4, xquant4/3/2, xquant-cl) and H2O eviction.</summary>

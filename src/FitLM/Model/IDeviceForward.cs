@@ -30,4 +30,26 @@ public interface IDeviceForward : IDisposable
     /// inputs): runs tokens at [pos, pos + n) and writes the logits of rows [logitsFrom, n) to <paramref name="logits"/>.
     /// </summary>
     void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom);
+
+    /// <summary>
+    /// Sequences the device keeps a KV cache for at once: slots [0, Sequences), each of the full context (`fitlm serve
+    /// --parallel`). The single-sequence <see cref="Forward(ReadOnlySpan{int}, int, Span{float}, int)"/> uses slot 0.
+    /// </summary>
+    int Sequences { get; }
+
+    /// <summary>Device bytes of one sequence's KV cache (every layer, the full context).</summary>
+    long SequenceKvBytes { get; }
+
+    /// <summary>
+    /// One pass over the next tokens of several sequences (continuous batching; at most MaxBatch rows in all, slots
+    /// distinct): the rows of every slice go through the matrix products together, attention runs per slice over its
+    /// slot's cache. Writes the logits of the last row of each slice that wants them, in slice order.
+    /// </summary>
+    void Forward(ReadOnlySpan<DeviceSlice> slices, Span<float> logits);
+
+    /// <summary>One batch of sequence <paramref name="slot"/>: runs tokens at [pos, pos + n) and writes each row's final hidden state, after the output norm, to <paramref name="hidden"/> [n × Dim].</summary>
+    void ForwardHidden(int slot, ReadOnlySpan<int> tokens, int pos, Span<float> hidden);
 }
+
+/// <summary>The next tokens of the sequence in KV slot <paramref name="Slot"/>, from position <paramref name="Pos"/>, in a device's batched pass.</summary>
+public readonly record struct DeviceSlice(int Slot, ReadOnlyMemory<int> Tokens, int Pos, bool WantLogits);

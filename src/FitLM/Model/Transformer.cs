@@ -58,6 +58,9 @@ public sealed class Transformer
     // first position). Preallocated so neither forward allocates per call.
     private readonly int[] _tokens;
     private readonly Segment[] _segments;
+    // On a device: which KV slots sequences hold (CreateSequenceKv), and a pass's slices as the device takes them.
+    private readonly bool[] _slotBusy = [];
+    private readonly DeviceSlice[] _deviceSlices = [];
 
     private struct Segment
     {
@@ -128,8 +131,9 @@ public sealed class Transformer
 
     /// <summary>
     /// A transformer whose passes run on <paramref name="device"/>, which holds the weights and the KV cache: nothing of
-    /// the model is loaded here. One sequence at a time (<see cref="Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>);
-    /// the batched and hidden-state passes and <see cref="ChangeKv"/> refuse with a line naming --device cpu.
+    /// the model is loaded here. One sequence (<see cref="Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>,
+    /// the device's KV slot 0), or several in one batched pass over stores of <see cref="CreateSequenceKv"/> (the device's
+    /// slots); <see cref="ChangeKv"/> refuses with a line naming --device cpu.
     /// </summary>
     public Transformer(ModelConfig config, IDeviceForward device, int maxContext, int maxBatch = 256)
     {
@@ -144,10 +148,34 @@ public sealed class Transformer
         _outputNorm = _x = _xb = _xb2 = _q = _k = _v = _hb = _hb2 = _qkv = [];
         _tokens = [];
         _segments = [];
+        _slotBusy = new bool[Math.Max(1, device.Sequences)];
+        _deviceSlices = new DeviceSlice[MaxBatch];
         // An empty CPU store keeps Kv meaningful for callers that truncate it; it never holds a position.
         KvStores = new KvStoreFactory(new KvModel(this), new KvCacheOptions(), MaxContext, MaxBatch);
         Kv = KvStores.Create();
     }
+
+    /// <summary>
+    /// A new sequence's KV store for the batched <see cref="Forward(ReadOnlySpan{SequenceSlice}, Span{float}, CancellationToken)"/>
+    /// and <see cref="ForwardHidden"/> (the server's requests): one of <see cref="KvStores"/> on the CPU; on a device, a free
+    /// slot of the device's KV cache (disposing the store frees it), or a FitLMException when every slot is taken.
+    /// </summary>
+    public IKvStore CreateSequenceKv()
+    {
+        if (Device == null) return KvStores.Create();
+        lock (_slotBusy)
+        {
+            int slot = Array.IndexOf(_slotBusy, false);
+            if (slot < 0) throw new FitLMException($"every one of the GPU's {_slotBusy.Length} KV slots holds a sequence (the device was loaded for {_slotBusy.Length})");
+            _slotBusy[slot] = true;
+            return new DeviceSequenceKv(slot, Device.SequenceKvBytes, s => { lock (_slotBusy) _slotBusy[s] = false; });
+        }
+    }
+
+    /// <summary>A store of this transformer's device, or an ArgumentException.</summary>
+    private DeviceSequenceKv DeviceStore(IKvStore kv) =>
+        kv as DeviceSequenceKv is { } d && d.Slot < _slotBusy.Length && _slotBusy[d.Slot] ? d
+            : throw new ArgumentException("on a device, a sequence's KV store must come from this transformer's CreateSequenceKv");
 
     private FitLMException NotOnDevice(string what) => new($"{what} does not run on the GPU yet ({Device!.Description}); use --device cpu");
 
@@ -190,6 +218,7 @@ public sealed class Transformer
         if (logitsFrom < 0 || logitsFrom > n) throw new ArgumentOutOfRangeException(nameof(logitsFrom));
         if (logits.Length < (long)(n - logitsFrom) * Config.Vocab) throw new ArgumentException("logits buffer too small");
         if (Device == null && pos != Kv.Length) Kv.Truncate(pos); // a new sequence (pos 0) or a rewind
+        if (Device != null && _slotBusy[0]) throw new InvalidOperationException("the device's KV slot 0 holds a sequence of CreateSequenceKv: use the batched Forward");
 
         for (int start = 0; start < n;)
         {
@@ -216,11 +245,22 @@ public sealed class Transformer
     public void ForwardHidden(IKvStore kv, ReadOnlySpan<int> tokens, int pos, Span<float> hidden, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(kv);
-        if (Device != null) throw NotOnDevice("hidden states (embeddings)");
         int n = tokens.Length, dim = Config.Dim;
         CheckTokens(tokens, pos);
         if (hidden.Length < (long)n * dim) throw new ArgumentException("hidden buffer too small");
         if (pos != kv.Length) kv.Truncate(pos);
+        if (Device != null)
+        {
+            var store = DeviceStore(kv);
+            for (int start = 0; start < n; start += MaxBatch)
+            {
+                ct.ThrowIfCancellationRequested();
+                int count = Math.Min(MaxBatch, n - start);
+                Device.ForwardHidden(store.Slot, tokens.Slice(start, count), pos + start, hidden.Slice(start * dim, count * dim));
+                store.Length = pos + start + count;
+            }
+            return;
+        }
         for (int start = 0; start < n;)
         {
             ct.ThrowIfCancellationRequested();
@@ -261,7 +301,6 @@ public sealed class Transformer
     public void Forward(ReadOnlySpan<SequenceSlice> slices, Span<float> logits, CancellationToken ct = default)
     {
         if (slices.Length == 0) return;
-        if (Device != null) throw NotOnDevice("decoding several sequences in one batch (fitlm serve)");
         int rows = 0, wanted = 0;
         for (int s = 0; s < slices.Length; s++)
         {
@@ -279,6 +318,11 @@ public sealed class Transformer
         }
         if (logits.Length < (long)wanted * Config.Vocab) throw new ArgumentException("logits buffer too small");
         ct.ThrowIfCancellationRequested();
+        if (Device != null)
+        {
+            ForwardOnDevice(slices, logits);
+            return;
+        }
 
         int row = 0;
         for (int s = 0; s < slices.Length; s++)
@@ -307,6 +351,25 @@ public sealed class Transformer
         {
             _output.Multiply(_xb.AsSpan(0, k * dim), logits, k);
             CapLogits(logits[..(k * Config.Vocab)]);
+        }
+    }
+
+    /// <summary>The batched pass on the device: each slice's store names its KV slot; the stores count the new positions.</summary>
+    private void ForwardOnDevice(ReadOnlySpan<SequenceSlice> slices, Span<float> logits)
+    {
+        for (int s = 0; s < slices.Length; s++)
+        {
+            var sl = slices[s];
+            var t = sl.Tokens.Span;
+            for (int i = 0; i < t.Length; i++)
+                if ((uint)t[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {t[i]} is outside the vocabulary ({Config.Vocab})");
+            _deviceSlices[s] = new DeviceSlice(DeviceStore(sl.Kv).Slot, sl.Tokens, sl.Pos, sl.WantLogits);
+        }
+        Device!.Forward(_deviceSlices.AsSpan(0, slices.Length), logits);
+        for (int s = 0; s < slices.Length; s++)
+        {
+            ((DeviceSequenceKv)slices[s].Kv).Length = slices[s].Pos + slices[s].Tokens.Length;
+            _deviceSlices[s] = default;
         }
     }
 

@@ -5,9 +5,9 @@ using Xunit;
 namespace FitLM.Tests.Model;
 
 /// <summary>
-/// A transformer made with an <see cref="IDeviceForward"/> (the CUDA backend's seam) hands its single-sequence passes
-/// to the device after the same checks as on the CPU, and refuses the passes the device does not run with a line that
-/// names --device cpu. A recording fake stands in for the GPU (tests/gpu.sh runs the real one).
+/// A transformer made with an <see cref="IDeviceForward"/> (the CUDA backend's seam) hands its passes to the device
+/// after the same checks as on the CPU: one sequence in KV slot 0, or several in one batched pass, each in a slot of
+/// its own; changing the KV type refuses with a line that names --device cpu. A recording fake stands in for the GPU (tests/gpu.sh runs the real one).
 /// </summary>
 public class DeviceForwardTests
 {
@@ -27,6 +27,27 @@ public class DeviceForwardTests
             Calls.Add((tokens.ToArray(), pos, logitsFrom));
             Length = pos + tokens.Length;
             for (int i = 0; i < logits.Length; i++) logits[i] = pos + i; // recognizable: the device wrote them
+        }
+
+        public readonly List<(int Slot, int[] Tokens, int Pos, bool WantLogits)> Slices = [];
+        public readonly List<(int Slot, int[] Tokens, int Pos)> Hidden = [];
+        public int Sequences => 3;
+        public long SequenceKvBytes => 1000;
+
+        public void Forward(ReadOnlySpan<DeviceSlice> slices, Span<float> logits)
+        {
+            int k = 0;
+            foreach (var s in slices)
+            {
+                Slices.Add((s.Slot, s.Tokens.ToArray(), s.Pos, s.WantLogits));
+                if (s.WantLogits) logits[50 * k++] = 100 * s.Slot + s.Pos + s.Tokens.Length; // recognizable per slice
+            }
+        }
+
+        public void ForwardHidden(int slot, ReadOnlySpan<int> tokens, int pos, Span<float> hidden)
+        {
+            Hidden.Add((slot, tokens.ToArray(), pos));
+            hidden.Fill(slot);
         }
 
         public void Dispose() => Disposed = true;
@@ -81,17 +102,54 @@ public class DeviceForwardTests
     }
 
     [Fact]
-    public void PassesTheDeviceDoesNotRun_RefuseNamingCpu()
+    public void BatchedPass_GivesEachSequenceItsOwnDeviceSlot()
+    {
+        var device = new RecordingDevice();
+        var tf = new Transformer(Config(), device, maxContext: 32, maxBatch: 8);
+        var a = tf.CreateSequenceKv();
+        var b = tf.CreateSequenceKv();
+        Assert.Equal(1000, a.Bytes);
+        var logits = new float[2 * 50];
+        tf.Forward([new SequenceSlice(a, new[] { 1, 2, 3 }, 0, true), new SequenceSlice(b, new[] { 4 }, 6, false), new SequenceSlice(tf.CreateSequenceKv(), new[] { 5 }, 2, true)], logits);
+        Assert.Equal([(0, 0, 3, true), (1, 6, 1, false), (2, 2, 1, true)], device.Slices.Select(s => (s.Slot, s.Pos, s.Tokens.Length, s.WantLogits)));
+        Assert.Equal(3f, logits[0]);          // slot 0's row of logits first
+        Assert.Equal(203f, logits[50]);       // then slot 2's (slot 1 asked for none)
+        Assert.Equal(3, a.Length);
+        Assert.Equal(7, b.Length);
+        // Three slots: a fourth sequence waits for one; disposing a store frees its slot.
+        Assert.Contains("KV slots", Assert.Throws<FitLMException>(() => tf.CreateSequenceKv()).Message, StringComparison.Ordinal);
+        b.Dispose();
+        var c = tf.CreateSequenceKv();
+        tf.Forward([new SequenceSlice(c, new[] { 7 }, 0, true)], logits);
+        Assert.Equal(1, device.Slices[^1].Slot);
+        // A CPU store is not a device slot; the single-sequence pass may not write slot 0 while a sequence holds it.
+        Assert.Throws<ArgumentException>(() => tf.Forward([new SequenceSlice(tf.KvStores.Create(), new[] { 1 }, 0, true)], logits));
+        Assert.Throws<InvalidOperationException>(() => tf.Forward([1], 0, logits, 0));
+        a.Dispose();
+        tf.Forward([1], 0, logits, 0);
+        Assert.Single(device.Calls);
+    }
+
+    [Fact]
+    public void HiddenStates_ComeFromTheSequencesSlot_InBatches()
+    {
+        var device = new RecordingDevice();
+        var tf = new Transformer(Config(), device, maxContext: 32, maxBatch: 8);
+        _ = tf.CreateSequenceKv();
+        var kv = tf.CreateSequenceKv();
+        var hidden = new float[10 * 64];
+        tf.ForwardHidden(kv, Enumerable.Range(1, 10).ToArray(), 0, hidden);
+        Assert.Equal([(1, 0, 8), (1, 8, 2)], device.Hidden.Select(h => (h.Slot, h.Pos, h.Tokens.Length)));
+        Assert.All(hidden, v => Assert.Equal(1f, v));
+        Assert.Equal(10, kv.Length);
+    }
+
+    [Fact]
+    public void ChangingTheKvType_RefusesNamingCpu()
     {
         var tf = new Transformer(Config(), new RecordingDevice(), maxContext: 32, maxBatch: 8);
-        var kv = tf.KvStores.Create();
-        var slices = new[] { new SequenceSlice(kv, new[] { 1 }, 0, true) };
-        var batched = Assert.Throws<FitLMException>(() => tf.Forward(slices, new float[50]));
-        Assert.Contains("--device cpu", batched.Message, StringComparison.Ordinal);
-        Assert.Contains("fake device", batched.Message, StringComparison.Ordinal);
-        var hidden = Assert.Throws<FitLMException>(() => tf.ForwardHidden(kv, [1], 0, new float[64]));
-        Assert.Contains("--device cpu", hidden.Message, StringComparison.Ordinal);
         var change = Assert.Throws<FitLMException>(() => tf.ChangeKv(new KvCacheOptions { Type = KvType.F16 }));
         Assert.Contains("--device cpu", change.Message, StringComparison.Ordinal);
+        Assert.Contains("fake device", change.Message, StringComparison.Ordinal);
     }
 }

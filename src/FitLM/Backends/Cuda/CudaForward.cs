@@ -47,8 +47,15 @@ internal sealed class CudaForward : IDeviceForward
     private readonly LayerStreamer? _streamer;
     private readonly CudaGemm? _gemm;
     private readonly List<IDisposable> _owned = [];
-    // Activations for a batch [token × width], as Transformer names them; _pos holds the batch's first position.
+    // Activations for a batch [token × width], as Transformer names them; _pos holds each segment's first position.
     private readonly DeviceBuffer _x, _xb, _xb2, _q, _k, _v, _hb, _hb2, _logits, _pos;
+    /// <summary>The pass's runs of rows, one per sequence: its KV slot, first row and row count (a single sequence: slot 0, all rows).</summary>
+    private readonly Segment[] _segments;
+    private int _segmentCount;
+    private readonly int[] _positions, _tokenRows;
+    private readonly long _kvLayerBytes;
+
+    private record struct Segment(int Slot, int Row, int Count);
     private readonly DeviceBuffer? _qkv;
     private readonly float[] _embedRows;
     private readonly byte[] _embedBytes;
@@ -60,6 +67,8 @@ internal sealed class CudaForward : IDeviceForward
     public string Description { get; }
     public long DeviceBytes { get; }
     public int Length { get; private set; }
+    public int Sequences { get; }
+    public long SequenceKvBytes => 2 * _kvLayerBytes * _c.Layers;
     public long StreamedBytesPerToken => _streamer?.BytesPerPass ?? 0;
 
     /// <summary>
@@ -92,8 +101,9 @@ internal sealed class CudaForward : IDeviceForward
     /// budget that cannot hold even the fixed part and the slots.
     /// </summary>
     public CudaForward(IModelSource source, int maxContext, int maxBatch, KvType kv, long gpuMemory = 0, bool naiveStreaming = false,
-        int ordinal = 0, Action<string>? log = null)
+        int ordinal = 0, Action<string>? log = null, int sequences = 1)
     {
+        Sequences = Math.Max(1, sequences);
         _c = source.Config;
         if (Unsupported(_c) is { } why) throw new FitLMException($"{source.Path}: {why}; use --device cpu");
         if (kv is not (KvType.F32 or KvType.F16)) throw new FitLMException($"--kv {kv.ToString().ToLowerInvariant()} is not built for the GPU yet: use f32 or f16 with --device cuda");
@@ -114,7 +124,7 @@ internal sealed class CudaForward : IDeviceForward
             long budget = gpuMemory > 0 ? gpuMemory : free;
             if (budget > free)
                 throw new FitLMException($"--gpu-memory {ProcessMemory.Format(gpuMemory)} is more than {_device.Name} has free ({ProcessMemory.Format(free)} beside a {ProcessMemory.Format(Headroom)} margin)");
-            var placement = Plan(source, maxContext, maxBatch, _halfKv, budget, naiveStreaming);
+            var placement = Plan(source, maxContext, maxBatch, _halfKv, budget, naiveStreaming, Sequences);
             var blocks = placement.Blocks;
             _head = placement.Head;
             _headMatrix = _head.Matrices.Single();
@@ -125,7 +135,7 @@ internal sealed class CudaForward : IDeviceForward
             float[]? freqFactors = source.Find("rope_freqs.weight") is { } rf ? source.ReadFloats(rf) : null;
             var rope = Tables(new Rope(c, maxContext, freqFactors));
             var ropeSliding = c.RopeThetaSliding > 0 ? Tables(new Rope(c with { RopeTheta = c.RopeThetaSliding }, maxContext)) : rope;
-            long kvLayerBytes = (long)maxContext * c.KvDim * (_halfKv ? 2 : 4);
+            long kvLayerBytes = _kvLayerBytes = (long)maxContext * c.KvDim * (_halfKv ? 2 : 4);
             _layers = new Layer[c.Layers];
             for (int l = 0; l < c.Layers; l++)
             {
@@ -155,8 +165,8 @@ internal sealed class CudaForward : IDeviceForward
                     KNorm = c.QkNorm ? Norm(p + "attn_k_norm.weight") : null,
                     PostAttnNorm = c.PostNorms ? Norm(p + "post_attention_norm.weight") : null,
                     PostFfnNorm = c.PostNorms ? Norm(p + "post_ffw_norm.weight") : null,
-                    KCache = Own(_device.Allocate(kvLayerBytes)),
-                    VCache = Own(_device.Allocate(kvLayerBytes)),
+                    KCache = Own(_device.Allocate(Sequences * kvLayerBytes)),
+                    VCache = Own(_device.Allocate(Sequences * kvLayerBytes)),
                     Rope = c.IsSliding(l) ? ropeSliding : rope,
                     Window = c.WindowOf(l),
                 };
@@ -181,7 +191,10 @@ internal sealed class CudaForward : IDeviceForward
             _hb2 = Floats((long)bt * c.ScratchFfnDim);
             _qkv = c.FusedQkv ? Floats((long)bt * (c.QDim + 2 * c.KvDim)) : null;
             _logits = Floats((long)bt * c.Vocab);
-            _pos = Own(_device.Allocate(sizeof(int)));
+            _pos = Own(_device.Allocate((long)bt * sizeof(int)));
+            _positions = new int[bt];
+            _segments = new Segment[bt];
+            _tokenRows = new int[bt];
             _embedRows = new float[bt * c.Dim];
             _embedBytes = new byte[GgmlTypes.RowBytes(_embedding.Type, _embedding.RowLength)];
             string where = _streamer == null ? "every layer"
@@ -189,7 +202,7 @@ internal sealed class CudaForward : IDeviceForward
                   (naiveStreaming ? "from the model file through one slot (--stream naive)" : $"from pinned host memory ({ProcessMemory.Format(_streamer.PinnedBytes)}) through two slots") +
                   $" of {ProcessMemory.Format(_streamer.SlotBytes)}";
             Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory ({where}; " +
-                $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)}; prefill {(_gemm != null ? "through cuBLAS" : "with FitLM's kernels")})";
+                $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)}{(Sequences > 1 ? $" for each of {Sequences} sequences" : "")}; prefill {(_gemm != null ? "through cuBLAS" : "with FitLM's kernels")})";
         }
         catch
         {
@@ -225,7 +238,7 @@ internal sealed class CudaForward : IDeviceForward
     /// The placement the constructor makes for these arguments and a budget of <paramref name="budget"/> bytes (the same
     /// blocks, fixed part and <see cref="ResidentLayers"/>), or a FitLMException with the minimum when nothing fits.
     /// </summary>
-    internal static Placement Plan(IModelSource source, int maxContext, int maxBatch, bool halfKv, long budget, bool naive)
+    internal static Placement Plan(IModelSource source, int maxContext, int maxBatch, bool halfKv, long budget, bool naive, int sequences = 1)
     {
         var c = source.Config;
         if (Unsupported(c) is { } why) throw new FitLMException($"{source.Path}: {why}");
@@ -234,7 +247,7 @@ internal sealed class CudaForward : IDeviceForward
         long gemm = batch >= CudaGemm.MinTokens ? CudaGemm.WeightScratchBytes + CudaGemm.ActivationScratchBytes(batch, widest) : 0;
         var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
         var head = new WeightBlock([source.Find("output.weight") ?? source.Get("token_embd.weight")]);
-        long fixedBytes = FixedBytes(source, maxContext, batch, halfKv) + head.Bytes + gemm;
+        long fixedBytes = FixedBytes(source, maxContext, batch, halfKv, sequences) + head.Bytes + gemm;
         int resident = ResidentLayers(fixedBytes, blocks.Select(b => b.Bytes).ToArray(), budget, naive);
         if (resident < 0)
             throw new FitLMException($"the model needs at least {ProcessMemory.Format(fixedBytes + LayerStreamer.SlotMemory(blocks, naive))} of GPU memory " +
@@ -243,17 +256,17 @@ internal sealed class CudaForward : IDeviceForward
         var streamed = blocks[resident..];
         long slots = streamed.Length > 0 ? LayerStreamer.SlotMemory(streamed, naive) : 0;
         return new Placement(blocks, head, resident, fixedBytes + blocks[..resident].Sum(b => b.Bytes) + slots, streamed.Sum(b => b.Bytes),
-            slots, 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4));
+            slots, sequences * 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4));
     }
 
     /// <summary>Device memory kept free beside the model: the CUDA context's own allocations and the kernels' modules.</summary>
     internal const long Headroom = 256L << 20;
 
     /// <summary>What stays on the device whatever the budget: the KV cache at full context, activations and logits for a batch, RoPE tables, norms and biases.</summary>
-    internal static long FixedBytes(IModelSource source, int maxContext, int batch, bool halfKv)
+    internal static long FixedBytes(IModelSource source, int maxContext, int batch, bool halfKv, int sequences = 1)
     {
         var c = source.Config;
-        long kv = 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4);
+        long kv = sequences * 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4);
         long activations = 4L * batch * (3L * c.Dim + Math.Max(c.Dim, c.QDim) + c.QDim + 2L * c.KvDim + 2L * c.ScratchFfnDim
             + (c.FusedQkv ? c.QDim + 2L * c.KvDim : 0) + c.Vocab);
         long rope = 2L * 4 * maxContext * (c.RopeDims / 2) * (c.RopeThetaSliding > 0 ? 2 : 1);
@@ -305,7 +318,9 @@ internal sealed class CudaForward : IDeviceForward
         _device.MakeCurrent();
         Embed(tokens);
         CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in pos));
-        if (count == 1 && _graphs) DecodeStep();
+        _segments[0] = new Segment(0, 0, count);
+        _segmentCount = 1;
+        if (count == 1 && _graphs) DecodeStep(); // captured with this one segment: slot 0, row 0
         else
         {
             Layers(count);
@@ -313,6 +328,60 @@ internal sealed class CudaForward : IDeviceForward
         }
         if (logitsFrom < count) CudaDevice.DownloadFrom(_logits.Pointer, logits[..((count - logitsFrom) * _c.Vocab)]);
         Length = pos + count; // positions from pos on were overwritten (a rewind, or a new sequence at 0)
+    }
+
+    public void Forward(ReadOnlySpan<DeviceSlice> slices, Span<float> logits)
+    {
+        int rows = 0, wanted = 0;
+        foreach (var sl in slices)
+        {
+            if ((uint)sl.Slot >= (uint)Sequences) throw new ArgumentException($"KV slot {sl.Slot} is not one of the device's {Sequences}");
+            rows += sl.Tokens.Length;
+            if (sl.WantLogits) wanted++;
+        }
+        if (rows > _batch || slices.Length > _batch) throw new ArgumentException($"{rows} tokens do not fit a batch of {_batch}");
+        _device.MakeCurrent();
+        int row = 0;
+        for (int s = 0; s < slices.Length; s++)
+        {
+            var sl = slices[s];
+            sl.Tokens.Span.CopyTo(_tokenRows.AsSpan(row));
+            _segments[s] = new Segment(sl.Slot, row, sl.Tokens.Length);
+            _positions[s] = sl.Pos;
+            row += sl.Tokens.Length;
+        }
+        _segmentCount = slices.Length;
+        Embed(_tokenRows.AsSpan(0, rows));
+        CudaDevice.UploadTo<int>(_pos.Pointer, _positions.AsSpan(0, slices.Length));
+        Layers(rows);
+        // The last row of each slice that asks, normalized side by side, then one product with the head.
+        int dim = _c.Dim, k = 0;
+        for (int s = 0; s < slices.Length; s++)
+        {
+            if (!slices[s].WantLogits) continue;
+            var seg = _segments[s];
+            _kernels.RmsNorm(At(_x, (long)(seg.Row + seg.Count - 1) * dim), _outputNorm.Pointer, At(_xb, (long)k * dim), 1, dim, _c.RmsEps);
+            k++;
+        }
+        if (wanted == 0) return;
+        Multiply(_headBytes.Pointer, _headMatrix, _xb.Pointer, _logits.Pointer, wanted);
+        if (_c.FinalSoftcap > 0) _kernels.Softcap(_logits.Pointer, _c.FinalSoftcap, wanted * _c.Vocab);
+        CudaDevice.DownloadFrom(_logits.Pointer, logits[..(wanted * _c.Vocab)]);
+    }
+
+    public void ForwardHidden(int slot, ReadOnlySpan<int> tokens, int pos, Span<float> hidden)
+    {
+        int count = tokens.Length, dim = _c.Dim;
+        if ((uint)slot >= (uint)Sequences) throw new ArgumentException($"KV slot {slot} is not one of the device's {Sequences}");
+        if (count > _batch) throw new ArgumentException($"{count} tokens do not fit a batch of {_batch}");
+        _device.MakeCurrent();
+        Embed(tokens);
+        CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in pos));
+        _segments[0] = new Segment(slot, 0, count);
+        _segmentCount = 1;
+        Layers(count);
+        _kernels.RmsNorm(_x.Pointer, _outputNorm.Pointer, _xb.Pointer, count, dim, _c.RmsEps);
+        CudaDevice.DownloadFrom(_xb.Pointer, hidden[..(count * dim)]);
     }
 
     /// <summary>One token through every layer and the output head, as the graph captured at the first decode step.</summary>
@@ -407,11 +476,19 @@ internal sealed class CudaForward : IDeviceForward
             if (L.Bv != null) k.AddBias(v, L.Bv.Pointer, c.KvDim, n * c.KvDim);
             if (L.QNorm != null) QkNorm(q, L.QNorm, c.Heads, n);
             if (L.KNorm != null) QkNorm(kk, L.KNorm, c.KvHeads, n);
+            // Per sequence: RoPE at its positions, its rows into its KV slot, attention over that slot.
             var r = L.Rope;
-            k.Rope(q, r.Cos.Pointer, r.Sin.Pointer, n, c.Heads, c.HeadDim, r.Half, r.Neox, pos);
-            k.Rope(kk, r.Cos.Pointer, r.Sin.Pointer, n, c.KvHeads, c.HeadDim, r.Half, r.Neox, pos);
-            k.KvStore(_halfKv, kk, v, L.KCache.Pointer, L.VCache.Pointer, n, c.KvDim, pos);
-            k.Attend(_halfKv, q, L.KCache.Pointer, L.VCache.Pointer, xb, n, c.Heads, c.KvHeads, c.HeadDim, scale, c.AttentionSoftcap, L.Window, pos);
+            for (int s = 0; s < _segmentCount; s++)
+            {
+                var (slot, row, m) = _segments[s];
+                ulong sq = q + (ulong)(4L * row * c.QDim), sk = kk + (ulong)(4L * row * c.KvDim), sv = v + (ulong)(4L * row * c.KvDim);
+                ulong kc = L.KCache.Pointer + (ulong)(slot * _kvLayerBytes), vc = L.VCache.Pointer + (ulong)(slot * _kvLayerBytes);
+                ulong sp = pos + (ulong)(4L * s);
+                k.Rope(sq, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.HeadDim, r.Half, r.Neox, sp);
+                k.Rope(sk, r.Cos.Pointer, r.Sin.Pointer, m, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
+                k.KvStore(_halfKv, sk, sv, kc, vc, m, c.KvDim, sp);
+                k.Attend(_halfKv, sq, kc, vc, xb + (ulong)(4L * row * c.QDim), m, c.Heads, c.KvHeads, c.HeadDim, scale, c.AttentionSoftcap, L.Window, sp);
+            }
             Multiply(wb, L.Wo, xb, xb2, n);
             if (L.PostAttnNorm != null) k.RmsNorm(xb2, L.PostAttnNorm.Pointer, xb2, n, dim, c.RmsEps);
             k.Add(x, xb2, n * dim);
