@@ -16,8 +16,8 @@ internal static class DevicesCommand
     private const double Tolerance = 1e-4;
 
     /// <summary>
-    /// Against MatMul.MatVec for the quantized types: the CPU quantizes x to 8 bits per block first (llama.cpp's
-    /// numerics), which moves a row's dot by up to about 1e-3 of Σ|w·x| on short rows; the GPU keeps x in float.
+    /// Against the exact dot for the quantized types: they quantize x to 8 bits per block first, as the CPU does
+    /// (llama.cpp's numerics), which moves a row's dot by up to about 1e-3 of Σ|w·x| on short rows.
     /// </summary>
     private const double QuantizedCpuTolerance = 1e-2;
 
@@ -68,7 +68,7 @@ internal static class DevicesCommand
     {
         using var dev = CudaDevice.Open(0);
         Console.WriteLine(Describe(dev));
-        // Scratch for the widest x: the one-token Q4_0/Q8_0 products quantize x to q8_0 and multiply in integers.
+        // Scratch for the widest x: the quantized types' products quantize x as the CPU does and multiply in integers.
         using var mv = new CudaMatVec(dev, m => Console.Error.WriteLine(m), maxCols: LlamaShapes.Max(s => s.Cols) + 32);
         double copy = dev.CopyBandwidth();
         Console.WriteLine($"device-to-device copy of 1 GiB: {copy / 1e9:F0} GB/s (read + write bytes)");
@@ -99,7 +99,7 @@ internal static class DevicesCommand
                     ? $"{r.Micros,10:F1} {r.Bytes / (r.Micros * 1e-6) / 1e9,7:F0} {r.Bytes / (r.Micros * 1e-6) / copy,7:P0}"
                     : $"{"-",10} {"-",7} {"-",7}";
                 Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {r.ErrExact,10:E1} {r.ErrCpu,10:E1} {speed}  {(ok ? "ok" : "MISMATCH")}");
-                if (SplitLayout.Applies(type) && SmallShapes.Contains((rows, colsWanted)))
+                if (CudaMatVec.QuantizesActivations(type) && SmallShapes.Contains((rows, colsWanted)))
                 {
                     double err = CheckTogether(dev, mv, type, rows, cols);
                     bool together = err <= Tolerance;
@@ -187,7 +187,7 @@ internal static class DevicesCommand
     private const int TogetherTokens = 5;
 
     /// <summary>
-    /// Q4_0/Q8_0: three matrices of different heights (as Q, K and V) multiplied with the same five tokens in one
+    /// The quantized types: three matrices of different heights (as Q, K and V) multiplied with the same five tokens in one
     /// launch (CudaMatVec.MultiplyTogether, the batch kernel), against the CPU's batch product of each; the largest
     /// error relative to the largest |y| of its matrix.
     /// </summary>
@@ -210,7 +210,7 @@ internal static class DevicesCommand
                     Quantize.Row(type, wf.AsSpan(r * cols, cols), weights[i].AsSpan((int)(r * rowBytes), (int)rowBytes));
                 var dw = dev.Allocate(weights[i].Length);
                 buffers.Add(dw);
-                dev.Upload<byte>(dw, SplitLayout.FromGguf(type, heights[i], cols, weights[i]));
+                dev.Upload<byte>(dw, SplitLayout.Applies(type) ? SplitLayout.FromGguf(type, heights[i], cols, weights[i]) : weights[i]);
                 var dy = dev.Allocate(4L * n * heights[i]);
                 buffers.Add(dy);
                 products[i] = (dw.Pointer, heights[i], dy.Pointer);

@@ -120,7 +120,7 @@ internal sealed unsafe class CudaGemm : IDisposable
         _device.Launch(function, (uint)((m + Warps - 1) / Warps), 32 * Warps, 0, args);
     }
 
-    /// <summary>Rows [r0, r0 + m) of a split Q4_0/Q8_0 matrix (<see cref="SplitLayout"/>) to fp16 in the scratch: one thread per block.</summary>
+    /// <summary>Rows [r0, r0 + m) of a split Q4_0/Q8_0/Q6_K matrix (<see cref="SplitLayout"/>) to fp16 in the scratch: one thread per 32 weights.</summary>
     private void DequantizeSplit(nint function, ulong w, int rows, int cols, int r0, int m)
     {
         ulong out16 = _w.Pointer;

@@ -5,8 +5,9 @@ namespace FitLM.Backends.Cuda;
 /// <summary>
 /// Matrix products on a CUDA device (Kernels/matvec.cu): y = W·x for one token (decode), and for up to eight at a
 /// time (prefill's small batches, the weights read once per eight tokens). W is in its GGUF block layout as uploaded
-/// from the file's bytes, except Q4_0 and Q8_0, which are in <see cref="SplitLayout"/> and multiply against x
-/// quantized to q8_0 in integers (the CPU's numerics), up to three matrices of one input in one launch.
+/// from the file's bytes (Q4_0, Q8_0 and Q6_K rearranged: <see cref="SplitLayout"/>). The quantized types multiply
+/// against x quantized as the CPU quantizes it (q8_0 for Q4_0/Q8_0, q8_K for Q4_K/Q6_K), in integers: the CPU's
+/// numerics, up to three matrices of one input in one launch. F32, F16 and BF16 multiply in float.
 /// </summary>
 internal sealed unsafe class CudaMatVec : IDisposable
 {
@@ -20,23 +21,28 @@ internal sealed unsafe class CudaMatVec : IDisposable
     private readonly CudaDevice _device;
     private readonly Dictionary<GgmlType, (nint One, nint Eight)> _functions = [];
     private readonly Dictionary<GgmlType, (nint One, nint Eight)> _integer = [];
-    private readonly nint _quantize;
-    // x quantized to q8_0 for the integer kernels: the int8 values, the blocks' scales and sums (BatchTokens × MaxCols).
+    private readonly nint _quantizeQ8_0, _quantizeQ8_K;
+    // x quantized for the integer kernels (BatchTokens × MaxCols): the int8 values, the blocks' scales, and q8_0's block
+    // sums or q8_K's sums of each 16 (the larger: one int per 16 values).
     private readonly DeviceBuffer? _xq, _xd, _xs;
     private ulong _quantizedX;
+    private bool _quantizedK;
     private int _quantizedCols, _quantizedTokens;
 
     /// <summary>matvec.cu as loaded: its other entry points (the prefill's dequantizers) come from here too.</summary>
     public KernelModule Module { get; }
 
-    /// <summary>The widest x the integer kernels take: Q4_0 and Q8_0 products of wider rows throw.</summary>
+    /// <summary>The widest x the integer kernels take: products of quantized types with wider rows throw.</summary>
     public int MaxCols { get; }
 
     /// <summary>
-    /// Whether a product of <paramref name="type"/> quantizes x to q8_0 and multiplies in integers (the CPU's numerics:
-    /// its result then equals MatMul's up to the order of the float sums). Q4_0 and Q8_0 always do.
+    /// Whether a product of <paramref name="type"/> quantizes x as the CPU does and multiplies in integers (its result
+    /// then equals MatMul's up to the order of the float sums): every quantized type with a kernel.
     /// </summary>
-    public static bool QuantizesActivations(GgmlType type) => SplitLayout.Applies(type);
+    public static bool QuantizesActivations(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K;
+
+    /// <summary>x's format for <paramref name="type"/>'s integer kernels: q8_K for the K-quants, else q8_0 (ActivationQuant.FormatFor).</summary>
+    private static bool UsesQ8_K(GgmlType type) => type is GgmlType.Q4_K or GgmlType.Q6_K;
 
     public static readonly GgmlType[] Types =
         [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K];
@@ -52,16 +58,17 @@ internal sealed unsafe class CudaMatVec : IDisposable
         foreach (var t in Types)
         {
             string name = GgmlTypes.Name(t).ToLowerInvariant();
-            if (SplitLayout.Applies(t)) _integer[t] = (module.Function($"matvec_{name}_q8"), module.Function($"matmul8_{name}_q8"));
+            if (QuantizesActivations(t)) _integer[t] = (module.Function($"matvec_{name}_q8"), module.Function($"matmul8_{name}_q8"));
             else _functions[t] = (module.Function("matvec_" + name), module.Function("matmul8_" + name));
         }
-        _quantize = module.Function("quantize_q8_0");
+        _quantizeQ8_0 = module.Function("quantize_q8_0");
+        _quantizeQ8_K = module.Function("quantize_q8_k");
         MaxCols = (maxCols + 31) / 32 * 32;
         if (MaxCols > 0)
         {
             _xq = device.Allocate((long)BatchTokens * MaxCols);
             _xd = device.Allocate((long)BatchTokens * MaxCols / 32 * 4);
-            _xs = device.Allocate((long)BatchTokens * MaxCols / 32 * 4);
+            _xs = device.Allocate((long)BatchTokens * MaxCols / 16 * 4);
         }
     }
 
@@ -69,7 +76,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
     public static long ScratchBytes(int maxCols)
     {
         long cols = (maxCols + 31) / 32 * 32;
-        return BatchTokens * (cols + 2 * (cols / 32 * 4));
+        return BatchTokens * (cols + cols / 32 * 4 + cols / 16 * 4);
     }
 
     /// <summary>The embedded kernel source (or FITLM_CUDA_SOURCE's, <see cref="KernelModule.Source"/>).</summary>
@@ -93,7 +100,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
     public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n, bool sameInput = false)
     {
         Validate(type, rowBytes, cols);
-        if (SplitLayout.Applies(type))
+        if (QuantizesActivations(type))
         {
             MultiplySplit(type, cols, x, n, sameInput, (w, rows, y), default, default);
             return;
@@ -115,13 +122,13 @@ internal sealed unsafe class CudaMatVec : IDisposable
 
     /// <summary>
     /// Queues the products of up to three matrices of one <paramref name="type"/> with the same input X [n × cols]
-    /// (Q, K and V; gate and up) as one launch per eight tokens, when the type has split-layout kernels; returns false
-    /// (nothing queued) for other types. A product with zero rows is absent.
+    /// (Q, K and V; gate and up) as one launch per eight tokens, when the type has integer kernels; returns false
+    /// (nothing queued) for the float types. A product with zero rows is absent.
     /// </summary>
     public bool MultiplyTogether(GgmlType type, int cols, ulong x, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
         (ulong W, int Rows, ulong Y) c)
     {
-        if (!SplitLayout.Applies(type)) return false;
+        if (!QuantizesActivations(type)) return false;
         Validate(type, GgmlTypes.RowBytes(type, cols), cols);
         MultiplySplit(type, cols, x, n, false, a, b, c);
         return true;
@@ -134,7 +141,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
             throw new FitLMException($"cuda matvec: a {type} row of {cols} elements does not fit {rowBytes} bytes in whole blocks");
     }
 
-    /// <summary>Per eight tokens: X's rows to q8_0 in the scratch (one warp per 32-block), then one launch over all three matrices' rows.</summary>
+    /// <summary>Per eight tokens: X's rows quantized in the scratch, then one launch over all three matrices' rows.</summary>
     private void MultiplySplit(GgmlType type, int cols, ulong x, int n, bool sameInput,
         (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c)
     {
@@ -145,19 +152,22 @@ internal sealed unsafe class CudaMatVec : IDisposable
             int count = Math.Min(BatchTokens, n - t);
             ulong px = x + (ulong)((long)t * cols * 4);
             // Reused only for the very rows quantized last (K and V after Q): a batch's chunks each have their own address.
-            if (!(sameInput && px == _quantizedX && cols == _quantizedCols && count == _quantizedTokens))
-                Quantize(px, (long)count * cols / 32, cols, count);
+            if (!(sameInput && px == _quantizedX && cols == _quantizedCols && count == _quantizedTokens && UsesQ8_K(type) == _quantizedK))
+                Quantize(UsesQ8_K(type), px, cols, count);
             long shift = (long)t * 4;
             LaunchSplit(count == 1 ? one : eight, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
                 (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)));
         }
     }
 
-    private void Quantize(ulong x, long blocks, int cols, int tokens)
+    /// <summary>X's rows to q8_K (one warp per 256-block) or q8_0 (one warp per 32-block) in the scratch.</summary>
+    private void Quantize(bool q8K, ulong x, int cols, int tokens)
     {
         ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
+        long blocks = (long)tokens * cols / (q8K ? 256 : 32);
         void** args = stackalloc void*[] { &x, &blocks, &q, &d, &s };
-        _device.Launch(_quantize, (uint)((blocks * 32 + 255) / 256), 256, 0, args);
+        _device.Launch(q8K ? _quantizeQ8_K : _quantizeQ8_0, (uint)((blocks * 32 + 255) / 256), 256, 0, args);
+        _quantizedK = q8K;
         _quantizedX = x;
         _quantizedCols = cols;
         _quantizedTokens = tokens;

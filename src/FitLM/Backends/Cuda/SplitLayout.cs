@@ -3,17 +3,25 @@ using FitLM.Tensors;
 namespace FitLM.Backends.Cuda;
 
 /// <summary>
-/// Q4_0 and Q8_0 matrices as the GPU holds them: all the quants of the matrix first, block by block in row order
-/// ([rows·blocks × 16] bytes for Q4_0, × 32 for Q8_0, each block's bytes as GGUF orders them), then all the fp16
-/// scales ([rows·blocks] × 2 bytes). The same bytes as the file's, rearranged so that every block's quants start
-/// 16-byte aligned: GGUF's 18- and 34-byte blocks only allow 2-byte loads, which held the kernels reading them in
-/// place to 70-74% of an H100's copy bandwidth (Kernels/matvec.cu, "int8 decode").
+/// Q4_0, Q8_0 and Q6_K matrices as the GPU holds them: each block's fp16 scale d taken out, all the blocks' other bytes
+/// first, block by block in row order ([rows·blocks × 16] for Q4_0, × 32 for Q8_0, × 208 for Q6_K: its ql, qh and
+/// scales), then all the d's ([rows·blocks] × 2 bytes). The same bytes as the file's, rearranged so that every block's
+/// quants start 16-byte aligned: GGUF's 18-, 34- and 210-byte blocks only allow 2-byte loads, which held kernels reading
+/// them in place to 70-74% (llama.cpp's, Q4_0/Q8_0) and 25% (this project's, Q6_K) of an H100's copy bandwidth
+/// (Kernels/matvec.cu, "int8 decode"). Q4_K's 144-byte blocks are 16-byte aligned as stored and stay so.
 /// </summary>
 internal static class SplitLayout
 {
-    public static bool Applies(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q8_0;
+    public static bool Applies(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q6_K;
 
-    private static int QuantBytes(GgmlType type) => type == GgmlType.Q4_0 ? 16 : 32;
+    /// <summary>A block's bytes, where its 2-byte d sits in it (Q4_0, Q8_0: first; Q6_K: last), and its elements.</summary>
+    private static (int Bytes, int ScaleAt, int Elements) Block(GgmlType type) => type switch
+    {
+        GgmlType.Q4_0 => (18, 0, 32),
+        GgmlType.Q8_0 => (34, 0, 32),
+        GgmlType.Q6_K => (210, 208, 256),
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "not a split-layout type"),
+    };
 
     /// <summary>
     /// Rearranges <paramref name="rows"/> GGUF rows, rows r0.. of a matrix of <paramref name="totalRows"/>, and hands
@@ -23,18 +31,21 @@ internal static class SplitLayout
     public static void Write(GgmlType type, int totalRows, int cols, int r0, int rows, ReadOnlySpan<byte> gguf, Span<byte> scratch,
         Action<long, ReadOnlySpan<byte>> sink)
     {
-        int qb = QuantBytes(type), bytes = qb + 2;
-        long blocksPerRow = cols / 32, blocks = rows * blocksPerRow;
-        var quants = scratch[..(int)(blocks * qb)];
-        var scales = scratch.Slice((int)(blocks * qb), (int)(blocks * 2));
+        var (bytes, scaleAt, elements) = Block(type);
+        int main = bytes - 2;
+        long blocksPerRow = cols / elements, blocks = rows * blocksPerRow;
+        var quants = scratch[..(int)(blocks * main)];
+        var scales = scratch.Slice((int)(blocks * main), (int)(blocks * 2));
         for (int b = 0; b < blocks; b++)
         {
             var block = gguf.Slice(b * bytes, bytes);
-            block[..2].CopyTo(scales.Slice(2 * b, 2));
-            block[2..].CopyTo(quants.Slice(b * qb, qb));
+            block.Slice(scaleAt, 2).CopyTo(scales.Slice(2 * b, 2));
+            var q = quants.Slice(b * main, main);
+            if (scaleAt == 0) block[2..].CopyTo(q);
+            else block[..main].CopyTo(q);
         }
-        sink(r0 * blocksPerRow * qb, quants);
-        sink(totalRows * blocksPerRow * qb + r0 * blocksPerRow * 2, scales);
+        sink(r0 * blocksPerRow * main, quants);
+        sink(totalRows * blocksPerRow * main + r0 * blocksPerRow * 2, scales);
     }
 
     /// <summary>A whole matrix of GGUF rows in the split layout (the kernel checks upload this).</summary>

@@ -100,16 +100,16 @@ public sealed class KernelCacheTests : IDisposable
     {
         string source = CudaMatVec.Source();
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", source);
-        // ENTRY(name, T) defines matvec_name and matmul8_name, SPLIT_ENTRY the split-layout types' _q8 kernels, and each
-        // type has its prefill dequantizer: the names CudaMatVec and CudaGemm look up.
+        // ENTRY(name, T) defines the float types' matvec_name and matmul8_name, INT_ENTRY the quantized types' _q8 kernels,
+        // and each type but bf16 has its prefill dequantizer: the names CudaMatVec and CudaGemm look up.
         foreach (var t in CudaMatVec.Types)
         {
             string name = FitLM.Tensors.GgmlTypes.Name(t).ToLowerInvariant();
-            if (SplitLayout.Applies(t))
+            if (CudaMatVec.QuantizesActivations(t))
             {
-                Assert.Contains($"SPLIT_ENTRY(matvec_{name}_q8, ", source, StringComparison.Ordinal);
-                Assert.Contains($"SPLIT_ENTRY(matmul8_{name}_q8, ", source, StringComparison.Ordinal);
-                Assert.Contains($"void dequant_f16_{name}(", source, StringComparison.Ordinal);
+                Assert.Contains($"INT_ENTRY(matvec_{name}_q8, ", source, StringComparison.Ordinal);
+                Assert.Contains($"INT_ENTRY(matmul8_{name}_q8, ", source, StringComparison.Ordinal);
+                Assert.Contains($" dequant_f16_{name}(", source, StringComparison.Ordinal);
             }
             else Assert.Contains($"ENTRY({name}, ", source, StringComparison.Ordinal);
         }

@@ -25,9 +25,9 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void KernelTypes_AreCopiedAsStored_At256ByteOffsets()
+    public void KernelTypes_AreCopiedAsStoredOrSplit_At256ByteOffsets()
     {
-        using var source = ModelSource.Open(TestPaths.DemoModel); // Q4_K and Q6_K: both have GPU kernels
+        using var source = ModelSource.Open(TestPaths.DemoModel); // Q4_K (copied as stored) and Q6_K (split): both have GPU kernels
         var block = new WeightBlock(Layer0.Select(source.Get));
         var bytes = Written(source, block);
         long end = 0;
@@ -38,7 +38,8 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
             Assert.Equal(m.Tensor.Type, m.Type);
             var stored = new byte[m.Tensor.ByteSize];
             source.Read(m.Tensor, 0, stored);
-            Assert.True(stored.AsSpan().SequenceEqual(bytes.AsSpan((int)m.Offset, stored.Length)), m.Tensor.Name);
+            var expected = SplitLayout.Applies(m.Type) ? SplitLayout.FromGguf(m.Type, m.Rows, m.Cols, stored) : stored;
+            Assert.True(expected.AsSpan().SequenceEqual(bytes.AsSpan((int)m.Offset, stored.Length)), m.Tensor.Name);
             end = m.Offset + m.Bytes;
         }
         Assert.True(block.Bytes >= end && block.Bytes - end < 256);
@@ -63,12 +64,16 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData("pycoder-29m-q4_0.gguf", GgmlType.Q4_0, 16)]
-    [InlineData("pycoder-29m-q8_0.gguf", GgmlType.Q8_0, 32)]
-    public void Q4_0AndQ8_0_AreSplitIntoQuantsThenScales(string file, GgmlType type, int quantBytes)
+    [InlineData("pycoder-29m-q4_0.gguf", GgmlType.Q4_0, 18, 0)]
+    [InlineData("pycoder-29m-q8_0.gguf", GgmlType.Q8_0, 34, 0)]
+    [InlineData("demo", GgmlType.Q6_K, 210, 208)]
+    public void SplitTypes_AreQuantsThenScales(string file, GgmlType type, int blockBytes, int scaleAt)
     {
-        if (TestPaths.Shared is not { } shared) { output.WriteLine("skipped: ../shared is absent"); return; }
-        using var source = ModelSource.Open(Path.Combine(shared, "models", "pycoder-29m-gguf", file));
+        string path = file == "demo" ? TestPaths.DemoModel
+            : TestPaths.Shared is { } shared ? Path.Combine(shared, "models", "pycoder-29m-gguf", file) : "";
+        if (path == "") { output.WriteLine("skipped: ../shared is absent"); return; }
+        using var source = ModelSource.Open(path);
+        int quantBytes = blockBytes - 2, elements = type == GgmlType.Q6_K ? 256 : 32;
         var block = new WeightBlock(Layer0.Select(source.Get));
         var bytes = Written(source, block);
         int split = 0;
@@ -79,12 +84,13 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
             source.Read(m.Tensor, 0, stored);
             Assert.Equal(stored.Length, m.Bytes);
             var got = bytes.AsSpan((int)m.Offset, (int)m.Bytes);
-            long blocks = (long)m.Rows * (m.Cols / 32), scales = blocks * quantBytes;
+            long blocks = (long)m.Rows * (m.Cols / elements), scales = blocks * quantBytes;
             for (long b = 0; b < blocks; b++)
             {
-                var gguf = stored.AsSpan((int)(b * (quantBytes + 2)), quantBytes + 2);
-                Assert.True(gguf[2..].SequenceEqual(got.Slice((int)(b * quantBytes), quantBytes)), $"{m.Tensor.Name} block {b}: quants");
-                Assert.True(gguf[..2].SequenceEqual(got.Slice((int)(scales + 2 * b), 2)), $"{m.Tensor.Name} block {b}: scale");
+                var gguf = stored.AsSpan((int)(b * blockBytes), blockBytes);
+                var quants = scaleAt == 0 ? gguf[2..] : gguf[..scaleAt];
+                Assert.True(quants.SequenceEqual(got.Slice((int)(b * quantBytes), quantBytes)), $"{m.Tensor.Name} block {b}: quants");
+                Assert.True(gguf.Slice(scaleAt, 2).SequenceEqual(got.Slice((int)(scales + 2 * b), 2)), $"{m.Tensor.Name} block {b}: scale");
             }
             Assert.True(SplitLayout.FromGguf(type, m.Rows, m.Cols, stored).AsSpan().SequenceEqual(got));
             split++;

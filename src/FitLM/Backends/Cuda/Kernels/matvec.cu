@@ -191,31 +191,6 @@ struct Q4_K
     }
 };
 
-// ------------------------------------------------------------------------------------------------ q6_K
-// block_q6_K (210 bytes): u8 ql[128]; u8 qh[64]; i8 scales[16]; half d. Element e = 128h + 32k + l has
-// q = nibble (k >= 2: high) of ql[64h + 32(k&1) + l] | bits 2k..2k+1 of qh[32h + l] << 4, x = d*scales[e/16]*(q - 32).
-// Tile: 8 blocks = 1680 bytes (210 is even but not a multiple of 16: 8 blocks are).
-struct Q6_K
-{
-    static const int ELEMS = 256, BYTES = 210, TILE = 8;
-    static __device__ __forceinline__ void decode4(const u8* t, int e, float* w)
-    {
-        const u8* blk = t + (e >> 8) * BYTES;
-        int within = e & 255, h = within >> 7, k = (within >> 5) & 3, l = within & 31;
-        // Dequantize.Q6_K: dl = d * scales[s] (float), then x = dl * (q - 32).
-        float dl = half_to_float(ld16(blk + 208)) * (float)(i8)blk[192 + (within >> 4)];
-        u32 lo = ld4x2(blk + 64 * h + 32 * (k & 1) + l);
-        if (k >= 2) lo >>= 4;
-        u32 hb = ld4x2(blk + 128 + 32 * h + l) >> (2 * k);
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-        {
-            int q = (int)(((lo >> (8 * i)) & 15) | (((hb >> (8 * i)) & 3) << 4));
-            w[i] = dl * (float)(q - 32);
-        }
-    }
-};
-
 // ------------------------------------------------------------------------------------------------ f16, bf16, f32
 // "Blocks" of one element; a tile is 1024 bytes. Rows of any length (decode1 for the last elements).
 struct F32
@@ -257,8 +232,10 @@ struct Half16
         int rows, int cols, u16* __restrict__ out) \
     { dequant_f16<T>(W, row_bytes, rows, cols, out); }
 
-ENTRY(q4_k, Q4_K)
-ENTRY(q6_k, Q6_K)
+// q4_K's one-token and batch products are the integer kernels below; its prefill dequantizer is this file's walk.
+extern "C" __global__ void __launch_bounds__(32 * WARPS) dequant_f16_q4_k(const u8* __restrict__ W, long long row_bytes,
+    int rows, int cols, u16* __restrict__ out)
+{ dequant_f16<Q4_K>(W, row_bytes, rows, cols, out); }
 ENTRY(f32, F32)
 ENTRY(f16, Half16<false>)
 ENTRY(bf16, Half16<true>)
@@ -404,31 +381,197 @@ __device__ __forceinline__ void split_row(const u8* __restrict__ W, int rows, in
     }
 }
 
+// q4_K rows (GGUF's layout: 144-byte blocks are 16-byte aligned as they are) against x in q8_K (quantize_q8_k), as
+// IntDot's q4_K × q8_K: per sub-block of 32, scale·Σq4·q8, less min·(its two bsums), times d and dmin and x's d.
+// Eight lanes per block, four blocks per warp step: lane j takes qs bytes [16j, 16j + 16), the low nibbles being
+// elements 16h.. of sub-block 2c and the high ones of sub-block 2c + 1 (c = j/2, h = j%2): one 16-byte load.
+template <int NB>
+__device__ __forceinline__ void q4k_row(const u8* __restrict__ W, int row, int cols, const i8* __restrict__ xq,
+                                        const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y,
+                                        int rows, int n, int lane)
+{
+    int blocks = cols >> 8, j = lane & 7, c = j >> 1, h = j & 1, s0 = 2 * c, s1 = 2 * c + 1;
+    const u8* w = W + (long long)row * blocks * 144;
+    float acc[NB];
+#pragma unroll
+    for (int t = 0; t < NB; t++) acc[t] = 0.f;
+    for (int b = lane >> 3; b < blocks; b += 4)
+    {
+        const u8* blk = w + (long long)b * 144;
+        int4 qv = *(const int4*)(blk + 16 + 16 * j);
+        float d = half_to_float(ld16(blk)), dmin = half_to_float(ld16(blk + 2));
+        const u8* sc = blk + 4; // BlockDecode.ScaleMinK4: 6-bit scales and mins of sub-blocks 0-3, then 4-7 split
+        int sc0, m0, sc1, m1;
+        if (s0 < 4) { sc0 = sc[s0] & 63; m0 = sc[4 + s0] & 63; }
+        else { sc0 = (sc[s0 + 4] & 15) | ((sc[s0 - 4] >> 6) << 4); m0 = (sc[s0 + 4] >> 4) | ((sc[s0] >> 6) << 4); }
+        if (s1 < 4) { sc1 = sc[s1] & 63; m1 = sc[4 + s1] & 63; }
+        else { sc1 = (sc[s1 + 4] & 15) | ((sc[s1 - 4] >> 6) << 4); m1 = (sc[s1 + 4] >> 4) | ((sc[s1] >> 6) << 4); }
+        const int m = 0x0F0F0F0F;
+#pragma unroll
+        for (int t = 0; t < NB; t++)
+        {
+            if (t >= n) break;
+            const i8* xb = xq + (long long)t * cols + (long long)b * 256;
+            int4 x0 = *(const int4*)(xb + 32 * s0 + 16 * h), x1 = *(const int4*)(xb + 32 * s1 + 16 * h);
+            int p0 = dp4a(qv.x & m, x0.x, 0);
+            p0 = dp4a(qv.y & m, x0.y, p0);
+            p0 = dp4a(qv.z & m, x0.z, p0);
+            p0 = dp4a(qv.w & m, x0.w, p0);
+            int p1 = dp4a((qv.x >> 4) & m, x1.x, 0);
+            p1 = dp4a((qv.y >> 4) & m, x1.y, p1);
+            p1 = dp4a((qv.z >> 4) & m, x1.z, p1);
+            p1 = dp4a((qv.w >> 4) & m, x1.w, p1);
+            const int* bs = xs + ((long long)t * blocks + b) * 16;
+            int msum = m0 * bs[2 * s0 + h] + m1 * bs[2 * s1 + h];
+            acc[t] += xd[(long long)t * blocks + b] * (d * (float)(sc0 * p0 + sc1 * p1) - dmin * (float)msum);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NB; t++)
+    {
+        if (t >= n) break;
+        float sum = warp_sum(acc[t]);
+        if (lane == 0) y[(long long)t * rows + row] = sum;
+    }
+}
+
+// q6_K rows in the split layout (SplitLayout.cs: each block's first 208 bytes, ql[128] qh[64] scales[16], then all the
+// d's) against x in q8_K, as IntDot's q6_K × q8_K: per sub-block of 16, scale·Σ(q - 32)·q8 = scale·(Σq·q8 - 32·bsum).
+// Eight lanes per block: lane j takes elements 128h + 32k + [0, 32) (h = j/4, k = j%4): ql bytes [64h + 32(k%2), +32)
+// (high nibbles when k >= 2) and qh bytes [128 + 32h, +32) (bits 2k, 2k+1): four 16-byte loads.
+template <int NB>
+__device__ __forceinline__ void q6k_row(const u8* __restrict__ W, int row, int cols, const i8* __restrict__ xq,
+                                        const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y,
+                                        int rows, int n, int lane)
+{
+    int blocks = cols >> 8, j = lane & 7, h = j >> 2, k = j & 3;
+    const u8* w = W + (long long)row * blocks * 208;
+    const u16* ds = (const u16*)(W + (long long)rows * blocks * 208) + (long long)row * blocks;
+    int shiftLow = k >= 2 ? 4 : 0, shiftHigh = 2 * k, g = 8 * h + 2 * k; // g: the first of the lane's two sub-blocks of 16
+    float acc[NB];
+#pragma unroll
+    for (int t = 0; t < NB; t++) acc[t] = 0.f;
+    for (int b = lane >> 3; b < blocks; b += 4)
+    {
+        const u8* blk = w + (long long)b * 208;
+        const int4* ql = (const int4*)(blk + 64 * h + 32 * (k & 1));
+        const int4* qh = (const int4*)(blk + 128 + 32 * h);
+        int4 l0 = ql[0], l1 = ql[1], h0 = qh[0], h1 = qh[1];
+        int lo[8] = { l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w }, hi[8] = { h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w };
+        int q[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) q[i] = ((lo[i] >> shiftLow) & 0x0F0F0F0F) | (((hi[i] >> shiftHigh) & 0x03030303) << 4);
+        int sa = (i8)blk[192 + g], sb = (i8)blk[192 + g + 1];
+        float d = half_to_float(ds[b]);
+#pragma unroll
+        for (int t = 0; t < NB; t++)
+        {
+            if (t >= n) break;
+            const int4* xv = (const int4*)(xq + (long long)t * cols + (long long)b * 256 + 128 * h + 32 * k);
+            int4 x0 = xv[0], x1 = xv[1];
+            int pa = dp4a(q[0], x0.x, 0);
+            pa = dp4a(q[1], x0.y, pa);
+            pa = dp4a(q[2], x0.z, pa);
+            pa = dp4a(q[3], x0.w, pa);
+            int pb = dp4a(q[4], x1.x, 0);
+            pb = dp4a(q[5], x1.y, pb);
+            pb = dp4a(q[6], x1.z, pb);
+            pb = dp4a(q[7], x1.w, pb);
+            const int* bs = xs + ((long long)t * blocks + b) * 16;
+            acc[t] += xd[(long long)t * blocks + b] * d * (float)(sa * (pa - 32 * bs[g]) + sb * (pb - 32 * bs[g + 1]));
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NB; t++)
+    {
+        if (t >= n) break;
+        float sum = warp_sum(acc[t]);
+        if (lane == 0) y[(long long)t * rows + row] = sum;
+    }
+}
+
+// Row `row` of one matrix, by type: 0 q4_0, 1 q8_0 (split, x in q8_0), 2 q4_K (GGUF layout), 3 q6_K (split; both x in q8_K).
+template <int KIND, int NB>
+__device__ __forceinline__ void int_row(const u8* W, int rows, int row, int cols, const i8* xq, const float* xd, const int* xs,
+                                        float* y, int n, int lane)
+{
+    if (KIND == 0) split_row<true, NB>(W, rows, row, cols, xq, xd, xs, y, n, lane);
+    else if (KIND == 1) split_row<false, NB>(W, rows, row, cols, xq, xd, xs, y, n, lane);
+    else if (KIND == 2) q4k_row<NB>(W, row, cols, xq, xd, xs, y, rows, n, lane);
+    else q6k_row<NB>(W, row, cols, xq, xd, xs, y, rows, n, lane);
+}
+
 // Launch: grid ceil(rows0/SPLIT_WARPS) + ceil(rows1/SPLIT_WARPS) + ceil(rows2/SPLIT_WARPS) blocks of 32·SPLIT_WARPS
-// threads; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0; y_i is [n × rows_i].
-template <bool Q4, int NB>
-__device__ __forceinline__ void split_matmul(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
+// threads; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0 or quantize_q8_k; y_i is [n × rows_i].
+template <int KIND, int NB>
+__device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
     int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, int n)
 {
     int warp = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     int s0 = (rows0 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS, s1 = (rows1 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS;
-    if (warp < s0) { if (warp < rows0) split_row<Q4, NB>(W0, rows0, warp, cols, xq, xd, xs, y0, n, lane); return; }
+    if (warp < s0) { if (warp < rows0) int_row<KIND, NB>(W0, rows0, warp, cols, xq, xd, xs, y0, n, lane); return; }
     warp -= s0;
-    if (warp < s1) { if (warp < rows1) split_row<Q4, NB>(W1, rows1, warp, cols, xq, xd, xs, y1, n, lane); return; }
+    if (warp < s1) { if (warp < rows1) int_row<KIND, NB>(W1, rows1, warp, cols, xq, xd, xs, y1, n, lane); return; }
     warp -= s1;
-    if (warp < rows2) split_row<Q4, NB>(W2, rows2, warp, cols, xq, xd, xs, y2, n, lane);
+    if (warp < rows2) int_row<KIND, NB>(W2, rows2, warp, cols, xq, xd, xs, y2, n, lane);
 }
 
-#define SPLIT_ENTRY(name, Q4, NB) \
+#define INT_ENTRY(name, KIND, NB) \
     extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS) name(const u8* __restrict__ W0, const u8* __restrict__ W1, \
         const u8* __restrict__ W2, float* __restrict__ y0, float* __restrict__ y1, float* __restrict__ y2, int rows0, int rows1, \
         int rows2, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, int n) \
-    { split_matmul<Q4, NB>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs, n); }
+    { int_matmul<KIND, NB>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs, n); }
 
-SPLIT_ENTRY(matvec_q4_0_q8, true, 1)
-SPLIT_ENTRY(matmul8_q4_0_q8, true, 8)
-SPLIT_ENTRY(matvec_q8_0_q8, false, 1)
-SPLIT_ENTRY(matmul8_q8_0_q8, false, 8)
+INT_ENTRY(matvec_q4_0_q8, 0, 1)
+INT_ENTRY(matmul8_q4_0_q8, 0, 8)
+INT_ENTRY(matvec_q8_0_q8, 1, 1)
+INT_ENTRY(matmul8_q8_0_q8, 1, 8)
+INT_ENTRY(matvec_q4_k_q8, 2, 1)
+INT_ENTRY(matmul8_q4_k_q8, 2, 8)
+INT_ENTRY(matvec_q6_k_q8, 3, 1)
+INT_ENTRY(matmul8_q6_k_q8, 3, 8)
+
+// x [n × cols] to q8_K (ActivationQuant.Q8_KScalar): per 256-block, `max` the first value of largest magnitude, iscale =
+// -127/max, q = min(127, round-to-even(iscale·x)), d = 1/iscale (a zero block: q = 0, d = 0), and the sums of q of each
+// 16 (bsums, as int). One warp per block, lane l taking elements l + 32i.
+extern "C" __global__ void quantize_q8_k(const float* __restrict__ x, long long blocks, i8* __restrict__ q,
+                                         float* __restrict__ d, int* __restrict__ bsums)
+{
+    long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (b >= blocks) return;
+    const float* xb = x + b * 256;
+    float v[8];
+    float best = -1.f;
+    int at = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+    {
+        v[i] = xb[lane + 32 * i];
+        float a = fabsf(v[i]);
+        if (a > best) { best = a; at = lane + 32 * i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        float b2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int a2 = __shfl_xor_sync(0xffffffffu, at, o);
+        if (b2 > best || (b2 == best && a2 < at)) { best = b2; at = a2; }
+    }
+    float iscale = best == 0.f ? 0.f : -127.f / xb[at];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+    {
+        int qi = best == 0.f ? 0 : min(127, __float2int_rn(iscale * v[i]));
+        q[b * 256 + lane + 32 * i] = (i8)qi;
+        // Lanes 0-15 hold group 2i's elements, lanes 16-31 group 2i + 1's.
+        int sum = qi;
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if ((lane & 15) == 0) bsums[b * 16 + 2 * i + (lane >> 4)] = sum;
+    }
+    if (lane == 0) d[b] = best == 0.f ? 0.f : 1.f / iscale;
+}
 
 // Rows [r0, r0 + m) of a split Q4_0/Q8_0 matrix of `rows` rows as fp16, into out [m × cols] (the prefill's cuBLAS
 // products): one thread per block, x = d·(q - 8) or d·q as Dequantize.cs computes it, written as four 16-byte stores.
@@ -470,6 +613,33 @@ extern "C" __global__ void dequant_f16_q4_0(const u8* __restrict__ W, int rows, 
 
 extern "C" __global__ void dequant_f16_q8_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
 { dequant_split<false>(W, rows, cols, r0, m, out); }
+
+// Rows [r0, r0 + m) of a split q6_K matrix as fp16: eight threads per block, thread j (h = j/4, k = j%4) taking elements
+// 128h + 32k + [0, 32), x = (d·scale)·(q - 32) as Dequantize.Q6_K computes it.
+extern "C" __global__ void dequant_f16_q6_k(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
+{
+    long long blocks = cols >> 8;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)m * blocks * 8) return;
+    long long local = i >> 3;
+    int j = (int)(i & 7), h = j >> 2, k = j & 3;
+    long long b = (long long)r0 * blocks + local;
+    const u8* blk = W + b * 208;
+    float d = half_to_float(((const u16*)(W + (long long)rows * blocks * 208))[b]);
+    u16 v[32];
+#pragma unroll
+    for (int l = 0; l < 32; l++)
+    {
+        int q = ((blk[64 * h + 32 * (k & 1) + l] >> (k >= 2 ? 4 : 0)) & 15) | (((blk[128 + 32 * h + l] >> (2 * k)) & 3) << 4);
+        float dl = d * (float)(i8)blk[192 + (128 * h + 32 * k + l) / 16];
+        v[l] = float_to_half(dl * (float)(q - 32));
+    }
+    v4* o = (v4*)(out + local * 256 + 128 * h + 32 * k); // 64-byte aligned
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+        o[s] = v4{ (u32)v[8 * s] | ((u32)v[8 * s + 1] << 16), (u32)v[8 * s + 2] | ((u32)v[8 * s + 3] << 16),
+                   (u32)v[8 * s + 4] | ((u32)v[8 * s + 5] << 16), (u32)v[8 * s + 6] | ((u32)v[8 * s + 7] << 16) };
+}
 
 // ------------------------------------------------------------------------------------------------ prefill activations
 // x [total] as fp16 after the CPU's activation quantization for the weight type (CudaGemm: the prefill's numerics then
