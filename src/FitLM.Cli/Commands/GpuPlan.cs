@@ -8,8 +8,9 @@ namespace FitLM.Cli.Commands;
 /// <summary>
 /// `fitlm plan --device cuda`: where `run --device cuda` would put the model (CudaForward.Plan, the same arithmetic):
 /// what stays in GPU memory, which layers stream from host memory per token, and, where a GPU is present, the decode
-/// speed the host-to-device copy allows (streamed bytes per token against the bandwidth measured now). Without a GPU
-/// it needs --gpu-memory, and predicts nothing.
+/// speed the measured bandwidth allows: streamed bytes per token against the host-to-device copy, or, every layer
+/// resident, the weights read per token against the device's own copy. Without a GPU it needs --gpu-memory, and
+/// predicts nothing.
 /// </summary>
 internal static class GpuPlan
 {
@@ -38,7 +39,17 @@ internal static class GpuPlan
                 (p.SlotBytes > 0 ? $", {(naive ? "one slot" : "two slots")} of {ProcessMemory.Format(p.SlotBytes / (naive ? 1 : 2))}" : "") + ")");
             if (p.StreamedBytes == 0)
             {
-                o.WriteLine("  streamed per token   nothing      (decode is bound by the GPU's own memory bandwidth: `fitlm bench --device cuda` measures it)");
+                o.WriteLine("  streamed per token   nothing      (decode is bound by the GPU's own memory bandwidth)");
+                long read = p.Blocks.Sum(b => b.Bytes) + p.Head.Bytes;
+                if (device == null)
+                {
+                    o.WriteLine($"  predicted decode     not measured (no GPU here: {noDevice}); {ProcessMemory.Format(read)} of weights read per token");
+                    return 0;
+                }
+                // Weights read once per token against what the device copies; the kernels reach a share of it (docs/cuda.md).
+                double copy = device.CopyBandwidth(Math.Min(1L << 30, Math.Max(64L << 20, (device.FreeMemory() - p.DeviceBytes) / 4)));
+                o.WriteLine($"  predicted decode     at most {copy / read:F1} tok/s  ({ProcessMemory.Format(read)} of weights read per token against the " +
+                    $"{copy / 1e9:F0} GB/s the device copies, measured now; `fitlm bench --device cuda` measures the share decode reaches)");
                 return 0;
             }
             o.WriteLine($"  streamed per token   {ProcessMemory.Format(p.StreamedBytes),12}  (layers {p.Resident}-{p.Layers - 1} " +
