@@ -37,10 +37,12 @@ public sealed class KvLever(Transformer tf, Func<MemoryPlan> plan, Action<Memory
         lock (_owners) _owners.Remove(owner);
     }
 
-    public string? Shrink(long budget) => KvLadder.Smaller(tf.KvStores.Options) is { } next ? Change(next) : null;
+    // On a GPU (tf.Device) the KV cache lives in device memory, allocated with the model: the host's budget does not move it.
+    public string? Shrink(long budget) => tf.Device == null && KvLadder.Smaller(tf.KvStores.Options) is { } next ? Change(next) : null;
 
     public string? Grow(long budget)
     {
+        if (tf.Device != null) return null;
         var start = tf.KvStores.Options;
         long held = HeldBytes();
         bool changed = false;
