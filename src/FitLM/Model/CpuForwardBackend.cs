@@ -11,12 +11,8 @@ namespace FitLM.Model;
 /// per call. The row-level helpers (embedding, RMSNorm, finishing keys) are also what the KV stores ask of the
 /// model (<see cref="TransformerKvModel"/>).
 /// </summary>
-internal sealed class CpuForwardBackend(ModelConfig config, CpuOptions options) : IForwardBackend
+internal sealed class CpuForwardBackend(ModelConfig config) : IForwardBackend
 {
-    public ModelConfig Config => config;
-    /// <summary>The options this backend's passes run with (their default batch invariance).</summary>
-    public CpuOptions Options => options;
-
     private static float[] Host(ActivationBuffer b) => ((HostBuffer)b).Data;
 
     public ActivationBuffer Allocate(int floats) => new HostBuffer(floats);

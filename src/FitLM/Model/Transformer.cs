@@ -13,6 +13,12 @@ namespace FitLM.Model;
 /// differs between families (Q/K/V biases or fused QKV, Q/K norms, post-norms, scaled embeddings, soft-capping,
 /// sliding windows, the RoPE layout and bases, the FFN) arrives in the configuration, which the model source
 /// fills from the family's <see cref="Architectures.ArchitectureFamily"/> description.
+/// <para>
+/// The parts: the model loaded once (<see cref="TransformerWeights"/>), the activations a pass works in
+/// (<see cref="ForwardContext"/>) and its arithmetic, one <see cref="IForwardBackend"/> operation per step of the
+/// graph (<see cref="ForwardBatch"/>; the CPU's kernels are <see cref="CpuForwardBackend"/>). The KV cache is each
+/// sequence's store. A transformer made with an <see cref="IDeviceForward"/> hands its passes to the device instead.
+/// </para>
 /// </summary>
 public sealed class Transformer
 {
@@ -46,7 +52,7 @@ public sealed class Transformer
         MaxBatch = Math.Clamp(maxBatch, 1, MaxContext);
         Options = options ?? CpuOptions.Default;
         _weights = new TransformerWeights(config, weights, MaxContext);
-        var cpu = new CpuForwardBackend(config, Options);
+        var cpu = new CpuForwardBackend(config);
         _backend = cpu;
         _context = new ForwardContext(config, MaxBatch, cpu);
         KvStores = new KvStoreFactory(KvModel(cpu), kv ?? new KvCacheOptions(), MaxContext, MaxBatch);
