@@ -37,7 +37,11 @@ public sealed class Transformer
     /// <summary>The accelerator this transformer's passes run on (weights and KV cache in its memory), or null on the CPU.</summary>
     public IDeviceForward? Device { get; }
 
-    /// <summary>How the CPU runs this transformer's passes; a pass without its own batch invariance takes this one's.</summary>
+    /// <summary>
+    /// How the CPU runs this transformer's passes; a pass without its own batch invariance takes this one's. By
+    /// default the process's options with the worker pool's size (--threads): the pool is the process's, so
+    /// <see cref="CpuOptions.Threads"/> here reports it and a pass does not resize it.
+    /// </summary>
     public CpuOptions Options { get; }
 
     // The model, loaded once; the arithmetic of a pass; the activations it works in (null on a device, which holds its own).
@@ -50,7 +54,7 @@ public sealed class Transformer
         Config = config;
         MaxContext = Math.Max(1, maxContext);
         MaxBatch = Math.Clamp(maxBatch, 1, MaxContext);
-        Options = options ?? CpuOptions.Default;
+        Options = options ?? CpuOptions.Default with { Threads = MatMul.Threads };
         _weights = new TransformerWeights(config, weights, MaxContext);
         var cpu = new CpuForwardBackend(config);
         _backend = cpu;
@@ -71,7 +75,7 @@ public sealed class Transformer
         Device = device;
         MaxContext = Math.Max(1, maxContext);
         MaxBatch = Math.Clamp(maxBatch, 1, MaxContext);
-        Options = CpuOptions.Default;
+        Options = CpuOptions.Default with { Threads = MatMul.Threads };
         _weights = null!; // never read: every pass goes to the device
         _backend = null!;
         _context = null!;

@@ -10,7 +10,10 @@ namespace FitLM.Tensors;
 /// </summary>
 public sealed record CpuOptions
 {
-    /// <summary>Worker threads of the process's pool (<see cref="MatMul.Threads"/>, which the CLI's --threads sets).</summary>
+    /// <summary>
+    /// Worker threads of the process's pool: <see cref="MatMul.Threads"/> starts at this, and the CLI's --threads sets
+    /// it. One pool serves the whole process (matrix products, attention, compression), so it is sized there, not per pass.
+    /// </summary>
     public int Threads { get; init; } = Math.Max(1, Environment.ProcessorCount);
 
     /// <summary>

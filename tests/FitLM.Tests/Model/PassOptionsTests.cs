@@ -20,6 +20,7 @@ public class PassOptionsTests
         var asked = new float[n * vocab];
         lm.Transformer.Forward(tokens, 0, asked, 0, batchInvariant: true);
         Assert.False(MatMul.RowWise);
+        Assert.Equal(MatMul.Threads, lm.Transformer.Options.Threads); // the pool's size, which --threads sets
 
         var tf = new Transformer(lm.Config, lm.Weights, 64, options: new CpuOptions { BatchInvariant = true });
         Assert.True(tf.Options.BatchInvariant);
