@@ -205,9 +205,7 @@ public sealed class Scheduler : IDisposable, Adaptation.IKvStoreOwner
         }
         if (n > 0)
         {
-            MatMul.RowWise = _batchInvariant; // each row as alone: see the class comment
-            double seconds = Run(n, ct);
-            MatMul.RowWise = false;
+            double seconds = Run(n, _batchInvariant, ct); // each row as alone: see the class comment
             _metrics.RecordPass(n, 0, n, seconds);
         }
 
@@ -228,7 +226,7 @@ public sealed class Scheduler : IDisposable, Adaptation.IKvStoreOwner
             }
             _slices[0] = new SequenceSlice(s.Kv!, s.Prompt.AsMemory(s.Prefilled, take), s.Prefilled, WantLogits: last);
             _sliceOwner[0] = s;
-            double seconds = Run(1, ct);
+            double seconds = Run(1, batchInvariant: false, ct);
             _metrics.RecordPass(0, take, last ? 1 : 0, seconds);
         }
     }
@@ -253,10 +251,10 @@ public sealed class Scheduler : IDisposable, Adaptation.IKvStoreOwner
     }
 
     /// <summary>Runs slices [0, n) in one forward pass, advances prefill counts, samples where there are logits.</summary>
-    private double Run(int n, CancellationToken ct)
+    private double Run(int n, bool batchInvariant, CancellationToken ct)
     {
         long t0 = Stopwatch.GetTimestamp();
-        _tf.Forward(_slices.AsSpan(0, n), _logits, ct);
+        _tf.Forward(_slices.AsSpan(0, n), _logits, batchInvariant, ct);
         double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         int vocab = _tf.Config.Vocab, row = 0;
         for (int i = 0; i < n; i++)

@@ -64,23 +64,17 @@ internal static class SpeculativeBench
         // Round-robin over the sizes, so every size sees the same moments of a busy machine.
         var times = new double[rowsList.Count][];
         for (int k = 0; k < times.Length; k++) times[k] = new double[repetitions + 2];
-        bool rowWise = Tensors.MatMul.RowWise;
-        Tensors.MatMul.RowWise = true;
         try
         {
             for (int i = -1; i < repetitions + 2; i++)
                 for (int k = 0; k < rowsList.Count; k++)
                 {
                     long t0 = Stopwatch.GetTimestamp();
-                    tf.Forward(batch.AsSpan(0, rowsList[k]), p, logits.AsSpan(0, rowsList[k] * vocab), 0, ct);
+                    tf.Forward(batch.AsSpan(0, rowsList[k]), p, logits.AsSpan(0, rowsList[k] * vocab), 0, batchInvariant: true, ct);
                     if (i >= 0) times[k][i] = Stopwatch.GetElapsedTime(t0).TotalSeconds; // i = -1: compiles
                 }
         }
-        finally
-        {
-            Tensors.MatMul.RowWise = rowWise;
-            tf.Kv.Truncate(0);
-        }
+        finally { tf.Kv.Truncate(0); }
         double Median(double[] t) { Array.Sort(t); return t[t.Length / 2]; }
         double one = Median(times[0]);
         return rowsList.Select((r, k) => (r, Median(times[k]) / one)).ToList();

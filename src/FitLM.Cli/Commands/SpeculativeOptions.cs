@@ -105,14 +105,8 @@ internal sealed class SpeculativeOptions
         if (target.Plan.Streams || tf.MaxContext < 4 || tf.MaxBatch < 3) return;
         int token = target.Tokenizer.BosId >= 0 ? target.Tokenizer.BosId : 0;
         var logits = new float[3 * target.Config.Vocab];
-        bool rowWise = MatMul.RowWise;
-        MatMul.RowWise = true;
-        try { tf.Forward([token, token, token], 0, logits, 0, ct); }
-        finally
-        {
-            MatMul.RowWise = rowWise;
-            tf.Kv.Truncate(0);
-        }
+        try { tf.Forward([token, token, token], 0, logits, 0, batchInvariant: true, ct); }
+        finally { tf.Kv.Truncate(0); }
     }
 
     /// <summary>

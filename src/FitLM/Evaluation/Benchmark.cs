@@ -50,7 +50,7 @@ public static class Benchmark
 
     /// <summary>
     /// tgN×P: P sequences decoded together, one token each per forward pass (as the server's continuous batching
-    /// runs them, <see cref="Tensors.MatMul.RowWise"/> unless <paramref name="batchInvariant"/> is false), N passes
+    /// runs them, batch-invariant (<see cref="Tensors.CpuOptions.BatchInvariant"/>) unless <paramref name="batchInvariant"/> is false), N passes
     /// from empty caches. The rate is all sequences' tokens per second (llama-batched-bench's S_TG).
     /// </summary>
     public static BenchResult GenerateParallel(LanguageModel lm, int n, int parallel, int repetitions, bool batchInvariant = true, CancellationToken ct = default)
@@ -63,17 +63,11 @@ public static class Benchmark
         var logits = new float[(long)parallel * lm.Config.Vocab];
         void Run()
         {
-            bool rowWise = Tensors.MatMul.RowWise;
-            Tensors.MatMul.RowWise = batchInvariant;
-            try
+            for (int i = 0; i < n; i++)
             {
-                for (int i = 0; i < n; i++)
-                {
-                    for (int p = 0; p < parallel; p++) slices[p] = new SequenceSlice(stores[p], tokens[p].AsMemory(i, 1), i, WantLogits: true);
-                    tf.Forward(slices, logits, ct);
-                }
+                for (int p = 0; p < parallel; p++) slices[p] = new SequenceSlice(stores[p], tokens[p].AsMemory(i, 1), i, WantLogits: true);
+                tf.Forward(slices, logits, batchInvariant, ct);
             }
-            finally { Tensors.MatMul.RowWise = rowWise; }
         }
         try
         {

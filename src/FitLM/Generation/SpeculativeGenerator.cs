@@ -152,10 +152,8 @@ public sealed class SpeculativeGenerator
             int k = WholeTiles(Math.Min(_limit, most), most);
             int drafted = k > 0 ? _drafter.Draft(stream.History.AsSpan(0, p), batch.AsSpan(1, k), ct) : 0;
             batch[0] = stream.History[p - 1];
-            bool rowWise = MatMul.RowWise;
-            MatMul.RowWise = true; // each row exactly as a one-row pass (see the class comment)
-            try { tf.Forward(batch.AsSpan(0, drafted + 1), p - 1, logits.AsSpan(0, (drafted + 1) * vocab), 0, ct); }
-            finally { MatMul.RowWise = rowWise; }
+            // Each row exactly as a one-row pass (see the class comment).
+            tf.Forward(batch.AsSpan(0, drafted + 1), p - 1, logits.AsSpan(0, (drafted + 1) * vocab), 0, batchInvariant: true, ct);
             _steps++;
             _drafted += drafted;
             return drafted;

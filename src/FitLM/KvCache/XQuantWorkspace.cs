@@ -112,26 +112,21 @@ internal sealed unsafe class XQuantWorkspace : IKvTiles
     {
         int kvDim = _c.KvDim;
         Prepare();
-        bool rowWise = MatMul.RowWise;
-        MatMul.RowWise = false;
-        try
+        using var matrixMatrix = MatMul.RowWiseScope(false);
+        for (int from = 0; from < count; from += MaxBatch)
         {
-            for (int from = 0; from < count; from += MaxBatch)
+            int n = Math.Min(MaxBatch, count - from);
+            fill(from, n);
+            model.Project(layer, X, KRaw, VRaw, n);
+            for (int t = 0; t < n; t++)
             {
-                int n = Math.Min(MaxBatch, count - from);
-                fill(from, n);
-                model.Project(layer, X, KRaw, VRaw, n);
-                for (int t = 0; t < n; t++)
-                {
-                    var k = KRaw.AsSpan(t * kvDim, kvDim);
-                    var v = VRaw.AsSpan(t * kvDim, kvDim);
-                    model.FinishKey(layer, k, from + t);
-                    model.FinishValue(layer, v);
-                    Write(from + t, k, v);
-                }
+                var k = KRaw.AsSpan(t * kvDim, kvDim);
+                var v = VRaw.AsSpan(t * kvDim, kvDim);
+                model.FinishKey(layer, k, from + t);
+                model.FinishValue(layer, v);
+                Write(from + t, k, v);
             }
         }
-        finally { MatMul.RowWise = rowWise; }
     }
 
     /// <summary>

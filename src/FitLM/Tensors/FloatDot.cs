@@ -272,10 +272,9 @@ internal static unsafe class FloatDot
     /// <summary>
     /// Software prefetch distance for the float rows (0: none, the default). Float rows are long sequential streams
     /// the hardware prefetcher follows; measured on the 2-core AMD EPYC (Zen 4) CI-like machine, F16 decode ran at
-    /// 23 GB/s without software prefetch and 17 GB/s with IntDot's 2 KiB. FITLM_PREFETCH_BYTES_FLOAT overrides it.
+    /// 23 GB/s without software prefetch and 17 GB/s with IntDot's 2 KiB. FITLM_PREFETCH_BYTES_FLOAT overrides it (read by <see cref="CpuOptions"/>).
     /// </summary>
-    internal static readonly int PrefetchBytes =
-        int.TryParse(Environment.GetEnvironmentVariable("FITLM_PREFETCH_BYTES_FLOAT"), out int b) && b >= 0 ? b : 0;
+    internal static readonly int PrefetchBytes = CpuOptions.Default.FloatPrefetchBytes;
 
     private static long PrefetchDistance(long rowBytes) =>
         PrefetchBytes == 0 || rowBytes <= 0 || !Sse.IsSupported ? 0 : (PrefetchBytes + rowBytes - 1) / rowBytes * rowBytes;

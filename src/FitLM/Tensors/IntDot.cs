@@ -211,9 +211,9 @@ internal static unsafe class IntDot
     /// How far ahead of the row being multiplied the decode kernels prefetch: at least this many bytes, in
     /// whole rows. One core's demand misses alone keep too few lines in flight to stream from DRAM at full
     /// speed (measured on a 2-core slice of a Xeon: 16 → 24 GB/s for q8_0 with 2 threads, the read bandwidth
-    /// being 25); about 2 KiB ahead worked best for rows of 1-2 KiB. FITLM_PREFETCH_BYTES overrides it (tuning).
+    /// being 25); about 2 KiB ahead worked best for rows of 1-2 KiB. FITLM_PREFETCH_BYTES overrides it (tuning; read by <see cref="CpuOptions"/>).
     /// </summary>
-    internal static readonly int PrefetchBytes = int.TryParse(Environment.GetEnvironmentVariable("FITLM_PREFETCH_BYTES"), out int b) && b >= 0 ? b : 2048;
+    internal static readonly int PrefetchBytes = CpuOptions.Default.PrefetchBytes;
 
     /// <summary>The distance to prefetch ahead: <see cref="PrefetchBytes"/> rounded up to whole rows (0: none).</summary>
     internal static long PrefetchDistance(long rowBytes) =>

@@ -35,7 +35,8 @@ internal static unsafe class MatMul
     /// </summary>
     private const int TokenBlock = 128;
 
-    public static int Threads { get; set; } = Math.Max(1, Environment.ProcessorCount);
+    /// <summary>Threads of the process's <see cref="WorkerPool"/>: <see cref="CpuOptions.Threads"/> unless the CLI's --threads set it.</summary>
+    public static int Threads { get; set; } = CpuOptions.Default.Threads;
 
     [ThreadStatic] private static MatVecJob? t_matVec;
     [ThreadStatic] private static MatMulJob? t_matMul;
@@ -62,9 +63,28 @@ internal static unsafe class MatMul
     /// matrix-vector kernel), reading each chunk of weights once for all rows. Decoding a batch of sequences this
     /// way gives every sequence the logits it gets alone, bit for bit: the matrix-matrix kernel sums in another
     /// order (about 1e-6 relative), which the next layer's activation quantization can amplify into another
-    /// greedy token. The server decodes with it; prefill keeps the matrix-matrix kernel.
+    /// greedy token. The server decodes with it; prefill keeps the matrix-matrix kernel. A pass sets it for its
+    /// duration from its options (<see cref="CpuOptions.BatchInvariant"/>) through <see cref="RowWiseScope"/>.
     /// </summary>
-    public static bool RowWise { get => t_rowWise; set => t_rowWise = value; }
+    public static bool RowWise => t_rowWise;
+
+    /// <summary>
+    /// Sets <see cref="RowWise"/> on this thread until the scope is disposed, then restores what it was: a forward
+    /// pass applies its batch-invariance this way, and code inside one that must not depend on it (a KV store
+    /// rematerializing rows) turns it off for its own products.
+    /// </summary>
+    public static RowWiseSetting RowWiseScope(bool on)
+    {
+        var previous = new RowWiseSetting(t_rowWise);
+        t_rowWise = on;
+        return previous;
+    }
+
+    /// <summary>The <see cref="RowWise"/> a <see cref="RowWiseScope"/> restores when disposed (a struct: nothing allocated per pass).</summary>
+    public readonly struct RowWiseSetting(bool previous) : IDisposable
+    {
+        public void Dispose() => t_rowWise = previous;
+    }
 
     /// <summary>Y[t, r] = dot(W[r], X[t]) for t in [0, n): X is [n × cols], Y is [n × rows], both row-major.</summary>
     public static void MatMulBatch(GgmlType type, byte* w, long rowBytes, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, int n) =>

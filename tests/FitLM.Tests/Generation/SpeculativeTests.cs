@@ -197,10 +197,7 @@ public sealed class SpeculativeTests(ITestOutputHelper output) : IDisposable
         // The same positions as one verification batch, after the prompt again (quantized caches cannot roll back that far).
         tf.Forward(prompt, 0, logits, prompt.Length - 1);
         var batch = new float[k * vocab];
-        bool rowWise = MatMul.RowWise;
-        MatMul.RowWise = true;
-        try { tf.Forward(next, prompt.Length, batch, 0); }
-        finally { MatMul.RowWise = rowWise; }
+        tf.Forward(next, prompt.Length, batch, 0, batchInvariant: true);
         for (int i = 0; i < k; i++)
             Assert.True(plain.AsSpan(i * vocab, vocab).SequenceEqual(batch.AsSpan(i * vocab, vocab)), $"row {i} differs ({kv}, {quant})");
     }

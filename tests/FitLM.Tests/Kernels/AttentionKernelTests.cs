@@ -102,10 +102,7 @@ public unsafe class AttentionKernelTests
             store.Append(0, start, new KvRows(tokens.AsSpan(start, n), r.Residual.AsSpan(start * c.Dim, n * c.Dim), r.X.AsSpan(start * c.Dim, n * c.Dim),
                 r.K.AsSpan(start * kvDim, n * kvDim), r.V.AsSpan(start * kvDim, n * kvDim)));
             var o = new float[n * c.QDim];
-            bool was = MatMul.RowWise;
-            MatMul.RowWise = rowWise;
-            try { store.Attend(0, start, n, q, o); }
-            finally { MatMul.RowWise = was; }
+            using (MatMul.RowWiseScope(rowWise)) store.Attend(0, start, n, q, o);
             return o;
         }
         Assert.Equal(Attend(rowWise: true), Attend(rowWise: false));

@@ -281,9 +281,7 @@ public unsafe class IntDotMatMulTests
         var batch = new float[n * rows];
         fixed (byte* pw = w)
         {
-            MatMul.RowWise = true;
-            try { MatMul.MatMulBatch(type, pw, rowBytes, rows, cols, x, batch, n, isa, fisa); }
-            finally { MatMul.RowWise = false; }
+            using (MatMul.RowWiseScope(true)) MatMul.MatMulBatch(type, pw, rowBytes, rows, cols, x, batch, n, isa, fisa);
             var one = new float[rows];
             for (int t = 0; t < n; t++)
             {

@@ -101,9 +101,7 @@ public class BatchInvarianceTests(ITestOutputHelper output)
             var x = new float[n * cols];
             for (int i = 0; i < x.Length; i++) x[i] = (float)((rng.NextDouble() - 0.5) * (rng.Next(50) == 0 ? 40 : 2));
             var batch = new float[n * rows];
-            MatMul.RowWise = true;
-            try { m.Multiply(x, batch, n); }
-            finally { MatMul.RowWise = false; }
+            using (MatMul.RowWiseScope(true)) m.Multiply(x, batch, n);
             for (int t = 0; t < n; t++)
             {
                 var one = new float[rows];
@@ -158,9 +156,7 @@ public class BatchInvarianceTests(ITestOutputHelper output)
                 {
                     for (int k = 0; k < width; k++) res[s0 + k][t] = logits.AsSpan(k * vocab, vocab).ToArray();
                     if (t == steps) break;
-                    MatMul.RowWise = true;
-                    try { tf.Forward(Enumerable.Range(0, width).Select(k => new SequenceSlice(stores[k], new[] { fed[s0 + k][t] }, prompts[s0 + k].Length + t, true)).ToArray(), logits); }
-                    finally { MatMul.RowWise = false; }
+                    tf.Forward(Enumerable.Range(0, width).Select(k => new SequenceSlice(stores[k], new[] { fed[s0 + k][t] }, prompts[s0 + k].Length + t, true)).ToArray(), logits, batchInvariant: true);
                 }
                 foreach (var st in stores) st.Dispose();
             }

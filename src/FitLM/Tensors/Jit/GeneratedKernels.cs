@@ -20,16 +20,15 @@ namespace FitLM.Tensors.Jit;
 internal static unsafe class GeneratedKernels
 {
     /// <summary>FITLM_JIT=0 keeps the managed kernels (also read by the tests to report what ran).</summary>
-    internal static readonly bool Enabled = Environment.GetEnvironmentVariable("FITLM_JIT") != "0";
+    internal static readonly bool Enabled = CpuOptions.Default.Jit;
 
     /// <summary>
     /// Bytes ahead of the halves being converted that the generated F16 row kernel prefetches (0: none): two lines
     /// per 64 halves, 4 KiB ahead (one row of 2048 halves). Measured with FitLM.Bench decode (F16 5632×2048 matrices
     /// from DRAM, best pass) on the 2-core Sapphire Rapids VM: 5-7 GB/s without, 9-13 GB/s at 2-8 KiB.
-    /// FITLM_JIT_PREFETCH overrides it (tuning).
+    /// FITLM_JIT_PREFETCH overrides it (tuning; read by <see cref="CpuOptions"/>).
     /// </summary>
-    internal static readonly int PrefetchBytes =
-        int.TryParse(Environment.GetEnvironmentVariable("FITLM_JIT_PREFETCH"), out int b) && b >= 0 ? b / 64 * 64 : 4096;
+    internal static readonly int PrefetchBytes = CpuOptions.Default.JitPrefetchBytes / 64 * 64;
 
     /// <summary>The CPU and OS can run the generated kernels (whether or not they are enabled).</summary>
     public static bool IsSupported => ExecutableMemory.IsSupported && Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
