@@ -304,6 +304,19 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, long long 
 // than the tail of one longer one.
 #define SPLIT_WARPS 4
 
+// The integer kernels' last step: each token's lane sums added across the warp, lane 0 writing y[t·rows + row].
+template <int NB>
+__device__ __forceinline__ void write_rows(const float* acc, float* __restrict__ y, int rows, int row, int n, int lane)
+{
+#pragma unroll
+    for (int t = 0; t < NB; t++)
+    {
+        if (t >= n) break;
+        float sum = warp_sum(acc[t]);
+        if (lane == 0) y[(long long)t * rows + row] = sum;
+    }
+}
+
 template <bool Q4, int NB>
 __device__ __forceinline__ void split_row(const u8* __restrict__ W, int rows, int row, int cols,
                                           const i8* __restrict__ xq, const float* __restrict__ xd,
@@ -372,13 +385,7 @@ __device__ __forceinline__ void split_row(const u8* __restrict__ W, int rows, in
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NB; t++)
-    {
-        if (t >= n) break;
-        float sum = warp_sum(acc[t]);
-        if (lane == 0) y[(long long)t * rows + row] = sum;
-    }
+    write_rows<NB>(acc, y, rows, row, n, lane);
 }
 
 // q4_K rows (GGUF's layout: 144-byte blocks are 16-byte aligned as they are) against x in q8_K (quantize_q8_k), as
@@ -426,13 +433,7 @@ __device__ __forceinline__ void q4k_row(const u8* __restrict__ W, int row, int c
             acc[t] += xd[(long long)t * blocks + b] * (d * (float)(sc0 * p0 + sc1 * p1) - dmin * (float)msum);
         }
     }
-#pragma unroll
-    for (int t = 0; t < NB; t++)
-    {
-        if (t >= n) break;
-        float sum = warp_sum(acc[t]);
-        if (lane == 0) y[(long long)t * rows + row] = sum;
-    }
+    write_rows<NB>(acc, y, rows, row, n, lane);
 }
 
 // q6_K rows in the split layout (SplitLayout.cs: each block's first 208 bytes, ql[128] qh[64] scales[16], then all the
@@ -481,13 +482,7 @@ __device__ __forceinline__ void q6k_row(const u8* __restrict__ W, int row, int c
             acc[t] += xd[(long long)t * blocks + b] * d * (float)(sa * (pa - 32 * bs[g]) + sb * (pb - 32 * bs[g + 1]));
         }
     }
-#pragma unroll
-    for (int t = 0; t < NB; t++)
-    {
-        if (t >= n) break;
-        float sum = warp_sum(acc[t]);
-        if (lane == 0) y[(long long)t * rows + row] = sum;
-    }
+    write_rows<NB>(acc, y, rows, row, n, lane);
 }
 
 // Row `row` of one matrix, by type: 0 q4_0, 1 q8_0 (split, x in q8_0), 2 q4_K (GGUF layout), 3 q6_K (split; both x in q8_K).
