@@ -7,8 +7,10 @@
 #   tests/gpu.sh [FITLM [MODEL...]] on the GPU machine: `fitlm devices`, then `fitlm devices --check` (every GPU
 #                                  kernel against the CPU, and its bandwidth against a measured copy), then with each
 #                                  MODEL the whole forward pass on the GPU against the CPU (prefill and decode logits,
-#                                  KV cache f32 and f16). FITLM is the published binary (default: $FITLM, else
-#                                  gpu-out/fitlm); MODEL defaults to the demo model. Exits non-zero on failure.
+#                                  KV cache f32 and f16), then `fitlm serve --device cuda` on the first MODEL against
+#                                  `fitlm run --device cuda` (tests/gpu-serve-check.py, python3). FITLM is the
+#                                  published binary (default: $FITLM, else gpu-out/fitlm); MODEL defaults to the demo
+#                                  model. Exits non-zero on failure.
 #
 # The publish also writes FITLM.gz (about 40% of the size): a device run carries at most 64 MiB with the working tree.
 set -euo pipefail
@@ -45,4 +47,12 @@ echo "== fitlm devices"
 "$fitlm" devices
 echo "== fitlm devices --check -m ${models[*]}"
 "$fitlm" devices --check -m "${models[@]}"
+# The server's batched decode on the GPU: concurrent requests against `fitlm run`, token for token.
+if command -v python3 > /dev/null; then
+    echo "== tests/gpu-serve-check.py ${models[0]}"
+    python3 "$root/tests/gpu-serve-check.py" "$fitlm" "${models[0]}"
+else
+    echo "python3 not found: the serve check (tests/gpu-serve-check.py) did not run" >&2
+    exit 1
+fi
 echo "== GPU test run passed"
