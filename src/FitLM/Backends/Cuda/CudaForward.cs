@@ -33,6 +33,9 @@ internal sealed class CudaForward : IDeviceForward
 
     private sealed record RopeTables(DeviceBuffer Cos, DeviceBuffer Sin, int Half, bool Neox);
 
+    /// <summary>One sequence's rows in a pass: its KV slot, its first row in the batch, how many rows.</summary>
+    private record struct Segment(int Slot, int Row, int Count);
+
     private readonly CudaDevice _device;
     private readonly CudaMatVec _mv;
     private readonly ForwardKernels _kernels;
@@ -54,8 +57,6 @@ internal sealed class CudaForward : IDeviceForward
     private int _segmentCount;
     private readonly int[] _positions, _tokenRows;
     private readonly long _kvLayerBytes;
-
-    private record struct Segment(int Slot, int Row, int Count);
     private readonly DeviceBuffer? _qkv;
     private readonly float[] _embedRows;
     private readonly byte[] _embedBytes;
