@@ -269,6 +269,9 @@ public sealed class Transformer
                 throw new FitLMException($"context overflow: positions {sl.Pos}..{sl.Pos + n - 1} do not fit a context of {MaxContext}");
             for (int p = 0; p < s; p++)
                 if (ReferenceEquals(slices[p].Kv, sl.Kv)) throw new ArgumentException($"slices {p} and {s} share a KV store");
+            var t = sl.Tokens.Span;
+            for (int i = 0; i < n; i++)
+                if ((uint)t[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {t[i]} is outside the vocabulary ({Config.Vocab})");
             rows += n;
             if (rows > MaxBatch) throw new ArgumentException($"the slices hold more than {MaxBatch} tokens (the batch size)");
             if (sl.WantLogits) wanted++;
@@ -289,8 +292,6 @@ public sealed class Transformer
         {
             var sl = slices[s];
             var t = sl.Tokens.Span;
-            for (int i = 0; i < t.Length; i++)
-                if ((uint)t[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {t[i]} is outside the vocabulary ({Config.Vocab})");
             t.CopyTo(tokens.AsSpan(row));
             if (sl.Pos != sl.Kv.Length) sl.Kv.Truncate(sl.Pos); // a new sequence (pos 0) or a rewind
             segments[s] = new PassSegment { Kv = sl.Kv, Pos = sl.Pos, Row = row, Count = t.Length };
@@ -313,13 +314,7 @@ public sealed class Transformer
     private void ForwardOnDevice(ReadOnlySpan<SequenceSlice> slices, Span<float> logits)
     {
         for (int s = 0; s < slices.Length; s++)
-        {
-            var sl = slices[s];
-            var t = sl.Tokens.Span;
-            for (int i = 0; i < t.Length; i++)
-                if ((uint)t[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {t[i]} is outside the vocabulary ({Config.Vocab})");
-            _deviceSlices[s] = new DeviceSlice(DeviceStore(sl.Kv).Slot, sl.Tokens, sl.Pos, sl.WantLogits);
-        }
+            _deviceSlices[s] = new DeviceSlice(DeviceStore(slices[s].Kv).Slot, slices[s].Tokens, slices[s].Pos, slices[s].WantLogits);
         Device!.Forward(_deviceSlices.AsSpan(0, slices.Length), logits);
         for (int s = 0; s < slices.Length; s++)
         {

@@ -13,8 +13,8 @@ internal sealed unsafe class CudaMatVec : IDisposable
 {
     /// <summary>Rows per thread block (one warp each): WARPS in matvec.cu.</summary>
     private const int Warps = 8;
-    /// <summary>Rows per thread block of the split-layout kernels (one warp each): SPLIT_WARPS in matvec.cu.</summary>
-    private const int SplitWarps = 4;
+    /// <summary>Rows per thread block of the integer kernels (one warp each): SPLIT_WARPS in matvec.cu.</summary>
+    private const int IntegerWarps = 4;
     /// <summary>Tokens one matmul8 launch takes.</summary>
     public const int BatchTokens = 8;
 
@@ -41,16 +41,16 @@ internal sealed unsafe class CudaMatVec : IDisposable
     /// </summary>
     public static bool QuantizesActivations(GgmlType type) => type is GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q6_K;
 
-    /// <summary>x's format for <paramref name="type"/>'s integer kernels: q8_K for the K-quants, else q8_0 (ActivationQuant.FormatFor).</summary>
-    private static bool UsesQ8_K(GgmlType type) => type is GgmlType.Q4_K or GgmlType.Q6_K;
+    /// <summary>Whether <paramref name="type"/>'s integer kernels take x in q8_K (the K-quants) rather than q8_0, as the CPU's.</summary>
+    private static bool UsesQ8_K(GgmlType type) => ActivationQuant.FormatFor(type) == ActFormat.Q8_K;
 
     public static readonly GgmlType[] Types =
         [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q4_0, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     public static bool Supports(GgmlType type) => Array.IndexOf(Types, type) >= 0;
 
-    /// <param name="maxCols">The widest x a Q4_0/Q8_0 product gets: its q8_0 scratch (eight tokens of it) is allocated
-    /// now, since a decode step is captured as a graph, where nothing may be allocated.</param>
+    /// <param name="maxCols">The widest x a quantized type's product gets: its q8_0/q8_K scratch (eight tokens of it) is
+    /// allocated now, since a decode step is captured as a graph, where nothing may be allocated.</param>
     public CudaMatVec(CudaDevice device, Action<string>? log = null, int maxCols = 0)
     {
         _device = device;
@@ -72,7 +72,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
         }
     }
 
-    /// <summary>Device bytes of the q8_0 scratch for x up to <paramref name="maxCols"/> wide (eight tokens: int8 values, scales, sums).</summary>
+    /// <summary>Device bytes of the quantized-x scratch for x up to <paramref name="maxCols"/> wide (eight tokens: int8 values, scales, sums).</summary>
     public static long ScratchBytes(int maxCols)
     {
         long cols = (maxCols + 31) / 32 * 32;
@@ -96,13 +96,13 @@ internal sealed unsafe class CudaMatVec : IDisposable
     /// (device addresses; the caller sized them), eight tokens per launch where the rows of X are 16-byte aligned.
     /// </summary>
     /// <param name="sameInput">x has not changed since the previous call quantized it (K and V after Q, when their
-    /// types differ): its q8_0 form in the scratch is reused instead of quantized again.</param>
+    /// types differ): its quantized form in the scratch is reused instead of quantized again.</param>
     public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n, bool sameInput = false)
     {
         Validate(type, rowBytes, cols);
         if (QuantizesActivations(type))
         {
-            MultiplySplit(type, cols, x, n, sameInput, (w, rows, y), default, default);
+            MultiplyInteger(type, cols, x, n, sameInput, (w, rows, y), default, default);
             return;
         }
         var (one, eight) = _functions[type];
@@ -130,7 +130,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
     {
         if (!QuantizesActivations(type)) return false;
         Validate(type, GgmlTypes.RowBytes(type, cols), cols);
-        MultiplySplit(type, cols, x, n, false, a, b, c);
+        MultiplyInteger(type, cols, x, n, false, a, b, c);
         return true;
     }
 
@@ -142,7 +142,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
     }
 
     /// <summary>Per eight tokens: X's rows quantized in the scratch, then one launch over all three matrices' rows.</summary>
-    private void MultiplySplit(GgmlType type, int cols, ulong x, int n, bool sameInput,
+    private void MultiplyInteger(GgmlType type, int cols, ulong x, int n, bool sameInput,
         (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c)
     {
         if (cols > MaxCols) throw new FitLMException($"cuda matvec: a {type} row of {cols} elements is wider than the {MaxCols} the activation scratch holds");
@@ -155,7 +155,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
             if (!(sameInput && px == _quantizedX && cols == _quantizedCols && count == _quantizedTokens && UsesQ8_K(type) == _quantizedK))
                 Quantize(UsesQ8_K(type), px, cols, count);
             long shift = (long)t * 4;
-            LaunchSplit(count == 1 ? one : eight, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
+            LaunchInteger(count == 1 ? one : eight, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
                 (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)));
         }
     }
@@ -173,14 +173,14 @@ internal sealed unsafe class CudaMatVec : IDisposable
         _quantizedTokens = tokens;
     }
 
-    private void LaunchSplit(nint function, int cols, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c)
+    private void LaunchInteger(nint function, int cols, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c)
     {
         ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
         ulong w0 = a.W, w1 = b.W, w2 = c.W, y0 = a.Y, y1 = b.Y, y2 = c.Y;
         int r0 = a.Rows, r1 = b.Rows, r2 = c.Rows;
-        uint grid = (uint)((r0 + SplitWarps - 1) / SplitWarps + (r1 + SplitWarps - 1) / SplitWarps + (r2 + SplitWarps - 1) / SplitWarps);
+        uint grid = (uint)((r0 + IntegerWarps - 1) / IntegerWarps + (r1 + IntegerWarps - 1) / IntegerWarps + (r2 + IntegerWarps - 1) / IntegerWarps);
         void** args = stackalloc void*[] { &w0, &w1, &w2, &y0, &y1, &y2, &r0, &r1, &r2, &cols, &q, &d, &s, &n };
-        _device.Launch(function, grid, 32 * SplitWarps, 0, args);
+        _device.Launch(function, grid, 32 * IntegerWarps, 0, args);
     }
 
     public void Dispose()

@@ -5,7 +5,7 @@ namespace FitLM.Backends.Cuda;
 
 /// <summary>
 /// A weight matrix as the GPU kernels read it: in its GGUF block layout where a kernel reads that type
-/// (<see cref="CudaMatVec.Types"/>; Q4_0 and Q8_0 rearranged, <see cref="SplitLayout"/>), else dequantized to float32 (exact, four bytes a weight: the K-quants Q2_K..Q5_K
+/// (<see cref="CudaMatVec.Types"/>; Q4_0, Q8_0 and Q6_K rearranged, <see cref="SplitLayout"/>), else dequantized to float32 (exact, four bytes a weight: the K-quants Q2_K..Q5_K
 /// and the legacy Q4_1/Q5_x have no GPU kernel yet), at <see cref="Offset"/> bytes into its <see cref="WeightBlock"/>.
 /// </summary>
 internal sealed record DeviceMatrix(TensorDesc Tensor, GgmlType Type, int Rows, int Cols, long RowBytes, long Offset)

@@ -17,8 +17,8 @@ struct alignas(16) v4 { u32 a, b, c, d; };
 struct alignas(16) f4 { float x, y, z, w; };
 
 #define WARPS 8           // rows per thread block (256 threads)
-#define TILE_MAX 1792     // bytes of the largest tile (q6_K: 8 blocks = 1680), a multiple of 16
-#define LOADS ((TILE_MAX / 16 + 31) / 32) // 16-byte loads per lane for the largest tile (4)
+#define TILE_MAX 1152     // bytes of the largest tile (q4_K: 8 blocks), a multiple of 16
+#define LOADS ((TILE_MAX / 16 + 31) / 32) // 16-byte loads per lane for the largest tile (3)
 
 // Each warp's tile; declared as 16-byte vectors so that it is 16-byte aligned.
 __shared__ v4 tiles[WARPS][TILE_MAX / 16];
@@ -162,9 +162,6 @@ __device__ __forceinline__ void dequant_f16(const u8* __restrict__ W, long long 
         __syncwarp();
     }
 }
-
-// Four bytes at a 2-byte aligned address (GGUF blocks of even size put every field there).
-__device__ __forceinline__ u32 ld4x2(const u8* p) { return ld16(p) | ((u32)ld16(p + 2) << 16); }
 
 // ------------------------------------------------------------------------------------------------ q4_K
 // block_q4_K (144 bytes): half d; half dmin; u8 scales[12] (eight 6-bit scale/min pairs); u8 qs[128].
@@ -526,6 +523,29 @@ INT_ENTRY(matmul8_q4_k_q8, 2, 8)
 INT_ENTRY(matvec_q6_k_q8, 3, 1)
 INT_ENTRY(matmul8_q6_k_q8, 3, 8)
 
+// The index of the first element of largest magnitude in a 256-block (q8_K's `max`), and that magnitude in amax:
+// (|x|, index) reduced across the warp, the larger |x| winning and ties going to the lower index. Lane l reads
+// elements l, l + 32, ...
+__device__ __forceinline__ int first_max_abs_256(const float* __restrict__ xb, int lane, float& amax)
+{
+    float best = -1.f;
+    int at = 0;
+    for (int j = lane; j < 256; j += 32)
+    {
+        float a = fabsf(xb[j]);
+        if (a > best) { best = a; at = j; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        float b2 = __shfl_xor_sync(0xffffffffu, best, o);
+        int a2 = __shfl_xor_sync(0xffffffffu, at, o);
+        if (b2 > best || (b2 == best && a2 < at)) { best = b2; at = a2; }
+    }
+    amax = best;
+    return at;
+}
+
 // x [n × cols] to q8_K (ActivationQuant.Q8_KScalar): per 256-block, `max` the first value of largest magnitude, iscale =
 // -127/max, q = min(127, round-to-even(iscale·x)), d = 1/iscale (a zero block: q = 0, d = 0), and the sums of q of each
 // 16 (bsums, as int). One warp per block, lane l taking elements l + 32i.
@@ -536,28 +556,13 @@ extern "C" __global__ void quantize_q8_k(const float* __restrict__ x, long long 
     int lane = threadIdx.x & 31;
     if (b >= blocks) return;
     const float* xb = x + b * 256;
-    float v[8];
-    float best = -1.f;
-    int at = 0;
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-    {
-        v[i] = xb[lane + 32 * i];
-        float a = fabsf(v[i]);
-        if (a > best) { best = a; at = lane + 32 * i; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-    {
-        float b2 = __shfl_xor_sync(0xffffffffu, best, o);
-        int a2 = __shfl_xor_sync(0xffffffffu, at, o);
-        if (b2 > best || (b2 == best && a2 < at)) { best = b2; at = a2; }
-    }
+    float best;
+    int at = first_max_abs_256(xb, lane, best);
     float iscale = best == 0.f ? 0.f : -127.f / xb[at];
 #pragma unroll
     for (int i = 0; i < 8; i++)
     {
-        int qi = best == 0.f ? 0 : min(127, __float2int_rn(iscale * v[i]));
+        int qi = best == 0.f ? 0 : min(127, __float2int_rn(iscale * xb[lane + 32 * i]));
         q[b * 256 + lane + 32 * i] = (i8)qi;
         // Lanes 0-15 hold group 2i's elements, lanes 16-31 group 2i + 1's.
         int sum = qi;
@@ -666,21 +671,8 @@ extern "C" __global__ void quantize_to_f16(const float* __restrict__ x, u16* __r
         ob[lane] = float_to_half((float)__float2int_rn(v * id) * d);
         return;
     }
-    // The first element of largest magnitude: reduce (|x|, index), larger |x| wins, ties go to the lower index.
-    float best = -1.f;
-    int at = 0;
-    for (int j = lane; j < 256; j += 32)
-    {
-        float a = fabsf(xb[j]);
-        if (a > best) { best = a; at = j; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-    {
-        float b2 = __shfl_xor_sync(0xffffffffu, best, o);
-        int a2 = __shfl_xor_sync(0xffffffffu, at, o);
-        if (b2 > best || (b2 == best && a2 < at)) { best = b2; at = a2; }
-    }
+    float best;
+    int at = first_max_abs_256(xb, lane, best);
     if (best == 0.f)
     {
         for (int j = lane; j < 256; j += 32) ob[j] = 0;
