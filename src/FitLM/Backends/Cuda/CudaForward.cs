@@ -315,12 +315,7 @@ internal sealed class CudaForward : IDeviceForward
     public void Forward(ReadOnlySpan<int> tokens, int pos, Span<float> logits, int logitsFrom)
     {
         int count = tokens.Length;
-        if (count > _batch) throw new ArgumentException($"{count} tokens do not fit a batch of {_batch}");
-        _device.MakeCurrent();
-        Embed(tokens);
-        CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in pos));
-        _segments[0] = new Segment(0, 0, count);
-        _segmentCount = 1;
+        BeginSequence(0, tokens, pos);
         if (count == 1 && _graphs) DecodeStep(); // captured with this one segment: slot 0, row 0
         else
         {
@@ -370,16 +365,22 @@ internal sealed class CudaForward : IDeviceForward
         CudaDevice.DownloadFrom(_logits.Pointer, logits[..(wanted * _c.Vocab)]);
     }
 
+    /// <summary>A pass of one sequence (KV slot <paramref name="slot"/>): its rows embedded, its first position uploaded, one segment.</summary>
+    private void BeginSequence(int slot, ReadOnlySpan<int> tokens, int pos)
+    {
+        if (tokens.Length > _batch) throw new ArgumentException($"{tokens.Length} tokens do not fit a batch of {_batch}");
+        _device.MakeCurrent();
+        Embed(tokens);
+        CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in pos));
+        _segments[0] = new Segment(slot, 0, tokens.Length);
+        _segmentCount = 1;
+    }
+
     public void ForwardHidden(int slot, ReadOnlySpan<int> tokens, int pos, Span<float> hidden)
     {
         int count = tokens.Length, dim = _c.Dim;
         if ((uint)slot >= (uint)Sequences) throw new ArgumentException($"KV slot {slot} is not one of the device's {Sequences}");
-        if (count > _batch) throw new ArgumentException($"{count} tokens do not fit a batch of {_batch}");
-        _device.MakeCurrent();
-        Embed(tokens);
-        CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in pos));
-        _segments[0] = new Segment(slot, 0, count);
-        _segmentCount = 1;
+        BeginSequence(slot, tokens, pos);
         Layers(count);
         _kernels.RmsNorm(_x.Pointer, _outputNorm.Pointer, _xb.Pointer, count, dim, _c.RmsEps);
         CudaDevice.DownloadFrom(_xb.Pointer, hidden[..(count * dim)]);
