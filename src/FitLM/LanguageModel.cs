@@ -193,7 +193,7 @@ public sealed class LanguageModel : IDisposable
                 StreamedBytesPerToken = 0,
                 CostModelNote = device.Description,
             };
-            var transformer = new Transformer(source.Config, device, ctx, options.MaxBatch);
+            var transformer = new Transformer(source.Config, device, ctx, options.MaxBatch, options.Kv);
             return new LanguageModel(source, new ResidentWeights(source), transformer, plan);
         }
         catch

@@ -72,7 +72,7 @@ public sealed class Transformer
     /// the device's KV slot 0), or several in one batched pass over stores of <see cref="CreateSequenceKv"/> (the device's
     /// slots); <see cref="ChangeKv"/> refuses with a line naming --device cpu.
     /// </summary>
-    public Transformer(ModelConfig config, IDeviceForward device, int maxContext, int maxBatch = 256)
+    public Transformer(ModelConfig config, IDeviceForward device, int maxContext, int maxBatch = 256, KvCacheOptions? kv = null)
     {
         ArgumentNullException.ThrowIfNull(device);
         Config = config;
@@ -85,8 +85,9 @@ public sealed class Transformer
         _context = null!;
         _slotBusy = new bool[Math.Max(1, device.Sequences)];
         _deviceSlices = new DeviceSlice[MaxBatch];
-        // An empty CPU store keeps Kv meaningful for callers that truncate it; it never holds a position.
-        KvStores = new KvStoreFactory(KvModel(null), new KvCacheOptions(), MaxContext, MaxBatch);
+        // An empty CPU store keeps Kv meaningful for callers that truncate it; it never holds a position. Its options are
+        // the device's KV type, so what reports KvStores.Options (/metrics, /budget) names the cache the device holds.
+        KvStores = new KvStoreFactory(KvModel(null), kv ?? new KvCacheOptions(), MaxContext, MaxBatch);
         Kv = KvStores.Create();
     }
 

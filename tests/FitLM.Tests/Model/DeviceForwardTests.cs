@@ -131,6 +131,15 @@ public class DeviceForwardTests
     }
 
     [Fact]
+    public void KvOptions_NameTheDevicesCacheType()
+    {
+        // /metrics and /budget read KvStores.Options: on a device it is the type the device's cache holds, not f32.
+        var tf = new Transformer(Config(), new RecordingDevice(), maxContext: 32, maxBatch: 8, new KvCacheOptions { Type = KvType.F16 });
+        Assert.Equal(KvType.F16, tf.KvStores.Options.Type);
+        Assert.Equal(KvType.F32, new Transformer(Config(), new RecordingDevice(), maxContext: 32, maxBatch: 8).KvStores.Options.Type);
+    }
+
+    [Fact]
     public void HiddenStates_ComeFromTheSequencesSlot_InBatches()
     {
         var device = new RecordingDevice();
