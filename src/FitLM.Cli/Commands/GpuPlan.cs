@@ -10,11 +10,32 @@ namespace FitLM.Cli.Commands;
 /// what stays in GPU memory, which layers stream from host memory per token, and, where a GPU is present, the decode
 /// speed the measured bandwidth allows: streamed bytes per token against the host-to-device copy, or, every layer
 /// resident, the weights read per token against the device's own copy. Without a GPU it needs --gpu-memory, and
-/// predicts nothing.
+/// predicts nothing. Measured first (<see cref="Measure"/>), then written as text or, with --json, as one object.
 /// </summary>
 internal static class GpuPlan
 {
-    public static int Write(TextWriter o, string path, LoadOptions load)
+    /// <summary>The placement, and what the device measured now (null without one).</summary>
+    private sealed record Report(string Model, int Context, long Budget, string? FreeOn, bool Naive, bool HalfKv,
+        CudaForward.Placement Placement, string? NoDevice, double? DeviceCopy, double? HostToDevice)
+    {
+        public long WeightsReadPerToken => Placement.Blocks.Sum(b => b.Bytes) + Placement.Head.Bytes;
+
+        /// <summary>The decode rate the measured bandwidth allows: resident, weights read per token against the device's
+        /// copy; streaming, streamed bytes per token against the host-to-device copy. Null without a GPU.</summary>
+        public double? PredictedTokensPerSecond => Placement.StreamedBytes == 0
+            ? DeviceCopy / WeightsReadPerToken
+            : HostToDevice / Placement.StreamedBytes;
+    }
+
+    public static int Write(TextWriter o, string path, LoadOptions load, bool json)
+    {
+        var r = Measure(path, load);
+        if (json) o.WriteLine(CliJson.Indented(Json(r)));
+        else WriteText(o, r);
+        return 0;
+    }
+
+    private static Report Measure(string path, LoadOptions load)
     {
         using var source = ModelSource.Open(path);
         int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(source.Config.ContextLength); // as run loads it
@@ -32,38 +53,68 @@ internal static class GpuPlan
                 budget = device.FreeMemory() - CudaForward.Headroom;
             }
             var p = CudaForward.Plan(source, n, load.MaxBatch, half, budget, naive);
-            o.WriteLine($"GPU plan for {Path.GetFileName(Path.TrimEndingDirectorySeparator(path))} at context {n}, budget {ProcessMemory.Format(budget)}" +
-                (load.GpuMemoryBudget == 0 ? $" (free on {device!.Name})" : ""));
-            o.WriteLine($"  in GPU memory        {ProcessMemory.Format(p.DeviceBytes),12}  ({(p.Resident == p.Layers ? "every layer" : p.Resident == 0 ? "no layer" : $"layers 0-{p.Resident - 1}")} of {p.Layers}, " +
-                $"KV cache {(half ? "f16" : "f32")} {ProcessMemory.Format(p.KvBytes)}, activations, norms, output head" +
-                (p.SlotBytes > 0 ? $", {(naive ? "one slot" : "two slots")} of {ProcessMemory.Format(p.SlotBytes / (naive ? 1 : 2))}" : "") + ")");
-            if (p.StreamedBytes == 0)
-            {
-                o.WriteLine("  streamed per token   nothing      (decode is bound by the GPU's own memory bandwidth)");
-                long read = p.Blocks.Sum(b => b.Bytes) + p.Head.Bytes;
-                if (device == null)
-                {
-                    o.WriteLine($"  predicted decode     not measured (no GPU here: {noDevice}); {ProcessMemory.Format(read)} of weights read per token");
-                    return 0;
-                }
-                // Weights read once per token against what the device copies; the kernels reach a share of it (docs/cuda.md).
-                double copy = device.CopyBandwidth(Math.Min(1L << 30, Math.Max(64L << 20, (device.FreeMemory() - p.DeviceBytes) / 4)));
-                o.WriteLine($"  predicted decode     at most {copy / read:F1} tok/s  ({ProcessMemory.Format(read)} of weights read per token against the " +
-                    $"{copy / 1e9:F0} GB/s the device copies, measured now; `fitlm bench --device cuda` measures the share decode reaches)");
-                return 0;
-            }
-            o.WriteLine($"  streamed per token   {ProcessMemory.Format(p.StreamedBytes),12}  (layers {p.Resident}-{p.Layers - 1} " +
-                (naive ? "read from the model file and uploaded before each use: --stream naive)" : "from pinned host memory, copied while the layers before them run)"));
-            if (device == null)
-            {
-                o.WriteLine($"  predicted decode     not measured (no GPU here: {noDevice})");
-                return 0;
-            }
-            double h2d = device.HostToDeviceBandwidth();
-            o.WriteLine($"  predicted decode     at most {h2d / p.StreamedBytes:F2} tok/s  (the {h2d / 1e9:F1} GB/s host-to-device copy measured now" +
-                (naive ? "; the naive loop also reads the file and does not overlap, so it runs far below this)" : ")"));
-            return 0;
+            double? copy = null, h2d = null;
+            if (device != null && p.StreamedBytes == 0)
+                copy = device.CopyBandwidth(Math.Min(1L << 30, Math.Max(64L << 20, (device.FreeMemory() - p.DeviceBytes) / 4)));
+            else if (device != null)
+                h2d = device.HostToDeviceBandwidth();
+            return new Report(Path.GetFileName(Path.TrimEndingDirectorySeparator(path)), n, budget,
+                load.GpuMemoryBudget == 0 ? device!.Name : null, naive, half, p, noDevice, copy, h2d);
         }
         finally { device?.Dispose(); }
+    }
+
+    private static void WriteText(TextWriter o, Report r)
+    {
+        var p = r.Placement;
+        o.WriteLine($"GPU plan for {r.Model} at context {r.Context}, budget {ProcessMemory.Format(r.Budget)}" + (r.FreeOn is { } name ? $" (free on {name})" : ""));
+        o.WriteLine($"  in GPU memory        {ProcessMemory.Format(p.DeviceBytes),12}  ({(p.Resident == p.Layers ? "every layer" : p.Resident == 0 ? "no layer" : $"layers 0-{p.Resident - 1}")} of {p.Layers}, " +
+            $"KV cache {(r.HalfKv ? "f16" : "f32")} {ProcessMemory.Format(p.KvBytes)}, activations, norms, output head" +
+            (p.SlotBytes > 0 ? $", {(r.Naive ? "one slot" : "two slots")} of {ProcessMemory.Format(p.SlotBytes / (r.Naive ? 1 : 2))}" : "") + ")");
+        if (p.StreamedBytes == 0)
+        {
+            o.WriteLine("  streamed per token   nothing      (decode is bound by the GPU's own memory bandwidth)");
+            string read = ProcessMemory.Format(r.WeightsReadPerToken);
+            // Weights read once per token against what the device copies; the kernels reach a share of it (docs/cuda.md).
+            o.WriteLine(r.DeviceCopy is { } copy
+                ? $"  predicted decode     at most {r.PredictedTokensPerSecond:F1} tok/s  ({read} of weights read per token against the " +
+                  $"{copy / 1e9:F0} GB/s the device copies, measured now; `fitlm bench --device cuda` measures the share decode reaches)"
+                : $"  predicted decode     not measured (no GPU here: {r.NoDevice}); {read} of weights read per token");
+            return;
+        }
+        o.WriteLine($"  streamed per token   {ProcessMemory.Format(p.StreamedBytes),12}  (layers {p.Resident}-{p.Layers - 1} " +
+            (r.Naive ? "read from the model file and uploaded before each use: --stream naive)" : "from pinned host memory, copied while the layers before them run)"));
+        o.WriteLine(r.HostToDevice is { } h2d
+            ? $"  predicted decode     at most {r.PredictedTokensPerSecond:F2} tok/s  (the {h2d / 1e9:F1} GB/s host-to-device copy measured now" +
+              (r.Naive ? "; the naive loop also reads the file and does not overlap, so it runs far below this)" : ")")
+            : $"  predicted decode     not measured (no GPU here: {r.NoDevice})");
+    }
+
+    /// <summary>`plan --device cuda --json`: the same fields as the text, bytes as numbers; measurements null without a GPU.</summary>
+    private static Dictionary<string, object?> Json(Report r)
+    {
+        var p = r.Placement;
+        return new Dictionary<string, object?>
+        {
+            ["device"] = "cuda",
+            ["model"] = r.Model,
+            ["context"] = r.Context,
+            ["gpu_budget_bytes"] = r.Budget,
+            ["budget_from_free_memory_of"] = r.FreeOn,
+            ["layers"] = p.Layers,
+            ["resident_layers"] = p.Resident,
+            ["streamed_layers"] = p.Layers - p.Resident,
+            ["stream"] = p.StreamedBytes == 0 ? "none" : r.Naive ? "naive" : "prefetch",
+            ["gpu_bytes"] = p.DeviceBytes,
+            ["kv_type"] = r.HalfKv ? "f16" : "f32",
+            ["kv_bytes"] = p.KvBytes,
+            ["stream_slot_bytes"] = p.SlotBytes,
+            ["streamed_bytes_per_token"] = p.StreamedBytes,
+            ["weights_read_per_token"] = r.WeightsReadPerToken,
+            ["device_copy_bytes_per_second"] = r.DeviceCopy,
+            ["host_to_device_bytes_per_second"] = r.HostToDevice,
+            ["predicted_tokens_per_second"] = r.PredictedTokensPerSecond,
+            ["not_measured_because"] = r.NoDevice,
+        };
     }
 }

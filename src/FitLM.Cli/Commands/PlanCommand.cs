@@ -24,11 +24,7 @@ internal static class PlanCommand
         {
             string path = group.ModelPath(r);
             var load = group.Read(r);
-            if (load.Device == ComputeDevice.Cuda)
-            {
-                if (r.GetValue(json)) throw new FitLMException("--json is not built for the GPU plan yet (give --device cuda without --json)");
-                return GpuPlan.Write(Console.Out, path, load);
-            }
+            if (load.Device == ComputeDevice.Cuda) return GpuPlan.Write(Console.Out, path, load, r.GetValue(json));
             group.EnsureStackFlagsApply(r, path);
             using var src = ModelSource.Open(path);
             int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(src.Config.ContextLength); // as run loads it

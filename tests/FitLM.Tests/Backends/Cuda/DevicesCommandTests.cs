@@ -93,6 +93,21 @@ public sealed class DevicesCommandTests(ITestOutputHelper output)
         Assert.StartsWith("error: the model needs at least", tooSmall.StdErr.Trim(), StringComparison.Ordinal);
         if (HasDriver()) return;
         Assert.Contains("predicted decode     not measured (no GPU here", r.StdOut, StringComparison.Ordinal);
+        // --json: the same placement as one object, the measurements null and the reason given.
+        var json = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda", "--gpu-memory", "104MiB", "--json");
+        Assert.Equal(0, json.ExitCode);
+        using (var doc = System.Text.Json.JsonDocument.Parse(json.StdOut))
+        {
+            var o = doc.RootElement;
+            Assert.Equal(8, o.GetProperty("layers").GetInt32());
+            Assert.Equal(2, o.GetProperty("resident_layers").GetInt32());
+            Assert.Equal("prefetch", o.GetProperty("stream").GetString());
+            Assert.Equal(104L << 20, o.GetProperty("gpu_budget_bytes").GetInt64());
+            Assert.True(o.GetProperty("gpu_bytes").GetInt64() <= 104L << 20);
+            Assert.True(o.GetProperty("streamed_bytes_per_token").GetInt64() > 0);
+            Assert.Equal(System.Text.Json.JsonValueKind.Null, o.GetProperty("predicted_tokens_per_second").ValueKind);
+            Assert.StartsWith("no CUDA driver", o.GetProperty("not_measured_because").GetString(), StringComparison.Ordinal);
+        }
         var noBudget = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda");
         Assert.Equal(1, noBudget.ExitCode);
         Assert.StartsWith("error: give --gpu-memory SIZE: there is no GPU", noBudget.StdErr.Trim(), StringComparison.Ordinal);
