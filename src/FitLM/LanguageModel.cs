@@ -166,7 +166,7 @@ public sealed class LanguageModel : IDisposable
     /// <summary>
     /// The model on CUDA device 0 (--device cuda, docs/cuda.md): weights and KV cache in GPU memory, nothing of the weights
     /// held on the host. What the GPU path does not run yet is refused here with one line: LoRA, stacked and prepared
-    /// files, H2O eviction and the quantized KV types (the mixtures of experts: <see cref="Backends.Cuda.CudaForward.Unsupported"/>).
+    /// files, H2O eviction and the XQuant KV types (the mixtures of experts: <see cref="Backends.Cuda.CudaForward.Unsupported"/>).
     /// </summary>
     private static LanguageModel LoadOnGpu(IModelSource source, LoadOptions options, int ctx)
     {
@@ -174,8 +174,8 @@ public sealed class LanguageModel : IDisposable
         if (options.Adapters.Count > 0) throw new FitLMException(NotYet("--lora"));
         if (source is GgufSource g && StackLayout.IsStacked(g.File)) throw new FitLMException(NotYet("a stacked (BitStack) model"));
         if (ModelValidation.IsBundled(source)) throw new FitLMException(NotYet("a prepared (LLM in a flash) model"));
-        if (options.Kv.Evict != KvCache.KvEviction.None) throw new FitLMException(NotYet("H2O eviction (--kv-evict)"));
-        var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv.Type, options.GpuMemoryBudget,
+        if (Backends.Cuda.DeviceKvLayout.Unsupported(options.Kv) is { } kv) throw new FitLMException(NotYet(kv));
+        var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv, options.GpuMemoryBudget,
             naiveStreaming: options.Stream == StreamMode.Naive, ordinal: 0, log: m => Console.Error.WriteLine(m),
             sequences: Math.Max(1, options.DeviceSequences));
         try

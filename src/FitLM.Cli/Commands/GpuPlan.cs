@@ -15,7 +15,7 @@ namespace FitLM.Cli.Commands;
 internal static class GpuPlan
 {
     /// <summary>The placement, and what the device measured now (null without one).</summary>
-    private sealed record Report(string Model, int Context, long Budget, string? FreeOn, bool Naive, bool HalfKv,
+    private sealed record Report(string Model, int Context, long Budget, string? FreeOn, bool Naive, KvCache.KvCacheOptions Kv,
         CudaForward.Placement Placement, string? NoDevice, double? DeviceCopy, double? HostToDevice)
     {
         public long WeightsReadPerToken => Placement.Blocks.Sum(b => b.Bytes) + Placement.Head.Bytes;
@@ -39,7 +39,7 @@ internal static class GpuPlan
     {
         using var source = ModelSource.Open(path);
         int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(source.Config.ContextLength); // as run loads it
-        bool naive = load.Stream == Weights.StreamMode.Naive, half = load.Kv.Type == KvCache.KvType.F16;
+        bool naive = load.Stream == Weights.StreamMode.Naive;
         CudaDevice? device = null;
         try
         {
@@ -52,14 +52,14 @@ internal static class GpuPlan
                 if (device == null) throw new FitLMException($"give --gpu-memory SIZE: there is no GPU to read free memory from ({noDevice})");
                 budget = device.FreeMemory() - CudaForward.Headroom;
             }
-            var p = CudaForward.Plan(source, n, load.MaxBatch, half, budget, naive);
+            var p = CudaForward.Plan(source, n, load.MaxBatch, load.Kv, budget, naive);
             double? copy = null, h2d = null;
             if (device != null && p.StreamedBytes == 0)
                 copy = device.CopyBandwidth(Math.Min(1L << 30, Math.Max(64L << 20, (device.FreeMemory() - p.DeviceBytes) / 4)));
             else if (device != null)
                 h2d = device.HostToDeviceBandwidth();
             return new Report(Path.GetFileName(Path.TrimEndingDirectorySeparator(path)), n, budget,
-                load.GpuMemoryBudget == 0 ? device!.Name : null, naive, half, p, noDevice, copy, h2d);
+                load.GpuMemoryBudget == 0 ? device!.Name : null, naive, load.Kv, p, noDevice, copy, h2d);
         }
         finally { device?.Dispose(); }
     }
@@ -69,7 +69,7 @@ internal static class GpuPlan
         var p = r.Placement;
         o.WriteLine($"GPU plan for {r.Model} at context {r.Context}, budget {ProcessMemory.Format(r.Budget)}" + (r.FreeOn is { } name ? $" (free on {name})" : ""));
         o.WriteLine($"  in GPU memory        {ProcessMemory.Format(p.DeviceBytes),12}  ({(p.Resident == p.Layers ? "every layer" : p.Resident == 0 ? "no layer" : $"layers 0-{p.Resident - 1}")} of {p.Layers}, " +
-            $"KV cache {(r.HalfKv ? "f16" : "f32")} {ProcessMemory.Format(p.KvBytes)}, activations, norms, output head" +
+            $"KV cache {r.Kv} {ProcessMemory.Format(p.KvBytes)}, activations, norms, output head" +
             (p.SlotBytes > 0 ? $", {(r.Naive ? "one slot" : "two slots")} of {ProcessMemory.Format(p.SlotBytes / (r.Naive ? 1 : 2))}" : "") + ")");
         if (p.StreamedBytes == 0)
         {
@@ -106,7 +106,7 @@ internal static class GpuPlan
             ["streamed_layers"] = p.Layers - p.Resident,
             ["stream"] = p.StreamedBytes == 0 ? "none" : r.Naive ? "naive" : "prefetch",
             ["gpu_bytes"] = p.DeviceBytes,
-            ["kv_type"] = r.HalfKv ? "f16" : "f32",
+            ["kv_type"] = r.Kv.Spec,
             ["kv_bytes"] = p.KvBytes,
             ["stream_slot_bytes"] = p.SlotBytes,
             ["streamed_bytes_per_token"] = p.StreamedBytes,

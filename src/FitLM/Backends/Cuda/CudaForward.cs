@@ -56,11 +56,12 @@ internal sealed class CudaForward : IDeviceForward
     private readonly Segment[] _segments;
     private int _segmentCount;
     private readonly int[] _positions, _tokenRows;
-    private readonly long _kvLayerBytes;
     private readonly DeviceBuffer? _qkv;
     private readonly float[] _embedRows;
     private readonly byte[] _embedBytes;
-    private readonly bool _halfKv;
+    private readonly DeviceKvLayout _kv;
+    /// <summary>Positions each KV slot holds after the last pass (KIVI refuses a rewind into what it quantized).</summary>
+    private readonly int[] _slotLength;
     private readonly int _batch;
     private CudaGraph? _decodeGraph;
     private bool _graphs = Environment.GetEnvironmentVariable("FITLM_CUDA_GRAPHS") != "0";
@@ -69,7 +70,7 @@ internal sealed class CudaForward : IDeviceForward
     public long DeviceBytes { get; }
     public int Length { get; private set; }
     public int Sequences { get; }
-    public long SequenceKvBytes => 2 * _kvLayerBytes * _c.Layers;
+    public long SequenceKvBytes => _kv.SequenceBytes(_c.Layers);
     public long StreamedBytesPerToken => _streamer?.BytesPerPass ?? 0;
 
     /// <summary>
@@ -101,16 +102,16 @@ internal sealed class CudaForward : IDeviceForward
     /// the file for every use when <paramref name="naiveStreaming"/>. Refuses, before allocating anything large, a
     /// budget that cannot hold even the fixed part and the slots.
     /// </summary>
-    public CudaForward(IModelSource source, int maxContext, int maxBatch, KvType kv, long gpuMemory = 0, bool naiveStreaming = false,
+    public CudaForward(IModelSource source, int maxContext, int maxBatch, KvCacheOptions kv, long gpuMemory = 0, bool naiveStreaming = false,
         int ordinal = 0, Action<string>? log = null, int sequences = 1)
     {
         Sequences = Math.Max(1, sequences);
         _c = source.Config;
         if (Unsupported(_c) is { } why) throw new FitLMException($"{source.Path}: {why}; use --device cpu");
-        if (kv is not (KvType.F32 or KvType.F16)) throw new FitLMException($"--kv {kv.ToString().ToLowerInvariant()} is not built for the GPU yet: use f32 or f16 with --device cuda");
         _source = source;
-        _halfKv = kv == KvType.F16;
         _batch = Math.Clamp(maxBatch, 1, maxContext);
+        _kv = DeviceKvLayout.For(_c, maxContext, _batch, kv);
+        _slotLength = new int[Sequences];
         _device = CudaDevice.Open(ordinal);
         try
         {
@@ -125,7 +126,7 @@ internal sealed class CudaForward : IDeviceForward
             long budget = gpuMemory > 0 ? gpuMemory : free;
             if (budget > free)
                 throw new FitLMException($"--gpu-memory {ProcessMemory.Format(gpuMemory)} is more than {_device.Name} has free ({ProcessMemory.Format(free)} beside a {ProcessMemory.Format(Headroom)} margin)");
-            var placement = Plan(source, maxContext, maxBatch, _halfKv, budget, naiveStreaming, Sequences);
+            var placement = Plan(source, maxContext, maxBatch, kv, budget, naiveStreaming, Sequences);
             var blocks = placement.Blocks;
             _head = placement.Head;
             _headMatrix = _head.Matrices.Single();
@@ -136,7 +137,6 @@ internal sealed class CudaForward : IDeviceForward
             float[]? freqFactors = source.Find("rope_freqs.weight") is { } rf ? source.ReadFloats(rf) : null;
             var rope = Tables(new Rope(c, maxContext, freqFactors));
             var ropeSliding = c.RopeThetaSliding > 0 ? Tables(new Rope(c with { RopeTheta = c.RopeThetaSliding }, maxContext)) : rope;
-            long kvLayerBytes = _kvLayerBytes = (long)maxContext * c.KvDim * (_halfKv ? 2 : 4);
             _layers = new Layer[c.Layers];
             for (int l = 0; l < c.Layers; l++)
             {
@@ -166,8 +166,8 @@ internal sealed class CudaForward : IDeviceForward
                     KNorm = c.QkNorm ? Norm(p + "attn_k_norm.weight") : null,
                     PostAttnNorm = c.PostNorms ? Norm(p + "post_attention_norm.weight") : null,
                     PostFfnNorm = c.PostNorms ? Norm(p + "post_ffw_norm.weight") : null,
-                    KCache = Own(_device.Allocate(Sequences * kvLayerBytes)),
-                    VCache = Own(_device.Allocate(Sequences * kvLayerBytes)),
+                    KCache = Own(_device.Allocate(Sequences * _kv.KeyBytes)),
+                    VCache = Own(_device.Allocate(Sequences * _kv.ValueBytes)),
                     Rope = c.IsSliding(l) ? ropeSliding : rope,
                     Window = c.WindowOf(l),
                 };
@@ -203,7 +203,7 @@ internal sealed class CudaForward : IDeviceForward
                   (naiveStreaming ? "from the model file through one slot (--stream naive)" : $"from pinned host memory ({ProcessMemory.Format(_streamer.PinnedBytes)}) through two slots") +
                   $" of {ProcessMemory.Format(_streamer.SlotBytes)}";
             Description = $"cuda:{ordinal} {_device.Name}: {ProcessMemory.Format(DeviceBytes)} in GPU memory ({where}; " +
-                $"KV cache {(_halfKv ? "f16" : "f32")} {ProcessMemory.Format(2 * kvLayerBytes * c.Layers)}{(Sequences > 1 ? $" for each of {Sequences} sequences" : "")}; prefill {(_gemm != null ? "through cuBLAS" : "with FitLM's kernels")})";
+                $"KV cache {_kv} {ProcessMemory.Format(SequenceKvBytes)}{(Sequences > 1 ? $" for each of {Sequences} sequences" : "")}; prefill {(_gemm != null ? "through cuBLAS" : "with FitLM's kernels")})";
         }
         catch
         {
@@ -239,7 +239,7 @@ internal sealed class CudaForward : IDeviceForward
     /// The placement the constructor makes for these arguments and a budget of <paramref name="budget"/> bytes (the same
     /// blocks, fixed part and <see cref="ResidentLayers"/>), or a FitLMException with the minimum when nothing fits.
     /// </summary>
-    internal static Placement Plan(IModelSource source, int maxContext, int maxBatch, bool halfKv, long budget, bool naive, int sequences = 1)
+    internal static Placement Plan(IModelSource source, int maxContext, int maxBatch, KvCacheOptions kv, long budget, bool naive, int sequences = 1)
     {
         var c = source.Config;
         if (Unsupported(c) is { } why) throw new FitLMException($"{source.Path}: {why}");
@@ -248,7 +248,8 @@ internal sealed class CudaForward : IDeviceForward
         long gemm = batch >= CudaGemm.MinTokens ? CudaGemm.WeightScratchBytes + CudaGemm.ActivationScratchBytes(batch, widest) : 0;
         var blocks = Enumerable.Range(0, c.Layers).Select(l => new WeightBlock(LayerMatrices(c, l).Select(source.Get))).ToArray();
         var head = new WeightBlock([source.Find("output.weight") ?? source.Get("token_embd.weight")]);
-        long fixedBytes = FixedBytes(source, maxContext, batch, halfKv, sequences) + head.Bytes + gemm;
+        long kvBytes = sequences * DeviceKvLayout.For(c, maxContext, batch, kv).SequenceBytes(c.Layers);
+        long fixedBytes = FixedBytes(source, maxContext, batch, kvBytes) + head.Bytes + gemm;
         int resident = ResidentLayers(fixedBytes, blocks.Select(b => b.Bytes).ToArray(), budget, naive);
         if (resident < 0)
             throw new FitLMException($"the model needs at least {ProcessMemory.Format(fixedBytes + LayerStreamer.SlotMemory(blocks, naive))} of GPU memory " +
@@ -257,17 +258,17 @@ internal sealed class CudaForward : IDeviceForward
         var streamed = blocks[resident..];
         long slots = streamed.Length > 0 ? LayerStreamer.SlotMemory(streamed, naive) : 0;
         return new Placement(blocks, head, resident, fixedBytes + blocks[..resident].Sum(b => b.Bytes) + slots, streamed.Sum(b => b.Bytes),
-            slots, sequences * 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4));
+            slots, kvBytes);
     }
 
     /// <summary>Device memory kept free beside the model: the CUDA context's own allocations and the kernels' modules.</summary>
     internal const long Headroom = 256L << 20;
 
-    /// <summary>What stays on the device whatever the budget: the KV cache at full context, activations and logits for a batch, RoPE tables, norms and biases.</summary>
-    internal static long FixedBytes(IModelSource source, int maxContext, int batch, bool halfKv, int sequences = 1)
+    /// <summary>What stays on the device whatever the budget: the KV cache at full context (<paramref name="kvBytes"/>, every slot), activations and logits for a batch, RoPE tables, norms and biases.</summary>
+    internal static long FixedBytes(IModelSource source, int maxContext, int batch, long kvBytes)
     {
         var c = source.Config;
-        long kv = sequences * 2L * c.Layers * maxContext * c.KvDim * (halfKv ? 2 : 4);
+        long kv = kvBytes;
         long activations = 4L * batch * (3L * c.Dim + Math.Max(c.Dim, c.QDim) + c.QDim + 2L * c.KvDim + 2L * c.ScratchFfnDim
             + (c.FusedQkv ? c.QDim + 2L * c.KvDim : 0) + c.Vocab);
         long rope = 2L * 4 * maxContext * (c.RopeDims / 2) * (c.RopeThetaSliding > 0 ? 2 : 1);
@@ -332,6 +333,7 @@ internal sealed class CudaForward : IDeviceForward
         foreach (var sl in slices)
         {
             if ((uint)sl.Slot >= (uint)Sequences) throw new ArgumentException($"KV slot {sl.Slot} is not one of the device's {Sequences}");
+            CheckRewind(sl.Slot, sl.Pos);
             rows += sl.Tokens.Length;
             if (sl.WantLogits) wanted++;
         }
@@ -344,6 +346,7 @@ internal sealed class CudaForward : IDeviceForward
             sl.Tokens.Span.CopyTo(_tokenRows.AsSpan(row));
             _segments[s] = new Segment(sl.Slot, row, sl.Tokens.Length);
             _positions[s] = sl.Pos;
+            _slotLength[sl.Slot] = sl.Pos + sl.Tokens.Length;
             row += sl.Tokens.Length;
         }
         _segmentCount = slices.Length;
@@ -369,11 +372,19 @@ internal sealed class CudaForward : IDeviceForward
     private void BeginSequence(int slot, ReadOnlySpan<int> tokens, int pos)
     {
         if (tokens.Length > _batch) throw new ArgumentException($"{tokens.Length} tokens do not fit a batch of {_batch}");
+        CheckRewind(slot, pos);
+        _slotLength[slot] = pos + tokens.Length;
         _device.MakeCurrent();
         Embed(tokens);
         CudaDevice.UploadTo(_pos.Pointer, new ReadOnlySpan<int>(in pos));
         _segments[0] = new Segment(slot, 0, tokens.Length);
         _segmentCount = 1;
+    }
+
+    /// <summary>KIVI cannot rewind a slot into the tiles it has quantized (the CPU's store refuses the same): checked before a pass writes anything.</summary>
+    private void CheckRewind(int slot, int pos)
+    {
+        if (_kv.RewindRefusal(pos, _slotLength[slot]) is { } why) throw new FitLMException(why);
     }
 
     public void ForwardHidden(int slot, ReadOnlySpan<int> tokens, int pos, Span<float> hidden)
@@ -484,12 +495,12 @@ internal sealed class CudaForward : IDeviceForward
             {
                 var (slot, row, m) = _segments[s];
                 ulong sq = q + (ulong)(4L * row * c.QDim), sk = kk + (ulong)(4L * row * c.KvDim), sv = v + (ulong)(4L * row * c.KvDim);
-                ulong kc = L.KCache.Pointer + (ulong)(slot * _kvLayerBytes), vc = L.VCache.Pointer + (ulong)(slot * _kvLayerBytes);
+                ulong kc = L.KCache.Pointer + (ulong)(slot * _kv.KeyBytes), vc = L.VCache.Pointer + (ulong)(slot * _kv.ValueBytes);
                 ulong sp = pos + (ulong)(4L * s);
                 k.Rope(sq, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.HeadDim, r.Half, r.Neox, sp);
                 k.Rope(sk, r.Cos.Pointer, r.Sin.Pointer, m, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
-                k.KvStore(_halfKv, sk, sv, kc, vc, m, c.KvDim, sp);
-                k.Attend(_halfKv, sq, kc, vc, xb + (ulong)(4L * row * c.QDim), m, c.Heads, c.KvHeads, c.HeadDim, scale, c.AttentionSoftcap, L.Window, sp);
+                k.KvStore(_kv, sk, sv, kc, vc, m, sp);
+                k.Attend(_kv, sq, kc, vc, xb + (ulong)(4L * row * c.QDim), m, c.Heads, scale, c.AttentionSoftcap, L.Window, sp);
             }
             Multiply(wb, L.Wo, xb, xb2, n);
             if (L.PostAttnNorm != null) k.RmsNorm(xb2, L.PostAttnNorm.Pointer, xb2, n, dim, c.RmsEps);

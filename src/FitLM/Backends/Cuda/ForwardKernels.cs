@@ -15,7 +15,7 @@ internal sealed unsafe class ForwardKernels
 
     private readonly CudaDevice _device;
     private readonly nint _rmsNorm, _addBias, _add, _softcap, _gateAct, _rope, _copyColumns;
-    private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16;
+    private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16, _kvStoreKivi, _kiviQuantize, _attendKivi;
 
     public ForwardKernels(CudaDevice device, Action<string>? log = null)
     {
@@ -32,6 +32,9 @@ internal sealed unsafe class ForwardKernels
         _kvStoreF16 = m.Function("kv_store_f16");
         _attendF32 = m.Function("attend_f32");
         _attendF16 = m.Function("attend_f16");
+        _kvStoreKivi = m.Function("kv_store_kivi");
+        _kiviQuantize = m.Function("kivi_quantize");
+        _attendKivi = m.Function("attend_kivi");
     }
 
     private static uint Blocks(long total) => (uint)((total + Threads - 1) / Threads);
@@ -91,19 +94,45 @@ internal sealed unsafe class ForwardKernels
         _device.Launch(_copyColumns, Blocks((long)width * n), Threads, 0, args);
     }
 
-    /// <summary>Writes n rows of keys and values into one layer's cache at positions *pos0 + t.</summary>
-    public void KvStore(bool half, ulong k, ulong v, ulong kCache, ulong vCache, int n, int kvDim, ulong pos0)
+    /// <summary>
+    /// Writes n rows of keys and values into one layer's cache of one slot (keys at <paramref name="kCache"/>, values at
+    /// <paramref name="vCache"/>, laid out as <paramref name="kv"/> says) at positions *pos0 + t; for KIVI, then quantizes
+    /// the tiles the pass leaves wholly outside the window.
+    /// </summary>
+    public void KvStore(DeviceKvLayout kv, ulong k, ulong v, ulong kCache, ulong vCache, int n, ulong pos0)
     {
-        void** args = stackalloc void*[] { &k, &v, &kCache, &vCache, &n, &kvDim, &pos0 };
-        _device.Launch(half ? _kvStoreF16 : _kvStoreF32, Blocks((long)n * kvDim), Threads, 0, args);
+        int kvDim = kv.KvDim;
+        if (!kv.IsKivi)
+        {
+            void** args = stackalloc void*[] { &k, &v, &kCache, &vCache, &n, &kvDim, &pos0 };
+            _device.Launch(kv.Half ? _kvStoreF16 : _kvStoreF32, Blocks((long)n * kvDim), Threads, 0, args);
+            return;
+        }
+        ulong kr = kCache + (ulong)kv.KeyRingOffset, vr = vCache + (ulong)kv.ValueRingOffset;
+        int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits, kvHeads = kv.KvHeads, headDim = kv.HeadDim;
+        void** store = stackalloc void*[] { &k, &v, &kr, &vr, &n, &kvDim, &ring, &pos0 };
+        _device.Launch(_kvStoreKivi, Blocks((long)n * kvDim), Threads, 0, store);
+        // At most n / 32 + 1 tiles leave the window in a pass of n rows; blocks past the pass's last return at once.
+        void** quantize = stackalloc void*[] { &kr, &vr, &kCache, &vCache, &n, &kvDim, &kvHeads, &headDim, &ring, &residual, &bits, &pos0 };
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kiviQuantize, (uint)(n / DeviceKvLayout.Group + 2), (uint)kvHeads, 1, 32, 1, 1, 0,
+            _device.Stream, quantize, null));
     }
 
-    /// <summary>Attention of n query rows (positions *pos0 + t) over one layer's cache into out [n × heads·headDim].</summary>
-    public void Attend(bool half, ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads, int kvHeads, int headDim,
+    /// <summary>Attention of n query rows (positions *pos0 + t) over one layer's cache of one slot into out [n × heads·headDim].</summary>
+    public void Attend(DeviceKvLayout kv, ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads,
         float scale, float cap, int window, ulong pos0)
     {
-        void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0 };
-        CudaDriver.Check(CudaDriver.cuLaunchKernel(half ? _attendF16 : _attendF32, (uint)heads, (uint)n, 1, AttentionThreads, 1, 1, 0,
-            _device.Stream, args, null));
+        int kvHeads = kv.KvHeads, headDim = kv.HeadDim;
+        if (!kv.IsKivi)
+        {
+            void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0 };
+            CudaDriver.Check(CudaDriver.cuLaunchKernel(kv.Half ? _attendF16 : _attendF32, (uint)heads, (uint)n, 1, AttentionThreads, 1, 1, 0,
+                _device.Stream, args, null));
+            return;
+        }
+        ulong kr = kCache + (ulong)kv.KeyRingOffset, vr = vCache + (ulong)kv.ValueRingOffset;
+        int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits;
+        void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0 };
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_attendKivi, (uint)heads, (uint)n, 1, AttentionThreads, 1, 1, 0, _device.Stream, kivi, null));
     }
 }

@@ -96,7 +96,8 @@ extern "C" __global__ void rope(float* x, const float* __restrict__ cos_t, const
 }
 
 // ------------------------------------------------------------------------------------------------ KV cache
-// One layer's cache is [position × kv_dim] for keys and the same for values, float32 or float16 (--kv f32|f16).
+// One layer's cache is [position × kv_dim] for keys and the same for values, float32 or float16 (--kv f32|f16), or
+// KIVI's quantized tiles and float16 ring (DeviceKvLayout.cs; KvCache/KiviKvStore.cs on the CPU).
 struct KvF32
 {
     typedef float T;
@@ -122,15 +123,165 @@ __device__ __forceinline__ void kv_store(const float* __restrict__ k, const floa
     KV::store(vc + at, v[i]);
 }
 
+// What attention reads: key and value element d of position j for one KV head, as a float. A dense cache (f32, f16).
+template <typename KV>
+struct DenseSource
+{
+    const typename KV::T* kc;
+    const typename KV::T* vc;
+    long long kv_dim;
+    __device__ __forceinline__ void begin(int kvh, int head_dim, int p)
+    {
+        kc += (long long)kvh * head_dim;
+        vc += (long long)kvh * head_dim;
+    }
+    __device__ __forceinline__ float key(int j, int d) const { return KV::load(kc + j * kv_dim + d); }
+    __device__ __forceinline__ float value(int j, int d) const { return KV::load(vc + j * kv_dim + d); }
+};
+
+// ---- KIVI (KvCache/KiviKvStore.cs, KvCache/GroupQuant.cs): asymmetric min-max groups of 32, 2 or 4 bits, scale and
+// minimum in float16 (min rounded down, scale up, so the group's range is covered). A block is [codes: 4·bits bytes]
+// [scale: f16][min: f16]; 4-bit codes two to a byte (low nibble first), 2-bit four to a byte (low bits first).
+#define KIVI_GROUP 32
+
+// Tiles quantized once the cache holds `length` positions: those wholly older than the newest `residual`.
+__device__ __forceinline__ int kivi_quantized_tiles(int length, int residual) { return max(0, length - residual) / KIVI_GROUP; }
+
+__device__ __forceinline__ float kivi_element(const u8* __restrict__ block, int bits, int i)
+{
+    int code = bits == 4 ? (block[i >> 1] >> ((i & 1) << 2)) & 15 : (block[i >> 2] >> ((i & 3) << 1)) & 3;
+    const u16* sm = (const u16*)(block + 4 * bits);
+    return __fadd_rn(__fmul_rn((float)code, half_to_float(sm[0])), half_to_float(sm[1])); // code·scale + min, unfused as on the CPU
+}
+
+// GroupQuant.Down/Up: the nearest float16 at or below (above) x, clamped to the finite range.
+__device__ __forceinline__ u16 half_down(float x)
+{
+    u16 h = float_to_half(x);
+    if ((h & 0x7fff) == 0x7c00) h = x > 0.f ? 0x7bff : 0xfbff;
+    if (half_to_float(h) <= x) return h;
+    return (h & 0x8000) ? (u16)(h + 1) : (h == 0 ? (u16)0x8001 : (u16)(h - 1)); // Half.BitDecrement
+}
+__device__ __forceinline__ u16 half_up(float x)
+{
+    u16 h = float_to_half(x);
+    if (h == 0x7c00) return 0x7bff;
+    if (half_to_float(h) >= x) return h;
+    return (h & 0x8000) ? (h == 0x8000 ? (u16)1 : (u16)(h - 1)) : (u16)(h + 1); // Half.BitIncrement
+}
+
+// One warp quantizes one group: lane i holds element i (valid: i < count), and the block is written as
+// GroupQuant.Quantize writes it (codes of elements past count are 0).
+__device__ __forceinline__ void kivi_quantize_group(float x, bool valid, int bits, u8* __restrict__ block)
+{
+    int lane = threadIdx.x & 31, levels = (1 << bits) - 1;
+    float lo = valid ? x : __int_as_float(0x7f800000), hi = valid ? x : NEG_INF;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    u16 min_h = half_down(lo);
+    float mn = half_to_float(min_h);
+    u16 scale_h = half_up(__fdiv_rn(__fsub_rn(hi, mn), (float)levels));
+    float scale = half_to_float(scale_h);
+    float inv = scale > 0.f ? __fdiv_rn(1.f, scale) : 0.f;
+    int code = valid ? min(max((int)rintf(__fmul_rn(__fsub_rn(x, mn), inv)), 0), levels) : 0;
+    // Pack: 4 bits, lanes 2b and 2b+1 into byte b; 2 bits, lanes 4b..4b+3.
+    int c1 = __shfl_down_sync(0xffffffffu, code, 1), c2 = __shfl_down_sync(0xffffffffu, code, 2), c3 = __shfl_down_sync(0xffffffffu, code, 3);
+    if (bits == 4 && (lane & 1) == 0) block[lane >> 1] = (u8)(code | (c1 << 4));
+    if (bits == 2 && (lane & 3) == 0) block[lane >> 2] = (u8)(code | (c1 << 2) | (c2 << 4) | (c3 << 6));
+    if (lane == 0)
+    {
+        u16* sm = (u16*)(block + 4 * bits);
+        sm[0] = scale_h;
+        sm[1] = min_h;
+    }
+}
+
+// n rows of keys and values into the ring (float16): position p is row p % 32 of ring tile (p / 32) % ring.
+extern "C" __global__ void kv_store_kivi(const float* __restrict__ k, const float* __restrict__ v, u16* kr, u16* vr, int n,
+                                         int kv_dim, int ring, const int* __restrict__ pos0)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * kv_dim) return;
+    int t = i / kv_dim, c = i % kv_dim, p = *pos0 + t;
+    long long at = ((long long)((p / KIVI_GROUP) % ring) * KIVI_GROUP + p % KIVI_GROUP) * kv_dim + c;
+    kr[at] = float_to_half(k[i]);
+    vr[at] = float_to_half(v[i]);
+}
+
+// The tiles a pass of n rows from *pos0 leaves wholly outside the window, [Q(pos0), Q(pos0 + n)), quantized from the
+// ring (KiviKvStore.Quantize). Block (x, y): tile Q(pos0) + x, KV head y; one warp. Keys per channel over the tile's
+// 32 positions; values per position, in groups of 32 channels of the head.
+extern "C" __global__ void __launch_bounds__(32) kivi_quantize(const u16* __restrict__ kr, const u16* __restrict__ vr,
+    u8* kq, u8* vq, int n, int kv_dim, int kv_heads, int head_dim, int ring, int residual, int bits,
+    const int* __restrict__ pos0)
+{
+    int first = kivi_quantized_tiles(*pos0, residual), last = kivi_quantized_tiles(*pos0 + n, residual);
+    int tile = first + blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    if (tile >= last) return;
+    int block = 4 * bits + 4, groups = (head_dim + KIVI_GROUP - 1) / KIVI_GROUP;
+    long long rows = (long long)(tile % ring) * KIVI_GROUP * kv_dim;
+    for (int d = 0; d < head_dim; d++)
+    {
+        int c = h * head_dim + d;
+        float x = half_to_float(kr[rows + (long long)lane * kv_dim + c]);
+        kivi_quantize_group(x, true, bits, kq + ((long long)tile * kv_dim + c) * block);
+    }
+    for (int j = 0; j < KIVI_GROUP; j++)
+        for (int g = 0; g < groups; g++)
+        {
+            int d = g * KIVI_GROUP + lane;
+            bool valid = d < head_dim;
+            float x = valid ? half_to_float(vr[rows + (long long)j * kv_dim + h * head_dim + d]) : 0.f;
+            kivi_quantize_group(x, valid, bits, vq + ((((long long)tile * KIVI_GROUP + j) * kv_heads + h) * groups + g) * block);
+        }
+}
+
+// KIVI's cache as attention reads it for the query at position p: tiles before Q(p + 1) quantized, later ones from
+// the ring (KiviKvStore.Keys/Values: what decoding would have left at p, whatever else the batch quantized).
+struct KiviSource
+{
+    const u8* kq;
+    const u8* vq;
+    const u16* kr;
+    const u16* vr;
+    long long kv_dim;
+    int kv_heads, ring, residual, bits, groups;
+    int kvh, quantized; // set by begin
+    __device__ __forceinline__ void begin(int kv_head, int head_dim, int p)
+    {
+        kvh = kv_head;
+        quantized = kivi_quantized_tiles(p + 1, residual);
+        kr += (long long)kv_head * head_dim;
+        vr += (long long)kv_head * head_dim;
+        kq += (long long)kv_head * head_dim * (4 * bits + 4);
+    }
+    __device__ __forceinline__ float key(int j, int d) const
+    {
+        int t = j / KIVI_GROUP, i = j % KIVI_GROUP;
+        if (t < quantized) return kivi_element(kq + ((long long)t * kv_dim + d) * (4 * bits + 4), bits, i);
+        return half_to_float(kr[((long long)(t % ring) * KIVI_GROUP + i) * kv_dim + d]);
+    }
+    __device__ __forceinline__ float value(int j, int d) const
+    {
+        int t = j / KIVI_GROUP, i = j % KIVI_GROUP;
+        if (t < quantized)
+            return kivi_element(vq + ((((long long)t * KIVI_GROUP + i) * kv_heads + kvh) * groups + d / KIVI_GROUP) * (4 * bits + 4), bits, d % KIVI_GROUP);
+        return half_to_float(vr[((long long)(t % ring) * KIVI_GROUP + i) * kv_dim + d]);
+    }
+};
+
 // Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
 // head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
 // of KV head h / (heads / kv_heads); scores s = scale·q·k, capped c·tanh(s/c) where the model caps them, softmax,
 // then the weighted sum of values into out[t][h]. One block per (head, query); its warps split the positions and
 // keep an online softmax (running max m, sum l, accumulator) each, merged at the end: one pass over K and V.
 // Lane l holds dimensions l, l + 32, ... of the head (up to MAX_HEAD_DIM / 32 of them).
-template <typename KV>
-__device__ __forceinline__ void attend(const float* __restrict__ q, const typename KV::T* __restrict__ kc,
-                                       const typename KV::T* __restrict__ vc, float* __restrict__ out, int heads,
+template <typename Src>
+__device__ __forceinline__ void attend(const float* __restrict__ q, Src src, float* __restrict__ out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
                                        const int* __restrict__ pos0)
 {
@@ -140,8 +291,7 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, const typena
     int h = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int p = *pos0 + t;
     int first = window > 0 ? max(0, p - window + 1) : 0;
-    int kvh = h / (heads / kv_heads);
-    long long kv_dim = (long long)kv_heads * head_dim;
+    src.begin(h / (heads / kv_heads), head_dim, p);
     const float* qh = q + ((long long)t * heads + h) * head_dim;
     float qr[PER], acc[PER];
 #pragma unroll
@@ -154,14 +304,12 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, const typena
     float m = NEG_INF, l = 0.f;
     for (int j = first + warp; j <= p; j += ATTN_WARPS)
     {
-        const typename KV::T* kr = kc + j * kv_dim + (long long)kvh * head_dim;
-        const typename KV::T* vr = vc + j * kv_dim + (long long)kvh * head_dim;
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < PER; i++)
         {
             int d = lane + 32 * i;
-            if (d < head_dim) s += qr[i] * KV::load(kr + d);
+            if (d < head_dim) s += qr[i] * src.key(j, d);
         }
         s = warp_sum(s) * scale;
         if (cap > 0.f) s = tanhf(s * (1.f / cap)) * cap;
@@ -171,7 +319,7 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, const typena
         for (int i = 0; i < PER; i++)
         {
             int d = lane + 32 * i;
-            acc[i] = acc[i] * correction + (d < head_dim ? e * KV::load(vr + d) : 0.f);
+            acc[i] = acc[i] * correction + (d < head_dim ? e * src.value(j, d) : 0.f);
         }
         m = m2;
     }
@@ -203,10 +351,23 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, const typena
     extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_##suffix(const float* q, const KV::T* kc, \
         const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
         const int* pos0) \
-    { attend<KV>(q, kc, vc, out, heads, kv_heads, head_dim, scale, cap, window, pos0); }
+    { \
+        DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
+        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0); \
+    }
 
 KV_ENTRIES(f32, KvF32)
 KV_ENTRIES(f16, KvF16)
+
+// Attention over KIVI's cache: kq/vq the slot's quantized tiles, kr/vr its ring.
+extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const float* q, const u8* kq, const u8* vq,
+    const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
+    int ring, int residual, int bits, const int* pos0)
+{
+    KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits,
+                       (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 };
+    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0);
+}
 
 // dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.
 extern "C" __global__ void copy_columns(const float* __restrict__ src, int src_width, int offset, float* __restrict__ dst,
