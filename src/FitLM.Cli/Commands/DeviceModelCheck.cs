@@ -12,9 +12,12 @@ namespace FitLM.Cli.Commands;
 /// batch boundary is crossed), then <see cref="DecodeTokens"/> decode steps fed the CPU's greedy choice, with the KV
 /// cache in f32, f16, and KIVI 4 and 2 bits with a 32-token window (so tiles are quantized inside a prefill batch, at
 /// its boundary and during decode). Each row's error is max|gpu - cpu| over the row relative to max|cpu|; the check
-/// passes when the largest is within the tolerance: float weights 1e-3; quantized weights 5e-2 (the last bits of a
-/// product differ, and an 8-bit activation code can flip); KIVI 5e-2 (a key or value a hair either side of a
-/// rounding point takes another 2- or 4-bit code on each device).
+/// passes when the largest is within the tolerance: float weights 1e-3; quantized weights 5e-2 (the prefill's fp16
+/// cuBLAS products differ from the CPU's integer ones in the last bits, and an 8-bit activation code can flip); KIVI
+/// 1e-2 with float weights, 5e-2 with quantized ones, and 1e-1 for 2 bits with quantized weights: a key a hair either side of a rounding point takes another code
+/// on each device, and a 2-bit code moves a third of its group's range (on an H100, kivi2 with the pycoder Q4_0, Q8_0
+/// and Q4_K_M files reached 4.2e-2 to 8.4e-2 with 98-100% top-1 agreement, while their 30-chunk perplexity on the two
+/// devices differed by 0.005%; float models stay within 3e-5).
 /// </summary>
 internal static class DeviceModelCheck
 {
@@ -71,7 +74,7 @@ internal static class DeviceModelCheck
                 next = Argmax(one);
             }
             bool floats = cpu.Source.Tensors.Where(t => t.Shape.Length >= 2).All(t => t.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16);
-            double tolerance = floats && !options.Kv.IsKivi ? 1e-3 : 5e-2;
+            double tolerance = floats ? (options.Kv.IsKivi ? 1e-2 : 1e-3) : options.Kv.Type == KvType.Kivi2 ? 1e-1 : 5e-2;
             bool pass = prefillErr <= tolerance && decodeErr <= tolerance;
             ok &= pass;
             o.WriteLine($"{Path.GetFileName(Path.TrimEndingDirectorySeparator(path)),-28} kv {kv,-9}  " +

@@ -62,7 +62,8 @@ internal static class DevicesCommand
         $"({d.BusWidthBits}-bit bus, {d.MemoryClockKHz / 1000} MHz memory clock)";
 
     private static readonly (int Rows, int Cols)[] SmallShapes = [(1, 256), (37, 768), (333, 2816), (101, 4352)];
-    private static readonly (int Rows, int Cols)[] LlamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)];
+    // llama-7b's matrices, then the 8B FFN shape of ../shared/README.md's GPU anchor (llama.cpp's kernels on the same card).
+    private static readonly (int Rows, int Cols)[] LlamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096), (14336, 4096), (4096, 14336)];
 
     private static int Check(string[] models)
     {
@@ -74,10 +75,11 @@ internal static class DevicesCommand
         Console.WriteLine($"device-to-device copy of 1 GiB: {copy / 1e9:F0} GB/s (read + write bytes)");
         Console.WriteLine();
         Console.WriteLine($"{"type",-5} {"rows x cols",-13} {"err/exact",10} {"err/MatVec",10} {"kernel us",10} {"GB/s",7} {"of copy",7}  result");
-        // Flushing 2 x 256 MiB through the L2 (50-60 MiB on H100/H200) before each timed launch: otherwise a matrix
-        // that fits in L2 is read from there and the number is not the DRAM bandwidth a model decode sees.
-        using var flushA = dev.Allocate(256L << 20);
-        using var flushB = dev.Allocate(256L << 20);
+        // Reading 256 MiB through the L2 (50-60 MiB on H100/H200) before each timed launch: otherwise a matrix that
+        // fits in L2 is read from there and the number is not the DRAM bandwidth a model decode sees. A read, not a
+        // copy: a copy leaves the L2 full of dirty lines, and the timed kernel then pays for writing them back (up to
+        // 50 MB more traffic; the first version of this check flushed by copying and reported ~17 µs too much).
+        using var flush = new L2Flush(dev, mv);
         int failures = 0, checks = 0;
         foreach (var (rows, colsWanted) in SmallShapes.Concat(LlamaShapes))
         {
@@ -88,7 +90,7 @@ internal static class DevicesCommand
                 int bs = GgmlTypes.BlockSize(type);
                 // Float types also take a row length that is not a multiple of 4 (rows not 16-byte aligned).
                 int cols = bs == 1 && rows == 37 ? colsWanted + 7 : colsWanted;
-                var r = CheckOne(dev, mv, type, rows, cols, wf, colsWanted + 7, x, flushA, flushB);
+                var r = CheckOne(dev, mv, type, rows, cols, wf, colsWanted + 7, x, flush);
                 // A kernel that quantizes x as the CPU does must equal the CPU's product; one that keeps x in float, the exact dot.
                 bool integer = CudaMatVec.QuantizesActivations(type);
                 double cpuTol = bs == 1 || integer ? Tolerance : QuantizedCpuTolerance;
@@ -129,7 +131,7 @@ internal static class DevicesCommand
     private sealed record Result(double ErrExact, double ErrCpu, double Micros, long Bytes);
 
     private static unsafe Result CheckOne(CudaDevice dev, CudaMatVec mv, GgmlType type, int rows, int cols, float[] wf, int stride,
-        float[] xAll, DeviceBuffer flushA, DeviceBuffer flushB)
+        float[] xAll, L2Flush flush)
     {
         long rowBytes = GgmlTypes.RowBytes(type, cols);
         var w = new byte[rowBytes * rows];
@@ -174,7 +176,7 @@ internal static class DevicesCommand
             var times = new List<float>();
             for (int i = 0; i < 23; i++)
             {
-                dev.Copy(flushB, flushA, flushA.Bytes);
+                flush.Run();
                 float ms = dev.Time(() => mv.Run(type, dw, rowBytes, rows, cols, dx, dy));
                 if (i >= 3) times.Add(ms); // the first launches warm up clocks and caches of code
             }
@@ -182,6 +184,22 @@ internal static class DevicesCommand
             micros = times[times.Count / 2] * 1000.0;
         }
         return new Result(errExact, errCpu, micros, w.Length);
+    }
+
+    /// <summary>A 256 MiB float32 matrix-vector product whose only purpose is to replace what the L2 holds with clean lines.</summary>
+    private sealed class L2Flush(CudaDevice dev, CudaMatVec mv) : IDisposable
+    {
+        private const int Cols = 4096, Rows = (256 << 20) / (4 * Cols);
+        private readonly DeviceBuffer _w = dev.Allocate(4L * Rows * Cols), _x = dev.Allocate(4L * Cols), _y = dev.Allocate(4L * Rows);
+
+        public void Run() => mv.Run(GgmlType.F32, _w, 4L * Cols, Rows, Cols, _x, _y);
+
+        public void Dispose()
+        {
+            _w.Dispose();
+            _x.Dispose();
+            _y.Dispose();
+        }
     }
 
     private const int TogetherTokens = 5;
