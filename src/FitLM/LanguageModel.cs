@@ -164,17 +164,29 @@ public sealed class LanguageModel : IDisposable
     }
 
     /// <summary>
+    /// Why the GPU path does not run <paramref name="source"/> with <paramref name="options"/> (one line naming --device
+    /// cpu), or null: LoRA, stacked and prepared files, H2O and the XQuant KV types, mixtures of experts, heads wider
+    /// than the attention kernel. Whether a GPU is there is not asked here.
+    /// </summary>
+    public static string? GpuRefusal(IModelSource source, LoadOptions options)
+    {
+        string NotYet(string what) => $"{source.Path}: {what} does not run on the GPU yet; use --device cpu";
+        if (options.Adapters.Count > 0) return NotYet("--lora");
+        if (source is GgufSource g && StackLayout.IsStacked(g.File)) return NotYet("a stacked (BitStack) model");
+        if (ModelValidation.IsBundled(source)) return NotYet("a prepared (LLM in a flash) model");
+        if (Backends.Cuda.DeviceKvLayout.Unsupported(options.Kv) is { } kv) return NotYet(kv);
+        if (Backends.Cuda.CudaForward.Unsupported(source.Config) is { } model) return $"{source.Path}: {model}; use --device cpu";
+        return null;
+    }
+
+    /// <summary>
     /// The model on CUDA device 0 (--device cuda, docs/cuda.md): weights and KV cache in GPU memory, nothing of the weights
     /// held on the host. What the GPU path does not run yet is refused here with one line: LoRA, stacked and prepared
     /// files, H2O eviction and the XQuant KV types (the mixtures of experts: <see cref="Backends.Cuda.CudaForward.Unsupported"/>).
     /// </summary>
     private static LanguageModel LoadOnGpu(IModelSource source, LoadOptions options, int ctx)
     {
-        string NotYet(string what) => $"{source.Path}: {what} does not run on the GPU yet; use --device cpu";
-        if (options.Adapters.Count > 0) throw new FitLMException(NotYet("--lora"));
-        if (source is GgufSource g && StackLayout.IsStacked(g.File)) throw new FitLMException(NotYet("a stacked (BitStack) model"));
-        if (ModelValidation.IsBundled(source)) throw new FitLMException(NotYet("a prepared (LLM in a flash) model"));
-        if (Backends.Cuda.DeviceKvLayout.Unsupported(options.Kv) is { } kv) throw new FitLMException(NotYet(kv));
+        if (GpuRefusal(source, options) is { } why) throw new FitLMException(why);
         var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv, options.GpuMemoryBudget,
             naiveStreaming: options.Stream == StreamMode.Naive, ordinal: 0, log: m => Console.Error.WriteLine(m),
             sequences: Math.Max(1, options.DeviceSequences));

@@ -35,6 +35,27 @@ internal static class GpuPlan
         return 0;
     }
 
+    /// <summary>
+    /// `plan` with --device auto: the GPU plan when run would load the model on the GPU (a device opens, the GPU path runs
+    /// the model and its flags, the fixed part fits), then null; else nothing written and the reason, as run's
+    /// fallback line gives it.
+    /// </summary>
+    public static string? TryWrite(TextWriter o, string path, LoadOptions load, bool json)
+    {
+        Report r;
+        try
+        {
+            using (var source = ModelSource.Open(path))
+                if (LanguageModel.GpuRefusal(source, load) is { } why) return why;
+            using (var device = CudaDevice.Open(0)) { } // no GPU: the CPU's plan, as run falls back
+            r = Measure(path, load);
+        }
+        catch (FitLMException e) { return e.Message; }
+        if (json) o.WriteLine(CliJson.Indented(Json(r)));
+        else WriteText(o, r);
+        return null;
+    }
+
     private static Report Measure(string path, LoadOptions load)
     {
         using var source = ModelSource.Open(path);

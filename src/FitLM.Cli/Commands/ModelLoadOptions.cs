@@ -31,8 +31,8 @@ internal sealed class ModelLoadOptions
     {
         var o = new Option<string>("--device")
         {
-            Description = "where the model runs: cpu, cuda (GPU 0 holds the weights and KV cache; docs/cuda.md), or auto (cuda where it can run the model, else cpu, saying why)",
-            DefaultValueFactory = _ => "cpu",
+            Description = "where the model runs: cpu, cuda (GPU 0 holds the weights and KV cache; docs/cuda.md), or auto (default: cuda where it can run the model, else cpu, saying why in one line)",
+            DefaultValueFactory = _ => "auto",
         };
         o.AcceptOnlyFromAmong("cpu", "cuda", "auto");
         return o;

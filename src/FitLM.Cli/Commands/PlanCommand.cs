@@ -26,6 +26,12 @@ internal static class PlanCommand
             var load = group.Read(r);
             if (load.Device == ComputeDevice.Cuda) return GpuPlan.Write(Console.Out, path, load, r.GetValue(json));
             group.EnsureStackFlagsApply(r, path);
+            // auto, as run loads it: the GPU's placement where the GPU would take the model, else the CPU's, saying why.
+            if (load.Device == ComputeDevice.Auto)
+            {
+                if (GpuPlan.TryWrite(Console.Out, path, load, r.GetValue(json)) is not { } why) return 0;
+                Console.Error.WriteLine($"device: cpu ({why})");
+            }
             using var src = ModelSource.Open(path);
             int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(src.Config.ContextLength); // as run loads it
             ModelLoadOptions.WarnPastTrainedContext(n, src.Config.ContextLength);

@@ -133,7 +133,7 @@ public class StackCliTests
 
         var tooSmall = CliRunner.Run(["plan", .. common, "--memory", "41MiB", "--no-probe"]);
         Assert.Equal(1, tooSmall.ExitCode);
-        Assert.Single(tooSmall.StdErr.Trim().Split('\n'));
+        Assert.Single(tooSmall.ErrorLines);
         string smallest = System.Text.RegularExpressions.Regex.Match(tooSmall.StdErr, @"give --memory (\d+MiB) or more").Groups[1].Value;
         Assert.NotEmpty(smallest);
 

@@ -83,7 +83,7 @@ public class ChatCommandTests
             {
                 var r = CliRunner.RunWithInput("hello\n", [.. Chat, "--chat-template", template]);
                 Assert.Equal(1, r.ExitCode);
-                var line = Assert.Single(r.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+                var line = Assert.Single(r.ErrorLines);
                 Assert.StartsWith("error: ", line);
                 Assert.Contains(expect, line);
                 Assert.Equal("", r.StdOut);

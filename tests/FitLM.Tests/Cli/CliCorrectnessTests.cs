@@ -34,7 +34,7 @@ public sealed class CliCorrectnessTests(ITestOutputHelper output) : IDisposable
     private static void AssertOneLineError(CliRunner.Result r, string expected)
     {
         Assert.NotEqual(0, r.ExitCode);
-        var lines = r.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var lines = r.ErrorLines;
         Assert.Single(lines);
         Assert.StartsWith("error: ", lines[0]);
         Assert.Contains(expected, lines[0]);

@@ -6,7 +6,14 @@ namespace FitLM.Tests.Cli;
 /// <summary>Runs the real `fitlm` program (fitlm.dll beside the tests) as a child process.</summary>
 public static class CliRunner
 {
-    public sealed record Result(int ExitCode, string StdOut, string StdErr);
+    public sealed record Result(int ExitCode, string StdOut, string StdErr)
+    {
+        /// <summary>
+        /// stderr's lines but the one that says where the model runs (`device: cpu (no CUDA driver ...)` on a machine
+        /// without a GPU, since --device defaults to auto): what an error test expects to be the single error line.
+        /// </summary>
+        public string[] ErrorLines => StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith("device: ", StringComparison.Ordinal)).ToArray();
+    }
 
     public static Result RunWithInput(string? stdin, params string[] args)
     {

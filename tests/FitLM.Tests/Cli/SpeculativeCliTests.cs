@@ -53,7 +53,7 @@ public sealed class SpeculativeCliTests(ITestOutputHelper output) : IDisposable
         {
             var r = Generate(args);
             Assert.NotEqual(0, r.ExitCode);
-            var lines = r.StdErr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            var lines = r.ErrorLines;
             Assert.Single(lines);
             Assert.StartsWith("error: ", lines[0], StringComparison.Ordinal);
             Assert.Contains(expected, lines[0], StringComparison.Ordinal);

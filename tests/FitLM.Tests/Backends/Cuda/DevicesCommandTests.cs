@@ -64,6 +64,15 @@ public sealed class DevicesCommandTests(ITestOutputHelper output)
         Assert.Equal(cpu.StdOut, auto.StdOut); // the same text: it ran on the CPU
         Assert.Contains($"device: cpu ({CudaLibraries.NoDriver})", auto.StdErr, StringComparison.Ordinal);
         Assert.DoesNotContain("device:", cpu.StdErr, StringComparison.Ordinal);
+        // auto is the default: without --device, the same text and the same one line.
+        var plain = CliRunner.Run("run", "-m", TestPaths.DemoModel, "-p", "def", "-n", "8", "--temp", "0");
+        Assert.Equal(cpu.StdOut, plain.StdOut);
+        Assert.Single(plain.StdErr.Split('\n'), l => l.StartsWith("device: cpu (", StringComparison.Ordinal));
+        // plan follows run: the CPU's plan, with the same line.
+        var plan = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--no-probe");
+        Assert.Equal(0, plan.ExitCode);
+        Assert.StartsWith("plan for ", plan.StdOut, StringComparison.Ordinal);
+        Assert.Contains($"device: cpu ({CudaLibraries.NoDriver})", plan.StdErr, StringComparison.Ordinal);
     }
 
     [Fact]
