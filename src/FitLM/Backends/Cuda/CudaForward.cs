@@ -268,13 +268,12 @@ internal sealed class CudaForward : IDeviceForward
     internal static long FixedBytes(IModelSource source, int maxContext, int batch, long kvBytes)
     {
         var c = source.Config;
-        long kv = kvBytes;
         long activations = 4L * batch * (3L * c.Dim + Math.Max(c.Dim, c.QDim) + c.QDim + 2L * c.KvDim + 2L * c.ScratchFfnDim
             + (c.FusedQkv ? c.QDim + 2L * c.KvDim : 0) + c.Vocab);
         long rope = 2L * 4 * maxContext * (c.RopeDims / 2) * (c.RopeThetaSliding > 0 ? 2 : 1);
         long vectors = source.Tensors.Where(t => t.Shape.Length == 1).Sum(t => t.Elements * 4);
         long quantizedX = CudaMatVec.ScratchBytes(Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim));
-        return kv + activations + rope + vectors + quantizedX;
+        return kvBytes + activations + rope + vectors + quantizedX;
     }
 
     private T Own<T>(T d) where T : IDisposable
