@@ -181,8 +181,7 @@ public sealed class LanguageModel : IDisposable
 
     /// <summary>
     /// The model on CUDA device 0 (--device cuda, docs/cuda.md): weights and KV cache in GPU memory, nothing of the weights
-    /// held on the host. What the GPU path does not run yet is refused here with one line: LoRA, stacked and prepared
-    /// files, H2O eviction and the XQuant KV types (the mixtures of experts: <see cref="Backends.Cuda.CudaForward.Unsupported"/>).
+    /// held on the host. What the GPU path does not run yet is refused here with one line (<see cref="GpuRefusal"/>).
     /// </summary>
     private static LanguageModel LoadOnGpu(IModelSource source, LoadOptions options, int ctx)
     {

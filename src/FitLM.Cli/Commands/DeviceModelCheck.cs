@@ -14,10 +14,10 @@ namespace FitLM.Cli.Commands;
 /// its boundary and during decode). Each row's error is max|gpu - cpu| over the row relative to max|cpu|; the check
 /// passes when the largest is within the tolerance: float weights 1e-3; quantized weights 5e-2 (the prefill's fp16
 /// cuBLAS products differ from the CPU's integer ones in the last bits, and an 8-bit activation code can flip); KIVI
-/// 1e-2 with float weights, 5e-2 with quantized ones, and 1e-1 for 2 bits with quantized weights: a key a hair either side of a rounding point takes another code
-/// on each device, and a 2-bit code moves a third of its group's range (on an H100, kivi2 with the pycoder Q4_0, Q8_0
-/// and Q4_K_M files reached 4.2e-2 to 8.4e-2 with 98-100% top-1 agreement, while their 30-chunk perplexity on the two
-/// devices differed by 0.005%; float models stay within 3e-5).
+/// 1e-2 with float weights, 5e-2 with quantized ones, and 1e-1 for 2 bits with quantized weights: a key a hair either
+/// side of a rounding point takes another code on each device, and a 2-bit code moves a third of its group's range
+/// (on an H100, kivi2 with the pycoder Q4_0, Q8_0 and Q4_K_M files reached 4.2e-2 to 8.4e-2 with 98-100% top-1
+/// agreement, while their 30-chunk perplexity on the two devices differed by 0.005%; float models stay within 3e-5).
 /// </summary>
 internal static class DeviceModelCheck
 {

@@ -29,36 +29,36 @@ internal static class GpuPlan
 
     public static int Write(TextWriter o, string path, LoadOptions load, bool json)
     {
-        var r = Measure(path, load);
-        if (json) o.WriteLine(CliJson.Indented(Json(r)));
-        else WriteText(o, r);
+        Print(o, Measure(path, load, auto: false), json);
         return 0;
     }
 
     /// <summary>
-    /// `plan` with --device auto: the GPU plan when run would load the model on the GPU (a device opens, the GPU path runs
-    /// the model and its flags, the fixed part fits), then null; else nothing written and the reason, as run's
+    /// `plan` with --device auto: the GPU plan when run would load the model on the GPU (the GPU path runs the model and
+    /// its flags, a device opens, the fixed part fits), then null; else nothing written and the reason, as run's
     /// fallback line gives it.
     /// </summary>
     public static string? TryWrite(TextWriter o, string path, LoadOptions load, bool json)
     {
         Report r;
-        try
-        {
-            using (var source = ModelSource.Open(path))
-                if (LanguageModel.GpuRefusal(source, load) is { } why) return why;
-            using (var device = CudaDevice.Open(0)) { } // no GPU: the CPU's plan, as run falls back
-            r = Measure(path, load);
-        }
+        try { r = Measure(path, load, auto: true); }
         catch (FitLMException e) { return e.Message; }
-        if (json) o.WriteLine(CliJson.Indented(Json(r)));
-        else WriteText(o, r);
+        Print(o, r, json);
         return null;
     }
 
-    private static Report Measure(string path, LoadOptions load)
+    private static void Print(TextWriter o, Report r, bool json)
+    {
+        if (json) o.WriteLine(CliJson.Indented(Json(r)));
+        else WriteText(o, r);
+    }
+
+    /// <param name="auto">--device auto: what the GPU path refuses, and no GPU, are FitLMExceptions (the CPU's plan then)
+    /// rather than a plan without measurements.</param>
+    private static Report Measure(string path, LoadOptions load, bool auto)
     {
         using var source = ModelSource.Open(path);
+        if (auto && LanguageModel.GpuRefusal(source, load) is { } why) throw new FitLMException(why);
         int n = load.ContextLength > 0 ? load.ContextLength : LoadOptions.DefaultContext(source.Config.ContextLength); // as run loads it
         bool naive = load.Stream == Weights.StreamMode.Naive;
         CudaDevice? device = null;
@@ -66,7 +66,7 @@ internal static class GpuPlan
         {
             string? noDevice = null;
             try { device = CudaDevice.Open(0); }
-            catch (FitLMException e) { noDevice = e.Message; }
+            catch (FitLMException e) when (!auto) { noDevice = e.Message; }
             long budget = load.GpuMemoryBudget;
             if (budget == 0)
             {

@@ -61,6 +61,15 @@ internal sealed unsafe class KiviKvStore : IKvStore, IKvLayers
     /// <summary>Tiles quantized once a layer holds <paramref name="length"/> positions: those wholly older than the newest R.</summary>
     public static int QuantizedTiles(int length, int residual) => Math.Max(0, length - residual) / G;
 
+    /// <summary>
+    /// Why a cache with <paramref name="quantizedTiles"/> tiles quantized cannot move back to <paramref name="pos"/>, or
+    /// null: the tokens before pos must not be in a tile quantized already (their float rows are gone). The GPU's KIVI
+    /// (Backends/Cuda/DeviceKvLayout.cs) refuses by the same rule.
+    /// </summary>
+    internal static string? RewindRefusal(int pos, int residual, int quantizedTiles) =>
+        pos > 0 && QuantizedTiles(pos, residual) < quantizedTiles
+            ? $"KV cache: KIVI cannot rewind to position {pos}: the tokens before it are already quantized" : null;
+
     public int Length => _length[^1];
     public long Bytes => _held;
 
@@ -69,8 +78,7 @@ internal sealed unsafe class KiviKvStore : IKvStore, IKvLayers
         for (int l = 0; l < _c.Layers; l++)
         {
             if (pos > _length[l]) throw new FitLMException($"KV cache: cannot move to position {pos}, layer {l} holds {_length[l]}");
-            if (pos > 0 && QuantizedTiles(pos, _residual) < _quantized[l])
-                throw new FitLMException($"KV cache: KIVI cannot rewind to position {pos}: the tokens before it are already quantized");
+            if (RewindRefusal(pos, _residual, _quantized[l]) is { } why) throw new FitLMException(why);
             for (int t = (pos + G - 1) / G; t < _qPages[l].Length; t++)
             {
                 Release(_qPages[l], t, _qPool);

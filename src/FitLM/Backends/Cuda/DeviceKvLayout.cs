@@ -26,25 +26,29 @@ internal sealed record DeviceKvLayout
     public required int KvDim { get; init; }
     public required int KvHeads { get; init; }
     public required int HeadDim { get; init; }
-    /// <summary>Bytes of one slot's keys (values: <see cref="ValueBytes"/>) of one layer.</summary>
-    public required long KeyBytes { get; init; }
-    public required long ValueBytes { get; init; }
     /// <summary>KIVI: tiles of the float16 ring; 0 for the float types.</summary>
     public int RingTiles { get; init; }
-    /// <summary>KIVI: bytes of a <see cref="GroupQuant"/> block (4·bits + 4).</summary>
-    public int BlockBytes { get; init; }
     /// <summary>KIVI: blocks of 32 channels per head (the last may be partial).</summary>
-    public int GroupsPerHead { get; init; }
+    public int GroupsPerHead => (HeadDim + Group - 1) / Group;
 
     public bool IsKivi => Options.IsKivi;
     public bool Half => Options.Type != KvType.F32;
     public int Bits => Options.Bits;
     public int Residual => Options.Residual;
+    /// <summary>KIVI: bytes of a <see cref="GroupQuant"/> block (4·bits + 4).</summary>
+    public int BlockBytes => GroupQuant.BlockBytes(Bits);
     /// <summary>KIVI: tiles of the context (quantized area's length).</summary>
     public int Tiles => (Context + Group - 1) / Group;
     /// <summary>KIVI: bytes of the quantized area of a slot's keys (the ring follows it); values: <see cref="ValueQuantizedBytes"/>.</summary>
     public long KeyQuantizedBytes => IsKivi ? (long)Tiles * KvDim * BlockBytes : 0;
     public long ValueQuantizedBytes => IsKivi ? (long)Tiles * Group * KvHeads * GroupsPerHead * BlockBytes : 0;
+    /// <summary>Offset of the ring in a slot's keys or values: 256-byte aligned after the quantized area.</summary>
+    public long KeyRingOffset => Align(KeyQuantizedBytes);
+    public long ValueRingOffset => Align(ValueQuantizedBytes);
+    private long RingBytes => (long)RingTiles * Group * KvDim * 2;
+    /// <summary>Bytes of one slot's keys (values: <see cref="ValueBytes"/>) of one layer: a row per position, or KIVI's tiles and ring.</summary>
+    public long KeyBytes => IsKivi ? KeyRingOffset + RingBytes : (long)Context * KvDim * (Half ? 2 : 4);
+    public long ValueBytes => IsKivi ? ValueRingOffset + RingBytes : KeyBytes;
 
     /// <summary>The KV types the GPU runs: f32, f16, kivi2, kivi4 (with an f16 window).</summary>
     public static string? Unsupported(KvCacheOptions o)
@@ -59,29 +63,14 @@ internal sealed record DeviceKvLayout
     public static DeviceKvLayout For(ModelConfig c, int context, int batch, KvCacheOptions o)
     {
         if (Unsupported(o) is { } what) throw new FitLMException($"{what} does not run on the GPU yet: use --kv f32, f16, kivi2 or kivi4 with --device cuda, or --device cpu");
-        if (!o.IsKivi)
-        {
-            long bytes = (long)context * c.KvDim * (o.Type == KvType.F16 ? 2 : 4);
-            return new DeviceKvLayout { Options = o, Context = context, KvDim = c.KvDim, KvHeads = c.KvHeads, HeadDim = c.HeadDim, KeyBytes = bytes, ValueBytes = bytes };
-        }
-        int block = GroupQuant.BlockBytes(o.Bits), groups = (c.HeadDim + Group - 1) / Group, tiles = (context + Group - 1) / Group;
-        int ring = Math.Min(tiles, (o.Residual + Math.Min(batch, context) + Group - 1) / Group + 3);
-        long ringBytes = (long)ring * Group * c.KvDim * 2;
-        return new DeviceKvLayout
-        {
-            Options = o, Context = context, KvDim = c.KvDim, KvHeads = c.KvHeads, HeadDim = c.HeadDim,
-            RingTiles = ring, BlockBytes = block, GroupsPerHead = groups,
-            KeyBytes = Align((long)tiles * c.KvDim * block) + ringBytes,
-            ValueBytes = Align((long)tiles * Group * c.KvHeads * groups * block) + ringBytes,
-        };
+        var kv = new DeviceKvLayout { Options = o, Context = context, KvDim = c.KvDim, KvHeads = c.KvHeads, HeadDim = c.HeadDim };
+        return o.IsKivi ? kv with { RingTiles = Math.Min(kv.Tiles, (o.Residual + Math.Min(batch, context) + Group - 1) / Group + 3) } : kv;
     }
 
-    /// <summary>The ring starts 256-byte aligned after the quantized area.</summary>
     private static long Align(long bytes) => (bytes + 255) & ~255L;
 
-    /// <summary>Offset of the ring in a slot's keys or values.</summary>
-    public long KeyRingOffset => Align(KeyQuantizedBytes);
-    public long ValueRingOffset => Align(ValueQuantizedBytes);
+    /// <summary>Where the f16 rings of a slot's keys and values start (KIVI).</summary>
+    public (ulong Keys, ulong Values) Rings(ulong keys, ulong values) => (keys + (ulong)KeyRingOffset, values + (ulong)ValueRingOffset);
 
     /// <summary>Bytes of one sequence's cache over <paramref name="layers"/> layers.</summary>
     public long SequenceBytes(int layers) => (KeyBytes + ValueBytes) * layers;
@@ -92,9 +81,8 @@ internal sealed record DeviceKvLayout
     /// </summary>
     public string? RewindRefusal(int pos, int length)
     {
-        if (!IsKivi || pos == 0 || pos >= length) return null;
-        return KiviKvStore.QuantizedTiles(pos, Residual) < KiviKvStore.QuantizedTiles(length, Residual)
-            ? $"KV cache: KIVI cannot rewind to position {pos}: the tokens before it are already quantized" : null;
+        if (!IsKivi || pos >= length) return null;
+        return KiviKvStore.RewindRefusal(pos, Residual, KiviKvStore.QuantizedTiles(length, Residual));
     }
 
     /// <summary>The type as the load line names it: "f16", "kivi4 (R=128)".</summary>

@@ -108,7 +108,7 @@ internal sealed unsafe class ForwardKernels
             _device.Launch(kv.Half ? _kvStoreF16 : _kvStoreF32, Blocks((long)n * kvDim), Threads, 0, args);
             return;
         }
-        ulong kr = kCache + (ulong)kv.KeyRingOffset, vr = vCache + (ulong)kv.ValueRingOffset;
+        var (kr, vr) = kv.Rings(kCache, vCache);
         int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits, kvHeads = kv.KvHeads, headDim = kv.HeadDim;
         void** store = stackalloc void*[] { &k, &v, &kr, &vr, &n, &kvDim, &ring, &pos0 };
         _device.Launch(_kvStoreKivi, Blocks((long)n * kvDim), Threads, 0, store);
@@ -130,7 +130,7 @@ internal sealed unsafe class ForwardKernels
                 _device.Stream, args, null));
             return;
         }
-        ulong kr = kCache + (ulong)kv.KeyRingOffset, vr = vCache + (ulong)kv.ValueRingOffset;
+        var (kr, vr) = kv.Rings(kCache, vCache);
         int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits;
         void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0 };
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_attendKivi, (uint)heads, (uint)n, 1, AttentionThreads, 1, 1, 0, _device.Stream, kivi, null));
