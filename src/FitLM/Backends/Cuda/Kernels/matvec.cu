@@ -315,6 +315,33 @@ __device__ __forceinline__ void write_rows(const float* acc, float* __restrict__
     }
 }
 
+// One block's integer dot product with x's q8_0 block (x0: elements 0-15, x1: 16-31). q4_0: byte k of w holds element k
+// (low nibble) and element k + 16 (high nibble), as 0..15; the caller subtracts 8·Σq. q8_0: w0, w1 the 32 int8 weights.
+__device__ __forceinline__ int dot_q4_0(int4 w, int4 x0, int4 x1)
+{
+    const int m = 0x0F0F0F0F;
+    int s = dp4a(w.x & m, x0.x, 0);
+    s = dp4a(w.y & m, x0.y, s);
+    s = dp4a(w.z & m, x0.z, s);
+    s = dp4a(w.w & m, x0.w, s);
+    s = dp4a((w.x >> 4) & m, x1.x, s);
+    s = dp4a((w.y >> 4) & m, x1.y, s);
+    s = dp4a((w.z >> 4) & m, x1.z, s);
+    return dp4a((w.w >> 4) & m, x1.w, s);
+}
+
+__device__ __forceinline__ int dot_q8_0(int4 w0, int4 w1, int4 x0, int4 x1)
+{
+    int s = dp4a(w0.x, x0.x, 0);
+    s = dp4a(w0.y, x0.y, s);
+    s = dp4a(w0.z, x0.z, s);
+    s = dp4a(w0.w, x0.w, s);
+    s = dp4a(w1.x, x1.x, s);
+    s = dp4a(w1.y, x1.y, s);
+    s = dp4a(w1.z, x1.z, s);
+    return dp4a(w1.w, x1.w, s);
+}
+
 // A 16-byte load of weights: not kept in L1 (each byte is read once), fetched from DRAM in 256-byte L2 sectors.
 __device__ __forceinline__ int4 ld_weights(const int4* p)
 {
@@ -365,31 +392,7 @@ __device__ __forceinline__ void split_row_one_token(const u8* __restrict__ W, in
         {
             int b = b0 + 32 * u;
             if (b >= blocks) break;
-            int sumi;
-            if (Q4)
-            {
-                const int m = 0x0F0F0F0F;
-                sumi = dp4a(w0[u].x & m, x0[u].x, 0);
-                sumi = dp4a(w0[u].y & m, x0[u].y, sumi);
-                sumi = dp4a(w0[u].z & m, x0[u].z, sumi);
-                sumi = dp4a(w0[u].w & m, x0[u].w, sumi);
-                sumi = dp4a((w0[u].x >> 4) & m, x1[u].x, sumi);
-                sumi = dp4a((w0[u].y >> 4) & m, x1[u].y, sumi);
-                sumi = dp4a((w0[u].z >> 4) & m, x1[u].z, sumi);
-                sumi = dp4a((w0[u].w >> 4) & m, x1[u].w, sumi);
-                sumi -= 8 * sx[u];
-            }
-            else
-            {
-                sumi = dp4a(w0[u].x, x0[u].x, 0);
-                sumi = dp4a(w0[u].y, x0[u].y, sumi);
-                sumi = dp4a(w0[u].z, x0[u].z, sumi);
-                sumi = dp4a(w0[u].w, x0[u].w, sumi);
-                sumi = dp4a(w1[u].x, x1[u].x, sumi);
-                sumi = dp4a(w1[u].y, x1[u].y, sumi);
-                sumi = dp4a(w1[u].z, x1[u].z, sumi);
-                sumi = dp4a(w1[u].w, x1[u].w, sumi);
-            }
+            int sumi = Q4 ? dot_q4_0(w0[u], x0[u], x1[u]) - 8 * sx[u] : dot_q8_0(w0[u], w1[u], x0[u], x1[u]);
             acc += dw[u] * dx[u] * (float)sumi;
         }
     }
@@ -435,32 +438,8 @@ __device__ __forceinline__ void split_row(const u8* __restrict__ W, int rows, in
                 if (t >= n) break;
                 const int4* xv = (const int4*)(xq + (long long)t * cols + b * 32); // 16-byte aligned: cols % 32 == 0
                 int4 x0 = xv[0], x1 = xv[1];
-                int sumi;
-                if (Q4)
-                {
-                    // Byte k of qs holds element k (low nibble) and element k + 16 (high nibble).
-                    const int m = 0x0F0F0F0F;
-                    sumi = dp4a(w0[u].x & m, x0.x, 0);
-                    sumi = dp4a(w0[u].y & m, x0.y, sumi);
-                    sumi = dp4a(w0[u].z & m, x0.z, sumi);
-                    sumi = dp4a(w0[u].w & m, x0.w, sumi);
-                    sumi = dp4a((w0[u].x >> 4) & m, x1.x, sumi);
-                    sumi = dp4a((w0[u].y >> 4) & m, x1.y, sumi);
-                    sumi = dp4a((w0[u].z >> 4) & m, x1.z, sumi);
-                    sumi = dp4a((w0[u].w >> 4) & m, x1.w, sumi);
-                    sumi -= 8 * xs[t * blocks + b]; // Σ(w - 8)·q = Σw·q - 8·Σq
-                }
-                else
-                {
-                    sumi = dp4a(w0[u].x, x0.x, 0);
-                    sumi = dp4a(w0[u].y, x0.y, sumi);
-                    sumi = dp4a(w0[u].z, x0.z, sumi);
-                    sumi = dp4a(w0[u].w, x0.w, sumi);
-                    sumi = dp4a(w1[u].x, x1.x, sumi);
-                    sumi = dp4a(w1[u].y, x1.y, sumi);
-                    sumi = dp4a(w1[u].z, x1.z, sumi);
-                    sumi = dp4a(w1[u].w, x1.w, sumi);
-                }
+                // Σ(w - 8)·q = Σw·q - 8·Σq
+                int sumi = Q4 ? dot_q4_0(w0[u], x0, x1) - 8 * xs[t * blocks + b] : dot_q8_0(w0[u], w1[u], x0, x1);
                 acc[t] += dw[u] * xd[t * blocks + b] * (float)sumi;
             }
         }
