@@ -61,7 +61,8 @@ internal static class DevicesCommand
         $"({ProcessMemory.Format(d.FreeMemory())} free)  bandwidth {(d.TheoreticalBandwidth > 0 ? $"{d.TheoreticalBandwidth / 1e9:F0} GB/s" : "n/a")} " +
         $"({d.BusWidthBits}-bit bus, {d.MemoryClockKHz / 1000} MHz memory clock)";
 
-    private static readonly (int Rows, int Cols)[] SmallShapes = [(1, 256), (37, 768), (333, 2816), (101, 4352)];
+    // (301, 256): at least as many rows as columns, and odd: Q4_0's two-rows-a-warp kernel with a last warp of one row.
+    private static readonly (int Rows, int Cols)[] SmallShapes = [(1, 256), (37, 768), (333, 2816), (101, 4352), (301, 256)];
     // llama-7b's matrices, then the 8B FFN shape of ../shared/README.md's GPU anchor (llama.cpp's kernels on the same card).
     private static readonly (int Rows, int Cols)[] LlamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096), (14336, 4096), (4096, 14336)];
 
@@ -103,11 +104,14 @@ internal static class DevicesCommand
                 Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {r.ErrExact,10:E1} {r.ErrCpu,10:E1} {speed}  {(ok ? "ok" : "MISMATCH")}");
                 if (CudaMatVec.QuantizesActivations(type) && SmallShapes.Contains((rows, colsWanted)))
                 {
-                    double err = CheckTogether(dev, mv, type, rows, cols);
-                    bool together = err <= Tolerance;
-                    checks++;
-                    if (!together) failures++;
-                    Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {"",10} {err,10:E1}  three matrices, {TogetherTokens} tokens, one launch  {(together ? "ok" : "MISMATCH")}");
+                    foreach (int tokens in TogetherTokens)
+                    {
+                        double err = CheckTogether(dev, mv, type, rows, cols, tokens);
+                        bool together = err <= Tolerance;
+                        checks++;
+                        if (!together) failures++;
+                        Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {"",10} {err,10:E1}  three matrices, {tokens} token(s), one launch  {(together ? "ok" : "MISMATCH")}");
+                    }
                 }
             }
         }
@@ -202,16 +206,16 @@ internal static class DevicesCommand
         }
     }
 
-    private const int TogetherTokens = 5;
+    /// <summary>One token (the decode kernels) and five (the batch kernel).</summary>
+    private static readonly int[] TogetherTokens = [1, 5];
 
     /// <summary>
-    /// The quantized types: three matrices of different heights (as Q, K and V) multiplied with the same five tokens in one
-    /// launch (CudaMatVec.MultiplyTogether, the batch kernel), against the CPU's batch product of each; the largest
-    /// error relative to the largest |y| of its matrix.
+    /// The quantized types: three matrices of different heights (as Q, K and V) multiplied with the same n tokens in one
+    /// launch (CudaMatVec.MultiplyTogether), against the CPU's batch product of each; the largest error relative to the
+    /// largest |y| of its matrix.
     /// </summary>
-    private static unsafe double CheckTogether(CudaDevice dev, CudaMatVec mv, GgmlType type, int rows, int cols)
+    private static unsafe double CheckTogether(CudaDevice dev, CudaMatVec mv, GgmlType type, int rows, int cols, int n)
     {
-        const int n = TogetherTokens;
         var x = Gaussian(n * cols, 777, 1f);
         int[] heights = [rows, rows / 2 + 1, 3];
         long rowBytes = GgmlTypes.RowBytes(type, cols);

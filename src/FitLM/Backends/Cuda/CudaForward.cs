@@ -180,6 +180,9 @@ internal sealed class CudaForward : IDeviceForward
                 _streamer = Own(new LayerStreamer(_device, source, streamed, naiveStreaming));
                 _graphs = false; // a step that waits on copies between layers is not one fixed graph
             }
+            // Kernels start while the one before them finishes, the products fetching their first weights meanwhile, where
+            // no copy rewrites weights during a step (FITLM_CUDA_PDL=0: off, to measure what it gains).
+            _device.Programmatic = _streamer == null && Environment.GetEnvironmentVariable("FITLM_CUDA_PDL") != "0";
 
             int bt = _batch;
             _x = Floats((long)bt * c.Dim);

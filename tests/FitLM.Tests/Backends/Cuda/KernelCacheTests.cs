@@ -108,6 +108,7 @@ public sealed class KernelCacheTests : IDisposable
             if (CudaMatVec.QuantizesActivations(t))
             {
                 Assert.Contains($"INT_ENTRY(matvec_{name}_q8, ", source, StringComparison.Ordinal);
+                if (t == FitLM.Tensors.GgmlType.Q4_0) Assert.Contains("INT_ENTRY(matvec2_q4_0_q8, ", source, StringComparison.Ordinal);
                 Assert.Contains($"INT_ENTRY(matmul8_{name}_q8, ", source, StringComparison.Ordinal);
                 Assert.Contains($" dequant_f16_{name}(", source, StringComparison.Ordinal);
             }
@@ -123,5 +124,42 @@ public sealed class KernelCacheTests : IDisposable
         Assert.Contains("KV_ENTRIES(f16, KvF16)", forward, StringComparison.Ordinal);
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", KernelModule.Source("common.cuh"));
         Assert.Throws<FitLMException>(() => KernelModule.Source("missing.cu"));
+    }
+
+    // A kernel launched as a programmatic dependent launch (CudaDevice.Programmatic) that touched memory an earlier
+    // kernel writes before griddepcontrol.wait would race that kernel: each one's first statement is pdl_begin, except
+    // the integer products (int_matmul), whose one-token rows request their first weights (read-only) before the wait.
+    [Theory]
+    [InlineData("matvec.cu", 11)]
+    [InlineData("forward.cu", 12)]
+    public void EveryKernel_WaitsForThePreviousOneBeforeTouchingMemory(string file, int kernels)
+    {
+        string source = KernelModule.Source(file);
+        var definitions = System.Text.RegularExpressions.Regex.Matches(source, @"extern ""C"" __global__ void[^{;]*\{([\s\\]*)(\S[^\n]*)");
+        Assert.Equal(kernels, definitions.Count);
+        foreach (System.Text.RegularExpressions.Match m in definitions)
+        {
+            string first = m.Groups[2].Value;
+            Assert.True(first.StartsWith("pdl_begin();", StringComparison.Ordinal) || first.StartsWith("int_matmul<KIND, NB, R>(", StringComparison.Ordinal),
+                $"{m.Value.Split('(')[0]}... begins with: {first}");
+        }
+        string common = KernelModule.Source("common.cuh");
+        Assert.Contains("griddepcontrol.wait", common, StringComparison.Ordinal);
+        Assert.Contains("griddepcontrol.launch_dependents", common, StringComparison.Ordinal);
+        if (file != "matvec.cu") return;
+        // int_matmul: the release first; then either the one-token rows or a wait before any other row.
+        int body = source.IndexOf("__device__ __forceinline__ void int_matmul(", StringComparison.Ordinal);
+        int release = source.IndexOf("pdl_release();", body, StringComparison.Ordinal);
+        int oneToken = source.IndexOf("split_rows_one_token<KIND == 0, R>(", body, StringComparison.Ordinal);
+        int wait = source.IndexOf("pdl_wait();", oneToken, StringComparison.Ordinal), other = source.IndexOf("int_row<KIND, NB>(", body, StringComparison.Ordinal);
+        Assert.True(body > 0 && body < release && release < oneToken && oneToken < wait && wait < other, "int_matmul: release, one-token rows, else wait then the row");
+        // split_rows_one_token: weights requested, then the wait, then the first read of x.
+        int rowsBody = source.IndexOf("__device__ __forceinline__ void split_rows_one_token(", StringComparison.Ordinal);
+        int weights = source.IndexOf("ld_weights(", rowsBody, StringComparison.Ordinal);
+        int rowsWait = source.IndexOf("pdl_wait_for(xv, xd, xs);", rowsBody, StringComparison.Ordinal), x = source.IndexOf("x0[u] = xv[2 * b]", rowsBody, StringComparison.Ordinal);
+        Assert.True(rowsBody > 0 && rowsBody < weights && weights < rowsWait && rowsWait < x, "split_rows_one_token: weights, wait, then x");
+        // Loads through a const __restrict__ pointer may be scheduled above the wait: none on what an earlier kernel writes.
+        Assert.DoesNotMatch(@"const (float|i8|int)\* __restrict__ (x|xq|xd|xs|xb)\b", source);
+        Assert.DoesNotContain("__ldg", source, StringComparison.Ordinal);
     }
 }

@@ -32,6 +32,35 @@ __device__ __forceinline__ float bf16_to_float(u16 h)
     return f;
 }
 
+// Programmatic dependent launch (Hopper, sm_90+). Where CudaDevice launches with it (CudaDevice.Programmatic: a step
+// whose weights all stay in GPU memory), a kernel may start while the one before it in the stream is finishing, so its
+// launch and its first reads of weights overlap that kernel instead of following it. Every kernel therefore begins
+// with pdl_release (the next kernel may start) and calls pdl_wait (the previous kernel has completed and its writes
+// are visible) before it touches memory an earlier kernel writes: pdl_begin does both. Only the one-token products
+// do something in between: they request their first weights, which nothing in a step writes. Launched without the
+// attribute, both instructions return at once. What an earlier kernel writes is never read through ld.global.nc
+// (__ldg, or const __restrict__ pointers, which let the compiler choose it): a kernel's lifetime now overlaps the
+// writes of the one before it, and that path may keep stale lines. (KernelCacheTests holds every kernel to this.)
+__device__ __forceinline__ void pdl_release()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_begin()
+{
+    pdl_release();
+    pdl_wait();
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

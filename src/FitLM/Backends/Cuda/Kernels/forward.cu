@@ -38,6 +38,7 @@ __device__ __forceinline__ float block_sum(float v)
 
 extern "C" __global__ void rmsnorm(const float* x, const float* __restrict__ w, float* o, int dim, float eps)
 {
+    pdl_begin();
     const float* xr = x + (long long)blockIdx.x * dim;
     float* orow = o + (long long)blockIdx.x * dim;
     float ss = 0.f;
@@ -73,13 +74,15 @@ extern "C" __global__ void rmsnorm(const float* x, const float* __restrict__ w, 
 // x[i] += b[i % cols] over total elements: the Q/K/V biases of Qwen2 and Phi-3 (one row of b per token).
 extern "C" __global__ void add_bias(float* x, const float* __restrict__ b, int cols, int total)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total) x[i] += b[i % cols];
 }
 
 // x[i] += y[i]: the residual adds.
-extern "C" __global__ void add(float* x, const float* __restrict__ y, int total)
+extern "C" __global__ void add(float* x, const float* y, int total)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total) x[i] += y[i];
 }
@@ -87,6 +90,7 @@ extern "C" __global__ void add(float* x, const float* __restrict__ y, int total)
 // x[i] = c * tanh(x[i] * (1/c)): Gemma 2's final soft-capping (KvShape.CapInPlace).
 extern "C" __global__ void softcap(float* x, float c, int total)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total) x[i] = tanhf(x[i] * (1.f / c)) * c;
 }
@@ -97,6 +101,7 @@ extern "C" __global__ void softcap(float* x, float c, int total)
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
                                     long long o_stride, int cols, int n, int act)
 {
+    pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
     int t = (int)(i / cols), c = (int)(i % cols);
@@ -111,8 +116,9 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
 // Rope.Apply on n rows of `heads` heads: token t is at position *pos0 + t; cos/sin tables are [position × half].
 // Interleaved pairs (2i, 2i+1), or NEOX pairs (i, i + half); dimensions past 2·half pass through (partial rotary).
 extern "C" __global__ void rope(float* x, const float* __restrict__ cos_t, const float* __restrict__ sin_t, int n,
-                                int heads, int head_dim, int half, int neox, const int* __restrict__ pos0)
+                                int heads, int head_dim, int half, int neox, const int* pos0)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * heads * half) return;
     int p = i % half, h = (i / half) % heads, t = i / (half * heads);
@@ -143,8 +149,8 @@ struct KvF16
 
 // Writes n rows of keys and values (after bias, norm and RoPE) at positions *pos0 .. *pos0 + n - 1.
 template <typename KV>
-__device__ __forceinline__ void kv_store(const float* __restrict__ k, const float* __restrict__ v, typename KV::T* kc,
-                                         typename KV::T* vc, int n, int kv_dim, const int* __restrict__ pos0)
+__device__ __forceinline__ void kv_store(const float* k, const float* v, typename KV::T* kc,
+                                         typename KV::T* vc, int n, int kv_dim, const int* pos0)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * kv_dim) return;
@@ -177,7 +183,7 @@ struct DenseSource
 // Tiles quantized once the cache holds `length` positions: those wholly older than the newest `residual`.
 __device__ __forceinline__ int kivi_quantized_tiles(int length, int residual) { return max(0, length - residual) / KIVI_GROUP; }
 
-__device__ __forceinline__ float kivi_element(const u8* __restrict__ block, int bits, int i)
+__device__ __forceinline__ float kivi_element(const u8* block, int bits, int i)
 {
     int code = bits == 4 ? (block[i >> 1] >> ((i & 1) << 2)) & 15 : (block[i >> 2] >> ((i & 3) << 1)) & 3;
     const u16* sm = (const u16*)(block + 4 * bits);
@@ -202,7 +208,7 @@ __device__ __forceinline__ u16 half_up(float x)
 
 // One warp quantizes one group: lane i holds element i (valid: i < count), and the block is written as
 // GroupQuant.Quantize writes it (codes of elements past count are 0).
-__device__ __forceinline__ void kivi_quantize_group(float x, bool valid, int bits, u8* __restrict__ block)
+__device__ __forceinline__ void kivi_quantize_group(float x, bool valid, int bits, u8* block)
 {
     int lane = threadIdx.x & 31, levels = (1 << bits) - 1;
     float lo = valid ? x : __int_as_float(0x7f800000), hi = valid ? x : NEG_INF;
@@ -231,9 +237,10 @@ __device__ __forceinline__ void kivi_quantize_group(float x, bool valid, int bit
 }
 
 // n rows of keys and values into the ring (float16): position p is row p % 32 of ring tile (p / 32) % ring.
-extern "C" __global__ void kv_store_kivi(const float* __restrict__ k, const float* __restrict__ v, u16* kr, u16* vr, int n,
-                                         int kv_dim, int ring, const int* __restrict__ pos0)
+extern "C" __global__ void kv_store_kivi(const float* k, const float* v, u16* kr, u16* vr, int n,
+                                         int kv_dim, int ring, const int* pos0)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * kv_dim) return;
     int t = i / kv_dim, c = i % kv_dim, p = *pos0 + t;
@@ -245,10 +252,11 @@ extern "C" __global__ void kv_store_kivi(const float* __restrict__ k, const floa
 // The tiles a pass of n rows from *pos0 leaves wholly outside the window, [Q(pos0), Q(pos0 + n)), quantized from the
 // ring (KiviKvStore.Quantize). Block (x, y): tile Q(pos0) + x, KV head y; one warp. Keys per channel over the tile's
 // 32 positions; values per position, in groups of 32 channels of the head.
-extern "C" __global__ void __launch_bounds__(32) kivi_quantize(const u16* __restrict__ kr, const u16* __restrict__ vr,
+extern "C" __global__ void __launch_bounds__(32) kivi_quantize(const u16* kr, const u16* vr,
     u8* kq, u8* vq, int n, int kv_dim, int kv_heads, int head_dim, int ring, int residual, int bits,
-    const int* __restrict__ pos0)
+    const int* pos0)
 {
+    pdl_begin();
     int first = kivi_quantized_tiles(*pos0, residual), last = kivi_quantized_tiles(*pos0 + n, residual);
     int tile = first + blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
     if (tile >= last) return;
@@ -311,9 +319,9 @@ struct KiviSource
 // keep an online softmax (running max m, sum l, accumulator) each, merged at the end: one pass over K and V.
 // Lane l holds dimensions l, l + 32, ... of the head (up to MAX_HEAD_DIM / 32 of them).
 template <typename Src>
-__device__ __forceinline__ void attend(const float* __restrict__ q, Src src, float* __restrict__ out, int heads,
+__device__ __forceinline__ void attend(const float* q, Src src, float* out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
-                                       const int* __restrict__ pos0)
+                                       const int* pos0)
 {
     const int PER = MAX_HEAD_DIM / 32;
     __shared__ float wm[ATTN_WARPS], wl[ATTN_WARPS];
@@ -377,11 +385,11 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, Src src, flo
 #define KV_ENTRIES(suffix, KV) \
     extern "C" __global__ void kv_store_##suffix(const float* k, const float* v, KV::T* kc, KV::T* vc, int n, \
         int kv_dim, const int* pos0) \
-    { kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
+    { pdl_begin(); kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_##suffix(const float* q, const KV::T* kc, \
         const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
         const int* pos0) \
-    { \
+    { pdl_begin(); \
         DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
         attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0); \
     }
@@ -394,15 +402,17 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const 
     const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
     int ring, int residual, int bits, const int* pos0)
 {
+    pdl_begin();
     KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits,
                        (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 };
     attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0);
 }
 
 // dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.
-extern "C" __global__ void copy_columns(const float* __restrict__ src, int src_width, int offset, float* __restrict__ dst,
+extern "C" __global__ void copy_columns(const float* src, int src_width, int offset, float* dst,
                                         int width, int n)
 {
+    pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)width * n) return;
     long long t = i / width;

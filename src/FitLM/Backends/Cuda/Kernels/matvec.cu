@@ -67,7 +67,7 @@ __device__ __forceinline__ void stage(u8* dst, const u8* __restrict__ src, int n
 // when n > 1 (every row of x then starts 16-byte aligned); CudaMatVec checks.
 template <typename T, int NB>
 __device__ __forceinline__ void matvec(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
-                                       const float* __restrict__ x, float* __restrict__ y, int n)
+                                       const float* x, float* y, int n)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * WARPS + warp;
@@ -129,7 +129,7 @@ __device__ __forceinline__ void matvec(const u8* __restrict__ W, long long row_b
 // out [rows × cols], for the prefill's cuBLAS products (CudaGemm.cs). One warp per row, as above.
 template <typename T>
 __device__ __forceinline__ void dequant_f16(const u8* __restrict__ W, long long row_bytes, int rows, int cols,
-                                            u16* __restrict__ out)
+                                            u16* out)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * WARPS + warp;
@@ -220,19 +220,19 @@ struct Half16
 // one token; matmul8_* up to 8 (n), the prefill batch's tokens eight at a time; dequant_f16_* the rows as fp16.
 #define ENTRY(name, T) \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_##name(const u8* __restrict__ W, long long row_bytes, \
-        int rows, int cols, const float* __restrict__ x, float* __restrict__ y) \
-    { matvec<T, 1>(W, row_bytes, rows, cols, x, y, 1); } \
+        int rows, int cols, const float* x, float* y) \
+    { pdl_begin(); matvec<T, 1>(W, row_bytes, rows, cols, x, y, 1); } \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) matmul8_##name(const u8* __restrict__ W, long long row_bytes, \
-        int rows, int cols, const float* __restrict__ x, float* __restrict__ y, int n) \
-    { matvec<T, 8>(W, row_bytes, rows, cols, x, y, n); } \
+        int rows, int cols, const float* x, float* y, int n) \
+    { pdl_begin(); matvec<T, 8>(W, row_bytes, rows, cols, x, y, n); } \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) dequant_f16_##name(const u8* __restrict__ W, long long row_bytes, \
-        int rows, int cols, u16* __restrict__ out) \
-    { dequant_f16<T>(W, row_bytes, rows, cols, out); }
+        int rows, int cols, u16* out) \
+    { pdl_begin(); dequant_f16<T>(W, row_bytes, rows, cols, out); }
 
 // q4_K's one-token and batch products are the integer kernels below; its prefill dequantizer is this file's walk.
 extern "C" __global__ void __launch_bounds__(32 * WARPS) dequant_f16_q4_k(const u8* __restrict__ W, long long row_bytes,
-    int rows, int cols, u16* __restrict__ out)
-{ dequant_f16<Q4_K>(W, row_bytes, rows, cols, out); }
+    int rows, int cols, u16* out)
+{ pdl_begin(); dequant_f16<Q4_K>(W, row_bytes, rows, cols, out); }
 ENTRY(f32, F32)
 ENTRY(f16, Half16<false>)
 ENTRY(bf16, Half16<true>)
@@ -262,9 +262,10 @@ __device__ __forceinline__ float warp_max_abs(float v)
 
 // x [n × cols] to q8_0: one warp per 32-block, lane j takes element j. q [n × cols] int8, d [n × cols/32] the
 // fp16-rounded scales as floats, s [n × cols/32] the blocks' sums of q (Q4_0's -8 offset: Σ(w-8)q = Σwq - 8Σq).
-extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, long long blocks, i8* __restrict__ q,
-                                         float* __restrict__ d, int* __restrict__ s)
+extern "C" __global__ void quantize_q8_0(const float* x, long long blocks, i8* q,
+                                         float* d, int* s)
 {
+    pdl_begin();
     long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (b >= blocks) return;
@@ -304,7 +305,7 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, long long 
 
 // The integer kernels' last step: each token's lane sums added across the warp, lane 0 writing y[t·rows + row].
 template <int NB>
-__device__ __forceinline__ void write_rows(const float* acc, float* __restrict__ y, int rows, int row, int n, int lane)
+__device__ __forceinline__ void write_rows(const float* acc, float* y, int rows, int row, int n, int lane)
 {
 #pragma unroll
     for (int t = 0; t < NB; t++)
@@ -350,27 +351,55 @@ __device__ __forceinline__ int4 ld_weights(const int4* p)
     return r;
 }
 
-// One token (decode): every load of a group of U blocks (weights, their scales, x's quants, scale and sum) issued before
-// the first product, U = 8 (q4_0) or 4 (q8_0), so a lane has 128 bytes of weights in flight; weights are read once,
-// so they skip L1 and ask the L2 for 256-byte sectors (ld_weights). Against split_row's 64 bytes and x loaded per
-// block after the weights arrived, llama-7b decode on an H100 went from 332.6 to 340.3 tokens/s (Q4_0) and 261.5 to
-// 272.6 (Q8_0), tokens unchanged. U = 4 for q4_0 was 1.9% slower than split_row (326.3), and without the hint the
-// grouping lost 5% (274.1 against 289.5, before the register RMSNorm).
-template <bool Q4>
-__device__ __forceinline__ void split_row_one_token(const u8* __restrict__ W, int rows, int row, int cols,
-                                                    const i8* __restrict__ xq, const float* __restrict__ xd,
-                                                    const int* __restrict__ xs, float* __restrict__ y, int lane)
+// pdl_wait with x's pointers passed through the instruction: every load of x then depends on its result and cannot be
+// scheduled before it. x is read with coherent loads: under programmatic launch this kernel runs while the one before
+// it writes x, so x is not read-only for its lifetime, which ld.global.nc (and const __restrict__, which lets the
+// compiler choose it, and move such loads above an asm statement) requires. Two first versions broke that, one with
+// const __restrict__ pointers, one with explicit non-coherent loads: devices --check on an H100 decoded pycoder Q4_0 and Q8_0 with logits
+// off by 1.2-1.7 (top-1 0-2 of 40) under programmatic launch, and right without it.
+__device__ __forceinline__ void pdl_wait_for(const int4*& a, const float*& b, const int*& c)
 {
-    const int QB = Q4 ? 16 : 32, U = Q4 ? 8 : 4;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" : "+l"(a), "+l"(b), "+l"(c) : : "memory");
+#endif
+}
+
+// One token (decode), R rows per warp (1, or 2 sharing each load of x): the weights and scales of a group of U blocks
+// are requested first, then x's quants, scale and sum, then the products. U = 8 (q4_0) or 4 (q8_0) with one row, so a
+// lane has 128 bytes of weights in flight; weights are read once, so they skip L1 and ask the L2 for 256-byte sectors
+// (ld_weights). With two rows (U = 4), x is loaded per block in the product loop, which keeps the kernel at 77
+// registers (six thread blocks an SM): the all-first version needs ~150.
+// The first group's weights are requested before pdl_wait: nothing writes weights during a step, so under programmatic
+// launch their fetch overlaps the kernels before this one. On an H100 (gpu-stage mvbench, 32 layers of llama-7b's
+// Q4_0 products in one graph, 3.64 GB): one row per warp 1663 µs, two 1574; two with programmatic launch 1358.
+// Against split_row's 64 bytes in flight with x loaded per block after the weights arrived, llama-7b decode had gone
+// from 332.6 to 340.3 tokens/s (Q4_0) and 261.5 to 272.6 (Q8_0); U = 4 for q4_0 one row was 1.9% slower.
+template <bool Q4, int R>
+__device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, int rows, int row, int cols,
+                                                     const i8* xq, const float* xd,
+                                                     const int* xs, float* y, int lane)
+{
+    const int QB = Q4 ? 16 : 32, U = R == 2 ? 4 : Q4 ? 8 : 4;
+    const bool xFirst = R == 1;
     int blocks = cols >> 5;
-    const int4* qs = (const int4*)(W + (long long)row * blocks * QB);
-    const u16* ds = (const u16*)(W + (long long)rows * blocks * QB) + (long long)row * blocks;
+    const int4* qs[R];
+    const u16* ds[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+    {
+        int rr = row + r < rows ? row + r : rows - 1; // past the last row: read the last again, write nothing
+        qs[r] = (const int4*)(W + (long long)rr * blocks * QB);
+        ds[r] = (const u16*)(W + (long long)rows * blocks * QB) + (long long)rr * blocks;
+    }
     const int4* xv = (const int4*)xq;
-    float acc = 0.f;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
+    bool waited = false;
     for (int b0 = lane; b0 < blocks; b0 += 32 * U)
     {
-        int4 w0[U], w1[U], x0[U], x1[U];
-        float dw[U], dx[U];
+        int4 w0[R][U], w1[R][U], x0[U], x1[U];
+        float dw[R][U], dx[U];
         int sx[U];
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -378,13 +407,23 @@ __device__ __forceinline__ void split_row_one_token(const u8* __restrict__ W, in
             int b = b0 + 32 * u;
             if (b < blocks)
             {
-                w0[u] = ld_weights(qs + (long long)b * (QB / 16));
-                if (!Q4) w1[u] = ld_weights(qs + (long long)b * 2 + 1);
-                dw[u] = half_to_float(ds[b]);
-                x0[u] = xv[2 * b];
-                x1[u] = xv[2 * b + 1];
-                dx[u] = xd[b];
-                if (Q4) sx[u] = xs[b];
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                {
+                    w0[r][u] = ld_weights(qs[r] + (long long)b * (QB / 16));
+                    if (!Q4) w1[r][u] = ld_weights(qs[r] + (long long)b * 2 + 1);
+                    dw[r][u] = half_to_float(ds[r][b]);
+                }
+            }
+        }
+        if (!waited) { pdl_wait_for(xv, xd, xs); waited = true; }
+        if (xFirst)
+        {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+            {
+                int b = b0 + 32 * u;
+                if (b < blocks) { x0[u] = xv[2 * b]; x1[u] = xv[2 * b + 1]; dx[u] = xd[b]; if (Q4) sx[u] = xs[b]; }
             }
         }
 #pragma unroll
@@ -392,18 +431,28 @@ __device__ __forceinline__ void split_row_one_token(const u8* __restrict__ W, in
         {
             int b = b0 + 32 * u;
             if (b >= blocks) break;
-            int sumi = Q4 ? dot_q4_0(w0[u], x0[u], x1[u]) - 8 * sx[u] : dot_q8_0(w0[u], w1[u], x0[u], x1[u]);
-            acc += dw[u] * dx[u] * (float)sumi;
+            if (!xFirst) { x0[u] = xv[2 * b]; x1[u] = xv[2 * b + 1]; dx[u] = xd[b]; if (Q4) sx[u] = xs[b]; }
+#pragma unroll
+            for (int r = 0; r < R; r++)
+            {
+                int sumi = Q4 ? dot_q4_0(w0[r][u], x0[u], x1[u]) - 8 * sx[u] : dot_q8_0(w0[r][u], w1[r][u], x0[u], x1[u]);
+                acc[r] += dw[r][u] * dx[u] * (float)sumi;
+            }
         }
     }
-    float sum = warp_sum(acc);
-    if (lane == 0) y[row] = sum;
+    if (!waited) pdl_wait();
+#pragma unroll
+    for (int r = 0; r < R; r++)
+    {
+        float sum = warp_sum(acc[r]);
+        if (lane == 0 && row + r < rows) y[row + r] = sum;
+    }
 }
 
 template <bool Q4, int NB>
 __device__ __forceinline__ void split_row(const u8* __restrict__ W, int rows, int row, int cols,
-                                          const i8* __restrict__ xq, const float* __restrict__ xd,
-                                          const int* __restrict__ xs, float* __restrict__ y, int n, int lane)
+                                          const i8* xq, const float* xd,
+                                          const int* xs, float* y, int n, int lane)
 {
     const int QB = Q4 ? 16 : 32, UNROLL = Q4 ? 4 : 2;
     int blocks = cols >> 5;
@@ -452,8 +501,8 @@ __device__ __forceinline__ void split_row(const u8* __restrict__ W, int rows, in
 // Eight lanes per block, four blocks per warp step: lane j takes qs bytes [16j, 16j + 16), the low nibbles being
 // elements 16h.. of sub-block 2c and the high ones of sub-block 2c + 1 (c = j/2, h = j%2): one 16-byte load.
 template <int NB>
-__device__ __forceinline__ void q4k_row(const u8* __restrict__ W, int row, int cols, const i8* __restrict__ xq,
-                                        const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y,
+__device__ __forceinline__ void q4k_row(const u8* __restrict__ W, int row, int cols, const i8* xq,
+                                        const float* xd, const int* xs, float* y,
                                         int rows, int n, int lane)
 {
     int blocks = cols >> 8, j = lane & 7, c = j >> 1, h = j & 1, s0 = 2 * c, s1 = 2 * c + 1;
@@ -500,8 +549,8 @@ __device__ __forceinline__ void q4k_row(const u8* __restrict__ W, int row, int c
 // Eight lanes per block: lane j takes elements 128h + 32k + [0, 32) (h = j/4, k = j%4): ql bytes [64h + 32(k%2), +32)
 // (high nibbles when k >= 2) and qh bytes [128 + 32h, +32) (bits 2k, 2k+1): four 16-byte loads.
 template <int NB>
-__device__ __forceinline__ void q6k_row(const u8* __restrict__ W, int row, int cols, const i8* __restrict__ xq,
-                                        const float* __restrict__ xd, const int* __restrict__ xs, float* __restrict__ y,
+__device__ __forceinline__ void q6k_row(const u8* __restrict__ W, int row, int cols, const i8* xq,
+                                        const float* xd, const int* xs, float* y,
                                         int rows, int n, int lane)
 {
     int blocks = cols >> 8, j = lane & 7, h = j >> 2, k = j & 3;
@@ -549,47 +598,64 @@ template <int KIND, int NB>
 __device__ __forceinline__ void int_row(const u8* W, int rows, int row, int cols, const i8* xq, const float* xd, const int* xs,
                                         float* y, int n, int lane)
 {
-    if constexpr (KIND <= 1 && NB == 1) split_row_one_token<KIND == 0>(W, rows, row, cols, xq, xd, xs, y, lane);
-    else if (KIND == 0) split_row<true, NB>(W, rows, row, cols, xq, xd, xs, y, n, lane);
+    if (KIND == 0) split_row<true, NB>(W, rows, row, cols, xq, xd, xs, y, n, lane);
     else if (KIND == 1) split_row<false, NB>(W, rows, row, cols, xq, xd, xs, y, n, lane);
     else if (KIND == 2) q4k_row<NB>(W, row, cols, xq, xd, xs, y, rows, n, lane);
     else q6k_row<NB>(W, row, cols, xq, xd, xs, y, rows, n, lane);
 }
 
-// Launch: grid ceil(rows0/SPLIT_WARPS) + ceil(rows1/SPLIT_WARPS) + ceil(rows2/SPLIT_WARPS) blocks of 32·SPLIT_WARPS
-// threads; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0 or quantize_q8_k; y_i is [n × rows_i].
-template <int KIND, int NB>
+// Launch: grid ceil(rows0/(SPLIT_WARPS·R)) + ceil(rows1/(SPLIT_WARPS·R)) + ceil(rows2/(SPLIT_WARPS·R)) blocks of
+// 32·SPLIT_WARPS threads, R rows a warp; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0 or
+// quantize_q8_k; y_i is [n × rows_i].
+template <int KIND, int NB, int R>
 __device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
     int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, int n)
 {
+    pdl_release();
+    const int RB = SPLIT_WARPS * R; // rows a thread block takes
     int warp = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    int s0 = (rows0 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS, s1 = (rows1 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS;
-    if (warp < s0) { if (warp < rows0) int_row<KIND, NB>(W0, rows0, warp, cols, xq, xd, xs, y0, n, lane); return; }
-    warp -= s0;
-    if (warp < s1) { if (warp < rows1) int_row<KIND, NB>(W1, rows1, warp, cols, xq, xd, xs, y1, n, lane); return; }
-    warp -= s1;
-    if (warp < rows2) int_row<KIND, NB>(W2, rows2, warp, cols, xq, xd, xs, y2, n, lane);
+    int s0 = (rows0 + RB - 1) / RB * SPLIT_WARPS, s1 = (rows1 + RB - 1) / RB * SPLIT_WARPS;
+    const u8* W = W0;
+    float* y = y0;
+    int rows = rows0;
+    if (warp >= s0 + s1) { W = W2; y = y2; rows = rows2; warp -= s0 + s1; }
+    else if (warp >= s0) { W = W1; y = y1; rows = rows1; warp -= s0; }
+    int row = warp * R;
+    if (row >= rows) return; // the padding of a matrix's last thread block
+    if constexpr (KIND <= 1 && NB == 1) split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, y, lane);
+    else
+    {
+        pdl_wait();
+        int_row<KIND, NB>(W, rows, row, cols, xq, xd, xs, y, n, lane);
+    }
 }
 
-#define INT_ENTRY(name, KIND, NB) \
-    extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS) name(const u8* __restrict__ W0, const u8* __restrict__ W1, \
-        const u8* __restrict__ W2, float* __restrict__ y0, float* __restrict__ y1, float* __restrict__ y2, int rows0, int rows1, \
-        int rows2, int cols, const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs, int n) \
-    { int_matmul<KIND, NB>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs, n); }
+#define INT_ENTRY(name, KIND, NB, R, MIN_BLOCKS) \
+    extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS, MIN_BLOCKS) name(const u8* __restrict__ W0, \
+        const u8* __restrict__ W1, const u8* __restrict__ W2, float* y0, float* y1, \
+        float* y2, int rows0, int rows1, int rows2, int cols, const i8* xq, \
+        const float* xd, const int* xs, int n) \
+    { int_matmul<KIND, NB, R>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs, n); }
 
-INT_ENTRY(matvec_q4_0_q8, 0, 1)
-INT_ENTRY(matmul8_q4_0_q8, 0, 8)
-INT_ENTRY(matvec_q8_0_q8, 1, 1)
-INT_ENTRY(matmul8_q8_0_q8, 1, 8)
-INT_ENTRY(matvec_q4_k_q8, 2, 1)
-INT_ENTRY(matmul8_q4_k_q8, 2, 8)
-INT_ENTRY(matvec_q6_k_q8, 3, 1)
-INT_ENTRY(matmul8_q6_k_q8, 3, 8)
+// matvec2_q4_0_q8: two rows a warp, for matrices with at least as many rows as columns (CudaMatVec picks it): in the
+// graph above, Q/K/V 12.37 µs against 13.02 for one row, gate/up 19.29 against 21.65, Wo 5.16 against 5.88, but a
+// 4096 × 14336 down projection 14.02 against 12.76 (half the warps, each with a long row). Six thread blocks an SM.
+INT_ENTRY(matvec2_q4_0_q8, 0, 1, 2, 6)
+// One row a warp: at least three (q4_0) and five (q8_0) thread blocks an SM, the occupancy of the loop as measured
+// (NVRTC 11.8: 151 and 93 registers); a variant that read x through non-coherent loads compiled to 197 registers.
+INT_ENTRY(matvec_q4_0_q8, 0, 1, 1, 3)
+INT_ENTRY(matmul8_q4_0_q8, 0, 8, 1, 1)
+INT_ENTRY(matvec_q8_0_q8, 1, 1, 1, 5)
+INT_ENTRY(matmul8_q8_0_q8, 1, 8, 1, 1)
+INT_ENTRY(matvec_q4_k_q8, 2, 1, 1, 1)
+INT_ENTRY(matmul8_q4_k_q8, 2, 8, 1, 1)
+INT_ENTRY(matvec_q6_k_q8, 3, 1, 1, 1)
+INT_ENTRY(matmul8_q6_k_q8, 3, 8, 1, 1)
 
 // The index of the first element of largest magnitude in a 256-block (q8_K's `max`), and that magnitude in amax:
 // (|x|, index) reduced across the warp, the larger |x| winning and ties going to the lower index. Lane l reads
 // elements l, l + 32, ...
-__device__ __forceinline__ int first_max_abs_256(const float* __restrict__ xb, int lane, float& amax)
+__device__ __forceinline__ int first_max_abs_256(const float* xb, int lane, float& amax)
 {
     float best = -1.f;
     int at = 0;
@@ -612,9 +678,10 @@ __device__ __forceinline__ int first_max_abs_256(const float* __restrict__ xb, i
 // x [n × cols] to q8_K (ActivationQuant.Q8_KScalar): per 256-block, `max` the first value of largest magnitude, iscale =
 // -127/max, q = min(127, round-to-even(iscale·x)), d = 1/iscale (a zero block: q = 0, d = 0), and the sums of q of each
 // 16 (bsums, as int). One warp per block, lane l taking elements l + 32i.
-extern "C" __global__ void quantize_q8_k(const float* __restrict__ x, long long blocks, i8* __restrict__ q,
-                                         float* __restrict__ d, int* __restrict__ bsums)
+extern "C" __global__ void quantize_q8_k(const float* x, long long blocks, i8* q,
+                                         float* d, int* bsums)
 {
+    pdl_begin();
     long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (b >= blocks) return;
@@ -639,7 +706,7 @@ extern "C" __global__ void quantize_q8_k(const float* __restrict__ x, long long 
 // Rows [r0, r0 + m) of a split Q4_0/Q8_0 matrix of `rows` rows as fp16, into out [m × cols] (the prefill's cuBLAS
 // products): one thread per block, x = d·(q - 8) or d·q as Dequantize.cs computes it, written as four 16-byte stores.
 template <bool Q4>
-__device__ __forceinline__ void dequant_split(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
+__device__ __forceinline__ void dequant_split(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* out)
 {
     const int QB = Q4 ? 16 : 32;
     long long blocks = cols >> 5;
@@ -671,16 +738,17 @@ __device__ __forceinline__ void dequant_split(const u8* __restrict__ W, int rows
                    (u32)h[8 * k + 4] | ((u32)h[8 * k + 5] << 16), (u32)h[8 * k + 6] | ((u32)h[8 * k + 7] << 16) };
 }
 
-extern "C" __global__ void dequant_f16_q4_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
-{ dequant_split<true>(W, rows, cols, r0, m, out); }
+extern "C" __global__ void dequant_f16_q4_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* out)
+{ pdl_begin(); dequant_split<true>(W, rows, cols, r0, m, out); }
 
-extern "C" __global__ void dequant_f16_q8_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
-{ dequant_split<false>(W, rows, cols, r0, m, out); }
+extern "C" __global__ void dequant_f16_q8_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* out)
+{ pdl_begin(); dequant_split<false>(W, rows, cols, r0, m, out); }
 
 // Rows [r0, r0 + m) of a split q6_K matrix as fp16: eight threads per block, thread j (h = j/4, k = j%4) taking elements
 // 128h + 32k + [0, 32), x = (d·scale)·(q - 32) as Dequantize.Q6_K computes it.
-extern "C" __global__ void dequant_f16_q6_k(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
+extern "C" __global__ void dequant_f16_q6_k(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* out)
 {
+    pdl_begin();
     long long blocks = cols >> 8;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)m * blocks * 8) return;
@@ -711,8 +779,9 @@ extern "C" __global__ void dequant_f16_q6_k(const u8* __restrict__ W, int rows, 
 // first value of largest magnitude, q = min(127, round(iscale·x)), d = 1/iscale). One warp per block (cols is a
 // multiple of the block), lane l taking elements l, l + 32, ...; the fp16 of q·d rounds, which moves a value by at
 // most 2^-11 of itself. (One thread per block, serially, took 15% of a llama-7b pp512.)
-extern "C" __global__ void quantize_to_f16(const float* __restrict__ x, u16* __restrict__ out, long long total, int format)
+extern "C" __global__ void quantize_to_f16(const float* x, u16* out, long long total, int format)
 {
+    pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (format == 0)
     {
