@@ -9,6 +9,14 @@ namespace FitLM.Backends.Cuda;
 /// against x quantized as the CPU quantizes it (q8_0 for Q4_0/Q8_0, q8_K for Q4_K/Q6_K), in integers: the CPU's
 /// numerics, up to three matrices of one input in one launch. F32, F16 and BF16 multiply in float.
 /// </summary>
+/// <summary>Where a kernel that writes X [n × cols] also writes it in q8_0 (int8 values, scales, sums; matvec.cu's quantize_block_q8_0).</summary>
+internal readonly record struct QuantizedX(ulong Q, ulong D, ulong S)
+{
+    /// <summary>The same target from row <paramref name="row"/> of X on.</summary>
+    public QuantizedX At(int row, int cols) =>
+        new(Q + (ulong)((long)row * cols), D + (ulong)((long)row * cols / 32 * 4), S + (ulong)((long)row * cols / 32 * 4));
+}
+
 internal sealed unsafe class CudaMatVec : IDisposable
 {
     /// <summary>Rows per thread block (one warp each): WARPS in matvec.cu.</summary>
@@ -72,6 +80,22 @@ internal sealed unsafe class CudaMatVec : IDisposable
         }
     }
 
+    /// <summary>
+    /// Where to write X [n × cols] at <paramref name="x"/> in q8_0 for the product of <paramref name="consumer"/>'s
+    /// type that reads it next, or null. Not null when that product quantizes x to q8_0 (Q4_0, Q8_0) in one launch (n ≤
+    /// 8): the kernel that writes X then writes this too (a decode step saves a launch per product; the values are
+    /// quantize_q8_0's), and the product, given sameInput, reads it instead of quantizing X again.
+    /// </summary>
+    public QuantizedX? FusedTarget(GgmlType consumer, ulong x, int cols, int n)
+    {
+        if (!QuantizesActivations(consumer) || UsesQ8_K(consumer) || n > BatchTokens || cols > MaxCols || cols % 32 != 0 || _xq == null) return null;
+        _quantizedK = false;
+        _quantizedX = x;
+        _quantizedCols = cols;
+        _quantizedTokens = n;
+        return new QuantizedX(_xq.Pointer, _xd!.Pointer, _xs!.Pointer);
+    }
+
     /// <summary>Device bytes of the quantized-x scratch for x up to <paramref name="maxCols"/> wide (eight tokens: int8 values, scales, sums).</summary>
     public static long ScratchBytes(int maxCols)
     {
@@ -126,11 +150,11 @@ internal sealed unsafe class CudaMatVec : IDisposable
     /// (nothing queued) for the float types. A product with zero rows is absent.
     /// </summary>
     public bool MultiplyTogether(GgmlType type, int cols, ulong x, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
-        (ulong W, int Rows, ulong Y) c)
+        (ulong W, int Rows, ulong Y) c, bool sameInput = false)
     {
         if (!QuantizesActivations(type)) return false;
         Validate(type, GgmlTypes.RowBytes(type, cols), cols);
-        MultiplyInteger(type, cols, x, n, false, a, b, c);
+        MultiplyInteger(type, cols, x, n, sameInput, a, b, c);
         return true;
     }
 

@@ -28,15 +28,35 @@ __device__ __forceinline__ float block_sum(float v)
 // ------------------------------------------------------------------------------------------------ RMSNorm
 // Transformer.RmsNorm over each row: o = x * (1 / sqrt(mean(x²) + eps)) * w. One block per row; rows `dim` apart;
 // o may be x. The Q/K norms use it too: rows of one head (dim = head size, the same w for every head).
-extern "C" __global__ void rmsnorm(const float* x, const float* __restrict__ w, float* o, int dim, float eps)
+// With y, the residual add first (x += y, written back), and with q, o also quantized to q8_0 for the integer product
+// that reads it (quantize_q8_0's numerics): the add, the next norm and the quantization are one launch instead of
+// three in a decode step, where a launch costs more than its work. The float operations are those of the separate
+// steps, in their order. Quantizing needs dim % 32 == 0 (each warp then holds whole 32-blocks of the row).
+extern "C" __global__ void add_rmsnorm_q8(float* x, const float* __restrict__ y, const float* __restrict__ w, float* o,
+                                          int dim, float eps, i8* q, float* qd, int* qs)
 {
-    const float* xr = x + (long long)blockIdx.x * dim;
+    float* xr = x + (long long)blockIdx.x * dim;
     float* orow = o + (long long)blockIdx.x * dim;
     float ss = 0.f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    if (y != nullptr)
+    {
+        const float* yr = y + (long long)blockIdx.x * dim;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        {
+            xr[i] += yr[i];
+            ss += xr[i] * xr[i];
+        }
+    }
+    else
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss);
     float scale = 1.f / sqrtf(ss / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = xr[i] * scale * w[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    {
+        float v = xr[i] * scale * w[i];
+        orow[i] = v;
+        if (q != nullptr) quantize_block_q8_0(v, ((long long)blockIdx.x * dim + i) >> 5, q, qd, qs);
+    }
 }
 
 // ------------------------------------------------------------------------------------------------ element-wise
@@ -64,8 +84,10 @@ extern "C" __global__ void softcap(float* x, float c, int total)
 // o[t][c] = act(g[t][c]) * u[t][c] for n rows of cols: the gated FFN (FeedForward.cs, Activations.Apply). Rows are
 // given strides so Phi-3's fused [gate | up] rows work as they are; o may be g (each element is read, then written).
 // act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
+// q not null: o is also quantized to q8_0 for the down projection ([n × cols] blocks; cols % 32 == 0, so a warp's
+// elements are one block of one row).
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
-                                    long long o_stride, int cols, int n, int act)
+                                    long long o_stride, int cols, int n, int act, i8* q, float* qd, int* qs)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
@@ -74,17 +96,17 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
     if (act == 0) a = x / (1.f + expf(-x));
     else if (act == 1) a = fmaxf(x, 0.f);
     else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-    o[t * o_stride + c] = a * u[t * u_stride + c];
+    float r = a * u[t * u_stride + c];
+    o[t * o_stride + c] = r;
+    if (q != nullptr) quantize_block_q8_0(r, i >> 5, q, qd, qs);
 }
 
 // ------------------------------------------------------------------------------------------------ RoPE
 // Rope.Apply on n rows of `heads` heads: token t is at position *pos0 + t; cos/sin tables are [position × half].
 // Interleaved pairs (2i, 2i+1), or NEOX pairs (i, i + half); dimensions past 2·half pass through (partial rotary).
-extern "C" __global__ void rope(float* x, const float* __restrict__ cos_t, const float* __restrict__ sin_t, int n,
-                                int heads, int head_dim, int half, int neox, const int* __restrict__ pos0)
+__device__ __forceinline__ void rope_one(float* x, const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                                         int heads, int head_dim, int half, int neox, const int* __restrict__ pos0, int i)
 {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n * heads * half) return;
     int p = i % half, h = (i / half) % heads, t = i / (half * heads);
     long long pos = *pos0 + t;
     float c = cos_t[pos * half + p], s = sin_t[pos * half + p];
@@ -93,6 +115,15 @@ extern "C" __global__ void rope(float* x, const float* __restrict__ cos_t, const
     float a = v[ia], b = v[ib];
     v[ia] = a * c - b * s;
     v[ib] = b * c + a * s;
+}
+
+// The queries' and the keys' rotations in one launch (a decode step's launches cost more than their work).
+extern "C" __global__ void rope_qk(float* q, float* k, const float* __restrict__ cos_t, const float* __restrict__ sin_t, int n,
+                                   int heads, int kv_heads, int head_dim, int half, int neox, const int* __restrict__ pos0)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x, nq = n * heads * half;
+    if (i < nq) rope_one(q, cos_t, sin_t, heads, head_dim, half, neox, pos0, i);
+    else if (i - nq < n * kv_heads * half) rope_one(k, cos_t, sin_t, kv_heads, head_dim, half, neox, pos0, i - nq);
 }
 
 // ------------------------------------------------------------------------------------------------ KV cache
@@ -280,10 +311,11 @@ struct KiviSource
 // then the weighted sum of values into out[t][h]. One block per (head, query); its warps split the positions and
 // keep an online softmax (running max m, sum l, accumulator) each, merged at the end: one pass over K and V.
 // Lane l holds dimensions l, l + 32, ... of the head (up to MAX_HEAD_DIM / 32 of them).
+// q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
 template <typename Src>
 __device__ __forceinline__ void attend(const float* __restrict__ q, Src src, float* __restrict__ out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
-                                       const int* __restrict__ pos0)
+                                       const int* __restrict__ pos0, i8* q8, float* q8d, int* q8s)
 {
     const int PER = MAX_HEAD_DIM / 32;
     __shared__ float wm[ATTN_WARPS], wl[ATTN_WARPS];
@@ -335,12 +367,14 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, Src src, flo
     for (int w = 0; w < ATTN_WARPS; w++) mx = fmaxf(mx, wm[w]);
     float total = 0.f;
     for (int w = 0; w < ATTN_WARPS; w++) total += wl[w] * expf(wm[w] - mx); // a warp with no positions: l = 0
-    float* o = out + ((long long)t * heads + h) * head_dim;
+    long long first_out = ((long long)t * heads + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
     {
         float sum = 0.f;
         for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * expf(wm[w] - mx);
-        o[d] = sum / total;
+        float r = sum / total;
+        out[first_out + d] = r;
+        if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
     }
 }
 
@@ -350,10 +384,10 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, Src src, flo
     { kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_##suffix(const float* q, const KV::T* kc, \
         const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
-        const int* pos0) \
+        const int* pos0, i8* q8, float* q8d, int* q8s) \
     { \
         DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
-        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0); \
+        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s); \
     }
 
 KV_ENTRIES(f32, KvF32)
@@ -362,11 +396,11 @@ KV_ENTRIES(f16, KvF16)
 // Attention over KIVI's cache: kq/vq the slot's quantized tiles, kr/vr its ring.
 extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const float* q, const u8* kq, const u8* vq,
     const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
-    int ring, int residual, int bits, const int* pos0)
+    int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s)
 {
     KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits,
                        (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 };
-    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0);
+    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s);
 }
 
 // dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.
