@@ -227,9 +227,39 @@ internal sealed unsafe class CudaDevice : IDisposable
         return f;
     }
 
+    /// <summary>
+    /// Launches as programmatic dependent launches (Hopper and later; see common.cuh's pdl_begin): each kernel may start
+    /// while the previous one in the stream finishes, and waits for it before touching what it wrote. Only for work
+    /// whose kernels are all this project's (each begins with pdl_begin) and whose weights no copy rewrites between
+    /// kernels: <see cref="CudaForward"/> turns it on where every layer is resident. Off by default.
+    /// </summary>
+    public bool Programmatic
+    {
+        get => _programmatic;
+        set => _programmatic = value && Major >= 9;
+    }
+
+    private bool _programmatic;
+
     /// <summary>Launches on this device's stream; <paramref name="args"/> point at each kernel parameter's value.</summary>
-    public void Launch(nint function, uint gridX, uint blockX, uint sharedBytes, void** args) =>
-        CudaDriver.Check(CudaDriver.cuLaunchKernel(function, gridX, 1, 1, blockX, 1, 1, sharedBytes, _stream, args, null));
+    public void Launch(nint function, uint gridX, uint blockX, uint sharedBytes, void** args) => Launch(function, gridX, 1, blockX, sharedBytes, args);
+
+    /// <summary>A launch of a two-dimensional grid (attention: heads × rows; KIVI: tiles × KV heads).</summary>
+    public void Launch(nint function, uint gridX, uint gridY, uint blockX, uint sharedBytes, void** args)
+    {
+        if (!_programmatic)
+        {
+            CudaDriver.Check(CudaDriver.cuLaunchKernel(function, gridX, gridY, 1, blockX, 1, 1, sharedBytes, _stream, args, null));
+            return;
+        }
+        var attribute = new CudaDriver.LaunchAttribute { Id = CudaDriver.LaunchAttributeProgrammaticStreamSerialization, Value = 1 };
+        var config = new CudaDriver.LaunchConfig
+        {
+            GridX = gridX, GridY = gridY, GridZ = 1, BlockX = blockX, BlockY = 1, BlockZ = 1, SharedBytes = sharedBytes,
+            Stream = _stream, Attributes = &attribute, AttributeCount = 1,
+        };
+        CudaDriver.Check(CudaDriver.cuLaunchKernelEx(&config, function, args, null));
+    }
 
     public void Synchronize() => CudaDriver.Check(CudaDriver.cuStreamSynchronize(_stream));
 

@@ -56,6 +56,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver)]
     public static partial int cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, nint stream, void** parameters, void** extra);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuLaunchKernelEx(LaunchConfig* config, nint function, void** parameters, void** extra);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamBeginCapture_v2(nint stream, int mode);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamEndCapture(nint stream, nint* graph);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGraphInstantiateWithFlags(nint* exec, nint graph, ulong flags);
@@ -65,6 +66,27 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuStreamWaitEvent(nint stream, nint e, uint flags);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGetErrorName(int result, byte** name);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuGetErrorString(int result, byte** text);
+
+    /// <summary>CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: the kernel may start before the previous one in the stream completes.</summary>
+    public const int LaunchAttributeProgrammaticStreamSerialization = 6;
+
+    /// <summary>CUlaunchConfig (cuda.h): the grid, block, shared memory and stream of a launch, and its attributes.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct LaunchConfig
+    {
+        public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+        public nint Stream;
+        public LaunchAttribute* Attributes;
+        public uint AttributeCount;
+    }
+
+    /// <summary>CUlaunchAttribute: an id (4 bytes, padded to 8) and a 64-byte union of values, of which these launches use the first int.</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 72)]
+    public struct LaunchAttribute
+    {
+        [FieldOffset(0)] public int Id;
+        [FieldOffset(8)] public int Value;
+    }
 
     /// <summary>Throws a <see cref="FitLMException"/> naming the call and CUDA's error name and text when <paramref name="result"/> is not CUDA_SUCCESS.</summary>
     public static void Check(int result, [CallerArgumentExpression(nameof(result))] string call = "")

@@ -180,6 +180,9 @@ internal sealed class CudaForward : IDeviceForward
                 _streamer = Own(new LayerStreamer(_device, source, streamed, naiveStreaming));
                 _graphs = false; // a step that waits on copies between layers is not one fixed graph
             }
+            // Kernels overlap their predecessors' tails where no copy rewrites weights between them (FITLM_CUDA_PDL=0:
+            // off, to measure what it gains).
+            _device.Programmatic = _streamer == null && Environment.GetEnvironmentVariable("FITLM_CUDA_PDL") != "0";
 
             int bt = _batch;
             _x = Floats((long)bt * c.Dim);

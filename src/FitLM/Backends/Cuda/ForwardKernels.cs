@@ -118,8 +118,7 @@ internal sealed unsafe class ForwardKernels
         _device.Launch(_kvStoreKivi, Blocks((long)n * kvDim), Threads, 0, store);
         // At most n / 32 + 1 tiles leave the window in a pass of n rows; blocks past the pass's last return at once.
         void** quantize = stackalloc void*[] { &kr, &vr, &kCache, &vCache, &n, &kvDim, &kvHeads, &headDim, &ring, &residual, &bits, &pos0 };
-        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kiviQuantize, (uint)(n / DeviceKvLayout.Group + 2), (uint)kvHeads, 1, 32, 1, 1, 0,
-            _device.Stream, quantize, null));
+        _device.Launch(_kiviQuantize, (uint)(n / DeviceKvLayout.Group + 2), (uint)kvHeads, 32, 0, quantize);
     }
 
     /// <summary>
@@ -134,13 +133,12 @@ internal sealed unsafe class ForwardKernels
         if (!kv.IsKivi)
         {
             void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0, &q8, &q8d, &q8s };
-            CudaDriver.Check(CudaDriver.cuLaunchKernel(kv.Half ? _attendF16 : _attendF32, (uint)heads, (uint)n, 1, AttentionThreads, 1, 1, 0,
-                _device.Stream, args, null));
+            _device.Launch(kv.Half ? _attendF16 : _attendF32, (uint)heads, (uint)n, AttentionThreads, 0, args);
             return;
         }
         var (kr, vr) = kv.Rings(kCache, vCache);
         int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits;
         void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0, &q8, &q8d, &q8s };
-        CudaDriver.Check(CudaDriver.cuLaunchKernel(_attendKivi, (uint)heads, (uint)n, 1, AttentionThreads, 1, 1, 0, _device.Stream, kivi, null));
+        _device.Launch(_attendKivi, (uint)heads, (uint)n, AttentionThreads, 0, kivi);
     }
 }

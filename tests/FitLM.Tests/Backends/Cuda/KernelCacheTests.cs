@@ -124,4 +124,31 @@ public sealed class KernelCacheTests : IDisposable
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", KernelModule.Source("common.cuh"));
         Assert.Throws<FitLMException>(() => KernelModule.Source("missing.cu"));
     }
+
+    // A kernel launched as a programmatic dependent launch (CudaDevice.Programmatic) that touched memory before
+    // griddepcontrol.wait would race the kernel before it: each one's first statement is pdl_begin, except the integer
+    // products, which prefetch their weights (read-only) between the release and the wait.
+    [Theory]
+    [InlineData("matvec.cu", 11)]
+    [InlineData("forward.cu", 12)]
+    public void EveryKernel_WaitsForThePreviousOneBeforeTouchingMemory(string file, int kernels)
+    {
+        string source = KernelModule.Source(file);
+        var definitions = System.Text.RegularExpressions.Regex.Matches(source, @"extern ""C"" __global__ void[^{;]*\{([\s\\]*)(\S[^\n]*)");
+        Assert.Equal(kernels, definitions.Count);
+        foreach (System.Text.RegularExpressions.Match m in definitions)
+        {
+            string first = m.Groups[2].Value;
+            Assert.True(first.StartsWith("pdl_begin();", StringComparison.Ordinal) || first.StartsWith("int_matmul<KIND, NB>(", StringComparison.Ordinal),
+                $"{m.Value.Split('(')[0]}... begins with: {first}");
+        }
+        if (file != "matvec.cu") return;
+        int body = source.IndexOf("__device__ __forceinline__ void int_matmul(", StringComparison.Ordinal);
+        int release = source.IndexOf("pdl_release();", body, StringComparison.Ordinal), prefetch = source.IndexOf("prefetch_row<KIND>(", body, StringComparison.Ordinal);
+        int wait = source.IndexOf("pdl_wait();", body, StringComparison.Ordinal), work = source.IndexOf("int_row<KIND, NB>(", body, StringComparison.Ordinal);
+        Assert.True(body > 0 && body < release && release < prefetch && prefetch < wait && wait < work, "int_matmul: release, prefetch, wait, then the row");
+        string common = KernelModule.Source("common.cuh");
+        Assert.Contains("griddepcontrol.wait", common, StringComparison.Ordinal);
+        Assert.Contains("griddepcontrol.launch_dependents", common, StringComparison.Ordinal);
+    }
 }

@@ -32,6 +32,31 @@ __device__ __forceinline__ float bf16_to_float(u16 h)
     return f;
 }
 
+// Programmatic dependent launch (Hopper, sm_90+). Where CudaDevice launches with it (CudaDevice.Programmatic: a decode
+// step whose weights all stay in GPU memory), a kernel may start while the one before it in the stream is finishing,
+// so its launch latency and first memory reads overlap that kernel's tail instead of following it. Every kernel
+// therefore begins with pdl_begin(): let the next kernel start (launch_dependents), then wait until the previous one
+// has completed and its writes are visible (wait), before touching memory earlier kernels write. The integer products
+// do one thing in between: they prefetch their rows of weights into L2, which nothing in a step writes. Launched
+// without the attribute, or compiled for an earlier GPU, both are no-ops. (tests: every kernel starts with it.)
+__device__ __forceinline__ void pdl_release()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+__device__ __forceinline__ void pdl_wait()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_begin()
+{
+    pdl_release();
+    pdl_wait();
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

@@ -35,6 +35,7 @@ __device__ __forceinline__ float block_sum(float v)
 extern "C" __global__ void add_rmsnorm_q8(float* x, const float* __restrict__ y, const float* __restrict__ w, float* o,
                                           int dim, float eps, i8* q, float* qd, int* qs)
 {
+    pdl_begin();
     float* xr = x + (long long)blockIdx.x * dim;
     float* orow = o + (long long)blockIdx.x * dim;
     float ss = 0.f;
@@ -63,6 +64,7 @@ extern "C" __global__ void add_rmsnorm_q8(float* x, const float* __restrict__ y,
 // x[i] += b[i % cols] over total elements: the Q/K/V biases of Qwen2 and Phi-3 (one row of b per token).
 extern "C" __global__ void add_bias(float* x, const float* __restrict__ b, int cols, int total)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total) x[i] += b[i % cols];
 }
@@ -70,6 +72,7 @@ extern "C" __global__ void add_bias(float* x, const float* __restrict__ b, int c
 // x[i] += y[i]: the residual adds.
 extern "C" __global__ void add(float* x, const float* __restrict__ y, int total)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total) x[i] += y[i];
 }
@@ -77,6 +80,7 @@ extern "C" __global__ void add(float* x, const float* __restrict__ y, int total)
 // x[i] = c * tanh(x[i] * (1/c)): Gemma 2's final soft-capping (KvShape.CapInPlace).
 extern "C" __global__ void softcap(float* x, float c, int total)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total) x[i] = tanhf(x[i] * (1.f / c)) * c;
 }
@@ -89,6 +93,7 @@ extern "C" __global__ void softcap(float* x, float c, int total)
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
                                     long long o_stride, int cols, int n, int act, i8* q, float* qd, int* qs)
 {
+    pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
     int t = (int)(i / cols), c = (int)(i % cols);
@@ -121,6 +126,7 @@ __device__ __forceinline__ void rope_one(float* x, const float* __restrict__ cos
 extern "C" __global__ void rope_qk(float* q, float* k, const float* __restrict__ cos_t, const float* __restrict__ sin_t, int n,
                                    int heads, int kv_heads, int head_dim, int half, int neox, const int* __restrict__ pos0)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x, nq = n * heads * half;
     if (i < nq) rope_one(q, cos_t, sin_t, heads, head_dim, half, neox, pos0, i);
     else if (i - nq < n * kv_heads * half) rope_one(k, cos_t, sin_t, kv_heads, head_dim, half, neox, pos0, i - nq);
@@ -235,6 +241,7 @@ __device__ __forceinline__ void kivi_quantize_group(float x, bool valid, int bit
 extern "C" __global__ void kv_store_kivi(const float* __restrict__ k, const float* __restrict__ v, u16* kr, u16* vr, int n,
                                          int kv_dim, int ring, const int* __restrict__ pos0)
 {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * kv_dim) return;
     int t = i / kv_dim, c = i % kv_dim, p = *pos0 + t;
@@ -250,6 +257,7 @@ extern "C" __global__ void __launch_bounds__(32) kivi_quantize(const u16* __rest
     u8* kq, u8* vq, int n, int kv_dim, int kv_heads, int head_dim, int ring, int residual, int bits,
     const int* __restrict__ pos0)
 {
+    pdl_begin();
     int first = kivi_quantized_tiles(*pos0, residual), last = kivi_quantized_tiles(*pos0 + n, residual);
     int tile = first + blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
     if (tile >= last) return;
@@ -381,11 +389,12 @@ __device__ __forceinline__ void attend(const float* __restrict__ q, Src src, flo
 #define KV_ENTRIES(suffix, KV) \
     extern "C" __global__ void kv_store_##suffix(const float* k, const float* v, KV::T* kc, KV::T* vc, int n, \
         int kv_dim, const int* pos0) \
-    { kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
+    { pdl_begin(); kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_##suffix(const float* q, const KV::T* kc, \
         const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
         const int* pos0, i8* q8, float* q8d, int* q8s) \
     { \
+        pdl_begin(); \
         DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
         attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s); \
     }
@@ -398,6 +407,7 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const 
     const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
     int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s)
 {
+    pdl_begin();
     KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits,
                        (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 };
     attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s);
@@ -407,6 +417,7 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const 
 extern "C" __global__ void copy_columns(const float* __restrict__ src, int src_width, int offset, float* __restrict__ dst,
                                         int width, int n)
 {
+    pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)width * n) return;
     long long t = i / width;

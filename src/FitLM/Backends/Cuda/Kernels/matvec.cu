@@ -221,18 +221,18 @@ struct Half16
 #define ENTRY(name, T) \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) matvec_##name(const u8* __restrict__ W, long long row_bytes, \
         int rows, int cols, const float* __restrict__ x, float* __restrict__ y) \
-    { matvec<T, 1>(W, row_bytes, rows, cols, x, y, 1); } \
+    { pdl_begin(); matvec<T, 1>(W, row_bytes, rows, cols, x, y, 1); } \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) matmul8_##name(const u8* __restrict__ W, long long row_bytes, \
         int rows, int cols, const float* __restrict__ x, float* __restrict__ y, int n) \
-    { matvec<T, 8>(W, row_bytes, rows, cols, x, y, n); } \
+    { pdl_begin(); matvec<T, 8>(W, row_bytes, rows, cols, x, y, n); } \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) dequant_f16_##name(const u8* __restrict__ W, long long row_bytes, \
         int rows, int cols, u16* __restrict__ out) \
-    { dequant_f16<T>(W, row_bytes, rows, cols, out); }
+    { pdl_begin(); dequant_f16<T>(W, row_bytes, rows, cols, out); }
 
 // q4_K's one-token and batch products are the integer kernels below; its prefill dequantizer is this file's walk.
 extern "C" __global__ void __launch_bounds__(32 * WARPS) dequant_f16_q4_k(const u8* __restrict__ W, long long row_bytes,
     int rows, int cols, u16* __restrict__ out)
-{ dequant_f16<Q4_K>(W, row_bytes, rows, cols, out); }
+{ pdl_begin(); dequant_f16<Q4_K>(W, row_bytes, rows, cols, out); }
 ENTRY(f32, F32)
 ENTRY(f16, Half16<false>)
 ENTRY(bf16, Half16<true>)
@@ -257,6 +257,7 @@ __device__ __forceinline__ int dp4a(int a, int b, int c)
 extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, long long blocks, i8* __restrict__ q,
                                          float* __restrict__ d, int* __restrict__ s)
 {
+    pdl_begin();
     long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (b >= blocks) return;
     quantize_block_q8_0(x[b * 32 + (threadIdx.x & 31)], b, q, d, s);
@@ -472,6 +473,26 @@ __device__ __forceinline__ void int_row(const u8* W, int rows, int row, int cols
     else q6k_row<NB>(W, row, cols, xq, xd, xs, y, rows, n, lane);
 }
 
+// Asks L2 for the 128-byte lines of [p, p + bytes), lane l the lines l, l + 32, ... (at most 16 KiB: a row of the widest
+// products here, 14336 columns of q8_0, is 15.2 KB). Nothing waits for it.
+__device__ __forceinline__ void prefetch_l2(const u8* p, long long bytes, int lane)
+{
+    const u8* start = (const u8*)((u64)p & ~(u64)127);
+    long long lines = (long long)(p + bytes - start + 127) >> 7;
+    if (lines > 128) lines = 128;
+    for (long long i = lane; i < lines; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(start + (i << 7)));
+}
+
+// A row's weight bytes, by type (int_row's layouts): quants and, in the split layouts, the scales stored after them.
+template <int KIND>
+__device__ __forceinline__ void prefetch_row(const u8* W, int rows, int row, int cols, int lane)
+{
+    long long blocks = KIND <= 1 ? cols >> 5 : cols >> 8;
+    const int QB = KIND == 0 ? 16 : KIND == 1 ? 32 : KIND == 2 ? 144 : 208;
+    prefetch_l2(W + row * blocks * QB, blocks * QB, lane);
+    if (KIND != 2) prefetch_l2(W + rows * blocks * QB + row * blocks * 2, blocks * 2, lane);
+}
+
 // Launch: grid ceil(rows0/SPLIT_WARPS) + ceil(rows1/SPLIT_WARPS) + ceil(rows2/SPLIT_WARPS) blocks of 32·SPLIT_WARPS
 // threads; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0 or quantize_q8_k; y_i is [n × rows_i].
 template <int KIND, int NB>
@@ -480,11 +501,18 @@ __device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8*
 {
     int warp = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     int s0 = (rows0 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS, s1 = (rows1 + SPLIT_WARPS - 1) / SPLIT_WARPS * SPLIT_WARPS;
-    if (warp < s0) { if (warp < rows0) int_row<KIND, NB>(W0, rows0, warp, cols, xq, xd, xs, y0, n, lane); return; }
-    warp -= s0;
-    if (warp < s1) { if (warp < rows1) int_row<KIND, NB>(W1, rows1, warp, cols, xq, xd, xs, y1, n, lane); return; }
-    warp -= s1;
-    if (warp < rows2) int_row<KIND, NB>(W2, rows2, warp, cols, xq, xd, xs, y2, n, lane);
+    // The warp's matrix and row (row -1: none, the padding of a matrix's last thread block).
+    const u8* W = W0;
+    float* y = y0;
+    int rows = rows0, row = warp;
+    if (warp >= s0 + s1) { W = W2; y = y2; rows = rows2; row = warp - s0 - s1; }
+    else if (warp >= s0) { W = W1; y = y1; rows = rows1; row = warp - s0; }
+    if (row >= rows) row = -1;
+    // The weights do not depend on the kernels before this one: their fetch starts while those finish (pdl_begin).
+    pdl_release();
+    if (row >= 0) prefetch_row<KIND>(W, rows, row, cols, lane);
+    pdl_wait();
+    if (row >= 0) int_row<KIND, NB>(W, rows, row, cols, xq, xd, xs, y, n, lane);
 }
 
 #define INT_ENTRY(name, KIND, NB) \
@@ -531,6 +559,7 @@ __device__ __forceinline__ int first_max_abs_256(const float* __restrict__ xb, i
 extern "C" __global__ void quantize_q8_k(const float* __restrict__ x, long long blocks, i8* __restrict__ q,
                                          float* __restrict__ d, int* __restrict__ bsums)
 {
+    pdl_begin();
     long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (b >= blocks) return;
@@ -588,15 +617,16 @@ __device__ __forceinline__ void dequant_split(const u8* __restrict__ W, int rows
 }
 
 extern "C" __global__ void dequant_f16_q4_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
-{ dequant_split<true>(W, rows, cols, r0, m, out); }
+{ pdl_begin(); dequant_split<true>(W, rows, cols, r0, m, out); }
 
 extern "C" __global__ void dequant_f16_q8_0(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
-{ dequant_split<false>(W, rows, cols, r0, m, out); }
+{ pdl_begin(); dequant_split<false>(W, rows, cols, r0, m, out); }
 
 // Rows [r0, r0 + m) of a split q6_K matrix as fp16: eight threads per block, thread j (h = j/4, k = j%4) taking elements
 // 128h + 32k + [0, 32), x = (d·scale)·(q - 32) as Dequantize.Q6_K computes it.
 extern "C" __global__ void dequant_f16_q6_k(const u8* __restrict__ W, int rows, int cols, int r0, int m, u16* __restrict__ out)
 {
+    pdl_begin();
     long long blocks = cols >> 8;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)m * blocks * 8) return;
@@ -629,6 +659,7 @@ extern "C" __global__ void dequant_f16_q6_k(const u8* __restrict__ W, int rows, 
 // most 2^-11 of itself. (One thread per block, serially, took 15% of a llama-7b pp512.)
 extern "C" __global__ void quantize_to_f16(const float* __restrict__ x, u16* __restrict__ out, long long total, int format)
 {
+    pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (format == 0)
     {
