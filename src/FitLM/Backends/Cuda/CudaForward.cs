@@ -433,34 +433,53 @@ internal sealed class CudaForward : IDeviceForward
     }
 
     /// <summary>Y = W·X for n rows, W at its offset in the block at <paramref name="block"/> (resident, or a slot).</summary>
-    /// <remarks><paramref name="sameInput"/>: x is the previous product's input, unchanged (K and V after Q, up after gate).</remarks>
+    /// <remarks><paramref name="sameInput"/>: x's quantized form is already in the scratch (the previous product's input,
+    /// or written there by the kernel that wrote x: <see cref="CudaMatVec.FusedTarget"/>).</remarks>
     private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n, bool sameInput = false)
     {
-        if (_gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type))
-            _gemm.Multiply(w.Type, w.Tensor.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
+        if (UsesGemm(w, n))
+            _gemm!.Multiply(w.Type, w.Tensor.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
         else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n, sameInput);
     }
 
+    private bool UsesGemm(DeviceMatrix w, int n) => _gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type);
+
     /// <summary>
     /// Two or three products of one input X (Q, K and V; gate and up): one launch where they share a type with
-    /// split-layout kernels (Q4_0, Q8_0) and the batch is not cuBLAS's, else one product each (the later ones reuse
-    /// the first one's quantized X).
+    /// integer kernels and the batch is not cuBLAS's, else one product each (the later ones reuse the first one's
+    /// quantized X).
     /// </summary>
-    private void MultiplyTogether(ulong block, ulong x, int n, DeviceMatrix a, ulong ya, DeviceMatrix b, ulong yb, DeviceMatrix? c = null, ulong yc = 0)
+    private void MultiplyTogether(ulong block, ulong x, int n, bool sameInput, DeviceMatrix a, ulong ya, DeviceMatrix b, ulong yb, DeviceMatrix? c = null, ulong yc = 0)
     {
         bool gemm = _gemm != null && n >= CudaGemm.MinTokens;
         if (!gemm && a.Type == b.Type && (c == null || c.Type == a.Type) &&
             _mv.MultiplyTogether(a.Type, a.Cols, x, n, (block + (ulong)a.Offset, a.Rows, ya), (block + (ulong)b.Offset, b.Rows, yb),
-                c == null ? default : (block + (ulong)c.Offset, c.Rows, yc)))
+                c == null ? default : (block + (ulong)c.Offset, c.Rows, yc), sameInput))
             return;
-        Multiply(block, a, x, ya, n);
+        Multiply(block, a, x, ya, n, sameInput);
         Multiply(block, b, x, yb, n, sameInput: true);
         if (c != null) Multiply(block, c, x, yc, n, sameInput: true);
     }
 
     private static ulong At(DeviceBuffer b, long floats) => b.Pointer + (ulong)(floats * sizeof(float));
 
-    /// <summary>The layers over the batch's n rows of x (Transformer.ForwardBatch, one segment).</summary>
+    /// <summary>
+    /// o = RMSNorm(x) ⊙ w over n rows of Dim, after x += <paramref name="residual"/> when one is pending (0: none), and o
+    /// in q8_0 for <paramref name="reader"/>'s product when it takes that (then true: the product gets sameInput).
+    /// </summary>
+    private bool Norm(ulong x, ulong residual, DeviceBuffer w, ulong o, int n, DeviceMatrix reader)
+    {
+        var quantized = UsesGemm(reader, n) ? null : _mv.FusedTarget(reader.Type, o, _c.Dim, n);
+        _kernels.AddRmsNorm(x, residual, w.Pointer, o, n, _c.Dim, _c.RmsEps, quantized);
+        return quantized != null;
+    }
+
+    /// <summary>
+    /// The layers over the batch's n rows of x (Transformer.ForwardBatch). A decode step is about ten launches a layer:
+    /// the residual add, the next norm and the quantization of its output for the next product are one kernel
+    /// (<see cref="ForwardKernels.AddRmsNorm"/>), as are the gated activation and attention with theirs, and RoPE of
+    /// queries and keys; a layer's last residual add is done by the next layer's first norm.
+    /// </summary>
     private void Layers(int n)
     {
         var c = _c;
@@ -468,66 +487,73 @@ internal sealed class CudaForward : IDeviceForward
         int dim = c.Dim;
         ulong x = _x.Pointer, xb = _xb.Pointer, xb2 = _xb2.Pointer, q = _q.Pointer, kk = _k.Pointer, v = _v.Pointer, pos = _pos.Pointer;
         float scale = c.KvShape.Scale;
+        ulong residual = 0; // xb2 when the previous block's output still has to be added to x
         for (int l = 0; l < c.Layers; l++)
         {
             var L = _layers[l];
             ulong wb = L.StreamIndex < 0 ? L.Resident!.Pointer : _streamer!.Begin(L.StreamIndex);
             // Attention block.
-            k.RmsNorm(x, L.AttnNorm.Pointer, xb, n, dim, c.RmsEps);
             if (L.Wqkv != null)
             {
                 int width = c.QDim + 2 * c.KvDim;
-                Multiply(wb, L.Wqkv, xb, _qkv!.Pointer, n);
+                bool quantized = Norm(x, residual, L.AttnNorm, xb, n, L.Wqkv);
+                Multiply(wb, L.Wqkv, xb, _qkv!.Pointer, n, quantized);
                 k.CopyColumns(_qkv.Pointer, width, 0, q, c.QDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim, kk, c.KvDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim + c.KvDim, v, c.KvDim, n);
             }
             else
             {
-                MultiplyTogether(wb, xb, n, L.Wq!, q, L.Wk!, kk, L.Wv!, v);
+                bool quantized = Norm(x, residual, L.AttnNorm, xb, n, L.Wq!);
+                MultiplyTogether(wb, xb, n, quantized, L.Wq!, q, L.Wk!, kk, L.Wv!, v);
             }
+            residual = 0;
             if (L.Bq != null) k.AddBias(q, L.Bq.Pointer, c.QDim, n * c.QDim);
             if (L.Bk != null) k.AddBias(kk, L.Bk.Pointer, c.KvDim, n * c.KvDim);
             if (L.Bv != null) k.AddBias(v, L.Bv.Pointer, c.KvDim, n * c.KvDim);
             if (L.QNorm != null) QkNorm(q, L.QNorm, c.Heads, n);
             if (L.KNorm != null) QkNorm(kk, L.KNorm, c.KvHeads, n);
-            // Per sequence: RoPE at its positions, its rows into its KV slot, attention over that slot.
+            // Per sequence: RoPE at its positions, its rows into its KV slot, attention over that slot; the output is
+            // quantized as it is written when the output projection takes q8_0.
             var r = L.Rope;
+            var attended = c.HeadDim % 32 == 0 && !UsesGemm(L.Wo, n) ? _mv.FusedTarget(L.Wo.Type, xb, c.QDim, n) : null;
             for (int s = 0; s < _segmentCount; s++)
             {
                 var (slot, row, m) = _segments[s];
                 ulong sq = q + (ulong)(4L * row * c.QDim), sk = kk + (ulong)(4L * row * c.KvDim), sv = v + (ulong)(4L * row * c.KvDim);
                 ulong kc = L.KCache.Pointer + (ulong)(slot * _kv.KeyBytes), vc = L.VCache.Pointer + (ulong)(slot * _kv.ValueBytes);
                 ulong sp = pos + (ulong)(4L * s);
-                k.Rope(sq, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.HeadDim, r.Half, r.Neox, sp);
-                k.Rope(sk, r.Cos.Pointer, r.Sin.Pointer, m, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
+                k.RopeQk(sq, sk, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
                 k.KvStore(_kv, sk, sv, kc, vc, m, sp);
-                k.Attend(_kv, sq, kc, vc, xb + (ulong)(4L * row * c.QDim), m, c.Heads, scale, c.AttentionSoftcap, L.Window, sp);
+                k.Attend(_kv, sq, kc, vc, xb + (ulong)(4L * row * c.QDim), m, c.Heads, scale, c.AttentionSoftcap, L.Window, sp, attended?.At(row, c.QDim));
             }
-            Multiply(wb, L.Wo, xb, xb2, n);
+            Multiply(wb, L.Wo, xb, xb2, n, attended != null);
             if (L.PostAttnNorm != null) k.RmsNorm(xb2, L.PostAttnNorm.Pointer, xb2, n, dim, c.RmsEps);
-            k.Add(x, xb2, n * dim);
 
-            // Feed-forward block: down(act(gate(x)) * up(x)).
-            k.RmsNorm(x, L.FfnNorm.Pointer, xb, n, dim, c.RmsEps);
+            // Feed-forward block: down(act(gate(x)) * up(x)), after x += the attention block's output.
             if (L.GateUp != null)
             {
                 int ffn = L.GateUp.Rows / 2;
-                Multiply(wb, L.GateUp, xb, _hb.Pointer, n);
-                k.GateAct(_hb.Pointer, 2 * ffn, At(_hb, ffn), 2 * ffn, _hb2.Pointer, ffn, ffn, n, (int)c.Activation);
-                Multiply(wb, L.Down, _hb2.Pointer, xb2, n);
+                bool quantized = Norm(x, xb2, L.FfnNorm, xb, n, L.GateUp);
+                Multiply(wb, L.GateUp, xb, _hb.Pointer, n, quantized);
+                var activated = UsesGemm(L.Down, n) ? null : _mv.FusedTarget(L.Down.Type, _hb2.Pointer, ffn, n);
+                k.GateAct(_hb.Pointer, 2 * ffn, At(_hb, ffn), 2 * ffn, _hb2.Pointer, ffn, ffn, n, (int)c.Activation, activated);
+                Multiply(wb, L.Down, _hb2.Pointer, xb2, n, activated != null);
             }
             else
             {
                 int ffn = L.Gate!.Rows;
-                MultiplyTogether(wb, xb, n, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
-                k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation);
-                Multiply(wb, L.Down, _hb.Pointer, xb2, n);
+                bool quantized = Norm(x, xb2, L.FfnNorm, xb, n, L.Gate);
+                MultiplyTogether(wb, xb, n, quantized, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
+                var activated = UsesGemm(L.Down, n) ? null : _mv.FusedTarget(L.Down.Type, _hb.Pointer, ffn, n);
+                k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation, activated);
+                Multiply(wb, L.Down, _hb.Pointer, xb2, n, activated != null);
             }
             if (L.PostFfnNorm != null) k.RmsNorm(xb2, L.PostFfnNorm.Pointer, xb2, n, dim, c.RmsEps);
-            k.Add(x, xb2, n * dim);
+            residual = xb2; // added by the next layer's first norm
             if (L.StreamIndex >= 0) _streamer!.End(L.StreamIndex);
         }
+        if (residual != 0) k.Add(x, residual, n * dim);
     }
 
     /// <summary>Per-head norm of n rows of q or k (Qwen3, Gemma 3), or over each whole row (OLMoE).</summary>

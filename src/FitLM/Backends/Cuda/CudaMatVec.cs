@@ -75,6 +75,22 @@ internal sealed unsafe class CudaMatVec : IDisposable
         }
     }
 
+    /// <summary>
+    /// Where to write X [n × cols] at <paramref name="x"/> in q8_0 for the product of <paramref name="consumer"/>'s
+    /// type that reads it next, or null. Not null when that product quantizes x to q8_0 (Q4_0, Q8_0) in one launch (n ≤
+    /// 8): the kernel that writes X then writes this too (a decode step saves a launch per product; the values are
+    /// quantize_q8_0's), and the product, given sameInput, reads it instead of quantizing X again.
+    /// </summary>
+    public QuantizedX? FusedTarget(GgmlType consumer, ulong x, int cols, int n)
+    {
+        if (!QuantizesActivations(consumer) || UsesQ8_K(consumer) || n > BatchTokens || cols > MaxCols || cols % 32 != 0 || _xq == null) return null;
+        _quantizedK = false;
+        _quantizedX = x;
+        _quantizedCols = cols;
+        _quantizedTokens = n;
+        return new QuantizedX(_xq.Pointer, _xd!.Pointer, _xs!.Pointer);
+    }
+
     /// <summary>Device bytes of the quantized-x scratch for x up to <paramref name="maxCols"/> wide (eight tokens: int8 values, scales, sums).</summary>
     public static long ScratchBytes(int maxCols)
     {
@@ -129,11 +145,11 @@ internal sealed unsafe class CudaMatVec : IDisposable
     /// (nothing queued) for the float types. A product with zero rows is absent.
     /// </summary>
     public bool MultiplyTogether(GgmlType type, int cols, ulong x, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
-        (ulong W, int Rows, ulong Y) c)
+        (ulong W, int Rows, ulong Y) c, bool sameInput = false)
     {
         if (!QuantizesActivations(type)) return false;
         Validate(type, GgmlTypes.RowBytes(type, cols), cols);
-        MultiplyInteger(type, cols, x, n, false, a, b, c);
+        MultiplyInteger(type, cols, x, n, sameInput, a, b, c);
         return true;
     }
 

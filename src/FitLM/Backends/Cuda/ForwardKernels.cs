@@ -14,19 +14,19 @@ internal sealed unsafe class ForwardKernels
     public const int MaxHeadDim = 256;
 
     private readonly CudaDevice _device;
-    private readonly nint _rmsNorm, _addBias, _add, _softcap, _gateAct, _rope, _copyColumns;
+    private readonly nint _addRmsNorm, _addBias, _add, _softcap, _gateAct, _ropeQk, _copyColumns;
     private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16, _kvStoreKivi, _kiviQuantize, _attendKivi;
 
     public ForwardKernels(CudaDevice device, Action<string>? log = null)
     {
         _device = device;
         var m = new KernelModule(device, "forward.cu", log);
-        _rmsNorm = m.Function("rmsnorm");
+        _addRmsNorm = m.Function("add_rmsnorm_q8");
         _addBias = m.Function("add_bias");
         _add = m.Function("add");
         _softcap = m.Function("softcap");
         _gateAct = m.Function("gate_act");
-        _rope = m.Function("rope");
+        _ropeQk = m.Function("rope_qk");
         _copyColumns = m.Function("copy_columns");
         _kvStoreF32 = m.Function("kv_store_f32");
         _kvStoreF16 = m.Function("kv_store_f16");
@@ -40,13 +40,22 @@ internal sealed unsafe class ForwardKernels
     private static uint Blocks(long total) => (uint)((total + Threads - 1) / Threads);
 
     /// <summary>o = RMSNorm(x) ⊙ w over <paramref name="rows"/> rows of <paramref name="dim"/> (o may be x).</summary>
-    public void RmsNorm(ulong x, ulong w, ulong o, int rows, int dim, float eps)
+    public void RmsNorm(ulong x, ulong w, ulong o, int rows, int dim, float eps) => AddRmsNorm(x, 0, w, o, rows, dim, eps, null);
+
+    /// <summary>
+    /// x += y (rows of dim; none when <paramref name="y"/> is 0), then o = RMSNorm(x) ⊙ w, and o in q8_0 at
+    /// <paramref name="quantized"/> when given: a decode step's residual add, next norm and activation quantization in
+    /// one launch, with the separate kernels' arithmetic.
+    /// </summary>
+    public void AddRmsNorm(ulong x, ulong y, ulong w, ulong o, int rows, int dim, float eps, QuantizedX? quantized)
     {
-        int d = dim;
-        float e = eps;
-        void** args = stackalloc void*[] { &x, &w, &o, &d, &e };
-        _device.Launch(_rmsNorm, (uint)rows, Threads, 0, args);
+        var (q, d, s) = quantized ?? default;
+        void** args = stackalloc void*[] { &x, &y, &w, &o, &dim, &eps, &q, &d, &s };
+        _device.Launch(_addRmsNorm, (uint)rows, NormThreads(dim), 0, args);
     }
+
+    /// <summary>Threads of a norm's block: a quarter of the row in whole warps, 32 to 1024 (forward.cu's add_rmsnorm_q8).</summary>
+    private static uint NormThreads(int dim) => (uint)Math.Clamp(((dim + 3) / 4 + 31) / 32 * 32, 32, 1024);
 
     /// <summary>x[i] += b[i mod cols] over <paramref name="total"/> elements.</summary>
     public void AddBias(ulong x, ulong b, int cols, int total)
@@ -69,22 +78,20 @@ internal sealed unsafe class ForwardKernels
         _device.Launch(_softcap, Blocks(total), Threads, 0, args);
     }
 
-    /// <summary>o[t] = act(g[t]) ⊙ u[t] for n rows of cols, each operand with its own row stride (in floats).</summary>
-    public void GateAct(ulong g, long gStride, ulong u, long uStride, ulong o, long oStride, int cols, int n, int activation)
+    /// <summary>o[t] = act(g[t]) ⊙ u[t] for n rows of cols, each operand with its own row stride (in floats); also in q8_0 at <paramref name="quantized"/> when given ([n × cols]).</summary>
+    public void GateAct(ulong g, long gStride, ulong u, long uStride, ulong o, long oStride, int cols, int n, int activation, QuantizedX? quantized = null)
     {
-        void** args = stackalloc void*[] { &g, &gStride, &u, &uStride, &o, &oStride, &cols, &n, &activation };
+        var (q, d, s) = quantized ?? default;
+        void** args = stackalloc void*[] { &g, &gStride, &u, &uStride, &o, &oStride, &cols, &n, &activation, &q, &d, &s };
         _device.Launch(_gateAct, Blocks((long)cols * n), Threads, 0, args);
     }
 
-    /// <summary>
-    /// Rotates n rows of <paramref name="heads"/> heads in place for positions *pos0 + t: tables [position × half],
-    /// NEOX pairs (i, i + half) or interleaved (2i, 2i + 1).
-    /// </summary>
-    public void Rope(ulong x, ulong cos, ulong sin, int n, int heads, int headDim, int half, bool neox, ulong pos0)
+    /// <summary>RoPE of n rows of queries (<paramref name="heads"/> heads) and of keys (<paramref name="kvHeads"/>) in one launch.</summary>
+    public void RopeQk(ulong q, ulong k, ulong cos, ulong sin, int n, int heads, int kvHeads, int headDim, int half, bool neox, ulong pos0)
     {
         int nx = neox ? 1 : 0;
-        void** args = stackalloc void*[] { &x, &cos, &sin, &n, &heads, &headDim, &half, &nx, &pos0 };
-        _device.Launch(_rope, Blocks((long)n * heads * half), Threads, 0, args);
+        void** args = stackalloc void*[] { &q, &k, &cos, &sin, &n, &heads, &kvHeads, &headDim, &half, &nx, &pos0 };
+        _device.Launch(_ropeQk, Blocks((long)n * (heads + kvHeads) * half), Threads, 0, args);
     }
 
     /// <summary>dst[t][0..width) = src[t][offset..offset + width) for n rows (src rows srcWidth apart): Phi-3's fused Q|K|V split.</summary>
@@ -117,20 +124,24 @@ internal sealed unsafe class ForwardKernels
         _device.Launch(_kiviQuantize, (uint)(n / DeviceKvLayout.Group + 2), (uint)kvHeads, 32, 0, quantize);
     }
 
-    /// <summary>Attention of n query rows (positions *pos0 + t) over one layer's cache of one slot into out [n × heads·headDim].</summary>
+    /// <summary>
+    /// Attention of n query rows (positions *pos0 + t) over one layer's cache of one slot into out [n × heads·headDim],
+    /// and in q8_0 at <paramref name="quantized"/> when given (headDim a multiple of 32).
+    /// </summary>
     public void Attend(DeviceKvLayout kv, ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads,
-        float scale, float cap, int window, ulong pos0)
+        float scale, float cap, int window, ulong pos0, QuantizedX? quantized = null)
     {
         int kvHeads = kv.KvHeads, headDim = kv.HeadDim;
+        var (q8, q8d, q8s) = quantized ?? default;
         if (!kv.IsKivi)
         {
-            void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0 };
+            void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0, &q8, &q8d, &q8s };
             _device.Launch(kv.Half ? _attendF16 : _attendF32, (uint)heads, (uint)n, AttentionThreads, 0, args);
             return;
         }
         var (kr, vr) = kv.Rings(kCache, vCache);
         int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits;
-        void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0 };
+        void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0, &q8, &q8d, &q8s };
         _device.Launch(_attendKivi, (uint)heads, (uint)n, AttentionThreads, 0, kivi);
     }
 }

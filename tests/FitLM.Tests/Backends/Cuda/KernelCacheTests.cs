@@ -116,9 +116,9 @@ public sealed class KernelCacheTests : IDisposable
         }
         string forward = KernelModule.Source("forward.cu");
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", forward);
-        foreach (string kernel in new[] { "rmsnorm", "add_bias", "add", "softcap", "gate_act", "rope", "copy_columns", "kv_store_kivi" })
+        foreach (string kernel in new[] { "add_bias", "add", "softcap", "gate_act", "rope_qk", "copy_columns", "kv_store_kivi" })
             Assert.Matches($@"extern ""C"" __global__ void {kernel}\(", forward);
-        foreach (string kernel in new[] { "kivi_quantize", "attend_kivi" })
+        foreach (string kernel in new[] { "add_rmsnorm_q8", "kivi_quantize", "attend_kivi" })
             Assert.Matches($@"extern ""C"" __global__ void __launch_bounds__\([^)]*\) {kernel}\(", forward);
         Assert.Contains("KV_ENTRIES(f32, KvF32)", forward, StringComparison.Ordinal);
         Assert.Contains("KV_ENTRIES(f16, KvF16)", forward, StringComparison.Ordinal);

@@ -67,3 +67,31 @@ __device__ __forceinline__ float warp_sum(float v)
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+
+__device__ __forceinline__ float warp_max_abs(float v)
+{
+    v = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block b of q8_0 (ActivationQuant.Q8_0Scalar): the warp's 32 lanes hold its elements, lane j element j. q gets the
+// int8 values, d the fp16-rounded scale as a float, s the sum of q (Q4_0's -8 offset: Σ(w-8)q = Σwq - 8Σq). Used by
+// quantize_q8_0 and by the kernels that quantize what they write (forward.cu's fused norms, activation, attention).
+__device__ __forceinline__ void quantize_block_q8_0(float v, long long b, i8* q, float* d, int* s)
+{
+    int lane = threadIdx.x & 31;
+    float amax = warp_max_abs(v);
+    float id = amax != 0.f ? 127.f / amax : 0.f;
+    int qi = __float2int_rn(v * id);
+    q[b * 32 + lane] = (i8)qi;
+    int sum = qi;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0)
+    {
+        d[b] = half_to_float(float_to_half(amax / 127.f));
+        s[b] = sum;
+    }
+}

@@ -28,19 +28,36 @@ __device__ __forceinline__ float block_sum(float v)
 // ------------------------------------------------------------------------------------------------ RMSNorm
 // Transformer.RmsNorm over each row: o = x * (1 / sqrt(mean(x²) + eps)) * w. One block per row; rows `dim` apart;
 // o may be x. The Q/K norms use it too: rows of one head (dim = head size, the same w for every head).
+// With y, the residual add first (x += y, written back), and with q, o also quantized to q8_0 for the integer product
+// that reads it (quantize_q8_0's numerics): the add, the next norm and the quantization are one launch instead of
+// three in a decode step, where a launch costs more than its work. The float operations are those of the separate
+// steps, in their order. Quantizing needs dim % 32 == 0 (each warp then holds whole 32-blocks of the row).
 //
 // A decode step's norm is one block for the whole row, so its loads must not wait on each other: a thread keeps its
 // elements (i = thread + k·blockDim) and their weights in registers, every load issued before the first is used, and
-// stores only after the block's sum. Written as two loops over i, the store into o (which may be x) made each
-// iteration's loads wait for the previous store: 15.0 µs a row under ncu on an H100, 23% of a llama-7b Q4_0 token;
-// in registers, decode went from 289.5 to 329.8 tokens/s (Q4_0) and 233.0 to 256.4 (Q8_0), tokens unchanged.
-#define NORM_PER_THREAD 32 // rows up to 32·blockDim (8192 at 256 threads) in registers; wider ones take the loops below
+// stores only after the block's sum. Written as loops over i, the store into o (which may be x) made each
+// iteration's loads wait for the previous store: 15.0 µs a row under ncu on an H100 (the fused loop: 19.5 µs on an
+// H200), 23% of a llama-7b Q4_0 token; in registers, decode went from 289.5 to 329.8 tokens/s (Q4_0) and 233.0 to
+// 256.4 (Q8_0), tokens unchanged.
+// Up to 1024 threads a row (ForwardKernels.NormThreads: a quarter of the row, in whole warps), so each thread quantizes
+// few 32-blocks: every block's amax and sum are two warp reductions, and with 256 threads a 4096 row took sixteen in
+// turn per thread, which made the fused step slower than separate launches (llama-7b Q4_0 356.8 tok/s against 361.8).
+#define NORM_PER_THREAD 8 // rows up to 8·blockDim (8192 at 1024 threads) in registers; wider ones take the loop below
 
-extern "C" __global__ void rmsnorm(const float* x, const float* __restrict__ w, float* o, int dim, float eps)
+__device__ __forceinline__ void norm_store(float r, float* orow, int i, long long row_start, i8* q, float* qd, int* qs)
+{
+    orow[i] = r;
+    if (q != nullptr) quantize_block_q8_0(r, (row_start + i) >> 5, q, qd, qs);
+}
+
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_q8(float* x, const float* y, const float* __restrict__ w, float* o,
+                                          int dim, float eps, i8* q, float* qd, int* qs)
 {
     pdl_begin();
-    const float* xr = x + (long long)blockIdx.x * dim;
-    float* orow = o + (long long)blockIdx.x * dim;
+    long long row_start = (long long)blockIdx.x * dim;
+    float* xr = x + row_start;
+    float* orow = o + row_start;
+    const float* yr = y != nullptr ? y + row_start : nullptr;
     float ss = 0.f;
     if (dim <= NORM_PER_THREAD * (int)blockDim.x)
     {
@@ -51,23 +68,42 @@ extern "C" __global__ void rmsnorm(const float* x, const float* __restrict__ w, 
             int i = threadIdx.x + k * blockDim.x;
             if (i < dim) { v[k] = xr[i]; wv[k] = w[i]; }
         }
+        if (yr != nullptr)
+        {
+#pragma unroll
+            for (int k = 0; k < NORM_PER_THREAD; k++)
+            {
+                int i = threadIdx.x + k * blockDim.x;
+                if (i < dim) v[k] += yr[i];
+            }
+#pragma unroll
+            for (int k = 0; k < NORM_PER_THREAD; k++)
+            {
+                int i = threadIdx.x + k * blockDim.x;
+                if (i < dim) xr[i] = v[k];
+            }
+        }
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++)
-            if (threadIdx.x + k * blockDim.x < dim) ss += v[k] * v[k]; // the loop's order: the same sum, bit for bit
+            if (threadIdx.x + k * blockDim.x < dim) ss += v[k] * v[k];
         ss = block_sum(ss);
         float scale = 1.f / sqrtf(ss / (float)dim + eps);
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++)
         {
             int i = threadIdx.x + k * blockDim.x;
-            if (i < dim) orow[i] = v[k] * scale * wv[k];
+            if (i < dim) norm_store(v[k] * scale * wv[k], orow, i, row_start, q, qd, qs); // warp-uniform: dim % 32 == 0 when quantizing
         }
         return;
     }
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    {
+        if (yr != nullptr) xr[i] += yr[i];
+        ss += xr[i] * xr[i];
+    }
     ss = block_sum(ss);
     float scale = 1.f / sqrtf(ss / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = xr[i] * scale * w[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) norm_store(xr[i] * scale * w[i], orow, i, row_start, q, qd, qs);
 }
 
 // ------------------------------------------------------------------------------------------------ element-wise
@@ -98,8 +134,10 @@ extern "C" __global__ void softcap(float* x, float c, int total)
 // o[t][c] = act(g[t][c]) * u[t][c] for n rows of cols: the gated FFN (FeedForward.cs, Activations.Apply). Rows are
 // given strides so Phi-3's fused [gate | up] rows work as they are; o may be g (each element is read, then written).
 // act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
+// q not null: o is also quantized to q8_0 for the down projection ([n × cols] blocks; cols % 32 == 0, so a warp's
+// elements are one block of one row).
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
-                                    long long o_stride, int cols, int n, int act)
+                                    long long o_stride, int cols, int n, int act, i8* q, float* qd, int* qs)
 {
     pdl_begin();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -109,18 +147,17 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
     if (act == 0) a = x / (1.f + expf(-x));
     else if (act == 1) a = fmaxf(x, 0.f);
     else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-    o[t * o_stride + c] = a * u[t * u_stride + c];
+    float r = a * u[t * u_stride + c];
+    o[t * o_stride + c] = r;
+    if (q != nullptr) quantize_block_q8_0(r, i >> 5, q, qd, qs);
 }
 
 // ------------------------------------------------------------------------------------------------ RoPE
 // Rope.Apply on n rows of `heads` heads: token t is at position *pos0 + t; cos/sin tables are [position × half].
 // Interleaved pairs (2i, 2i+1), or NEOX pairs (i, i + half); dimensions past 2·half pass through (partial rotary).
-extern "C" __global__ void rope(float* x, const float* __restrict__ cos_t, const float* __restrict__ sin_t, int n,
-                                int heads, int head_dim, int half, int neox, const int* pos0)
+__device__ __forceinline__ void rope_one(float* x, const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                                         int heads, int head_dim, int half, int neox, const int* pos0, int i)
 {
-    pdl_begin();
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n * heads * half) return;
     int p = i % half, h = (i / half) % heads, t = i / (half * heads);
     long long pos = *pos0 + t;
     float c = cos_t[pos * half + p], s = sin_t[pos * half + p];
@@ -129,6 +166,16 @@ extern "C" __global__ void rope(float* x, const float* __restrict__ cos_t, const
     float a = v[ia], b = v[ib];
     v[ia] = a * c - b * s;
     v[ib] = b * c + a * s;
+}
+
+// The queries' and the keys' rotations in one launch (a decode step's launches cost more than their work).
+extern "C" __global__ void rope_qk(float* q, float* k, const float* __restrict__ cos_t, const float* __restrict__ sin_t, int n,
+                                   int heads, int kv_heads, int head_dim, int half, int neox, const int* pos0)
+{
+    pdl_begin();
+    int i = blockIdx.x * blockDim.x + threadIdx.x, nq = n * heads * half;
+    if (i < nq) rope_one(q, cos_t, sin_t, heads, head_dim, half, neox, pos0, i);
+    else if (i - nq < n * kv_heads * half) rope_one(k, cos_t, sin_t, kv_heads, head_dim, half, neox, pos0, i - nq);
 }
 
 // ------------------------------------------------------------------------------------------------ KV cache
@@ -318,10 +365,11 @@ struct KiviSource
 // then the weighted sum of values into out[t][h]. One block per (head, query); its warps split the positions and
 // keep an online softmax (running max m, sum l, accumulator) each, merged at the end: one pass over K and V.
 // Lane l holds dimensions l, l + 32, ... of the head (up to MAX_HEAD_DIM / 32 of them).
+// q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
 template <typename Src>
 __device__ __forceinline__ void attend(const float* q, Src src, float* out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
-                                       const int* pos0)
+                                       const int* pos0, i8* q8, float* q8d, int* q8s)
 {
     const int PER = MAX_HEAD_DIM / 32;
     __shared__ float wm[ATTN_WARPS], wl[ATTN_WARPS];
@@ -373,12 +421,14 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     for (int w = 0; w < ATTN_WARPS; w++) mx = fmaxf(mx, wm[w]);
     float total = 0.f;
     for (int w = 0; w < ATTN_WARPS; w++) total += wl[w] * expf(wm[w] - mx); // a warp with no positions: l = 0
-    float* o = out + ((long long)t * heads + h) * head_dim;
+    long long first_out = ((long long)t * heads + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
     {
         float sum = 0.f;
         for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * expf(wm[w] - mx);
-        o[d] = sum / total;
+        float r = sum / total;
+        out[first_out + d] = r;
+        if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
     }
 }
 
@@ -388,10 +438,11 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     { pdl_begin(); kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_##suffix(const float* q, const KV::T* kc, \
         const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
-        const int* pos0) \
-    { pdl_begin(); \
+        const int* pos0, i8* q8, float* q8d, int* q8s) \
+    { \
+        pdl_begin(); \
         DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
-        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0); \
+        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s); \
     }
 
 KV_ENTRIES(f32, KvF32)
@@ -400,12 +451,12 @@ KV_ENTRIES(f16, KvF16)
 // Attention over KIVI's cache: kq/vq the slot's quantized tiles, kr/vr its ring.
 extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const float* q, const u8* kq, const u8* vq,
     const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
-    int ring, int residual, int bits, const int* pos0)
+    int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s)
 {
     pdl_begin();
     KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits,
                        (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 };
-    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0);
+    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s);
 }
 
 // dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.

@@ -252,14 +252,6 @@ __device__ __forceinline__ int dp4a(int a, int b, int c)
     return r;
 }
 
-__device__ __forceinline__ float warp_max_abs(float v)
-{
-    v = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 // x [n × cols] to q8_0: one warp per 32-block, lane j takes element j. q [n × cols] int8, d [n × cols/32] the
 // fp16-rounded scales as floats, s [n × cols/32] the blocks' sums of q (Q4_0's -8 offset: Σ(w-8)q = Σwq - 8Σq).
 extern "C" __global__ void quantize_q8_0(const float* x, long long blocks, i8* q,
@@ -267,21 +259,8 @@ extern "C" __global__ void quantize_q8_0(const float* x, long long blocks, i8* q
 {
     pdl_begin();
     long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
     if (b >= blocks) return;
-    float v = x[b * 32 + lane];
-    float amax = warp_max_abs(v);
-    float id = amax != 0.f ? 127.f / amax : 0.f;
-    int qi = __float2int_rn(v * id);
-    q[b * 32 + lane] = (i8)qi;
-    int sum = qi;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0)
-    {
-        d[b] = half_to_float(float_to_half(amax / 127.f));
-        s[b] = sum;
-    }
+    quantize_block_q8_0(x[b * 32 + (threadIdx.x & 31)], b, q, d, s);
 }
 
 // Q4_0 and Q8_0 in the split layout the upload writes (DeviceLayout.cs): a matrix of R rows of B blocks is all its
