@@ -349,7 +349,7 @@ __device__ __forceinline__ void pdl_wait_for(const int4*& a, const float*& b, co
 // (ld_weights). With two rows (U = 4), x is loaded per block in the product loop, which keeps the kernel at 77
 // registers (six thread blocks an SM): the all-first version needs ~150.
 // The first group's weights are requested before pdl_wait: nothing writes weights during a step, so under programmatic
-// launch their fetch overlaps the kernels before this one. On an H100 (gpu-stage mvbench, 32 layers of llama-7b's
+// launch their fetch overlaps the kernels before this one. On an H100 (bench/cuda-matvec.cu, 32 layers of llama-7b's
 // Q4_0 products in one graph, 3.64 GB): one row per warp 1663 µs, two 1574; two with programmatic launch 1358.
 // Against split_row's 64 bytes in flight with x loaded per block after the weights arrived, llama-7b decode had gone
 // from 332.6 to 340.3 tokens/s (Q4_0) and 261.5 to 272.6 (Q8_0); U = 4 for q4_0 one row was 1.9% slower.
