@@ -267,45 +267,43 @@ struct X { i8* q; float* d; int* s; };
 
 static cudaStream_t g_stream;
 
-// One launch of variant v on matrix W (rows × cols) into y; pdl: with the programmatic-serialization attribute.
-static void launch(const Variant& v, const u8* W, int rows, int cols, X x, float* y, bool pdl)
+// A launch on g_stream; pdl: with the programmatic-serialization attribute.
+static void launch_ex(const void* fn, unsigned grid, unsigned block, void** args, bool pdl)
 {
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((rows + v.rowsPerBlock - 1) / v.rowsPerBlock);
-    cfg.blockDim = dim3(128);
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(block);
     cfg.stream = g_stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl ? 1 : 0;
+    CK(cudaLaunchKernelExC(&cfg, fn, args));
+}
+
+// One launch of variant v on matrix W (rows × cols) into y.
+static void launch(const Variant& v, const u8* W, int rows, int cols, X x, float* y, bool pdl)
+{
+    unsigned grid = (rows + v.rowsPerBlock - 1) / v.rowsPerBlock;
     if (v.main)
     {
         const u8* w1 = nullptr; const u8* w2 = nullptr; float* y1 = nullptr; float* y2 = nullptr;
         int r1 = 0, r2 = 0, n = 1;
         void* args[] = { &W, &w1, &w2, &y, &y1, &y2, &rows, &r1, &r2, &cols, &x.q, &x.d, &x.s, &n };
-        CK(cudaLaunchKernelExC(&cfg, v.fn, args));
+        launch_ex(v.fn, grid, 128, args, pdl);
     }
     else
     {
         void* args[] = { &W, &rows, &cols, &x.q, &x.d, &x.s, &y };
-        CK(cudaLaunchKernelExC(&cfg, v.fn, args));
+        launch_ex(v.fn, grid, 128, args, pdl);
     }
 }
 
 static void launch_spin(int ns, int* sink, bool pdl)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1);
-    cfg.blockDim = dim3(32);
-    cfg.stream = g_stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
     void* args[] = { &ns, &sink };
-    CK(cudaLaunchKernelExC(&cfg, (const void*)spin, args));
+    launch_ex((const void*)spin, 1, 32, args, pdl);
 }
 
 static unsigned long long g_rng = 88172645463325252ull;
