@@ -346,11 +346,13 @@ __device__ __forceinline__ void pdl_wait_for(const int4*& a, const float*& b, co
 // One token (decode), R rows per warp (1, or 2 sharing each load of x): the weights and scales of a group of U blocks
 // are requested first, then x's quants, scale and sum, then the products. U = 8 (q4_0) or 4 (q8_0) with one row, so a
 // lane has 128 bytes of weights in flight; weights are read once, so they skip L1 and ask the L2 for 256-byte sectors
-// (ld_weights). With two rows (U = 4), x is loaded per block in the product loop, which keeps the kernel at 77
+// (ld_weights). With two rows (U = 4), x is loaded per block in the product loop, which keeps the kernel at 80
 // registers (six thread blocks an SM): the all-first version needs ~150.
-// The first group's weights are requested before pdl_wait: nothing writes weights during a step, so under programmatic
-// launch their fetch overlaps the kernels before this one. On an H100 (bench/cuda-matvec.cu, 32 layers of llama-7b's
-// Q4_0 products in one graph, 3.64 GB): one row per warp 1663 µs, two 1574; two with programmatic launch 1358.
+// The first group's weights are requested before the wait (pdl_wait_for): nothing writes weights during a step, so
+// under programmatic launch their fetch overlaps the kernels before this one. On an H100 (bench/cuda-matvec.cu, 32
+// layers of llama-7b's Q4_0 products in one graph, 3.64 GB): this loop with two rows 1656-1660 µs plain and 1425-1428
+// with programmatic launch, with one row 1788-1793 and 1697-1704 (the bench's variants, which may read x before the
+// wait since nothing writes it there: two rows 1567-1581 plain, 1357-1358 programmatic).
 // Against split_row's 64 bytes in flight with x loaded per block after the weights arrived, llama-7b decode had gone
 // from 332.6 to 340.3 tokens/s (Q4_0) and 261.5 to 272.6 (Q8_0); U = 4 for q4_0 one row was 1.9% slower.
 template <bool Q4, int R>
@@ -616,9 +618,10 @@ __device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8*
         const float* xd, const int* xs, int n) \
     { int_matmul<KIND, NB, R>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs, n); }
 
-// matvec2_q4_0_q8: two rows a warp, for matrices with at least as many rows as columns (CudaMatVec picks it): in the
-// graph above, Q/K/V 12.37 µs against 13.02 for one row, gate/up 19.29 against 21.65, Wo 5.16 against 5.88, but a
-// 4096 × 14336 down projection 14.02 against 12.76 (half the warps, each with a long row). Six thread blocks an SM.
+// matvec2_q4_0_q8: two rows a warp, for matrices with at least as many rows as columns (CudaMatVec picks it): in a
+// graph (bench/cuda-matvec.cu), Q/K/V 12.79 µs against 14.05 for one row, gate/up 19.83 against 23.39, Wo 5.60 against
+// 6.38, but a down projection 12.51 against 11.87 and 4096 × 14336 15.40 against 13.41 (half the warps, each with a
+// long row). Six thread blocks an SM.
 INT_ENTRY(matvec2_q4_0_q8, 0, 1, 2, 6)
 // One row a warp: at least three (q4_0) and five (q8_0) thread blocks an SM, the occupancy of the loop as measured
 // (NVRTC 11.8: 151 and 93 registers); a variant that read x through non-coherent loads compiled to 197 registers.
