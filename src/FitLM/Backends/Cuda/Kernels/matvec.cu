@@ -274,7 +274,7 @@ extern "C" __global__ void quantize_q8_0(const float* x, long long blocks, i8* q
 // One warp per row, SPLIT_WARPS rows per thread block; lane l takes blocks l, l + 32, ...: a warp's weight loads are
 // 512 (q4_0) or 1024 (q8_0) contiguous bytes and its scale loads 64. For a batch (split_row), UNROLL groups of loads
 // are issued before the first dot product, so a lane has 64 bytes in flight; one token has its own loop
-// (split_row_one_token). Up to NB tokens at once (n of them): every decoded weight block meets each token's x, so a
+// (split_rows_one_token). Up to NB tokens at once (n of them): every decoded weight block meets each token's x, so a
 // small batch reads the weights once.
 //
 // Up to three matrices of the same input and type in one launch (Q, K and V; gate and up): warps [0, s0) take the
