@@ -118,7 +118,7 @@ internal sealed class CudaForward : IDeviceForward
             var c = _c;
             int widest = Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim);
             _mv = new CudaMatVec(_device, log, widest);
-            _kernels = new ForwardKernels(_device, log);
+            _kernels = Own(new ForwardKernels(_device, c.Heads, log));
             _embedding = source.Get("token_embd.weight");
 
             // The budget: fixed part, then whole layers in order while they fit beside the slots (Plan, as `fitlm plan` shows it).
@@ -276,7 +276,7 @@ internal sealed class CudaForward : IDeviceForward
         long rope = 2L * 4 * maxContext * (c.RopeDims / 2) * (c.RopeThetaSliding > 0 ? 2 : 1);
         long vectors = source.Tensors.Where(t => t.Shape.Length == 1).Sum(t => t.Elements * 4);
         long quantizedX = CudaMatVec.ScratchBytes(Math.Max(Math.Max(c.Dim, c.QDim), c.ScratchFfnDim));
-        return kvBytes + activations + rope + vectors + quantizedX;
+        return kvBytes + activations + rope + vectors + quantizedX + ForwardKernels.AttentionScratchBytes(c.Heads);
     }
 
     private T Own<T>(T d) where T : IDisposable

@@ -5,23 +5,39 @@ namespace FitLM.Backends.Cuda;
 /// activation, RoPE, the KV cache's writes and attention. Arguments are device addresses the caller sized; positions
 /// come from the int at <c>pos0</c> in device memory (so a decode step can be replayed as a CUDA graph).
 /// </summary>
-internal sealed unsafe class ForwardKernels
+internal sealed unsafe class ForwardKernels : IDisposable
 {
     private const uint Threads = 256;
     /// <summary>Threads of an attention block: ATTN_WARPS warps in forward.cu.</summary>
     private const uint AttentionThreads = 128;
     /// <summary>The widest head attend_* handles: MAX_HEAD_DIM in forward.cu.</summary>
     public const int MaxHeadDim = 256;
+    /// <summary>The most blocks one query of one head is split over (<see cref="Attend"/>).</summary>
+    public const int MaxSplits = 32;
+    /// <summary>The widest row add_rmsnorm_lane takes: a thread per 32 elements, 256 threads.</summary>
+    public const int LaneNormMaxDim = 32 * 256;
+
+    /// <summary>Device bytes of one token's split attention for <paramref name="heads"/> heads: each split's (m, l, acc) and a count per head.</summary>
+    public static long AttentionScratchBytes(int heads) => (long)heads * (MaxSplits * (MaxHeadDim + 2) * sizeof(float) + sizeof(int));
 
     private readonly CudaDevice _device;
-    private readonly nint _addRmsNorm, _addBias, _add, _softcap, _gateAct, _ropeQk, _copyColumns;
+    private readonly DeviceBuffer _part, _count;
+    private readonly int _splits;
+    private readonly nint _addRmsNorm, _addRmsNormLane, _addBias, _add, _softcap, _gateAct, _ropeQk, _copyColumns;
     private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16, _kvStoreKivi, _kiviQuantize, _attendKivi;
 
-    public ForwardKernels(CudaDevice device, Action<string>? log = null)
+    /// <param name="heads">The model's query heads: a one-token attention is split over about three blocks per
+    /// multiprocessor in all (flash-decoding), its scratch allocated here.</param>
+    public ForwardKernels(CudaDevice device, int heads, Action<string>? log = null)
     {
         _device = device;
         var m = new KernelModule(device, "forward.cu", log);
+        _splits = Math.Clamp((3 * device.Multiprocessors + heads - 1) / Math.Max(1, heads), 1, MaxSplits);
+        _part = device.Allocate((long)heads * _splits * (MaxHeadDim + 2) * sizeof(float));
+        _count = device.Allocate((long)heads * sizeof(int));
+        CudaDevice.UploadTo<int>(_count.Pointer, new int[heads]); // the last split of each launch zeroes its count again
         _addRmsNorm = m.Function("add_rmsnorm_q8");
+        _addRmsNormLane = m.Function("add_rmsnorm_lane");
         _addBias = m.Function("add_bias");
         _add = m.Function("add");
         _softcap = m.Function("softcap");
@@ -51,10 +67,11 @@ internal sealed unsafe class ForwardKernels
     {
         var (q, d, s) = quantized ?? default;
         void** args = stackalloc void*[] { &x, &y, &w, &o, &dim, &eps, &q, &d, &s };
-        _device.Launch(_addRmsNorm, (uint)rows, NormThreads(dim), 0, args);
+        if (dim % 32 == 0 && dim <= LaneNormMaxDim) _device.Launch(_addRmsNormLane, (uint)rows, (uint)((dim / 32 + 31) / 32 * 32), 0, args);
+        else _device.Launch(_addRmsNorm, (uint)rows, NormThreads(dim), 0, args);
     }
 
-    /// <summary>Threads of a norm's block: a quarter of the row in whole warps, 32 to 1024 (forward.cu's add_rmsnorm_q8).</summary>
+    /// <summary>Threads of add_rmsnorm_q8's block: a quarter of the row in whole warps, 32 to 1024.</summary>
     private static uint NormThreads(int dim) => (uint)Math.Clamp(((dim + 3) / 4 + 31) / 32 * 32, 32, 1024);
 
     /// <summary>x[i] += b[i mod cols] over <paramref name="total"/> elements.</summary>
@@ -126,22 +143,32 @@ internal sealed unsafe class ForwardKernels
 
     /// <summary>
     /// Attention of n query rows (positions *pos0 + t) over one layer's cache of one slot into out [n × heads·headDim],
-    /// and in q8_0 at <paramref name="quantized"/> when given (headDim a multiple of 32).
+    /// and in q8_0 at <paramref name="quantized"/> when given (headDim a multiple of 32). One token's attention is split
+    /// over several blocks a head (their partial softmaxes merged by the last), a batch's is one block per head and row.
     /// </summary>
     public void Attend(DeviceKvLayout kv, ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads,
         float scale, float cap, int window, ulong pos0, QuantizedX? quantized = null)
     {
         int kvHeads = kv.KvHeads, headDim = kv.HeadDim;
         var (q8, q8d, q8s) = quantized ?? default;
+        int splits = n == 1 ? _splits : 1;
+        ulong part = _part.Pointer, count = _count.Pointer;
+        uint grid = (uint)(heads * splits);
         if (!kv.IsKivi)
         {
-            void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0, &q8, &q8d, &q8s };
-            _device.Launch(kv.Half ? _attendF16 : _attendF32, (uint)heads, (uint)n, AttentionThreads, 0, args);
+            void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0, &q8, &q8d, &q8s, &splits, &part, &count };
+            _device.Launch(kv.Half ? _attendF16 : _attendF32, grid, (uint)n, AttentionThreads, 0, args);
             return;
         }
         var (kr, vr) = kv.Rings(kCache, vCache);
         int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits;
-        void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0, &q8, &q8d, &q8s };
-        _device.Launch(_attendKivi, (uint)heads, (uint)n, AttentionThreads, 0, kivi);
+        void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0, &q8, &q8d, &q8s, &splits, &part, &count };
+        _device.Launch(_attendKivi, grid, (uint)n, AttentionThreads, 0, kivi);
+    }
+
+    public void Dispose()
+    {
+        _part.Dispose();
+        _count.Dispose();
     }
 }

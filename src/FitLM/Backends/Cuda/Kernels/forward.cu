@@ -7,7 +7,8 @@
 // value, so one decode step can be captured as a CUDA graph and replayed for every token with only that integer
 // and the embedding uploaded before it. Compiled by NVRTC at first use, after common.cuh.
 
-#define ATTN_WARPS 4      // warps per attention block; each takes every ATTN_WARPS-th position
+#define ATTN_WARPS 4      // warps per attention block; each takes ATTN_UNROLL positions in turn
+#define ATTN_UNROLL 4     // positions a warp reads at once
 #define MAX_HEAD_DIM 256  // the widest head attention supports (Gemma's 256): 8 dims per lane
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -42,6 +43,7 @@ __device__ __forceinline__ float block_sum(float v)
 // Up to 1024 threads a row (ForwardKernels.NormThreads: a quarter of the row, in whole warps), so each thread quantizes
 // few 32-blocks: every block's amax and sum are two warp reductions, and with 256 threads a 4096 row took sixteen in
 // turn per thread, which made the fused step slower than separate launches (llama-7b Q4_0 356.8 tok/s against 361.8).
+// Rows whose width is a multiple of 32 take add_rmsnorm_lane instead; this one is for the others.
 #define NORM_PER_THREAD 8 // rows up to 8·blockDim (8192 at 1024 threads) in registers; wider ones take the loop below
 
 __device__ __forceinline__ void norm_store(float r, float* orow, int i, long long row_start, i8* q, float* qd, int* qs)
@@ -104,6 +106,78 @@ extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_q8(float* x, cons
     ss = block_sum(ss);
     float scale = 1.f / sqrtf(ss / (float)dim + eps);
     for (int i = threadIdx.x; i < dim; i += blockDim.x) norm_store(xr[i] * scale * w[i], orow, i, row_start, q, qd, qs);
+}
+
+// The same for rows whose width is a multiple of 32 (up to 32·256, ForwardKernels.LaneNormMaxDim): one thread per 32-block of the row, holding its
+// 32 elements, so a q8_0 block's amax and sum are the thread's own (no warp reductions) and the only exchange is the
+// row's sum of squares. The norm's weights are requested before the wait (nothing writes them), x and y after it.
+// Under programmatic launch a decode step's norm is on the critical path between two products: leaving both norms
+// out of a llama-7b step on an H100 raised decode from 299.7 to 323.6 tokens/s (Q8_0) and 391.3 to 433.8 (Q4_0),
+// 3.8 µs a norm with add_rmsnorm_q8 at 1024 threads.
+extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_lane(float* x, const float* y, const float* __restrict__ w, float* o,
+                                          int dim, float eps, i8* q, float* qd, int* qs)
+{
+    pdl_release();
+    int b = threadIdx.x;
+    bool on = b * 32 < dim;
+    long long at = (long long)blockIdx.x * dim + b * 32; // this thread's first element
+    float4 wv[8], v[8];
+    if (on)
+    {
+#pragma unroll
+        for (int k = 0; k < 8; k++) wv[k] = ((const float4*)(w + b * 32))[k];
+    }
+    pdl_wait();
+    float ss = 0.f;
+    if (on)
+    {
+        float4* xr = (float4*)(x + at);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = xr[k];
+        if (y != nullptr)
+        {
+            const float4* yr = (const float4*)(y + at);
+            float4 yv[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) yv[k] = yr[k];
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+            {
+                v[k].x += yv[k].x; v[k].y += yv[k].y; v[k].z += yv[k].z; v[k].w += yv[k].w;
+                xr[k] = v[k];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+    }
+    ss = block_sum(ss);
+    if (!on) return;
+    float scale = 1.f / sqrtf(ss / (float)dim + eps);
+    float amax = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+    {
+        v[k].x = v[k].x * scale * wv[k].x; v[k].y = v[k].y * scale * wv[k].y;
+        v[k].z = v[k].z * scale * wv[k].z; v[k].w = v[k].w * scale * wv[k].w;
+        ((float4*)(o + at))[k] = v[k];
+        amax = fmaxf(amax, fmaxf(fmaxf(fabsf(v[k].x), fabsf(v[k].y)), fmaxf(fabsf(v[k].z), fabsf(v[k].w))));
+    }
+    if (q == nullptr) return;
+    // quantize_block_q8_0's arithmetic, one thread for the block.
+    float id = amax != 0.f ? 127.f / amax : 0.f;
+    int packed[8], sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+    {
+        int a = __float2int_rn(v[k].x * id), b2 = __float2int_rn(v[k].y * id), c = __float2int_rn(v[k].z * id), d = __float2int_rn(v[k].w * id);
+        sum += a + b2 + c + d;
+        packed[k] = (a & 0xff) | ((b2 & 0xff) << 8) | ((c & 0xff) << 16) | ((d & 0xff) << 24);
+    }
+    int4* qv = (int4*)(q + at);
+    qv[0] = make_int4(packed[0], packed[1], packed[2], packed[3]);
+    qv[1] = make_int4(packed[4], packed[5], packed[6], packed[7]);
+    qd[at >> 5] = half_to_float(float_to_half(amax / 127.f));
+    qs[at >> 5] = sum;
 }
 
 // ------------------------------------------------------------------------------------------------ element-wise
@@ -362,21 +436,39 @@ struct KiviSource
 // Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
 // head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
 // of KV head h / (heads / kv_heads); scores s = scale·q·k, capped c·tanh(s/c) where the model caps them, softmax,
-// then the weighted sum of values into out[t][h]. One block per (head, query); its warps split the positions and
-// keep an online softmax (running max m, sum l, accumulator) each, merged at the end: one pass over K and V.
-// Lane l holds dimensions l, l + 32, ... of the head (up to MAX_HEAD_DIM / 32 of them).
+// then the weighted sum of values into out[t][h]. Lane l holds dimensions l, l + 32, ... of the head (up to
+// MAX_HEAD_DIM / 32 of them). A block takes one (head, query) and `splits` blocks share its positions (flash-decoding):
+// block s takes the s-th of `splits` equal runs of [first, p]. Its warps take ATTN_UNROLL consecutive positions at a
+// time, every key and value of them requested before the first score, and keep an online softmax (running max m, sum
+// l, accumulator), merged across the block at the end: one pass over K and V.
+// With one split the block writes the output. With more, each writes its (m, l, acc) to `part` and counts itself done
+// in count[t·heads + h]; the last one merges the splits in order (the same result whichever finishes last) and writes
+// the output, then zeroes the count for the next launch. Before (one warp per position in turn, four a block, one
+// block a head) a decode step's attention was a chain of dependent loads as long as the context: leaving it out of a
+// llama-7b step at positions 0-127 raised decode on an H100 from 299.7 to 357.6 tokens/s (Q8_0) and 391.3 to 512.0 (Q4_0).
 // q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
+// A load that skips L1 (ld.global.cg): what other blocks of this launch wrote.
+__device__ __forceinline__ float ld_l2(const float* p)
+{
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
 template <typename Src>
 __device__ __forceinline__ void attend(const float* q, Src src, float* out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
-                                       const int* pos0, i8* q8, float* q8d, int* q8s)
+                                       const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count)
 {
-    const int PER = MAX_HEAD_DIM / 32;
+    const int PER = MAX_HEAD_DIM / 32, U = ATTN_UNROLL;
     __shared__ float wm[ATTN_WARPS], wl[ATTN_WARPS];
     __shared__ float wacc[ATTN_WARPS][MAX_HEAD_DIM];
-    int h = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __shared__ int last;
+    int h = blockIdx.x / splits, split = blockIdx.x % splits, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int p = *pos0 + t;
     int first = window > 0 ? max(0, p - window + 1) : 0;
+    int run = (p - first + splits) / splits; // ceil((p - first + 1) / splits): split 0 always has a position
+    int lo = first + split * run, hi = min(p + 1, lo + run);
     src.begin(h / (heads / kv_heads), head_dim, p);
     const float* qh = q + ((long long)t * heads + h) * head_dim;
     float qr[PER], acc[PER];
@@ -388,24 +480,42 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
         acc[i] = 0.f;
     }
     float m = NEG_INF, l = 0.f;
-    for (int j = first + warp; j <= p; j += ATTN_WARPS)
+    for (int j0 = lo + warp * U; j0 < hi; j0 += ATTN_WARPS * U)
     {
-        float s = 0.f;
+        float kv[U][PER], vv[U][PER], s[U];
 #pragma unroll
-        for (int i = 0; i < PER; i++)
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < PER; i++)
+            {
+                int d = lane + 32 * i;
+                bool ok = j0 + u < hi && d < head_dim;
+                kv[u][i] = ok ? src.key(j0 + u, d) : 0.f;
+                vv[u][i] = ok ? src.value(j0 + u, d) : 0.f;
+            }
+        float m2 = m;
+#pragma unroll
+        for (int u = 0; u < U; u++)
         {
-            int d = lane + 32 * i;
-            if (d < head_dim) s += qr[i] * src.key(j, d);
+            float dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < PER; i++) dot += qr[i] * kv[u][i];
+            s[u] = warp_sum(dot) * scale;
+            if (cap > 0.f) s[u] = tanhf(s[u] * (1.f / cap)) * cap;
+            if (j0 + u >= hi) s[u] = NEG_INF;
+            m2 = fmaxf(m2, s[u]);
         }
-        s = warp_sum(s) * scale;
-        if (cap > 0.f) s = tanhf(s * (1.f / cap)) * cap;
-        float m2 = fmaxf(m, s), correction = expf(m - m2), e = expf(s - m2);
-        l = l * correction + e;
+        float correction = expf(m - m2); // m2 is finite: position j0 < hi
+        l *= correction;
 #pragma unroll
-        for (int i = 0; i < PER; i++)
+        for (int i = 0; i < PER; i++) acc[i] *= correction;
+#pragma unroll
+        for (int u = 0; u < U; u++)
         {
-            int d = lane + 32 * i;
-            acc[i] = acc[i] * correction + (d < head_dim ? e * src.value(j, d) : 0.f);
+            float e = expf(s[u] - m2);
+            l += e;
+#pragma unroll
+            for (int i = 0; i < PER; i++) acc[i] += e * vv[u][i];
         }
         m = m2;
     }
@@ -419,14 +529,63 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     __syncthreads();
     float mx = NEG_INF;
     for (int w = 0; w < ATTN_WARPS; w++) mx = fmaxf(mx, wm[w]);
-    float total = 0.f;
-    for (int w = 0; w < ATTN_WARPS; w++) total += wl[w] * expf(wm[w] - mx); // a warp with no positions: l = 0
-    long long first_out = ((long long)t * heads + h) * head_dim;
+    float f[ATTN_WARPS], total = 0.f;
+    for (int w = 0; w < ATTN_WARPS; w++)
+    {
+        f[w] = wm[w] == NEG_INF ? 0.f : expf(wm[w] - mx); // a warp with no positions
+        total += wl[w] * f[w];
+    }
+    long long row = (long long)t * heads + h, first_out = row * head_dim;
+    if (splits == 1)
+    {
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+        {
+            float sum = 0.f;
+            for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * f[w];
+            float r = sum / total;
+            out[first_out + d] = r;
+            if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
+        }
+        return;
+    }
+    const int STRIDE = MAX_HEAD_DIM + 2; // a split's (m, l, acc)
+    float* mine = part + (row * splits + split) * STRIDE;
+    if (threadIdx.x == 0) { mine[0] = mx; mine[1] = total; }
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
     {
         float sum = 0.f;
-        for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * expf(wm[w] - mx);
-        float r = sum / total;
+        for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * f[w];
+        mine[2 + d] = sum;
+    }
+    __threadfence(); // this split's partial is visible before it counts itself done
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        last = atomicAdd(count + row, 1) == splits - 1;
+        if (last) count[row] = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float* all = part + row * splits * STRIDE; // read from L2 (ld_l2): this SM's L1 may hold an earlier launch's
+
+    float M = NEG_INF;
+    for (int k = 0; k < splits; k++) M = fmaxf(M, ld_l2(all + k * STRIDE));
+    float L = 0.f;
+    for (int k = 0; k < splits; k++)
+    {
+        float mk = ld_l2(all + k * STRIDE);
+        L += mk == NEG_INF ? 0.f : ld_l2(all + k * STRIDE + 1) * expf(mk - M);
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    {
+        float sum = 0.f;
+        for (int k = 0; k < splits; k++)
+        {
+            float mk = ld_l2(all + k * STRIDE);
+            if (mk != NEG_INF) sum += ld_l2(all + k * STRIDE + 2 + d) * expf(mk - M);
+        }
+        float r = sum / L;
         out[first_out + d] = r;
         if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
     }
@@ -438,11 +597,11 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     { pdl_begin(); kv_store<KV>(k, v, kc, vc, n, kv_dim, pos0); } \
     extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_##suffix(const float* q, const KV::T* kc, \
         const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
-        const int* pos0, i8* q8, float* q8d, int* q8s) \
+        const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count) \
     { \
         pdl_begin(); \
         DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
-        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s); \
+        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, splits, part, count); \
     }
 
 KV_ENTRIES(f32, KvF32)
@@ -451,12 +610,12 @@ KV_ENTRIES(f16, KvF16)
 // Attention over KIVI's cache: kq/vq the slot's quantized tiles, kr/vr its ring.
 extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const float* q, const u8* kq, const u8* vq,
     const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
-    int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s)
+    int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count)
 {
     pdl_begin();
     KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits,
                        (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 };
-    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s);
+    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, splits, part, count);
 }
 
 // dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.
