@@ -95,3 +95,27 @@ __device__ __forceinline__ void quantize_block_q8_0(float v, long long b, i8* q,
         s[b] = sum;
     }
 }
+
+// Block b of q8_0 held whole by one thread (v: its 32 elements in order), with quantize_block_q8_0's arithmetic: the
+// kernels that give a thread 32 consecutive elements (forward.cu's add_rmsnorm_lane, gate_act_lane) quantize with no
+// warp reductions. q must be 16-byte aligned at block b.
+__device__ __forceinline__ void quantize_own_block_q8_0(const float4* v, long long b, i8* q, float* d, int* s)
+{
+    float amax = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) amax = fmaxf(amax, fmaxf(fmaxf(fabsf(v[k].x), fabsf(v[k].y)), fmaxf(fabsf(v[k].z), fabsf(v[k].w))));
+    float id = amax != 0.f ? 127.f / amax : 0.f;
+    int packed[8], sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+    {
+        int a = __float2int_rn(v[k].x * id), c = __float2int_rn(v[k].y * id), e = __float2int_rn(v[k].z * id), g = __float2int_rn(v[k].w * id);
+        sum += a + c + e + g;
+        packed[k] = (a & 0xff) | ((c & 0xff) << 8) | ((e & 0xff) << 16) | ((g & 0xff) << 24);
+    }
+    int4* qv = (int4*)(q + b * 32);
+    qv[0] = make_int4(packed[0], packed[1], packed[2], packed[3]);
+    qv[1] = make_int4(packed[4], packed[5], packed[6], packed[7]);
+    d[b] = half_to_float(float_to_half(amax / 127.f));
+    s[b] = sum;
+}

@@ -153,31 +153,14 @@ extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_lane(float* x, con
     ss = block_sum(ss);
     if (!on) return;
     float scale = 1.f / sqrtf(ss / (float)dim + eps);
-    float amax = 0.f;
 #pragma unroll
     for (int k = 0; k < 8; k++)
     {
         v[k].x = v[k].x * scale * wv[k].x; v[k].y = v[k].y * scale * wv[k].y;
         v[k].z = v[k].z * scale * wv[k].z; v[k].w = v[k].w * scale * wv[k].w;
         ((float4*)(o + at))[k] = v[k];
-        amax = fmaxf(amax, fmaxf(fmaxf(fabsf(v[k].x), fabsf(v[k].y)), fmaxf(fabsf(v[k].z), fabsf(v[k].w))));
     }
-    if (q == nullptr) return;
-    // quantize_block_q8_0's arithmetic, one thread for the block.
-    float id = amax != 0.f ? 127.f / amax : 0.f;
-    int packed[8], sum = 0;
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-    {
-        int a = __float2int_rn(v[k].x * id), b2 = __float2int_rn(v[k].y * id), c = __float2int_rn(v[k].z * id), d = __float2int_rn(v[k].w * id);
-        sum += a + b2 + c + d;
-        packed[k] = (a & 0xff) | ((b2 & 0xff) << 8) | ((c & 0xff) << 16) | ((d & 0xff) << 24);
-    }
-    int4* qv = (int4*)(q + at);
-    qv[0] = make_int4(packed[0], packed[1], packed[2], packed[3]);
-    qv[1] = make_int4(packed[4], packed[5], packed[6], packed[7]);
-    qd[at >> 5] = half_to_float(float_to_half(amax / 127.f));
-    qs[at >> 5] = sum;
+    if (q != nullptr) quantize_own_block_q8_0(v, at >> 5, q, qd, qs);
 }
 
 // ------------------------------------------------------------------------------------------------ element-wise
@@ -205,9 +188,16 @@ extern "C" __global__ void softcap(float* x, float c, int total)
     if (i < total) x[i] = tanhf(x[i] * (1.f / c)) * c;
 }
 
+// act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
+__device__ __forceinline__ float activate(float x, int act)
+{
+    if (act == 0) return x / (1.f + expf(-x));
+    if (act == 1) return fmaxf(x, 0.f);
+    return 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+}
+
 // o[t][c] = act(g[t][c]) * u[t][c] for n rows of cols: the gated FFN (FeedForward.cs, Activations.Apply). Rows are
 // given strides so Phi-3's fused [gate | up] rows work as they are; o may be g (each element is read, then written).
-// act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
 // q not null: o is also quantized to q8_0 for the down projection ([n × cols] blocks; cols % 32 == 0, so a warp's
 // elements are one block of one row).
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
@@ -217,13 +207,33 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
     int t = (int)(i / cols), c = (int)(i % cols);
-    float x = g[t * g_stride + c], a;
-    if (act == 0) a = x / (1.f + expf(-x));
-    else if (act == 1) a = fmaxf(x, 0.f);
-    else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-    float r = a * u[t * u_stride + c];
+    float r = activate(g[t * g_stride + c], act) * u[t * u_stride + c];
     o[t * o_stride + c] = r;
     if (q != nullptr) quantize_block_q8_0(r, i >> 5, q, qd, qs);
+}
+
+// The same with one thread per 32 consecutive elements of a row (cols % 32 == 0, strides multiples of 4 floats), each
+// quantizing its own q8_0 block (quantize_own_block_q8_0) instead of a warp reducing per block.
+extern "C" __global__ void gate_act_lane(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
+                                         long long o_stride, int cols, int n, int act, i8* q, float* qd, int* qs)
+{
+    pdl_begin();
+    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x, per = cols / 32;
+    if (b >= per * n) return;
+    long long t = b / per, c = (b % per) * 32;
+    const float4* gv = (const float4*)(g + t * g_stride + c);
+    const float4* uv = (const float4*)(u + t * u_stride + c);
+    float4 x[8], y[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) { x[k] = gv[k]; y[k] = uv[k]; }
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+    {
+        x[k].x = activate(x[k].x, act) * y[k].x; x[k].y = activate(x[k].y, act) * y[k].y;
+        x[k].z = activate(x[k].z, act) * y[k].z; x[k].w = activate(x[k].w, act) * y[k].w;
+        ((float4*)(o + t * o_stride + c))[k] = x[k];
+    }
+    if (q != nullptr) quantize_own_block_q8_0(x, b, q, qd, qs);
 }
 
 // ------------------------------------------------------------------------------------------------ RoPE
