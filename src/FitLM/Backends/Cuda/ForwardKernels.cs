@@ -25,6 +25,7 @@ internal sealed unsafe class ForwardKernels : IDisposable
     private readonly int _splits;
     private readonly nint _addRmsNorm, _addRmsNormLane, _addBias, _add, _softcap, _gateAct, _gateActLane, _ropeQk, _copyColumns;
     private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16, _kvStoreKivi, _kiviQuantize, _attendKivi;
+    private readonly nint _attendBatchF32, _attendBatchF16, _attendBatchKivi;
 
     /// <param name="heads">The model's query heads: a one-token attention is split over about three blocks per
     /// multiprocessor in all (flash-decoding), its scratch allocated here.</param>
@@ -52,6 +53,9 @@ internal sealed unsafe class ForwardKernels : IDisposable
         _kvStoreKivi = m.Function("kv_store_kivi");
         _kiviQuantize = m.Function("kivi_quantize");
         _attendKivi = m.Function("attend_kivi");
+        _attendBatchF32 = m.Function("attend_batch_f32");
+        _attendBatchF16 = m.Function("attend_batch_f16");
+        _attendBatchKivi = m.Function("attend_batch_kivi");
     }
 
     private static uint Blocks(long total) => (uint)((total + Threads - 1) / Threads);
@@ -147,26 +151,29 @@ internal sealed unsafe class ForwardKernels : IDisposable
     /// <summary>
     /// Attention of n query rows (positions *pos0 + t) over one layer's cache of one slot into out [n × heads·headDim],
     /// and in q8_0 at <paramref name="quantized"/> when given (headDim a multiple of 32). One token's attention is split
-    /// over several blocks a head (their partial softmaxes merged by the last), a batch's is one block per head and row.
+    /// over up to <see cref="MaxSplits"/> blocks a head (their partial softmaxes merged by the last); a batch's is one
+    /// block per head and row (attend_batch_*).
     /// </summary>
     public void Attend(DeviceKvLayout kv, ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads,
         float scale, float cap, int window, ulong pos0, QuantizedX? quantized = null)
     {
         int kvHeads = kv.KvHeads, headDim = kv.HeadDim;
         var (q8, q8d, q8s) = quantized ?? default;
-        int splits = n == 1 ? _splits : 1;
+        int splits = _splits;
         ulong part = _part.Pointer, count = _count.Pointer;
-        uint grid = (uint)(heads * splits);
+        bool one = n == 1;
+        uint grid = (uint)(one ? heads * splits : heads);
         if (!kv.IsKivi)
         {
+            var f = one ? (kv.Half ? _attendF16 : _attendF32) : (kv.Half ? _attendBatchF16 : _attendBatchF32);
             void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0, &q8, &q8d, &q8s, &splits, &part, &count };
-            _device.Launch(kv.Half ? _attendF16 : _attendF32, grid, (uint)n, AttentionThreads, 0, args);
+            _device.Launch(f, grid, (uint)n, AttentionThreads, 0, args);
             return;
         }
         var (kr, vr) = kv.Rings(kCache, vCache);
         int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits;
         void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0, &q8, &q8d, &q8s, &splits, &part, &count };
-        _device.Launch(_attendKivi, grid, (uint)n, AttentionThreads, 0, kivi);
+        _device.Launch(one ? _attendKivi : _attendBatchKivi, grid, (uint)n, AttentionThreads, 0, kivi);
     }
 
     public void Dispose()

@@ -443,20 +443,6 @@ struct KiviSource
     }
 };
 
-// Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
-// head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
-// of KV head h / (heads / kv_heads); scores s = scale·q·k, capped c·tanh(s/c) where the model caps them, softmax,
-// then the weighted sum of values into out[t][h]. Lane l holds dimensions l, l + 32, ... of the head (up to
-// MAX_HEAD_DIM / 32 of them). A block takes one (head, query) and `splits` blocks share its positions (flash-decoding):
-// block s takes the s-th of `splits` equal runs of [first, p]. Its warps take ATTN_UNROLL consecutive positions at a
-// time, every key and value of them requested before the first score, and keep an online softmax (running max m, sum
-// l, accumulator), merged across the block at the end: one pass over K and V.
-// With one split the block writes the output. With more, each writes its (m, l, acc) to `part` and counts itself done
-// in count[t·heads + h]; the last one merges the splits in order (the same result whichever finishes last) and writes
-// the output, then zeroes the count for the next launch. Before (one warp per position in turn, four a block, one
-// block a head) a decode step's attention was a chain of dependent loads as long as the context: leaving it out of a
-// llama-7b step at positions 0-127 raised decode on an H100 from 299.7 to 357.6 tokens/s (Q8_0) and 391.3 to 512.0 (Q4_0).
-// q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
 // A load that skips L1 (ld.global.cg): what other blocks of this launch wrote.
 __device__ __forceinline__ float ld_l2(const float* p)
 {
@@ -465,19 +451,38 @@ __device__ __forceinline__ float ld_l2(const float* p)
     return v;
 }
 
-template <typename Src>
+// Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
+// head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
+// of KV head h / (heads / kv_heads); scores s = scale·q·k, capped c·tanh(s/c) where the model caps them, softmax,
+// then the weighted sum of values into out[t][h]. Lane l holds dimensions l, l + 32, ... of the head (up to
+// MAX_HEAD_DIM / 32 of them). A block takes one (head, query); its warps take U consecutive positions at a time, every
+// key and value of them requested before the first score, and keep an online softmax (running max m, sum l,
+// accumulator), merged across the block at the end: one pass over K and V.
+// One token (attend_*, U = ATTN_UNROLL): up to `splits` blocks share a query's positions (flash-decoding), as many as
+// give each at least one round of its warps (ATTN_WARPS·U positions), the others returning at once. With one, it
+// writes the output; with more, each writes its (m, l, acc) to `part` and counts itself done in count[t·heads + h],
+// and the last merges them in order (the same result whichever finishes last), writes the output and zeroes the count
+// for the next launch. Before (one warp per position in turn, four a block, one block a head) a decode step's
+// attention was a chain of dependent loads as long as the context: leaving it out of a llama-7b step at positions
+// 0-127 raised decode on an H100 from 299.7 to 357.6 tokens/s (Q8_0) and 391.3 to 512.0 (Q4_0).
+// A batch's queries (attend_batch_*, U = 1, one block each): thousands of blocks keep the GPU busy; four positions a
+// warp took twice the registers and halved a 2048-token prefill (5304 to 2574 tokens/s, llama-7b Q4_0, f16 KV).
+// q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
+template <typename Src, int U>
 __device__ __forceinline__ void attend(const float* q, Src src, float* out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
                                        const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count)
 {
-    const int PER = MAX_HEAD_DIM / 32, U = ATTN_UNROLL;
-    __shared__ float wm[ATTN_WARPS], wl[ATTN_WARPS];
+    const int PER = MAX_HEAD_DIM / 32, STRIDE = MAX_HEAD_DIM + 2; // STRIDE: a split's (m, l, acc) in part
+    __shared__ float wm[ATTN_WARPS], wl[ATTN_WARPS], sf[32];
     __shared__ float wacc[ATTN_WARPS][MAX_HEAD_DIM];
     __shared__ int last;
     int h = blockIdx.x / splits, split = blockIdx.x % splits, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int p = *pos0 + t;
-    int first = window > 0 ? max(0, p - window + 1) : 0;
-    int run = (p - first + splits) / splits; // ceil((p - first + 1) / splits): split 0 always has a position
+    int first = window > 0 ? max(0, p - window + 1) : 0, len = p - first + 1;
+    int used = min(splits, (len + ATTN_WARPS * U - 1) / (ATTN_WARPS * U)); // blocks with at least a round of positions
+    if (split >= used) return;
+    int run = (len + used - 1) / used;
     int lo = first + split * run, hi = min(p + 1, lo + run);
     src.begin(h / (heads / kv_heads), head_dim, p);
     const float* qh = q + ((long long)t * heads + h) * head_dim;
@@ -546,7 +551,7 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
         total += wl[w] * f[w];
     }
     long long row = (long long)t * heads + h, first_out = row * head_dim;
-    if (splits == 1)
+    if (used == 1)
     {
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
         {
@@ -558,8 +563,8 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
         }
         return;
     }
-    const int STRIDE = MAX_HEAD_DIM + 2; // a split's (m, l, acc)
-    float* mine = part + (row * splits + split) * STRIDE;
+    float* all = part + row * splits * STRIDE;
+    float* mine = all + split * STRIDE;
     if (threadIdx.x == 0) { mine[0] = mx; mine[1] = total; }
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
     {
@@ -571,31 +576,33 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     __syncthreads();
     if (threadIdx.x == 0)
     {
-        last = atomicAdd(count + row, 1) == splits - 1;
+        last = atomicAdd(count + row, 1) == used - 1;
         if (last) count[row] = 0;
     }
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const float* all = part + row * splits * STRIDE; // read from L2 (ld_l2): this SM's L1 may hold an earlier launch's
-
-    float M = NEG_INF;
-    for (int k = 0; k < splits; k++) M = fmaxf(M, ld_l2(all + k * STRIDE));
-    float L = 0.f;
-    for (int k = 0; k < splits; k++)
+    // The merge. Partials are read from L2 (ld_l2): this SM's L1 may hold lines of an earlier launch's. Lane k of the
+    // first warp takes split k (splits <= 32): the largest m, each split's factor and the total of l, in one warp.
+    if (warp == 0)
     {
-        float mk = ld_l2(all + k * STRIDE);
-        L += mk == NEG_INF ? 0.f : ld_l2(all + k * STRIDE + 1) * expf(mk - M);
+        float mk = lane < used ? ld_l2(all + lane * STRIDE) : NEG_INF, lk = lane < used ? ld_l2(all + lane * STRIDE + 1) : 0.f;
+        float M = mk;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        float fk = mk == NEG_INF ? 0.f : expf(mk - M);
+        float L = warp_sum(lk * fk);
+        sf[lane] = fk / L; // a split's share of the output
     }
+    __syncthreads();
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
     {
-        float sum = 0.f;
-        for (int k = 0; k < splits; k++)
-        {
-            float mk = ld_l2(all + k * STRIDE);
-            if (mk != NEG_INF) sum += ld_l2(all + k * STRIDE + 2 + d) * expf(mk - M);
-        }
-        float r = sum / L;
+        float a[32];
+#pragma unroll
+        for (int k = 0; k < 32; k++) a[k] = k < used ? ld_l2(all + k * STRIDE + 2 + d) : 0.f; // all requested, then summed
+        float r = 0.f;
+#pragma unroll
+        for (int k = 0; k < 32; k++) if (k < used) r += a[k] * sf[k];
         out[first_out + d] = r;
         if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
     }
@@ -611,21 +618,39 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     { \
         pdl_begin(); \
         DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
-        attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, splits, part, count); \
+        attend<DenseSource<KV>, ATTN_UNROLL>(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, splits, part, count); \
+    } \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_batch_##suffix(const float* q, const KV::T* kc, \
+        const KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, \
+        const int* pos0, i8* q8, float* q8d, int* q8s) \
+    { \
+        pdl_begin(); \
+        DenseSource<KV> src = { kc, vc, (long long)kv_heads * head_dim }; \
+        attend<DenseSource<KV>, 1>(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, 1, nullptr, nullptr); \
     }
 
 KV_ENTRIES(f32, KvF32)
 KV_ENTRIES(f16, KvF16)
 
-// Attention over KIVI's cache: kq/vq the slot's quantized tiles, kr/vr its ring.
+// Attention over KIVI's cache: kq/vq the slot's quantized tiles, kr/vr its ring; one token, and a batch.
+#define KIVI_SOURCE KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits, \
+                                       (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 }
 extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_kivi(const float* q, const u8* kq, const u8* vq,
     const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
     int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count)
 {
     pdl_begin();
-    KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits,
-                       (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 };
-    attend(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, splits, part, count);
+    KIVI_SOURCE;
+    attend<KiviSource, ATTN_UNROLL>(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, splits, part, count);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_batch_kivi(const float* q, const u8* kq, const u8* vq,
+    const u16* kr, const u16* vr, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window,
+    int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s)
+{
+    pdl_begin();
+    KIVI_SOURCE;
+    attend<KiviSource, 1>(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, 1, nullptr, nullptr);
 }
 
 // dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.
