@@ -495,45 +495,68 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
         acc[i] = 0.f;
     }
     float m = NEG_INF, l = 0.f;
-    for (int j0 = lo + warp * U; j0 < hi; j0 += ATTN_WARPS * U)
-    {
-        float kv[U][PER], vv[U][PER], s[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
+    if constexpr (U == 1)
+        for (int j = lo + warp; j < hi; j += ATTN_WARPS)
+        {
+            float sc = 0.f;
 #pragma unroll
             for (int i = 0; i < PER; i++)
             {
                 int d = lane + 32 * i;
-                bool ok = j0 + u < hi && d < head_dim;
-                kv[u][i] = ok ? src.key(j0 + u, d) : 0.f;
-                vv[u][i] = ok ? src.value(j0 + u, d) : 0.f;
+                if (d < head_dim) sc += qr[i] * src.key(j, d);
             }
-        float m2 = m;
+            sc = warp_sum(sc) * scale;
+            if (cap > 0.f) sc = tanhf(sc * (1.f / cap)) * cap;
+            float m2 = fmaxf(m, sc), correction = expf(m - m2), e = expf(sc - m2);
+            l = l * correction + e;
 #pragma unroll
-        for (int u = 0; u < U; u++)
-        {
-            float dot = 0.f;
-#pragma unroll
-            for (int i = 0; i < PER; i++) dot += qr[i] * kv[u][i];
-            s[u] = warp_sum(dot) * scale;
-            if (cap > 0.f) s[u] = tanhf(s[u] * (1.f / cap)) * cap;
-            if (j0 + u >= hi) s[u] = NEG_INF;
-            m2 = fmaxf(m2, s[u]);
+            for (int i = 0; i < PER; i++)
+            {
+                int d = lane + 32 * i;
+                acc[i] = acc[i] * correction + (d < head_dim ? e * src.value(j, d) : 0.f);
+            }
+            m = m2;
         }
-        float correction = expf(m - m2); // m2 is finite: position j0 < hi
-        l *= correction;
-#pragma unroll
-        for (int i = 0; i < PER; i++) acc[i] *= correction;
-#pragma unroll
-        for (int u = 0; u < U; u++)
+    else
+        for (int j0 = lo + warp * U; j0 < hi; j0 += ATTN_WARPS * U)
         {
-            float e = expf(s[u] - m2);
-            l += e;
+            float kv[U][PER], vv[U][PER], s[U];
 #pragma unroll
-            for (int i = 0; i < PER; i++) acc[i] += e * vv[u][i];
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int i = 0; i < PER; i++)
+                {
+                    int d = lane + 32 * i;
+                    bool ok = j0 + u < hi && d < head_dim;
+                    kv[u][i] = ok ? src.key(j0 + u, d) : 0.f;
+                    vv[u][i] = ok ? src.value(j0 + u, d) : 0.f;
+                }
+            float m2 = m;
+#pragma unroll
+            for (int u = 0; u < U; u++)
+            {
+                float dot = 0.f;
+#pragma unroll
+                for (int i = 0; i < PER; i++) dot += qr[i] * kv[u][i];
+                s[u] = warp_sum(dot) * scale;
+                if (cap > 0.f) s[u] = tanhf(s[u] * (1.f / cap)) * cap;
+                if (j0 + u >= hi) s[u] = NEG_INF;
+                m2 = fmaxf(m2, s[u]);
+            }
+            float correction = expf(m - m2); // m2 is finite: position j0 < hi
+            l *= correction;
+#pragma unroll
+            for (int i = 0; i < PER; i++) acc[i] *= correction;
+#pragma unroll
+            for (int u = 0; u < U; u++)
+            {
+                float e = expf(s[u] - m2);
+                l += e;
+#pragma unroll
+                for (int i = 0; i < PER; i++) acc[i] += e * vv[u][i];
+            }
+            m = m2;
         }
-        m = m2;
-    }
     if (lane == 0) { wm[warp] = m; wl[warp] = l; }
 #pragma unroll
     for (int i = 0; i < PER; i++)
@@ -551,7 +574,7 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
         total += wl[w] * f[w];
     }
     long long row = (long long)t * heads + h, first_out = row * head_dim;
-    if (used == 1)
+    if (U == 1 || used == 1)
     {
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
         {
@@ -561,7 +584,7 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
             out[first_out + d] = r;
             if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
         }
-        return;
+        return; // a batch (U = 1) always: the merge below is not compiled into attend_batch_*
     }
     float* all = part + row * splits * STRIDE;
     float* mine = all + split * STRIDE;
