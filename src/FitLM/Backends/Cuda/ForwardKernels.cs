@@ -161,7 +161,7 @@ internal sealed unsafe class ForwardKernels : IDisposable
         var (q8, q8d, q8s) = quantized ?? default;
         int splits = _splits;
         ulong part = _part.Pointer, count = _count.Pointer;
-        bool one = n == 1;
+        bool one = n == 1; // attend_batch_* take the same arguments but the last three, which the launch then ignores
         uint grid = (uint)(one ? heads * splits : heads);
         if (!kv.IsKivi)
         {
