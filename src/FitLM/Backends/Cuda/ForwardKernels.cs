@@ -23,7 +23,7 @@ internal sealed unsafe class ForwardKernels : IDisposable
     private readonly CudaDevice _device;
     private readonly DeviceBuffer _part, _count;
     private readonly int _splits;
-    private readonly nint _addRmsNorm, _addRmsNormLane, _addBias, _add, _softcap, _gateAct, _gateActLane, _ropeQk, _copyColumns;
+    private readonly nint _addRmsNorm, _addRmsNormLane, _addBias, _add, _softcap, _gateAct, _ropeQk, _copyColumns;
     private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16, _kvStoreKivi, _kiviQuantize, _attendKivi;
     private readonly nint _attendBatchF32, _attendBatchF16, _attendBatchKivi;
 
@@ -43,7 +43,6 @@ internal sealed unsafe class ForwardKernels : IDisposable
         _add = m.Function("add");
         _softcap = m.Function("softcap");
         _gateAct = m.Function("gate_act");
-        _gateActLane = m.Function("gate_act_lane");
         _ropeQk = m.Function("rope_qk");
         _copyColumns = m.Function("copy_columns");
         _kvStoreF32 = m.Function("kv_store_f32");
@@ -105,9 +104,7 @@ internal sealed unsafe class ForwardKernels : IDisposable
     {
         var (q, d, s) = quantized ?? default;
         void** args = stackalloc void*[] { &g, &gStride, &u, &uStride, &o, &oStride, &cols, &n, &activation, &q, &d, &s };
-        if (cols % 32 == 0 && gStride % 4 == 0 && uStride % 4 == 0 && oStride % 4 == 0 && (g | u | o) % 16 == 0)
-            _device.Launch(_gateActLane, Blocks((long)cols / 32 * n), Threads, 0, args); // a thread per 32 elements
-        else _device.Launch(_gateAct, Blocks((long)cols * n), Threads, 0, args);
+        _device.Launch(_gateAct, Blocks((long)cols * n), Threads, 0, args);
     }
 
     /// <summary>RoPE of n rows of queries (<paramref name="heads"/> heads) and of keys (<paramref name="kvHeads"/>) in one launch.</summary>

@@ -96,9 +96,9 @@ __device__ __forceinline__ void quantize_block_q8_0(float v, long long b, i8* q,
     }
 }
 
-// Block b of q8_0 held whole by one thread (v: its 32 elements in order), with quantize_block_q8_0's arithmetic: the
-// kernels that give a thread 32 consecutive elements (forward.cu's add_rmsnorm_lane, gate_act_lane) quantize with no
-// warp reductions. q must be 16-byte aligned at block b.
+// Block b of q8_0 held whole by one thread (v: its 32 elements in order), with quantize_block_q8_0's arithmetic: a
+// kernel that gives a thread 32 consecutive elements (forward.cu's add_rmsnorm_lane) quantizes with no warp
+// reductions. q must be 16-byte aligned at block b.
 __device__ __forceinline__ void quantize_own_block_q8_0(const float4* v, long long b, i8* q, float* d, int* s)
 {
     float amax = 0.f;

@@ -188,16 +188,12 @@ extern "C" __global__ void softcap(float* x, float c, int total)
     if (i < total) x[i] = tanhf(x[i] * (1.f / c)) * c;
 }
 
-// act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
-__device__ __forceinline__ float activate(float x, int act)
-{
-    if (act == 0) return x / (1.f + expf(-x));
-    if (act == 1) return fmaxf(x, 0.f);
-    return 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-}
-
-// o[t][c] = act(g[t][c]) * u[t][c] for n rows of cols: the gated FFN (FeedForward.cs, Activations.Apply). Rows are
+// o[t][c] = act(g[t][c]) * u[t][c] for n rows of cols: the gated FFN (FeedForward.cs, Activations.Apply), a thread an
+// element. (A thread per 32 elements, each quantizing its own block as add_rmsnorm_lane does, was slower in a decode
+// step: two thread blocks for llama-7b's 11008, each thread 32 activations in turn; leaving the launch out of a step on
+// an H100 gained 5.4 µs a layer with it against 1.5-1.7 µs with this kernel.) Rows are
 // given strides so Phi-3's fused [gate | up] rows work as they are; o may be g (each element is read, then written).
+// act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
 // q not null: o is also quantized to q8_0 for the down projection ([n × cols] blocks; cols % 32 == 0, so a warp's
 // elements are one block of one row).
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
@@ -207,33 +203,13 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
     int t = (int)(i / cols), c = (int)(i % cols);
-    float r = activate(g[t * g_stride + c], act) * u[t * u_stride + c];
+    float x = g[t * g_stride + c], a;
+    if (act == 0) a = x / (1.f + expf(-x));
+    else if (act == 1) a = fmaxf(x, 0.f);
+    else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+    float r = a * u[t * u_stride + c];
     o[t * o_stride + c] = r;
     if (q != nullptr) quantize_block_q8_0(r, i >> 5, q, qd, qs);
-}
-
-// The same with one thread per 32 consecutive elements of a row (cols % 32 == 0, strides multiples of 4 floats), each
-// quantizing its own q8_0 block (quantize_own_block_q8_0) instead of a warp reducing per block.
-extern "C" __global__ void gate_act_lane(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
-                                         long long o_stride, int cols, int n, int act, i8* q, float* qd, int* qs)
-{
-    pdl_begin();
-    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x, per = cols / 32;
-    if (b >= per * n) return;
-    long long t = b / per, c = (b % per) * 32;
-    const float4* gv = (const float4*)(g + t * g_stride + c);
-    const float4* uv = (const float4*)(u + t * u_stride + c);
-    float4 x[8], y[8];
-#pragma unroll
-    for (int k = 0; k < 8; k++) { x[k] = gv[k]; y[k] = uv[k]; }
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-    {
-        x[k].x = activate(x[k].x, act) * y[k].x; x[k].y = activate(x[k].y, act) * y[k].y;
-        x[k].z = activate(x[k].z, act) * y[k].z; x[k].w = activate(x[k].w, act) * y[k].w;
-        ((float4*)(o + t * o_stride + c))[k] = x[k];
-    }
-    if (q != nullptr) quantize_own_block_q8_0(x, b, q, qd, qs);
 }
 
 // ------------------------------------------------------------------------------------------------ RoPE
