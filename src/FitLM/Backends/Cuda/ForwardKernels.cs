@@ -33,10 +33,6 @@ internal sealed unsafe class ForwardKernels : IDisposable
     {
         _device = device;
         var m = new KernelModule(device, "forward.cu", log);
-        _splits = Math.Clamp((3 * device.Multiprocessors + heads - 1) / Math.Max(1, heads), 1, MaxSplits);
-        _part = device.Allocate((long)heads * _splits * (MaxHeadDim + 2) * sizeof(float));
-        _count = device.Allocate((long)heads * sizeof(int));
-        CudaDevice.UploadTo<int>(_count.Pointer, new int[heads]); // the last split of each launch zeroes its count again
         _addRmsNorm = m.Function("add_rmsnorm_q8");
         _addRmsNormLane = m.Function("add_rmsnorm_lane");
         _addBias = m.Function("add_bias");
@@ -55,6 +51,11 @@ internal sealed unsafe class ForwardKernels : IDisposable
         _attendBatchF32 = m.Function("attend_batch_f32");
         _attendBatchF16 = m.Function("attend_batch_f16");
         _attendBatchKivi = m.Function("attend_batch_kivi");
+        // Last, so a function the module lacks throws before anything is allocated.
+        _splits = Math.Clamp((3 * device.Multiprocessors + heads - 1) / Math.Max(1, heads), 1, MaxSplits);
+        _part = device.Allocate((long)heads * _splits * (MaxHeadDim + 2) * sizeof(float));
+        _count = device.Allocate((long)heads * sizeof(int));
+        CudaDevice.UploadTo<int>(_count.Pointer, new int[heads]); // the last split of each launch zeroes its count again
     }
 
     private static uint Blocks(long total) => (uint)((total + Threads - 1) / Threads);
