@@ -444,6 +444,9 @@ internal sealed class CudaForward : IDeviceForward
 
     private bool UsesGemm(DeviceMatrix w, int n) => _gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type);
 
+    /// <summary>Where the kernel writing X [n × cols] at <paramref name="x"/> also writes it in q8_0 for <paramref name="reader"/>'s product, or null (cuBLAS reads X, or the product quantizes it itself).</summary>
+    private QuantizedX? QuantizedFor(DeviceMatrix reader, ulong x, int cols, int n) => UsesGemm(reader, n) ? null : _mv.FusedTarget(reader.Type, x, cols, n);
+
     /// <summary>
     /// Two or three products of one input X (Q, K and V; gate and up): one launch where they share a type with
     /// integer kernels and the batch is not cuBLAS's, else one product each (the later ones reuse the first one's
@@ -469,7 +472,7 @@ internal sealed class CudaForward : IDeviceForward
     /// </summary>
     private bool Norm(ulong x, ulong residual, DeviceBuffer w, ulong o, int n, DeviceMatrix reader)
     {
-        var quantized = UsesGemm(reader, n) ? null : _mv.FusedTarget(reader.Type, o, _c.Dim, n);
+        var quantized = QuantizedFor(reader, o, _c.Dim, n);
         _kernels.AddRmsNorm(x, residual, w.Pointer, o, n, _c.Dim, _c.RmsEps, quantized);
         return quantized != null;
     }
@@ -516,7 +519,7 @@ internal sealed class CudaForward : IDeviceForward
             // Per sequence: RoPE at its positions, its rows into its KV slot, attention over that slot; the output is
             // quantized as it is written when the output projection takes q8_0.
             var r = L.Rope;
-            var attended = c.HeadDim % 32 == 0 && !UsesGemm(L.Wo, n) ? _mv.FusedTarget(L.Wo.Type, xb, c.QDim, n) : null;
+            var attended = c.HeadDim % 32 == 0 ? QuantizedFor(L.Wo, xb, c.QDim, n) : null;
             for (int s = 0; s < _segmentCount; s++)
             {
                 var (slot, row, m) = _segments[s];
@@ -536,7 +539,7 @@ internal sealed class CudaForward : IDeviceForward
                 int ffn = L.GateUp.Rows / 2;
                 bool quantized = Norm(x, xb2, L.FfnNorm, xb, n, L.GateUp);
                 Multiply(wb, L.GateUp, xb, _hb.Pointer, n, quantized);
-                var activated = UsesGemm(L.Down, n) ? null : _mv.FusedTarget(L.Down.Type, _hb2.Pointer, ffn, n);
+                var activated = QuantizedFor(L.Down, _hb2.Pointer, ffn, n);
                 k.GateAct(_hb.Pointer, 2 * ffn, At(_hb, ffn), 2 * ffn, _hb2.Pointer, ffn, ffn, n, (int)c.Activation, activated);
                 Multiply(wb, L.Down, _hb2.Pointer, xb2, n, activated != null);
             }
@@ -545,7 +548,7 @@ internal sealed class CudaForward : IDeviceForward
                 int ffn = L.Gate!.Rows;
                 bool quantized = Norm(x, xb2, L.FfnNorm, xb, n, L.Gate);
                 MultiplyTogether(wb, xb, n, quantized, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
-                var activated = UsesGemm(L.Down, n) ? null : _mv.FusedTarget(L.Down.Type, _hb.Pointer, ffn, n);
+                var activated = QuantizedFor(L.Down, _hb.Pointer, ffn, n);
                 k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation, activated);
                 Multiply(wb, L.Down, _hb.Pointer, xb2, n, activated != null);
             }

@@ -17,8 +17,11 @@ internal sealed unsafe class ForwardKernels : IDisposable
     /// <summary>The widest row add_rmsnorm_lane takes: a thread per 32 elements, 256 threads.</summary>
     public const int LaneNormMaxDim = 32 * 256;
 
-    /// <summary>Device bytes of one token's split attention for <paramref name="heads"/> heads: each split's (m, l, acc) and a count per head.</summary>
-    public static long AttentionScratchBytes(int heads) => (long)heads * (MaxSplits * (MaxHeadDim + 2) * sizeof(float) + sizeof(int));
+    /// <summary>One split's partial softmax in the attention scratch: its m, l and acc (STRIDE floats in forward.cu's attend).</summary>
+    private const int SplitBytes = (MaxHeadDim + 2) * sizeof(float);
+
+    /// <summary>Device bytes of one token's split attention for <paramref name="heads"/> heads, at most: each split's (m, l, acc) and a count per head.</summary>
+    public static long AttentionScratchBytes(int heads) => (long)heads * (MaxSplits * SplitBytes + sizeof(int));
 
     private readonly CudaDevice _device;
     private readonly DeviceBuffer _part, _count;
@@ -53,7 +56,7 @@ internal sealed unsafe class ForwardKernels : IDisposable
         _attendBatchKivi = m.Function("attend_batch_kivi");
         // Last, so a function the module lacks throws before anything is allocated.
         _splits = Math.Clamp((3 * device.Multiprocessors + heads - 1) / Math.Max(1, heads), 1, MaxSplits);
-        _part = device.Allocate((long)heads * _splits * (MaxHeadDim + 2) * sizeof(float));
+        _part = device.Allocate((long)heads * _splits * SplitBytes);
         _count = device.Allocate((long)heads * sizeof(int));
         CudaDevice.UploadTo<int>(_count.Pointer, new int[heads]); // the last split of each launch zeroes its count again
     }

@@ -7,7 +7,7 @@
 // value, so one decode step can be captured as a CUDA graph and replayed for every token with only that integer
 // and the embedding uploaded before it. Compiled by NVRTC at first use, after common.cuh.
 
-#define ATTN_WARPS 4      // warps per attention block; each takes ATTN_UNROLL positions in turn
+#define ATTN_WARPS 4      // warps per attention block; each takes ATTN_UNROLL positions in turn (a batch's: one)
 #define ATTN_UNROLL 4     // positions a warp reads at once
 #define MAX_HEAD_DIM 256  // the widest head attention supports (Gemma's 256): 8 dims per lane
 #define NEG_INF __int_as_float(0xff800000)
