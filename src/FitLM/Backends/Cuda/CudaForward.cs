@@ -10,7 +10,8 @@ namespace FitLM.Backends.Cuda;
 /// <see cref="Transformer"/> (read that first; this is its ForwardBatch with device addresses), for the dense families
 /// — Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3 — with their biases, Q/K norms, post-norms, soft-capping and sliding
 /// windows. Tokens run in batches of up to MaxBatch; the matrix products take them eight at a time
-/// (<see cref="CudaMatVec"/>). A decode step (one token) is captured once as a CUDA graph and replayed: the step's
+/// (<see cref="CudaMatVec"/>), and one token's Q/K/V and gate/up products also do what follows them where they can
+/// (RoPE and the KV store; the gated activation). A decode step (one token) is captured once as a CUDA graph and replayed: the step's
 /// ~16 launches per layer then cost one launch, and what changes between tokens (the position, the embedding) is
 /// uploaded before it. The embedding row is looked up on the host (one row read from the file per token).
 /// </summary>
@@ -65,6 +66,8 @@ internal sealed class CudaForward : IDeviceForward
     private readonly int _batch;
     private CudaGraph? _decodeGraph;
     private bool _graphs = Environment.GetEnvironmentVariable("FITLM_CUDA_GRAPHS") != "0";
+    // One-token products that finish their rows (FinishesQkv, FinishesGateUp); FITLM_CUDA_FINISH=0: off, to measure them.
+    private readonly bool _finish = Environment.GetEnvironmentVariable("FITLM_CUDA_FINISH") != "0";
 
     public string Description { get; }
     public long DeviceBytes { get; }
@@ -444,7 +447,8 @@ internal sealed class CudaForward : IDeviceForward
 
     private bool UsesGemm(DeviceMatrix w, int n) => _gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type);
 
-    /// <summary>Where the kernel writing X [n × cols] at <paramref name="x"/> also writes it in q8_0 for <paramref name="reader"/>'s product, or null (cuBLAS reads X, or the product quantizes it itself).</summary>
+    /// <summary>Where the kernel writing X [n × cols] at <paramref name="x"/> also writes it in q8_0 for <paramref name="reader"/>'s product, or null (cuBLAS reads X, or the product quantizes it itself).
+    /// Asked right before that kernel's launch: it makes the other of CudaMatVec's two scratches current.</summary>
     private QuantizedX? QuantizedFor(DeviceMatrix reader, ulong x, int cols, int n) => UsesGemm(reader, n) ? null : _mv.FusedTarget(reader.Type, x, cols, n);
 
     /// <summary>
@@ -496,6 +500,7 @@ internal sealed class CudaForward : IDeviceForward
             var L = _layers[l];
             ulong wb = L.StreamIndex < 0 ? L.Resident!.Pointer : _streamer!.Begin(L.StreamIndex);
             // Attention block.
+            bool finished = FinishesQkv(L, n);
             if (L.Wqkv != null)
             {
                 int width = c.QDim + 2 * c.KvDim;
@@ -504,6 +509,15 @@ internal sealed class CudaForward : IDeviceForward
                 k.CopyColumns(_qkv.Pointer, width, 0, q, c.QDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim, kk, c.KvDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim + c.KvDim, v, c.KvDim, n);
+            }
+            else if (finished)
+            {
+                // One token's Q, K, V, RoPE and KV store in one launch (CudaMatVec.MultiplyQkvRopeStore).
+                bool quantized = Norm(x, residual, L.AttnNorm, xb, n, L.Wq!);
+                var (slot, _, _) = _segments[0];
+                _mv.MultiplyQkvRopeStore(L.Wq!.Type, dim, xb, quantized, (wb + (ulong)L.Wq.Offset, L.Wq.Rows), wb + (ulong)L.Wk!.Offset,
+                    wb + (ulong)L.Wv!.Offset, c.KvDim, q, L.Rope.Cos.Pointer, L.Rope.Sin.Pointer, pos, c.HeadDim, L.Rope.Half,
+                    L.KCache.Pointer + (ulong)(slot * _kv.KeyBytes), L.VCache.Pointer + (ulong)(slot * _kv.ValueBytes), _kv.Half);
             }
             else
             {
@@ -526,8 +540,11 @@ internal sealed class CudaForward : IDeviceForward
                 ulong sq = q + (ulong)(4L * row * c.QDim), sk = kk + (ulong)(4L * row * c.KvDim), sv = v + (ulong)(4L * row * c.KvDim);
                 ulong kc = L.KCache.Pointer + (ulong)(slot * _kv.KeyBytes), vc = L.VCache.Pointer + (ulong)(slot * _kv.ValueBytes);
                 ulong sp = pos + (ulong)(4L * s);
-                k.RopeQk(sq, sk, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
-                k.KvStore(_kv, sk, sv, kc, vc, m, sp);
+                if (!finished)
+                {
+                    k.RopeQk(sq, sk, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
+                    k.KvStore(_kv, sk, sv, kc, vc, m, sp);
+                }
                 k.Attend(_kv, sq, kc, vc, xb + (ulong)(4L * row * c.QDim), m, c.Heads, scale, c.AttentionSoftcap, L.Window, sp, attended?.At(row, c.QDim));
             }
             Multiply(wb, L.Wo, xb, xb2, n, attended != null);
@@ -547,10 +564,18 @@ internal sealed class CudaForward : IDeviceForward
             {
                 int ffn = L.Gate!.Rows;
                 bool quantized = Norm(x, xb2, L.FfnNorm, xb, n, L.Gate);
-                MultiplyTogether(wb, xb, n, quantized, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
-                var activated = QuantizedFor(L.Down, _hb.Pointer, ffn, n);
-                k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation, activated);
-                Multiply(wb, L.Down, _hb.Pointer, xb2, n, activated != null);
+                bool activated;
+                if (FinishesGateUp(L, n))
+                    activated = _mv.MultiplyGateUpAct(L.Gate.Type, dim, xb, quantized, wb + (ulong)L.Gate.Offset, wb + (ulong)L.Up!.Offset, ffn,
+                        _hb.Pointer, (int)c.Activation, UsesGemm(L.Down, n) ? null : L.Down.Type);
+                else
+                {
+                    MultiplyTogether(wb, xb, n, quantized, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
+                    var target = QuantizedFor(L.Down, _hb.Pointer, ffn, n);
+                    k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation, target);
+                    activated = target != null;
+                }
+                Multiply(wb, L.Down, _hb.Pointer, xb2, n, activated);
             }
             if (L.PostFfnNorm != null) k.RmsNorm(xb2, L.PostFfnNorm.Pointer, xb2, n, dim, c.RmsEps);
             residual = xb2; // added by the next layer's first norm
@@ -558,6 +583,22 @@ internal sealed class CudaForward : IDeviceForward
         }
         if (residual != 0) k.Add(x, residual, n * dim);
     }
+
+    /// <summary>
+    /// Whether layer <paramref name="L"/>'s Q, K and V product for n rows also does RoPE and the KV store
+    /// (<see cref="CudaMatVec.MultiplyQkvRopeStore"/>): one token of one sequence, separate Q4_0 or Q8_0 matrices of one
+    /// type with nothing between the product and RoPE (no biases, no Q/K norms), interleaved RoPE pairs (which one thread
+    /// block's rows hold) and a dense KV cache (f32, f16). FITLM_CUDA_FINISH=0 turns it off, to measure what it gains.
+    /// </summary>
+    private bool FinishesQkv(Layer L, int n) =>
+        _finish && n == 1 && _segmentCount == 1 && L.Wq != null && L.Wk!.Type == L.Wq.Type && L.Wv!.Type == L.Wq.Type &&
+        L.Bq == null && L.Bk == null && L.Bv == null && L.QNorm == null && L.KNorm == null && !L.Rope.Neox && !_kv.IsKivi &&
+        _mv.CanFinish(L.Wq.Type, _c.Dim, L.Wq.Rows, L.Wk.Rows);
+
+    /// <summary>Whether layer <paramref name="L"/>'s gate and up product for n rows also does the gated activation
+    /// (<see cref="CudaMatVec.MultiplyGateUpAct"/>): one token, separate Q4_0 or Q8_0 matrices of one type.</summary>
+    private bool FinishesGateUp(Layer L, int n) =>
+        _finish && n == 1 && L.Gate != null && L.Up!.Type == L.Gate.Type && _mv.CanFinish(L.Gate.Type, _c.Dim, L.Gate.Rows);
 
     /// <summary>Per-head norm of n rows of q or k (Qwen3, Gemma 3), or over each whole row (OLMoE).</summary>
     private void QkNorm(ulong rows, DeviceBuffer w, int heads, int n)

@@ -193,7 +193,7 @@ extern "C" __global__ void softcap(float* x, float c, int total)
 // step: two thread blocks for llama-7b's 11008, each thread 32 activations in turn; leaving the launch out of a step on
 // an H100 gained 5.4 µs a layer with it against 1.5-1.7 µs with this kernel.) Rows are
 // given strides so Phi-3's fused [gate | up] rows work as they are; o may be g (each element is read, then written).
-// act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
+// act: common.cuh's activate. matvec.cu's gate_up_act does the same in the products' epilogue for one token.
 // q not null: o is also quantized to q8_0 for the down projection ([n × cols] blocks; cols % 32 == 0, so a warp's
 // elements are one block of one row).
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
@@ -203,11 +203,7 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
     int t = (int)(i / cols), c = (int)(i % cols);
-    float x = g[t * g_stride + c], a;
-    if (act == 0) a = x / (1.f + expf(-x));
-    else if (act == 1) a = fmaxf(x, 0.f);
-    else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-    float r = a * u[t * u_stride + c];
+    float r = activate(g[t * g_stride + c], act) * u[t * u_stride + c];
     o[t * o_stride + c] = r;
     if (q != nullptr) quantize_block_q8_0(r, i >> 5, q, qd, qs);
 }
@@ -419,14 +415,6 @@ struct KiviSource
     }
 };
 
-// A load that skips L1 (ld.global.cg): what other blocks of this launch wrote.
-__device__ __forceinline__ float ld_l2(const float* p)
-{
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-
 // Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
 // head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
 // of KV head h / (heads / kv_heads); scores s = scale·q·k, capped c·tanh(s/c) where the model caps them, softmax,
@@ -445,6 +433,21 @@ __device__ __forceinline__ float ld_l2(const float* p)
 // A batch's queries (attend_batch_*, U = 1, one block each): thousands of blocks keep the GPU busy; four positions a
 // warp took twice the registers and halved a 2048-token prefill (5304 to 2574 tokens/s, llama-7b Q4_0, f16 KV).
 // q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
+// Dimension d of the block's accumulator: its warps' (wacc), each times its softmax factor f[w].
+__device__ __forceinline__ float block_acc(const float (*wacc)[MAX_HEAD_DIM], const float* f, int d)
+{
+    float sum = 0.f;
+    for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * f[w];
+    return sum;
+}
+
+// out[i] = r, and in q8_0 when q8 is given (every lane of the warp calls it: elements i of one 32-block).
+__device__ __forceinline__ void write_output(float r, float* out, long long i, i8* q8, float* q8d, int* q8s)
+{
+    out[i] = r;
+    if (q8 != nullptr) quantize_block_q8_0(r, i >> 5, q8, q8d, q8s);
+}
+
 template <typename Src, int U>
 __device__ __forceinline__ void attend(const float* q, Src src, float* out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
@@ -554,24 +557,13 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     if (U == 1 || used == 1)
     {
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
-        {
-            float sum = 0.f;
-            for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * f[w];
-            float r = sum / total;
-            out[first_out + d] = r;
-            if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
-        }
+            write_output(block_acc(wacc, f, d) / total, out, first_out + d, q8, q8d, q8s);
         return; // a batch (U = 1) always: the merge below is not compiled into attend_batch_*
     }
     float* all = part + row * splits * STRIDE;
     float* mine = all + split * STRIDE;
     if (threadIdx.x == 0) { mine[0] = mx; mine[1] = total; }
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
-    {
-        float sum = 0.f;
-        for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * f[w];
-        mine[2 + d] = sum;
-    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) mine[2 + d] = block_acc(wacc, f, d);
     __threadfence(); // this split's partial is visible before it counts itself done
     __syncthreads();
     if (threadIdx.x == 0)
@@ -603,8 +595,7 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
         float r = 0.f;
 #pragma unroll
         for (int k = 0; k < 32; k++) if (k < used) r += a[k] * sf[k];
-        out[first_out + d] = r;
-        if (q8 != nullptr) quantize_block_q8_0(r, (first_out + d) >> 5, q8, q8d, q8s);
+        write_output(r, out, first_out + d, q8, q8d, q8s);
     }
 }
 
