@@ -9,7 +9,8 @@ namespace FitLM.Backends.Cuda;
 /// loaded here; every other library name falls through to the runtime's own probing. Loading is explicit (the
 /// callers call <see cref="LoadDriver"/> / <see cref="LoadNvrtc"/> first), so a machine without the libraries gets
 /// a <see cref="FitLMException"/> with one line to act on, never a DllNotFoundException from a first call.
-/// The resolver is the assembly's only one (.NET allows one per assembly).
+/// The resolver is the assembly's only one (.NET allows one per assembly). Names are Linux's or Windows' (nvcuda.dll,
+/// the toolkit's nvrtc64_*/cublas64_* DLLs under %CUDA_PATH%\bin); the calls are the same on both.
 /// </summary>
 internal static class CudaLibraries
 {
@@ -22,17 +23,34 @@ internal static class CudaLibraries
     private static nint s_driver, s_nvrtc, s_cublas;
     private static string? s_nvrtcPath;
 
+    private static readonly bool s_windows = OperatingSystem.IsWindows();
+
+    /// <summary>The driver's library names, in the order they are tried.</summary>
+    internal static string[] DriverNames(bool windows) => windows ? ["nvcuda.dll"] : ["libcuda.so.1", "libcuda.so"];
+
+    /// <summary>NVRTC's names: CUDA 13's, then 12's (the kernels need 12 or later).</summary>
+    internal static string[] NvrtcNames(bool windows) =>
+        windows ? ["nvrtc64_130_0.dll", "nvrtc64_120_0.dll"] : ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+
+    internal static string[] CublasNames(bool windows) =>
+        windows ? ["cublas64_13.dll", "cublas64_12.dll"] : ["libcublas.so.13", "libcublas.so.12", "libcublas.so"];
+
     /// <summary>The sentence a machine without the driver gets.</summary>
-    public const string NoDriver = "no CUDA driver: libcuda.so.1 not found (install the NVIDIA driver; everything else in FitLM runs on the CPU)";
+    public static string NoDriver =>
+        $"no CUDA driver: {DriverNames(s_windows)[0]} not found (install the NVIDIA driver; everything else in FitLM runs on the CPU)";
 
     public static void LoadDriver()
     {
         lock (s_lock)
         {
             if (s_driver != 0) return;
-            if (!NativeLibrary.TryLoad("libcuda.so.1", out s_driver) && !NativeLibrary.TryLoad("libcuda.so", out s_driver))
-                throw new FitLMException(NoDriver);
-            Register();
+            foreach (string name in DriverNames(s_windows))
+                if (NativeLibrary.TryLoad(name, out s_driver))
+                {
+                    Register();
+                    return;
+                }
+            throw new FitLMException(NoDriver);
         }
     }
 
@@ -49,8 +67,10 @@ internal static class CudaLibraries
                 Register();
                 return candidate;
             }
-            throw new FitLMException("no NVRTC: libnvrtc.so.13/.12 not found on the library path, under $CUDA_HOME, $CUDA_PATH, " +
-                "/usr/local/cuda or a Python nvidia-cuda-nvrtc package (install the CUDA toolkit's NVRTC)");
+            throw new FitLMException(s_windows
+                ? "no NVRTC: nvrtc64_130_0.dll/nvrtc64_120_0.dll not found on PATH or under %CUDA_PATH%\\bin (install the CUDA toolkit)"
+                : "no NVRTC: libnvrtc.so.13/.12 not found on the library path, under $CUDA_HOME, $CUDA_PATH, " +
+                  "/usr/local/cuda or a Python nvidia-cuda-nvrtc package (install the CUDA toolkit's NVRTC)");
         }
     }
 
@@ -63,7 +83,7 @@ internal static class CudaLibraries
         lock (s_lock)
         {
             if (s_cublas != 0) return true;
-            foreach (string candidate in Candidates(["libcublas.so.13", "libcublas.so.12", "libcublas.so"], "cublas"))
+            foreach (string candidate in Candidates(CublasNames(s_windows), "cublas", s_windows))
             {
                 if (!NativeLibrary.TryLoad(candidate, out s_cublas)) continue;
                 Register();
@@ -74,13 +94,36 @@ internal static class CudaLibraries
     }
 
     /// <summary>Where NVRTC is looked for, in order: the loader's own search, then the usual toolkit and pip folders.</summary>
-    public static IEnumerable<string> NvrtcCandidates() => Candidates(["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"], "cuda_nvrtc");
+    public static IEnumerable<string> NvrtcCandidates() => Candidates(NvrtcNames(s_windows), "cuda_nvrtc", s_windows);
 
-    /// <summary><paramref name="names"/> for the loader's own search, then in the toolkit folders and pip's nvidia/<paramref name="pipPackage"/>/lib and nvidia/cu13/lib.</summary>
-    private static IEnumerable<string> Candidates(string[] names, string pipPackage)
+    /// <summary>
+    /// <paramref name="names"/> for the loader's own search, then in the toolkit folders: on Windows %CUDA_PATH%\bin\x64
+    /// (CUDA 13) and \bin (12); elsewhere $CUDA_HOME/$CUDA_PATH/lib64, /usr/local/cuda and pip's
+    /// nvidia/<paramref name="pipPackage"/>/lib and nvidia/cu13/lib.
+    /// </summary>
+    private static IEnumerable<string> Candidates(string[] names, string pipPackage, bool windows) =>
+        Candidates(names, pipPackage, windows, Environment.GetEnvironmentVariable("CUDA_PATH"));
+
+    /// <summary>The same, with CUDA_PATH's value given (Windows' only toolkit location).</summary>
+    internal static IEnumerable<string> Candidates(string[] names, string pipPackage, bool windows, string? cudaPath)
     {
         foreach (string n in names) yield return n;
         var dirs = new List<string>();
+        if (windows)
+        {
+            if (cudaPath is { Length: > 0 } cuda)
+            {
+                dirs.Add(Path.Combine(cuda, "bin", "x64"));
+                dirs.Add(Path.Combine(cuda, "bin"));
+            }
+            foreach (string dir in dirs)
+                foreach (string n in names)
+                {
+                    string path = Path.Combine(dir, n);
+                    if (File.Exists(path)) yield return path;
+                }
+            yield break;
+        }
         foreach (string v in new[] { "CUDA_HOME", "CUDA_PATH" })
             if (Environment.GetEnvironmentVariable(v) is { Length: > 0 } root) dirs.Add(Path.Combine(root, "lib64"));
         dirs.Add("/usr/local/cuda/lib64");
