@@ -1,6 +1,5 @@
 using System.CommandLine;
 using FitLM.Backends.Cuda;
-using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Tensors;
 
@@ -67,11 +66,10 @@ internal static class DevicesCommand
     // llama-7b's matrices, then the 8B FFN shape of ../shared/README.md's GPU anchor (llama.cpp's kernels on the same card).
     private static readonly (int Rows, int Cols)[] LlamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096), (14336, 4096), (4096, 14336)];
 
-    // The products that finish their rows: Q4_0 with two rows a warp (rows >= cols) and one, partial rotary (24 of 32
-    // pairs), llama-7b's shapes.
+    // The Q/K/V product with RoPE and the KV store: Q4_0 with two rows a warp (rows >= cols) and one, partial rotary (24
+    // of 32 pairs), llama-7b's shapes.
     private static readonly (int QRows, int KvRows, int Cols, int HeadDim, int Half)[] QkvShapes =
         [(256, 64, 256, 64, 32), (128, 64, 768, 64, 24), (4096, 4096, 4096, 128, 64)];
-    private static readonly (int Rows, int Cols)[] GateUpShapes = [(256, 256), (160, 768), (11008, 4096)];
 
     private static int Check(string[] models)
     {
@@ -132,15 +130,6 @@ internal static class DevicesCommand
                     checks++;
                     if (!ok) failures++;
                     Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{qRows}+2x{kvRows}x{cols}",-13} {"",10} {err,10:E1}  Q, K, V with RoPE ({half} of {headDim / 2} pairs) and the {(kvHalf ? "f16" : "f32")} KV store, one launch  {(ok ? "ok" : "MISMATCH")}");
-                }
-            foreach (var (rows, cols) in GateUpShapes)
-                foreach (var act in new[] { FfnActivation.Silu, FfnActivation.Gelu })
-                {
-                    double err = FinishedProductCheck.GateUpAct(dev, mv, type, rows, cols, act);
-                    bool ok = err <= Tolerance;
-                    checks++;
-                    if (!ok) failures++;
-                    Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{rows}x{cols}",-13} {"",10} {err,10:E1}  gate, up, {act.ToString().ToLowerInvariant()} and q8_0, one launch  {(ok ? "ok" : "MISMATCH")}");
                 }
         }
         Console.WriteLine();

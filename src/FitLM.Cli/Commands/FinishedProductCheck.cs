@@ -1,15 +1,14 @@
 using FitLM.Backends.Cuda;
-using FitLM.Model;
 using FitLM.Runtime;
 using FitLM.Tensors;
 
 namespace FitLM.Cli.Commands;
 
 /// <summary>
-/// `devices --check`'s checks of the one-token products that finish their rows (CudaMatVec.MultiplyQkvRopeStore and
-/// MultiplyGateUpAct): the CPU's products of the same quantized weights, then the CPU's arithmetic of the kernels they
-/// replace (RoPE, the KV cache's write, the gated activation and its q8_0 quantization). Each returns the largest error
-/// relative to the largest |value| of what it compares, or infinity where something must match exactly and does not.
+/// `devices --check`'s check of the one-token Q/K/V product that also does RoPE and the KV store
+/// (CudaMatVec.MultiplyQkvRopeStore): the CPU's products of the same quantized weights, then the CPU's arithmetic of the
+/// kernels it replaces (rope_qk, kv_store_*). It returns the largest error relative to the largest |value| compared, or
+/// infinity where the cache was written outside the token's position.
 /// </summary>
 internal static unsafe class FinishedProductCheck
 {
@@ -58,54 +57,6 @@ internal static unsafe class FinishedProductCheck
             for (int i = 0; i < all.Length; i++)
                 if (i / kvRows != Position && all[i] != 0) return double.PositiveInfinity; // written outside its position
             worst = Math.Max(worst, Error(all.AsSpan(Position * kvRows, kvRows), want));
-        }
-        return worst;
-    }
-
-    /// <summary>
-    /// Gate and up of one token (<paramref name="rows"/> × <paramref name="cols"/> each), o = act(gate)·up, and o in
-    /// q8_0: o against the CPU's, the q8_0 blocks exactly as quantize_q8_0 makes them from the GPU's own o. Launched
-    /// twice (the second launch finds the counts the first one's last blocks reset).
-    /// </summary>
-    public static double GateUpAct(CudaDevice dev, CudaMatVec mv, GgmlType type, int rows, int cols, FfnActivation act)
-    {
-        var x = DevicesCommand.Gaussian(cols, 777, 1f);
-        var (wg, g) = Product(type, rows, cols, x, 401);
-        var (wu, u) = Product(type, rows, cols, x, 402);
-        var o = new float[rows];
-        for (int i = 0; i < rows; i++) o[i] = Activations.Apply(g[i], act) * u[i];
-        using var buffers = new Buffers(dev);
-        ulong dx = buffers.Upload(x), dg = buffers.Weights(type, rows, cols, wg), du = buffers.Weights(type, rows, cols, wu), dout = buffers.Add(4L * rows);
-        double worst = 0;
-        for (int launch = 0; launch < 2; launch++)
-        {
-            if (!mv.MultiplyGateUpAct(type, cols, dx, sameInput: false, dg, du, rows, dout, (int)act, GgmlType.Q8_0)) return double.PositiveInfinity;
-            dev.Synchronize();
-            var go = new float[rows];
-            CudaDevice.DownloadFrom(dout, go.AsSpan());
-            worst = Math.Max(worst, Error(go, o));
-            var (dq, dd, ds) = mv.Current;
-            var q = new sbyte[rows];
-            var d = new float[rows / 32];
-            var s = new int[rows / 32];
-            CudaDevice.DownloadFrom(dq, q.AsSpan());
-            CudaDevice.DownloadFrom(dd, d.AsSpan());
-            CudaDevice.DownloadFrom(ds, s.AsSpan());
-            for (int b = 0; b < rows / 32; b++)
-            {
-                var block = go.AsSpan(b * 32, 32);
-                float amax = 0;
-                foreach (float e in block) amax = MathF.Max(amax, MathF.Abs(e));
-                float id = amax != 0 ? 127f / amax : 0f;
-                int sum = 0;
-                for (int j = 0; j < 32; j++)
-                {
-                    int qi = (int)MathF.Round(block[j] * id);
-                    sum += qi;
-                    if (q[b * 32 + j] != qi) return double.PositiveInfinity;
-                }
-                if (s[b] != sum || d[b] != (float)(Half)(amax / 127f)) return double.PositiveInfinity;
-            }
         }
         return worst;
     }

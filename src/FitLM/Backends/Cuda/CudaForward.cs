@@ -10,9 +10,8 @@ namespace FitLM.Backends.Cuda;
 /// <see cref="Transformer"/> (read that first; this is its ForwardBatch with device addresses), for the dense families
 /// — Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3 — with their biases, Q/K norms, post-norms, soft-capping and sliding
 /// windows. Tokens run in batches of up to MaxBatch; the matrix products take them eight at a time
-/// (<see cref="CudaMatVec"/>), and one token's Q/K/V and gate/up products also do what follows them where they can
-/// (RoPE and the KV store; the gated activation). A decode step (one token) is captured once as a CUDA graph and replayed: the step's
-/// ~16 launches per layer then cost one launch, and what changes between tokens (the position, the embedding) is
+/// (<see cref="CudaMatVec"/>), and one token's Q/K/V product also does RoPE and the KV store where it can. A decode
+/// step (one token) is captured once as a CUDA graph and replayed: the step's ~10 launches per layer then cost one launch, and what changes between tokens (the position, the embedding) is
 /// uploaded before it. The embedding row is looked up on the host (one row read from the file per token).
 /// </summary>
 internal sealed class CudaForward : IDeviceForward
@@ -66,7 +65,7 @@ internal sealed class CudaForward : IDeviceForward
     private readonly int _batch;
     private CudaGraph? _decodeGraph;
     private bool _graphs = Environment.GetEnvironmentVariable("FITLM_CUDA_GRAPHS") != "0";
-    // One-token products that finish their rows (FinishesQkv, FinishesGateUp); FITLM_CUDA_FINISH=0: off, to measure them.
+    // One token's Q/K/V product doing RoPE and the KV store too (FinishesQkv); FITLM_CUDA_FINISH=0: off, to measure it.
     private readonly bool _finish = Environment.GetEnvironmentVariable("FITLM_CUDA_FINISH") != "0";
 
     public string Description { get; }
@@ -447,8 +446,7 @@ internal sealed class CudaForward : IDeviceForward
 
     private bool UsesGemm(DeviceMatrix w, int n) => _gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type);
 
-    /// <summary>Where the kernel writing X [n × cols] at <paramref name="x"/> also writes it in q8_0 for <paramref name="reader"/>'s product, or null (cuBLAS reads X, or the product quantizes it itself).
-    /// Asked right before that kernel's launch: it makes the other of CudaMatVec's two scratches current.</summary>
+    /// <summary>Where the kernel writing X [n × cols] at <paramref name="x"/> also writes it in q8_0 for <paramref name="reader"/>'s product, or null (cuBLAS reads X, or the product quantizes it itself).</summary>
     private QuantizedX? QuantizedFor(DeviceMatrix reader, ulong x, int cols, int n) => UsesGemm(reader, n) ? null : _mv.FusedTarget(reader.Type, x, cols, n);
 
     /// <summary>
@@ -564,18 +562,10 @@ internal sealed class CudaForward : IDeviceForward
             {
                 int ffn = L.Gate!.Rows;
                 bool quantized = Norm(x, xb2, L.FfnNorm, xb, n, L.Gate);
-                bool activated;
-                if (FinishesGateUp(L, n))
-                    activated = _mv.MultiplyGateUpAct(L.Gate.Type, dim, xb, quantized, wb + (ulong)L.Gate.Offset, wb + (ulong)L.Up!.Offset, ffn,
-                        _hb.Pointer, (int)c.Activation, UsesGemm(L.Down, n) ? null : L.Down.Type);
-                else
-                {
-                    MultiplyTogether(wb, xb, n, quantized, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
-                    var target = QuantizedFor(L.Down, _hb.Pointer, ffn, n);
-                    k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation, target);
-                    activated = target != null;
-                }
-                Multiply(wb, L.Down, _hb.Pointer, xb2, n, activated);
+                MultiplyTogether(wb, xb, n, quantized, L.Gate, _hb.Pointer, L.Up!, _hb2.Pointer);
+                var activated = QuantizedFor(L.Down, _hb.Pointer, ffn, n);
+                k.GateAct(_hb.Pointer, ffn, _hb2.Pointer, ffn, _hb.Pointer, ffn, ffn, n, (int)c.Activation, activated);
+                Multiply(wb, L.Down, _hb.Pointer, xb2, n, activated != null);
             }
             if (L.PostFfnNorm != null) k.RmsNorm(xb2, L.PostFfnNorm.Pointer, xb2, n, dim, c.RmsEps);
             residual = xb2; // added by the next layer's first norm
@@ -593,12 +583,7 @@ internal sealed class CudaForward : IDeviceForward
     private bool FinishesQkv(Layer L, int n) =>
         _finish && n == 1 && _segmentCount == 1 && L.Wq != null && L.Wk!.Type == L.Wq.Type && L.Wv!.Type == L.Wq.Type &&
         L.Bq == null && L.Bk == null && L.Bv == null && L.QNorm == null && L.KNorm == null && !L.Rope.Neox && !_kv.IsKivi &&
-        _mv.CanFinish(L.Wq.Type, _c.Dim, L.Wq.Rows, L.Wk.Rows);
-
-    /// <summary>Whether layer <paramref name="L"/>'s gate and up product for n rows also does the gated activation
-    /// (<see cref="CudaMatVec.MultiplyGateUpAct"/>): one token, separate Q4_0 or Q8_0 matrices of one type.</summary>
-    private bool FinishesGateUp(Layer L, int n) =>
-        _finish && n == 1 && L.Gate != null && L.Up!.Type == L.Gate.Type && _mv.CanFinish(L.Gate.Type, _c.Dim, L.Gate.Rows);
+        _mv.CanFinishQkv(L.Wq.Type, _c.Dim, L.Wq.Rows, L.Wk.Rows);
 
     /// <summary>Per-head norm of n rows of q or k (Qwen3, Gemma 3), or over each whole row (OLMoE).</summary>
     private void QkNorm(ulong rows, DeviceBuffer w, int heads, int n)

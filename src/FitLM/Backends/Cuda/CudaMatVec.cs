@@ -24,19 +24,13 @@ internal sealed unsafe class CudaMatVec : IDisposable
     private readonly nint _quantizeQ8_0, _quantizeQ8_K;
     // Q4_0's one-token product with two rows a warp (matvec2_q4_0_q8), for matrices with at least as many rows as columns.
     private readonly nint _q4_0TwoRows;
-    // The one-token products that finish their rows (matvec.cu's "finished rows"), by weight type: one row a warp, and
-    // Q4_0's two (chosen as for the plain product).
-    private readonly Dictionary<GgmlType, (nint QkvRope, nint GateUpAct)> _finished = [];
-    private readonly (nint QkvRope, nint GateUpAct) _finishedQ4_0TwoRows;
-    // gate_up_act's count per 32-block of its output (zero between launches: the last block of each zeroes its own).
-    private readonly DeviceBuffer? _groupCounts;
-    // x quantized for the integer kernels (BatchTokens × MaxCols), twice: the int8 values, the blocks' scales, and
-    // q8_0's block sums or q8_K's sums of each 16 (the larger: one int per 16 values). Products read the current one; a
-    // kernel that quantizes what it writes (FusedTarget) writes the other, which then becomes current, so a product
-    // that quantizes its own output (gate_up_act) never overwrites the x it is still reading.
-    private readonly QuantizedX[] _scratch = new QuantizedX[2];
-    private readonly List<DeviceBuffer> _scratchBuffers = [];
-    private int _current;
+    // The one-token Q/K/V products that also do RoPE and the KV store (matvec.cu's "finished rows"), by weight type,
+    // and Q4_0's with two rows a warp (chosen as for the plain product).
+    private readonly Dictionary<GgmlType, nint> _qkvRope = [];
+    private readonly nint _qkvRopeQ4_0TwoRows;
+    // x quantized for the integer kernels (BatchTokens × MaxCols): the int8 values, the blocks' scales, and q8_0's block
+    // sums or q8_K's sums of each 16 (the larger: one int per 16 values).
+    private readonly DeviceBuffer? _xq, _xd, _xs;
     private ulong _quantizedX;
     private bool _quantizedK;
     private int _quantizedCols, _quantizedTokens;
@@ -74,21 +68,16 @@ internal sealed unsafe class CudaMatVec : IDisposable
             else _functions[t] = (module.Function("matvec_" + name), module.Function("matmul8_" + name));
         }
         _q4_0TwoRows = module.Function("matvec2_q4_0_q8");
-        foreach (var t in FinishedTypes)
-        {
-            string name = GgmlTypes.Name(t).ToLowerInvariant();
-            _finished[t] = (module.Function("qkv_rope_" + name), module.Function("gate_up_act_" + name));
-        }
-        _finishedQ4_0TwoRows = (module.Function("qkv_rope_2_q4_0"), module.Function("gate_up_act_2_q4_0"));
+        foreach (var t in FinishedTypes) _qkvRope[t] = module.Function("qkv_rope_" + GgmlTypes.Name(t).ToLowerInvariant());
+        _qkvRopeQ4_0TwoRows = module.Function("qkv_rope_2_q4_0");
         _quantizeQ8_0 = module.Function("quantize_q8_0");
         _quantizeQ8_K = module.Function("quantize_q8_k");
         MaxCols = (maxCols + 31) / 32 * 32;
         if (MaxCols > 0)
         {
-            for (int i = 0; i < 2; i++)
-                _scratch[i] = new QuantizedX(Own((long)BatchTokens * MaxCols), Own((long)BatchTokens * MaxCols / 32 * 4), Own((long)BatchTokens * MaxCols / 16 * 4));
-            _groupCounts = device.Allocate(MaxCols / 32 * 4);
-            CudaDevice.UploadTo<int>(_groupCounts.Pointer, new int[MaxCols / 32]);
+            _xq = device.Allocate((long)BatchTokens * MaxCols);
+            _xd = device.Allocate((long)BatchTokens * MaxCols / 32 * 4);
+            _xs = device.Allocate((long)BatchTokens * MaxCols / 16 * 4);
         }
     }
 
@@ -96,32 +85,23 @@ internal sealed unsafe class CudaMatVec : IDisposable
     /// Where to write X [n × cols] at <paramref name="x"/> in q8_0 for the product of <paramref name="consumer"/>'s
     /// type that reads it next, or null. Not null when that product quantizes x to q8_0 (Q4_0, Q8_0) in one launch (n ≤
     /// 8): the kernel that writes X then writes this too (a decode step saves a launch per product; the values are
-    /// quantize_q8_0's), and the product, given sameInput, reads it instead of quantizing X again. It is the scratch
-    /// the last product did not read, made current: ask right before the launch of the kernel that writes X.
+    /// quantize_q8_0's), and the product, given sameInput, reads it instead of quantizing X again.
     /// </summary>
     public QuantizedX? FusedTarget(GgmlType consumer, ulong x, int cols, int n)
     {
-        if (!QuantizesActivations(consumer) || UsesQ8_K(consumer) || n > BatchTokens || cols > MaxCols || cols % 32 != 0 || MaxCols == 0) return null;
-        _current ^= 1;
+        if (!QuantizesActivations(consumer) || UsesQ8_K(consumer) || n > BatchTokens || cols > MaxCols || cols % 32 != 0 || _xq == null) return null;
         _quantizedK = false;
         _quantizedX = x;
         _quantizedCols = cols;
         _quantizedTokens = n;
-        return _scratch[_current];
+        return new QuantizedX(_xq.Pointer, _xd!.Pointer, _xs!.Pointer);
     }
 
     /// <summary>Device bytes of the quantized-x scratch for x up to <paramref name="maxCols"/> wide (eight tokens: int8 values, scales, sums).</summary>
     public static long ScratchBytes(int maxCols)
     {
         long cols = (maxCols + 31) / 32 * 32;
-        return 2 * BatchTokens * (cols + cols / 32 * 4 + cols / 16 * 4) + cols / 32 * 4;
-    }
-
-    private ulong Own(long bytes)
-    {
-        var b = _device.Allocate(bytes);
-        _scratchBuffers.Add(b);
-        return b.Pointer;
+        return BatchTokens * (cols + cols / 32 * 4 + cols / 16 * 4);
     }
 
     /// <summary>The embedded kernel source (or FITLM_CUDA_SOURCE's, <see cref="KernelModule.Source"/>).</summary>
@@ -186,74 +166,36 @@ internal sealed unsafe class CudaMatVec : IDisposable
             throw new FitLMException($"cuda matvec: a {type} row of {cols} elements does not fit {rowBytes} bytes in whole blocks");
     }
 
-    /// <summary>The quantized x the next product reads (the last one quantized, or written by a kernel through <see cref="FusedTarget"/>).</summary>
-    internal QuantizedX Current => _scratch[_current];
-
-    /// <summary>The weight types whose one-token products can finish their rows (<see cref="MultiplyQkvRopeStore"/>, <see cref="MultiplyGateUpAct"/>).</summary>
+    /// <summary>The weight types whose one-token Q/K/V products can also do RoPE and the KV store (<see cref="MultiplyQkvRopeStore"/>).</summary>
     public static readonly GgmlType[] FinishedTypes = [GgmlType.Q4_0, GgmlType.Q8_0];
 
     /// <summary>
-    /// Whether one token's product of <paramref name="type"/> with <paramref name="rowCounts"/> rows per matrix over
-    /// cols columns can finish its rows in the launch: Q4_0 or Q8_0, x within the scratch, and every matrix a whole
-    /// number of the kernel's thread blocks (32 rows: quantizing the activation needs whole q8_0 blocks anyway).
+    /// Whether one token's Q/K/V product of <paramref name="type"/> with <paramref name="qRows"/> and
+    /// <paramref name="kvRows"/> rows over <paramref name="cols"/> columns can also do RoPE and the KV store: Q4_0 or
+    /// Q8_0, x within the scratch, and each matrix a whole number of the kernel's thread blocks (multiples of 32 rows).
     /// </summary>
-    public bool CanFinish(GgmlType type, int cols, params ReadOnlySpan<int> rowCounts)
-    {
-        if (Array.IndexOf(FinishedTypes, type) < 0 || MaxCols == 0 || cols > MaxCols || cols % 32 != 0) return false;
-        foreach (int r in rowCounts)
-            if (r <= 0 || r % 32 != 0) return false;
-        return true;
-    }
+    public bool CanFinishQkv(GgmlType type, int cols, int qRows, int kvRows) =>
+        Array.IndexOf(FinishedTypes, type) >= 0 && _xq != null && cols <= MaxCols && cols % 32 == 0 &&
+        qRows > 0 && qRows % 32 == 0 && kvRows > 0 && kvRows % 32 == 0;
 
     /// <summary>
-    /// One token's Q, K and V (<paramref name="type"/>, x quantized already unless it is not <paramref name="sameInput"/>),
-    /// RoPE of the queries into <paramref name="q"/> and of the keys (interleaved pairs, <paramref name="half"/> of them a
-    /// head, tables at <paramref name="cos"/>/<paramref name="sin"/>), and the keys and values written into one layer's
-    /// dense cache at position *<paramref name="pos0"/>: rope_qk, kv_store_* and the product in one launch.
-    /// Requires <see cref="CanFinish"/>.
+    /// One token's Q, K and V (<paramref name="type"/>; x quantized already when <paramref name="sameInput"/>), RoPE of
+    /// the queries into <paramref name="q"/> and of the keys (interleaved pairs, <paramref name="half"/> of them a head,
+    /// tables at <paramref name="cos"/>/<paramref name="sin"/>), and the keys and values written into one layer's dense
+    /// cache at position *<paramref name="pos0"/>: the product, rope_qk and kv_store_* in one launch. Requires
+    /// <see cref="CanFinishQkv"/>.
     /// </summary>
     public void MultiplyQkvRopeStore(GgmlType type, int cols, ulong x, bool sameInput, (ulong W, int Rows) wq, ulong wk, ulong wv, int kvRows,
         ulong q, ulong cos, ulong sin, ulong pos0, int headDim, int half, ulong kCache, ulong vCache, bool kvHalf)
     {
-        bool twoRows = QuantizeOne(type, cols, x, sameInput, wq.Rows);
-        nint f = twoRows ? _finishedQ4_0TwoRows.QkvRope : _finished[type].QkvRope;
-        var (xq, xd, xs) = _scratch[_current];
-        ulong w0 = wq.W;
-        int qRows = wq.Rows, half16 = kvHalf ? 1 : 0;
-        void** args = stackalloc void*[] { &w0, &wk, &wv, &qRows, &kvRows, &cols, &xq, &xd, &xs, &q, &cos, &sin, &pos0, &headDim, &half, &kCache, &vCache, &half16 };
-        int perBlock = IntegerWarps * (twoRows ? 2 : 1);
-        _device.Launch(f, (uint)((qRows + 2 * kvRows) / perBlock), 32 * IntegerWarps, 0, args);
-    }
-
-    /// <summary>
-    /// One token's gate and up (<paramref name="rows"/> each), then o = act(gate) ⊙ up (<paramref name="activation"/>:
-    /// FfnActivation), also in q8_0 for the product of <paramref name="reader"/>'s type that reads o next where that takes
-    /// it (<see cref="FusedTarget"/>; null: cuBLAS reads o; true: that product then gets sameInput): the product and
-    /// gate_act in one launch.
-    /// Requires <see cref="CanFinish"/>.
-    /// </summary>
-    public bool MultiplyGateUpAct(GgmlType type, int cols, ulong x, bool sameInput, ulong gate, ulong up, int rows, ulong o, int activation,
-        GgmlType? reader)
-    {
-        bool twoRows = QuantizeOne(type, cols, x, sameInput, rows);
-        nint f = twoRows ? _finishedQ4_0TwoRows.GateUpAct : _finished[type].GateUpAct;
-        var (xq, xd, xs) = _scratch[_current]; // x, before FusedTarget makes the other scratch current for o
-        ulong counts = _groupCounts!.Pointer;
-        var quantized = reader is { } r ? FusedTarget(r, o, rows, 1) : null;
-        var (q8, q8d, q8s) = quantized ?? default;
-        void** args = stackalloc void*[] { &gate, &up, &rows, &cols, &xq, &xd, &xs, &o, &activation, &q8, &q8d, &q8s, &counts };
-        int outputsPerBlock = IntegerWarps / 2 * (twoRows ? 2 : 1);
-        _device.Launch(f, (uint)(rows / outputsPerBlock), 32 * IntegerWarps, 0, args);
-        return quantized != null;
-    }
-
-    /// <summary>One token's x in q8_0 in the scratch (unless already there); whether the product takes two rows a warp (<see cref="MultiplyInteger"/>'s rule).</summary>
-    private bool QuantizeOne(GgmlType type, int cols, ulong x, bool sameInput, int rows)
-    {
         Validate(type, GgmlTypes.RowBytes(type, cols), cols);
         if (!(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK))
             Quantize(false, x, cols, 1);
-        return type == GgmlType.Q4_0 && rows >= cols;
+        bool twoRows = type == GgmlType.Q4_0 && wq.Rows >= cols; // MultiplyInteger's rule
+        ulong xq = _xq!.Pointer, xd = _xd!.Pointer, xs = _xs!.Pointer, w0 = wq.W;
+        int qRows = wq.Rows, f16 = kvHalf ? 1 : 0;
+        void** args = stackalloc void*[] { &w0, &wk, &wv, &qRows, &kvRows, &cols, &xq, &xd, &xs, &q, &cos, &sin, &pos0, &headDim, &half, &kCache, &vCache, &f16 };
+        _device.Launch(twoRows ? _qkvRopeQ4_0TwoRows : _qkvRope[type], (uint)((qRows + 2 * kvRows) / (IntegerWarps * (twoRows ? 2 : 1))), 32 * IntegerWarps, 0, args);
     }
 
     /// <summary>Per eight tokens: X's rows quantized in the scratch, then one launch over all three matrices' rows.</summary>
@@ -281,7 +223,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
     /// <summary>X's rows to q8_K (one warp per 256-block) or q8_0 (one warp per 32-block) in the scratch.</summary>
     private void Quantize(bool q8K, ulong x, int cols, int tokens)
     {
-        var (q, d, s) = _scratch[_current];
+        ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
         long blocks = (long)tokens * cols / (q8K ? 256 : 32);
         void** args = stackalloc void*[] { &x, &blocks, &q, &d, &s };
         _device.Launch(q8K ? _quantizeQ8_K : _quantizeQ8_0, (uint)((blocks * 32 + 255) / 256), 256, 0, args);
@@ -295,7 +237,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
     private void LaunchInteger(nint function, int rowsPerWarp, int cols, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
         (ulong W, int Rows, ulong Y) c)
     {
-        var (q, d, s) = _scratch[_current];
+        ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
         ulong w0 = a.W, w1 = b.W, w2 = c.W, y0 = a.Y, y1 = b.Y, y2 = c.Y;
         int r0 = a.Rows, r1 = b.Rows, r2 = c.Rows, perBlock = IntegerWarps * rowsPerWarp;
         uint grid = (uint)((r0 + perBlock - 1) / perBlock + (r1 + perBlock - 1) / perBlock + (r2 + perBlock - 1) / perBlock);
@@ -305,8 +247,8 @@ internal sealed unsafe class CudaMatVec : IDisposable
 
     public void Dispose()
     {
-        foreach (var b in _scratchBuffers) b.Dispose();
-        _scratchBuffers.Clear();
-        _groupCounts?.Dispose();
+        _xq?.Dispose();
+        _xd?.Dispose();
+        _xs?.Dispose();
     }
 }

@@ -119,20 +119,3 @@ __device__ __forceinline__ void quantize_own_block_q8_0(const float4* v, long lo
     d[b] = half_to_float(float_to_half(amax / 127.f));
     s[b] = sum;
 }
-
-// A load that skips L1 (ld.global.cg): what other blocks of this launch wrote (a split's partial softmax, a group of
-// activations), fenced by them before they counted themselves done.
-__device__ __forceinline__ float ld_l2(const float* p)
-{
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-
-// The gated FFN's activation of x (Activations.Apply): 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
-__device__ __forceinline__ float activate(float x, int act)
-{
-    if (act == 0) return x / (1.f + expf(-x));
-    if (act == 1) return fmaxf(x, 0.f);
-    return 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-}

@@ -193,7 +193,7 @@ extern "C" __global__ void softcap(float* x, float c, int total)
 // step: two thread blocks for llama-7b's 11008, each thread 32 activations in turn; leaving the launch out of a step on
 // an H100 gained 5.4 µs a layer with it against 1.5-1.7 µs with this kernel.) Rows are
 // given strides so Phi-3's fused [gate | up] rows work as they are; o may be g (each element is read, then written).
-// act: common.cuh's activate. matvec.cu's gate_up_act does the same in the products' epilogue for one token.
+// act: 0 silu, 1 relu, 2 gelu (tanh form), the order of FfnActivation.
 // q not null: o is also quantized to q8_0 for the down projection ([n × cols] blocks; cols % 32 == 0, so a warp's
 // elements are one block of one row).
 extern "C" __global__ void gate_act(const float* g, long long g_stride, const float* u, long long u_stride, float* o,
@@ -203,7 +203,11 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
     int t = (int)(i / cols), c = (int)(i % cols);
-    float r = activate(g[t * g_stride + c], act) * u[t * u_stride + c];
+    float x = g[t * g_stride + c], a;
+    if (act == 0) a = x / (1.f + expf(-x));
+    else if (act == 1) a = fmaxf(x, 0.f);
+    else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+    float r = a * u[t * u_stride + c];
     o[t * o_stride + c] = r;
     if (q != nullptr) quantize_block_q8_0(r, i >> 5, q, qd, qs);
 }
@@ -414,6 +418,14 @@ struct KiviSource
         return half_to_float(vr[((long long)(t % ring) * KIVI_GROUP + i) * kv_dim + d]);
     }
 };
+
+// A load that skips L1 (ld.global.cg): what other blocks of this launch wrote.
+__device__ __forceinline__ float ld_l2(const float* p)
+{
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
 
 // Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
 // head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
