@@ -66,11 +66,6 @@ internal static class DevicesCommand
     // llama-7b's matrices, then the 8B FFN shape of ../shared/README.md's GPU anchor (llama.cpp's kernels on the same card).
     private static readonly (int Rows, int Cols)[] LlamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096), (14336, 4096), (4096, 14336)];
 
-    // The Q/K/V product with RoPE and the KV store: Q4_0 with two rows a warp (rows >= cols) and one, partial rotary (24
-    // of 32 pairs), llama-7b's shapes.
-    private static readonly (int QRows, int KvRows, int Cols, int HeadDim, int Half)[] QkvShapes =
-        [(256, 64, 256, 64, 32), (128, 64, 768, 64, 24), (4096, 4096, 4096, 128, 64)];
-
     private static int Check(string[] models)
     {
         using var dev = CudaDevice.Open(0);
@@ -119,18 +114,6 @@ internal static class DevicesCommand
                     }
                 }
             }
-        }
-        foreach (var type in CudaMatVec.FinishedTypes)
-        {
-            foreach (var (qRows, kvRows, cols, headDim, half) in QkvShapes)
-                foreach (bool kvHalf in new[] { false, true })
-                {
-                    double err = FinishedProductCheck.QkvRopeStore(dev, mv, type, qRows, kvRows, cols, headDim, half, kvHalf);
-                    bool ok = err <= Tolerance;
-                    checks++;
-                    if (!ok) failures++;
-                    Console.WriteLine($"{GgmlTypes.Name(type),-5} {$"{qRows}+2x{kvRows}x{cols}",-13} {"",10} {err,10:E1}  Q, K, V with RoPE ({half} of {headDim / 2} pairs) and the {(kvHalf ? "f16" : "f32")} KV store, one launch  {(ok ? "ok" : "MISMATCH")}");
-                }
         }
         Console.WriteLine();
         Console.WriteLine(failures == 0 ? $"check passed: {checks} kernels and shapes" : $"check failed: {failures} of {checks} kernels and shapes");
@@ -283,7 +266,7 @@ internal static class DevicesCommand
     }
 
     /// <summary>n values of a normal distribution with standard deviation <paramref name="scale"/>.</summary>
-    internal static float[] Gaussian(int n, int seed, float scale)
+    private static float[] Gaussian(int n, int seed, float scale)
     {
         var rng = new SplitMixNormal((ulong)seed);
         var a = new float[n];
@@ -292,7 +275,7 @@ internal static class DevicesCommand
     }
 
     /// <summary>Weight-like rows (as the kernel tests make them): Gaussian, a per-row scale from 1e-3 to 10, a few outliers.</summary>
-    internal static float[] WeightRows(int rows, int cols, int seed)
+    private static float[] WeightRows(int rows, int cols, int seed)
     {
         var w = new float[(long)rows * cols];
         Parallel.For(0, rows, r =>

@@ -10,8 +10,8 @@ namespace FitLM.Backends.Cuda;
 /// <see cref="Transformer"/> (read that first; this is its ForwardBatch with device addresses), for the dense families
 /// — Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3 — with their biases, Q/K norms, post-norms, soft-capping and sliding
 /// windows. Tokens run in batches of up to MaxBatch; the matrix products take them eight at a time
-/// (<see cref="CudaMatVec"/>), and one token's Q/K/V product also does RoPE and the KV store where it can. A decode
-/// step (one token) is captured once as a CUDA graph and replayed: the step's ~10 launches per layer then cost one launch, and what changes between tokens (the position, the embedding) is
+/// (<see cref="CudaMatVec"/>). A decode step (one token) is captured once as a CUDA graph and replayed: the step's
+/// ~16 launches per layer then cost one launch, and what changes between tokens (the position, the embedding) is
 /// uploaded before it. The embedding row is looked up on the host (one row read from the file per token).
 /// </summary>
 internal sealed class CudaForward : IDeviceForward
@@ -65,8 +65,6 @@ internal sealed class CudaForward : IDeviceForward
     private readonly int _batch;
     private CudaGraph? _decodeGraph;
     private bool _graphs = Environment.GetEnvironmentVariable("FITLM_CUDA_GRAPHS") != "0";
-    // One token's Q/K/V product doing RoPE and the KV store too (FinishesQkv); FITLM_CUDA_FINISH=0: off, to measure it.
-    private readonly bool _finish = Environment.GetEnvironmentVariable("FITLM_CUDA_FINISH") != "0";
 
     public string Description { get; }
     public long DeviceBytes { get; }
@@ -498,7 +496,6 @@ internal sealed class CudaForward : IDeviceForward
             var L = _layers[l];
             ulong wb = L.StreamIndex < 0 ? L.Resident!.Pointer : _streamer!.Begin(L.StreamIndex);
             // Attention block.
-            bool finished = FinishesQkv(L, n);
             if (L.Wqkv != null)
             {
                 int width = c.QDim + 2 * c.KvDim;
@@ -507,15 +504,6 @@ internal sealed class CudaForward : IDeviceForward
                 k.CopyColumns(_qkv.Pointer, width, 0, q, c.QDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim, kk, c.KvDim, n);
                 k.CopyColumns(_qkv.Pointer, width, c.QDim + c.KvDim, v, c.KvDim, n);
-            }
-            else if (finished)
-            {
-                // One token's Q, K, V, RoPE and KV store in one launch (CudaMatVec.MultiplyQkvRopeStore).
-                bool quantized = Norm(x, residual, L.AttnNorm, xb, n, L.Wq!);
-                var (slot, _, _) = _segments[0];
-                _mv.MultiplyQkvRopeStore(L.Wq!.Type, dim, xb, quantized, (wb + (ulong)L.Wq.Offset, L.Wq.Rows), wb + (ulong)L.Wk!.Offset,
-                    wb + (ulong)L.Wv!.Offset, c.KvDim, q, L.Rope.Cos.Pointer, L.Rope.Sin.Pointer, pos, c.HeadDim, L.Rope.Half,
-                    L.KCache.Pointer + (ulong)(slot * _kv.KeyBytes), L.VCache.Pointer + (ulong)(slot * _kv.ValueBytes), _kv.Half);
             }
             else
             {
@@ -538,11 +526,8 @@ internal sealed class CudaForward : IDeviceForward
                 ulong sq = q + (ulong)(4L * row * c.QDim), sk = kk + (ulong)(4L * row * c.KvDim), sv = v + (ulong)(4L * row * c.KvDim);
                 ulong kc = L.KCache.Pointer + (ulong)(slot * _kv.KeyBytes), vc = L.VCache.Pointer + (ulong)(slot * _kv.ValueBytes);
                 ulong sp = pos + (ulong)(4L * s);
-                if (!finished)
-                {
-                    k.RopeQk(sq, sk, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
-                    k.KvStore(_kv, sk, sv, kc, vc, m, sp);
-                }
+                k.RopeQk(sq, sk, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.KvHeads, c.HeadDim, r.Half, r.Neox, sp);
+                k.KvStore(_kv, sk, sv, kc, vc, m, sp);
                 k.Attend(_kv, sq, kc, vc, xb + (ulong)(4L * row * c.QDim), m, c.Heads, scale, c.AttentionSoftcap, L.Window, sp, attended?.At(row, c.QDim));
             }
             Multiply(wb, L.Wo, xb, xb2, n, attended != null);
@@ -573,17 +558,6 @@ internal sealed class CudaForward : IDeviceForward
         }
         if (residual != 0) k.Add(x, residual, n * dim);
     }
-
-    /// <summary>
-    /// Whether layer <paramref name="L"/>'s Q, K and V product for n rows also does RoPE and the KV store
-    /// (<see cref="CudaMatVec.MultiplyQkvRopeStore"/>): one token of one sequence, separate Q4_0 or Q8_0 matrices of one
-    /// type with nothing between the product and RoPE (no biases, no Q/K norms), interleaved RoPE pairs (which one thread
-    /// block's rows hold) and a dense KV cache (f32, f16). FITLM_CUDA_FINISH=0 turns it off, to measure what it gains.
-    /// </summary>
-    private bool FinishesQkv(Layer L, int n) =>
-        _finish && n == 1 && _segmentCount == 1 && L.Wq != null && L.Wk!.Type == L.Wq.Type && L.Wv!.Type == L.Wq.Type &&
-        L.Bq == null && L.Bk == null && L.Bv == null && L.QNorm == null && L.KNorm == null && !L.Rope.Neox && !_kv.IsKivi &&
-        _mv.CanFinishQkv(L.Wq.Type, _c.Dim, L.Wq.Rows, L.Wk.Rows);
 
     /// <summary>Per-head norm of n rows of q or k (Qwen3, Gemma 3), or over each whole row (OLMoE).</summary>
     private void QkNorm(ulong rows, DeviceBuffer w, int heads, int n)

@@ -24,10 +24,6 @@ internal sealed unsafe class CudaMatVec : IDisposable
     private readonly nint _quantizeQ8_0, _quantizeQ8_K;
     // Q4_0's one-token product with two rows a warp (matvec2_q4_0_q8), for matrices with at least as many rows as columns.
     private readonly nint _q4_0TwoRows;
-    // The one-token Q/K/V products that also do RoPE and the KV store (matvec.cu's "finished rows"), by weight type,
-    // and Q4_0's with two rows a warp (chosen as for the plain product).
-    private readonly Dictionary<GgmlType, nint> _qkvRope = [];
-    private readonly nint _qkvRopeQ4_0TwoRows;
     // x quantized for the integer kernels (BatchTokens × MaxCols): the int8 values, the blocks' scales, and q8_0's block
     // sums or q8_K's sums of each 16 (the larger: one int per 16 values).
     private readonly DeviceBuffer? _xq, _xd, _xs;
@@ -68,8 +64,6 @@ internal sealed unsafe class CudaMatVec : IDisposable
             else _functions[t] = (module.Function("matvec_" + name), module.Function("matmul8_" + name));
         }
         _q4_0TwoRows = module.Function("matvec2_q4_0_q8");
-        foreach (var t in FinishedTypes) _qkvRope[t] = module.Function("qkv_rope_" + GgmlTypes.Name(t).ToLowerInvariant());
-        _qkvRopeQ4_0TwoRows = module.Function("qkv_rope_2_q4_0");
         _quantizeQ8_0 = module.Function("quantize_q8_0");
         _quantizeQ8_K = module.Function("quantize_q8_k");
         MaxCols = (maxCols + 31) / 32 * 32;
@@ -164,38 +158,6 @@ internal sealed unsafe class CudaMatVec : IDisposable
         if (!Supports(type)) throw new FitLMException($"cuda matvec: unsupported tensor type {type}");
         if (cols % GgmlTypes.BlockSize(type) != 0 || rowBytes < GgmlTypes.RowBytes(type, cols))
             throw new FitLMException($"cuda matvec: a {type} row of {cols} elements does not fit {rowBytes} bytes in whole blocks");
-    }
-
-    /// <summary>The weight types whose one-token Q/K/V products can also do RoPE and the KV store (<see cref="MultiplyQkvRopeStore"/>).</summary>
-    public static readonly GgmlType[] FinishedTypes = [GgmlType.Q4_0, GgmlType.Q8_0];
-
-    /// <summary>
-    /// Whether one token's Q/K/V product of <paramref name="type"/> with <paramref name="qRows"/> and
-    /// <paramref name="kvRows"/> rows over <paramref name="cols"/> columns can also do RoPE and the KV store: Q4_0 or
-    /// Q8_0, x within the scratch, and each matrix a whole number of the kernel's thread blocks (multiples of 32 rows).
-    /// </summary>
-    public bool CanFinishQkv(GgmlType type, int cols, int qRows, int kvRows) =>
-        Array.IndexOf(FinishedTypes, type) >= 0 && _xq != null && cols <= MaxCols && cols % 32 == 0 &&
-        qRows > 0 && qRows % 32 == 0 && kvRows > 0 && kvRows % 32 == 0;
-
-    /// <summary>
-    /// One token's Q, K and V (<paramref name="type"/>; x quantized already when <paramref name="sameInput"/>), RoPE of
-    /// the queries into <paramref name="q"/> and of the keys (interleaved pairs, <paramref name="half"/> of them a head,
-    /// tables at <paramref name="cos"/>/<paramref name="sin"/>), and the keys and values written into one layer's dense
-    /// cache at position *<paramref name="pos0"/>: the product, rope_qk and kv_store_* in one launch. Requires
-    /// <see cref="CanFinishQkv"/>.
-    /// </summary>
-    public void MultiplyQkvRopeStore(GgmlType type, int cols, ulong x, bool sameInput, (ulong W, int Rows) wq, ulong wk, ulong wv, int kvRows,
-        ulong q, ulong cos, ulong sin, ulong pos0, int headDim, int half, ulong kCache, ulong vCache, bool kvHalf)
-    {
-        Validate(type, GgmlTypes.RowBytes(type, cols), cols);
-        if (!(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK))
-            Quantize(false, x, cols, 1);
-        bool twoRows = type == GgmlType.Q4_0 && wq.Rows >= cols; // MultiplyInteger's rule
-        ulong xq = _xq!.Pointer, xd = _xd!.Pointer, xs = _xs!.Pointer, w0 = wq.W;
-        int qRows = wq.Rows, f16 = kvHalf ? 1 : 0;
-        void** args = stackalloc void*[] { &w0, &wk, &wv, &qRows, &kvRows, &cols, &xq, &xd, &xs, &q, &cos, &sin, &pos0, &headDim, &half, &kCache, &vCache, &f16 };
-        _device.Launch(twoRows ? _qkvRopeQ4_0TwoRows : _qkvRope[type], (uint)((qRows + 2 * kvRows) / (IntegerWarps * (twoRows ? 2 : 1))), 32 * IntegerWarps, 0, args);
     }
 
     /// <summary>Per eight tokens: X's rows quantized in the scratch, then one launch over all three matrices' rows.</summary>

@@ -114,9 +114,6 @@ public sealed class KernelCacheTests : IDisposable
             }
             else Assert.Contains($"ENTRY({name}, ", source, StringComparison.Ordinal);
         }
-        foreach (var t in CudaMatVec.FinishedTypes)
-            Assert.Contains($"FINISHED_ENTRIES({FitLM.Tensors.GgmlTypes.Name(t).ToLowerInvariant()}, ", source, StringComparison.Ordinal);
-        Assert.Contains("FINISHED_ENTRIES(2_q4_0, ", source, StringComparison.Ordinal);
         string forward = KernelModule.Source("forward.cu");
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", forward);
         foreach (string kernel in new[] { "add_bias", "add", "softcap", "gate_act", "rope_qk", "copy_columns", "kv_store_kivi" })
@@ -134,7 +131,7 @@ public sealed class KernelCacheTests : IDisposable
     // the integer products (int_matmul), whose one-token rows request their first weights (read-only) before the wait,
     // and add_rmsnorm_lane, which requests the norm's weights before it.
     [Theory]
-    [InlineData("matvec.cu", 12)]
+    [InlineData("matvec.cu", 11)]
     [InlineData("forward.cu", 15)]
     public void EveryKernel_WaitsForThePreviousOneBeforeTouchingMemory(string file, int kernels)
     {
@@ -145,7 +142,6 @@ public sealed class KernelCacheTests : IDisposable
         {
             string first = m.Groups[2].Value;
             Assert.True(first.StartsWith("pdl_begin();", StringComparison.Ordinal) || first.StartsWith("int_matmul<KIND, NB, R>(", StringComparison.Ordinal)
-                || first.StartsWith("qkv_rope_store<Q4, R>(", StringComparison.Ordinal)
                 || (m.Value.Contains(" add_rmsnorm_lane(", StringComparison.Ordinal) && first.StartsWith("pdl_release();", StringComparison.Ordinal)),
                 $"{m.Value.Split('(')[0]}... begins with: {first}");
         }
@@ -169,14 +165,6 @@ public sealed class KernelCacheTests : IDisposable
         int oneToken = source.IndexOf("split_rows_one_token<KIND == 0, R>(", body, StringComparison.Ordinal);
         int wait = source.IndexOf("pdl_wait();", oneToken, StringComparison.Ordinal), other = source.IndexOf("int_row<KIND, NB>(", body, StringComparison.Ordinal);
         Assert.True(body > 0 && body < release && release < oneToken && oneToken < wait && wait < other, "int_matmul: release, one-token rows, else wait then the row");
-        // qkv_rope_store: the release, then the rows (which wait), the position and tables read in early(), just before
-        // the wait (the host writes them, never a kernel of the step), and the cache written after the rows.
-        int qkv = source.IndexOf("__device__ __forceinline__ void qkv_rope_store(", StringComparison.Ordinal);
-        int qkvRelease = source.IndexOf("pdl_release();", qkv, StringComparison.Ordinal), early = source.IndexOf("auto early = [&]() {", qkv, StringComparison.Ordinal);
-        int qkvRows = source.IndexOf("split_rows_one_token<Q4, R>(", qkv, StringComparison.Ordinal), store = source.IndexOf("u8* cache = ", qkv, StringComparison.Ordinal);
-        Assert.True(qkv > 0 && qkv < qkvRelease && qkvRelease < early && early < qkvRows && qkvRows < store, "qkv_rope_store: release, early loads, the rows, then the store");
-        int hook = source.IndexOf("if (!waited) { early(); pdl_wait_for(xv, xd, xs);", StringComparison.Ordinal);
-        Assert.True(hook > source.IndexOf("ld_weights(", source.IndexOf("void split_rows_one_token(", StringComparison.Ordinal), StringComparison.Ordinal), "early() after the first weights are requested");
         // split_rows_one_token: weights requested, then the wait, then the first read of x.
         int rowsBody = source.IndexOf("__device__ __forceinline__ void split_rows_one_token(", StringComparison.Ordinal);
         int weights = source.IndexOf("ld_weights(", rowsBody, StringComparison.Ordinal);

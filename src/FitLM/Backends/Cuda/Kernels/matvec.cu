@@ -355,14 +355,10 @@ __device__ __forceinline__ void pdl_wait_for(const int4*& a, const float*& b, co
 // wait since nothing writes it there: two rows 1567-1581 plain, 1357-1358 programmatic).
 // Against split_row's 64 bytes in flight with x loaded per block after the weights arrived, llama-7b decode had gone
 // from 332.6 to 340.3 tokens/s (Q4_0) and 261.5 to 272.6 (Q8_0); U = 4 for q4_0 one row was 1.9% slower.
-// Every lane gets the R rows' dot products in sums (past the last row: the last row's again). early() runs just before
-// the wait, the first weights requested: loads of what no kernel of the step writes (qkv_rope_store's position).
-struct NoEarlyLoads { __device__ __forceinline__ void operator()() const {} };
-
-template <bool Q4, int R, typename Early = NoEarlyLoads>
+template <bool Q4, int R>
 __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, int rows, int row, int cols,
                                                      const i8* xq, const float* xd,
-                                                     const int* xs, float* sums, int lane, Early early = {})
+                                                     const int* xs, float* y, int lane)
 {
     const int QB = Q4 ? 16 : 32, U = R == 2 ? 4 : Q4 ? 8 : 4;
     const bool xFirst = R == 1;
@@ -401,7 +397,7 @@ __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, i
                 }
             }
         }
-        if (!waited) { early(); pdl_wait_for(xv, xd, xs); waited = true; }
+        if (!waited) { pdl_wait_for(xv, xd, xs); waited = true; }
         if (xFirst)
         {
 #pragma unroll
@@ -425,9 +421,13 @@ __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, i
             }
         }
     }
-    if (!waited) { early(); pdl_wait(); }
+    if (!waited) pdl_wait();
 #pragma unroll
-    for (int r = 0; r < R; r++) sums[r] = warp_sum(acc[r]);
+    for (int r = 0; r < R; r++)
+    {
+        float sum = warp_sum(acc[r]);
+        if (lane == 0 && row + r < rows) y[row + r] = sum;
+    }
 }
 
 template <bool Q4, int NB>
@@ -603,14 +603,7 @@ __device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8*
     else if (warp >= s0) { W = W1; y = y1; rows = rows1; warp -= s0; }
     int row = warp * R;
     if (row >= rows) return; // the padding of a matrix's last thread block
-    if constexpr (KIND <= 1 && NB == 1)
-    {
-        float sums[R];
-        split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, sums, lane);
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            if (lane == 0 && row + r < rows) y[row + r] = sums[r];
-    }
+    if constexpr (KIND <= 1 && NB == 1) split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, y, lane);
     else
     {
         pdl_wait();
@@ -640,71 +633,6 @@ INT_ENTRY(matvec_q4_k_q8, 2, 1, 1, 1)
 INT_ENTRY(matmul8_q4_k_q8, 2, 8, 1, 1)
 INT_ENTRY(matvec_q6_k_q8, 3, 1, 1, 1)
 INT_ENTRY(matmul8_q6_k_q8, 3, 8, 1, 1)
-
-// ------------------------------------------------------------------------------------------------ finished rows
-// One token's Q, K and V (Q4_0, Q8_0), then RoPE of the queries into q and of the keys (interleaved pairs: rows 2i
-// and 2i + 1), and the keys and values written into the KV cache at position *pos0 (float32, or float16 when
-// kv_half): the product, rope_qk and kv_store_* in one launch, with their float operations in their order
-// (CudaForward.FinishesQkv chooses it). Blocks [0, q_rows/RB) take Q's rows, then K's, then V's (each a multiple of
-// RB = SPLIT_WARPS·R). A finishing thread's position and cos/sin are requested before the wait: the host writes the
-// position before the step and the tables at load, never a kernel. With two rows a warp a pair is the warp's own and
-// its lanes 0 and 1 finish it; with one, the block's first RB threads do, after the block's rows meet in shared memory.
-template <bool Q4, int R>
-__device__ __forceinline__ void qkv_rope_store(const u8* __restrict__ Wq, const u8* __restrict__ Wk, const u8* __restrict__ Wv,
-    int q_rows, int kv_rows, int cols, const i8* xq, const float* xd, const int* xs, float* q,
-    const float* __restrict__ cos_t, const float* __restrict__ sin_t, const int* pos0, int head_dim, int half,
-    u8* kc, u8* vc, int kv_half)
-{
-    pdl_release();
-    const int RB = SPLIT_WARPS * R;
-    __shared__ float ys[RB];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = threadIdx.x;
-    int block = blockIdx.x, m = 0, rows = q_rows, bq = q_rows / RB, bk = kv_rows / RB;
-    const u8* W = Wq;
-    if (block >= bq + bk) { m = 2; block -= bq + bk; W = Wv; rows = kv_rows; }
-    else if (block >= bq) { m = 1; block -= bq; W = Wk; rows = kv_rows; }
-    int row = block * RB + warp * R;
-    bool finisher = R == 2 ? lane < 2 : t < RB;
-    int i = R == 2 ? row + lane : block * RB + t; // the row this thread finishes; i and its lane/t share parity
-    int p = (i % head_dim) >> 1, pos = 0;
-    bool rotate = finisher && m < 2 && p < half;
-    float c = 1.f, sn = 0.f;
-    auto early = [&]() {
-        if (finisher) pos = *pos0;
-        if (rotate) { c = cos_t[(long long)pos * half + p]; sn = sin_t[(long long)pos * half + p]; }
-    };
-    float sums[R];
-    split_rows_one_token<Q4, R>(W, rows, row, cols, xq, xd, xs, sums, lane, early);
-    float a, b; // the pair (2p, 2p + 1) this thread's row belongs to
-    if constexpr (R == 2) { a = sums[0]; b = sums[1]; }
-    else
-    {
-        if (lane == 0) ys[warp] = sums[0];
-        __syncthreads();
-        if (t < RB) { a = ys[t & ~1]; b = ys[t | 1]; }
-    }
-    if (!finisher) return;
-    float v = (i & 1) ? b : a;
-    if (rotate) v = (i & 1) ? b * c + a * sn : a * c - b * sn;
-    if (m == 0) { q[i] = v; return; }
-    long long at = (long long)pos * kv_rows + i;
-    u8* cache = m == 1 ? kc : vc;
-    if (kv_half) ((u16*)cache)[at] = float_to_half(v);
-    else ((float*)cache)[at] = v;
-}
-
-// Launch: grid (q_rows + 2·kv_rows) / RB blocks of 32·SPLIT_WARPS threads; R and the occupancy as the plain products'
-// (matvec2_q4_0_q8, matvec_q4_0_q8, matvec_q8_0_q8).
-#define FINISHED_ENTRIES(suffix, Q4, R, MIN_BLOCKS) \
-    extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS, MIN_BLOCKS) qkv_rope_##suffix(const u8* __restrict__ Wq, \
-        const u8* __restrict__ Wk, const u8* __restrict__ Wv, int q_rows, int kv_rows, int cols, const i8* xq, const float* xd, \
-        const int* xs, float* q, const float* __restrict__ cos_t, const float* __restrict__ sin_t, const int* pos0, int head_dim, \
-        int half, u8* kc, u8* vc, int kv_half) \
-    { qkv_rope_store<Q4, R>(Wq, Wk, Wv, q_rows, kv_rows, cols, xq, xd, xs, q, cos_t, sin_t, pos0, head_dim, half, kc, vc, kv_half); }
-
-FINISHED_ENTRIES(q4_0, true, 1, 3)
-FINISHED_ENTRIES(2_q4_0, true, 2, 6)
-FINISHED_ENTRIES(q8_0, false, 1, 5)
 
 // The index of the first element of largest magnitude in a 256-block (q8_K's `max`), and that magnitude in amax:
 // (|x|, index) reduced across the warp, the larger |x| winning and ties going to the lower index. Lane l reads
