@@ -104,28 +104,26 @@ internal static class CudaLibraries
     private static IEnumerable<string> Candidates(string[] names, string pipPackage, bool windows) =>
         Candidates(names, pipPackage, windows, Environment.GetEnvironmentVariable("CUDA_PATH"));
 
-    /// <summary>The same, with CUDA_PATH's value given (Windows' only toolkit location).</summary>
+    /// <summary>The same, with CUDA_PATH's value given (the toolkit's folder; on Windows the only one looked in).</summary>
     internal static IEnumerable<string> Candidates(string[] names, string pipPackage, bool windows, string? cudaPath)
     {
         foreach (string n in names) yield return n;
-        var dirs = new List<string>();
-        if (windows)
-        {
-            if (cudaPath is { Length: > 0 } cuda)
+        foreach (string dir in windows ? WindowsFolders(cudaPath) : LinuxFolders(pipPackage, cudaPath))
+            foreach (string n in names)
             {
-                dirs.Add(Path.Combine(cuda, "bin", "x64"));
-                dirs.Add(Path.Combine(cuda, "bin"));
+                string path = Path.Combine(dir, n);
+                if (File.Exists(path)) yield return path;
             }
-            foreach (string dir in dirs)
-                foreach (string n in names)
-                {
-                    string path = Path.Combine(dir, n);
-                    if (File.Exists(path)) yield return path;
-                }
-            yield break;
-        }
-        foreach (string v in new[] { "CUDA_HOME", "CUDA_PATH" })
-            if (Environment.GetEnvironmentVariable(v) is { Length: > 0 } root) dirs.Add(Path.Combine(root, "lib64"));
+    }
+
+    private static IEnumerable<string> WindowsFolders(string? cudaPath) =>
+        cudaPath is { Length: > 0 } cuda ? [Path.Combine(cuda, "bin", "x64"), Path.Combine(cuda, "bin")] : [];
+
+    private static List<string> LinuxFolders(string pipPackage, string? cudaPath)
+    {
+        var dirs = new List<string>();
+        foreach (string? root in new[] { Environment.GetEnvironmentVariable("CUDA_HOME"), cudaPath })
+            if (root is { Length: > 0 }) dirs.Add(Path.Combine(root, "lib64"));
         dirs.Add("/usr/local/cuda/lib64");
         dirs.Add("/usr/local/cuda/targets/x86_64-linux/lib");
         foreach (string parent in new[] { "/usr/lib", "/usr/local/lib" })
@@ -138,12 +136,7 @@ internal static class CudaLibraries
                     dirs.Add(Path.Combine(packages, "nvidia", "cu13", "lib"));
                 }
         }
-        foreach (string dir in dirs)
-            foreach (string n in names)
-            {
-                string path = Path.Combine(dir, n);
-                if (File.Exists(path)) yield return path;
-            }
+        return dirs;
     }
 
     private static string[] SafeDirectories(string parent, string pattern)

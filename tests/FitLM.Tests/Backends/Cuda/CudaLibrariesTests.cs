@@ -34,4 +34,24 @@ public sealed class CudaLibrariesTests
             Directory.Delete(root, recursive: true);
         }
     }
+
+    [Fact]
+    public void LinuxCandidates_LookUnderCudaPathsLib64()
+    {
+        string root = Directory.CreateTempSubdirectory("fitlm-cuda-path").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(root, "lib64"));
+            File.WriteAllBytes(Path.Combine(root, "lib64", "libnvrtc.so.12"), []);
+            var names = CudaLibraries.NvrtcNames(windows: false);
+            string[] candidates = [.. CudaLibraries.Candidates(names, "cuda_nvrtc", windows: false, cudaPath: root)];
+            Assert.Equal(names, candidates[..names.Length]);
+            Assert.Contains(Path.Combine(root, "lib64", "libnvrtc.so.12"), candidates);
+            Assert.DoesNotContain(candidates, c => c.EndsWith(".dll", StringComparison.Ordinal));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
 }
