@@ -110,7 +110,8 @@ extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_q8(float* x, cons
 
 // The same for rows whose width is a multiple of 32 (up to 32·256, ForwardKernels.LaneNormMaxDim): one thread per
 // 32-block of the row, holding its 32 elements, so a q8_0 block's amax and sum are the thread's own (no warp
-// reductions) and the only exchange is the row's sum of squares. The norm's weights are requested before the wait (nothing writes them), x and y after it.
+// reductions) and the only exchange is the row's sum of squares. The norm's weights are requested before the wait
+// (nothing writes them), x and y after it.
 // Under programmatic launch a decode step's norm is on the critical path between two products: leaving both norms
 // out of a llama-7b step on an H100 raised decode from 299.7 to 323.6 tokens/s (Q8_0) and 391.3 to 433.8 (Q4_0),
 // 3.8 µs a norm with add_rmsnorm_q8 at 1024 threads; with this kernel 2.5 µs (318.8 to 335.8 tokens/s, Q8_0).
@@ -427,6 +428,21 @@ __device__ __forceinline__ float ld_l2(const float* p)
     return v;
 }
 
+// Dimension d of the block's accumulator: its warps' (wacc), each times its softmax factor f[w].
+__device__ __forceinline__ float block_acc(const float (*wacc)[MAX_HEAD_DIM], const float* f, int d)
+{
+    float sum = 0.f;
+    for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * f[w];
+    return sum;
+}
+
+// out[i] = r, and in q8_0 when q8 is given (every lane of the warp calls it: elements i of one 32-block).
+__device__ __forceinline__ void write_output(float r, float* out, long long i, i8* q8, float* q8d, int* q8s)
+{
+    out[i] = r;
+    if (q8 != nullptr) quantize_block_q8_0(r, i >> 5, q8, q8d, q8s);
+}
+
 // Attention of n query rows over the cache (KvCache/ and AttentionKernels.cs do the same on the CPU): query t of
 // head h, at position p = *pos0 + t, sees positions [first, p] (first = p - window + 1 for a sliding layer, else 0)
 // of KV head h / (heads / kv_heads); scores s = scale·q·k, capped c·tanh(s/c) where the model caps them, softmax,
@@ -445,21 +461,6 @@ __device__ __forceinline__ float ld_l2(const float* p)
 // A batch's queries (attend_batch_*, U = 1, one block each): thousands of blocks keep the GPU busy; four positions a
 // warp took twice the registers and halved a 2048-token prefill (5304 to 2574 tokens/s, llama-7b Q4_0, f16 KV).
 // q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
-// Dimension d of the block's accumulator: its warps' (wacc), each times its softmax factor f[w].
-__device__ __forceinline__ float block_acc(const float (*wacc)[MAX_HEAD_DIM], const float* f, int d)
-{
-    float sum = 0.f;
-    for (int w = 0; w < ATTN_WARPS; w++) sum += wacc[w][d] * f[w];
-    return sum;
-}
-
-// out[i] = r, and in q8_0 when q8 is given (every lane of the warp calls it: elements i of one 32-block).
-__device__ __forceinline__ void write_output(float r, float* out, long long i, i8* q8, float* q8d, int* q8s)
-{
-    out[i] = r;
-    if (q8 != nullptr) quantize_block_q8_0(r, i >> 5, q8, q8d, q8s);
-}
-
 template <typename Src, int U>
 __device__ __forceinline__ void attend(const float* q, Src src, float* out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
