@@ -42,6 +42,9 @@ public sealed record SyntheticShape(string Name, int Dim, int Layers, int Heads,
         new("llama-0.8b", 2048, 16, 32, 4, 5632),
         new("llama-7b", 4096, 32, 32, 32, 11008),
         new("tiny", 256, 2, 4, 2, 512),
+        // For the GPU test run: llama-7b's and Gemma's head widths (128, 256), whose attention kernels read a row a load.
+        new("tiny-h128", 256, 2, 2, 1, 512),
+        new("tiny-h256", 512, 2, 2, 1, 512),
         // OLMoE-1B-7B (allenai/OLMoE-1B-7B-0924): 64 experts of 1024, top-8, Q/K norms over the whole projection.
         new("olmoe-7b", 2048, 16, 16, 16, 1024)
         {

@@ -12,6 +12,8 @@ internal sealed unsafe class ForwardKernels : IDisposable
     private const uint AttentionThreads = 128;
     /// <summary>The widest head attend_* handles: MAX_HEAD_DIM in forward.cu.</summary>
     public const int MaxHeadDim = 256;
+    /// <summary>Head widths whose attention over an f16 cache reads a key or value row a load (VEC_ENTRY in forward.cu).</summary>
+    public static readonly int[] RowHeadDims = [64, 128, 256];
     /// <summary>The most blocks one query of one head is split over (<see cref="Attend"/>).</summary>
     public const int MaxSplits = 32;
     /// <summary>The widest row add_rmsnorm_lane takes: a thread per 32 elements, 256 threads.</summary>
@@ -29,6 +31,10 @@ internal sealed unsafe class ForwardKernels : IDisposable
     private readonly nint _addRmsNorm, _addRmsNormLane, _addBias, _add, _softcap, _gateAct, _ropeQk, _copyColumns;
     private readonly nint _kvStoreF32, _kvStoreF16, _attendF32, _attendF16, _kvStoreKivi, _kiviQuantize, _attendKivi;
     private readonly nint _attendBatchF32, _attendBatchF16, _attendBatchKivi;
+    // Attention over an f16 cache with heads of 64, 128 or 256 dimensions, a row a load (attend_f16_h128,
+    // attend_batch_f16_h128, ...), by (one token, head width); FITLM_CUDA_ATTN_ROWS=0 takes the element-wise kernels
+    // instead, to compare.
+    private readonly Dictionary<(bool One, int HeadDim), nint> _attendF16Rows = [];
 
     /// <param name="heads">The model's query heads: a one-token attention is split over about three blocks per
     /// multiprocessor in all (flash-decoding), its scratch allocated here.</param>
@@ -54,6 +60,12 @@ internal sealed unsafe class ForwardKernels : IDisposable
         _attendBatchF32 = m.Function("attend_batch_f32");
         _attendBatchF16 = m.Function("attend_batch_f16");
         _attendBatchKivi = m.Function("attend_batch_kivi");
+        if (Environment.GetEnvironmentVariable("FITLM_CUDA_ATTN_ROWS") != "0")
+            foreach (int width in RowHeadDims)
+            {
+                _attendF16Rows[(true, width)] = m.Function($"attend_f16_h{width}");
+                _attendF16Rows[(false, width)] = m.Function($"attend_batch_f16_h{width}");
+            }
         // Last, so a function the module lacks throws before anything is allocated.
         _splits = Math.Clamp((3 * device.Multiprocessors + heads - 1) / Math.Max(1, heads), 1, MaxSplits);
         _part = device.Allocate((long)heads * _splits * SplitBytes);
@@ -166,7 +178,8 @@ internal sealed unsafe class ForwardKernels : IDisposable
         uint grid = (uint)(one ? heads * splits : heads);
         if (!kv.IsKivi)
         {
-            var f = one ? (kv.Half ? _attendF16 : _attendF32) : (kv.Half ? _attendBatchF16 : _attendBatchF32);
+            var f = kv.Half && _attendF16Rows.TryGetValue((one, headDim), out var rows) ? rows
+                : one ? (kv.Half ? _attendF16 : _attendF32) : (kv.Half ? _attendBatchF16 : _attendBatchF32);
             void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0, &q8, &q8d, &q8s, &splits, &part, &count };
             _device.Launch(f, grid, (uint)n, AttentionThreads, 0, args);
             return;

@@ -122,6 +122,8 @@ public sealed class KernelCacheTests : IDisposable
             Assert.Matches($@"extern ""C"" __global__ void __launch_bounds__\([^)]*\) {kernel}\(", forward);
         Assert.Contains("KV_ENTRIES(f32, KvF32)", forward, StringComparison.Ordinal);
         Assert.Contains("KV_ENTRIES(f16, KvF16)", forward, StringComparison.Ordinal);
+        foreach (int width in ForwardKernels.RowHeadDims)
+            Assert.Contains($"VEC_ENTRY(f16_h{width}, KvF16, {width / 32}, ", forward, StringComparison.Ordinal);
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", KernelModule.Source("common.cuh"));
         Assert.Throws<FitLMException>(() => KernelModule.Source("missing.cu"));
     }
