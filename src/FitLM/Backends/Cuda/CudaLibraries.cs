@@ -68,7 +68,7 @@ internal static class CudaLibraries
                 return candidate;
             }
             throw new FitLMException(s_windows
-                ? "no NVRTC: nvrtc64_130_0.dll/nvrtc64_120_0.dll not found on PATH or under %CUDA_PATH%\\bin (install the CUDA toolkit)"
+                ? $"no NVRTC: {string.Join("/", NvrtcNames(windows: true))} not found on PATH or under %CUDA_PATH%\\bin (install the CUDA toolkit)"
                 : "no NVRTC: libnvrtc.so.13/.12 not found on the library path, under $CUDA_HOME, $CUDA_PATH, " +
                   "/usr/local/cuda or a Python nvidia-cuda-nvrtc package (install the CUDA toolkit's NVRTC)");
         }

@@ -320,28 +320,21 @@ struct DenseSource
 // The same cache read PER consecutive dimensions a lane (lane l: dimensions l·PER .. l·PER + PER - 1), one vector
 // load a row, for heads of exactly 32·PER dimensions: a warp then reads a key of llama-7b's (128 dims, f16) with one
 // 8-byte load a lane instead of four 2-byte ones.
+// DenseSource's pointers and begin(); its ROWS, PER and dim() are replaced.
 template <typename KV, int N>
-struct DenseVecSource
+struct DenseVecSource : DenseSource<KV>
 {
-    const typename KV::T* kc;
-    const typename KV::T* vc;
-    long long kv_dim;
     static const bool ROWS = true; // read a row a load: keys() and values(), not key() and value()
     static const int PER = N;
     static __device__ __forceinline__ int dim(int lane, int i) { return lane * N + i; }
-    __device__ __forceinline__ void begin(int kvh, int head_dim, int p)
-    {
-        kc += (long long)kvh * head_dim;
-        vc += (long long)kvh * head_dim;
-    }
     __device__ __forceinline__ void keys(int j, int lane, bool ok, float (&k)[N]) const
     {
-        if (ok) KV::template load_row<N>(kc + j * kv_dim + lane * N, k);
+        if (ok) KV::template load_row<N>(this->kc + j * this->kv_dim + lane * N, k);
         else for (int i = 0; i < N; i++) k[i] = 0.f;
     }
     __device__ __forceinline__ void values(int j, int lane, bool ok, float (&v)[N]) const
     {
-        if (ok) KV::template load_row<N>(vc + j * kv_dim + lane * N, v);
+        if (ok) KV::template load_row<N>(this->vc + j * this->kv_dim + lane * N, v);
         else for (int i = 0; i < N; i++) v[i] = 0.f;
     }
 };
