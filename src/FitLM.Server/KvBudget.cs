@@ -22,7 +22,7 @@ public sealed class KvBudget
     private readonly ModelConfig _config;
     private readonly int _maxBatch, _parallel;
     /// <summary>The GPU holding the sequences' KV caches, or null on the CPU.</summary>
-    private readonly IDeviceForward? _device;
+    private readonly IModelDevice? _device;
     private long _reserved, _capacity;
 
     /// <summary>

@@ -175,7 +175,7 @@ public sealed class LanguageModel : IDisposable
         if (source is GgufSource g && StackLayout.IsStacked(g.File)) return NotYet("a stacked (BitStack) model");
         if (ModelValidation.IsBundled(source)) return NotYet("a prepared (LLM in a flash) model");
         if (Backends.Cuda.DeviceKvLayout.Unsupported(options.Kv) is { } kv) return NotYet(kv);
-        if (Backends.Cuda.CudaForward.Unsupported(source.Config) is { } model) return $"{source.Path}: {model}; use --device cpu";
+        if (Backends.Cuda.CudaBackend.Unsupported(source.Config) is { } model) return $"{source.Path}: {model}; use --device cpu";
         return null;
     }
 
@@ -186,7 +186,7 @@ public sealed class LanguageModel : IDisposable
     private static LanguageModel LoadOnGpu(IModelSource source, LoadOptions options, int ctx)
     {
         if (GpuRefusal(source, options) is { } why) throw new FitLMException(why);
-        var device = new Backends.Cuda.CudaForward(source, ctx, options.MaxBatch, options.Kv, options.GpuMemoryBudget,
+        var device = new Backends.Cuda.CudaBackend(source, ctx, options.MaxBatch, options.Kv, options.GpuMemoryBudget,
             naiveStreaming: options.Stream == StreamMode.Naive, ordinal: 0, log: m => Console.Error.WriteLine(m),
             sequences: Math.Max(1, options.DeviceSequences));
         try
@@ -204,7 +204,7 @@ public sealed class LanguageModel : IDisposable
                 StreamedBytesPerToken = 0,
                 CostModelNote = device.Description,
             };
-            var transformer = new Transformer(source.Config, device, ctx, options.MaxBatch, options.Kv);
+            var transformer = new Transformer(device, ctx, options.MaxBatch, options.Kv);
             return new LanguageModel(source, new ResidentWeights(source), transformer, plan);
         }
         catch

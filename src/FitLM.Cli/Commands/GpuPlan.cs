@@ -6,7 +6,7 @@ using FitLM.Runtime;
 namespace FitLM.Cli.Commands;
 
 /// <summary>
-/// `fitlm plan --device cuda`: where `run --device cuda` would put the model (CudaForward.Plan, the same arithmetic):
+/// `fitlm plan --device cuda`: where `run --device cuda` would put the model (CudaBackend.Plan, the same arithmetic):
 /// what stays in GPU memory, which layers stream from host memory per token, and, where a GPU is present, the decode
 /// speed the measured bandwidth allows: streamed bytes per token against the host-to-device copy, or, every layer
 /// resident, the weights read per token against the device's own copy. Without a GPU it needs --gpu-memory, and
@@ -16,7 +16,7 @@ internal static class GpuPlan
 {
     /// <summary>The placement, and what the device measured now (null without one).</summary>
     private sealed record Report(string Model, int Context, long Budget, string? FreeOn, bool Naive, KvCache.KvCacheOptions Kv,
-        CudaForward.Placement Placement, string? NoDevice, double? DeviceCopy, double? HostToDevice)
+        CudaBackend.Placement Placement, string? NoDevice, double? DeviceCopy, double? HostToDevice)
     {
         public long WeightsReadPerToken => Placement.Blocks.Sum(b => b.Bytes) + Placement.Head.Bytes;
 
@@ -71,9 +71,9 @@ internal static class GpuPlan
             if (budget == 0)
             {
                 if (device == null) throw new FitLMException($"give --gpu-memory SIZE: there is no GPU to read free memory from ({noDevice})");
-                budget = device.FreeMemory() - CudaForward.Headroom;
+                budget = device.FreeMemory() - CudaBackend.Headroom;
             }
-            var p = CudaForward.Plan(source, n, load.MaxBatch, load.Kv, budget, naive);
+            var p = CudaBackend.Plan(source, n, load.MaxBatch, load.Kv, budget, naive);
             double? copy = null, h2d = null;
             if (device != null && p.StreamedBytes == 0)
                 copy = device.CopyBandwidth(Math.Min(1L << 30, Math.Max(64L << 20, (device.FreeMemory() - p.DeviceBytes) / 4)));

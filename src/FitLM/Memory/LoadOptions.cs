@@ -7,7 +7,7 @@ namespace FitLM.Memory;
 public enum ComputeDevice
 {
     Cpu,
-    /// <summary>CUDA device 0, weights and KV cache in its memory (Backends/Cuda/CudaForward.cs).</summary>
+    /// <summary>CUDA device 0, weights and KV cache in its memory (Backends/Cuda/CudaBackend.cs).</summary>
     Cuda,
     /// <summary>CUDA where it can run the model, else the CPU (<see cref="LanguageModel.DeviceFallback"/> says why).</summary>
     Auto,

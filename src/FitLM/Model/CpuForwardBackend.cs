@@ -17,6 +17,8 @@ internal sealed class CpuForwardBackend(ModelConfig config) : IForwardBackend
 
     public ActivationBuffer Allocate(int floats) => new HostBuffer(floats);
 
+    public void BeginPass(ForwardContext context, int n, int segments, bool logits) { } // every operation runs as it is called
+
     public void Embed(IMatrix table, ReadOnlySpan<int> tokens, ActivationBuffer x)
     {
         var a = Host(x);
@@ -39,6 +41,12 @@ internal sealed class CpuForwardBackend(ModelConfig config) : IForwardBackend
         for (int t = 0; t < n; t++) RmsNorm(xs.Slice(t * dim, dim), w, os.Slice(t * dim, dim), config.RmsEps);
     }
 
+    public void AddRmsNorm(ActivationBuffer x, ActivationBuffer? residual, float[] w, ActivationBuffer o, int n, IMatrix? reader)
+    {
+        if (residual != null) Add(x, residual, n);
+        RmsNorm(x, 0, w, o, 0, n);
+    }
+
     /// <summary>o = x / √(mean(x²) + ε) ⊙ w: the model's RMSNorm of one row.</summary>
     public static void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> o, float eps)
     {
@@ -49,6 +57,13 @@ internal sealed class CpuForwardBackend(ModelConfig config) : IForwardBackend
     }
 
     public void Multiply(IMatrix w, ActivationBuffer x, ActivationBuffer y, int n) => w.Multiply(Host(x).AsSpan(0, n * w.Cols), Host(y), n);
+
+    public void MultiplyTogether(ActivationBuffer x, int n, IMatrix wa, ActivationBuffer ya, IMatrix wb, ActivationBuffer yb, IMatrix? wc = null, ActivationBuffer? yc = null)
+    {
+        Multiply(wa, x, ya, n);
+        Multiply(wb, x, yb, n);
+        if (wc != null) Multiply(wc, x, yc!, n);
+    }
 
     public void SplitQkv(ActivationBuffer qkv, ActivationBuffer q, ActivationBuffer k, ActivationBuffer v, int n) =>
         SplitQkv(Host(qkv), Host(q), Host(k), Host(v), n);

@@ -3,7 +3,7 @@ using FitLM.KvCache;
 namespace FitLM.Model;
 
 /// <summary>
-/// A sequence whose KV cache lives on the device (<see cref="IDeviceForward"/>, slot <see cref="Slot"/>): what
+/// A sequence whose KV cache lives on the device (<see cref="IModelDevice"/>, slot <see cref="Slot"/>): what
 /// <see cref="Transformer.CreateSequenceKv"/> hands the server for each request when the passes run on a GPU. It
 /// only counts positions; the device appends and attends itself, so the CPU store's <see cref="Append"/> and
 /// <see cref="Attend"/> are never called on it. Disposing gives the slot back.

@@ -12,6 +12,12 @@ public interface IFeedForward
 {
     /// <summary>y[t] = FFN(x[t]) for n tokens; x and y are [n × Dim]; hb and hb2 are [n × FfnDim] scratch.</summary>
     void Forward(ReadOnlySpan<float> x, Span<float> y, int n, Span<float> hb, Span<float> hb2);
+
+    /// <summary>
+    /// The matrix whose product reads the block's input first, where a backend can use knowing it (the norm before
+    /// the block writes its output in that product's form on a GPU); null by default.
+    /// </summary>
+    IMatrix? Input => null;
 }
 
 /// <summary>The feed-forward block a layer of a model has, from a weight provider's matrices: dense, fused (Phi-3) or a mixture of experts.</summary>

@@ -17,7 +17,8 @@ namespace FitLM.Model;
 /// The parts: the model loaded once (<see cref="TransformerWeights"/>), the activations a pass works in
 /// (<see cref="ForwardContext"/>) and its arithmetic, one <see cref="IForwardBackend"/> operation per step of the
 /// graph (<see cref="ForwardBatch"/>; the CPU's kernels are <see cref="CpuForwardBackend"/>). The KV cache is each
-/// sequence's store. A transformer made with an <see cref="IDeviceForward"/> hands its passes to the device instead.
+/// sequence's store. A transformer made with a device (<see cref="IDeviceBackend"/>, a GPU) runs the same graph with
+/// the device as its backend: the model and the KV cache in the device's memory, a sequence's store a slot of it.
 /// </para>
 /// </summary>
 public sealed class Transformer
@@ -31,11 +32,11 @@ public sealed class Transformer
     /// <summary>Makes KV stores for this model over shared page pools: the server's sequences each get one.
     /// Replaced by <see cref="ChangeKv"/>.</summary>
     public KvStoreFactory KvStores { get; private set; }
-    /// <summary>Positions the KV cache of the sequence holds now: <see cref="Kv"/>'s, or the device's when the passes run on one.</summary>
-    public int CachedPositions => Device?.Length ?? Kv.Length;
+    /// <summary>Positions the KV cache of the sequence holds now: <see cref="Kv"/>'s, or its slot's on the device when the passes run on one.</summary>
+    public int CachedPositions => DeviceKv?.Length ?? Kv.Length;
 
     /// <summary>The accelerator this transformer's passes run on (weights and KV cache in its memory), or null on the CPU.</summary>
-    public IDeviceForward? Device { get; }
+    public IModelDevice? Device { get; }
 
     /// <summary>
     /// How the CPU runs this transformer's passes; a pass without its own batch invariance takes this one's. By
@@ -44,13 +45,14 @@ public sealed class Transformer
     /// </summary>
     public CpuOptions Options { get; }
 
-    // The model, loaded once; the arithmetic of a pass; the activations it works in (null on a device, which holds its own).
+    // The model, loaded once; the arithmetic of a pass; the activations it works in (in the backend's memory).
     private readonly TransformerWeights _weights;
     private readonly IForwardBackend _backend;
     private readonly ForwardContext _context;
-    // On a device: which KV slots sequences hold (CreateSequenceKv), and a pass's slices as the device takes them.
+    // On a device: which KV slots sequences hold (CreateSequenceKv).
     private readonly bool[] _slotBusy = [];
-    private readonly DeviceSlice[] _deviceSlices = [];
+    /// <summary>On a device, the single-sequence passes' store: slot 0 (it frees nothing when disposed; the device owns the memory).</summary>
+    private DeviceSequenceKv? DeviceKv { get; }
 
     public Transformer(ModelConfig config, IWeightProvider weights, int maxContext, int maxBatch = 256, KvCacheOptions? kv = null, CpuOptions? options = null)
     {
@@ -67,24 +69,25 @@ public sealed class Transformer
     }
 
     /// <summary>
-    /// A transformer whose passes run on <paramref name="device"/>, which holds the weights and the KV cache: nothing of
-    /// the model is loaded here. One sequence (<see cref="Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>,
-    /// the device's KV slot 0), or several in one batched pass over stores of <see cref="CreateSequenceKv"/> (the device's
-    /// slots); <see cref="ChangeKv"/> refuses with a line naming --device cpu.
+    /// A transformer whose passes run on <paramref name="device"/>, which holds the weights and the KV cache (its
+    /// <see cref="IDeviceBackend.Weights"/> are handles to them): the same graph, with the device as the backend. One
+    /// sequence (<see cref="Forward(ReadOnlySpan{int}, int, Span{float}, int, CancellationToken)"/>, the device's KV slot 0),
+    /// or several in one batched pass over stores of <see cref="CreateSequenceKv"/> (the device's slots);
+    /// <see cref="ChangeKv"/> refuses with a line naming --device cpu.
     /// </summary>
-    public Transformer(ModelConfig config, IDeviceForward device, int maxContext, int maxBatch = 256, KvCacheOptions? kv = null)
+    internal Transformer(IDeviceBackend device, int maxContext, int maxBatch = 256, KvCacheOptions? kv = null)
     {
         ArgumentNullException.ThrowIfNull(device);
-        Config = config;
+        Config = device.Weights.Config;
         Device = device;
         MaxContext = Math.Max(1, maxContext);
         MaxBatch = Math.Clamp(maxBatch, 1, MaxContext);
         Options = CpuOptions.Default with { Threads = MatMul.Threads };
-        _weights = null!; // never read: every pass goes to the device
-        _backend = null!;
-        _context = null!;
+        _weights = device.Weights;
+        _backend = device;
+        _context = new ForwardContext(Config, MaxBatch, device);
         _slotBusy = new bool[Math.Max(1, device.Sequences)];
-        _deviceSlices = new DeviceSlice[MaxBatch];
+        DeviceKv = new DeviceSequenceKv(0, device.SequenceKvBytes, _ => { });
         // An empty CPU store keeps Kv meaningful for callers that truncate it; it never holds a position. Its options are
         // the device's KV type, so what reports KvStores.Options (/metrics, /budget) names the cache the device holds.
         KvStores = new KvStoreFactory(KvModel(null), kv ?? new KvCacheOptions(), MaxContext, MaxBatch);
@@ -164,8 +167,9 @@ public sealed class Transformer
         CheckTokens(tokens, pos);
         if (logitsFrom < 0 || logitsFrom > n) throw new ArgumentOutOfRangeException(nameof(logitsFrom));
         if (logits.Length < (long)(n - logitsFrom) * Config.Vocab) throw new ArgumentException("logits buffer too small");
-        if (Device == null && pos != Kv.Length) Kv.Truncate(pos); // a new sequence (pos 0) or a rewind
         if (Device != null && _slotBusy[0]) throw new InvalidOperationException("the device's KV slot 0 holds a sequence of CreateSequenceKv: use the batched Forward");
+        var kv = DeviceKv ?? Kv;
+        if (pos != kv.Length) kv.Truncate(pos); // a new sequence (pos 0) or a rewind
 
         using var rowWise = MatMul.RowWiseScope(batchInvariant);
         for (int start = 0; start < n;)
@@ -175,11 +179,15 @@ public sealed class Transformer
             // Logits for the rows of this batch that were asked for.
             int from = Math.Max(logitsFrom, start) - start;
             var rows = from < count ? logits.Slice((start + from - logitsFrom) * Config.Vocab, (count - from) * Config.Vocab) : Span<float>.Empty;
-            if (Device != null) Device.Forward(tokens.Slice(start, count), pos + start, rows, Math.Min(from, count));
-            else
+            for (int attempt = 0; ; attempt++)
             {
-                RunBatch(Kv, tokens, pos, start);
-                if (from < count) ComputeLogits(from, count, rows);
+                try
+                {
+                    RunBatch(kv, tokens, pos, start, from < count);
+                    if (from < count) ComputeLogits(from, count, rows);
+                    break;
+                }
+                catch (PassAbandonedException) when (attempt == 0) { } // the device stopped recording the pass: run it directly
             }
             start += count;
         }
@@ -196,24 +204,13 @@ public sealed class Transformer
         int n = tokens.Length, dim = Config.Dim;
         CheckTokens(tokens, pos);
         if (hidden.Length < (long)n * dim) throw new ArgumentException("hidden buffer too small");
+        if (Device != null) DeviceStore(kv);
         if (pos != kv.Length) kv.Truncate(pos);
-        if (Device != null)
-        {
-            var store = DeviceStore(kv);
-            for (int start = 0; start < n; start += MaxBatch)
-            {
-                ct.ThrowIfCancellationRequested();
-                int count = Math.Min(MaxBatch, n - start);
-                Device.ForwardHidden(store.Slot, tokens.Slice(start, count), pos + start, hidden.Slice(start * dim, count * dim));
-                store.Length = pos + start + count;
-            }
-            return;
-        }
         using var rowWise = MatMul.RowWiseScope(Options.BatchInvariant);
         for (int start = 0; start < n;)
         {
             ct.ThrowIfCancellationRequested();
-            int count = RunBatch(kv, tokens, pos, start);
+            int count = RunBatch(kv, tokens, pos, start, logits: false);
             _backend.RmsNorm(_context.X, 0, _weights.OutputNorm, _context.Xb, 0, count);
             _backend.Read(_context.Xb, count, hidden.Slice(start * dim, count * dim));
             start += count;
@@ -230,13 +227,16 @@ public sealed class Transformer
             if ((uint)tokens[i] >= (uint)Config.Vocab) throw new FitLMException($"token id {tokens[i]} is outside the vocabulary ({Config.Vocab})");
     }
 
-    /// <summary>Runs the next batch of one sequence, tokens[start..] up to MaxBatch of them, into <paramref name="kv"/>; returns how many ran.</summary>
-    private int RunBatch(IKvStore kv, ReadOnlySpan<int> tokens, int pos, int start)
+    /// <summary>
+    /// Runs the next batch of one sequence, tokens[start..] up to MaxBatch of them, into <paramref name="kv"/>; returns
+    /// how many ran. <paramref name="logits"/>: the pass goes on to <see cref="ComputeLogits"/>.
+    /// </summary>
+    private int RunBatch(IKvStore kv, ReadOnlySpan<int> tokens, int pos, int start, bool logits)
     {
         int count = Math.Min(MaxBatch, tokens.Length - start);
         tokens.Slice(start, count).CopyTo(_context.Tokens);
         _context.Segments[0] = new PassSegment { Kv = kv, Pos = pos + start, Row = 0, Count = count };
-        ForwardBatch(count, 1);
+        ForwardBatch(count, 1, logits);
         return count;
     }
 
@@ -278,12 +278,9 @@ public sealed class Transformer
             if (sl.WantLogits) wanted++;
         }
         if (logits.Length < (long)wanted * Config.Vocab) throw new ArgumentException("logits buffer too small");
-        ct.ThrowIfCancellationRequested();
         if (Device != null)
-        {
-            ForwardOnDevice(slices, logits);
-            return;
-        }
+            foreach (var sl in slices) DeviceStore(sl.Kv);
+        ct.ThrowIfCancellationRequested();
 
         using var rowWise = MatMul.RowWiseScope(batchInvariant);
         var tokens = _context.Tokens;
@@ -298,57 +295,49 @@ public sealed class Transformer
             segments[s] = new PassSegment { Kv = sl.Kv, Pos = sl.Pos, Row = row, Count = t.Length };
             row += t.Length;
         }
-        ForwardBatch(rows, slices.Length);
-
-        // Logits of the last row of each slice that asks: normalize those rows side by side, then one product.
-        int k = 0;
-        for (int s = 0; s < slices.Length; s++)
+        for (int attempt = 0; ; attempt++)
         {
-            if (!slices[s].WantLogits) continue;
-            _backend.RmsNorm(_context.X, segments[s].Row + segments[s].Count - 1, _weights.OutputNorm, _context.Xb, k, 1);
-            k++;
-        }
-        if (k > 0) _backend.Logits(_weights.Output, _context.Xb, k, logits);
-    }
-
-    /// <summary>The batched pass on the device: each slice's store names its KV slot; the stores count the new positions.</summary>
-    private void ForwardOnDevice(ReadOnlySpan<SequenceSlice> slices, Span<float> logits)
-    {
-        for (int s = 0; s < slices.Length; s++)
-            _deviceSlices[s] = new DeviceSlice(DeviceStore(slices[s].Kv).Slot, slices[s].Tokens, slices[s].Pos, slices[s].WantLogits);
-        Device!.Forward(_deviceSlices.AsSpan(0, slices.Length), logits);
-        for (int s = 0; s < slices.Length; s++)
-        {
-            ((DeviceSequenceKv)slices[s].Kv).Length = slices[s].Pos + slices[s].Tokens.Length;
-            _deviceSlices[s] = default;
+            try
+            {
+                ForwardBatch(rows, slices.Length, wanted > 0);
+                // Logits of the last row of each slice that asks: normalize those rows side by side, then one product.
+                int k = 0;
+                for (int s = 0; s < slices.Length; s++)
+                {
+                    if (!slices[s].WantLogits) continue;
+                    _backend.RmsNorm(_context.X, segments[s].Row + segments[s].Count - 1, _weights.OutputNorm, _context.Xb, k, 1);
+                    k++;
+                }
+                if (k > 0) _backend.Logits(_weights.Output, _context.Xb, k, logits);
+                break;
+            }
+            catch (PassAbandonedException) when (attempt == 0) { } // the device stopped recording the pass: run it directly
         }
     }
 
     /// <summary>
     /// The layers over rows [0, n) of the context's tokens, which belong to segments [0, segments): row r of
     /// segment s is position Pos + (r - Row) of that segment's sequence. Each step is one operation of the backend.
+    /// <paramref name="logits"/>: the caller goes on to the output head (a device may then replay a recorded pass).
     /// </summary>
-    private void ForwardBatch(int n, int segments)
+    private void ForwardBatch(int n, int segments, bool logits)
     {
         var c = Config;
         var b = _backend;
         var ctx = _context;
+        b.BeginPass(ctx, n, segments, logits);
         long ts = PhaseTimes.Start();
         b.Embed(_weights.TokenEmbedding, ctx.Tokens.AsSpan(0, n), ctx.X);
         ts = PhaseTimes.Stop(PhaseTimes.Phase.Embed, ts);
 
+        ActivationBuffer? residual = null; // the last block's output, added to x by the norm after it
         for (int l = 0; l < c.Layers; l++)
         {
             var L = _weights.Layers[l];
-            // Attention block.
-            b.RmsNorm(ctx.X, 0, L.AttnNorm, ctx.Xb, 0, n);
+            // Attention block, after x += the last feed-forward block's output.
+            b.AddRmsNorm(ctx.X, residual, L.AttnNorm, ctx.Xb, n, L.Wq ?? L.Wqkv);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Norm, ts);
-            if (L.Wqkv == null)
-            {
-                b.Multiply(L.Wq!, ctx.Xb, ctx.Q, n);
-                b.Multiply(L.Wk!, ctx.Xb, ctx.K, n);
-                b.Multiply(L.Wv!, ctx.Xb, ctx.V, n);
-            }
+            if (L.Wqkv == null) b.MultiplyTogether(ctx.Xb, n, L.Wq!, ctx.Q, L.Wk!, ctx.K, L.Wv!, ctx.V);
             else
             {
                 b.Multiply(L.Wqkv, ctx.Xb, ctx.Qkv, n);
@@ -372,16 +361,16 @@ public sealed class Transformer
             b.Multiply(L.Wo, ctx.Xb, ctx.Xb2, n);
             if (L.PostAttnNorm != null) b.RmsNorm(ctx.Xb2, 0, L.PostAttnNorm, ctx.Xb2, 0, n);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Wo, ts);
-            b.Add(ctx.X, ctx.Xb2, n);
 
-            // Feed-forward block: down(act(gate(x)) * up(x)), or the experts the router picks.
-            b.RmsNorm(ctx.X, 0, L.FfnNorm, ctx.Xb, 0, n);
+            // Feed-forward block, after x += the attention block's output: down(act(gate(x)) * up(x)), or the experts the router picks.
+            b.AddRmsNorm(ctx.X, ctx.Xb2, L.FfnNorm, ctx.Xb, n, L.Ffn.Input);
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Norm, ts);
             b.FeedForward(L.Ffn, ctx.Xb, ctx.Xb2, n, ctx.Hb, ctx.Hb2);
             if (L.PostFfnNorm != null) b.RmsNorm(ctx.Xb2, 0, L.PostFfnNorm, ctx.Xb2, 0, n);
-            b.Add(ctx.X, ctx.Xb2, n);
+            residual = ctx.Xb2;
             ts = PhaseTimes.Stop(PhaseTimes.Phase.Ffn, ts);
         }
+        if (residual != null) b.Add(ctx.X, residual, n); // the last layer's output
     }
 
     /// <summary>Logits of rows [from, count) of the last batch: the output norm, the head, soft-capping.</summary>

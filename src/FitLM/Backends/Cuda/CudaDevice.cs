@@ -128,20 +128,18 @@ internal sealed unsafe class CudaDevice : IDisposable
     public void MakeCurrent() => CudaDriver.Check(CudaDriver.cuCtxSetCurrent(_context));
 
     /// <summary>
-    /// Records what <paramref name="body"/> queues on the stream as a CUDA graph, instantiated: replaying it launches the
+    /// Starts recording what is queued on the stream as a CUDA graph (<see cref="EndCapture"/>): replaying it launches the
     /// same kernels with the same arguments at the cost of one launch (the decode step; kernels read what changes from
     /// device memory). Nothing runs while capturing.
     /// </summary>
-    public CudaGraph Capture(Action body)
+    public void BeginCapture() => CudaDriver.Check(CudaDriver.cuStreamBeginCapture_v2(_stream, CudaDriver.CaptureModeRelaxed));
+
+    /// <summary>Ends the recording <see cref="BeginCapture"/> started and instantiates it; nothing of it has run.</summary>
+    public CudaGraph EndCapture()
     {
-        CudaDriver.Check(CudaDriver.cuStreamBeginCapture_v2(_stream, CudaDriver.CaptureModeRelaxed));
         nint graph = 0;
-        try { body(); }
-        finally
-        {
-            int r = CudaDriver.cuStreamEndCapture(_stream, &graph);
-            if (r != 0 && graph == 0) CudaDriver.Check(r, "cuStreamEndCapture");
-        }
+        int r = CudaDriver.cuStreamEndCapture(_stream, &graph);
+        if (r != 0 && graph == 0) CudaDriver.Check(r, "cuStreamEndCapture");
         try
         {
             nint exec;
@@ -149,6 +147,14 @@ internal sealed unsafe class CudaDevice : IDisposable
             return new CudaGraph(exec, _stream);
         }
         finally { _ = CudaDriver.cuGraphDestroy(graph); }
+    }
+
+    /// <summary>Ends a recording and keeps nothing of it (a pass that failed while it was recorded).</summary>
+    public void CancelCapture()
+    {
+        nint graph = 0;
+        _ = CudaDriver.cuStreamEndCapture(_stream, &graph); // the capture may already be invalid: what it held is dropped either way
+        if (graph != 0) _ = CudaDriver.cuGraphDestroy(graph);
     }
 
     /// <summary>Device-to-device copy (the card's bandwidth yardstick, and cache flushing between timed launches).</summary>
@@ -231,7 +237,7 @@ internal sealed unsafe class CudaDevice : IDisposable
     /// Launches as programmatic dependent launches (Hopper and later; see common.cuh's pdl_release and pdl_wait): each
     /// kernel may start while the previous one in the stream finishes, and waits for it before touching what it wrote.
     /// Only for work whose kernels are all this project's (each one waits before it reads what an earlier kernel
-    /// wrote) and whose weights no copy rewrites during a step: <see cref="CudaForward"/> turns it on where every layer
+    /// wrote) and whose weights no copy rewrites during a step: <see cref="CudaBackend"/> turns it on where every layer
     /// is resident. Off by default.
     /// </summary>
     public bool Programmatic
@@ -301,7 +307,7 @@ internal sealed unsafe class CudaDevice : IDisposable
     }
 }
 
-/// <summary>An instantiated CUDA graph (<see cref="CudaDevice.Capture"/>), launched on the stream it was captured from.</summary>
+/// <summary>An instantiated CUDA graph (<see cref="CudaDevice.EndCapture"/>), launched on the stream it was captured from.</summary>
 internal sealed class CudaGraph(nint exec, nint stream) : IDisposable
 {
     private nint _exec = exec;

@@ -46,6 +46,9 @@ internal sealed class WeightBlock
 
     public DeviceMatrix this[string name] => _matrices[name];
 
+    /// <summary>The matrix named <paramref name="name"/>, or null when the block does not hold it.</summary>
+    public DeviceMatrix? Find(string name) => _matrices.GetValueOrDefault(name);
+
     /// <summary>
     /// Produces the block's bytes from <paramref name="source"/> in chunks of whole rows: <paramref name="sink"/> gets each
     /// chunk with its offset in the block (an upload to the device, or a copy into pinned memory).

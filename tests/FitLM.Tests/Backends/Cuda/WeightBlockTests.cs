@@ -125,6 +125,6 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
     public void ResidentLayers_KeepsWholeLayersBesideTheSlots(long fixedBytes, long budget, bool naive, int expected)
     {
         long[] layers = [200, 200, 200, 200];
-        Assert.Equal(expected, CudaForward.ResidentLayers(fixedBytes, layers, budget, naive));
+        Assert.Equal(expected, CudaBackend.ResidentLayers(fixedBytes, layers, budget, naive));
     }
 }
