@@ -14,6 +14,10 @@ internal sealed unsafe class ForwardKernels : IDisposable
     public const int MaxHeadDim = 256;
     /// <summary>Head widths whose attention over an f16 cache reads a key or value row a load (VEC_ENTRY in forward.cu).</summary>
     public static readonly int[] RowHeadDims = [64, 128, 256];
+    /// <summary>Head widths whose batch attention over a dense cache is tiled (TILE_ENTRY in forward.cu).</summary>
+    public static readonly int[] TileHeadDims = [64, 128];
+    /// <summary>Queries a tiled attention block takes (TILE_Q in forward.cu); batches of fewer rows take attend_batch_*.</summary>
+    public const int TileQueries = 32;
     /// <summary>The most blocks one query of one head is split over (<see cref="Attend"/>).</summary>
     public const int MaxSplits = 32;
     /// <summary>The widest row add_rmsnorm_lane takes: a thread per 32 elements, 256 threads.</summary>
@@ -35,6 +39,9 @@ internal sealed unsafe class ForwardKernels : IDisposable
     // attend_batch_f16_h128, ...), by (one token, head width); FITLM_CUDA_ATTN_ROWS=0 takes the element-wise kernels
     // instead, to compare.
     private readonly Dictionary<(bool One, int HeadDim), nint> _attendF16Rows = [];
+    // A batch's attention over a dense cache, tiled (attend_tile_f16_h128, ...), by (f16, head width);
+    // FITLM_CUDA_ATTN_TILES=0 takes attend_batch_* instead, to compare.
+    private readonly Dictionary<(bool Half, int HeadDim), nint> _attendTiles = [];
 
     /// <param name="heads">The model's query heads: a one-token attention is split over about three blocks per
     /// multiprocessor in all (flash-decoding), its scratch allocated here.</param>
@@ -65,6 +72,12 @@ internal sealed unsafe class ForwardKernels : IDisposable
             {
                 _attendF16Rows[(true, width)] = m.Function($"attend_f16_h{width}");
                 _attendF16Rows[(false, width)] = m.Function($"attend_batch_f16_h{width}");
+            }
+        if (Environment.GetEnvironmentVariable("FITLM_CUDA_ATTN_TILES") != "0")
+            foreach (int width in TileHeadDims)
+            {
+                _attendTiles[(false, width)] = m.Function($"attend_tile_f32_h{width}");
+                _attendTiles[(true, width)] = m.Function($"attend_tile_f16_h{width}");
             }
         // Last, so a function the module lacks throws before anything is allocated.
         _splits = Math.Clamp((3 * device.Multiprocessors + heads - 1) / Math.Max(1, heads), 1, MaxSplits);
@@ -164,8 +177,9 @@ internal sealed unsafe class ForwardKernels : IDisposable
     /// <summary>
     /// Attention of n query rows (positions *pos0 + t) over one layer's cache of one slot into out [n × heads·headDim],
     /// and in q8_0 at <paramref name="quantized"/> when given (headDim a multiple of 32). One token's attention is split
-    /// over up to <see cref="MaxSplits"/> blocks a head (their partial softmaxes merged by the last); a batch's is one
-    /// block per head and row (attend_batch_*).
+    /// over up to <see cref="MaxSplits"/> blocks a head (their partial softmaxes merged by the last); a batch's of at
+    /// least <see cref="TileQueries"/> rows over a dense cache with heads of 64 or 128 dimensions is one block per head
+    /// and <see cref="TileQueries"/> rows (attend_tile_*), else one per head and row (attend_batch_*).
     /// </summary>
     public void Attend(DeviceKvLayout kv, ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads,
         float scale, float cap, int window, ulong pos0, QuantizedX? quantized = null)
@@ -176,6 +190,12 @@ internal sealed unsafe class ForwardKernels : IDisposable
         ulong part = _part.Pointer, count = _count.Pointer;
         bool one = n == 1; // attend_batch_* take the same arguments but the last three, which the launch then ignores
         uint grid = (uint)(one ? heads * splits : heads);
+        if (!kv.IsKivi && n >= TileQueries && _attendTiles.TryGetValue((kv.Half, headDim), out var tiled))
+        {
+            void** args = stackalloc void*[] { &q, &kCache, &vCache, &output, &n, &heads, &kvHeads, &scale, &cap, &window, &pos0, &q8, &q8d, &q8s };
+            _device.Launch(tiled, (uint)heads, (uint)((n + TileQueries - 1) / TileQueries), AttentionThreads, 0, args);
+            return;
+        }
         if (!kv.IsKivi)
         {
             var f = kv.Half && _attendF16Rows.TryGetValue((one, headDim), out var rows) ? rows

@@ -124,6 +124,12 @@ public sealed class KernelCacheTests : IDisposable
         Assert.Contains("KV_ENTRIES(f16, KvF16)", forward, StringComparison.Ordinal);
         foreach (int width in ForwardKernels.RowHeadDims)
             Assert.Contains($"VEC_ENTRY(f16_h{width}, KvF16, {width / 32}, ", forward, StringComparison.Ordinal);
+        foreach (int width in ForwardKernels.TileHeadDims)
+        {
+            Assert.Contains($"TILE_ENTRY(f32_h{width}, KvF32, {width})", forward, StringComparison.Ordinal);
+            Assert.Contains($"TILE_ENTRY(f16_h{width}, KvF16, {width})", forward, StringComparison.Ordinal);
+        }
+        Assert.Contains($"#define TILE_Q {ForwardKernels.TileQueries}", forward, StringComparison.Ordinal);
         Assert.DoesNotMatch(@"(?m)^\s*#\s*include", KernelModule.Source("common.cuh"));
         Assert.Throws<FitLMException>(() => KernelModule.Source("missing.cu"));
     }
@@ -134,7 +140,7 @@ public sealed class KernelCacheTests : IDisposable
     // and add_rmsnorm_lane, which requests the norm's weights before it.
     [Theory]
     [InlineData("matvec.cu", 11)]
-    [InlineData("forward.cu", 15)]
+    [InlineData("forward.cu", 16)]
     public void EveryKernel_WaitsForThePreviousOneBeforeTouchingMemory(string file, int kernels)
     {
         string source = KernelModule.Source(file);

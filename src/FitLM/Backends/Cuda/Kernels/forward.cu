@@ -736,6 +736,144 @@ VEC_ENTRY(f16_h64, KvF16, 2, 8)
 VEC_ENTRY(f16_h128, KvF16, 4, 8)
 VEC_ENTRY(f16_h256, KvF16, 8, 4)
 
+// A batch's queries over a dense cache, tiled (attend_tile_<kv>_h<HD>, heads of 64 or 128 dimensions): a block takes
+// TILE_Q consecutive queries of one head and walks the positions they see TILE_K at a time, each tile's keys and values
+// read once into shared memory for all its queries (attend_batch_* reads every key and value once per query, so a
+// 2048-token prefill read the cache 2048 times over from L2). Scores: each thread a 2 × 2 block of (query, position)
+// pairs over the head's dimensions in order, scaled, capped, masked (causal, sliding window); the online softmax: the
+// first warp, a lane per query (running max and sum, the tile's probabilities written back over its scores); the
+// output: each warp 8 queries, each lane HD/32 consecutive dimensions, acc = acc·correction + Σ p·v. Float32 throughout,
+// as attend_batch_*: the CPU's arithmetic, summed in another order. q8 not null: the output is also written in q8_0.
+#define TILE_Q 32
+#define TILE_K 16
+template <typename KV, int HD>
+__device__ __forceinline__ void attend_tile(const float* q, const typename KV::T* kc, const typename KV::T* vc, float* out,
+                                            int n, int heads, int kv_heads, float scale, float cap, int window,
+                                            const int* pos0, i8* q8, float* q8d, int* q8s)
+{
+    const int QS = TILE_Q + 2, KS = TILE_K + 2, DL = HD / 32; // rows padded against bank conflicts, 8-byte aligned
+    __shared__ __align__(16) float qt[HD * QS];          // queries, dimension-major (qt[d·QS + i]); the output at the end
+    __shared__ __align__(16) float kt[HD * KS];          // the tile's keys, dimension-major
+    __shared__ __align__(16) float vs[TILE_K * HD];      // its values, position-major
+    __shared__ __align__(16) float ps[TILE_K * TILE_Q];  // scores, then probabilities: ps[jj·TILE_Q + i]
+    __shared__ float rm[TILE_Q], rl[TILE_Q], rc[TILE_Q]; // per query: running max, sum, this tile's correction
+    int h = blockIdx.x, t0 = blockIdx.y * TILE_Q, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int rows = min(TILE_Q, n - t0), p0 = *pos0 + t0; // query i is at position p0 + i
+    long long kv_dim = (long long)kv_heads * HD;
+    const typename KV::T* kh = kc + (long long)(h / (heads / kv_heads)) * HD;
+    const typename KV::T* vh = vc + (long long)(h / (heads / kv_heads)) * HD;
+    for (int e = tid; e < TILE_Q * HD; e += blockDim.x)
+    {
+        int i = e / HD, d = e % HD;
+        qt[d * QS + i] = i < rows ? q[((long long)(t0 + i) * heads + h) * HD + d] : 0.f;
+    }
+    if (tid < TILE_Q) { rm[tid] = NEG_INF; rl[tid] = 0.f; }
+    int lo = window > 0 ? max(0, p0 - window + 1) : 0, hi = p0 + rows; // positions any of the tile's queries sees
+    int si = (tid >> 3) * 2, sj = (tid & 7) * 2;                     // this thread's score block
+    float acc[8][DL];
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+#pragma unroll
+        for (int k = 0; k < DL; k++) acc[r][k] = 0.f;
+    for (int j0 = lo; j0 < hi; j0 += TILE_K)
+    {
+        __syncthreads(); // the last tile's keys, values and probabilities are read
+        for (int e = tid; e < TILE_K * HD; e += blockDim.x)
+        {
+            int jj = e / HD, d = e % HD, j = j0 + jj;
+            bool ok = j < hi;
+            kt[d * KS + jj] = ok ? KV::load(kh + j * kv_dim + d) : 0.f;
+            vs[jj * HD + d] = ok ? KV::load(vh + j * kv_dim + d) : 0.f;
+        }
+        __syncthreads();
+        float s[2][2] = { { 0.f, 0.f }, { 0.f, 0.f } };
+#pragma unroll 8
+        for (int d = 0; d < HD; d++)
+        {
+            float2 a = *(const float2*)&qt[d * QS + si], b = *(const float2*)&kt[d * KS + sj];
+            s[0][0] += a.x * b.x; s[0][1] += a.x * b.y;
+            s[1][0] += a.y * b.x; s[1][1] += a.y * b.y;
+        }
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+            for (int b = 0; b < 2; b++)
+            {
+                int i = si + a, j = j0 + sj + b, p = p0 + i;
+                float v = s[a][b] * scale;
+                if (cap > 0.f) v = tanhf(v * (1.f / cap)) * cap;
+                bool seen = i < rows && j <= p && (window <= 0 || j > p - window);
+                ps[(sj + b) * TILE_Q + i] = seen ? v : NEG_INF;
+            }
+        __syncthreads();
+        if (warp == 0)
+        {
+            float m = rm[lane], mx = m, sum = 0.f;
+#pragma unroll
+            for (int jj = 0; jj < TILE_K; jj++) mx = fmaxf(mx, ps[jj * TILE_Q + lane]);
+#pragma unroll
+            for (int jj = 0; jj < TILE_K; jj++)
+            {
+                float e = mx == NEG_INF ? 0.f : expf(ps[jj * TILE_Q + lane] - mx); // no position seen yet: nothing
+                ps[jj * TILE_Q + lane] = e;
+                sum += e;
+            }
+            float c = mx == NEG_INF ? 1.f : expf(m - mx);
+            rm[lane] = mx; rl[lane] = rl[lane] * c + sum; rc[lane] = c;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < 8; r++)
+        {
+            float c = rc[8 * warp + r];
+#pragma unroll
+            for (int k = 0; k < DL; k++) acc[r][k] *= c;
+        }
+#pragma unroll 4
+        for (int jj = 0; jj < TILE_K; jj++)
+        {
+            float4 pa = *(const float4*)&ps[jj * TILE_Q + 8 * warp], pb = *(const float4*)&ps[jj * TILE_Q + 8 * warp + 4];
+            float pr[8] = { pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w }, v[DL];
+            if constexpr (DL == 4)
+            {
+                float4 w = *(const float4*)&vs[jj * HD + lane * 4];
+                v[0] = w.x; v[1] = w.y; v[2] = w.z; v[3] = w.w;
+            }
+            else
+            {
+                float2 w = *(const float2*)&vs[jj * HD + lane * 2];
+                v[0] = w.x; v[1] = w.y;
+            }
+#pragma unroll
+            for (int r = 0; r < 8; r++)
+#pragma unroll
+                for (int k = 0; k < DL; k++) acc[r][k] += pr[r] * v[k];
+        }
+    }
+    __syncthreads(); // qt is free: the output goes there row-major, then out a lane an element (q8_0's blocks of 32)
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+#pragma unroll
+        for (int k = 0; k < DL; k++) qt[(8 * warp + r) * HD + lane * DL + k] = acc[r][k] / rl[8 * warp + r];
+    __syncthreads();
+    for (int i = warp; i < rows; i += ATTN_WARPS)
+        for (int d = lane; d < HD; d += 32)
+            write_output(qt[i * HD + d], out, ((long long)(t0 + i) * heads + h) * HD + d, q8, q8d, q8s);
+}
+
+#define TILE_ENTRY(suffix, KV, HD) \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_tile_##suffix(const float* q, const KV::T* kc, \
+        const KV::T* vc, float* out, int n, int heads, int kv_heads, float scale, float cap, int window, const int* pos0, \
+        i8* q8, float* q8d, int* q8s) \
+    { \
+        pdl_begin(); \
+        attend_tile<KV, HD>(q, kc, vc, out, n, heads, kv_heads, scale, cap, window, pos0, q8, q8d, q8s); \
+    }
+TILE_ENTRY(f32_h64, KvF32, 64)
+TILE_ENTRY(f32_h128, KvF32, 128)
+TILE_ENTRY(f16_h64, KvF16, 64)
+TILE_ENTRY(f16_h128, KvF16, 128)
+
 // Attention over KIVI's cache: kq/vq the slot's quantized tiles, kr/vr its ring; one token, and a batch.
 #define KIVI_SOURCE KiviSource src = { kq, vq, kr, vr, (long long)kv_heads * head_dim, kv_heads, ring, residual, bits, \
                                        (head_dim + KIVI_GROUP - 1) / KIVI_GROUP, 0, 0 }
