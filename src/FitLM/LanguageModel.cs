@@ -188,7 +188,7 @@ public sealed class LanguageModel : IDisposable
         if (GpuRefusal(source, options) is { } why) throw new FitLMException(why);
         var device = new Backends.Cuda.CudaBackend(source, ctx, options.MaxBatch, options.Kv, options.GpuMemoryBudget,
             naiveStreaming: options.Stream == StreamMode.Naive, ordinal: 0, log: m => Console.Error.WriteLine(m),
-            sequences: Math.Max(1, options.DeviceSequences));
+            sequences: Math.Max(1, options.DeviceSequences), hostMemory: GpuHostMemory(source, options));
         try
         {
             var plan = new Memory.MemoryPlan
@@ -197,7 +197,7 @@ public sealed class LanguageModel : IDisposable
                 Context = ctx,
                 Tensors = [], // every weight is in GPU memory: the host holds none
                 Mode = options.Stream,
-                RuntimeBytes = options.RuntimeBytes > 0 ? options.RuntimeBytes : RuntimeFootprint.Bytes(source),
+                RuntimeBytes = RuntimeBytes(source, options),
                 KvBytes = 0,
                 ScratchBytes = 0,
                 StreamBufferBytes = 0,
@@ -213,6 +213,16 @@ public sealed class LanguageModel : IDisposable
             throw;
         }
     }
+
+    private static long RuntimeBytes(IModelSource source, LoadOptions options) =>
+        options.RuntimeBytes > 0 ? options.RuntimeBytes : RuntimeFootprint.Bytes(source);
+
+    /// <summary>
+    /// Host bytes --memory leaves the pinned copies of layers streamed to the GPU (no --memory: no limit); the layers past
+    /// it are read from the model file every pass. `fitlm plan --device cuda` asks the same.
+    /// </summary>
+    internal static long GpuHostMemory(IModelSource source, LoadOptions options) =>
+        Backends.Cuda.CudaBackend.HostMemoryFor(options.MemoryBudget, RuntimeBytes(source, options));
 
     /// <summary>
     /// A mixture of experts whose experts the plan puts in an expert cache, or whose options ask for one (--expert-cache,

@@ -73,7 +73,7 @@ internal static class GpuPlan
                 if (device == null) throw new FitLMException($"give --gpu-memory SIZE: there is no GPU to read free memory from ({noDevice})");
                 budget = device.FreeMemory() - CudaBackend.Headroom;
             }
-            var p = CudaBackend.Plan(source, n, load.MaxBatch, load.Kv, budget, naive);
+            var p = CudaBackend.Plan(source, n, load.MaxBatch, load.Kv, budget, naive, hostMemory: LanguageModel.GpuHostMemory(source, load));
             double? copy = null, h2d = null;
             if (device != null && p.StreamedBytes == 0)
                 copy = device.CopyBandwidth(Math.Min(1L << 30, Math.Max(64L << 20, (device.FreeMemory() - p.DeviceBytes) / 4)));
@@ -103,13 +103,20 @@ internal static class GpuPlan
                 : $"  predicted decode     not measured (no GPU here: {r.NoDevice}); {read} of weights read per token");
             return;
         }
+        int fromFile = p.Resident + p.PinnedLayers;
         o.WriteLine($"  streamed per token   {ProcessMemory.Format(p.StreamedBytes),12}  (layers {p.Resident}-{p.Layers - 1} " +
-            (r.Naive ? "read from the model file and uploaded before each use: --stream naive)" : "from pinned host memory, copied while the layers before them run)"));
+            (r.Naive ? "read from the model file and uploaded before each use: --stream naive)"
+                : fromFile == p.Layers ? "from pinned host memory, copied while the layers before them run)"
+                : $"copied while the layers before them run: {(p.PinnedLayers > 0 ? $"{Layers(p.Resident, fromFile - 1)} from pinned host memory, " : "")}" +
+                  $"{Layers(fromFile, p.Layers - 1)} read from the model file each token ({ProcessMemory.Format(p.FileBytesPerPass)}), as --memory holds no more pinned copies)"));
         o.WriteLine(r.HostToDevice is { } h2d
             ? $"  predicted decode     at most {r.PredictedTokensPerSecond:F2} tok/s  (the {h2d / 1e9:F1} GB/s host-to-device copy measured now" +
-              (r.Naive ? "; the naive loop also reads the file and does not overlap, so it runs far below this)" : ")")
+              (r.Naive ? "; the naive loop also reads the file and does not overlap, so it runs far below this)"
+                  : p.FileBytesPerPass > 0 ? "; the layers read from the file are bound by its read speed too)" : ")")
             : $"  predicted decode     not measured (no GPU here: {r.NoDevice})");
     }
+
+    private static string Layers(int first, int last) => first == last ? $"{first}" : $"{first}-{last}";
 
     /// <summary>`plan --device cuda --json`: the same fields as the text, bytes as numbers; measurements null without a GPU.</summary>
     private static Dictionary<string, object?> Json(Report r)
@@ -131,6 +138,8 @@ internal static class GpuPlan
             ["kv_bytes"] = p.KvBytes,
             ["stream_slot_bytes"] = p.SlotBytes,
             ["streamed_bytes_per_token"] = p.StreamedBytes,
+            ["pinned_streamed_layers"] = r.Naive ? 0 : p.PinnedLayers,
+            ["file_bytes_per_token"] = p.FileBytesPerPass,
             ["weights_read_per_token"] = r.WeightsReadPerToken,
             ["device_copy_bytes_per_second"] = r.DeviceCopy,
             ["host_to_device_bytes_per_second"] = r.HostToDevice,

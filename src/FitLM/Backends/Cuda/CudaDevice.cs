@@ -190,6 +190,9 @@ internal sealed unsafe class CudaDevice : IDisposable
 
     public static void Record(nint e, nint stream) => CudaDriver.Check(CudaDriver.cuEventRecord(e, stream));
 
+    /// <summary>Blocks the calling thread until what was queued before the last record of <paramref name="e"/> has run.</summary>
+    public static void WaitOnHost(nint e) => CudaDriver.Check(CudaDriver.cuEventSynchronize(e));
+
     public static void DestroyEvent(nint e) => _ = CudaDriver.cuEventDestroy_v2(e);
 
     /// <summary>Queues a copy from pinned host memory to the device on <paramref name="stream"/>; returns at once.</summary>

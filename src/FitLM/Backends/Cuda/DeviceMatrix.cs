@@ -29,6 +29,26 @@ internal sealed class WeightBlock
     public long Bytes { get; }
     public IEnumerable<DeviceMatrix> Matrices => _matrices.Values;
 
+    /// <summary>
+    /// Host bytes <see cref="Write"/> works in at most: a chunk of whole rows as the file stores them, the same rearranged
+    /// (split types) or as float32 (types without a GPU kernel).
+    /// </summary>
+    public long WriteScratchBytes => _matrices.Values.Select(m =>
+    {
+        var t = m.Tensor;
+        long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
+        long rows = Math.Clamp(ChunkBytes / sourceRow, 1, t.Rows);
+        bool raw = m.Type == t.Type;
+        return rows * sourceRow * (raw && SplitLayout.Applies(t.Type) ? 2 : 1) + (raw ? 0 : rows * t.RowLength * sizeof(float));
+    }).DefaultIfEmpty(0).Max();
+
+    /// <summary>The arrays <see cref="Write"/> reads and converts chunks in, kept by a caller that writes blocks again and again.</summary>
+    public sealed class WriteScratch
+    {
+        internal byte[] Bytes = [], Split = [];
+        internal float[] Floats = [];
+    }
+
     public WeightBlock(IEnumerable<TensorDesc> tensors)
     {
         long offset = 0;
@@ -53,10 +73,11 @@ internal sealed class WeightBlock
     /// Produces the block's bytes from <paramref name="source"/> in chunks of whole rows: <paramref name="sink"/> gets each
     /// chunk with its offset in the block (an upload to the device, or a copy into pinned memory).
     /// </summary>
-    public void Write(IModelSource source, Action<long, ReadOnlySpan<byte>> sink)
+    public void Write(IModelSource source, Action<long, ReadOnlySpan<byte>> sink, WriteScratch? scratch = null)
     {
-        byte[] bytes = [], split = [];
-        float[] floats = [];
+        scratch ??= new WriteScratch();
+        ref byte[] bytes = ref scratch.Bytes, split = ref scratch.Split;
+        ref float[] floats = ref scratch.Floats;
         foreach (var m in _matrices.Values)
         {
             var t = m.Tensor;

@@ -1,3 +1,4 @@
+using FitLM.Runtime;
 using FitLM.Model;
 
 namespace FitLM.Backends.Cuda;
@@ -11,6 +12,11 @@ namespace FitLM.Backends.Cuda;
 /// layers are already copying while this token finishes. A step then costs about max(copy, compute); the copies alone
 /// bound it at streamed bytes / host-to-device bandwidth.
 ///
+/// Where the host's budget (--memory) cannot hold a pinned copy of every streamed layer, the first layers keep theirs
+/// and the rest are read from the model file for every pass into one of two pinned staging buffers, a slot's worth
+/// each, while the GPU runs the layers before them (the thread that queues the kernels reads; a buffer is refilled once
+/// the copy out of it has finished). The file's read speed then bounds those layers.
+///
 /// Naive mode (--stream naive) is the baseline the issue names, a load-every-layer loop: one slot, each streamed layer
 /// read from the model file and uploaded synchronously right before it runs, nothing overlapped.
 /// </summary>
@@ -20,6 +26,9 @@ internal sealed class LayerStreamer : IDisposable
     private readonly IModelSource _source;
     private readonly WeightBlock[] _blocks;
     private readonly PinnedBuffer?[] _pinned;
+    // Layers without a pinned copy: the staging buffer of each slot, and the arrays a block is read and converted in.
+    private readonly PinnedBuffer[] _staging = [];
+    private readonly WeightBlock.WriteScratch _scratch = new();
     private readonly DeviceBuffer[] _slots;
     private readonly nint[] _copied, _consumed;
     private long _next, _queued; // sequence numbers: the next streamed layer to run, and copies queued so far
@@ -29,13 +38,41 @@ internal sealed class LayerStreamer : IDisposable
     public long SlotBytes { get; }
     /// <summary>Bytes copied to the device per pass (every streamed layer once).</summary>
     public long BytesPerPass { get; }
-    public long PinnedBytes => _pinned.Sum(p => p?.Bytes ?? 0);
+    public long PinnedBytes => _pinned.Sum(p => p?.Bytes ?? 0) + _staging.Sum(p => p.Bytes);
+    /// <summary>Streamed layers with a pinned copy (the first ones); the others are read from the file every pass.</summary>
+    public int PinnedLayers { get; }
 
     /// <summary>Device memory the slots take for these blocks.</summary>
     public static long SlotMemory(IEnumerable<WeightBlock> blocks, bool naive) =>
         (naive ? 1 : 2) * blocks.Select(b => b.Bytes).DefaultIfEmpty(0).Max();
 
-    public LayerStreamer(CudaDevice device, IModelSource source, IReadOnlyList<WeightBlock> blocks, bool naive)
+    /// <summary>Host bytes the layers read from the file need: a staging buffer per slot, and the arrays a block is read in.</summary>
+    public static long StagingBytes(IReadOnlyList<WeightBlock> blocks) =>
+        2 * blocks.Max(b => b.Bytes) + blocks.Max(b => b.WriteScratchBytes);
+
+    /// <summary>
+    /// How many of the streamed <paramref name="blocks"/>, first to last, keep a pinned copy within
+    /// <paramref name="hostBudget"/> bytes: every one when all fit beside the arrays a block is written in; else as many
+    /// as fit beside the staging of the rest; -1 when not even that fits.
+    /// </summary>
+    public static int PinnedLayersFor(IReadOnlyList<WeightBlock> blocks, long hostBudget)
+    {
+        long scratch = blocks.Max(b => b.WriteScratchBytes);
+        if (blocks.Sum(b => b.Bytes) + scratch <= hostBudget) return blocks.Count;
+        long left = hostBudget - StagingBytes(blocks);
+        if (left < 0) return -1;
+        int n = 0;
+        while (n < blocks.Count && blocks[n].Bytes <= left) left -= blocks[n++].Bytes;
+        return n;
+    }
+
+    /// <summary>The refusal when <paramref name="hostBudget"/> cannot hold even the staging of layers read from the file.</summary>
+    public static FitLMException TooLittleHostMemory(IReadOnlyList<WeightBlock> blocks, long hostBudget) =>
+        new($"--memory leaves {ProcessMemory.Format(Math.Max(0, hostBudget))} of host memory for streaming layers to the GPU, less than the " +
+            $"{ProcessMemory.Format(StagingBytes(blocks))} of staging that reading them from the model file needs: give a larger --memory or --gpu-memory");
+
+    /// <param name="hostBudget">Host bytes for the pinned copies (what --memory leaves them): layers past it are read from the file every pass.</param>
+    public LayerStreamer(CudaDevice device, IModelSource source, IReadOnlyList<WeightBlock> blocks, bool naive, long hostBudget = long.MaxValue)
     {
         _device = device;
         _source = source;
@@ -56,7 +93,10 @@ internal sealed class LayerStreamer : IDisposable
                 _consumed[i] = CudaDevice.CreateEvent();
             }
             if (naive) return;
-            for (int j = 0; j < _blocks.Length; j++)
+            PinnedLayers = PinnedLayersFor(_blocks, hostBudget);
+            if (PinnedLayers < 0) throw TooLittleHostMemory(_blocks, hostBudget);
+            if (PinnedLayers < _blocks.Length) _staging = [new PinnedBuffer(SlotBytes), new PinnedBuffer(SlotBytes)];
+            for (int j = 0; j < PinnedLayers; j++)
             {
                 var pinned = _pinned[j] = new PinnedBuffer(_blocks[j].Bytes);
                 _blocks[j].Write(source, (offset, bytes) => bytes.CopyTo(pinned.Slice(offset, bytes.Length)));
@@ -102,7 +142,15 @@ internal sealed class LayerStreamer : IDisposable
     {
         int slot = (int)(q % 2), j = (int)(q % Count);
         if (q >= 2) CudaDevice.Wait(_device.CopyStream, _consumed[slot]);
-        CudaDevice.CopyAsync(_slots[slot].Pointer, _pinned[j]!, _blocks[j].Bytes, _device.CopyStream);
+        var from = _pinned[j];
+        if (from == null)
+        {
+            // From the file, into this slot's staging buffer once the copy that last read it (q - 2's) has finished.
+            if (q >= 2) CudaDevice.WaitOnHost(_copied[slot]);
+            var staging = from = _staging[slot];
+            _blocks[j].Write(_source, (offset, bytes) => bytes.CopyTo(staging.Slice(offset, bytes.Length)), _scratch);
+        }
+        CudaDevice.CopyAsync(_slots[slot].Pointer, from, _blocks[j].Bytes, _device.CopyStream);
         CudaDevice.Record(_copied[slot], _device.CopyStream);
     }
 
@@ -112,5 +160,6 @@ internal sealed class LayerStreamer : IDisposable
             if (e != 0) CudaDevice.DestroyEvent(e);
         foreach (var s in _slots) s?.Dispose();
         foreach (var p in _pinned) p?.Dispose();
+        foreach (var p in _staging) p.Dispose();
     }
 }

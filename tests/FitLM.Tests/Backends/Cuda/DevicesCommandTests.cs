@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using FitLM.Backends.Cuda;
+using FitLM.Model;
 using FitLM.Tests.Cli;
 using Xunit;
 using Xunit.Abstractions;
@@ -117,6 +118,17 @@ public sealed class DevicesCommandTests(ITestOutputHelper output)
             Assert.Equal(System.Text.Json.JsonValueKind.Null, o.GetProperty("predicted_tokens_per_second").ValueKind);
             Assert.StartsWith("no CUDA driver", o.GetProperty("not_measured_because").GetString(), StringComparison.Ordinal);
         }
+        // --memory: the host holds pinned copies of the first streamed layers it has room for; the rest are read from the
+        // file each token; a budget without room for the staging is refused with the minimum's reason.
+        long overhead;
+        using (var source = ModelSource.Open(TestPaths.DemoModel))
+            overhead = (FitLM.Memory.RuntimeFootprint.Bytes(source) + CudaBackend.HostOverheadBytes + (1L << 20) - 1) >> 20; // MiB, rounded up
+        var host = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda", "--gpu-memory", "105MiB", "--memory", $"{overhead + 8}MiB");
+        Assert.Equal(0, host.ExitCode);
+        Assert.Matches(@"layers 2-7 copied while the layers before them run: (2(-[3-6])? from pinned host memory, )?[2-7](-7)? read from the model file each token", host.StdOut);
+        var noRoom = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda", "--gpu-memory", "105MiB", "--memory", $"{overhead}MiB");
+        Assert.Equal(1, noRoom.ExitCode);
+        Assert.Contains("of staging that reading them from the model file needs", noRoom.StdErr, StringComparison.Ordinal);
         var noBudget = CliRunner.Run("plan", "-m", TestPaths.DemoModel, "--device", "cuda");
         Assert.Equal(1, noBudget.ExitCode);
         Assert.StartsWith("error: give --gpu-memory SIZE: there is no GPU", noBudget.StdErr.Trim(), StringComparison.Ordinal);

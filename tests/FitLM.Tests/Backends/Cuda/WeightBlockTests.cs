@@ -127,4 +127,19 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
         long[] layers = [200, 200, 200, 200];
         Assert.Equal(expected, CudaBackend.ResidentLayers(fixedBytes, layers, budget, naive));
     }
+
+    [Fact]
+    public void PinnedLayers_AreTheFirstStreamedLayersTheHostBudgetHolds_TheRestReadFromTheFile()
+    {
+        using var source = ModelSource.Open(TestPaths.DemoModel);
+        var blocks = Enumerable.Range(0, 4).Select(l => new WeightBlock(Layer0.Select(n => source.Get(n.Replace("blk.0.", $"blk.{l}.", StringComparison.Ordinal))))).ToArray();
+        long all = blocks.Sum(b => b.Bytes), scratch = blocks.Max(b => b.WriteScratchBytes), staging = LayerStreamer.StagingBytes(blocks);
+        Assert.Equal(2 * blocks.Max(b => b.Bytes) + scratch, staging); // a slot's worth of staging per slot, and a chunk to read in
+        Assert.Equal(4, LayerStreamer.PinnedLayersFor(blocks, long.MaxValue)); // no --memory
+        Assert.Equal(4, LayerStreamer.PinnedLayersFor(blocks, all + scratch)); // every copy pinned: no staging
+        Assert.Equal(1, LayerStreamer.PinnedLayersFor(blocks, staging + blocks[0].Bytes));
+        Assert.Equal(0, LayerStreamer.PinnedLayersFor(blocks, staging));
+        Assert.Equal(-1, LayerStreamer.PinnedLayersFor(blocks, staging - 1));
+        Assert.Contains("give a larger --memory or --gpu-memory", LayerStreamer.TooLittleHostMemory(blocks, staging - 1).Message, StringComparison.Ordinal);
+    }
 }
