@@ -1,3 +1,6 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using FitLM.Tensors;
 
 namespace FitLM.Backends.Cuda;
@@ -36,16 +39,40 @@ internal static class SplitLayout
         long blocksPerRow = cols / elements, blocks = rows * blocksPerRow;
         var quants = scratch[..(int)(blocks * main)];
         var scales = scratch.Slice((int)(blocks * main), (int)(blocks * 2));
-        for (int b = 0; b < blocks; b++)
-        {
-            var block = gguf.Slice(b * bytes, bytes);
-            block.Slice(scaleAt, 2).CopyTo(scales.Slice(2 * b, 2));
-            var q = quants.Slice(b * main, main);
-            if (scaleAt == 0) block[2..].CopyTo(q);
-            else block[..main].CopyTo(q);
-        }
+        if (gguf.Length < blocks * bytes) throw new ArgumentException("fewer bytes than the rows hold", nameof(gguf));
+        Rearrange(gguf, quants, scales, (int)blocks, bytes, scaleAt);
         sink(r0 * blocksPerRow * main, quants);
         sink(totalRows * blocksPerRow * main + r0 * blocksPerRow * 2, scales);
+    }
+
+    /// <summary>
+    /// Each block's 2-byte d into <paramref name="scales"/> and its other bytes into <paramref name="quants"/>. Q4_0's and
+    /// Q8_0's 16 and 32 bytes move as one or two 16-byte vectors: two span copies a block ran at about 0.9 GB/s and held a
+    /// layer read from the file each token to that speed (run 32: llama-7b Q4_0, 2.12 GiB a token, 0.68 tok/s).
+    /// </summary>
+    private static void Rearrange(ReadOnlySpan<byte> gguf, Span<byte> quants, Span<byte> scales, int blocks, int bytes, int scaleAt)
+    {
+        int main = bytes - 2;
+        if (scaleAt != 0 || main % 16 != 0)
+        {
+            for (int b = 0; b < blocks; b++)
+            {
+                var block = gguf.Slice(b * bytes, bytes);
+                block.Slice(scaleAt, 2).CopyTo(scales.Slice(2 * b, 2));
+                (scaleAt == 0 ? block[2..] : block[..main]).CopyTo(quants.Slice(b * main, main));
+            }
+            return;
+        }
+        ref byte src = ref MemoryMarshal.GetReference(gguf);
+        ref byte q = ref MemoryMarshal.GetReference(quants);
+        ref byte d = ref MemoryMarshal.GetReference(scales);
+        for (int b = 0; b < blocks; b++)
+        {
+            ref byte block = ref Unsafe.Add(ref src, (nint)b * bytes);
+            Unsafe.WriteUnaligned(ref Unsafe.Add(ref d, 2 * b), Unsafe.ReadUnaligned<ushort>(ref block));
+            for (int k = 0; k < main; k += 16)
+                Unsafe.WriteUnaligned(ref Unsafe.Add(ref q, (nint)b * main + k), Unsafe.ReadUnaligned<Vector128<byte>>(ref Unsafe.Add(ref block, 2 + k)));
+        }
     }
 
     /// <summary>A whole matrix of GGUF rows in the split layout (the kernel checks upload this).</summary>
