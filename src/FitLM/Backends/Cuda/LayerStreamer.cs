@@ -99,7 +99,7 @@ internal sealed class LayerStreamer : IDisposable
             for (int j = 0; j < PinnedLayers; j++)
             {
                 var pinned = _pinned[j] = new PinnedBuffer(_blocks[j].Bytes);
-                _blocks[j].Write(source, (offset, bytes) => bytes.CopyTo(pinned.Slice(offset, bytes.Length)));
+                _blocks[j].Write(source, (offset, bytes) => bytes.CopyTo(pinned.Slice(offset, bytes.Length)), _scratch);
             }
         }
         catch
