@@ -168,8 +168,10 @@ public sealed class Transformer
         if (logitsFrom < 0 || logitsFrom > n) throw new ArgumentOutOfRangeException(nameof(logitsFrom));
         if (logits.Length < (long)(n - logitsFrom) * Config.Vocab) throw new ArgumentException("logits buffer too small");
         if (Device != null && _slotBusy[0]) throw new InvalidOperationException("the device's KV slot 0 holds a sequence of CreateSequenceKv: use the batched Forward");
+        // A new sequence (pos 0) or a rewind; a device slot's positions are set by the pass itself, after the device's own
+        // checks (KIVI refuses a rewind into what it has quantized, and the slot then keeps what it holds).
         var kv = DeviceKv ?? Kv;
-        if (pos != kv.Length) kv.Truncate(pos); // a new sequence (pos 0) or a rewind
+        if (Device == null && pos != kv.Length) kv.Truncate(pos);
 
         using var rowWise = MatMul.RowWiseScope(batchInvariant);
         for (int start = 0; start < n;)
@@ -205,7 +207,7 @@ public sealed class Transformer
         CheckTokens(tokens, pos);
         if (hidden.Length < (long)n * dim) throw new ArgumentException("hidden buffer too small");
         if (Device != null) DeviceStore(kv);
-        if (pos != kv.Length) kv.Truncate(pos);
+        else if (pos != kv.Length) kv.Truncate(pos);
         using var rowWise = MatMul.RowWiseScope(Options.BatchInvariant);
         for (int start = 0; start < n;)
         {
@@ -291,7 +293,7 @@ public sealed class Transformer
             var sl = slices[s];
             var t = sl.Tokens.Span;
             t.CopyTo(tokens.AsSpan(row));
-            if (sl.Pos != sl.Kv.Length) sl.Kv.Truncate(sl.Pos); // a new sequence (pos 0) or a rewind
+            if (Device == null && sl.Pos != sl.Kv.Length) sl.Kv.Truncate(sl.Pos); // a new sequence (pos 0) or a rewind (a device slot: the pass sets it)
             segments[s] = new PassSegment { Kv = sl.Kv, Pos = sl.Pos, Row = row, Count = t.Length };
             row += t.Length;
         }

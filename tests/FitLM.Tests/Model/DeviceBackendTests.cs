@@ -72,6 +72,8 @@ public class DeviceBackendTests
         public readonly List<string> Ops = [];
         public readonly List<(int N, (int Slot, int Pos, int Count)[] Segments, bool Logits)> Passes = [];
         public bool AbandonNextRecording;
+        /// <summary>Like KIVI's: a pass starting below this position is refused before anything changes.</summary>
+        public int RefuseRewindBelow;
 
         public RecordingBackend(ModelConfig c)
         {
@@ -97,6 +99,7 @@ public class DeviceBackendTests
 
         public void BeginPass(ForwardContext context, int n, int segments, bool logits)
         {
+            if (context.Segments[0].Pos < RefuseRewindBelow) throw new FitLMException("a rewind into quantized tiles");
             _segments.Clear();
             _normed.Clear();
             for (int s = 0; s < segments; s++)
@@ -287,6 +290,20 @@ public class DeviceBackendTests
         Assert.Equal(2, device.Passes.Count);
         Assert.Equal(3f, logits[0]);
         Assert.Equal(4, tf.CachedPositions);
+    }
+
+    [Fact]
+    public void ARewindTheDeviceRefuses_LeavesTheSlotsPositions()
+    {
+        var device = new RecordingBackend(Config());
+        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var logits = new float[50];
+        tf.Forward([1, 2, 3, 4, 5, 6], 0, logits, 5);
+        device.RefuseRewindBelow = 6;
+        Assert.Throws<FitLMException>(() => tf.Forward([7], 2, logits, 0));
+        Assert.Equal(6, tf.CachedPositions); // what the device still holds
+        tf.Forward([7], 6, logits, 0);
+        Assert.Equal(7, tf.CachedPositions);
     }
 
     [Fact]
