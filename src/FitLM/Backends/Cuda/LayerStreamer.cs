@@ -100,7 +100,7 @@ internal sealed class LayerStreamer : IDisposable
             for (int j = 0; j < PinnedLayers; j++)
             {
                 var pinned = _pinned[j] = new PinnedBuffer(_blocks[j].Bytes);
-                _blocks[j].Write(source, (offset, bytes) => bytes.CopyTo(pinned.Slice(offset, bytes.Length)), _scratch);
+                _blocks[j].WriteTo(source, pinned.Slice(0, (int)_blocks[j].Bytes), _scratch);
             }
         }
         catch
@@ -148,8 +148,8 @@ internal sealed class LayerStreamer : IDisposable
         {
             // From the file, into this slot's staging buffer once the copy that last read it (q - 2's) has finished.
             if (q >= 2) CudaDevice.WaitOnHost(_copied[slot]);
-            var staging = from = _staging[slot];
-            _blocks[j].Write(_source, (offset, bytes) => bytes.CopyTo(staging.Slice(offset, bytes.Length)), _scratch);
+            from = _staging[slot];
+            _blocks[j].WriteTo(_source, from.Slice(0, (int)_blocks[j].Bytes), _scratch);
         }
         CudaDevice.CopyAsync(_slots[slot].Pointer, from, _blocks[j].Bytes, _device.CopyStream);
         CudaDevice.Record(_copied[slot], _device.CopyStream);

@@ -46,6 +46,20 @@ internal static class SplitLayout
     }
 
     /// <summary>
+    /// Rearranges <paramref name="rows"/> GGUF rows, rows r0.. of a matrix of <paramref name="totalRows"/>, straight into
+    /// <paramref name="matrix"/>, the whole split matrix's bytes (quants and scales at their places in it).
+    /// </summary>
+    public static void WriteInto(GgmlType type, int totalRows, int cols, int r0, int rows, ReadOnlySpan<byte> gguf, Span<byte> matrix)
+    {
+        var (bytes, scaleAt, elements) = Block(type);
+        int main = bytes - 2;
+        long blocksPerRow = cols / elements, blocks = rows * blocksPerRow;
+        if (gguf.Length < blocks * bytes) throw new ArgumentException("fewer bytes than the rows hold", nameof(gguf));
+        Rearrange(gguf, matrix.Slice((int)(r0 * blocksPerRow * main), (int)(blocks * main)),
+            matrix.Slice((int)(totalRows * blocksPerRow * main + r0 * blocksPerRow * 2), (int)(blocks * 2)), (int)blocks, bytes, scaleAt);
+    }
+
+    /// <summary>
     /// Each block's 2-byte d into <paramref name="scales"/> and its other bytes into <paramref name="quants"/>. Q4_0's and
     /// Q8_0's 16 and 32 bytes move as one or two 16-byte vectors: two span copies a block ran at about 0.9 GB/s and held a
     /// layer read from the file each token to that speed (run 32: llama-7b Q4_0, 2.12 GiB a token, 0.68 tok/s).

@@ -45,6 +45,27 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
         Assert.True(block.Bytes >= end && block.Bytes - end < 256);
     }
 
+    [Theory]
+    [InlineData("demo")]                        // Q4_K as stored, Q6_K split
+    [InlineData("pycoder-29m-q4_0.gguf")]       // Q4_0 split
+    [InlineData("pycoder-29m-q8_0.gguf")]       // Q8_0 split
+    [InlineData("pycoder-29m-q3_k_m.gguf")]     // Q3_K dequantized to float32
+    public void WriteTo_PutsTheSameBytesInPlace_AsWriteHandsTheSink(string file)
+    {
+        string path = file == "demo" ? TestPaths.DemoModel
+            : TestPaths.Shared is { } shared ? Path.Combine(shared, "models", "pycoder-29m-gguf", file) : "";
+        if (path == "") { output.WriteLine("skipped: ../shared is absent"); return; }
+        using var source = ModelSource.Open(path);
+        var block = new WeightBlock(Layer0.Select(source.Get));
+        var expected = Written(source, block);
+        var got = new byte[block.Bytes];
+        var scratch = new WeightBlock.WriteScratch();
+        block.WriteTo(source, got, scratch);
+        block.WriteTo(source, got, scratch); // again through the same scratch, as a staging buffer is refilled
+        Assert.True(expected.AsSpan().SequenceEqual(got));
+        Assert.Throws<ArgumentException>(() => block.WriteTo(source, new byte[block.Bytes - 1], scratch));
+    }
+
     [Fact]
     public void TypesWithoutAKernel_AreDequantizedToFloat32()
     {
