@@ -83,7 +83,7 @@ public sealed record SyntheticShape(string Name, int Dim, int Layers, int Heads,
 public static class SyntheticModel
 {
     /// <summary>File types as llama.cpp names and numbers them (LLAMA_FTYPE_*).</summary>
-    public static readonly string[] FileTypes = ["f16", "q8_0", "q4_0", "q4_k_m"];
+    public static readonly string[] FileTypes = ["f32", "f16", "q8_0", "q4_0", "q4_k_m"];
 
     private static QuantizationType FileType(string ftype) =>
         FileTypes.Contains(ftype) ? QuantizationType.Parse(ftype)

@@ -31,6 +31,7 @@ public sealed class SynthFileTests : IDisposable
         if (name.EndsWith("_norm.weight")) return GgmlType.F32;
         return ftype switch
         {
+            "f32" => GgmlType.F32,
             "f16" => GgmlType.F16,
             "q8_0" => GgmlType.Q8_0,
             "q4_0" => name == "output.weight" ? GgmlType.Q6_K : GgmlType.Q4_0,
@@ -69,6 +70,7 @@ public sealed class SynthFileTests : IDisposable
     }
 
     [Theory]
+    [InlineData("f32")] // exact weights: the GPU test run compares float kernels (the tiled prefill attention) at float tolerance
     [InlineData("f16")]
     [InlineData("q8_0")]
     [InlineData("q4_0")]
@@ -93,7 +95,7 @@ public sealed class SynthFileTests : IDisposable
             Assert.Equal(KvHeads, g.GetInt("llama.attention.head_count_kv"));
             Assert.Equal(HeadDim, g.GetInt("llama.rope.dimension_count"));
             Assert.Equal(1e-5, g.GetDouble("llama.attention.layer_norm_rms_epsilon", 0), 9);
-            Assert.Equal(ftype switch { "f16" => 1, "q4_0" => 2, "q8_0" => 7, _ => 15 }, g.GetInt("general.file_type"));
+            Assert.Equal(ftype switch { "f32" => 0, "f16" => 1, "q4_0" => 2, "q8_0" => 7, _ => 15 }, g.GetInt("general.file_type"));
             Assert.Equal(Vocab, g.Find("tokenizer.ggml.tokens")!.AsStringArray().Length);
             Assert.Equal("gpt2", g.GetString("tokenizer.ggml.model"));
 
