@@ -132,11 +132,14 @@ internal static class BenchCommand
             }
             if (tg != null && device is { StreamedBytesPerToken: > 0 } streaming)
             {
-                // Streamed layers: the bound is the host-to-device copy of every streamed byte once per token.
+                // Streamed layers: the bound is the host-to-device copy of every streamed byte once per token; layers read from
+                // the model file each token (--memory, --stream naive) are bound by that read as well, which is said.
                 double h2d = r.GetValue(noBandwidth) ? 0 : streaming.HostToDeviceBandwidth();
                 double copied = streaming.StreamedBytesPerToken * tg.Mean;
+                long fromFile = streaming.FileBytesPerToken;
                 o.WriteLine($"decode streams {ProcessMemory.Format(streaming.StreamedBytesPerToken)} of layers to the GPU per token: {copied / 1e9:F2} GB/s" +
-                    (h2d > 0 ? $", {100 * copied / h2d:F0}% of the {h2d / 1e9:F1} GB/s host-to-device copy (bound: {h2d / streaming.StreamedBytesPerToken:F2} tokens/s)" : ""));
+                    (h2d > 0 ? $", {100 * copied / h2d:F0}% of the {h2d / 1e9:F1} GB/s host-to-device copy (bound: {h2d / streaming.StreamedBytesPerToken:F2} tokens/s)" : "") +
+                    (fromFile > 0 ? $"; {ProcessMemory.Format(fromFile)} of it read from the model file each token ({fromFile * tg.Mean / 1e9:F2} GB/s), which bounds it further" : ""));
             }
             if (specOutcome != null) SpeculativeBench.Print(o, speculative.Describe(r), specOutcome);
             Common.ReportWeights(lm);

@@ -16,6 +16,9 @@ public interface IModelDevice : IDisposable
     /// <summary>Weight bytes copied to the device per forward pass (layers streamed from the host); 0 when every layer is resident.</summary>
     long StreamedBytesPerToken { get; }
 
+    /// <summary>Of <see cref="StreamedBytesPerToken"/>, the bytes read from the model file each pass (layers without a pinned host copy: --memory, --stream naive).</summary>
+    long FileBytesPerToken { get; }
+
     /// <summary>Bytes per second the host can copy to the device (what bounds streamed layers), measured now; 0 where it cannot be measured.</summary>
     double HostToDeviceBandwidth();
 

@@ -85,6 +85,7 @@ public class DeviceBackendTests
         public string Description => "fake device";
         public long DeviceBytes => 0;
         public long StreamedBytesPerToken => 0;
+        public long FileBytesPerToken => 0;
         public double HostToDeviceBandwidth() => 0;
         public double MemoryBandwidth() => 0;
         public int Sequences => 3;

@@ -57,6 +57,7 @@ internal sealed partial class CudaBackend : IDeviceBackend
     public int Sequences { get; }
     public long SequenceKvBytes => _kv.SequenceBytes(_c.Layers);
     public long StreamedBytesPerToken => _streamer?.BytesPerPass ?? 0;
+    public long FileBytesPerToken => _streamer?.FileBytesPerPass ?? 0;
 
     /// <summary>
     /// Why <paramref name="c"/> cannot run on the GPU, or null when it can: mixtures of experts and heads wider than

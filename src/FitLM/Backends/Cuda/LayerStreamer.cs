@@ -44,6 +44,8 @@ internal sealed class LayerStreamer : IDisposable
     public long PinnedBytes => _pinned.Sum(p => p?.Bytes ?? 0) + _staging.Sum(p => p.Bytes);
     /// <summary>Streamed layers with a pinned copy (the first ones); the others are read from the file every pass.</summary>
     public int PinnedLayers { get; }
+    /// <summary>Bytes read from the model file per pass: the streamed layers without a pinned copy.</summary>
+    public long FileBytesPerPass => _blocks[PinnedLayers..].Sum(b => b.Bytes);
 
     /// <summary>Device memory the slots take for these blocks.</summary>
     public static long SlotMemory(IEnumerable<WeightBlock> blocks, bool naive) =>
