@@ -31,16 +31,22 @@ internal sealed class WeightBlock
 
     /// <summary>
     /// Host bytes <see cref="Write"/> works in at most: a chunk of whole rows as the file stores them, the same rearranged
-    /// (split types) or as float32 (types without a GPU kernel).
+    /// (split types) or as float32 (types without a GPU kernel). <see cref="WriteTo"/> needs only the first.
     /// </summary>
     public long WriteScratchBytes => _matrices.Values.Select(m =>
     {
         var t = m.Tensor;
-        long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
-        long rows = Math.Clamp(ChunkBytes / sourceRow, 1, t.Rows);
+        var (sourceRow, rows) = Chunk(t);
         bool raw = m.Type == t.Type;
-        return rows * sourceRow * (raw && SplitLayout.Applies(t.Type) ? 2 : 1) + (raw ? 0 : rows * t.RowLength * sizeof(float));
+        return rows * sourceRow * (raw && SplitLayout.Applies(t.Type) ? 2 : 1) + (raw ? 0 : (long)rows * t.RowLength * sizeof(float));
     }).DefaultIfEmpty(0).Max();
+
+    /// <summary>A row's bytes as the file stores <paramref name="t"/>, and the whole rows read at a time (about <see cref="ChunkBytes"/>).</summary>
+    private static (long RowBytes, int Rows) Chunk(TensorDesc t)
+    {
+        long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
+        return (sourceRow, (int)Math.Clamp(ChunkBytes / sourceRow, 1, t.Rows));
+    }
 
     /// <summary>The arrays <see cref="Write"/> reads and converts chunks in, kept by a caller that writes blocks again and again.</summary>
     public sealed class WriteScratch
@@ -89,8 +95,7 @@ internal sealed class WeightBlock
                 source.Read(t, 0, matrix);
                 continue;
             }
-            long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
-            int rowsPerChunk = (int)Math.Clamp(ChunkBytes / sourceRow, 1, t.Rows);
+            var (sourceRow, rowsPerChunk) = Chunk(t);
             if (scratch.Bytes.Length < rowsPerChunk * sourceRow) scratch.Bytes = new byte[rowsPerChunk * sourceRow];
             for (int r0 = 0; r0 < t.Rows; r0 += rowsPerChunk)
             {
@@ -121,8 +126,7 @@ internal sealed class WeightBlock
         foreach (var m in _matrices.Values)
         {
             var t = m.Tensor;
-            long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
-            int rowsPerChunk = (int)Math.Clamp(ChunkBytes / sourceRow, 1, t.Rows);
+            var (sourceRow, rowsPerChunk) = Chunk(t);
             if (bytes.Length < rowsPerChunk * sourceRow) bytes = new byte[rowsPerChunk * sourceRow];
             bool raw = m.Type == t.Type;
             if (!raw && floats.Length < (long)rowsPerChunk * t.RowLength) floats = new float[(long)rowsPerChunk * t.RowLength];

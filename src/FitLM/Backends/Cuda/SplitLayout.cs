@@ -34,15 +34,12 @@ internal static class SplitLayout
     public static void Write(GgmlType type, int totalRows, int cols, int r0, int rows, ReadOnlySpan<byte> gguf, Span<byte> scratch,
         Action<long, ReadOnlySpan<byte>> sink)
     {
-        var (bytes, scaleAt, elements) = Block(type);
-        int main = bytes - 2;
-        long blocksPerRow = cols / elements, blocks = rows * blocksPerRow;
-        var quants = scratch[..(int)(blocks * main)];
-        var scales = scratch.Slice((int)(blocks * main), (int)(blocks * 2));
-        if (gguf.Length < blocks * bytes) throw new ArgumentException("fewer bytes than the rows hold", nameof(gguf));
-        Rearrange(gguf, quants, scales, (int)blocks, bytes, scaleAt);
-        sink(r0 * blocksPerRow * main, quants);
-        sink(totalRows * blocksPerRow * main + r0 * blocksPerRow * 2, scales);
+        var p = Place(type, totalRows, cols, r0, rows, gguf);
+        var quants = scratch[..p.QuantBytes];
+        var scales = scratch.Slice(p.QuantBytes, p.ScaleBytes);
+        Rearrange(gguf, quants, scales, p.Blocks, p.BlockBytes, p.ScaleAt);
+        sink(p.QuantsAt, quants);
+        sink(p.ScalesAt, scales);
     }
 
     /// <summary>
@@ -51,12 +48,21 @@ internal static class SplitLayout
     /// </summary>
     public static void WriteInto(GgmlType type, int totalRows, int cols, int r0, int rows, ReadOnlySpan<byte> gguf, Span<byte> matrix)
     {
+        var p = Place(type, totalRows, cols, r0, rows, gguf);
+        Rearrange(gguf, matrix.Slice((int)p.QuantsAt, p.QuantBytes), matrix.Slice((int)p.ScalesAt, p.ScaleBytes), p.Blocks, p.BlockBytes, p.ScaleAt);
+    }
+
+    /// <summary>Where rows r0.. of a split matrix go: their blocks, the quants' offset and bytes, the scales' offset and bytes.</summary>
+    private readonly record struct RowsPlace(int Blocks, int BlockBytes, int ScaleAt, long QuantsAt, int QuantBytes, long ScalesAt, int ScaleBytes);
+
+    private static RowsPlace Place(GgmlType type, int totalRows, int cols, int r0, int rows, ReadOnlySpan<byte> gguf)
+    {
         var (bytes, scaleAt, elements) = Block(type);
         int main = bytes - 2;
         long blocksPerRow = cols / elements, blocks = rows * blocksPerRow;
         if (gguf.Length < blocks * bytes) throw new ArgumentException("fewer bytes than the rows hold", nameof(gguf));
-        Rearrange(gguf, matrix.Slice((int)(r0 * blocksPerRow * main), (int)(blocks * main)),
-            matrix.Slice((int)(totalRows * blocksPerRow * main + r0 * blocksPerRow * 2), (int)(blocks * 2)), (int)blocks, bytes, scaleAt);
+        return new RowsPlace((int)blocks, bytes, scaleAt, r0 * blocksPerRow * main, (int)(blocks * main),
+            totalRows * blocksPerRow * main + r0 * blocksPerRow * 2, (int)(blocks * 2));
     }
 
     /// <summary>
