@@ -138,7 +138,7 @@ internal static class GpuPlan
             ["kv_bytes"] = p.KvBytes,
             ["stream_slot_bytes"] = p.SlotBytes,
             ["streamed_bytes_per_token"] = p.StreamedBytes,
-            ["pinned_streamed_layers"] = r.Naive ? 0 : p.PinnedLayers,
+            ["pinned_streamed_layers"] = p.PinnedLayers, // 0 when naive: Plan pins none
             ["file_bytes_per_token"] = p.FileBytesPerPass,
             ["weights_read_per_token"] = r.WeightsReadPerToken,
             ["device_copy_bytes_per_second"] = r.DeviceCopy,

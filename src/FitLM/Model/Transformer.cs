@@ -170,8 +170,8 @@ public sealed class Transformer
         if (Device != null && _slotBusy[0]) throw new InvalidOperationException("the device's KV slot 0 holds a sequence of CreateSequenceKv: use the batched Forward");
         // A new sequence (pos 0) or a rewind; a device slot's positions are set by the pass itself, after the device's own
         // checks (KIVI refuses a rewind into what it has quantized, and the slot then keeps what it holds).
+        if (Device == null && pos != Kv.Length) Kv.Truncate(pos);
         var kv = DeviceKv ?? Kv;
-        if (Device == null && pos != kv.Length) kv.Truncate(pos);
 
         using var rowWise = MatMul.RowWiseScope(batchInvariant);
         for (int start = 0; start < n;)

@@ -157,6 +157,13 @@ public class DeviceBackendTests
         }
     }
 
+    /// <summary>A transformer on a recording device: 2 layers, a context of 32, batches of 8.</summary>
+    private static (RecordingBackend Device, Transformer Tf) OnDevice(KvCacheOptions? kv = null)
+    {
+        var device = new RecordingBackend(Config());
+        return (device, new Transformer(device, maxContext: 32, maxBatch: 8, kv));
+    }
+
     /// <summary>A pass as BeginPass saw it: rows, then each segment's slot, first position and rows.</summary>
     private static string Describe((int N, (int Slot, int Pos, int Count)[] Segments, bool Logits) pass) =>
         $"{pass.N} rows: {string.Join(", ", pass.Segments.Select(s => $"slot {s.Slot} at {s.Pos} ×{s.Count}"))}{(pass.Logits ? ", logits" : "")}";
@@ -164,8 +171,7 @@ public class DeviceBackendTests
     [Fact]
     public void ADecodeStep_IsTheGraphsOperationsInOrder_WithTheNextProductNamedAtEachNorm()
     {
-        var device = new RecordingBackend(Config());
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
         var logits = new float[50];
         tf.Forward([7], 5, logits, 0);
         string[] layer(int l, string residual) =>
@@ -187,8 +193,7 @@ public class DeviceBackendTests
     [Fact]
     public void Forward_RunsOnTheDevice_InSlotZero()
     {
-        var device = new RecordingBackend(Config());
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
         var logits = new float[2 * 50];
         tf.Forward([1, 2, 3], 5, logits, 1);
         var pass = Assert.Single(device.Passes);
@@ -203,8 +208,7 @@ public class DeviceBackendTests
     [Fact]
     public void LongInputs_ReachTheDeviceInBatches_WithTheirPositionsAndLogitRows()
     {
-        var device = new RecordingBackend(Config());
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
         var logits = new float[10 * 50];
         tf.Forward(Enumerable.Range(1, 20).ToArray(), 5, logits, 10); // logits of rows 10..19
         Assert.Equal([(8, 5, false), (8, 13, true), (4, 21, true)], device.Passes.Select(p => (p.N, p.Segments.Single().Pos, p.Logits)));
@@ -216,8 +220,7 @@ public class DeviceBackendTests
     [Fact]
     public void Forward_ChecksTokensAndContext_BeforeTheDevice()
     {
-        var device = new RecordingBackend(Config());
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
         var logits = new float[50];
         Assert.Contains("outside the vocabulary", Assert.Throws<FitLMException>(() => tf.Forward([50], 0, logits, 0)).Message, StringComparison.Ordinal);
         Assert.Contains("context overflow", Assert.Throws<FitLMException>(() => tf.Forward([1, 2], 31, logits, 1)).Message, StringComparison.Ordinal);
@@ -228,8 +231,7 @@ public class DeviceBackendTests
     [Fact]
     public void BatchedPass_GivesEachSequenceItsOwnDeviceSlot()
     {
-        var device = new RecordingBackend(Config());
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
         var a = tf.CreateSequenceKv();
         var b = tf.CreateSequenceKv();
         Assert.Equal(1000, a.Bytes);
@@ -261,16 +263,15 @@ public class DeviceBackendTests
     public void KvOptions_NameTheDevicesCacheType()
     {
         // /metrics and /budget read KvStores.Options: on a device it is the type the device's cache holds, not f32.
-        var tf = new Transformer(new RecordingBackend(Config()), maxContext: 32, maxBatch: 8, new KvCacheOptions { Type = KvType.F16 });
+        var (_, tf) = OnDevice(new KvCacheOptions { Type = KvType.F16 });
         Assert.Equal(KvType.F16, tf.KvStores.Options.Type);
-        Assert.Equal(KvType.F32, new Transformer(new RecordingBackend(Config()), maxContext: 32, maxBatch: 8).KvStores.Options.Type);
+        Assert.Equal(KvType.F32, OnDevice().Tf.KvStores.Options.Type);
     }
 
     [Fact]
     public void HiddenStates_ComeFromTheSequencesSlot_InBatches()
     {
-        var device = new RecordingBackend(Config());
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
         _ = tf.CreateSequenceKv();
         var kv = tf.CreateSequenceKv();
         var hidden = new float[10 * 64];
@@ -284,8 +285,8 @@ public class DeviceBackendTests
     [Fact]
     public void APassTheDeviceAbandons_RunsAgainOnce()
     {
-        var device = new RecordingBackend(Config()) { AbandonNextRecording = true };
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
+        device.AbandonNextRecording = true;
         var logits = new float[50];
         tf.Forward([7], 3, logits, 0);
         Assert.Equal(2, device.Passes.Count);
@@ -296,8 +297,7 @@ public class DeviceBackendTests
     [Fact]
     public void ARewindTheDeviceRefuses_LeavesTheSlotsPositions()
     {
-        var device = new RecordingBackend(Config());
-        var tf = new Transformer(device, maxContext: 32, maxBatch: 8);
+        var (device, tf) = OnDevice();
         var logits = new float[50];
         tf.Forward([1, 2, 3, 4, 5, 6], 0, logits, 5);
         device.RefuseRewindBelow = 6;
@@ -310,7 +310,7 @@ public class DeviceBackendTests
     [Fact]
     public void ChangingTheKvType_RefusesNamingCpu()
     {
-        var tf = new Transformer(new RecordingBackend(Config()), maxContext: 32, maxBatch: 8);
+        var (_, tf) = OnDevice();
         var change = Assert.Throws<FitLMException>(() => tf.ChangeKv(new KvCacheOptions { Type = KvType.F16 }));
         Assert.Contains("--device cpu", change.Message, StringComparison.Ordinal);
         Assert.Contains("fake device", change.Message, StringComparison.Ordinal);
