@@ -338,6 +338,17 @@ internal sealed unsafe class PinnedBuffer : IDisposable
         Bytes = bytes;
     }
 
+    /// <summary>The whole buffer as Memory (what several threads fill at once: WeightBlock.WriteTo); blocks are under 2 GiB.</summary>
+    public Memory<byte> Memory => new Manager(this).Memory;
+
+    private sealed class Manager(PinnedBuffer buffer) : System.Buffers.MemoryManager<byte>
+    {
+        public override Span<byte> GetSpan() => buffer.Slice(0, checked((int)buffer.Bytes));
+        public override System.Buffers.MemoryHandle Pin(int elementIndex = 0) => new((byte*)buffer.Pointer + elementIndex);
+        public override void Unpin() { }
+        protected override void Dispose(bool disposing) { }
+    }
+
     /// <summary>Bytes [offset, offset + length) of the buffer.</summary>
     public Span<byte> Slice(long offset, int length)
     {

@@ -30,15 +30,13 @@ internal sealed class WeightBlock
     public IEnumerable<DeviceMatrix> Matrices => _matrices.Values;
 
     /// <summary>
-    /// Host bytes <see cref="Write"/> works in at most: a chunk of whole rows as the file stores them, the same rearranged
-    /// (split types) or as float32 (types without a GPU kernel). <see cref="WriteTo"/> needs only the first.
+    /// Host bytes one <see cref="WriteTo"/> worker reads a chunk into: whole rows as the file stores them, about
+    /// <see cref="ChunkBytes"/> (0 where every matrix is read straight into place).
     /// </summary>
-    public long WriteScratchBytes => _matrices.Values.Select(m =>
+    public long ReadScratchBytes => _matrices.Values.Where(m => m.Type != m.Tensor.Type || SplitLayout.Applies(m.Type)).Select(m =>
     {
-        var t = m.Tensor;
-        var (sourceRow, rows) = Chunk(t);
-        bool raw = m.Type == t.Type;
-        return rows * sourceRow * (raw && SplitLayout.Applies(t.Type) ? 2 : 1) + (raw ? 0 : (long)rows * t.RowLength * sizeof(float));
+        var (sourceRow, rows) = Chunk(m.Tensor);
+        return rows * sourceRow;
     }).DefaultIfEmpty(0).Max();
 
     /// <summary>A row's bytes as the file stores <paramref name="t"/>, and the whole rows read at a time (about <see cref="ChunkBytes"/>).</summary>
@@ -53,6 +51,8 @@ internal sealed class WeightBlock
     {
         internal byte[] Bytes = [], Split = [];
         internal float[] Floats = [];
+        /// <summary><see cref="WriteTo"/>'s read array of each worker.</summary>
+        internal byte[]?[] Reads = [];
     }
 
     public WeightBlock(IEnumerable<TensorDesc> tensors)
@@ -82,36 +82,59 @@ internal sealed class WeightBlock
     /// this project's build machine, layers 8-19 alternating: 1.84-2.85 GB/s against 0.71-2.30 for <see cref="Write"/>
     /// through a sink (its read, rearrangement and copy of each chunk measured 4.3-6, 3.3-8 and 5-10 GB/s alone).
     /// </summary>
-    public void WriteTo(IModelSource source, Span<byte> destination, WriteScratch scratch)
+    /// <remarks><paramref name="threads"/> workers take the chunks in turn, each with its own read array
+    /// (<see cref="WriteScratch"/> keeps them): a step that reads layers from the file (LayerStreamer) waits for them.</remarks>
+    public void WriteTo(IModelSource source, Memory<byte> destination, WriteScratch scratch, int threads = 1)
     {
         if (destination.Length < Bytes) throw new ArgumentException($"{destination.Length} bytes do not hold the block's {Bytes}", nameof(destination));
+        // The chunks: a matrix stored as the GPU reads it in one read, the others a chunk of whole rows at a time.
+        var chunks = new List<(DeviceMatrix M, int Row, int Rows)>();
         foreach (var m in _matrices.Values)
         {
             var t = m.Tensor;
-            var matrix = destination.Slice((int)m.Offset, (int)m.Bytes);
-            bool raw = m.Type == t.Type;
-            if (raw && !SplitLayout.Applies(t.Type))
-            {
-                source.Read(t, 0, matrix);
-                continue;
-            }
-            var (sourceRow, rowsPerChunk) = Chunk(t);
-            if (scratch.Bytes.Length < rowsPerChunk * sourceRow) scratch.Bytes = new byte[rowsPerChunk * sourceRow];
-            for (int r0 = 0; r0 < t.Rows; r0 += rowsPerChunk)
-            {
-                int rows = Math.Min(rowsPerChunk, t.Rows - r0);
-                var chunk = scratch.Bytes.AsSpan(0, (int)(rows * sourceRow));
-                source.Read(t, r0 * sourceRow, chunk);
-                if (raw)
-                {
-                    SplitLayout.WriteInto(t.Type, t.Rows, t.RowLength, r0, rows, chunk, matrix);
-                    continue;
-                }
-                var floats = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(matrix.Slice((int)(r0 * m.RowBytes), (int)(rows * m.RowBytes)));
-                for (int r = 0; r < rows; r++)
-                    Dequantize.Row(t.Type, chunk.Slice((int)(r * sourceRow), (int)sourceRow), floats.Slice(r * t.RowLength, t.RowLength));
-            }
+            if (m.Type == t.Type && !SplitLayout.Applies(t.Type)) { chunks.Add((m, 0, t.Rows)); continue; }
+            int rowsPerChunk = Chunk(t).Rows;
+            for (int r0 = 0; r0 < t.Rows; r0 += rowsPerChunk) chunks.Add((m, r0, Math.Min(rowsPerChunk, t.Rows - r0)));
         }
+        threads = Math.Clamp(threads, 1, chunks.Count);
+        if (scratch.Reads.Length < threads) Array.Resize(ref scratch.Reads, threads);
+        if (threads == 1)
+        {
+            foreach (var c in chunks) WriteChunk(source, c.M, c.Row, c.Rows, destination.Span, ref scratch.Reads[0]);
+            return;
+        }
+        int next = -1;
+        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, w =>
+        {
+            for (int i = Interlocked.Increment(ref next); i < chunks.Count; i = Interlocked.Increment(ref next))
+                WriteChunk(source, chunks[i].M, chunks[i].Row, chunks[i].Rows, destination.Span, ref scratch.Reads[w]);
+        });
+    }
+
+    /// <summary>Rows [r0, r0 + rows) of <paramref name="m"/> into their place in the block: read straight there, or read into <paramref name="read"/> and rearranged or dequantized there.</summary>
+    private static void WriteChunk(IModelSource source, DeviceMatrix m, int r0, int rows, Span<byte> block, ref byte[]? read)
+    {
+        var t = m.Tensor;
+        var matrix = block.Slice((int)m.Offset, (int)m.Bytes);
+        long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
+        bool raw = m.Type == t.Type;
+        if (raw && !SplitLayout.Applies(t.Type))
+        {
+            source.Read(t, r0 * sourceRow, matrix.Slice((int)(r0 * sourceRow), (int)(rows * sourceRow)));
+            return;
+        }
+        long bytes = rows * sourceRow;
+        if (read == null || read.Length < bytes) read = new byte[Chunk(t).Rows * sourceRow];
+        var chunk = read.AsSpan(0, (int)bytes);
+        source.Read(t, r0 * sourceRow, chunk);
+        if (raw)
+        {
+            SplitLayout.WriteInto(t.Type, t.Rows, t.RowLength, r0, rows, chunk, matrix);
+            return;
+        }
+        var floats = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(matrix.Slice((int)(r0 * m.RowBytes), (int)(rows * m.RowBytes)));
+        for (int r = 0; r < rows; r++)
+            Dequantize.Row(t.Type, chunk.Slice((int)(r * sourceRow), (int)sourceRow), floats.Slice(r * t.RowLength, t.RowLength));
     }
 
     /// <summary>

@@ -51,9 +51,17 @@ internal sealed class LayerStreamer : IDisposable
     public static long SlotMemory(IEnumerable<WeightBlock> blocks, bool naive) =>
         (naive ? 1 : 2) * blocks.Select(b => b.Bytes).DefaultIfEmpty(0).Max();
 
+    /// <summary>
+    /// Threads that write a block from the file (<see cref="WeightBlock.WriteTo"/>'s workers): a quarter of the cores, at
+    /// most four.
+    /// </summary>
+    public static readonly int ReaderThreads = Math.Clamp(Environment.ProcessorCount / 4, 1, 4);
+
+    /// <summary>Host bytes the readers' arrays take while a block is written (each worker reads a chunk in).</summary>
+    public static long ReadScratchBytes(IReadOnlyList<WeightBlock> blocks) => ReaderThreads * blocks.Max(b => b.ReadScratchBytes);
+
     /// <summary>Host bytes the layers read from the file need: a staging buffer per slot, and the arrays a block is read in.</summary>
-    public static long StagingBytes(IReadOnlyList<WeightBlock> blocks) =>
-        2 * blocks.Max(b => b.Bytes) + blocks.Max(b => b.WriteScratchBytes);
+    public static long StagingBytes(IReadOnlyList<WeightBlock> blocks) => 2 * blocks.Max(b => b.Bytes) + ReadScratchBytes(blocks);
 
     /// <summary>
     /// How many of the streamed <paramref name="blocks"/>, first to last, keep a pinned copy within
@@ -62,7 +70,7 @@ internal sealed class LayerStreamer : IDisposable
     /// </summary>
     public static int PinnedLayersFor(IReadOnlyList<WeightBlock> blocks, long hostBudget)
     {
-        long scratch = blocks.Max(b => b.WriteScratchBytes);
+        long scratch = ReadScratchBytes(blocks);
         if (blocks.Sum(b => b.Bytes) + scratch <= hostBudget) return blocks.Count;
         long left = hostBudget - StagingBytes(blocks);
         if (left < 0) return -1;
@@ -104,7 +112,7 @@ internal sealed class LayerStreamer : IDisposable
             for (int j = 0; j < PinnedLayers; j++)
             {
                 var pinned = _pinned[j] = new PinnedBuffer(_blocks[j].Bytes);
-                _blocks[j].WriteTo(source, pinned.Slice(0, (int)_blocks[j].Bytes), _scratch);
+                _blocks[j].WriteTo(source, pinned.Memory, _scratch, ReaderThreads);
             }
         }
         catch
@@ -153,7 +161,7 @@ internal sealed class LayerStreamer : IDisposable
             // From the file, into this slot's staging buffer once the copy that last read it (q - 2's) has finished.
             if (q >= 2) CudaDevice.WaitOnHost(_copied[slot]);
             from = _staging[slot];
-            _blocks[j].WriteTo(_source, from.Slice(0, (int)_blocks[j].Bytes), _scratch);
+            _blocks[j].WriteTo(_source, from.Memory, _scratch, ReaderThreads);
         }
         CudaDevice.CopyAsync(_slots[slot].Pointer, from, _blocks[j].Bytes, _device.CopyStream);
         CudaDevice.Record(_copied[slot], _device.CopyStream);

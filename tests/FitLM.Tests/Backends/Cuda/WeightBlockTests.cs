@@ -63,6 +63,9 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
         block.WriteTo(source, got, scratch);
         block.WriteTo(source, got, scratch); // again through the same scratch, as a staging buffer is refilled
         Assert.True(expected.AsSpan().SequenceEqual(got));
+        var parallel = new byte[block.Bytes];
+        block.WriteTo(source, parallel, scratch, threads: 3); // the chunks shared out to three workers
+        Assert.True(expected.AsSpan().SequenceEqual(parallel));
         Assert.Throws<ArgumentException>(() => block.WriteTo(source, new byte[block.Bytes - 1], scratch));
     }
 
@@ -154,8 +157,8 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
     {
         using var source = ModelSource.Open(TestPaths.DemoModel);
         var blocks = Enumerable.Range(0, 4).Select(l => new WeightBlock(Layer0.Select(n => source.Get(n.Replace("blk.0.", $"blk.{l}.", StringComparison.Ordinal))))).ToArray();
-        long all = blocks.Sum(b => b.Bytes), scratch = blocks.Max(b => b.WriteScratchBytes), staging = LayerStreamer.StagingBytes(blocks);
-        Assert.Equal(2 * blocks.Max(b => b.Bytes) + scratch, staging); // a slot's worth of staging per slot, and a chunk to read in
+        long all = blocks.Sum(b => b.Bytes), scratch = LayerStreamer.ReaderThreads * blocks.Max(b => b.ReadScratchBytes), staging = LayerStreamer.StagingBytes(blocks);
+        Assert.Equal(2 * blocks.Max(b => b.Bytes) + scratch, staging); // a slot's worth of staging per slot, and a chunk to read in for each reader
         Assert.Equal(4, LayerStreamer.PinnedLayersFor(blocks, long.MaxValue)); // no --memory
         Assert.Equal(4, LayerStreamer.PinnedLayersFor(blocks, all + scratch)); // every copy pinned: no staging
         Assert.Equal(1, LayerStreamer.PinnedLayersFor(blocks, staging + blocks[0].Bytes));
