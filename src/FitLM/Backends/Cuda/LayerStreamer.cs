@@ -14,11 +14,10 @@ namespace FitLM.Backends.Cuda;
 ///
 /// Where the host's budget (--memory) cannot hold a pinned copy of every streamed layer, the first layers keep theirs
 /// and the rest are read from the model file for every pass into one of two pinned staging buffers, a slot's worth
-/// each, while the GPU runs the layers before them (the thread that queues the kernels reads; a buffer is refilled once
-/// the copy out of it has finished). Those layers then move at the rate that thread reads and prepares them: about
-/// 1.4 GB/s for llama-7b Q4_0 on the device machine through WeightBlock.Write (docs/cuda.md, runs 32-33), where the
-/// pinned ones reach the PCIe copy's 55; WeightBlock.WriteTo, which fills the buffer in place, is faster on the host
-/// (1.84-2.85 against 0.71-2.30 GB/s on this project's build machine) and has not run on a GPU.
+/// each, while the GPU runs the layers before them (the thread that queues the kernels waits while
+/// <see cref="ReaderThreads"/> workers read; a buffer is refilled once the copy out of it has finished). Those layers
+/// then move at the rate the readers read and prepare them: about 1.4 GB/s for llama-7b Q4_0 on the device machine
+/// with one thread through WeightBlock.Write (docs/cuda.md, runs 32-33), where the pinned ones reach the PCIe copy's 55.
 ///
 /// Naive mode (--stream naive) is the baseline the issue names, a load-every-layer loop: one slot, each streamed layer
 /// read from the model file and uploaded synchronously right before it runs, nothing overlapped.
