@@ -339,7 +339,9 @@ internal sealed unsafe class PinnedBuffer : IDisposable
     }
 
     /// <summary>The whole buffer as Memory (what several threads fill at once: WeightBlock.WriteTo); blocks are under 2 GiB.</summary>
-    public Memory<byte> Memory => new Manager(this).Memory;
+    public Memory<byte> Memory => (_manager ??= new Manager(this)).Memory;
+
+    private Manager? _manager;
 
     private sealed class Manager(PinnedBuffer buffer) : System.Buffers.MemoryManager<byte>
     {

@@ -16,8 +16,9 @@ namespace FitLM.Backends.Cuda;
 /// and the rest are read from the model file for every pass into one of two pinned staging buffers, a slot's worth
 /// each, while the GPU runs the layers before them (the thread that queues the kernels waits while
 /// <see cref="ReaderThreads"/> workers read; a buffer is refilled once the copy out of it has finished). Those layers
-/// then move at the rate the readers read and prepare them: about 1.4 GB/s for llama-7b Q4_0 on the device machine
-/// with one thread through WeightBlock.Write (docs/cuda.md, runs 32-33), where the pinned ones reach the PCIe copy's 55.
+/// then move at the rate the readers read and prepare them: llama-7b Q4_0 on the device machine (16 cores, four
+/// readers) 8.46 GB/s from the page cache, where one thread through WeightBlock.Write managed about 1.4 and the pinned
+/// layers reach the PCIe copy's 55 (docs/cuda.md, runs 32-35).
 ///
 /// Naive mode (--stream naive) is the baseline the issue names, a load-every-layer loop: one slot, each streamed layer
 /// read from the model file and uploaded synchronously right before it runs, nothing overlapped.
