@@ -1,6 +1,7 @@
 using FitLM.Backends.Cuda;
 using FitLM.Model;
 using FitLM.Tensors;
+using FitLM.Tokenization;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -67,6 +68,29 @@ public sealed class WeightBlockTests(ITestOutputHelper output)
         block.WriteTo(source, parallel, scratch, threads: 3); // the chunks shared out to three workers
         Assert.True(expected.AsSpan().SequenceEqual(parallel));
         Assert.Throws<ArgumentException>(() => block.WriteTo(source, new byte[block.Bytes - 1], scratch));
+    }
+
+    [Fact]
+    public void WriteTo_AReadThatFails_ReachesTheCallerAsItself_WithSeveralWorkers()
+    {
+        using var source = ModelSource.Open(TestPaths.DemoModel);
+        var block = new WeightBlock(Layer0.Select(source.Get));
+        using var failing = new FailingReads(source);
+        var e = Assert.Throws<FitLMException>(() => block.WriteTo(failing, new byte[block.Bytes], new WeightBlock.WriteScratch(), threads: 3));
+        Assert.Equal("model.gguf: the file ends early", e.Message);
+    }
+
+    /// <summary>A model whose tensor reads fail, as a file cut short would.</summary>
+    private sealed class FailingReads(IModelSource inner) : IModelSource
+    {
+        public string Path => inner.Path;
+        public ModelConfig Config => inner.Config;
+        public Tokenizer Tokenizer => inner.Tokenizer;
+        public IReadOnlyList<TensorDesc> Tensors => inner.Tensors;
+        public TensorDesc? Find(string name) => inner.Find(name);
+        public void Read(TensorDesc tensor, long offset, Span<byte> dst) => throw new FitLMException("model.gguf: the file ends early");
+        public TensorLocation Locate(TensorDesc tensor) => inner.Locate(tensor);
+        public void Dispose() { }
     }
 
     [Fact]
