@@ -33,11 +33,14 @@ internal sealed class WeightBlock
     /// Host bytes one <see cref="WriteTo"/> worker reads a chunk into: whole rows as the file stores them, about
     /// <see cref="ChunkBytes"/> (0 where every matrix is read straight into place).
     /// </summary>
-    public long ReadScratchBytes => _matrices.Values.Where(m => m.Type != m.Tensor.Type || SplitLayout.Applies(m.Type)).Select(m =>
+    public long ReadScratchBytes => _matrices.Values.Where(m => !ReadInPlace(m)).Select(m =>
     {
         var (sourceRow, rows) = Chunk(m.Tensor);
         return rows * sourceRow;
     }).DefaultIfEmpty(0).Max();
+
+    /// <summary>Whether the GPU reads <paramref name="m"/> as the file stores it (neither split nor dequantized): <see cref="WriteTo"/> reads it straight into place.</summary>
+    private static bool ReadInPlace(DeviceMatrix m) => m.Type == m.Tensor.Type && !SplitLayout.Applies(m.Type);
 
     /// <summary>A row's bytes as the file stores <paramref name="t"/>, and the whole rows read at a time (about <see cref="ChunkBytes"/>).</summary>
     private static (long RowBytes, int Rows) Chunk(TensorDesc t)
@@ -124,7 +127,7 @@ internal sealed class WeightBlock
         foreach (var m in _matrices.Values)
         {
             var t = m.Tensor;
-            if (m.Type == t.Type && !SplitLayout.Applies(t.Type)) { chunks.Add((m, 0, t.Rows)); continue; }
+            if (ReadInPlace(m)) { chunks.Add((m, 0, t.Rows)); continue; }
             int rowsPerChunk = Chunk(t).Rows;
             for (int r0 = 0; r0 < t.Rows; r0 += rowsPerChunk) chunks.Add((m, r0, Math.Min(rowsPerChunk, t.Rows - r0)));
         }
@@ -136,18 +139,17 @@ internal sealed class WeightBlock
     {
         var t = m.Tensor;
         var matrix = block.Slice((int)m.Offset, (int)m.Bytes);
-        long sourceRow = GgmlTypes.RowBytes(t.Type, t.RowLength);
-        bool raw = m.Type == t.Type;
-        if (raw && !SplitLayout.Applies(t.Type))
+        var (sourceRow, rowsPerChunk) = Chunk(t);
+        if (ReadInPlace(m))
         {
             source.Read(t, r0 * sourceRow, matrix.Slice((int)(r0 * sourceRow), (int)(rows * sourceRow)));
             return;
         }
         long bytes = rows * sourceRow;
-        if (read == null || read.Length < bytes) read = new byte[Chunk(t).Rows * sourceRow];
+        if (read == null || read.Length < bytes) read = new byte[rowsPerChunk * sourceRow];
         var chunk = read.AsSpan(0, (int)bytes);
         source.Read(t, r0 * sourceRow, chunk);
-        if (raw)
+        if (m.Type == t.Type)
         {
             SplitLayout.WriteInto(t.Type, t.Rows, t.RowLength, r0, rows, chunk, matrix);
             return;
