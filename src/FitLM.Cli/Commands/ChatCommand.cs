@@ -68,6 +68,6 @@ internal static class ChatCommand
     public static int Start(Func<LanguageModel> loadModel, string modelPath, ChatSettings settings)
     {
         if (settings.Reply.MaxTokens is < -1 or 0) throw new FitLMException($"--n-predict {settings.Reply.MaxTokens} is out of range (-1 or at least 1)");
-        return ChatLoop.Run(loadModel, modelPath, settings);
+        return ChatLoop.Run(() => Warmup.Loaded(loadModel()), modelPath, settings);
     }
 }

@@ -50,7 +50,7 @@ internal static class ServeCommand
             // The plan keeps room for the server's overhead and slots (ServerSlots), so a model that does not fit whole
             // streams a little more (or caches fewer experts) rather than leaving the KV pool nothing.
             var loadOptions = load.Read(r, new LoadOptions { LogitRows = options.Parallel }) with { MovableWeights = true, ServerSlots = options.Parallel, DeviceSequences = options.Parallel };
-            using var lm = load.Load(r, loadOptions);
+            using var lm = Warmup.Loaded(load.Load(r, loadOptions), ct);
             var server = FitLMServer.StartAsync(lm, options, ct).GetAwaiter().GetResult();
             moving.Attach(r, watcher, lm, server.WakeScheduler);
             try

@@ -2,7 +2,7 @@ namespace FitLM.Cli.Commands;
 
 /// <summary>
 /// llama.cpp's warm-up: one short prompt pass and one decode step before the timed run, then the KV cache is
-/// emptied. The kernels are compiled on their first call (TieredCompilation is off, so that call compiles fully
+/// emptied (`run`, and `chat` and `serve` at load). The kernels are compiled on their first call (TieredCompilation is off, so that call compiles fully
 /// optimized code); without a warm-up, "prompt eval" of a two-token demo prompt measured ~480 ms of start-up
 /// against ~7 ms per decoded token. The warm-up counts in the load time, where llama.cpp counts it too.
 /// On a GPU the prompt pass is as wide as the prompt's passes (the batch, up to the context): a narrower one takes other
@@ -11,6 +11,21 @@ namespace FitLM.Cli.Commands;
 /// </summary>
 internal static class Warmup
 {
+    /// <summary>The model, warmed up (`chat` and `serve`: the first reply or request does not pay for it).</summary>
+    public static LanguageModel Loaded(LanguageModel lm, CancellationToken ct = default)
+    {
+        try
+        {
+            Run(lm, ct);
+            return lm;
+        }
+        catch
+        {
+            lm.Dispose();
+            throw;
+        }
+    }
+
     public static void Run(LanguageModel lm, CancellationToken ct)
     {
         var tf = lm.Transformer;
