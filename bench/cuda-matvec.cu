@@ -178,6 +178,86 @@ __device__ __forceinline__ void block_row(KARGS)
     }
 }
 
+// Persistent: a grid of at most the blocks the GPU holds at once (the host sizes it), each warp taking row pairs
+// v = warp, warp + all warps, ...; PIPE: the next pair's weights are requested before the current pair's products,
+// so a warp keeps a pair's loads in flight across its rows (two register buffers).
+template <bool Q4, int U>
+__device__ __forceinline__ void load_pair(const u8* __restrict__ W, int rows, int row, int blocks, int lane,
+                                          int4 (&wa)[U], int4 (&wb)[U], int4 (&wa1)[U], int4 (&wb1)[U], float (&da)[U], float (&db)[U])
+{
+    const int QB = Q4 ? 16 : 32;
+    int rb = row + 1 < rows ? row + 1 : row;
+    const int4* qa = (const int4*)(W + (long long)row * blocks * QB);
+    const int4* qb = (const int4*)(W + (long long)rb * blocks * QB);
+    const u16* sa = (const u16*)(W + (long long)rows * blocks * QB) + (long long)row * blocks;
+    const u16* sb = (const u16*)(W + (long long)rows * blocks * QB) + (long long)rb * blocks;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+    {
+        int b = lane + 32 * u;
+        if (b < blocks)
+        {
+            wa[u] = ld_weights(qa + (long long)b * (QB / 16));
+            wb[u] = ld_weights(qb + (long long)b * (QB / 16));
+            if (!Q4) { wa1[u] = ld_weights(qa + (long long)b * 2 + 1); wb1[u] = ld_weights(qb + (long long)b * 2 + 1); }
+            da[u] = half_to_float(sa[b]);
+            db[u] = half_to_float(sb[b]);
+        }
+    }
+}
+
+template <bool Q4, int U>
+__device__ __forceinline__ void dot_pair(const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs,
+                                         int blocks, int lane, const int4 (&wa)[U], const int4 (&wb)[U], const int4 (&wa1)[U],
+                                         const int4 (&wb1)[U], const float (&da)[U], const float (&db)[U], float& a0, float& a1)
+{
+    const int4* xv = (const int4*)xq;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+    {
+        int b = lane + 32 * u;
+        if (b >= blocks) break;
+        int4 x0 = xv[2 * b], x1 = xv[2 * b + 1];
+        float dx = xd[b];
+        int sx = Q4 ? xs[b] : 0;
+        int sa = Q4 ? dot_q4_0(wa[u], x0, x1) - 8 * sx : dot_q8_0(wa[u], wa1[u], x0, x1);
+        int sb = Q4 ? dot_q4_0(wb[u], x0, x1) - 8 * sx : dot_q8_0(wb[u], wb1[u], x0, x1);
+        a0 += da[u] * dx * (float)sa;
+        a1 += db[u] * dx * (float)sb;
+    }
+}
+
+// Rows of at most 32·U blocks (cols <= 1024·U): one group of loads a row pair.
+template <bool Q4, int U, bool PIPE>
+__device__ __forceinline__ void persistent_rows(KARGS)
+{
+    pdl_release();
+    int lane = threadIdx.x & 31, warps = gridDim.x * 4, blocks = cols >> 5;
+    int pairs = (rows + 1) / 2;
+    int v = blockIdx.x * 4 + (threadIdx.x >> 5);
+    int4 wa[U], wb[U], wa1[U], wb1[U], na[U], nb[U], na1[U], nb1[U];
+    float da[U], db[U], ma[U], mb[U];
+    if (v < pairs) load_pair<Q4, U>(W, rows, 2 * v, blocks, lane, wa, wb, wa1, wb1, da, db);
+    pdl_wait();
+    for (; v < pairs; v += warps)
+    {
+        int n = v + warps;
+        if (PIPE && n < pairs) load_pair<Q4, U>(W, rows, 2 * n, blocks, lane, na, nb, na1, nb1, ma, mb);
+        float a0 = 0.f, a1 = 0.f;
+        dot_pair<Q4, U>(xq, xd, xs, blocks, lane, wa, wb, wa1, wb1, da, db, a0, a1);
+        a0 = warp_sum(a0);
+        a1 = warp_sum(a1);
+        int row = 2 * v;
+        if (lane == 0) { y[row] = a0; if (row + 1 < rows) y[row + 1] = a1; }
+        if (PIPE)
+        {
+#pragma unroll
+            for (int u = 0; u < U; u++) { wa[u] = na[u]; wb[u] = nb[u]; wa1[u] = na1[u]; wb1[u] = nb1[u]; da[u] = ma[u]; db[u] = mb[u]; }
+        }
+        else if (n < pairs) load_pair<Q4, U>(W, rows, 2 * n, blocks, lane, wa, wb, wa1, wb1, da, db);
+    }
+}
+
 #define V1(name, MINB, body) extern "C" __global__ void __launch_bounds__(128, MINB) name(KARGS) { body; }
 V1(a4_u8, 1, (warp_row<true, 8, false>(W, rows, cols, xq, xd, xs, y)))
 V1(a4_u4_m6, 6, (warp_row<true, 4, false>(W, rows, cols, xq, xd, xs, y)))
@@ -197,6 +277,9 @@ V1(r8_u2_m8, 8, (warp_row2<false, 2>(W, rows, cols, xq, xd, xs, y)))
 V1(b8_w2_u4, 8, (block_row<false, 4, 2>(W, rows, cols, xq, xd, xs, y)))
 V1(b8_w4_u2, 12, (block_row<false, 2, 4>(W, rows, cols, xq, xd, xs, y)))
 V1(b8_w4_u4, 8, (block_row<false, 4, 4>(W, rows, cols, xq, xd, xs, y)))
+V1(p4_u4, 6, (persistent_rows<true, 4, false>(W, rows, cols, xq, xd, xs, y)))
+V1(p4_u4_pipe, 4, (persistent_rows<true, 4, true>(W, rows, cols, xq, xd, xs, y)))
+V1(p8_u4_pipe, 2, (persistent_rows<false, 4, true>(W, rows, cols, xq, xd, xs, y)))
 
 // ------------------------------------------------------------------------------------------------ helpers
 extern "C" __global__ void flush_read(const int4* __restrict__ p, long long n, int* sink)
@@ -234,7 +317,7 @@ extern "C" __global__ void spin(int ns, int* sink)
 
 // ------------------------------------------------------------------------------------------------ host
 #ifndef __CUDACC_RTC__
-struct Variant { const char* name; const void* fn; bool q4; int rowsPerBlock; bool main; };
+struct Variant { const char* name; const void* fn; bool q4; int rowsPerBlock; bool main; int maxCols = 1 << 30; bool persistent = false; };
 
 static std::vector<Variant> variants()
 {
@@ -251,7 +334,10 @@ static std::vector<Variant> variants()
         { "b4_w2_u8", (const void*)b4_w2_u8, true, 2, false },
         { "b4_w4_u4", (const void*)b4_w4_u4, true, 1, false },
         { "b4_w4_u8", (const void*)b4_w4_u8, true, 1, false },
+        { "p4_u4", (const void*)p4_u4, true, 8, false, 4096, true },
+        { "p4_u4_pipe", (const void*)p4_u4_pipe, true, 8, false, 4096, true },
         { "main q8_0", (const void*)matvec_q8_0_q8, false, 4, true },
+        { "p8_u4_pipe", (const void*)p8_u4_pipe, false, 8, false, 4096, true },
         { "a8_u4", (const void*)a8_u4, false, 4, false },
         { "l8_u4_m8", (const void*)l8_u4_m8, false, 4, false },
         { "l8_u2_m12", (const void*)l8_u2_m12, false, 4, false },
@@ -283,9 +369,19 @@ static void launch_ex(const void* fn, unsigned grid, unsigned block, void** args
 }
 
 // One launch of variant v on matrix W (rows × cols) into y.
+static int g_sms;
+static const Variant* g_main[2]; // main's one-row kernels, q8_0 and q4_0: what a variant without long rows falls back to
+
 static void launch(const Variant& v, const u8* W, int rows, int cols, X x, float* y, bool pdl)
 {
+    if (cols > v.maxCols) { launch(*g_main[v.q4], W, rows, cols, x, y, pdl); return; }
     unsigned grid = (rows + v.rowsPerBlock - 1) / v.rowsPerBlock;
+    if (v.persistent)
+    {
+        int per = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, v.fn, 128, 0));
+        grid = std::min<unsigned>(grid, (unsigned)(per * g_sms));
+    }
     if (v.main)
     {
         const u8* w1 = nullptr; const u8* w2 = nullptr; float* y1 = nullptr; float* y2 = nullptr;
@@ -427,11 +523,13 @@ int main(int argc, char** argv)
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("%s, %d SMs, L2 %d MiB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+    g_sms = prop.multiProcessorCount;
     g_flushN = (256LL << 20) / 16;
     CK(cudaMalloc(&g_flush, 256LL << 20));
     CK(cudaMemset(g_flush, 1, 256LL << 20));
     CK(cudaMalloc(&g_sink, 4096));
     auto vs = variants();
+    for (auto& v : vs) if (v.main && v.rowsPerBlock == 4) g_main[v.q4] = &v;
     for (auto& v : vs)
     {
         cudaFuncAttributes fa;
@@ -483,7 +581,7 @@ int main(int argc, char** argv)
             bool haveRef = false;
             for (auto& v : vs)
             {
-                if (v.q4 != q4 || (only[0] && !strstr(v.name, only) && !v.main)) continue;
+                if (v.q4 != q4 || (only[0] && !strstr(v.name, only) && !v.main) || sh.cols > v.maxCols) continue;
                 launch(v, ms[0], sh.rows, sh.cols, x, y, false);
                 CK(cudaStreamSynchronize(g_stream));
                 CK(cudaMemcpy(out.data(), y, sh.rows * 4, cudaMemcpyDeviceToHost));
