@@ -317,7 +317,9 @@ extern "C" __global__ void spin(int ns, int* sink)
 
 // ------------------------------------------------------------------------------------------------ host
 #ifndef __CUDACC_RTC__
-struct Variant { const char* name; const void* fn; bool q4; int rowsPerBlock; bool main; int maxCols = 1 << 30; bool persistent = false; };
+// persistent: the grid is at most the blocks the GPU holds at once, divided by `share` (so that the next launch's blocks
+// fit beside it and, under programmatic launch, start early).
+struct Variant { const char* name; const void* fn; bool q4; int rowsPerBlock; bool main; int maxCols = 1 << 30; bool persistent = false; int share = 1; };
 
 static std::vector<Variant> variants()
 {
@@ -335,9 +337,16 @@ static std::vector<Variant> variants()
         { "b4_w4_u4", (const void*)b4_w4_u4, true, 1, false },
         { "b4_w4_u8", (const void*)b4_w4_u8, true, 1, false },
         { "p4_u4", (const void*)p4_u4, true, 8, false, 4096, true },
+        { "p4_u4_h", (const void*)p4_u4, true, 8, false, 4096, true, 2 },
         { "p4_u4_pipe", (const void*)p4_u4_pipe, true, 8, false, 4096, true },
+        { "p4_u4_pipe_h", (const void*)p4_u4_pipe, true, 8, false, 4096, true, 2 },
+        { "loop q4_0", (const void*)matvec_q4_0_q8_loop, true, 4, true, 1 << 30, true },
+        { "loop2 q4_0", (const void*)matvec2_q4_0_q8_loop, true, 8, true, 1 << 30, true },
+        { "loop2 q4_0 h", (const void*)matvec2_q4_0_q8_loop, true, 8, true, 1 << 30, true, 2 },
         { "main q8_0", (const void*)matvec_q8_0_q8, false, 4, true },
         { "p8_u4_pipe", (const void*)p8_u4_pipe, false, 8, false, 4096, true },
+        { "loop q8_0", (const void*)matvec_q8_0_q8_loop, false, 4, true, 1 << 30, true },
+        { "loop q8_0 h", (const void*)matvec_q8_0_q8_loop, false, 4, true, 1 << 30, true, 2 },
         { "a8_u4", (const void*)a8_u4, false, 4, false },
         { "l8_u4_m8", (const void*)l8_u4_m8, false, 4, false },
         { "l8_u2_m12", (const void*)l8_u2_m12, false, 4, false },
@@ -380,7 +389,7 @@ static void launch(const Variant& v, const u8* W, int rows, int cols, X x, float
     {
         int per = 0;
         CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, v.fn, 128, 0));
-        grid = std::min<unsigned>(grid, (unsigned)(per * g_sms));
+        grid = std::min<unsigned>(grid, (unsigned)std::max(1, per * g_sms / v.share));
     }
     if (v.main)
     {
@@ -529,7 +538,7 @@ int main(int argc, char** argv)
     CK(cudaMemset(g_flush, 1, 256LL << 20));
     CK(cudaMalloc(&g_sink, 4096));
     auto vs = variants();
-    for (auto& v : vs) if (v.main && v.rowsPerBlock == 4) g_main[v.q4] = &v;
+    for (auto& v : vs) if (!strcmp(v.name, v.q4 ? "main q4_0" : "main q8_0")) g_main[v.q4] = &v;
     for (auto& v : vs)
     {
         cudaFuncAttributes fa;

@@ -24,6 +24,10 @@ internal sealed unsafe class CudaMatVec : IDisposable
     private readonly nint _quantizeQ8_0, _quantizeQ8_K;
     // Q4_0's one-token product with two rows a warp (matvec2_q4_0_q8), for matrices with at least as many rows as columns.
     private readonly nint _q4_0TwoRows;
+    // FITLM_CUDA_PERSISTENT=N (a probe, off by default): the one-token Q4_0 and Q8_0 products as matvec.cu's persistent
+    // loops (matvec*_loop), at most N thread blocks an SM; (one row, two rows) by type.
+    private readonly int _persistentBlocks;
+    private readonly Dictionary<GgmlType, (nint One, nint Two)> _loops = [];
     // x quantized for the integer kernels (BatchTokens × MaxCols): the int8 values, the blocks' scales, and q8_0's block
     // sums or q8_K's sums of each 16 (the larger: one int per 16 values).
     private readonly DeviceBuffer? _xq, _xd, _xs;
@@ -64,6 +68,12 @@ internal sealed unsafe class CudaMatVec : IDisposable
             else _functions[t] = (module.Function("matvec_" + name), module.Function("matmul8_" + name));
         }
         _q4_0TwoRows = module.Function("matvec2_q4_0_q8");
+        if (int.TryParse(Environment.GetEnvironmentVariable("FITLM_CUDA_PERSISTENT"), out int perSm) && perSm > 0)
+        {
+            _persistentBlocks = perSm * device.Multiprocessors;
+            _loops[GgmlType.Q4_0] = (module.Function("matvec_q4_0_q8_loop"), module.Function("matvec2_q4_0_q8_loop"));
+            _loops[GgmlType.Q8_0] = (module.Function("matvec_q8_0_q8_loop"), 0);
+        }
         _quantizeQ8_0 = module.Function("quantize_q8_0");
         _quantizeQ8_K = module.Function("quantize_q8_k");
         MaxCols = (maxCols + 31) / 32 * 32;
@@ -177,8 +187,15 @@ internal sealed unsafe class CudaMatVec : IDisposable
             // Two rows a warp share x's loads; a matrix with fewer rows than columns (a down projection) keeps one, since
             // it then has too few warps for its long rows (matvec.cu: 4096 × 14336 took 15.4 µs against 13.4).
             bool twoRows = count == 1 && type == GgmlType.Q4_0 && a.Rows >= cols;
-            LaunchInteger(count > 1 ? eight : twoRows ? _q4_0TwoRows : one, twoRows ? 2 : 1, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
-                (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)));
+            var function = count > 1 ? eight : twoRows ? _q4_0TwoRows : one;
+            int maxGrid = int.MaxValue;
+            if (count == 1 && _loops.TryGetValue(type, out var loop))
+            {
+                function = twoRows ? loop.Two : loop.One;
+                maxGrid = _persistentBlocks;
+            }
+            LaunchInteger(function, twoRows ? 2 : 1, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
+                (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)), maxGrid);
         }
     }
 
@@ -196,13 +213,14 @@ internal sealed unsafe class CudaMatVec : IDisposable
     }
 
     /// <param name="rowsPerWarp">R in matvec.cu's int_matmul: the function's rows a warp.</param>
+    /// <param name="maxGrid">At most this many thread blocks (a persistent loop's grid).</param>
     private void LaunchInteger(nint function, int rowsPerWarp, int cols, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
-        (ulong W, int Rows, ulong Y) c)
+        (ulong W, int Rows, ulong Y) c, int maxGrid = int.MaxValue)
     {
         ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
         ulong w0 = a.W, w1 = b.W, w2 = c.W, y0 = a.Y, y1 = b.Y, y2 = c.Y;
         int r0 = a.Rows, r1 = b.Rows, r2 = c.Rows, perBlock = IntegerWarps * rowsPerWarp;
-        uint grid = (uint)((r0 + perBlock - 1) / perBlock + (r1 + perBlock - 1) / perBlock + (r2 + perBlock - 1) / perBlock);
+        uint grid = (uint)Math.Min((r0 + perBlock - 1) / perBlock + (r1 + perBlock - 1) / perBlock + (r2 + perBlock - 1) / perBlock, maxGrid);
         void** args = stackalloc void*[] { &w0, &w1, &w2, &y0, &y1, &y2, &r0, &r1, &r2, &cols, &q, &d, &s, &n };
         _device.Launch(function, grid, 32 * IntegerWarps, 0, args);
     }

@@ -63,8 +63,9 @@ internal sealed unsafe class ForwardKernels : IDisposable
         _attendF16 = m.Function("attend_f16");
         _kvStoreKivi = m.Function("kv_store_kivi");
         _kiviQuantize = m.Function("kivi_quantize");
-        // attend_kivi_tiles reads each quantized tile once; FITLM_CUDA_KIVI_TILES=0 takes the element-wise attend_kivi.
-        _attendKivi = m.Function(Environment.GetEnvironmentVariable("FITLM_CUDA_KIVI_TILES") == "0" ? "attend_kivi" : "attend_kivi_tiles");
+        // FITLM_CUDA_KIVI_TILES=1 takes attend_kivi_tiles, which reads each quantized tile once: opt-in until a GPU run has
+        // checked it against the CPU (docs/cuda.md, "Not done").
+        _attendKivi = m.Function(Environment.GetEnvironmentVariable("FITLM_CUDA_KIVI_TILES") == "1" ? "attend_kivi_tiles" : "attend_kivi");
         _attendBatchF32 = m.Function("attend_batch_f32");
         _attendBatchF16 = m.Function("attend_batch_f16");
         _attendBatchKivi = m.Function("attend_batch_kivi");
