@@ -20,6 +20,7 @@ public sealed partial class CudaEmulatorTests(ITestOutputHelper output)
     [Theory]
     [InlineData("kivi_tiles.cpp", "forward.cu")]   // attend_kivi_tiles against attend_kivi
     [InlineData("matvec_loops.cpp", "matvec.cu")]  // the persistent one-token products against the kernels they loop
+    [InlineData("fold_norm.cpp", "matvec.cu")]     // the folded RMSNorm against the product, norm and products it replaces
     public void Kernel_MatchesItsReference_InTheEmulator(string harness, string kernels)
     {
         string? compiler = OnPath("g++");

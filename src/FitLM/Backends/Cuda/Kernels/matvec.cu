@@ -355,10 +355,20 @@ __device__ __forceinline__ void pdl_wait_for(const int4*& a, const float*& b, co
 // wait since nothing writes it there: two rows 1567-1581 plain, 1357-1358 programmatic).
 // Against split_row's 64 bytes in flight with x loaded per block after the weights arrived, llama-7b decode had gone
 // from 332.6 to 340.3 tokens/s (Q4_0) and 261.5 to 272.6 (Q8_0); U = 4 for q4_0 one row was 1.9% slower.
-template <bool Q4, int R>
+// What a one-token row does around its products (split_rows_one_token's Finish): after_wait() once the kernels before
+// have completed, finish() on every lane once the rows' products are summed, write() by lane 0 for each row.
+// PlainRows writes y; NormScaledRows (a folded RMSNorm's reader) and FoldRows (its writer) are below.
+struct PlainRows
+{
+    __device__ __forceinline__ void after_wait(int lane) {}
+    __device__ __forceinline__ void finish(int lane) {}
+    __device__ __forceinline__ void write(float* y, int i, float v) { y[i] = v; }
+};
+
+template <bool Q4, int R, typename Finish = PlainRows>
 __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, int rows, int row, int cols,
                                                      const i8* xq, const float* xd,
-                                                     const int* xs, float* y, int lane)
+                                                     const int* xs, float* y, int lane, Finish&& fin = Finish())
 {
     const int QB = Q4 ? 16 : 32, U = R == 2 ? 4 : Q4 ? 8 : 4;
     const bool xFirst = R == 1;
@@ -397,7 +407,7 @@ __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, i
                 }
             }
         }
-        if (!waited) { pdl_wait_for(xv, xd, xs); waited = true; }
+        if (!waited) { pdl_wait_for(xv, xd, xs); waited = true; fin.after_wait(lane); }
         if (xFirst)
         {
 #pragma unroll
@@ -421,12 +431,13 @@ __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, i
             }
         }
     }
-    if (!waited) pdl_wait();
+    if (!waited) { pdl_wait(); fin.after_wait(lane); }
+    fin.finish(lane);
 #pragma unroll
     for (int r = 0; r < R; r++)
     {
         float sum = warp_sum(acc[r]);
-        if (lane == 0 && row + r < rows) y[row + r] = sum;
+        if (lane == 0 && row + r < rows) fin.write(y, row + r, sum);
     }
 }
 
@@ -649,6 +660,104 @@ __device__ __forceinline__ void int_matmul_loop(const u8* W0, const u8* W1, cons
         const float* xd, const int* xs, int n) \
     { int_matmul_loop<KIND, R>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs); }
 
+// ---- A folded RMSNorm (FITLM_CUDA_FOLD_NORM=1, CudaBackend): the residual add and RMSNorm between a one-token product
+// (the output projection, the down projection) and the products that read the norm (Q/K/V, gate/up) without a kernel
+// of their own. q8_0's codes do not change when a block is scaled, and its scale scales with it: so the writer, whose
+// thread blocks take 32 rows each, adds its rows to the residual x and writes q8_0 of x ⊙ w (the norm's weights, not
+// yet divided by the RMS) and each block's Σx²; each reader sums those 1/32 partial sums (the same order in every
+// warp), and multiplies its rows by 1/√(Σx²/dim + ε). Against the norm kernel's arithmetic the codes and scales differ
+// only where rounding x·(1/rms)·w and x·w differently moves a code at a rounding edge, or the fp16 scale's rounding.
+
+// The reader's part: the partial sums requested once the kernels before have completed (at most 4 a lane: dim ≤
+// 4096; 8 made the two-row kernel spill at its 80 registers), the scale computed when the rows are summed.
+struct NormScaledRows
+{
+    const float* partials;
+    int parts;
+    float eps;
+    float pv[4];
+    float scale;
+    __device__ __forceinline__ void after_wait(int lane)
+    {
+#pragma unroll
+        for (int k = 0; k < 4; k++) pv[k] = lane + 32 * k < parts ? partials[lane + 32 * k] : 0.f;
+    }
+    __device__ __forceinline__ void finish(int lane)
+    {
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) ss += pv[k];
+        scale = 1.f / sqrtf(warp_sum(ss) / (float)(parts * 32) + eps);
+    }
+    __device__ __forceinline__ void write(float* y, int i, float v) { y[i] = v * scale; }
+};
+
+// The writer's part: its block's 32 rows into shared memory (y there is the block's first row's slot), and its first
+// warp's residual elements (x[row0 + lane]) requested once the kernels before have completed.
+struct FoldRows
+{
+    const float* x;
+    int row0;
+    float xr;
+    __device__ __forceinline__ void after_wait(int lane) { if (threadIdx.x < 32) xr = x[row0 + lane]; }
+    __device__ __forceinline__ void finish(int lane) {}
+    __device__ __forceinline__ void write(float* y, int i, float v) { y[i - row0] = v; }
+};
+
+// One token's rows of one q4_0/q8_0 matrix (rows % 32 == 0), 32 a thread block (32 / R warps), then the folded norm:
+// x[i] += y[i], q8_0 of x ⊙ w into (q, qd, qs) and Σx² of each 32 rows into partials. y itself is not written.
+template <int KIND, int R>
+__device__ __forceinline__ void fold_norm_rows(const u8* W, int rows, int cols, const i8* xq, const float* xd, const int* xs,
+                                               float* x, const float* __restrict__ w, i8* q, float* qd, int* qs, float* partials)
+{
+    __shared__ float ys[32];
+    pdl_release();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = blockIdx.x * 32;
+    float wn = warp == 0 ? w[row0 + lane] : 0.f; // the norm's weights: nothing in a step writes them
+    FoldRows fin = { x, row0, 0.f };
+    split_rows_one_token<KIND == 0, R>(W, rows, row0 + warp * R, cols, xq, xd, xs, ys, lane, fin);
+    __syncthreads();
+    if (warp != 0) return;
+    float r = fin.xr + ys[lane];
+    x[row0 + lane] = r;
+    quantize_block_q8_0(r * wn, blockIdx.x, q, qd, qs);
+    float ss = warp_sum(r * r);
+    if (lane == 0) partials[blockIdx.x] = ss;
+}
+
+// The reader: int_matmul's one-token rows (up to three matrices) times the folded norm's 1/RMS.
+template <int KIND, int R>
+__device__ __forceinline__ void int_matmul_scaled(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
+    int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, const float* partials, float eps)
+{
+    pdl_release();
+    const int RB = SPLIT_WARPS * R;
+    int warp = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int s0 = (rows0 + RB - 1) / RB * SPLIT_WARPS, s1 = (rows1 + RB - 1) / RB * SPLIT_WARPS;
+    const u8* W = W0;
+    float* y = y0;
+    int rows = rows0;
+    if (warp >= s0 + s1) { W = W2; y = y2; rows = rows2; warp -= s0 + s1; }
+    else if (warp >= s0) { W = W1; y = y1; rows = rows1; warp -= s0; }
+    int row = warp * R;
+    if (row >= rows) { pdl_wait(); return; }
+    NormScaledRows fin = { partials, cols / 32, eps };
+    split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, y, lane, fin);
+}
+
+#define FOLD_ENTRY(name, KIND, R) \
+    extern "C" __global__ void __launch_bounds__(32 * 32 / R) name(const u8* __restrict__ W, int rows, int cols, \
+        const i8* xq, const float* xd, const int* xs, float* x, const float* __restrict__ w, i8* q, float* qd, int* qs, \
+        float* partials) \
+    { fold_norm_rows<KIND, R>(W, rows, cols, xq, xd, xs, x, w, q, qd, qs, partials); }
+
+#define SCALED_ENTRY(name, KIND, R, MIN_BLOCKS) \
+    extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS, MIN_BLOCKS) name(const u8* __restrict__ W0, \
+        const u8* __restrict__ W1, const u8* __restrict__ W2, float* y0, float* y1, \
+        float* y2, int rows0, int rows1, int rows2, int cols, const i8* xq, \
+        const float* xd, const int* xs, const float* partials, float eps) \
+    { int_matmul_scaled<KIND, R>(W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, cols, xq, xd, xs, partials, eps); }
+
 #define INT_ENTRY(name, KIND, NB, R, MIN_BLOCKS) \
     extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS, MIN_BLOCKS) name(const u8* __restrict__ W0, \
         const u8* __restrict__ W1, const u8* __restrict__ W2, float* y0, float* y1, \
@@ -674,6 +783,11 @@ INT_ENTRY(matmul8_q6_k_q8, 3, 8, 1, 1)
 LOOP_ENTRY(matvec2_q4_0_q8_loop, 0, 2, 6)
 LOOP_ENTRY(matvec_q4_0_q8_loop, 0, 1, 3)
 LOOP_ENTRY(matvec_q8_0_q8_loop, 1, 1, 5)
+FOLD_ENTRY(fold_norm_q4_0, 0, 2)
+FOLD_ENTRY(fold_norm_q8_0, 1, 2)
+SCALED_ENTRY(matvec2_q4_0_q8_scaled, 0, 2, 6)
+SCALED_ENTRY(matvec_q4_0_q8_scaled, 0, 1, 3)
+SCALED_ENTRY(matvec_q8_0_q8_scaled, 1, 1, 5)
 
 // The index of the first element of largest magnitude in a 256-block (q8_K's `max`), and that magnitude in amax:
 // (|x|, index) reduced across the warp, the larger |x| winning and ties going to the lower index. Lane l reads
