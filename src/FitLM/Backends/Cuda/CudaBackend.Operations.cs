@@ -76,6 +76,8 @@ internal sealed partial class CudaBackend
         _segmentCount = segments;
         _rows = n;
         _quantized = 0;
+        _pending = null;
+        _folded = null;
         CudaDevice.UploadTo<int>(_pos.Pointer, _positions.AsSpan(0, segments));
         if (_graphs && n == 1 && segments == 1 && _segments[0].Slot == 0 && logits)
             _mode = _decodeGraph != null ? PassMode.Replay : PassMode.Record;
@@ -106,6 +108,7 @@ internal sealed partial class CudaBackend
     public void RmsNorm(ActivationBuffer x, int xRow, float[] w, ActivationBuffer o, int oRow, int n)
     {
         if (Replaying) return;
+        Flush();
         int dim = _c.Dim;
         _quantized = 0;
         _kernels.RmsNorm(At(x, (long)xRow * dim), V(w), At(o, (long)oRow * dim), n, dim, _c.RmsEps);
@@ -114,6 +117,12 @@ internal sealed partial class CudaBackend
     public void AddRmsNorm(ActivationBuffer x, ActivationBuffer? residual, float[] w, ActivationBuffer o, int n, IMatrix? reader)
     {
         if (Replaying) return;
+        if (residual != null && TryFold(P(x), P(residual), w, P(o), n, reader))
+        {
+            _quantized = 0;
+            return;
+        }
+        Flush();
         var quantized = reader is DeviceWeight r ? QuantizedFor(r.Matrix, P(o), _c.Dim, n) : null;
         _kernels.AddRmsNorm(P(x), residual == null ? 0 : P(residual), V(w), P(o), n, _c.Dim, _c.RmsEps, quantized);
         _quantized = quantized != null ? P(o) : 0;
@@ -122,14 +131,26 @@ internal sealed partial class CudaBackend
     public void Multiply(IMatrix w, ActivationBuffer x, ActivationBuffer y, int n)
     {
         if (Replaying) return;
+        Flush();
         var h = Handle(w);
-        Multiply(BlockOf(h.Layer), h.Matrix, P(x), P(y), n, TakeQuantized(x));
+        bool quantized = TakeQuantized(x);
+        // The output projection's output is the residual a norm adds next: it may fold that norm (CudaBackend.FoldNorm.cs).
+        bool output = h.Layer >= 0 && h.Layer < _c.Layers && ReferenceEquals(w, Weights.Layers[h.Layer].Wo);
+        if (output && Defer(BlockOf(h.Layer), h.Matrix, P(x), P(y), n, quantized)) return;
+        Multiply(BlockOf(h.Layer), h.Matrix, P(x), P(y), n, quantized);
     }
 
     public void MultiplyTogether(ActivationBuffer x, int n, IMatrix wa, ActivationBuffer ya, IMatrix wb, ActivationBuffer yb, IMatrix? wc = null, ActivationBuffer? yc = null)
     {
         if (Replaying) return;
+        Flush();
         var a = Handle(wa);
+        if (TakeFolded(P(x)) is { } folded)
+        {
+            _quantized = 0;
+            MultiplyFolded(BlockOf(a.Layer), folded, a.Matrix, P(ya), Handle(wb).Matrix, P(yb), wc == null ? null : Handle(wc).Matrix, yc == null ? 0 : P(yc));
+            return;
+        }
         MultiplyTogether(BlockOf(a.Layer), P(x), n, TakeQuantized(x), a.Matrix, P(ya), Handle(wb).Matrix, P(yb),
             wc == null ? null : Handle(wc).Matrix, yc == null ? 0 : P(yc));
     }
@@ -137,6 +158,7 @@ internal sealed partial class CudaBackend
     public void SplitQkv(ActivationBuffer qkv, ActivationBuffer q, ActivationBuffer k, ActivationBuffer v, int n)
     {
         if (Replaying) return;
+        Flush();
         var c = _c;
         int width = c.QDim + 2 * c.KvDim;
         _quantized = 0;
@@ -149,6 +171,7 @@ internal sealed partial class CudaBackend
     public void FinishQueries(TransformerLayer layer, ActivationBuffer q, int row, int n, int pos)
     {
         if (Replaying) return;
+        Flush();
         _quantized = 0;
         ulong rows = At(q, (long)row * _c.QDim);
         if (layer.Bq != null) _kernels.AddBias(rows, V(layer.Bq), _c.QDim, n * _c.QDim);
@@ -162,6 +185,7 @@ internal sealed partial class CudaBackend
     public void AppendAndAttend(int layer, ForwardContext context, in PassSegment segment)
     {
         if (Replaying) return;
+        Flush();
         var c = _c;
         var w = Weights.Layers[layer];
         var d = _layers[layer];
@@ -193,6 +217,7 @@ internal sealed partial class CudaBackend
     public void Add(ActivationBuffer x, ActivationBuffer y, int n)
     {
         if (Replaying) return;
+        Flush();
         _quantized = 0;
         _kernels.Add(P(x), P(y), n * _c.Dim);
     }
@@ -201,8 +226,10 @@ internal sealed partial class CudaBackend
     public void FeedForward(IFeedForward ffn, ActivationBuffer x, ActivationBuffer y, int n, ActivationBuffer hb, ActivationBuffer hb2)
     {
         if (Replaying) return;
+        Flush();
         var f = ffn as DeviceFeedForward ?? throw new ArgumentException("the feed-forward block is not one in GPU memory");
         ulong block = BlockOf(f.Layer);
+        var folded = TakeFolded(P(x));
         bool quantized = TakeQuantized(x);
         var down = f.Down.Matrix;
         int act = (int)_c.Activation;
@@ -217,10 +244,12 @@ internal sealed partial class CudaBackend
         else
         {
             int width = f.Gate!.Rows;
-            MultiplyTogether(block, P(x), n, quantized, f.Gate.Matrix, P(hb), f.Up!.Matrix, P(hb2));
+            if (folded is { } norm) MultiplyFolded(block, norm, f.Gate.Matrix, P(hb), f.Up!.Matrix, P(hb2), null, 0);
+            else MultiplyTogether(block, P(x), n, quantized, f.Gate.Matrix, P(hb), f.Up!.Matrix, P(hb2));
             var activated = QuantizedFor(down, P(hb), width, n);
             _kernels.GateAct(P(hb), width, P(hb2), width, P(hb), width, width, n, act, activated);
-            Multiply(block, down, P(hb), P(y), n, activated != null);
+            // Its output is the residual the next layer's norm adds: it may fold that norm (CudaBackend.FoldNorm.cs).
+            if (!Defer(block, down, P(hb), P(y), n, activated != null)) Multiply(block, down, P(hb), P(y), n, activated != null);
         }
         // The layer's last product is queued: a streamed layer's slot is free once it has run.
         if (_layers[f.Layer].StreamIndex is >= 0 and var j)
@@ -238,6 +267,7 @@ internal sealed partial class CudaBackend
     {
         if (!Replaying)
         {
+            Flush();
             _quantized = 0;
             var head = Handle(output);
             Multiply(BlockOf(head.Layer), head.Matrix, P(x), _logits.Pointer, n);
@@ -259,7 +289,11 @@ internal sealed partial class CudaBackend
         CudaDevice.DownloadFrom(_logits.Pointer, logits[..(n * _c.Vocab)]);
     }
 
-    public void Read(ActivationBuffer x, int n, Span<float> destination) => CudaDevice.DownloadFrom(P(x), destination[..(n * _c.Dim)]);
+    public void Read(ActivationBuffer x, int n, Span<float> destination)
+    {
+        Flush();
+        CudaDevice.DownloadFrom(P(x), destination[..(n * _c.Dim)]);
+    }
 
     /// <summary>Ends a capture that a failed pass left open, keeping nothing of it.</summary>
     private void StopRecording()

@@ -150,6 +150,7 @@ internal sealed partial class CudaBackend : IDeviceBackend
             // Kernels start while the one before them finishes, the products fetching their first weights meanwhile, where
             // no copy rewrites weights during a step (FITLM_CUDA_PDL=0: off, to measure what it gains).
             _device.Programmatic = _streamer == null && Environment.GetEnvironmentVariable("FITLM_CUDA_PDL") != "0";
+            _foldNorm = FoldsNorms();
 
             _logits = Floats((long)_batch * c.Vocab);
             _pos = Own(_device.Allocate((long)_batch * sizeof(int)));

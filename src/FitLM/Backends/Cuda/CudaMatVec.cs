@@ -9,7 +9,7 @@ namespace FitLM.Backends.Cuda;
 /// against x quantized as the CPU quantizes it (q8_0 for Q4_0/Q8_0, q8_K for Q4_K/Q6_K), in integers: the CPU's
 /// numerics, up to three matrices of one input in one launch. F32, F16 and BF16 multiply in float.
 /// </summary>
-internal sealed unsafe class CudaMatVec : IDisposable
+internal sealed unsafe partial class CudaMatVec : IDisposable
 {
     /// <summary>Rows per thread block (one warp each): WARPS in matvec.cu.</summary>
     private const int Warps = 8;
@@ -82,6 +82,7 @@ internal sealed unsafe class CudaMatVec : IDisposable
             _xq = device.Allocate((long)BatchTokens * MaxCols);
             _xd = device.Allocate((long)BatchTokens * MaxCols / 32 * 4);
             _xs = device.Allocate((long)BatchTokens * MaxCols / 16 * 4);
+            if (FoldNormEnabled) _fold = new FoldScratch(device, module, MaxCols);
         }
     }
 
@@ -163,6 +164,19 @@ internal sealed unsafe class CudaMatVec : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// <see cref="MultiplyTogether(GgmlType, int, ulong, int, ValueTuple{ulong, int, ulong}, ValueTuple{ulong, int, ulong}, ValueTuple{ulong, int, ulong}, bool)"/>
+    /// for one token whose input is a folded norm's (<see cref="FoldNorm"/>): its q8_0 from there, the rows times its 1/RMS.
+    /// </summary>
+    public void MultiplyTogether(GgmlType type, int cols, FoldedNorm folded, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
+        (ulong W, int Rows, ulong Y) c)
+    {
+        Validate(type, GgmlTypes.RowBytes(type, cols), cols);
+        bool twoRows = type == GgmlType.Q4_0 && a.Rows >= cols;
+        var (one, two) = _fold!.Scaled[type];
+        LaunchInteger(twoRows ? two : one, twoRows ? 2 : 1, cols, 1, a, b, c, folded: folded);
+    }
+
     private static void Validate(GgmlType type, long rowBytes, int cols)
     {
         if (!Supports(type)) throw new FitLMException($"cuda matvec: unsupported tensor type {type}");
@@ -214,19 +228,23 @@ internal sealed unsafe class CudaMatVec : IDisposable
 
     /// <param name="rowsPerWarp">R in matvec.cu's int_matmul: the function's rows a warp.</param>
     /// <param name="maxGrid">At most this many thread blocks (a persistent loop's grid).</param>
+    /// <param name="folded">A folded norm's output as x (a *_scaled kernel: its q8_0, sums of squares and ε as arguments).</param>
     private void LaunchInteger(nint function, int rowsPerWarp, int cols, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
-        (ulong W, int Rows, ulong Y) c, int maxGrid = int.MaxValue)
+        (ulong W, int Rows, ulong Y) c, int maxGrid = int.MaxValue, FoldedNorm? folded = null)
     {
-        ulong q = _xq!.Pointer, d = _xd!.Pointer, s = _xs!.Pointer;
+        var x = folded?.Input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
+        ulong q = x.Q, d = x.D, s = x.S, partials = folded?.Partials ?? 0;
+        float eps = folded?.Eps ?? 0f;
         ulong w0 = a.W, w1 = b.W, w2 = c.W, y0 = a.Y, y1 = b.Y, y2 = c.Y;
         int r0 = a.Rows, r1 = b.Rows, r2 = c.Rows, perBlock = IntegerWarps * rowsPerWarp;
         uint grid = (uint)Math.Min((r0 + perBlock - 1) / perBlock + (r1 + perBlock - 1) / perBlock + (r2 + perBlock - 1) / perBlock, maxGrid);
-        void** args = stackalloc void*[] { &w0, &w1, &w2, &y0, &y1, &y2, &r0, &r1, &r2, &cols, &q, &d, &s, &n };
+        void** args = stackalloc void*[] { &w0, &w1, &w2, &y0, &y1, &y2, &r0, &r1, &r2, &cols, &q, &d, &s, folded != null ? &partials : &n, &eps };
         _device.Launch(function, grid, 32 * IntegerWarps, 0, args);
     }
 
     public void Dispose()
     {
+        _fold?.Dispose();
         _xq?.Dispose();
         _xd?.Dispose();
         _xs?.Dispose();
