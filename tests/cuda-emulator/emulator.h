@@ -56,8 +56,12 @@ T shfl(T v, int src)
     return r;
 }
 
+inline unsigned g_launches; // seeds each launch's block order
+
 // Runs kernel(args...) over grid × block threads (grid.y rows of grid.x blocks): blockDim host threads take the blocks
 // one after another, all finishing a block before any starts the next (its __shared__ variables are the next one's).
+// The blocks run in a shuffled order (the same every run): a kernel whose block reads what another block of the same
+// launch writes, without the atomics that order them, gives wrong results here as it may on a GPU.
 template <typename K, typename... A>
 void launch(K kernel, dim3 grid, dim3 block, A... args)
 {
@@ -70,11 +74,19 @@ void launch(K kernel, dim3 grid, dim3 block, A... args)
         all.push_back(std::make_unique<Block>(n));
         for (int w = 0; w < (n + 31) / 32; w++) all.back()->warps.push_back(std::make_unique<Warp>(std::min(32, n - 32 * w)));
     }
+    std::vector<int> order(blocks);
+    for (int b = 0; b < blocks; b++) order[b] = b;
+    uint64_t r = 0x9E3779B97F4A7C15ull * ++g_launches;
+    for (int b = blocks - 1; b > 0; b--)
+    {
+        r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+        std::swap(order[b], order[(int)(r % (uint64_t)(b + 1))]);
+    }
     std::barrier<> done(n);
     std::vector<std::thread> threads;
     for (int i = 0; i < n; i++)
         threads.emplace_back([&, i] {
-            for (int b = 0; b < blocks; b++)
+            for (int b : order)
             {
                 t_thread = { (unsigned)i, 0, 0 };
                 t_block = { (unsigned)(b % grid.x), (unsigned)(b / grid.x), 0 };

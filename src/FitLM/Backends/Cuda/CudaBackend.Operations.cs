@@ -198,10 +198,17 @@ internal sealed partial class CudaBackend
         ulong kc = d.KCache.Pointer + (ulong)(slot * _kv.KeyBytes), vc = d.VCache.Pointer + (ulong)(slot * _kv.ValueBytes);
         ulong pos = _pos.Pointer + (ulong)(sizeof(int) * s);
         var r = _ropes[w.Rope];
+        var attended = c.HeadDim % 32 == 0 ? QuantizedFor(Handle(w.Wo).Matrix, P(context.Xb), c.QDim, _rows) : null;
+        ulong output = At(context.Xb, (long)row * c.QDim);
+        if (m == 1 && _kernels.AttendRope(_kv, q, k, v, kc, vc, output, c.Heads, c.KvShape.Scale, c.AttentionSoftcap, d.Window, pos,
+                r.Cos.Pointer, r.Sin.Pointer, r.Half, r.Neox, attended?.At(row, c.QDim)))
+        {
+            _quantized = attended != null ? P(context.Xb) : 0;
+            return;
+        }
         _kernels.RopeQk(q, k, r.Cos.Pointer, r.Sin.Pointer, m, c.Heads, c.KvHeads, c.HeadDim, r.Half, r.Neox, pos);
         _kernels.KvStore(_kv, k, v, kc, vc, m, pos);
-        var attended = c.HeadDim % 32 == 0 ? QuantizedFor(Handle(w.Wo).Matrix, P(context.Xb), c.QDim, _rows) : null;
-        _kernels.Attend(_kv, q, kc, vc, At(context.Xb, (long)row * c.QDim), m, c.Heads, c.KvShape.Scale, c.AttentionSoftcap, d.Window, pos,
+        _kernels.Attend(_kv, q, kc, vc, output, m, c.Heads, c.KvShape.Scale, c.AttentionSoftcap, d.Window, pos,
             attended?.At(row, c.QDim));
         _quantized = attended != null ? P(context.Xb) : 0; // every segment writes its rows' q8_0: the next product is Wo over all of them
     }

@@ -42,6 +42,9 @@ internal sealed unsafe class ForwardKernels : IDisposable
     // A batch's attention over a dense cache, tiled (attend_tile_f16_h128, ...), by (f16, head width);
     // FITLM_CUDA_ATTN_TILES=0 takes attend_batch_* instead, to compare.
     private readonly Dictionary<(bool Half, int HeadDim), nint> _attendTiles = [];
+    // RoPE, the KV store and one token's attention over a dense cache in one launch (attend_rope_f32, attend_rope_f16,
+    // attend_rope_f16_h128, ...), by (f16, head width or 0 for the element-wise ones); FITLM_CUDA_FUSED_ATTN=1, a probe.
+    private readonly Dictionary<(bool Half, int HeadDim), nint> _attendRope = [];
 
     /// <param name="heads">The model's query heads: a one-token attention is split over about three blocks per
     /// multiprocessor in all (flash-decoding), its scratch allocated here.</param>
@@ -75,6 +78,13 @@ internal sealed unsafe class ForwardKernels : IDisposable
                 _attendF16Rows[(true, width)] = m.Function($"attend_f16_h{width}");
                 _attendF16Rows[(false, width)] = m.Function($"attend_batch_f16_h{width}");
             }
+        if (Environment.GetEnvironmentVariable("FITLM_CUDA_FUSED_ATTN") == "1")
+        {
+            _attendRope[(false, 0)] = m.Function("attend_rope_f32");
+            _attendRope[(true, 0)] = m.Function("attend_rope_f16");
+            if (_attendF16Rows.Count > 0)
+                foreach (int width in RowHeadDims) _attendRope[(true, width)] = m.Function($"attend_rope_f16_h{width}");
+        }
         if (Environment.GetEnvironmentVariable("FITLM_CUDA_ATTN_TILES") != "0")
             foreach (int width in TileHeadDims)
             {
@@ -144,6 +154,25 @@ internal sealed unsafe class ForwardKernels : IDisposable
         int nx = neox ? 1 : 0;
         void** args = stackalloc void*[] { &q, &k, &cos, &sin, &n, &heads, &kvHeads, &headDim, &half, &nx, &pos0 };
         _device.Launch(_ropeQk, Blocks((long)n * (heads + kvHeads) * half), Threads, 0, args);
+    }
+
+    /// <summary>
+    /// One token's RoPE (<see cref="RopeQk"/>), KV store (<see cref="KvStore"/>) and attention (<see cref="Attend"/>) in
+    /// one launch, over a dense cache (FITLM_CUDA_FUSED_ATTN=1); false, with nothing queued, where that kernel is not
+    /// loaded or the cache is KIVI's. q, k and v are the raw rows (after bias and norm), not rotated in place.
+    /// </summary>
+    public bool AttendRope(DeviceKvLayout kv, ulong q, ulong k, ulong v, ulong kCache, ulong vCache, ulong output, int heads, float scale,
+        float cap, int window, ulong pos0, ulong cos, ulong sin, int half, bool neox, QuantizedX? quantized)
+    {
+        if (kv.IsKivi || _attendRope.Count == 0) return false;
+        int headDim = kv.HeadDim, kvHeads = kv.KvHeads, splits = _splits, nx = neox ? 1 : 0;
+        if (!(kv.Half && _attendRope.TryGetValue((true, headDim), out var f))) f = _attendRope[(kv.Half, 0)];
+        var (q8, q8d, q8s) = quantized ?? default;
+        ulong part = _part.Pointer, count = _count.Pointer;
+        void** args = stackalloc void*[] { &q, &k, &v, &kCache, &vCache, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &pos0,
+            &q8, &q8d, &q8s, &splits, &part, &count, &cos, &sin, &half, &nx };
+        _device.Launch(f, (uint)(heads * splits), 1, AttentionThreads, 0, args);
+        return true;
     }
 
     /// <summary>dst[t][0..width) = src[t][offset..offset + width) for n rows (src rows srcWidth apart): Phi-3's fused Q|K|V split.</summary>

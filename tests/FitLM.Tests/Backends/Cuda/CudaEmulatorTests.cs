@@ -8,8 +8,8 @@ namespace FitLM.Tests.Backends.Cuda;
 
 /// <summary>
 /// FitLM's kernel files run on the CPU in tests/cuda-emulator (emulator.h: a host thread per GPU thread, real barriers
-/// for __syncthreads and for each warp's shuffles), compiled with g++: a new kernel checked against one that GPU runs
-/// have checked, on any machine with a C++20 compiler. The harnesses say what they compare; each exits 1 on a
+/// for __syncthreads and for each warp's shuffles, a launch's blocks in a shuffled order), compiled with g++: a new
+/// kernel checked against one that GPU runs have checked, on any machine with a C++20 compiler. The harnesses say what they compare; each exits 1 on a
 /// mismatch. Without g++ the test says it skipped in its output.
 /// </summary>
 public sealed partial class CudaEmulatorTests(ITestOutputHelper output)
@@ -21,6 +21,7 @@ public sealed partial class CudaEmulatorTests(ITestOutputHelper output)
     [InlineData("kivi_tiles.cpp", "forward.cu")]   // attend_kivi_tiles against attend_kivi
     [InlineData("matvec_loops.cpp", "matvec.cu")]  // the persistent one-token products against the kernels they loop
     [InlineData("fold_norm.cpp", "matvec.cu")]     // the folded RMSNorm against the product, norm and products it replaces
+    [InlineData("attend_rope.cpp", "forward.cu")]  // RoPE, KV store and attention in one launch against the three
     public void Kernel_MatchesItsReference_InTheEmulator(string harness, string kernels)
     {
         string? compiler = OnPath("g++");

@@ -694,7 +694,8 @@ __device__ __forceinline__ void attend_finish(float m, float l, const float (&ac
 template <typename Src, int U>
 __device__ __forceinline__ void attend(const float* q, Src src, float* out, int heads,
                                        int kv_heads, int head_dim, float scale, float cap, int window,
-                                       const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count)
+                                       const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count,
+                                       const float* q_head = nullptr)
 {
     const int PER = Src::PER;
     int h = blockIdx.x / splits, split = blockIdx.x % splits, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -705,7 +706,7 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     int run = (len + used - 1) / used;
     int lo = first + split * run, hi = min(p + 1, lo + run);
     src.begin(h / (heads / kv_heads), head_dim, p);
-    const float* qh = q + ((long long)t * heads + h) * head_dim;
+    const float* qh = q_head != nullptr ? q_head : q + ((long long)t * heads + h) * head_dim; // q_head: a query rotated in shared memory
     float qr[PER], acc[PER];
 #pragma unroll
     for (int i = 0; i < PER; i++)
@@ -758,6 +759,73 @@ KV_ENTRIES(f16, KvF16)
 VEC_ENTRY(f16_h64, KvF16, 2, 8)
 VEC_ENTRY(f16_h128, KvF16, 4, 8)
 VEC_ENTRY(f16_h256, KvF16, 8, 4)
+
+// RoPE, the KV store and one token's attention in one launch (attend_rope_<suffix>; FITLM_CUDA_FUSED_ATTN=1, a probe,
+// off by default): each block rotates its head's query into shared memory as rope_one rotates it; the last split of a
+// head, the one whose positions reach the token's own, rotates its KV head's new key and writes it and the value into
+// the cache as kv_store does (several heads of one KV head write the same values), and reads it back with the others.
+// A decode step then has two launches fewer a layer (rope_qk and kv_store: about 1 µs each, run 24's probe).
+template <typename KV, typename Src, int U>
+__device__ __forceinline__ void attend_rope(const float* q, const float* k, const float* v, typename KV::T* kc, typename KV::T* vc,
+    float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, const int* pos0, i8* q8, float* q8d,
+    int* q8s, int splits, float* part, int* count, const float* cos_t, const float* sin_t, int half, int neox)
+{
+    __shared__ float qs[MAX_HEAD_DIM];
+    int h = blockIdx.x / splits, split = blockIdx.x % splits;
+    int p = *pos0, first = window > 0 ? max(0, p - window + 1) : 0, len = p - first + 1;
+    int used = min(splits, (len + ATTN_WARPS * U - 1) / (ATTN_WARPS * U)); // as attend counts them
+    if (split >= used) return;
+    const float* cs = cos_t + (long long)p * half;
+    const float* sn = sin_t + (long long)p * half;
+    const float* qh = q + (long long)h * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qh[d];
+    __syncthreads();
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+    {
+        int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        float a = qs[ia], b = qs[ib], c = cs[i], s = sn[i];
+        qs[ia] = a * c - b * s;
+        qs[ib] = b * c + a * s;
+    }
+    if (split == used - 1)
+    {
+        int kvh = h / (heads / kv_heads);
+        long long kv_dim = (long long)kv_heads * head_dim, row = (long long)p * kv_dim + (long long)kvh * head_dim;
+        const float* kh = k + (long long)kvh * head_dim;
+        const float* vh = v + (long long)kvh * head_dim;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+        {
+            KV::store(vc + row + d, vh[d]);
+            if (d >= 2 * half) KV::store(kc + row + d, kh[d]); // past the rotated dimensions (partial rotary)
+        }
+        for (int i = threadIdx.x; i < half; i += blockDim.x)
+        {
+            int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+            float a = kh[ia], b = kh[ib], c = cs[i], s = sn[i];
+            KV::store(kc + row + ia, a * c - b * s);
+            KV::store(kc + row + ib, b * c + a * s);
+        }
+    }
+    __syncthreads(); // the rotated query, and the block's writes to the cache, seen by all its threads
+    Src src = { kc, vc, (long long)kv_heads * head_dim };
+    attend<Src, U>(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, splits, part, count, qs);
+}
+
+#define ROPE_ENTRY(suffix, KV, U, ...) \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_rope_##suffix(const float* q, const float* k, \
+        const float* v, KV::T* kc, KV::T* vc, float* out, int heads, int kv_heads, int head_dim, float scale, float cap, \
+        int window, const int* pos0, i8* q8, float* q8d, int* q8s, int splits, float* part, int* count, \
+        const float* cos_t, const float* sin_t, int half, int neox) \
+    { \
+        pdl_begin(); \
+        attend_rope<KV, __VA_ARGS__, U>(q, k, v, kc, vc, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, \
+            splits, part, count, cos_t, sin_t, half, neox); \
+    }
+ROPE_ENTRY(f32, KvF32, ATTN_UNROLL, DenseSource<KvF32>)
+ROPE_ENTRY(f16, KvF16, ATTN_UNROLL, DenseSource<KvF16>)
+ROPE_ENTRY(f16_h64, KvF16, 8, DenseVecSource<KvF16, 2>)
+ROPE_ENTRY(f16_h128, KvF16, 8, DenseVecSource<KvF16, 4>)
+ROPE_ENTRY(f16_h256, KvF16, 4, DenseVecSource<KvF16, 8>)
 
 // A batch's queries over a dense cache, tiled (attend_tile_<kv>_h<HD>, heads of 64 or 128 dimensions): a block takes
 // TILE_Q consecutive queries of one head and walks the positions they see TILE_K at a time, each tile's keys and values
