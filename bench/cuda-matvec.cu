@@ -77,52 +77,29 @@ __device__ __forceinline__ float row_dot(const u8* __restrict__ W, int rows, int
     return acc;
 }
 
-// Two rows per warp sharing x's loads.
+// Two rows per warp sharing x's loads (load_pair and dot_pair below, a group of U blocks from b0 at a time).
+template <bool Q4, int U>
+__device__ __forceinline__ void load_pair(const u8* __restrict__ W, int rows, int row, int blocks, int b0,
+                                          int4 (&wa)[U], int4 (&wb)[U], int4 (&wa1)[U], int4 (&wb1)[U], float (&da)[U], float (&db)[U]);
+template <bool Q4, int U>
+__device__ __forceinline__ void dot_pair(const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs,
+                                         int blocks, int b0, const int4 (&wa)[U], const int4 (&wb)[U], const int4 (&wa1)[U],
+                                         const int4 (&wb1)[U], const float (&da)[U], const float (&db)[U], float& a0, float& a1);
+
 template <bool Q4, int U>
 __device__ __forceinline__ void row_dot2(const u8* __restrict__ W, int rows, int row, int cols, const i8* __restrict__ xq,
                                          const float* __restrict__ xd, const int* __restrict__ xs, int lane, float& a0, float& a1)
 {
-    const int QB = Q4 ? 16 : 32;
     int blocks = cols >> 5;
-    bool two = row + 1 < rows;
-    const int4* qa = (const int4*)(W + (long long)row * blocks * QB);
-    const int4* qb = (const int4*)(W + (long long)(two ? row + 1 : row) * blocks * QB);
-    const u16* da = (const u16*)(W + (long long)rows * blocks * QB) + (long long)row * blocks;
-    const u16* db = da + (two ? blocks : 0);
-    const int4* xv = (const int4*)xq;
     float acc0 = 0.f, acc1 = 0.f;
     bool first = true;
     for (int b0 = lane; b0 < blocks; b0 += 32 * U)
     {
         int4 wa[U], wa1[U], wb[U], wb1[U];
         float dwa[U], dwb[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-        {
-            int b = b0 + 32 * u;
-            if (b < blocks)
-            {
-                wa[u] = ld_weights(qa + (long long)b * (QB / 16));
-                wb[u] = ld_weights(qb + (long long)b * (QB / 16));
-                if (!Q4) { wa1[u] = ld_weights(qa + (long long)b * 2 + 1); wb1[u] = ld_weights(qb + (long long)b * 2 + 1); }
-                dwa[u] = half_to_float(da[b]);
-                dwb[u] = half_to_float(db[b]);
-            }
-        }
+        load_pair<Q4, U>(W, rows, row, blocks, b0, wa, wb, wa1, wb1, dwa, dwb);
         if (first) { pdl_wait(); first = false; }
-#pragma unroll
-        for (int u = 0; u < U; u++)
-        {
-            int b = b0 + 32 * u;
-            if (b >= blocks) break;
-            int4 x0 = xv[2 * b], x1 = xv[2 * b + 1];
-            float dx = xd[b];
-            int sx = Q4 ? xs[b] : 0;
-            int sa = Q4 ? dot_q4_0(wa[u], x0, x1) - 8 * sx : dot_q8_0(wa[u], wa1[u], x0, x1);
-            int sb = Q4 ? dot_q4_0(wb[u], x0, x1) - 8 * sx : dot_q8_0(wb[u], wb1[u], x0, x1);
-            acc0 += dwa[u] * dx * (float)sa;
-            acc1 += dwb[u] * dx * (float)sb;
-        }
+        dot_pair<Q4, U>(xq, xd, xs, blocks, b0, wa, wb, wa1, wb1, dwa, dwb, acc0, acc1);
     }
     if (first) pdl_wait();
     a0 = acc0;
@@ -182,7 +159,7 @@ __device__ __forceinline__ void block_row(KARGS)
 // v = warp, warp + all warps, ...; PIPE: the next pair's weights are requested before the current pair's products,
 // so a warp keeps a pair's loads in flight across its rows (two register buffers).
 template <bool Q4, int U>
-__device__ __forceinline__ void load_pair(const u8* __restrict__ W, int rows, int row, int blocks, int lane,
+__device__ __forceinline__ void load_pair(const u8* __restrict__ W, int rows, int row, int blocks, int b0,
                                           int4 (&wa)[U], int4 (&wb)[U], int4 (&wa1)[U], int4 (&wb1)[U], float (&da)[U], float (&db)[U])
 {
     const int QB = Q4 ? 16 : 32;
@@ -194,7 +171,7 @@ __device__ __forceinline__ void load_pair(const u8* __restrict__ W, int rows, in
 #pragma unroll
     for (int u = 0; u < U; u++)
     {
-        int b = lane + 32 * u;
+        int b = b0 + 32 * u;
         if (b < blocks)
         {
             wa[u] = ld_weights(qa + (long long)b * (QB / 16));
@@ -208,14 +185,14 @@ __device__ __forceinline__ void load_pair(const u8* __restrict__ W, int rows, in
 
 template <bool Q4, int U>
 __device__ __forceinline__ void dot_pair(const i8* __restrict__ xq, const float* __restrict__ xd, const int* __restrict__ xs,
-                                         int blocks, int lane, const int4 (&wa)[U], const int4 (&wb)[U], const int4 (&wa1)[U],
+                                         int blocks, int b0, const int4 (&wa)[U], const int4 (&wb)[U], const int4 (&wa1)[U],
                                          const int4 (&wb1)[U], const float (&da)[U], const float (&db)[U], float& a0, float& a1)
 {
     const int4* xv = (const int4*)xq;
 #pragma unroll
     for (int u = 0; u < U; u++)
     {
-        int b = lane + 32 * u;
+        int b = b0 + 32 * u;
         if (b >= blocks) break;
         int4 x0 = xv[2 * b], x1 = xv[2 * b + 1];
         float dx = xd[b];

@@ -519,6 +519,19 @@ __device__ __forceinline__ void write_output(float r, float* out, long long i, i
 // A batch's queries (attend_batch_*, U = 1, one block each): thousands of blocks keep the GPU busy; four positions a
 // warp took twice the registers and halved a 2048-token prefill (5304 to 2574 tokens/s, llama-7b Q4_0, f16 KV).
 // q8 not null: the output rows are also quantized to q8_0 for the output projection (head_dim % 32 == 0).
+// The query's dimensions as Src lays them out over the lanes (qr; 0 past head_dim), and the accumulator cleared.
+template <typename Src>
+__device__ __forceinline__ void attend_query(const float* qh, int head_dim, int lane, float (&qr)[Src::PER], float (&acc)[Src::PER])
+{
+#pragma unroll
+    for (int i = 0; i < Src::PER; i++)
+    {
+        int d = Src::dim(lane, i);
+        qr[i] = d < head_dim ? qh[d] : 0.f;
+        acc[i] = 0.f;
+    }
+}
+
 // One warp's walk over positions j = start, start + step, ... below hi (U at a time, step a multiple of U), folding
 // each into its online softmax (m, l, acc): the query's dimensions qr as Src lays them out over the lanes.
 template <typename Src, int U>
@@ -708,13 +721,7 @@ __device__ __forceinline__ void attend(const float* q, Src src, float* out, int 
     src.begin(h / (heads / kv_heads), head_dim, p);
     const float* qh = q_head != nullptr ? q_head : q + ((long long)t * heads + h) * head_dim; // q_head: a query rotated in shared memory
     float qr[PER], acc[PER];
-#pragma unroll
-    for (int i = 0; i < PER; i++)
-    {
-        int d = Src::dim(lane, i);
-        qr[i] = d < head_dim ? qh[d] : 0.f;
-        acc[i] = 0.f;
-    }
+    attend_query<Src>(qh, head_dim, lane, qr, acc);
     float m = NEG_INF, l = 0.f;
     attend_positions<Src, U>(src, qr, lo + warp * U, hi, ATTN_WARPS * U, head_dim, scale, cap, m, l, acc, lane);
     attend_finish<Src, U>(m, l, acc, t, h, heads, head_dim, split, splits, used, out, q8, q8d, q8s, part, count);
@@ -1011,13 +1018,7 @@ __device__ __forceinline__ void attend_kivi_tiles_body(const float* q, KiviSourc
     const float* qh = q + (long long)h * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qh[d];
     float qr[PER], acc[PER];
-#pragma unroll
-    for (int i = 0; i < PER; i++)
-    {
-        int d = KiviSource::dim(lane, i);
-        qr[i] = d < head_dim ? qh[d] : 0.f;
-        acc[i] = 0.f;
-    }
+    attend_query<KiviSource>(qh, head_dim, lane, qr, acc);
     __syncthreads(); // qs
     float m = NEG_INF, l = 0.f;
     int groups = src.groups, vwords = groups * B / 4, kwords = head_dim * B / 4;

@@ -599,20 +599,31 @@ __device__ __forceinline__ void int_row(const u8* W, int rows, int row, int cols
 // Launch: grid ceil(rows0/(SPLIT_WARPS·R)) + ceil(rows1/(SPLIT_WARPS·R)) + ceil(rows2/(SPLIT_WARPS·R)) blocks of
 // 32·SPLIT_WARPS threads, R rows a warp; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0 or
 // quantize_q8_k; y_i is [n × rows_i].
+// Which matrix of up to three (warps [0, s0) the first's, the next s1 the second's, the rest the third's, each padded to
+// whole thread blocks of SPLIT_WARPS·R rows) and which of its rows warp v takes: W, y and rows set, the row returned.
+template <int R>
+__device__ __forceinline__ int matrix_row(int v, const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
+                                          int rows0, int rows1, int rows2, const u8*& W, float*& y, int& rows)
+{
+    const int RB = SPLIT_WARPS * R; // rows a thread block takes
+    int s0 = (rows0 + RB - 1) / RB * SPLIT_WARPS, s1 = (rows1 + RB - 1) / RB * SPLIT_WARPS;
+    W = W0;
+    y = y0;
+    rows = rows0;
+    if (v >= s0 + s1) { W = W2; y = y2; rows = rows2; v -= s0 + s1; }
+    else if (v >= s0) { W = W1; y = y1; rows = rows1; v -= s0; }
+    return v * R;
+}
+
 template <int KIND, int NB, int R>
 __device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
     int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, int n)
 {
     pdl_release();
-    const int RB = SPLIT_WARPS * R; // rows a thread block takes
-    int warp = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    int s0 = (rows0 + RB - 1) / RB * SPLIT_WARPS, s1 = (rows1 + RB - 1) / RB * SPLIT_WARPS;
-    const u8* W = W0;
-    float* y = y0;
-    int rows = rows0;
-    if (warp >= s0 + s1) { W = W2; y = y2; rows = rows2; warp -= s0 + s1; }
-    else if (warp >= s0) { W = W1; y = y1; rows = rows1; warp -= s0; }
-    int row = warp * R;
+    int lane = threadIdx.x & 31;
+    const u8* W;
+    float* y;
+    int rows, row = matrix_row<R>(blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, W, y, rows);
     if (row >= rows) return; // the padding of a matrix's last thread block
     if constexpr (KIND <= 1 && NB == 1) split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, y, lane);
     else
@@ -635,17 +646,13 @@ __device__ __forceinline__ void int_matmul_loop(const u8* W0, const u8* W1, cons
     pdl_release();
     const int RB = SPLIT_WARPS * R;
     int lane = threadIdx.x & 31;
-    int s0 = (rows0 + RB - 1) / RB * SPLIT_WARPS, s1 = (rows1 + RB - 1) / RB * SPLIT_WARPS;
-    int total = s0 + s1 + (rows2 + RB - 1) / RB * SPLIT_WARPS, stride = gridDim.x * SPLIT_WARPS;
+    int total = ((rows0 + RB - 1) / RB + (rows1 + RB - 1) / RB + (rows2 + RB - 1) / RB) * SPLIT_WARPS, stride = gridDim.x * SPLIT_WARPS;
     bool any = false;
     for (int v = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5); v < total; v += stride)
     {
-        const u8* W = W0;
-        float* y = y0;
-        int rows = rows0, warp = v;
-        if (warp >= s0 + s1) { W = W2; y = y2; rows = rows2; warp -= s0 + s1; }
-        else if (warp >= s0) { W = W1; y = y1; rows = rows1; warp -= s0; }
-        int row = warp * R;
+        const u8* W;
+        float* y;
+        int rows, row = matrix_row<R>(v, W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, W, y, rows);
         if (row >= rows) continue; // the padding of a matrix's last thread block
         split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, y, lane);
         any = true;
@@ -731,15 +738,10 @@ __device__ __forceinline__ void int_matmul_scaled(const u8* W0, const u8* W1, co
     int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, const float* partials, float eps)
 {
     pdl_release();
-    const int RB = SPLIT_WARPS * R;
-    int warp = blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    int s0 = (rows0 + RB - 1) / RB * SPLIT_WARPS, s1 = (rows1 + RB - 1) / RB * SPLIT_WARPS;
-    const u8* W = W0;
-    float* y = y0;
-    int rows = rows0;
-    if (warp >= s0 + s1) { W = W2; y = y2; rows = rows2; warp -= s0 + s1; }
-    else if (warp >= s0) { W = W1; y = y1; rows = rows1; warp -= s0; }
-    int row = warp * R;
+    int lane = threadIdx.x & 31;
+    const u8* W;
+    float* y;
+    int rows, row = matrix_row<R>(blockIdx.x * SPLIT_WARPS + (threadIdx.x >> 5), W0, W1, W2, y0, y1, y2, rows0, rows1, rows2, W, y, rows);
     if (row >= rows) { pdl_wait(); return; }
     NormScaledRows fin = { partials, cols / 32, eps };
     split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, y, lane, fin);
