@@ -78,7 +78,7 @@ internal sealed partial class CudaBackend
         _quantized = 0;
         _pending = null;
         _folded = null;
-        CudaDevice.UploadTo<int>(_pos.Pointer, _positions.AsSpan(0, segments));
+        UploadPositions(_positions.AsSpan(0, segments));
         if (_graphs && n == 1 && segments == 1 && _segments[0].Slot == 0 && logits)
             _mode = _decodeGraph != null ? PassMode.Replay : PassMode.Record;
     }
@@ -87,13 +87,14 @@ internal sealed partial class CudaBackend
     public void Embed(IMatrix table, ReadOnlySpan<int> tokens, ActivationBuffer x)
     {
         int dim = _c.Dim;
+        var rows = EmbeddingRows(tokens.Length);
         for (int t = 0; t < tokens.Length; t++)
         {
-            var row = _embedRows.AsSpan(t * dim, dim);
+            var row = rows.Slice(t * dim, dim);
             table.ReadRow(tokens[t], row);
             if (_c.EmbeddingScale != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(row, _c.EmbeddingScale, row);
         }
-        CudaDevice.UploadTo<float>(P(x), _embedRows.AsSpan(0, tokens.Length * dim));
+        UploadEmbeddings(P(x), tokens.Length);
         if (_mode != PassMode.Record) return;
         try { _device.BeginCapture(); }
         catch (FitLMException e)
@@ -293,7 +294,7 @@ internal sealed partial class CudaBackend
         }
         if (_mode != PassMode.Direct) _decodeGraph!.Launch();
         _mode = PassMode.Direct;
-        CudaDevice.DownloadFrom(_logits.Pointer, logits[..(n * _c.Vocab)]);
+        DownloadLogits(logits[..(n * _c.Vocab)]);
     }
 
     public void Read(ActivationBuffer x, int n, Span<float> destination)

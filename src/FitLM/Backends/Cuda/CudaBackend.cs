@@ -157,6 +157,7 @@ internal sealed partial class CudaBackend : IDeviceBackend
             _positions = new int[_batch];
             _segments = new Segment[_batch];
             _embedRows = new float[_batch * c.Dim];
+            if (Environment.GetEnvironmentVariable("FITLM_CUDA_PINNED_IO") == "1") _io = new PinnedIo(_batch, c.Dim, c.Vocab);
             string where = _streamer == null ? "every layer"
                 : (resident > 0 ? $"layers 0-{resident - 1} resident, {resident}-{c.Layers - 1}" : $"layers 0-{c.Layers - 1}") + " streamed " +
                   (naiveStreaming ? "from the model file through one slot (--stream naive)" : $"from pinned host memory ({ProcessMemory.Format(_streamer.PinnedBytes)}) through two slots") +
@@ -307,6 +308,7 @@ internal sealed partial class CudaBackend : IDeviceBackend
     {
         _gemm?.Dispose();
         _mv?.Dispose();
+        _io?.Dispose();
         _decodeGraph?.Dispose();
         _decodeGraph = null;
         foreach (var d in _owned) d.Dispose();

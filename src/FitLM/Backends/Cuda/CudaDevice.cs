@@ -202,6 +202,21 @@ internal sealed unsafe class CudaDevice : IDisposable
         CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync_v2(dst, (void*)src.Pointer, (nuint)bytes, stream));
     }
 
+    /// <summary>Queues a copy of <paramref name="bytes"/> at <paramref name="offset"/> of pinned memory to the device on the compute stream.</summary>
+    public void UploadAsync(ulong dst, PinnedBuffer src, long offset, long bytes)
+    {
+        if (offset + bytes > src.Bytes) throw new ArgumentException("copy past the pinned buffer");
+        CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync_v2(dst, (byte*)src.Pointer + offset, (nuint)bytes, _stream));
+    }
+
+    /// <summary>Copies device bytes into pinned memory after the work queued on the compute stream, and waits for them.</summary>
+    public void Download(PinnedBuffer dst, ulong src, long bytes)
+    {
+        if (bytes > dst.Bytes) throw new ArgumentException("copy past the pinned buffer");
+        CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync_v2((void*)dst.Pointer, src, (nuint)bytes, _stream));
+        Synchronize();
+    }
+
     /// <summary>
     /// Host-to-device bandwidth from pinned memory, bytes per second (a copy of <paramref name="bytes"/>, median of 5
     /// after one warm-up): the bound of a step that streams layers.

@@ -39,6 +39,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemcpyHtoD_v2(ulong dst, void* src, nuint bytes);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemcpyDtoH_v2(void* dst, ulong src, nuint bytes);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemcpyHtoDAsync_v2(ulong dst, void* src, nuint bytes, nint stream);
+    [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemcpyDtoHAsync_v2(void* dst, ulong src, nuint bytes, nint stream);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemcpyDtoD_v2(ulong dst, ulong src, nuint bytes);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemHostAlloc(void** pointer, nuint bytes, uint flags);
     [LibraryImport(CudaLibraries.Driver)] public static partial int cuMemFreeHost(void* pointer);
