@@ -596,9 +596,6 @@ __device__ __forceinline__ void int_row(const u8* W, int rows, int row, int cols
     else q6k_row<NB>(W, row, cols, xq, xd, xs, y, rows, n, lane);
 }
 
-// Launch: grid ceil(rows0/(SPLIT_WARPS·R)) + ceil(rows1/(SPLIT_WARPS·R)) + ceil(rows2/(SPLIT_WARPS·R)) blocks of
-// 32·SPLIT_WARPS threads, R rows a warp; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0 or
-// quantize_q8_k; y_i is [n × rows_i].
 // Which matrix of up to three (warps [0, s0) the first's, the next s1 the second's, the rest the third's, each padded to
 // whole thread blocks of SPLIT_WARPS·R rows) and which of its rows warp v takes: W, y and rows set, the row returned.
 template <int R>
@@ -615,6 +612,9 @@ __device__ __forceinline__ int matrix_row(int v, const u8* W0, const u8* W1, con
     return v * R;
 }
 
+// Launch: grid ceil(rows0/(SPLIT_WARPS·R)) + ceil(rows1/(SPLIT_WARPS·R)) + ceil(rows2/(SPLIT_WARPS·R)) blocks of
+// 32·SPLIT_WARPS threads, R rows a warp; rows1 = rows2 = 0 for one matrix. x is [n × cols] quantized by quantize_q8_0 or
+// quantize_q8_k; y_i is [n × rows_i].
 template <int KIND, int NB, int R>
 __device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
     int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs, int n)
@@ -637,8 +637,8 @@ __device__ __forceinline__ void int_matmul(const u8* W0, const u8* W1, const u8*
 // thread blocks an SM at most, each warp taking the warps int_matmul would have launched, w, w + all warps, ... in
 // turn. A product then keeps its warps resident from its first row to its last instead of launching several waves of
 // blocks, and with N below the occupancy the next product's blocks fit beside it and, under programmatic launch,
-// request their first weights while this one finishes (each of llama-7b's Q4_0 products lost about 1.8 µs against
-// its bytes at the read rate, run 24's mini decode; a Q8_0 product, twice the bytes, about as much).
+// request their first weights while this one finishes (in bench/cuda-matvec.cu's mini decode each of llama-7b's Q4_0
+// products took 1.7-2.2 µs more than its bytes at the read roof, a Q8_0 one 0.7 µs; docs/cuda.md).
 template <int KIND, int R>
 __device__ __forceinline__ void int_matmul_loop(const u8* W0, const u8* W1, const u8* W2, float* y0, float* y1, float* y2,
     int rows0, int rows1, int rows2, int cols, const i8* xq, const float* xd, const int* xs)
