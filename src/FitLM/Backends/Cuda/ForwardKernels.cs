@@ -45,6 +45,8 @@ internal sealed unsafe class ForwardKernels : IDisposable
     // RoPE, the KV store and one token's attention over a dense cache in one launch (attend_rope_f32, attend_rope_f16,
     // attend_rope_f16_h128, ...), by (f16, head width or 0 for the element-wise ones); FITLM_CUDA_FUSED_ATTN=1, a probe.
     private readonly Dictionary<(bool Half, int HeadDim), nint> _attendRope = [];
+    // A batch's attention over KIVI's cache, tiled (attend_tile_kivi_h64, _h128), by head width; FITLM_CUDA_KIVI_TILES=1.
+    private readonly Dictionary<int, nint> _attendTilesKivi = [];
 
     /// <param name="heads">The model's query heads: a one-token attention is split over about three blocks per
     /// multiprocessor in all (flash-decoding), its scratch allocated here.</param>
@@ -66,9 +68,12 @@ internal sealed unsafe class ForwardKernels : IDisposable
         _attendF16 = m.Function("attend_f16");
         _kvStoreKivi = m.Function("kv_store_kivi");
         _kiviQuantize = m.Function("kivi_quantize");
-        // FITLM_CUDA_KIVI_TILES=1 takes attend_kivi_tiles, which reads each quantized tile once: opt-in until a GPU run has
-        // checked it against the CPU (docs/cuda.md, "Not done").
-        _attendKivi = m.Function(Environment.GetEnvironmentVariable("FITLM_CUDA_KIVI_TILES") == "1" ? "attend_kivi_tiles" : "attend_kivi");
+        // FITLM_CUDA_KIVI_TILES=1 takes attend_kivi_tiles, which reads each quantized tile once, and a batch's tiled kernels
+        // (attend_tile_kivi_h64, _h128): opt-in until a GPU run has checked them against the CPU (docs/cuda.md, "Not done").
+        bool kiviTiles = Environment.GetEnvironmentVariable("FITLM_CUDA_KIVI_TILES") == "1";
+        _attendKivi = m.Function(kiviTiles ? "attend_kivi_tiles" : "attend_kivi");
+        if (kiviTiles)
+            foreach (int width in TileHeadDims) _attendTilesKivi[width] = m.Function($"attend_tile_kivi_h{width}");
         _attendBatchF32 = m.Function("attend_batch_f32");
         _attendBatchF16 = m.Function("attend_batch_f16");
         _attendBatchKivi = m.Function("attend_batch_kivi");
@@ -237,6 +242,13 @@ internal sealed unsafe class ForwardKernels : IDisposable
         }
         var (kr, vr) = kv.Rings(kCache, vCache);
         int ring = kv.RingTiles, residual = kv.Residual, bits = kv.Bits;
+        if (n >= TileQueries && _attendTilesKivi.TryGetValue(headDim, out var kiviTiled))
+        {
+            void** args = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &n, &heads, &kvHeads, &scale, &cap, &window, &ring, &residual, &bits,
+                &pos0, &q8, &q8d, &q8s };
+            _device.Launch(kiviTiled, (uint)heads, (uint)((n + TileQueries - 1) / TileQueries), AttentionThreads, 0, args);
+            return;
+        }
         void** kivi = stackalloc void*[] { &q, &kCache, &vCache, &kr, &vr, &output, &heads, &kvHeads, &headDim, &scale, &cap, &window, &ring, &residual, &bits, &pos0, &q8, &q8d, &q8s, &splits, &part, &count };
         _device.Launch(one ? _attendKivi : _attendBatchKivi, grid, (uint)n, AttentionThreads, 0, kivi);
     }

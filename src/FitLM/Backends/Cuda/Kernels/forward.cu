@@ -461,19 +461,25 @@ struct KiviSource
         vr += (long long)kv_head * head_dim;
         kq += (long long)kv_head * head_dim * (4 * bits + 4);
     }
-    __device__ __forceinline__ float key(int j, int d) const
+    // Element d of position j's key or value, from its quantized tile or from the ring.
+    __device__ __forceinline__ float key_quantized(int j, int d) const
     {
-        int t = j / KIVI_GROUP, i = j % KIVI_GROUP;
-        if (t < quantized) return kivi_element(kq + ((long long)t * kv_dim + d) * (4 * bits + 4), bits, i);
-        return half_to_float(kr[((long long)(t % ring) * KIVI_GROUP + i) * kv_dim + d]);
+        return kivi_element(kq + ((long long)(j / KIVI_GROUP) * kv_dim + d) * (4 * bits + 4), bits, j % KIVI_GROUP);
     }
-    __device__ __forceinline__ float value(int j, int d) const
+    __device__ __forceinline__ float key_ring(int j, int d) const
     {
-        int t = j / KIVI_GROUP, i = j % KIVI_GROUP;
-        if (t < quantized)
-            return kivi_element(vq + ((((long long)t * KIVI_GROUP + i) * kv_heads + kvh) * groups + d / KIVI_GROUP) * (4 * bits + 4), bits, d % KIVI_GROUP);
-        return half_to_float(vr[((long long)(t % ring) * KIVI_GROUP + i) * kv_dim + d]);
+        return half_to_float(kr[((long long)(j / KIVI_GROUP % ring) * KIVI_GROUP + j % KIVI_GROUP) * kv_dim + d]);
     }
+    __device__ __forceinline__ float value_quantized(int j, int d) const
+    {
+        return kivi_element(vq + (((long long)j * kv_heads + kvh) * groups + d / KIVI_GROUP) * (4 * bits + 4), bits, d % KIVI_GROUP);
+    }
+    __device__ __forceinline__ float value_ring(int j, int d) const
+    {
+        return half_to_float(vr[((long long)(j / KIVI_GROUP % ring) * KIVI_GROUP + j % KIVI_GROUP) * kv_dim + d]);
+    }
+    __device__ __forceinline__ float key(int j, int d) const { return j / KIVI_GROUP < quantized ? key_quantized(j, d) : key_ring(j, d); }
+    __device__ __forceinline__ float value(int j, int d) const { return j / KIVI_GROUP < quantized ? value_quantized(j, d) : value_ring(j, d); }
     STRIDED_DIMS
 };
 
@@ -844,8 +850,58 @@ ROPE_ENTRY(f16_h256, KvF16, 4, DenseVecSource<KvF16, 8>)
 // as attend_batch_*: the CPU's arithmetic, summed in another order. q8 not null: the output is also written in q8_0.
 #define TILE_Q 32
 #define TILE_K 16
-template <typename KV, int HD>
-__device__ __forceinline__ void attend_tile(const float* q, const typename KV::T* kc, const typename KV::T* vc, float* out,
+// What attend_tile reads, a chunk of TILE_K positions at a time in PASSES passes: a dense cache in one.
+template <typename KV>
+struct DenseTiles
+{
+    static const int PASSES = 1;
+    const typename KV::T* kc;
+    const typename KV::T* vc;
+    long long kv_dim;
+    __device__ __forceinline__ void begin(int kvh, int head_dim, int p0, int rows) { kc += (long long)kvh * head_dim; vc += (long long)kvh * head_dim; }
+    __device__ __forceinline__ bool needed(int pass, int j0) const { return true; }
+    __device__ __forceinline__ float key(int j, int d, int pass) const { return KV::load(kc + j * kv_dim + d); }
+    __device__ __forceinline__ float value(int j, int d, int pass) const { return KV::load(vc + j * kv_dim + d); }
+    __device__ __forceinline__ bool sees(int p, int j, int pass) const { return true; }
+};
+
+// KIVI's cache in two passes (attend_tile_kivi_*, FITLM_CUDA_KIVI_TILES=1): query p reads position j's tile quantized
+// when it is one of the tiles quantized at p (j / 32 < Q(p + 1)), else from the ring, as attend_batch_kivi reads it
+// (KiviSource). The 32 queries of a block see at most one tile both ways, so a chunk is read quantized (pass 0) for
+// the queries that see it so, and from the ring (pass 1) for the others, each pass skipped where no query needs it.
+// Elements of a tile that no query of the block sees in a pass's form are read as 0 (a tile not yet quantized holds
+// whatever an earlier sequence left).
+struct KiviTiles
+{
+    static const int PASSES = 2;
+    KiviSource src;
+    int first_q, last_q; // Q(p + 1) of the block's first and last query
+    __device__ __forceinline__ void begin(int kvh, int head_dim, int p0, int rows)
+    {
+        src.begin(kvh, head_dim, p0);
+        first_q = kivi_quantized_tiles(p0 + 1, src.residual);
+        last_q = kivi_quantized_tiles(p0 + rows, src.residual);
+    }
+    __device__ __forceinline__ bool needed(int pass, int j0) const
+    {
+        int t0 = j0 / KIVI_GROUP, t1 = (j0 + TILE_K - 1) / KIVI_GROUP;
+        return pass == 0 ? t0 < last_q : t1 >= first_q;
+    }
+    __device__ __forceinline__ float key(int j, int d, int pass) const
+    {
+        int t = j / KIVI_GROUP;
+        return pass == 0 ? (t < last_q ? src.key_quantized(j, d) : 0.f) : (t >= first_q ? src.key_ring(j, d) : 0.f);
+    }
+    __device__ __forceinline__ float value(int j, int d, int pass) const
+    {
+        int t = j / KIVI_GROUP;
+        return pass == 0 ? (t < last_q ? src.value_quantized(j, d) : 0.f) : (t >= first_q ? src.value_ring(j, d) : 0.f);
+    }
+    __device__ __forceinline__ bool sees(int p, int j, int pass) const { return (j / KIVI_GROUP < kivi_quantized_tiles(p + 1, src.residual)) == (pass == 0); }
+};
+
+template <typename Tiles, int HD>
+__device__ __forceinline__ void attend_tile(const float* q, Tiles tiles, float* out,
                                             int n, int heads, int kv_heads, float scale, float cap, int window,
                                             const int* pos0, i8* q8, float* q8d, int* q8s)
 {
@@ -857,9 +913,7 @@ __device__ __forceinline__ void attend_tile(const float* q, const typename KV::T
     __shared__ float rm[TILE_Q], rl[TILE_Q], rc[TILE_Q]; // per query: running max, sum, this tile's correction
     int h = blockIdx.x, t0 = blockIdx.y * TILE_Q, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int rows = min(TILE_Q, n - t0), p0 = *pos0 + t0; // query i is at position p0 + i
-    long long kv_dim = (long long)kv_heads * HD;
-    const typename KV::T* kh = kc + (long long)(h / (heads / kv_heads)) * HD;
-    const typename KV::T* vh = vc + (long long)(h / (heads / kv_heads)) * HD;
+    tiles.begin(h / (heads / kv_heads), HD, p0, rows);
     for (int e = tid; e < TILE_Q * HD; e += blockDim.x)
     {
         int i = e / HD, d = e % HD;
@@ -874,14 +928,17 @@ __device__ __forceinline__ void attend_tile(const float* q, const typename KV::T
 #pragma unroll
         for (int k = 0; k < DL; k++) acc[r][k] = 0.f;
     for (int j0 = lo; j0 < hi; j0 += TILE_K)
+#pragma unroll
+        for (int pass = 0; pass < Tiles::PASSES; pass++)
     {
+        if (!tiles.needed(pass, j0)) continue; // the same for every thread of the block
         __syncthreads(); // the last tile's keys, values and probabilities are read
         for (int e = tid; e < TILE_K * HD; e += blockDim.x)
         {
             int jj = e / HD, d = e % HD, j = j0 + jj;
             bool ok = j < hi;
-            kt[d * KS + jj] = ok ? KV::load(kh + j * kv_dim + d) : 0.f;
-            vs[jj * HD + d] = ok ? KV::load(vh + j * kv_dim + d) : 0.f;
+            kt[d * KS + jj] = ok ? tiles.key(j, d, pass) : 0.f;
+            vs[jj * HD + d] = ok ? tiles.value(j, d, pass) : 0.f;
         }
         __syncthreads();
         float s[2][2] = { { 0.f, 0.f }, { 0.f, 0.f } };
@@ -900,7 +957,7 @@ __device__ __forceinline__ void attend_tile(const float* q, const typename KV::T
                 int i = si + a, j = j0 + sj + b, p = p0 + i;
                 float v = s[a][b] * scale;
                 if (cap > 0.f) v = tanhf(v * (1.f / cap)) * cap;
-                bool seen = i < rows && j <= p && (window <= 0 || j > p - window);
+                bool seen = i < rows && j <= p && (window <= 0 || j > p - window) && tiles.sees(p, j, pass);
                 ps[(sj + b) * TILE_Q + i] = seen ? v : NEG_INF;
             }
         __syncthreads();
@@ -965,7 +1022,8 @@ __device__ __forceinline__ void attend_tile(const float* q, const typename KV::T
         i8* q8, float* q8d, int* q8s) \
     { \
         pdl_begin(); \
-        attend_tile<KV, HD>(q, kc, vc, out, n, heads, kv_heads, scale, cap, window, pos0, q8, q8d, q8s); \
+        DenseTiles<KV> tiles = { kc, vc, (long long)kv_heads * HD }; \
+        attend_tile<DenseTiles<KV>, HD>(q, tiles, out, n, heads, kv_heads, scale, cap, window, pos0, q8, q8d, q8s); \
     }
 TILE_ENTRY(f32_h64, KvF32, 64)
 TILE_ENTRY(f32_h128, KvF32, 128)
@@ -1094,6 +1152,23 @@ extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_batch_kivi(
     KIVI_SOURCE;
     attend<KiviSource, 1>(q, src, out, heads, kv_heads, head_dim, scale, cap, window, pos0, q8, q8d, q8s, 1, nullptr, nullptr);
 }
+
+// A batch's queries over KIVI's cache, tiled as attend_tile_* (KiviTiles: each chunk read quantized and from the ring
+// where the block's queries need both), heads of 64 or 128 dimensions; FITLM_CUDA_KIVI_TILES=1 (attend_batch_kivi: one
+// block per query, element by element).
+#define KIVI_TILE_ENTRY(HD) \
+    extern "C" __global__ void __launch_bounds__(32 * ATTN_WARPS) attend_tile_kivi_h##HD(const float* q, const u8* kq, \
+        const u8* vq, const u16* kr, const u16* vr, float* out, int n, int heads, int kv_heads, float scale, float cap, \
+        int window, int ring, int residual, int bits, const int* pos0, i8* q8, float* q8d, int* q8s) \
+    { \
+        pdl_begin(); \
+        int head_dim = HD; \
+        KIVI_SOURCE; \
+        KiviTiles tiles = { src, 0, 0 }; \
+        attend_tile<KiviTiles, HD>(q, tiles, out, n, heads, kv_heads, scale, cap, window, pos0, q8, q8d, q8s); \
+    }
+KIVI_TILE_ENTRY(64)
+KIVI_TILE_ENTRY(128)
 
 // dst[t][0..width) = src[t][offset..offset + width) for n rows: the split of Phi-3's fused Q|K|V product.
 extern "C" __global__ void copy_columns(const float* src, int src_width, int offset, float* dst,
