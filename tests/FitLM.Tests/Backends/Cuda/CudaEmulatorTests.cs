@@ -20,6 +20,7 @@ public sealed partial class CudaEmulatorTests(ITestOutputHelper output)
     [Theory]
     [InlineData("kivi_tiles.cpp", "forward.cu")]   // attend_kivi_tiles against attend_kivi
     [InlineData("kivi_prefill.cpp", "forward.cu")] // attend_tile_kivi_* against attend_batch_kivi
+    [InlineData("dense_prefill.cpp", "forward.cu")] // attend_tile_* (over DenseTiles) against attend_batch_*
     [InlineData("matvec_loops.cpp", "matvec.cu")]  // the persistent one-token products against the kernels they loop
     [InlineData("fold_norm.cpp", "matvec.cu")]     // the folded RMSNorm against the product, norm and products it replaces
     [InlineData("attend_rope.cpp", "forward.cu")]  // RoPE, KV store and attention in one launch against the three
