@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA switches that are off by default, measured against the default on a GPU machine with a published fitlm
 # (tests/gpu.sh --publish; docs/cuda.md, "Decode probes"):
-#   1. devices --check with FITLM_CUDA_FOLD_NORM=1 FITLM_CUDA_FUSED_ATTN=1 FITLM_CUDA_PERSISTENT=3 FITLM_CUDA_PINNED_IO=1
-#      on the models given (Q4_0/Q8_0 ones exercise the folded norm);
-#   2. llama-7b (fitlm synth) tg128, q4_0 and q8_0: each probe and all four against none, and greedy text each way;
+#   1. devices --check with FITLM_CUDA_FOLD_NORM=1 FITLM_CUDA_FUSED_ATTN=1 FITLM_CUDA_FUSED_ACT=1 FITLM_CUDA_PERSISTENT=3
+#      FITLM_CUDA_PINNED_IO=1 on the models given (Q4_0/Q8_0 ones exercise the folded norm and the fused activation);
+#   2. llama-7b (fitlm synth) tg128, q4_0 and q8_0: each probe and all five against none, and greedy text each way;
 #   3. KIVI decode after a prompt of 9000 characters of DATA, FITLM_CUDA_KIVI_TILES=1 against 0, kivi4 and kivi2,
 #      beside f16; run's prompt eval with the warm-up and with --no-warmup.
 # Usage: FITLM=path VOCAB=vocab.gguf DATA=text [OUT=dir] [SHAPE=llama-7b] bench/cuda-probes.sh [MODEL.gguf...]
@@ -20,22 +20,23 @@ for t in q4_0 q8_0; do
 done
 
 if (( $# > 0 )); then
-    echo "== devices --check with the four decode probes on"
-    FITLM_CUDA_FOLD_NORM=1 FITLM_CUDA_FUSED_ATTN=1 FITLM_CUDA_PERSISTENT=3 FITLM_CUDA_PINNED_IO=1 "$fitlm" devices --check -m "$@" > "$out/probes-check.log" 2>&1
+    echo "== devices --check with the five decode probes on"
+    FITLM_CUDA_FOLD_NORM=1 FITLM_CUDA_FUSED_ATTN=1 FITLM_CUDA_FUSED_ACT=1 FITLM_CUDA_PERSISTENT=3 FITLM_CUDA_PINNED_IO=1 "$fitlm" devices --check -m "$@" > "$out/probes-check.log" 2>&1
     echo "exit $?"; grep -vE "^ +[a-z0-9_]+ +[0-9]" "$out/probes-check.log" | tail -40
 fi
 
-echo "== $shape tg128 -r 3: fold (FITLM_CUDA_FOLD_NORM), fused (FITLM_CUDA_FUSED_ATTN), persistent (FITLM_CUDA_PERSISTENT), pinned (FITLM_CUDA_PINNED_IO)"
-tg() { # type fold fused persistent pinned
-    echo "$1 fold=$2 fused=$3 persistent=$4 pinned=$5: $(FITLM_CUDA_FOLD_NORM=$2 FITLM_CUDA_FUSED_ATTN=$3 FITLM_CUDA_PERSISTENT=$4 FITLM_CUDA_PINNED_IO=$5 \
+echo "== $shape tg128 -r 3: fold (FITLM_CUDA_FOLD_NORM), fused (FITLM_CUDA_FUSED_ATTN), persistent (FITLM_CUDA_PERSISTENT), pinned (FITLM_CUDA_PINNED_IO), act (FITLM_CUDA_FUSED_ACT)"
+tg() { # type fold fused persistent pinned act
+    echo "$1 fold=$2 fused=$3 persistent=$4 pinned=$5 act=$6: $(FITLM_CUDA_FOLD_NORM=$2 FITLM_CUDA_FUSED_ATTN=$3 FITLM_CUDA_PERSISTENT=$4 FITLM_CUDA_PINNED_IO=$5 FITLM_CUDA_FUSED_ACT=$6 \
         "$fitlm" bench -m "$out/$shape-$1.gguf" --device cuda -p 0 -n 128 -r 3 2>&1 | grep -E 'tg128|achieved|rror' | sed -E 's/ +/ /g' | tr '\n' ' ' | cut -c1-300)"
 }
-tg q4_0 0 0 0 0; tg q4_0 1 0 0 0; tg q4_0 0 1 0 0; tg q4_0 0 0 3 0; tg q4_0 0 0 6 0; tg q4_0 0 0 0 1; tg q4_0 1 1 0 1; tg q4_0 1 1 3 1; tg q4_0 0 0 0 0
-tg q8_0 0 0 0 0; tg q8_0 1 0 0 0; tg q8_0 0 1 0 0; tg q8_0 0 0 2 0; tg q8_0 0 0 0 1; tg q8_0 1 1 2 1; tg q8_0 0 0 0 0
+tg q4_0 0 0 0 0 0; tg q4_0 1 0 0 0 0; tg q4_0 0 1 0 0 0; tg q4_0 0 0 3 0 0; tg q4_0 0 0 6 0 0; tg q4_0 0 0 0 1 0; tg q4_0 0 0 0 0 1
+tg q4_0 1 1 0 1 1; tg q4_0 1 1 3 1 1; tg q4_0 0 0 0 0 0
+tg q8_0 0 0 0 0 0; tg q8_0 1 0 0 0 0; tg q8_0 0 1 0 0 0; tg q8_0 0 0 2 0 0; tg q8_0 0 0 0 1 0; tg q8_0 0 0 0 0 1; tg q8_0 1 1 2 1 1; tg q8_0 0 0 0 0 0
 echo "== greedy text, $shape q4_0, 32 tokens"
-for v in "0 0 0 0" "1 0 0 0" "0 1 0 0" "0 0 3 0" "0 0 0 1" "1 1 3 1"; do
+for v in "0 0 0 0 0" "1 0 0 0 0" "0 1 0 0 0" "0 0 3 0 0" "0 0 0 1 0" "0 0 0 0 1" "1 1 3 1 1"; do
     set -- $v
-    echo "fold=$1 fused=$2 persistent=$3 pinned=$4: $(FITLM_CUDA_FOLD_NORM=$1 FITLM_CUDA_FUSED_ATTN=$2 FITLM_CUDA_PERSISTENT=$3 FITLM_CUDA_PINNED_IO=$4 "$fitlm" run \
+    echo "fold=$1 fused=$2 persistent=$3 pinned=$4 act=$5: $(FITLM_CUDA_FOLD_NORM=$1 FITLM_CUDA_FUSED_ATTN=$2 FITLM_CUDA_PERSISTENT=$3 FITLM_CUDA_PINNED_IO=$4 FITLM_CUDA_FUSED_ACT=$5 "$fitlm" run \
         -m "$out/$shape-q4_0.gguf" --device cuda -p 'def f(x):' -n 32 --temp 0 2> "$out/err.txt" | md5sum | cut -c1-8) $(grep -ciE 'warning|rror' "$out/err.txt") warnings"
 done
 

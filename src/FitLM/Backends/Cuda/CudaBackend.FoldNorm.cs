@@ -14,7 +14,7 @@ namespace FitLM.Backends.Cuda;
 internal sealed partial class CudaBackend
 {
     /// <summary>A one-token product not yet launched: the norm after it may fold it.</summary>
-    private readonly record struct PendingProduct(ulong Block, DeviceMatrix Matrix, ulong X, ulong Y, bool SameInput);
+    private readonly record struct PendingProduct(ulong Block, DeviceMatrix Matrix, ulong X, ulong Y, bool SameInput, QuantizedX? Input);
 
     private PendingProduct? _pending;
     /// <summary>The activation whose q8_0 is a folded norm's, for the next product that reads it.</summary>
@@ -36,10 +36,10 @@ internal sealed partial class CudaBackend
     }
 
     /// <summary>Holds back a one-token product whose output a norm may read next; false: launch it now.</summary>
-    private bool Defer(ulong block, DeviceMatrix m, ulong x, ulong y, int n, bool sameInput)
+    private bool Defer(ulong block, DeviceMatrix m, ulong x, ulong y, int n, bool sameInput, QuantizedX? input = null)
     {
         if (!_foldNorm || n != 1 || m.Rows != _c.Dim) return false;
-        _pending = new PendingProduct(block, m, x, y, sameInput);
+        _pending = new PendingProduct(block, m, x, y, sameInput, input);
         return true;
     }
 
@@ -48,7 +48,7 @@ internal sealed partial class CudaBackend
     {
         if (_pending is not { } p) return;
         _pending = null;
-        Multiply(p.Block, p.Matrix, p.X, p.Y, 1, p.SameInput);
+        Multiply(p.Block, p.Matrix, p.X, p.Y, 1, p.SameInput, p.Input);
     }
 
     /// <summary>x += residual, o = RMSNorm(x) ⊙ w folded into the product held back, when that product wrote the residual.</summary>
@@ -57,7 +57,7 @@ internal sealed partial class CudaBackend
         if (_pending is not { } p || p.Y != residual || n != 1 || reader is not DeviceWeight) return false;
         _pending = null;
         var m = p.Matrix;
-        _folded = (o, _mv.FoldNorm(m.Type, p.Block + (ulong)m.Offset, m.RowBytes, m.Rows, m.Cols, p.X, p.SameInput, x, V(w), _c.RmsEps));
+        _folded = (o, _mv.FoldNorm(m.Type, p.Block + (ulong)m.Offset, m.RowBytes, m.Rows, m.Cols, p.X, p.SameInput, x, V(w), _c.RmsEps, p.Input));
         return true;
     }
 

@@ -252,6 +252,15 @@ internal sealed partial class CudaBackend
         else
         {
             int width = f.Gate!.Rows;
+            var (gate, up) = (f.Gate.Matrix, f.Up!.Matrix);
+            if (n == 1 && gate.Type == up.Type && _mv.CanFuseAct(gate.Type, width, gate.Cols, down.Type))
+            {
+                // Gate, up and the activation in one launch (FITLM_CUDA_FUSED_ACT=1, CudaMatVec.Act.cs); down reads its q8_0.
+                var activatedQ8 = _mv.GateUpAct(gate.Type, gate.Cols, P(x), quantized, folded, block + (ulong)gate.Offset, block + (ulong)up.Offset, width, act, P(hb));
+                if (!Defer(block, down, P(hb), P(y), n, sameInput: false, activatedQ8)) Multiply(block, down, P(hb), P(y), n, input: activatedQ8);
+                EndFeedForward(f.Layer);
+                return;
+            }
             if (folded is { } norm) MultiplyFolded(block, norm, f.Gate.Matrix, P(hb), f.Up!.Matrix, P(hb2), null, 0);
             else MultiplyTogether(block, P(x), n, quantized, f.Gate.Matrix, P(hb), f.Up!.Matrix, P(hb2));
             var activated = QuantizedFor(down, P(hb), width, n);
@@ -259,8 +268,13 @@ internal sealed partial class CudaBackend
             // Its output is the residual the next layer's norm adds: it may fold that norm (CudaBackend.FoldNorm.cs).
             if (!Defer(block, down, P(hb), P(y), n, activated != null)) Multiply(block, down, P(hb), P(y), n, activated != null);
         }
-        // The layer's last product is queued: a streamed layer's slot is free once it has run.
-        if (_layers[f.Layer].StreamIndex is >= 0 and var j)
+        EndFeedForward(f.Layer);
+    }
+
+    /// <summary>The layer's last product is queued: a streamed layer's slot is free once it has run.</summary>
+    private void EndFeedForward(int layer)
+    {
+        if (_layers[layer].StreamIndex is >= 0 and var j)
         {
             _streamer!.End(j);
             _streaming = -1;
@@ -335,11 +349,12 @@ internal sealed partial class CudaBackend
     /// <summary>Y = W·X for n rows, W at its offset in the block at <paramref name="block"/> (resident, or a slot).</summary>
     /// <remarks><paramref name="sameInput"/>: x's quantized form is already in the scratch (the previous product's input,
     /// or written there by the kernel that wrote x: <see cref="CudaMatVec.FusedTarget"/>).</remarks>
-    private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n, bool sameInput = false)
+    /// <param name="input">x's q8_0 where the kernel that wrote x put it (<see cref="CudaMatVec.GateUpAct"/>), else null.</param>
+    private void Multiply(ulong block, DeviceMatrix w, ulong x, ulong y, int n, bool sameInput = false, QuantizedX? input = null)
     {
         if (UsesGemm(w, n))
             _gemm!.Multiply(w.Type, w.Tensor.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n);
-        else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n, sameInput);
+        else _mv.Multiply(w.Type, block + (ulong)w.Offset, w.RowBytes, w.Rows, w.Cols, x, y, n, sameInput, input);
     }
 
     private bool UsesGemm(DeviceMatrix w, int n) => _gemm != null && n >= CudaGemm.MinTokens && CudaGemm.Supports(w.Type, w.Tensor.Type);

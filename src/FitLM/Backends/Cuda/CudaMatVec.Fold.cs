@@ -63,13 +63,16 @@ internal sealed unsafe partial class CudaMatVec
     /// rows' Σ residual² for the products that read the norm (<see cref="MultiplyTogether(GgmlType, int, FoldedNorm, ValueTuple{ulong, int, ulong}, ValueTuple{ulong, int, ulong}, ValueTuple{ulong, int, ulong})"/>).
     /// </summary>
     /// <param name="sameInput">x's q8_0 is in the products' scratch (written with x).</param>
-    public FoldedNorm FoldNorm(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, bool sameInput, ulong residual, ulong normWeights, float eps)
+    /// <param name="input">x's q8_0 where another kernel wrote it (<see cref="GateUpAct"/>), else null.</param>
+    public FoldedNorm FoldNorm(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, bool sameInput, ulong residual, ulong normWeights, float eps,
+        QuantizedX? input = null)
     {
         Validate(type, rowBytes, cols);
         if (!CanFoldNorm(type, rows, type) || cols > MaxCols) throw new ArgumentException($"cuda matvec: no folded norm for {type} {rows} × {cols}");
-        if (!(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK)) Quantize(false, x, cols, 1);
+        if (input == null && !(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK)) Quantize(false, x, cols, 1);
         var f = _fold!;
-        ulong xq = _xq!.Pointer, xd = _xd!.Pointer, xs = _xs!.Pointer, q = f.Q.Pointer, d = f.D.Pointer, s = f.S.Pointer, partials = f.Partials.Pointer;
+        var from = input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
+        ulong xq = from.Q, xd = from.D, xs = from.S, q = f.Q.Pointer, d = f.D.Pointer, s = f.S.Pointer, partials = f.Partials.Pointer;
         void** args = stackalloc void*[] { &w, &rows, &cols, &xq, &xd, &xs, &residual, &normWeights, &q, &d, &s, &partials };
         _device.Launch(f.Writer[type], (uint)(rows / 32), 32 * 16, 0, args); // 32 rows a block, two a warp
         return new FoldedNorm(new QuantizedX(q, d, s), partials, eps);

@@ -83,6 +83,7 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
             _xd = device.Allocate((long)BatchTokens * MaxCols / 32 * 4);
             _xs = device.Allocate((long)BatchTokens * MaxCols / 16 * 4);
             if (FoldNormEnabled) _fold = new FoldScratch(device, module, MaxCols);
+            if (FusedActEnabled) _act = new ActScratch(device, module, MaxCols);
         }
     }
 
@@ -106,7 +107,8 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
     public static long ScratchBytes(int maxCols)
     {
         long cols = (maxCols + 31) / 32 * 32;
-        return BatchTokens * (cols + cols / 32 * 4 + cols / 16 * 4) + (FoldNormEnabled ? cols + 3 * (cols / 32 * 4) : 0); // and the folded norm's
+        return BatchTokens * (cols + cols / 32 * 4 + cols / 16 * 4) + (FoldNormEnabled ? cols + 3 * (cols / 32 * 4) : 0) // and the folded norm's
+            + (FusedActEnabled ? cols + 2 * (cols / 32 * 4) : 0); // and the fused activation's
     }
 
     /// <summary>The embedded kernel source (or FITLM_CUDA_SOURCE's, <see cref="KernelModule.Source"/>).</summary>
@@ -127,12 +129,13 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
     /// </summary>
     /// <param name="sameInput">x has not changed since the previous call quantized it (K and V after Q, when their
     /// types differ): its quantized form in the scratch is reused instead of quantized again.</param>
-    public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n, bool sameInput = false)
+    /// <param name="input">x's q8_0 already written elsewhere by the kernel that wrote x (one token, Q4_0/Q8_0: <see cref="GateUpAct"/>).</param>
+    public void Multiply(GgmlType type, ulong w, long rowBytes, int rows, int cols, ulong x, ulong y, int n, bool sameInput = false, QuantizedX? input = null)
     {
         Validate(type, rowBytes, cols);
         if (QuantizesActivations(type))
         {
-            MultiplyInteger(type, cols, x, n, sameInput, (w, rows, y), default, default);
+            MultiplyInteger(type, cols, x, n, sameInput, (w, rows, y), default, default, input);
             return;
         }
         var (one, eight) = _functions[type];
@@ -186,8 +189,9 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
 
     /// <summary>Per eight tokens: X's rows quantized in the scratch, then one launch over all three matrices' rows.</summary>
     private void MultiplyInteger(GgmlType type, int cols, ulong x, int n, bool sameInput,
-        (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c)
+        (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b, (ulong W, int Rows, ulong Y) c, QuantizedX? input = null)
     {
+        if (input != null && (n != 1 || UsesQ8_K(type))) throw new ArgumentException("cuda matvec: a q8_0 input written elsewhere is one token's");
         if (cols > MaxCols) throw new FitLMException($"cuda matvec: a {type} row of {cols} elements is wider than the {MaxCols} the activation scratch holds");
         var (one, eight) = _integer[type];
         for (int t = 0; t < n; t += BatchTokens)
@@ -195,7 +199,7 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
             int count = Math.Min(BatchTokens, n - t);
             ulong px = x + (ulong)((long)t * cols * 4);
             // Reused only for the very rows quantized last (K and V after Q): a batch's chunks each have their own address.
-            if (!(sameInput && px == _quantizedX && cols == _quantizedCols && count == _quantizedTokens && UsesQ8_K(type) == _quantizedK))
+            if (input == null && !(sameInput && px == _quantizedX && cols == _quantizedCols && count == _quantizedTokens && UsesQ8_K(type) == _quantizedK))
                 Quantize(UsesQ8_K(type), px, cols, count);
             long shift = (long)t * 4;
             // Two rows a warp share x's loads; a matrix with fewer rows than columns (a down projection) keeps one, since
@@ -209,7 +213,7 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
                 maxGrid = _persistentBlocks;
             }
             LaunchInteger(function, twoRows ? 2 : 1, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
-                (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)), maxGrid);
+                (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)), maxGrid, input: input);
         }
     }
 
@@ -229,10 +233,11 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
     /// <param name="rowsPerWarp">R in matvec.cu's int_matmul: the function's rows a warp.</param>
     /// <param name="maxGrid">At most this many thread blocks (a persistent loop's grid).</param>
     /// <param name="folded">A folded norm's output as x (a *_scaled kernel: its q8_0, sums of squares and ε as arguments).</param>
+    /// <param name="input">x's q8_0 where it is, if not in the scratch.</param>
     private void LaunchInteger(nint function, int rowsPerWarp, int cols, int n, (ulong W, int Rows, ulong Y) a, (ulong W, int Rows, ulong Y) b,
-        (ulong W, int Rows, ulong Y) c, int maxGrid = int.MaxValue, FoldedNorm? folded = null)
+        (ulong W, int Rows, ulong Y) c, int maxGrid = int.MaxValue, FoldedNorm? folded = null, QuantizedX? input = null)
     {
-        var x = folded?.Input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
+        var x = folded?.Input ?? input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
         ulong q = x.Q, d = x.D, s = x.S, partials = folded?.Partials ?? 0;
         float eps = folded?.Eps ?? 0f;
         ulong w0 = a.W, w1 = b.W, w2 = c.W, y0 = a.Y, y1 = b.Y, y2 = c.Y;
@@ -245,6 +250,7 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
     public void Dispose()
     {
         _fold?.Dispose();
+        _act?.Dispose();
         _xq?.Dispose();
         _xd?.Dispose();
         _xs?.Dispose();

@@ -23,6 +23,7 @@ public sealed partial class CudaEmulatorTests(ITestOutputHelper output)
     [InlineData("dense_prefill.cpp", "forward.cu")] // attend_tile_* (over DenseTiles) against attend_batch_*
     [InlineData("matvec_loops.cpp", "matvec.cu")]  // the persistent one-token products against the kernels they loop
     [InlineData("fold_norm.cpp", "matvec.cu")]     // the folded RMSNorm against the product, norm and products it replaces
+    [InlineData("gate_up_act.cpp", "matvec.cu")]   // gate, up and the activation in one launch against the products and gated_act
     [InlineData("attend_rope.cpp", "forward.cu")]  // RoPE, KV store and attention in one launch against the three
     public void Kernel_MatchesItsReference_InTheEmulator(string harness, string kernels)
     {

@@ -119,3 +119,14 @@ __device__ __forceinline__ void quantize_own_block_q8_0(const float4* v, long lo
     d[b] = half_to_float(float_to_half(amax / 127.f));
     s[b] = sum;
 }
+
+// act(g)·u, the gated feed-forward's activation (forward.cu's gate_act, matvec.cu's gate_up_act): act 0 SiLU, 1 ReLU,
+// 2 GELU (tanh approximation), as Transformer's activations compute it on the CPU.
+__device__ __forceinline__ float gated_act(int act, float x, float u)
+{
+    float a;
+    if (act == 0) a = x / (1.f + expf(-x));
+    else if (act == 1) a = fmaxf(x, 0.f);
+    else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
+    return a * u;
+}

@@ -204,11 +204,7 @@ extern "C" __global__ void gate_act(const float* g, long long g_stride, const fl
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)cols * n) return;
     int t = (int)(i / cols), c = (int)(i % cols);
-    float x = g[t * g_stride + c], a;
-    if (act == 0) a = x / (1.f + expf(-x));
-    else if (act == 1) a = fmaxf(x, 0.f);
-    else a = 0.5f * x * (1.f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-    float r = a * u[t * u_stride + c];
+    float r = gated_act(act, g[t * g_stride + c], u[t * u_stride + c]);
     o[t * o_stride + c] = r;
     if (q != nullptr) quantize_block_q8_0(r, i >> 5, q, qd, qs);
 }

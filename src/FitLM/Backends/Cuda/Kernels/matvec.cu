@@ -365,12 +365,14 @@ struct PlainRows
     __device__ __forceinline__ void write(float* y, int i, float v) { y[i] = v; }
 };
 
-template <bool Q4, int R, typename Finish = PlainRows>
+// PAIRED: R / 2 rows of W and the same rows of W2 (gate and up), written as rows + i for W2's row i (gate_up_act).
+template <bool Q4, int R, typename Finish = PlainRows, bool PAIRED = false>
 __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, int rows, int row, int cols,
                                                      const i8* xq, const float* xd,
-                                                     const int* xs, float* y, int lane, Finish&& fin = Finish())
+                                                     const int* xs, float* y, int lane, Finish&& fin = Finish(),
+                                                     const u8* __restrict__ W2 = nullptr)
 {
-    const int QB = Q4 ? 16 : 32, U = R == 2 ? 4 : Q4 ? 8 : 4;
+    const int QB = Q4 ? 16 : 32, U = R == 4 ? 2 : R == 2 ? 4 : Q4 ? 8 : 4, RM = PAIRED ? R / 2 : R; // RM: rows of each matrix
     const bool xFirst = R == 1;
     int blocks = cols >> 5;
     const int4* qs[R];
@@ -378,9 +380,10 @@ __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, i
 #pragma unroll
     for (int r = 0; r < R; r++)
     {
-        int rr = row + r < rows ? row + r : rows - 1; // past the last row: read the last again, write nothing
-        qs[r] = (const int4*)(W + (long long)rr * blocks * QB);
-        ds[r] = (const u16*)(W + (long long)rows * blocks * QB) + (long long)rr * blocks;
+        const u8* M = PAIRED && r >= RM ? W2 : W;
+        int rr = row + r % RM < rows ? row + r % RM : rows - 1; // past the last row: read the last again, write nothing
+        qs[r] = (const int4*)(M + (long long)rr * blocks * QB);
+        ds[r] = (const u16*)(M + (long long)rows * blocks * QB) + (long long)rr * blocks;
     }
     const int4* xv = (const int4*)xq;
     float acc[R];
@@ -437,7 +440,8 @@ __device__ __forceinline__ void split_rows_one_token(const u8* __restrict__ W, i
     for (int r = 0; r < R; r++)
     {
         float sum = warp_sum(acc[r]);
-        if (lane == 0 && row + r < rows) fin.write(y, row + r, sum);
+        int i = row + r % RM;
+        if (lane == 0 && i < rows) fin.write(y, PAIRED && r >= RM ? rows + i : i, sum);
     }
 }
 
@@ -747,6 +751,49 @@ __device__ __forceinline__ void int_matmul_scaled(const u8* W0, const u8* W1, co
     split_rows_one_token<KIND == 0, R>(W, rows, row, cols, xq, xd, xs, y, lane, fin);
 }
 
+// ---- Gate, up and the activation in one launch (gate_up_act_*, FITLM_CUDA_FUSED_ACT=1, a probe): a thread block takes 32
+// outputs, each of its 16 warps two gate rows and the same two up rows (four rows sharing x's loads), and its first
+// warp computes act(g)·u of the 32 (gated_act, as gate_act) and writes them and their q8_0 for the down projection:
+// one launch a layer fewer. Its x may be a folded norm's (partials not null: the rows times its 1/RMS, as
+// NormScaledRows), or the products' scratch.
+struct GateUpRows
+{
+    float* g;
+    float* u;
+    int row0, rows;
+    NormScaledRows norm; // used where norm.partials is not null
+    __device__ __forceinline__ void after_wait(int lane) { if (norm.partials != nullptr) norm.after_wait(lane); }
+    __device__ __forceinline__ void finish(int lane) { if (norm.partials != nullptr) norm.finish(lane); else norm.scale = 1.f; }
+    __device__ __forceinline__ void write(float* y, int i, float v)
+    {
+        v *= norm.scale;
+        if (i < rows) g[i - row0] = v;
+        else u[i - rows - row0] = v;
+    }
+};
+
+template <int KIND>
+__device__ __forceinline__ void gate_up_act(const u8* Wg, const u8* Wu, int rows, int cols, const i8* xq, const float* xd, const int* xs,
+                                            const float* partials, float eps, int act, float* o, i8* q, float* qd, int* qs)
+{
+    __shared__ float g[32], u[32];
+    pdl_release();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = blockIdx.x * 32;
+    GateUpRows fin = { g, u, row0, rows, { partials, cols / 32, eps } };
+    split_rows_one_token<KIND == 0, 4, GateUpRows&, true>(Wg, rows, row0 + 2 * warp, cols, xq, xd, xs, nullptr, lane, fin, Wu);
+    __syncthreads();
+    if (warp != 0) return;
+    float r = gated_act(act, g[lane], u[lane]);
+    o[row0 + lane] = r;
+    if (q != nullptr) quantize_block_q8_0(r, blockIdx.x, q, qd, qs);
+}
+
+#define ACT_ENTRY(name, KIND) \
+    extern "C" __global__ void __launch_bounds__(32 * 16) name(const u8* __restrict__ Wg, const u8* __restrict__ Wu, int rows, \
+        int cols, const i8* xq, const float* xd, const int* xs, const float* partials, float eps, int act, float* o, i8* q, \
+        float* qd, int* qs) \
+    { gate_up_act<KIND>(Wg, Wu, rows, cols, xq, xd, xs, partials, eps, act, o, q, qd, qs); }
+
 #define FOLD_ENTRY(name, KIND, R) \
     extern "C" __global__ void __launch_bounds__(32 * 32 / R) name(const u8* __restrict__ W, int rows, int cols, \
         const i8* xq, const float* xd, const int* xs, float* x, const float* __restrict__ w, i8* q, float* qd, int* qs, \
@@ -790,6 +837,8 @@ FOLD_ENTRY(fold_norm_q8_0, 1, 2)
 SCALED_ENTRY(matvec2_q4_0_q8_scaled, 0, 2, 6)
 SCALED_ENTRY(matvec_q4_0_q8_scaled, 0, 1, 3)
 SCALED_ENTRY(matvec_q8_0_q8_scaled, 1, 1, 5)
+ACT_ENTRY(gate_up_act_q4_0, 0)
+ACT_ENTRY(gate_up_act_q8_0, 1)
 
 // The index of the first element of largest magnitude in a 256-block (q8_K's `max`), and that magnitude in amax:
 // (|x|, index) reduced across the warp, the larger |x| winning and ties going to the lower index. Lane l reads

@@ -1,0 +1,80 @@
+// gate_up_act_* (gate, up and the activation in one launch, FITLM_CUDA_FUSED_ACT) against the products in one launch
+// (matvec2_q4_0_q8 / matvec_q8_0_q8, or their *_scaled forms after a folded norm) and gated_act with q8_0 after them,
+// in the emulator: SiLU and GELU, x quantized or a folded norm's. Each row's sums are taken in the same order, so
+// the outputs and their q8_0 must be equal bit for bit; exit code 1 if not.
+#include <cstdio>
+#include <random>
+
+using Product = void (*)(const u8*, const u8*, const u8*, float*, float*, float*, int, int, int, int, const i8*, const float*, const int*, int);
+using Scaled = void (*)(const u8*, const u8*, const u8*, float*, float*, float*, int, int, int, int, const i8*, const float*, const int*, const float*, float);
+using Act = void (*)(const u8*, const u8*, int, int, const i8*, const float*, const int*, const float*, float, int, float*, i8*, float*, int*);
+
+static std::mt19937 rng(3);
+
+static std::vector<u8> matrix(bool q4, int rows, int cols)
+{
+    int blocks = cols / 32, QB = q4 ? 16 : 32;
+    std::vector<u8> w((size_t)rows * blocks * (QB + 2));
+    for (size_t i = 0; i < (size_t)rows * blocks * QB; i++) w[i] = (u8)rng();
+    u16* d = (u16*)(w.data() + (size_t)rows * blocks * QB);
+    for (int i = 0; i < rows * blocks; i++) d[i] = float_to_half(std::ldexp(1.f + (rng() % 1000) / 1000.f, -7));
+    return w;
+}
+
+static bool check(const char* name, bool q4, Product plain, Scaled scaled, Act fused, int rowsPerWarp, int act, bool folded)
+{
+    const int cols = 256, rows = 96, blocks = cols / 32;
+    auto Wg = matrix(q4, rows, cols), Wu = matrix(q4, rows, cols);
+    std::vector<i8> xq(cols);
+    std::vector<float> xd(blocks), partials(blocks);
+    std::vector<int> xs(blocks);
+    for (int b = 0; b < blocks; b++)
+    {
+        int sum = 0;
+        for (int j = 0; j < 32; j++) { xq[b * 32 + j] = (i8)((int)(rng() % 255) - 127); sum += xq[b * 32 + j]; }
+        xd[b] = 0.005f + (rng() % 1000) * 1e-5f;
+        xs[b] = sum;
+        partials[b] = 10.f + (rng() % 1000) * 0.01f;
+    }
+    const float eps = 1e-5f;
+    std::vector<float> g(rows), u(rows), o(rows), fo(rows), qd(rows / 32), fqd(rows / 32);
+    std::vector<i8> q(rows), fq(rows);
+    std::vector<int> qs(rows / 32), fqs(rows / 32);
+    unsigned grid = 2 * (unsigned)((rows + 4 * rowsPerWarp - 1) / (4 * rowsPerWarp));
+    if (folded)
+        emu::launch(scaled, { grid }, { 128 }, (const u8*)Wg.data(), (const u8*)Wu.data(), (const u8*)nullptr, g.data(), u.data(), (float*)nullptr, rows, rows, 0,
+                    cols, (const i8*)xq.data(), (const float*)xd.data(), (const int*)xs.data(), (const float*)partials.data(), eps);
+    else
+        emu::launch(plain, { grid }, { 128 }, (const u8*)Wg.data(), (const u8*)Wu.data(), (const u8*)nullptr, g.data(), u.data(), (float*)nullptr, rows, rows, 0,
+                    cols, (const i8*)xq.data(), (const float*)xd.data(), (const int*)xs.data(), 1);
+    for (int i = 0; i < rows; i++) o[i] = gated_act(act, g[i], u[i]);
+    for (int b = 0; b < rows / 32; b++) // quantize_block_q8_0's arithmetic
+    {
+        float amax = 0.f;
+        for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(o[b * 32 + j]));
+        float id = amax != 0.f ? 127.f / amax : 0.f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) { int v = (int)std::nearbyint(o[b * 32 + j] * id); q[b * 32 + j] = (i8)v; sum += v; }
+        qd[b] = half_to_float(float_to_half(amax / 127.f));
+        qs[b] = sum;
+    }
+    emu::launch(fused, { (unsigned)(rows / 32) }, { 512 }, (const u8*)Wg.data(), (const u8*)Wu.data(), rows, cols, (const i8*)xq.data(),
+                (const float*)xd.data(), (const int*)xs.data(), folded ? (const float*)partials.data() : (const float*)nullptr, eps, act, fo.data(),
+                fq.data(), fqd.data(), fqs.data());
+    bool same = memcmp(o.data(), fo.data(), rows * 4) == 0 && memcmp(q.data(), fq.data(), rows) == 0 && memcmp(qd.data(), fqd.data(), rows / 32 * 4) == 0
+        && memcmp(qs.data(), fqs.data(), rows / 32 * 4) == 0;
+    printf("%s, act %d, %s: %s\n", name, act, folded ? "a folded norm's x" : "x from the scratch", same ? "identical" : "DIFFERENT");
+    return same;
+}
+
+int main()
+{
+    bool ok = true;
+    for (int act : { 0, 2 })
+        for (bool folded : { false, true })
+        {
+            ok &= check("gate_up_act_q4_0", true, matvec2_q4_0_q8, matvec2_q4_0_q8_scaled, gate_up_act_q4_0, 2, act, folded);
+            ok &= check("gate_up_act_q8_0", false, matvec_q8_0_q8, matvec_q8_0_q8_scaled, gate_up_act_q8_0, 1, act, folded);
+        }
+    return ok ? 0 : 1;
+}
