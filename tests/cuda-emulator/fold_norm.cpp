@@ -4,7 +4,7 @@
 // the same through fold_norm_* and the *_scaled readers. The residual must be equal bit for bit; the readers' outputs
 // within 2e-3 of their largest (rounding x·(1/rms)·w against x·w moves a code only at a rounding edge). Exit code 1 if not.
 #include <cstdio>
-#include <random>
+#include "harness.h"
 
 using Product = void (*)(const u8*, const u8*, const u8*, float*, float*, float*, int, int, int, int, const i8*, const float*, const int*, int);
 using Scaled = void (*)(const u8*, const u8*, const u8*, float*, float*, float*, int, int, int, int, const i8*, const float*, const int*, const float*, float);
@@ -12,32 +12,8 @@ using Fold = void (*)(const u8*, int, int, const i8*, const float*, const int*, 
 
 static std::mt19937 rng(7);
 
-static std::vector<u8> matrix(bool q4, int rows, int cols)
-{
-    int blocks = cols / 32, QB = q4 ? 16 : 32;
-    std::vector<u8> w((size_t)rows * blocks * (QB + 2));
-    for (size_t i = 0; i < (size_t)rows * blocks * QB; i++) w[i] = (u8)rng();
-    u16* d = (u16*)(w.data() + (size_t)rows * blocks * QB);
-    for (int i = 0; i < rows * blocks; i++) d[i] = float_to_half(std::ldexp(1.f + (rng() % 1000) / 1000.f, -6));
-    return w;
-}
-
-struct Q8 { std::vector<i8> q; std::vector<float> d; std::vector<int> s; explicit Q8(int n) : q(n), d(n / 32), s(n / 32) {} };
-
-// quantize_q8_0's arithmetic (common.cuh's quantize_block_q8_0) on the host.
-static void quantize(const std::vector<float>& v, Q8& out)
-{
-    for (size_t b = 0; b < v.size() / 32; b++)
-    {
-        float amax = 0.f;
-        for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(v[b * 32 + j]));
-        float id = amax != 0.f ? 127.f / amax : 0.f;
-        int sum = 0;
-        for (int j = 0; j < 32; j++) { int q = (int)std::nearbyint(v[b * 32 + j] * id); out.q[b * 32 + j] = (i8)q; sum += q; }
-        out.d[b] = half_to_float(float_to_half(amax / 127.f));
-        out.s[b] = sum;
-    }
-}
+static std::vector<u8> matrix(bool q4, int rows, int cols) { return split_matrix(rng, q4, rows, cols, -6); }
+static void quantize(const std::vector<float>& v, Q8& out) { quantize_q8_0_host(v.data(), (int)v.size(), out); }
 
 static bool check(const char* name, bool q4, Product plain, Fold fold, Product reader, Scaled scaled, int rowsPerWarp)
 {

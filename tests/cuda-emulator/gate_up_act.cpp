@@ -3,7 +3,7 @@
 // in the emulator: SiLU and GELU, x quantized or a folded norm's. Each row's sums are taken in the same order, so
 // the outputs and their q8_0 must be equal bit for bit; exit code 1 if not.
 #include <cstdio>
-#include <random>
+#include "harness.h"
 
 using Product = void (*)(const u8*, const u8*, const u8*, float*, float*, float*, int, int, int, int, const i8*, const float*, const int*, int);
 using Scaled = void (*)(const u8*, const u8*, const u8*, float*, float*, float*, int, int, int, int, const i8*, const float*, const int*, const float*, float);
@@ -11,15 +11,7 @@ using Act = void (*)(const u8*, const u8*, int, int, const i8*, const float*, co
 
 static std::mt19937 rng(3);
 
-static std::vector<u8> matrix(bool q4, int rows, int cols)
-{
-    int blocks = cols / 32, QB = q4 ? 16 : 32;
-    std::vector<u8> w((size_t)rows * blocks * (QB + 2));
-    for (size_t i = 0; i < (size_t)rows * blocks * QB; i++) w[i] = (u8)rng();
-    u16* d = (u16*)(w.data() + (size_t)rows * blocks * QB);
-    for (int i = 0; i < rows * blocks; i++) d[i] = float_to_half(std::ldexp(1.f + (rng() % 1000) / 1000.f, -7));
-    return w;
-}
+static std::vector<u8> matrix(bool q4, int rows, int cols) { return split_matrix(rng, q4, rows, cols, -7); }
 
 static bool check(const char* name, bool q4, Product plain, Scaled scaled, Act fused, int rowsPerWarp, int act, bool folded)
 {
@@ -37,9 +29,9 @@ static bool check(const char* name, bool q4, Product plain, Scaled scaled, Act f
         partials[b] = 10.f + (rng() % 1000) * 0.01f;
     }
     const float eps = 1e-5f;
-    std::vector<float> g(rows), u(rows), o(rows), fo(rows), qd(rows / 32), fqd(rows / 32);
-    std::vector<i8> q(rows), fq(rows);
-    std::vector<int> qs(rows / 32), fqs(rows / 32);
+    std::vector<float> g(rows), u(rows), o(rows), fo(rows), fqd(rows / 32);
+    std::vector<i8> fq(rows);
+    std::vector<int> fqs(rows / 32);
     unsigned grid = 2 * (unsigned)((rows + 4 * rowsPerWarp - 1) / (4 * rowsPerWarp));
     if (folded)
         emu::launch(scaled, { grid }, { 128 }, (const u8*)Wg.data(), (const u8*)Wu.data(), (const u8*)nullptr, g.data(), u.data(), (float*)nullptr, rows, rows, 0,
@@ -48,21 +40,13 @@ static bool check(const char* name, bool q4, Product plain, Scaled scaled, Act f
         emu::launch(plain, { grid }, { 128 }, (const u8*)Wg.data(), (const u8*)Wu.data(), (const u8*)nullptr, g.data(), u.data(), (float*)nullptr, rows, rows, 0,
                     cols, (const i8*)xq.data(), (const float*)xd.data(), (const int*)xs.data(), 1);
     for (int i = 0; i < rows; i++) o[i] = gated_act(act, g[i], u[i]);
-    for (int b = 0; b < rows / 32; b++) // quantize_block_q8_0's arithmetic
-    {
-        float amax = 0.f;
-        for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(o[b * 32 + j]));
-        float id = amax != 0.f ? 127.f / amax : 0.f;
-        int sum = 0;
-        for (int j = 0; j < 32; j++) { int v = (int)std::nearbyint(o[b * 32 + j] * id); q[b * 32 + j] = (i8)v; sum += v; }
-        qd[b] = half_to_float(float_to_half(amax / 127.f));
-        qs[b] = sum;
-    }
+    Q8 oq(rows);
+    quantize_q8_0_host(o.data(), rows, oq);
     emu::launch(fused, { (unsigned)(rows / 32) }, { 512 }, (const u8*)Wg.data(), (const u8*)Wu.data(), rows, cols, (const i8*)xq.data(),
                 (const float*)xd.data(), (const int*)xs.data(), folded ? (const float*)partials.data() : (const float*)nullptr, eps, act, fo.data(),
                 fq.data(), fqd.data(), fqs.data());
-    bool same = memcmp(o.data(), fo.data(), rows * 4) == 0 && memcmp(q.data(), fq.data(), rows) == 0 && memcmp(qd.data(), fqd.data(), rows / 32 * 4) == 0
-        && memcmp(qs.data(), fqs.data(), rows / 32 * 4) == 0;
+    bool same = memcmp(o.data(), fo.data(), rows * 4) == 0 && memcmp(oq.q.data(), fq.data(), rows) == 0
+        && memcmp(oq.d.data(), fqd.data(), rows / 32 * 4) == 0 && memcmp(oq.s.data(), fqs.data(), rows / 32 * 4) == 0;
     printf("%s, act %d, %s: %s\n", name, act, folded ? "a folded norm's x" : "x from the scratch", same ? "identical" : "DIFFERENT");
     return same;
 }

@@ -3,7 +3,7 @@
 // launch, the loop's grid cut to a few blocks so that each warp takes several rows. Each row's arithmetic is the same,
 // so the outputs must be equal bit for bit; exit code 1 if not.
 #include <cstdio>
-#include <random>
+#include "harness.h"
 
 using Kernel = void (*)(const u8*, const u8*, const u8*, float*, float*, float*, int, int, int, int, const i8*, const float*, const int*, int);
 
@@ -12,13 +12,7 @@ static bool check(const char* name, Kernel plain, Kernel loop, bool q4, int rows
     const int cols = 256, blocks = cols / 32, QB = q4 ? 16 : 32, rows[3] = { 40, 13, 29 };
     std::mt19937 rng(seed);
     std::vector<std::vector<u8>> w(3);
-    for (int m = 0; m < 3; m++)
-    {
-        w[m].resize((size_t)rows[m] * blocks * (QB + 2));
-        for (size_t i = 0; i < (size_t)rows[m] * blocks * QB; i++) w[m][i] = (u8)rng();
-        u16* d = (u16*)(w[m].data() + (size_t)rows[m] * blocks * QB);
-        for (int i = 0; i < rows[m] * blocks; i++) d[i] = float_to_half(std::ldexp(1.f + (rng() % 1000) / 1000.f, -8));
-    }
+    for (int m = 0; m < 3; m++) w[m] = split_matrix(rng, q4, rows[m], cols, -8);
     std::vector<float> x(cols);
     std::normal_distribution<float> normal;
     for (auto& v : x) v = normal(rng);

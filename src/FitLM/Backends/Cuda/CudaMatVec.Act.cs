@@ -15,26 +15,16 @@ internal sealed unsafe partial class CudaMatVec
 
     private readonly ActScratch? _act;
 
-    private sealed class ActScratch : IDisposable
+    private sealed class ActScratch(CudaDevice device, KernelModule module, int maxCols) : IDisposable
     {
-        public readonly Dictionary<GgmlType, nint> Kernel = [];
-        public readonly DeviceBuffer Q, D, S;
-
-        public ActScratch(CudaDevice device, KernelModule module, int maxCols)
+        public readonly Dictionary<GgmlType, nint> Kernel = new()
         {
-            Kernel[GgmlType.Q4_0] = module.Function("gate_up_act_q4_0");
-            Kernel[GgmlType.Q8_0] = module.Function("gate_up_act_q8_0");
-            Q = device.Allocate(maxCols);
-            D = device.Allocate(maxCols / 32 * 4);
-            S = device.Allocate(maxCols / 32 * 4);
-        }
+            [GgmlType.Q4_0] = module.Function("gate_up_act_q4_0"),
+            [GgmlType.Q8_0] = module.Function("gate_up_act_q8_0"),
+        };
+        public readonly Q8Scratch Output = new(device, maxCols);
 
-        public void Dispose()
-        {
-            Q.Dispose();
-            D.Dispose();
-            S.Dispose();
-        }
+        public void Dispose() => Output.Dispose();
     }
 
     /// <summary>Whether one token's gate and up of <paramref name="type"/> (rows × cols), read by a down projection of <paramref name="down"/>'s type, can be one launch with the activation.</summary>
@@ -52,10 +42,11 @@ internal sealed unsafe partial class CudaMatVec
         if (folded == null && !(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK)) Quantize(false, x, cols, 1);
         var a = _act!;
         var from = folded?.Input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
-        ulong xq = from.Q, xd = from.D, xs = from.S, partials = folded?.Partials ?? 0, q = a.Q.Pointer, d = a.D.Pointer, s = a.S.Pointer;
+        var target = a.Output.Target;
+        ulong xq = from.Q, xd = from.D, xs = from.S, partials = folded?.Partials ?? 0, q = target.Q, d = target.D, s = target.S;
         float eps = folded?.Eps ?? 0f;
         void** args = stackalloc void*[] { &gate, &up, &rows, &cols, &xq, &xd, &xs, &partials, &eps, &act, &output, &q, &d, &s };
         _device.Launch(a.Kernel[type], (uint)(rows / 32), 32 * 16, 0, args); // 32 outputs a block, four rows a warp
-        return new QuantizedX(q, d, s);
+        return target;
     }
 }

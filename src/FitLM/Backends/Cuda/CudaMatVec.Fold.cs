@@ -23,29 +23,24 @@ internal sealed unsafe partial class CudaMatVec
     private readonly FoldScratch? _fold;
 
     /// <summary>The folded norm's kernels and buffers: one token's q8_0 and its sums of squares.</summary>
-    private sealed class FoldScratch : IDisposable
+    private sealed class FoldScratch(CudaDevice device, KernelModule module, int maxCols) : IDisposable
     {
-        public readonly Dictionary<GgmlType, nint> Writer = [];
-        public readonly Dictionary<GgmlType, (nint One, nint Two)> Scaled = [];
-        public readonly DeviceBuffer Q, D, S, Partials;
-
-        public FoldScratch(CudaDevice device, KernelModule module, int maxCols)
+        public readonly Dictionary<GgmlType, nint> Writer = new()
         {
-            Writer[GgmlType.Q4_0] = module.Function("fold_norm_q4_0");
-            Writer[GgmlType.Q8_0] = module.Function("fold_norm_q8_0");
-            Scaled[GgmlType.Q4_0] = (module.Function("matvec_q4_0_q8_scaled"), module.Function("matvec2_q4_0_q8_scaled"));
-            Scaled[GgmlType.Q8_0] = (module.Function("matvec_q8_0_q8_scaled"), 0);
-            Q = device.Allocate(maxCols);
-            D = device.Allocate(maxCols / 32 * 4);
-            S = device.Allocate(maxCols / 32 * 4);
-            Partials = device.Allocate(maxCols / 32 * 4);
-        }
+            [GgmlType.Q4_0] = module.Function("fold_norm_q4_0"),
+            [GgmlType.Q8_0] = module.Function("fold_norm_q8_0"),
+        };
+        public readonly Dictionary<GgmlType, (nint One, nint Two)> Scaled = new()
+        {
+            [GgmlType.Q4_0] = (module.Function("matvec_q4_0_q8_scaled"), module.Function("matvec2_q4_0_q8_scaled")),
+            [GgmlType.Q8_0] = (module.Function("matvec_q8_0_q8_scaled"), 0),
+        };
+        public readonly Q8Scratch Output = new(device, maxCols);
+        public readonly DeviceBuffer Partials = device.Allocate(maxCols / 32 * 4);
 
         public void Dispose()
         {
-            Q.Dispose();
-            D.Dispose();
-            S.Dispose();
+            Output.Dispose();
             Partials.Dispose();
         }
     }
@@ -72,9 +67,10 @@ internal sealed unsafe partial class CudaMatVec
         if (input == null && !(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK)) Quantize(false, x, cols, 1);
         var f = _fold!;
         var from = input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
-        ulong xq = from.Q, xd = from.D, xs = from.S, q = f.Q.Pointer, d = f.D.Pointer, s = f.S.Pointer, partials = f.Partials.Pointer;
+        var target = f.Output.Target;
+        ulong xq = from.Q, xd = from.D, xs = from.S, q = target.Q, d = target.D, s = target.S, partials = f.Partials.Pointer;
         void** args = stackalloc void*[] { &w, &rows, &cols, &xq, &xd, &xs, &residual, &normWeights, &q, &d, &s, &partials };
         _device.Launch(f.Writer[type], (uint)(rows / 32), 32 * 16, 0, args); // 32 rows a block, two a warp
-        return new FoldedNorm(new QuantizedX(q, d, s), partials, eps);
+        return new FoldedNorm(target, partials, eps);
     }
 }

@@ -107,8 +107,8 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
     public static long ScratchBytes(int maxCols)
     {
         long cols = (maxCols + 31) / 32 * 32;
-        return BatchTokens * (cols + cols / 32 * 4 + cols / 16 * 4) + (FoldNormEnabled ? cols + 3 * (cols / 32 * 4) : 0) // and the folded norm's
-            + (FusedActEnabled ? cols + 2 * (cols / 32 * 4) : 0); // and the fused activation's
+        return BatchTokens * (cols + cols / 32 * 4 + cols / 16 * 4) + (FoldNormEnabled ? QuantizedX.Bytes((int)cols) + cols / 32 * 4 : 0) // and the folded norm's
+            + (FusedActEnabled ? QuantizedX.Bytes((int)cols) : 0); // and the fused activation's
     }
 
     /// <summary>The embedded kernel source (or FITLM_CUDA_SOURCE's, <see cref="KernelModule.Source"/>).</summary>
