@@ -773,7 +773,8 @@ VEC_ENTRY(f16_h256, KvF16, 8, 4)
 // off by default): each block rotates its head's query into shared memory as rope_one rotates it; the last split of a
 // head, the one whose positions reach the token's own, rotates its KV head's new key and writes it and the value into
 // the cache as kv_store does (several heads of one KV head write the same values), and reads it back with the others.
-// A decode step then has two launches fewer a layer (rope_qk and kv_store: about 1 µs each, run 24's probe).
+// A decode step then has two launches fewer a layer (rope_qk and kv_store: about 1 µs each in the probe that left
+// kernels out of a step, docs/cuda.md).
 template <typename KV, typename Src, int U>
 __device__ __forceinline__ void attend_rope(const float* q, const float* k, const float* v, typename KV::T* kc, typename KV::T* vc,
     float* out, int heads, int kv_heads, int head_dim, float scale, float cap, int window, const int* pos0, i8* q8, float* q8d,
