@@ -53,7 +53,7 @@ internal sealed partial class CudaBackend
         }
         var io = Staging();
         positions.CopyTo(MemoryMarshal.Cast<byte, int>(io.Stage.Slice(0, positions.Length * sizeof(int))));
-        _device.UploadAsync(_pos.Pointer, io.Stage, 0, positions.Length * sizeof(int));
+        CudaDevice.CopyAsync(_pos.Pointer, io.Stage, positions.Length * sizeof(int), _device.Stream);
         CudaDevice.Record(io.Copied, _device.Stream);
         io.Recorded = true;
     }
@@ -73,7 +73,7 @@ internal sealed partial class CudaBackend
             CudaDevice.UploadTo<float>(x, _embedRows.AsSpan(0, n * _c.Dim));
             return;
         }
-        _device.UploadAsync(x, _io.Stage, _io.RowsOffset, bytes);
+        CudaDevice.CopyAsync(x, _io.Stage, bytes, _device.Stream, _io.RowsOffset);
         CudaDevice.Record(_io.Copied, _device.Stream);
         _io.Recorded = true;
     }

@@ -195,18 +195,11 @@ internal sealed unsafe class CudaDevice : IDisposable
 
     public static void DestroyEvent(nint e) => _ = CudaDriver.cuEventDestroy_v2(e);
 
-    /// <summary>Queues a copy from pinned host memory to the device on <paramref name="stream"/>; returns at once.</summary>
-    public static void CopyAsync(ulong dst, PinnedBuffer src, long bytes, nint stream)
+    /// <summary>Queues a copy of <paramref name="bytes"/> from <paramref name="offset"/> of pinned host memory to the device on <paramref name="stream"/>; returns at once.</summary>
+    public static void CopyAsync(ulong dst, PinnedBuffer src, long bytes, nint stream, long offset = 0)
     {
-        if (bytes > src.Bytes) throw new ArgumentException("copy larger than the pinned buffer");
-        CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync_v2(dst, (void*)src.Pointer, (nuint)bytes, stream));
-    }
-
-    /// <summary>Queues a copy of <paramref name="bytes"/> at <paramref name="offset"/> of pinned memory to the device on the compute stream.</summary>
-    public void UploadAsync(ulong dst, PinnedBuffer src, long offset, long bytes)
-    {
-        if (offset + bytes > src.Bytes) throw new ArgumentException("copy past the pinned buffer");
-        CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync_v2(dst, (byte*)src.Pointer + offset, (nuint)bytes, _stream));
+        if (offset + bytes > src.Bytes) throw new ArgumentException("copy larger than the pinned buffer");
+        CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync_v2(dst, (byte*)src.Pointer + offset, (nuint)bytes, stream));
     }
 
     /// <summary>Copies device bytes into pinned memory after the work queued on the compute stream, and waits for them.</summary>

@@ -39,7 +39,7 @@ internal sealed unsafe partial class CudaMatVec
     public QuantizedX GateUpAct(GgmlType type, int cols, ulong x, bool sameInput, FoldedNorm? folded, ulong gate, ulong up, int rows, int act, ulong output)
     {
         Validate(type, GgmlTypes.RowBytes(type, cols), cols);
-        if (folded == null && !(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK)) Quantize(false, x, cols, 1);
+        if (folded == null) QuantizeUnlessThere(false, x, cols, 1, sameInput);
         var a = _act!;
         var from = folded?.Input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
         var target = a.Output.Target;

@@ -64,7 +64,7 @@ internal sealed unsafe partial class CudaMatVec
     {
         Validate(type, rowBytes, cols);
         if (!CanFoldNorm(type, rows, type) || cols > MaxCols) throw new ArgumentException($"cuda matvec: no folded norm for {type} {rows} × {cols}");
-        if (input == null && !(sameInput && x == _quantizedX && cols == _quantizedCols && _quantizedTokens == 1 && !_quantizedK)) Quantize(false, x, cols, 1);
+        if (input == null) QuantizeUnlessThere(false, x, cols, 1, sameInput);
         var f = _fold!;
         var from = input ?? new QuantizedX(_xq!.Pointer, _xd!.Pointer, _xs!.Pointer);
         var target = f.Output.Target;

@@ -199,8 +199,7 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
             int count = Math.Min(BatchTokens, n - t);
             ulong px = x + (ulong)((long)t * cols * 4);
             // Reused only for the very rows quantized last (K and V after Q): a batch's chunks each have their own address.
-            if (input == null && !(sameInput && px == _quantizedX && cols == _quantizedCols && count == _quantizedTokens && UsesQ8_K(type) == _quantizedK))
-                Quantize(UsesQ8_K(type), px, cols, count);
+            if (input == null) QuantizeUnlessThere(UsesQ8_K(type), px, cols, count, sameInput);
             long shift = (long)t * 4;
             // Two rows a warp share x's loads; a matrix with fewer rows than columns (a down projection) keeps one, since
             // it then has too few warps for its long rows (matvec.cu: 4096 × 14336 took 15.4 µs against 13.4).
@@ -215,6 +214,12 @@ internal sealed unsafe partial class CudaMatVec : IDisposable
             LaunchInteger(function, twoRows ? 2 : 1, cols, count, (a.W, a.Rows, a.Y + (ulong)(shift * a.Rows)),
                 (b.W, b.Rows, b.Y + (ulong)(shift * b.Rows)), (c.W, c.Rows, c.Y + (ulong)(shift * c.Rows)), maxGrid, input: input);
         }
+    }
+
+    /// <summary>X's rows quantized into the scratch, unless <paramref name="sameInput"/> and the scratch holds them already (quantized last).</summary>
+    private void QuantizeUnlessThere(bool q8K, ulong x, int cols, int tokens, bool sameInput)
+    {
+        if (!(sameInput && x == _quantizedX && cols == _quantizedCols && tokens == _quantizedTokens && q8K == _quantizedK)) Quantize(q8K, x, cols, tokens);
     }
 
     /// <summary>X's rows to q8_K (one warp per 256-block) or q8_0 (one warp per 32-block) in the scratch.</summary>
